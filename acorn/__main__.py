@@ -1,0 +1,3 @@
+from acorn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,269 @@
+"""The `acorn` command: one subcommand per stage of the pipeline.
+
+Thin on purpose: it parses arguments, calls one function per stage, and turns
+an AcornError into one line on stderr with exit status 2. Modules are imported
+inside the handlers so `acorn --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from acorn.errors import AcornError
+
+
+def _parser(sub, name: str, help: str, example: str, description: str | None = None) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+# ------------------------------------------------------------------ handlers
+def cmd_data_world(args) -> None:
+    from acorn.data.world import generate_world
+
+    generate_world(args.out, seed=args.seed, size=args.size, tokenizer=args.tokenizer)
+
+
+def cmd_tokenizer_train(args) -> None:
+    import time
+
+    from acorn.tokenizer import Tokenizer
+
+    files = _expand_inputs(args.inputs)
+    t0 = time.perf_counter()
+    tok = Tokenizer.train(
+        files, args.vocab_size, pattern=args.pattern, chat_format=args.chat_format,
+        special_tokens=args.special or None, text_field=args.text_field, errors=args.errors,
+    )
+    dt = time.perf_counter() - t0
+    out = tok.save(args.out)
+    print(f"trained {tok.vocab_size} tokens ({len(tok.special_tokens)} special) in {dt:.1f}s -> {out}")
+
+
+def cmd_tokenizer_encode(args) -> None:
+    tok = _load_tokenizer(args.tokenizer)
+    text = _text_arg(args)
+    ids = tok.encode(text, allowed_special="all" if args.allow_special else ())
+    if args.show:
+        for i in ids:
+            print(f"{i}\t{tok.token_bytes(i)!r}")
+    else:
+        print(" ".join(map(str, ids)))
+
+
+def cmd_tokenizer_decode(args) -> None:
+    tok = _load_tokenizer(args.tokenizer)
+    raw = " ".join(args.ids) if args.ids else sys.stdin.read()
+    try:
+        ids = [int(x) for x in raw.replace(",", " ").split()]
+    except ValueError:
+        raise AcornError("ids must be integers separated by spaces or commas, e.g. `acorn tokenizer decode TOK 15496 995`") from None
+    sys.stdout.write(tok.decode(ids))
+    sys.stdout.write("\n")
+
+
+def cmd_tokenizer_info(args) -> None:
+    from acorn.tokenizer_eval import describe
+
+    print(describe(_load_tokenizer(args.tokenizer)))
+
+
+def cmd_tokenizer_eval(args) -> None:
+    from acorn.tokenizer_eval import compare_bytes_per_token, format_table
+
+    names = [args.tokenizer, *args.compare]
+    toks = [_load_tokenizer(n) for n in names]
+    rows = compare_bytes_per_token(dict(zip(names, toks)), _expand_inputs(args.inputs), errors=args.errors)
+    print(format_table(rows))
+
+
+def cmd_tokens_count(args) -> None:
+    from acorn.tokenizer_eval import count_tokens
+
+    tok = _load_tokenizer(args.tokenizer)
+    total = 0
+    for path in _expand_inputs(args.files):
+        n = count_tokens(tok, path, errors=args.errors)
+        total += n
+        print(f"{n:>12,}  {path}")
+    line = f"{total:>12,}  total ({tok.name}, vocab {tok.vocab_size})"
+    if args.price_per_million is not None:
+        line += f"; cost at ${args.price_per_million:g} per million tokens: ${total * args.price_per_million / 1e6:,.4f}"
+    print(line)
+
+
+def cmd_speedrun(args) -> None:
+    from acorn.speedrun import speedrun
+
+    speedrun(args.out, size=args.size, seed=args.seed, vocab_size=args.vocab_size)
+
+
+# ------------------------------------------------------------------- helpers
+def _load_tokenizer(name: str):
+    from acorn.tokenizer import Tokenizer
+
+    return Tokenizer.from_pretrained(name)
+
+
+def _text_arg(args) -> str:
+    if args.file:
+        from acorn.tokenizer import read_text_file
+
+        return read_text_file(Path(args.file), getattr(args, "errors", "strict"))
+    if args.text is not None:
+        return args.text
+    return sys.stdin.read()
+
+
+def _expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, directories (their *.txt and *.jsonl) and globs, in a stable order."""
+    import glob
+
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted([*p.glob("*.txt"), *p.glob("*.jsonl")])
+            if not found:
+                raise AcornError(f"{p}: directory has no .txt or .jsonl files; point at the text files")
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            matches = sorted(glob.glob(item))
+            if not matches:
+                raise AcornError(f"{item}: no such file or glob match; check the path")
+            out.extend(Path(m) for m in matches)
+    return out
+
+
+# -------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="acorn",
+        description="Acorn: tokenizer, transformer, training, alignment, inference and serving, end to end.",
+        epilog="example:\n  acorn speedrun            # the whole pipeline on the built-in world\n"
+        "  acorn tokenizer --help    # the commands of one stage",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"acorn {_version()}")
+    stages = p.add_subparsers(dest="stage", metavar="STAGE")
+    stages.required = True
+
+    # acorn speedrun
+    s = _parser(stages, "speedrun", "run the whole pipeline on the built-in world and write report.md",
+                "acorn speedrun --out runs/speedrun")
+    s.add_argument("--out", default="runs/speedrun", help="run directory (default: runs/speedrun)")
+    s.add_argument("--size", default="default", choices=["tiny", "small", "default", "large"], help="world size")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary (default: 4096)")
+    s.set_defaults(func=cmd_speedrun)
+
+    # acorn data ...
+    data = _parser(stages, "data", "make and prepare training data", "acorn data world --out runs/world")
+    dsub = data.add_subparsers(dest="cmd", metavar="COMMAND")
+    dsub.required = True
+    s = _parser(dsub, "world", "generate the built-in synthetic world (documents, instructions, eval sets)",
+                "acorn data world --out runs/world --size small --seed 0")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default: 0)")
+    s.add_argument("--size", default="default", choices=["tiny", "small", "default", "large"],
+                   help="tiny is for tests; default is what the main job trains on")
+    s.add_argument("--tokenizer", help="count sizes in tokens of this tokenizer (default: a BPE fitted to the world)")
+    s.set_defaults(func=cmd_data_world)
+
+    # acorn tokenizer ...
+    tk = _parser(stages, "tokenizer", "train, inspect and use byte-level BPE tokenizers",
+                 "acorn tokenizer train corpus.txt --vocab-size 8192 --out runs/tok")
+    tsub = tk.add_subparsers(dest="cmd", metavar="COMMAND")
+    tsub.required = True
+
+    s = _parser(tsub, "train", "train a byte-level BPE tokenizer on text files",
+                "acorn tokenizer train data/*.txt --vocab-size 32768 --out runs/tok")
+    s.add_argument("inputs", nargs="+", help=".txt or .jsonl files, directories or globs")
+    s.add_argument("--out", required=True, help="directory for tokenizer.json + tokenizer_config.json")
+    s.add_argument("--vocab-size", type=int, default=8192, help="total vocabulary including special tokens")
+    s.add_argument("--pattern", default="gpt4", help="split regex: gpt4 (default), gpt2, or a regex")
+    s.add_argument("--chat-format", default="acorn", choices=["acorn", "chatml", "llama3"],
+                   help="reserve this chat format's special tokens and use its template")
+    s.add_argument("--special", action="append", default=[], metavar="TOKEN", help="an extra special token (repeatable)")
+    s.add_argument("--text-field", default="text", help="field holding the text in .jsonl inputs")
+    s.add_argument("--errors", default="strict", choices=["strict", "replace"], help="undecodable bytes: stop or replace")
+    s.set_defaults(func=cmd_tokenizer_train)
+
+    s = _parser(tsub, "encode", "print the ids of a text", "acorn tokenizer encode runs/tok 'Hello world'")
+    s.add_argument("tokenizer", help="tokenizer directory or file, or 'gpt2'")
+    s.add_argument("text", nargs="?", help="text to encode (default: stdin)")
+    s.add_argument("--file", help="encode this file instead")
+    s.add_argument("--allow-special", action="store_true", help="turn special-token text into special ids")
+    s.add_argument("--show", action="store_true", help="one token per line with its bytes")
+    s.set_defaults(func=cmd_tokenizer_encode)
+
+    s = _parser(tsub, "decode", "print the text of ids", "acorn tokenizer decode runs/tok 15496 995")
+    s.add_argument("tokenizer", help="tokenizer directory or file, or 'gpt2'")
+    s.add_argument("ids", nargs="*", help="token ids (default: read from stdin)")
+    s.set_defaults(func=cmd_tokenizer_decode)
+
+    s = _parser(tsub, "info", "vocabulary, special tokens, split pattern and chat format",
+                "acorn tokenizer info runs/tok")
+    s.add_argument("tokenizer", help="tokenizer directory or file, or 'gpt2'")
+    s.set_defaults(func=cmd_tokenizer_info)
+
+    s = _parser(tsub, "eval", "bytes per token on a corpus, side by side with other tokenizers (GPT-2 by default)",
+                "acorn tokenizer eval runs/tok corpus.txt --compare gpt2")
+    s.add_argument("tokenizer", help="tokenizer directory or file")
+    s.add_argument("inputs", nargs="+", help="text files, directories or globs")
+    s.add_argument("--compare", action="append", default=None, metavar="TOKENIZER",
+                   help="another tokenizer to compare (repeatable; default: gpt2)")
+    s.add_argument("--errors", default="strict", choices=["strict", "replace"])
+    s.set_defaults(func=cmd_tokenizer_eval)
+
+    # acorn tokens count
+    tc = _parser(stages, "tokens", "count tokens and estimate API cost", "acorn tokens count notes.txt --price-per-million 0.5")
+    csub = tc.add_subparsers(dest="cmd", metavar="COMMAND")
+    csub.required = True
+    s = _parser(csub, "count", "count the tokens of files and estimate their cost",
+                "acorn tokens count notes.txt --tokenizer gpt2 --price-per-million 0.5")
+    s.add_argument("files", nargs="+", help="text files, directories or globs")
+    s.add_argument("--tokenizer", default="gpt2", help="tokenizer directory or file (default: the built-in gpt2)")
+    s.add_argument("--price-per-million", type=float, help="price in dollars per million tokens")
+    s.add_argument("--errors", default="strict", choices=["strict", "replace"])
+    s.set_defaults(func=cmd_tokens_count)
+    return p
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("acorn")
+    except Exception:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "compare", "unset") is None:
+        args.compare = ["gpt2"]
+    try:
+        args.func(args)
+    except AcornError as e:
+        print(f"acorn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("acorn: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,417 @@
+"""Byte-level BPE: training, encoding, decoding, special tokens, streaming.
+
+The concept (Sennrich et al. 2016, as used by GPT-2 and GPT-4): text is split
+into chunks by a regex (so merges never cross a word/number/space boundary),
+each chunk is a sequence of bytes, and training repeatedly merges the most
+frequent adjacent pair into a new token. Encoding applies the merges in the
+order they were learned (lowest rank first).
+
+Acorn writes none of the hot loops itself: training runs on rustbpe (Rust,
+parallel), encoding and decoding on tiktoken. What lives here is the shape a
+user needs around them: special tokens that are plain text unless allowed,
+vocabulary sizes that include the special tokens, clear errors on bad input,
+an incremental decoder for streaming, and the Hugging Face file format
+(in acorn.tokenizer_files).
+
+Id layout of a trained tokenizer: ids 0..255 are the 256 single bytes (id ==
+byte value), 256..V-S-1 are merges in the order learned (id == rank), and the
+last S ids are the special tokens.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from pathlib import Path
+from typing import Collection, Iterable, Iterator, Literal, Sequence
+
+import regex
+import tiktoken
+
+from acorn.errors import AcornError
+
+# GPT-4's (cl100k) split pattern: case-insensitive contractions, letters with
+# an optional leading non-letter, numbers in groups of up to 3 digits (so the
+# model sees "123" "456" rather than one token per arbitrary digit string),
+# punctuation runs, and whitespace handled so a space attaches to the next word.
+GPT4_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+# GPT-2's split pattern (case-sensitive contractions, unbounded digit runs).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+PATTERNS = {"gpt4": GPT4_PATTERN, "gpt2": GPT2_PATTERN}
+
+# Texts are handed to rustbpe in pieces of about this many characters, cut only
+# where no split-pattern match can straddle the cut (after a newline, before a
+# letter), so chunking does not change the counts the trainer sees.
+_TRAIN_PIECE_CHARS = 1 << 20
+
+AllowedSpecial = Literal["all"] | Collection[str]
+
+
+def resolve_pattern(pattern: str) -> str:
+    """A pattern name ('gpt4', 'gpt2') or a regex; checks that the regex compiles."""
+    pat = PATTERNS.get(pattern, pattern)
+    try:
+        regex.compile(pat)
+    except regex.error as e:
+        raise AcornError(f"split pattern does not compile ({e}); pass 'gpt4', 'gpt2' or a valid regex") from None
+    return pat
+
+
+class Tokenizer:
+    """A byte-level BPE tokenizer with special tokens and an optional chat template.
+
+    Build one with `Tokenizer.train(...)`, `Tokenizer.from_pretrained(path)`, or
+    directly from tiktoken-style `mergeable_ranks` (token bytes -> id).
+    """
+
+    def __init__(
+        self,
+        mergeable_ranks: dict[bytes, int] | None,
+        special_tokens: dict[str, int],
+        pattern: str = GPT4_PATTERN,
+        *,
+        name: str = "acorn",
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        pad_token: str | None = None,
+        chat_template: str | None = None,
+        chat_format: str | None = None,
+        encoding=None,
+    ):
+        self.name = name
+        self.pattern = pattern
+        self.mergeable_ranks = mergeable_ranks
+        self.special_tokens = dict(special_tokens)
+        self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
+        self.chat_template = chat_template
+        self.chat_format = chat_format
+        # `encoding` is a tiktoken.Encoding, or any object with the same methods
+        # (acorn.tokenizer_files wraps the `tokenizers` library that way for
+        # formats tiktoken cannot express).
+        if encoding is None:
+            if mergeable_ranks is None:
+                raise ValueError("need mergeable_ranks or an encoding")
+            encoding = tiktoken.Encoding(
+                name=name, pat_str=pattern, mergeable_ranks=mergeable_ranks, special_tokens=self.special_tokens
+            )
+        self._enc = encoding
+        self._special_ids = frozenset(self.special_tokens.values())
+        self._id_to_special = {i: s for s, i in self.special_tokens.items()}
+
+    # ----------------------------------------------------------------- training
+    @classmethod
+    def train(
+        cls,
+        texts: Iterable[str] | Sequence[str | os.PathLike],
+        vocab_size: int,
+        *,
+        pattern: str = "gpt4",
+        chat_format: str = "acorn",
+        special_tokens: Sequence[str] | None = None,
+        text_field: str = "text",
+        errors: Literal["strict", "replace"] = "strict",
+        name: str = "acorn",
+    ) -> "Tokenizer":
+        """Train byte-level BPE with rustbpe.
+
+        texts: an iterable of strings, or a list of file paths (.txt read whole,
+            .jsonl read field `text_field` of each line).
+        vocab_size: the final vocabulary size, special tokens included.
+        chat_format: 'acorn', 'chatml' or 'llama3'; reserves that format's
+            special tokens and sets its chat template.
+        special_tokens: extra special tokens appended after the format's.
+        errors: what to do with bytes that are not UTF-8 in files ('strict'
+            stops with the file and offset, 'replace' substitutes U+FFFD).
+        """
+        import rustbpe
+
+        from acorn.chat import FORMATS
+
+        if chat_format not in FORMATS:
+            raise AcornError(f"unknown chat format {chat_format!r}; choose one of {', '.join(FORMATS)}")
+        fmt = FORMATS[chat_format]
+        specials = list(dict.fromkeys([*fmt.special_tokens, *(special_tokens or [])]))
+        pat = resolve_pattern(pattern)
+        if vocab_size < 256 + len(specials):
+            raise AcornError(
+                f"vocab size {vocab_size} is too small: it needs 256 byte tokens + {len(specials)} special "
+                f"tokens; use --vocab-size {256 + len(specials)} or more (thousands in practice)"
+            )
+        n_merges_vocab = vocab_size - len(specials)
+
+        pieces = _training_pieces(texts, text_field=text_field, errors=errors)
+        seen = _CountingIter(pieces)
+        bpe = rustbpe.Tokenizer()
+        bpe.train_from_iterator(seen, n_merges_vocab, pattern=pat)
+        if seen.chars == 0:
+            raise AcornError("the training corpus is empty; give files (or texts) that contain text")
+        ranks = {bytes(b): r for b, r in bpe.get_mergeable_ranks()}
+        # rustbpe stops early when no pair occurs twice; ids of specials follow
+        # the merges actually learned so the id space has no holes.
+        base = len(ranks)
+        special_ids = {s: base + i for i, s in enumerate(specials)}
+        return cls(
+            ranks, special_ids, pat, name=name, bos_token=fmt.bos_token, eos_token=fmt.eos_token,
+            pad_token=fmt.pad_token, chat_template=fmt.template or None, chat_format=fmt.name,
+        )
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "Tokenizer":
+        """Load from a directory (tokenizer.json, vocab.json + merges.txt, *.tiktoken),
+        a single file, or the built-in name 'gpt2'. Never fetches anything."""
+        from acorn.tokenizer_files import load_tokenizer
+
+        return load_tokenizer(path)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write Hugging Face files (tokenizer.json, tokenizer_config.json, ...)."""
+        from acorn.tokenizer_files import save_tokenizer
+
+        return save_tokenizer(self, directory)
+
+    save_pretrained = save
+
+    # ------------------------------------------------------------------- sizes
+    @property
+    def vocab_size(self) -> int:
+        return self._enc.n_vocab
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def token_id(self, token: str) -> int:
+        """Id of a special token by its text."""
+        try:
+            return self.special_tokens[token]
+        except KeyError:
+            raise AcornError(f"{token!r} is not a special token of this tokenizer") from None
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.special_tokens.get(self.bos_token) if self.bos_token else None
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.special_tokens.get(self.eos_token) if self.eos_token else None
+
+    @property
+    def pad_id(self) -> int | None:
+        return self.special_tokens.get(self.pad_token) if self.pad_token else None
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._special_ids
+
+    # ---------------------------------------------------------------- encoding
+    def encode(
+        self,
+        text: str,
+        *,
+        allowed_special: AllowedSpecial = (),
+        add_bos: bool = False,
+        add_eos: bool = False,
+    ) -> list[int]:
+        """Text to ids.
+
+        Special-token text inside `text` ("<|end|>") is encoded as plain text
+        unless listed in `allowed_special` (or 'all'): text from users must not
+        be able to forge a role marker (prompt injection).
+        """
+        if allowed_special:
+            ids = self._enc.encode(text, allowed_special=allowed_special, disallowed_special=())
+        else:
+            ids = self._enc.encode_ordinary(text)
+        if add_bos:
+            ids.insert(0, self._require("bos"))
+        if add_eos:
+            ids.append(self._require("eos"))
+        return ids
+
+    def encode_batch(
+        self, texts: Sequence[str], *, allowed_special: AllowedSpecial = (), num_threads: int = 8
+    ) -> list[list[int]]:
+        """Encode many texts in parallel threads (tiktoken releases the GIL)."""
+        if allowed_special:
+            return self._enc.encode_batch(
+                list(texts), num_threads=num_threads, allowed_special=allowed_special, disallowed_special=()
+            )
+        return self._enc.encode_ordinary_batch(list(texts), num_threads=num_threads)
+
+    def _require(self, which: str) -> int:
+        tid = getattr(self, f"{which}_id")
+        if tid is None:
+            raise AcornError(f"this tokenizer has no {which} token; train or load one that defines it")
+        return tid
+
+    # ---------------------------------------------------------------- decoding
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        ids = list(ids)
+        self._check_ids(ids)
+        return self._enc.decode_bytes(ids)
+
+    def decode(self, ids: Iterable[int], *, skip_special: bool = False, errors: str = "replace") -> str:
+        """Ids to text. Bytes that do not form UTF-8 become U+FFFD (errors='replace')."""
+        ids = list(ids)
+        if skip_special:
+            ids = [i for i in ids if i not in self._special_ids]
+        return self.decode_bytes(ids).decode("utf-8", errors=errors)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        self._check_ids([token_id])
+        return self._enc.decode_single_token_bytes(token_id)
+
+    def _check_ids(self, ids: Sequence[int]) -> None:
+        n = self.vocab_size
+        for i in ids:
+            if not 0 <= i < n:
+                raise AcornError(f"token id {i} is outside this tokenizer's vocabulary (0..{n - 1})")
+
+    def stream_decoder(self, *, skip_special: bool = False) -> "StreamDecoder":
+        """An incremental decoder for streaming generation (see StreamDecoder)."""
+        return StreamDecoder(self, skip_special=skip_special)
+
+    # -------------------------------------------------------------------- chat
+    def apply_chat_template(
+        self,
+        messages: list[dict],
+        *,
+        add_generation_prompt: bool = False,
+        tokenize: bool = True,
+        return_assistant_mask: bool = False,
+        tools: list[dict] | None = None,
+        chat_template: str | None = None,
+        **kwargs,
+    ):
+        """Render a conversation with this tokenizer's chat template.
+
+        tokenize=False returns the text; tokenize=True the ids; with
+        return_assistant_mask=True a dict {"input_ids", "assistant_mask"} whose
+        mask is 1 on the tokens an SFT loss should train on.
+        """
+        from acorn.chat import apply_chat_template
+
+        return apply_chat_template(
+            self, messages, add_generation_prompt=add_generation_prompt, tokenize=tokenize,
+            return_assistant_mask=return_assistant_mask, tools=tools, chat_template=chat_template, **kwargs,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size}, "
+            f"special_tokens={len(self.special_tokens)}, chat_format={self.chat_format!r})"
+        )
+
+
+class StreamDecoder:
+    """Turns ids into text one at a time without ever emitting broken UTF-8.
+
+    A multi-byte character may be split across tokens (an emoji is 4 bytes and
+    byte-level BPE may give each byte its own token). The decoder keeps the
+    trailing bytes of an unfinished character until the rest arrives; bytes
+    that can never become valid UTF-8 are emitted as U+FFFD, as `decode` does.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, *, skip_special: bool = False):
+        self._tok = tokenizer
+        self._skip_special = skip_special
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        """Add one id; returns the text that is now complete (maybe '')."""
+        if self._skip_special and self._tok.is_special(token_id):
+            return ""
+        return self._utf8.decode(self._tok.token_bytes(token_id))
+
+    def push_many(self, ids: Iterable[int]) -> str:
+        return "".join(self.push(i) for i in ids)
+
+    def flush(self) -> str:
+        """End of stream: whatever is pending, with U+FFFD for an unfinished character."""
+        return self._utf8.decode(b"", final=True)
+
+
+# ------------------------------------------------------------------ training IO
+class _CountingIter:
+    """Passes strings through to rustbpe and counts the characters seen."""
+
+    def __init__(self, it: Iterator[str]):
+        self._it = it
+        self.chars = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        s = next(self._it)
+        self.chars += len(s)
+        return s
+
+
+def _training_pieces(texts, *, text_field: str, errors: str) -> Iterator[str]:
+    """Yield training text in pieces. Paths are read from disk; strings pass through."""
+    if isinstance(texts, (str, os.PathLike)):
+        texts = [texts]
+    if isinstance(texts, (list, tuple)) and texts and all(isinstance(t, (str, os.PathLike)) for t in texts) and all(
+        isinstance(t, os.PathLike) or _looks_like_path(t) for t in texts
+    ):
+        for path in texts:
+            yield from _file_pieces(Path(path), text_field=text_field, errors=errors)
+        return
+    for t in texts:
+        yield from _split_for_training(t)
+
+
+def _looks_like_path(s: str) -> bool:
+    return len(s) < 4096 and "\n" not in s and os.path.exists(s)
+
+
+def read_text_file(path: Path, errors: str = "strict") -> str:
+    """Read a UTF-8 file; undecodable bytes are an AcornError with the offset."""
+    if not path.is_file():
+        raise AcornError(f"{path}: no such file; check the path")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as e:
+        raise AcornError(
+            f"{path}: bytes at offset {e.start} are not UTF-8 ({data[e.start:e.start + 4]!r}); "
+            "convert the file to UTF-8 or pass --errors replace"
+        ) from None
+
+
+def _file_pieces(path: Path, *, text_field: str, errors: str) -> Iterator[str]:
+    if path.suffix == ".jsonl":
+        from acorn.fileio import read_jsonl
+
+        for i, row in enumerate(read_jsonl(path), 1):
+            if text_field not in row or not isinstance(row[text_field], str):
+                raise AcornError(
+                    f"{path}: record {i} has no string field {text_field!r}; pass --text-field NAME "
+                    f"(fields there: {', '.join(map(str, row)) or 'none'})"
+                )
+            yield row[text_field]
+    else:
+        yield from _split_for_training(read_text_file(path, errors))
+
+
+def _split_for_training(text: str) -> Iterator[str]:
+    """Cut long texts at a newline followed by a letter, where no chunk can straddle."""
+    n = len(text)
+    start = 0
+    while n - start > _TRAIN_PIECE_CHARS:
+        cut = start + _TRAIN_PIECE_CHARS
+        while True:
+            cut = text.find("\n", cut)
+            if cut < 0 or cut + 1 >= n:
+                cut = n
+                break
+            if text[cut + 1].isalpha():
+                cut += 1
+                break
+            cut += 1
+        yield text[start:cut]
+        start = cut
+    if start < n:
+        yield text[start:]
