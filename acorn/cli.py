@@ -59,12 +59,12 @@ def cmd_tokenizer_encode(args) -> None:
 
 
 def cmd_tokenizer_decode(args) -> None:
-    tok = _load_tokenizer(args.tokenizer)
     raw = " ".join(args.ids) if args.ids else sys.stdin.read()
     try:
         ids = [int(x) for x in raw.replace(",", " ").split()]
     except ValueError:
         raise AcornError("ids must be integers separated by spaces or commas, e.g. `acorn tokenizer decode TOK 15496 995`") from None
+    tok = _load_tokenizer(args.tokenizer)
     sys.stdout.write(tok.decode(ids))
     sys.stdout.write("\n")
 

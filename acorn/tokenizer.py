@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import warnings
 from pathlib import Path
 from typing import Collection, Iterable, Iterator, Literal, Sequence
 
@@ -151,6 +152,12 @@ class Tokenizer:
         # rustbpe stops early when no pair occurs twice; ids of specials follow
         # the merges actually learned so the id space has no holes.
         base = len(ranks)
+        if base < n_merges_vocab:
+            warnings.warn(
+                f"the corpus only supports {base - 256} merges: vocabulary is {base + len(specials)}, "
+                f"not the {vocab_size} asked for; train on more text for a larger vocabulary",
+                stacklevel=2,
+            )
         special_ids = {s: base + i for i, s in enumerate(specials)}
         return cls(
             ranks, special_ids, pat, name=name, bos_token=fmt.bos_token, eos_token=fmt.eos_token,
