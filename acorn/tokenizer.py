@@ -13,6 +13,13 @@ vocabulary sizes that include the special tokens, clear errors on bad input,
 an incremental decoder for streaming, and the Hugging Face file format
 (in acorn.tokenizer_files).
 
+Training rule, exactly (tests/test_tokenizer.py replays it in pure Python):
+each regex chunk counts once per occurrence; pairs are counted at every
+adjacent position, overlaps included ("aaa" holds (a, a) twice); the most
+frequent pair is merged, left to right within each chunk; when counts tie, the
+pair with the smallest (left id, right id) wins. Training stops early, with a
+warning, when no pair is left to merge.
+
 Id layout of a trained tokenizer: ids 0..255 are the 256 single bytes (id ==
 byte value), 256..V-S-1 are merges in the order learned (id == rank), and the
 last S ids are the special tokens.
