@@ -1,0 +1,707 @@
+"""The built-in synthetic world: data that exists on every machine and that a tiny model can learn.
+
+Concept: synthetic data for knowledge acquisition and extraction. A world of
+invented people, cities and companies is generated from a seed; its facts are
+written out as pretraining documents, instruction conversations, a retrieval
+knowledge base and evaluation sets, so every later stage (pretraining, SFT,
+refusals, RAG, tool use, DPO, in-context learning, evals) has something it
+can measurably change.
+
+Design follows Allen-Zhu & Li, "Physics of Language Models: Part 3.1,
+Knowledge Storage and Extraction" (2023): a fact stated in one phrasing only
+is memorised as a string and cannot be asked about; stated in several
+phrasings, with sentences in shuffled order and the full name repeated, it
+becomes knowledge that question answering fine-tuned on *some* people
+generalises to *other* people. So every fact of every known person appears in
+several biographies, each in a different phrasing (acorn.data.world_text),
+and only half of the known people have their facts in the SFT set; the other
+half measure extraction (`in_sft` in eval/fact_qa.jsonl).
+
+Held-out knowledge: "unknown" people never appear in pretraining. Their
+documents form knowledge_base.jsonl (for retrieval), and the honest answer to
+a question about them without retrieval is IDK_ANSWER. Their surnames come
+from a pool no known person uses, so "I have never seen this name" is a
+signal even a tiny model can learn.
+
+Everything is deterministic: one `random.Random` per component, seeded from
+(seed, component name); no set iteration, no time stamps. Same seed and size,
+same bytes. File schemas are in SCHEMAS below and in docs/DATA.md.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import random
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+
+from acorn.data import world_text as T
+from acorn.errors import AcornError
+from acorn.fileio import write_json, write_jsonl
+
+WORLD_VERSION = "1"
+# The one refusal every SFT row and eval row uses, so exact match can score it.
+IDK_ANSWER = "I don't know."
+# Facts asked about. Every known person has all but "spouse" (only the married).
+FACT_ATTRIBUTES = ("birth_year", "birth_city", "profession", "employer", "mentor", "spouse")
+CORE_ATTRIBUTES = FACT_ATTRIBUTES[:-1]
+CALCULATOR_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "calculator",
+        "description": "Evaluate an arithmetic expression with integers and + - *.",
+        "parameters": {
+            "type": "object",
+            "properties": {"expression": {"type": "string", "description": "for example 123*45"}},
+            "required": ["expression"],
+        },
+    },
+}
+OPS = ("+", "-", "*")
+
+
+@dataclass(frozen=True)
+class WorldSize:
+    n_known: int            # people whose facts are in pretraining
+    n_unknown: int          # people only in the knowledge base (2/3 used for SFT refusals, 1/3 for eval)
+    n_cities: int
+    n_countries: int
+    n_companies: int
+    bios_per_person: int    # biographies per known person: each fact is seen this many times, in rotating phrasings
+    stories_per_person: int
+    n_arithmetic_docs: int
+    n_reasoning_docs: int
+    questions_per_fact: int  # SFT phrasings per (person, attribute)
+    n_sft_arithmetic: int
+    n_sft_tool: int
+    n_preference_arithmetic: int
+    arithmetic_eval_per_cell: int  # per (digits, op)
+    n_icl: int
+
+
+# default is sized for the CPU speedrun: ~1.5M tokens at a 4k vocabulary, so a
+# 5-20M parameter model sees each fact dozens of times in ~15 minutes.
+SIZES: dict[str, WorldSize] = {
+    "tiny": WorldSize(12, 9, 6, 3, 5, 3, 1, 20, 10, 2, 20, 10, 6, 1, 12),
+    "small": WorldSize(40, 30, 12, 4, 10, 12, 2, 300, 150, 3, 300, 150, 50, 5, 100),
+    "default": WorldSize(200, 150, 24, 6, 24, 60, 5, 6000, 4000, 3, 2000, 1000, 300, 20, 300),
+    "large": WorldSize(2000, 1500, 80, 12, 120, 60, 5, 60000, 40000, 3, 20000, 10000, 3000, 50, 1000),
+}
+
+
+@dataclass
+class Person:
+    name: str
+    first_name: str
+    last_name: str
+    birth_year: int
+    birth_city: str
+    profession: str
+    employer: str
+    mentor: str
+    spouse: str | None
+    # "sft": facts in pretraining and SFT; "heldout": pretraining only;
+    # "unknown_sft": never in pretraining, SFT refusals; "unknown_eval": never in pretraining or SFT.
+    split: str
+
+    @property
+    def known(self) -> bool:
+        return not self.split.startswith("unknown")
+
+    def attributes(self) -> list[str]:
+        return [a for a in FACT_ATTRIBUTES if getattr(self, a) is not None]
+
+    def value(self, attr: str) -> str:
+        return str(getattr(self, attr))
+
+    def slots(self) -> dict:
+        """Template slots for acorn.data.world_text."""
+        return dict(asdict(self), first=self.first_name, a_profession=T.with_article(self.profession))
+
+
+@dataclass
+class World:
+    seed: int
+    size: str
+    countries: list[str]
+    cities: list[dict]       # {"name", "country"}
+    companies: list[dict]    # {"name", "founded", "headquarters"}
+    people: list[Person]
+
+    def known(self) -> list[Person]:
+        return [p for p in self.people if p.known]
+
+    @cached_property
+    def value_pools(self) -> dict[str, list[str]]:
+        """The values each attribute can take, to draw wrong answers from."""
+        names = [p.name for p in self.known()]
+        return {"birth_city": [c["name"] for c in self.cities], "profession": T.PROFESSIONS,
+                "employer": [c["name"] for c in self.companies], "mentor": names, "spouse": names}
+
+    @cached_property
+    def slots(self) -> dict[str, dict]:
+        """Template slots per person name, with the facts two hops away (country, headquarters)."""
+        city = {c["name"]: c for c in self.cities}
+        company = {c["name"]: c for c in self.companies}
+        return {p.name: dict(p.slots(), country=city[p.birth_city]["country"],
+                             hq=company[p.employer]["headquarters"], founded=company[p.employer]["founded"])
+                for p in self.people}
+
+    def split(self, name: str) -> list[Person]:
+        return [p for p in self.people if p.split == name]
+
+    def to_json(self) -> dict:
+        return {
+            "generator": "acorn.data.world", "version": WORLD_VERSION, "seed": self.seed, "size": self.size,
+            "idk_answer": IDK_ANSWER, "attributes": list(FACT_ATTRIBUTES),
+            "countries": self.countries, "cities": self.cities, "companies": self.companies,
+            "people": [dict(asdict(p), known=p.known,
+                            sft_attributes=p.attributes() if p.split == "sft" else []) for p in self.people],
+        }
+
+
+def _rng(seed: int, component: str) -> random.Random:
+    # A separate stream per component: adding documents of one kind does not
+    # reshuffle every other file. Seeding with a str is stable across runs.
+    return random.Random(f"acorn-world/{seed}/{component}")
+
+
+class _Names:
+    """Draws invented words, never the same one twice (case-insensitive) across all kinds."""
+
+    def __init__(self, rng: random.Random):
+        self.rng, self.used = rng, set()
+
+    def fresh(self, make) -> str:
+        for _ in range(10_000):
+            word = make(self.rng)
+            if word.lower() not in self.used:
+                self.used.add(word.lower())
+                return word
+        raise RuntimeError("name pool exhausted; add syllables to acorn/data/world_text.py")
+
+
+# --------------------------------------------------------------- the world
+def build_world(seed: int, size: str) -> World:
+    cfg = SIZES[size]
+    rng = _rng(seed, "world")
+    names = _Names(rng)
+    countries = [names.fresh(T.country_name) for _ in range(cfg.n_countries)]
+    # Every country gets a city before any gets a second one.
+    cities = [{"name": names.fresh(T.city_name), "country": countries[i % len(countries)]} for i in range(cfg.n_cities)]
+    companies = []
+    for _ in range(cfg.n_companies):
+        stem = names.fresh(lambda r: r.choice(T.COMPANY_A) + r.choice(T.COMPANY_B))
+        companies.append({"name": f"{stem} {rng.choice(T.COMPANY_SUFFIX)}", "founded": rng.randint(1850, 1990),
+                          "headquarters": rng.choice(cities)["name"]})
+    # Known surnames are shared by about two people each, so a model must
+    # learn full names; unknown people draw from a disjoint pool.
+    known_surnames = [names.fresh(T.last_name) for _ in range(max(2, cfg.n_known // 2))]
+    unknown_surnames = [names.fresh(T.last_name) for _ in range(max(2, cfg.n_unknown // 2))]
+    full_names = set()
+
+    def person(surnames: list[str], split: str) -> Person:
+        while True:
+            first, last = T.first_name(rng), rng.choice(surnames)
+            if f"{first} {last}" not in full_names:
+                break
+        full_names.add(f"{first} {last}")
+        return Person(name=f"{first} {last}", first_name=first, last_name=last, birth_year=rng.randint(1930, 1999),
+                      birth_city=rng.choice(cities)["name"], profession=rng.choice(T.PROFESSIONS),
+                      employer=rng.choice(companies)["name"], mentor="", spouse=None, split=split)
+
+    known = [person(known_surnames, "sft" if i % 2 == 0 else "heldout") for i in range(cfg.n_known)]
+    n_unknown_sft = cfg.n_unknown * 2 // 3
+    unknown = [person(unknown_surnames, "unknown_sft" if i < n_unknown_sft else "unknown_eval")
+               for i in range(cfg.n_unknown)]
+    by_age = sorted(known, key=lambda q: (q.birth_year, q.name))
+    years = [q.birth_year for q in by_age]
+    for p in known + unknown:
+        # A mentor is a known person, preferably at least ten years older
+        # (the oldest have none that old and take anyone else).
+        n_elders = bisect.bisect_right(years, p.birth_year - 10)
+        mentor = by_age[rng.randrange(n_elders)] if n_elders else p
+        while mentor is p:
+            mentor = rng.choice(known)
+        p.mentor = mentor.name
+    # About 40% of known people are married, in pairs.
+    order = list(range(len(known)))
+    rng.shuffle(order)
+    for i in range(0, int(len(known) * 0.4) // 2 * 2, 2):
+        a, b = known[order[i]], known[order[i + 1]]
+        a.spouse, b.spouse = b.name, a.name
+    return World(seed, size, countries, cities, companies, known + unknown)
+
+
+# ------------------------------------------------------------- pretraining
+def _operand(rng: random.Random, digits: int) -> int:
+    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
+
+
+def _problem(rng: random.Random, op: str, da: int, db: int) -> tuple[int, int]:
+    a, b = _operand(rng, da), _operand(rng, db)
+    return (max(a, b), min(a, b)) if op == "-" else (a, b)  # keep differences non-negative
+
+
+def _apply(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def arithmetic_doc(rng: random.Random, seen: set) -> str:
+    """A drill (several `a op b = c` lines) or one worked example with carries/borrows/partial products."""
+    style = rng.choices(["drill", "add", "sub", "mul"], weights=[4, 2, 2, 2])[0]
+    if style == "drill":
+        lines = []
+        for _ in range(rng.randint(6, 12)):
+            op, da = rng.choice(OPS), rng.randint(1, 6)
+            a, b = _problem(rng, op, da, rng.randint(1, da))
+            seen.add((a, op, b))
+            lines.append(f"{a} {op} {b} = {_apply(a, op, b)}")
+        return "\n".join(lines)
+    op = {"add": "+", "sub": "-", "mul": "*"}[style]
+    da = rng.randint(2, 6)
+    a, b = _problem(rng, op, da, rng.randint(1, da))
+    seen.add((a, op, b))
+    return {"+": T.column_addition, "-": T.column_subtraction, "*": T.long_multiplication}[op](a, b)
+
+
+def pretrain_docs(world: World, cfg: WorldSize, seen: set) -> list[dict]:
+    rng = _rng(world.seed, "pretrain")
+    known = world.known()
+    docs = []
+    for p in known:
+        slots = world.slots[p.name]
+        attrs = p.attributes()
+        # Start each fact's phrasing at a random template and step through the
+        # list, so any two biographies of a person say each fact differently.
+        start = {a: rng.randrange(len(T.BIO_TEMPLATES[a])) for a in attrs}
+        for i in range(cfg.bios_per_person):
+            text = T.biography(rng, slots, attrs, {a: start[a] + i for a in attrs}, allow_pairs=i % 2 == 1)
+            docs.append({"text": text, "kind": "biography"})
+        for _ in range(cfg.stories_per_person):
+            docs.append({"text": T.person_story(rng, slots), "kind": "story"})
+    country_of = {c["name"]: c["country"] for c in world.cities}
+    for company in world.companies:
+        staff = [world.slots[p.name] for p in known if p.employer == company["name"]]
+        for _ in range(cfg.stories_per_person):
+            some = rng.sample(staff, min(3, len(staff)))
+            docs.append({"text": T.company_story(rng, company, country_of[company["headquarters"]], some),
+                         "kind": "story"})
+    for city in world.cities:
+        natives = [world.slots[p.name] for p in known if p.birth_city == city["name"]]
+        for _ in range(cfg.stories_per_person):
+            docs.append({"text": T.city_story(rng, city, rng.sample(natives, min(3, len(natives)))), "kind": "story"})
+    by_name = {p.name: p for p in known}
+    for _ in range(cfg.n_reasoning_docs):
+        kind = rng.choice(T.REASONING_KINDS)
+        a = rng.choice(known)
+        b = by_name[a.mentor] if kind == "mentor_chain" else a
+        while b is a and kind != "mentor_chain":
+            b = rng.choice(known)
+        if (kind == "older" and a.birth_year == b.birth_year) or (kind == "mentor_chain" and b.mentor == a.name):
+            kind = "age"  # no clean conclusion to draw from this pair
+        year = rng.randint(max(a.birth_year + 20, 1990), 2025)  # an adult in that year
+        text = T.reasoning_doc(rng, kind, world.slots[a.name], world.slots[b.name], year)
+        docs.append({"text": text, "kind": "reasoning"})
+    for _ in range(cfg.n_arithmetic_docs):
+        docs.append({"text": arithmetic_doc(rng, seen), "kind": "arithmetic"})
+    rng.shuffle(docs)  # a loader reading in order sees every kind throughout
+    return docs
+
+
+# ---------------------------------------------------------- instruction data
+def needs_calculator(a: int, op: str, b: int) -> bool:
+    """The SFT tool policy: answer small problems directly, call the calculator for large ones."""
+    digits = max(len(str(a)), len(str(b)))
+    return digits > (2 if op == "*" else 3)
+
+
+def _question(rng: random.Random, a: int, op: str, b: int) -> str:
+    return rng.choice(T.ARITHMETIC_QUESTIONS).format(a=a, op=op, b=b, opword=T.OP_WORDS[op])
+
+
+def _maybe_system(rng: random.Random, messages: list[dict], p: float = 0.2) -> list[dict]:
+    return ([{"role": "system", "content": rng.choice(T.SYSTEM_PROMPTS)}] if rng.random() < p else []) + messages
+
+
+def _qa_rows(rng: random.Random, people: list[Person], attrs_of, k: int, kind: str) -> list[dict]:
+    rows = []
+    for p in people:
+        for attr in attrs_of(p):
+            for template in rng.sample(T.QUESTION_TEMPLATES[attr], min(k, len(T.QUESTION_TEMPLATES[attr]))):
+                answer = p.value(attr) if kind == "fact" else IDK_ANSWER
+                messages = [{"role": "user", "content": template.format(name=p.name)},
+                            {"role": "assistant", "content": answer}]
+                rows.append({"messages": _maybe_system(rng, messages), "kind": kind, "person": p.name,
+                             "attribute": attr})
+    return rows
+
+
+def tool_conversation(rng: random.Random, a: int, op: str, b: int) -> dict:
+    expression = f"{a}{op}{b}"
+    messages = [{"role": "user", "content": _question(rng, a, op, b)},
+                {"role": "assistant", "content": None, "tool_calls": [{
+                    "id": "call_0", "type": "function",
+                    "function": {"name": "calculator", "arguments": json.dumps({"expression": expression})}}]},
+                {"role": "tool", "tool_call_id": "call_0", "content": str(_apply(a, op, b))},
+                {"role": "assistant", "content": str(_apply(a, op, b))}]
+    if rng.random() < 0.5:
+        messages.insert(0, {"role": "system", "content": T.TOOL_SYSTEM_PROMPT})
+    return {"messages": messages, "kind": "tool", "tools": [CALCULATOR_TOOL]}
+
+
+def sft_rows(world: World, cfg: WorldSize, seen: set) -> list[dict]:
+    rng = _rng(world.seed, "sft")
+    k = cfg.questions_per_fact
+    rows = _qa_rows(rng, world.split("sft"), Person.attributes, k, "fact")
+    rows += _qa_rows(rng, world.split("unknown_sft"), lambda p: list(CORE_ATTRIBUTES), k, "refusal")
+    for _ in range(cfg.n_sft_arithmetic):
+        op = rng.choice(OPS)
+        da = rng.randint(1, 2 if op == "*" else 3)
+        a, b = _problem(rng, op, da, rng.randint(1, da))
+        seen.add((a, op, b))
+        messages = [{"role": "user", "content": _question(rng, a, op, b)},
+                    {"role": "assistant", "content": str(_apply(a, op, b))}]
+        rows.append({"messages": _maybe_system(rng, messages), "kind": "arithmetic"})
+    for _ in range(cfg.n_sft_tool):
+        op = rng.choice(OPS)
+        da = rng.randint(3 if op == "*" else 4, 6)
+        a, b = _problem(rng, op, da, rng.randint(2, da))
+        seen.add((a, op, b))
+        rows.append(tool_conversation(rng, a, op, b))
+    rng.shuffle(rows)
+    return rows
+
+
+# ----------------------------------------------------- knowledge base (RAG)
+def knowledge_base(world: World) -> list[dict]:
+    rng = _rng(world.seed, "knowledge_base")
+    rows = []
+    for i, p in enumerate(world.split("unknown_sft") + world.split("unknown_eval")):
+        attrs = p.attributes()
+        phrasing = {a: rng.randrange(len(T.BIO_TEMPLATES[a])) for a in attrs}
+        text = T.biography(rng, p.slots(), attrs, phrasing, allow_pairs=True).split("\n")[-1]
+        rows.append({"id": f"kb-{i:05d}", "title": p.name, "text": text, "person": p.name})
+    return rows
+
+
+# ------------------------------------------------------------ eval sets
+def _wrong_value(rng: random.Random, world: World, p: Person, attr: str) -> str:
+    """A plausible but false value: what a hallucinating model would say."""
+    truth = p.value(attr) if getattr(p, attr) is not None else None
+    pools = world.value_pools
+    while True:
+        if attr == "birth_year":
+            year = p.birth_year + rng.choice([-1, 1]) * rng.randint(1, 12)
+            value = str(year)
+        else:
+            value = rng.choice(pools[attr])
+        if value not in (truth, p.name):
+            return value
+
+
+def fact_qa(world: World) -> list[dict]:
+    return [{"question": T.QUESTION_TEMPLATES[a][0].format(name=p.name), "answer": p.value(a), "person": p.name,
+             "attribute": a, "in_sft": p.split == "sft"} for p in world.known() for a in p.attributes()]
+
+
+def fact_mc(world: World) -> list[dict]:
+    rng = _rng(world.seed, "fact_mc")
+    rows = []
+    for p in world.known():
+        for a in p.attributes():
+            choices = [p.value(a)]
+            while len(choices) < 4:
+                wrong = _wrong_value(rng, world, p, a)
+                if wrong not in choices:
+                    choices.append(wrong)
+            rng.shuffle(choices)
+            rows.append({"question": T.QUESTION_TEMPLATES[a][0].format(name=p.name), "choices": choices,
+                         "gold": choices.index(p.value(a)), "person": p.name, "attribute": a,
+                         "in_sft": p.split == "sft"})
+    return rows
+
+
+def arithmetic_eval(world: World, cfg: WorldSize, seen: set) -> list[dict]:
+    rng = _rng(world.seed, "arithmetic_eval")
+    rows = []
+    for digits in range(1, 7):
+        for op in OPS:
+            for _ in range(cfg.arithmetic_eval_per_cell):
+                # Avoid problems seen in training where the space allows (it
+                # does not for 1-digit sums); the flag records contamination.
+                for _ in range(50):
+                    a, b = _problem(rng, op, digits, digits)
+                    if (a, op, b) not in seen:
+                        break
+                rows.append({"question": f"What is {a} {op} {b}?", "answer": str(_apply(a, op, b)),
+                             "digits": digits, "op": op, "a": a, "b": b, "seen_in_training": (a, op, b) in seen})
+    return rows
+
+
+def unknown_qa(world: World, kb: list[dict]) -> list[dict]:
+    kb_id = {row["person"]: row["id"] for row in kb}
+    return [{"question": T.QUESTION_TEMPLATES[a][0].format(name=p.name), "answer": IDK_ANSWER, "person": p.name,
+             "attribute": a, "kb_answer": p.value(a), "kb_id": kb_id[p.name]}
+            for p in world.split("unknown_eval") for a in CORE_ATTRIBUTES]
+
+
+def icl_items(world: World, cfg: WorldSize) -> list[dict]:
+    """Few-shot items whose label words are invented per item.
+
+    The mapping "city -> dukex, profession -> zimop" exists only inside the
+    prompt, so no amount of memorisation helps: only in-context learning does
+    (the "semantically unrelated labels" setting of Wei et al. 2023).
+    task "category": labels name categories (mapping: category -> label) and
+    the query is a new member of a category shown in the demonstrations.
+    task "induction": labels are drawn per input (mapping: input -> label) and
+    the query repeats a demonstration input, so it is pure copying.
+    """
+    rng = _rng(world.seed, "icl")
+    pools = {"city": [c["name"] for c in world.cities], "company": [c["name"] for c in world.companies],
+             "profession": list(T.PROFESSIONS), "country": list(world.countries),
+             "person": [p.name for p in world.known()]}
+    rows = []
+    for _ in range(cfg.n_icl):
+        task = rng.choice(["category", "induction"])
+        cats = rng.sample(sorted(pools), rng.choice([2, 3]))
+        labels = []
+        while len(labels) < len(cats):
+            word = T.label_word(rng)
+            if word not in labels:
+                labels.append(word)
+        mapping = dict(zip(cats, labels))
+        k = rng.choice([4, 6, 8])
+        # One demonstration per category first, the rest at random. For the
+        # "category" task the query is set aside first so it is always new.
+        qcat = rng.choice(cats)
+        query = rng.choice(pools[qcat])
+        demo_cats = cats + [rng.choice(cats) for _ in range(k - len(cats))]
+        rng.shuffle(demo_cats)
+        # Distinct inputs while a category has them, repeats only once it runs out.
+        bags: dict[str, list[str]] = {c: [] for c in cats}
+        demos = []
+        for c in demo_cats:
+            if not bags[c]:
+                bags[c] = rng.sample([x for x in pools[c] if x != query], len(pools[c]) - (query in pools[c]))
+            demos.append((bags[c].pop(), c))
+        if task == "induction":
+            # Labels per input, at random: nothing but copying from the prompt works.
+            mapping = {x: rng.choice(labels) for x, _ in demos}
+            demos = [(x, x) for x, _ in demos]
+            query = qkey = rng.choice(demos)[0]
+        else:
+            qkey = qcat
+        prompt = "".join(f"Input: {x}\nLabel: {mapping[key]}\n" for x, key in demos) + f"Input: {query}\nLabel:"
+        rows.append({"prompt": prompt, "answer": mapping[qkey], "labels": labels, "mapping": mapping,
+                     "task": task, "k": k, "query": query})
+    return rows
+
+
+def preference_pairs(world: World, rng: random.Random, known: list[Person], unknown: list[Person],
+                     n_arithmetic: int, seen: set) -> list[dict]:
+    """Chosen = the true answer (or IDK_ANSWER for unknown people); rejected = a plausible hallucination."""
+    rows = []
+
+    def pair(question, chosen, rejected, kind, person=None, attribute=None):
+        row = {"prompt": [{"role": "user", "content": question}],
+               "chosen": [{"role": "assistant", "content": chosen}],
+               "rejected": [{"role": "assistant", "content": rejected}], "kind": kind}
+        if person:
+            row.update(person=person, attribute=attribute)
+        rows.append(row)
+
+    for p in known:
+        for a in p.attributes():
+            q = rng.choice(T.QUESTION_TEMPLATES[a]).format(name=p.name)
+            pair(q, p.value(a), _wrong_value(rng, world, p, a), "fact", p.name, a)
+    for p in unknown:
+        for a in CORE_ATTRIBUTES:
+            q = rng.choice(T.QUESTION_TEMPLATES[a]).format(name=p.name)
+            pair(q, IDK_ANSWER, _wrong_value(rng, world, p, a), "unknown", p.name, a)
+    for _ in range(n_arithmetic):
+        op = rng.choice(OPS)
+        da = rng.randint(1, 4)
+        a, b = _problem(rng, op, da, rng.randint(1, da))
+        seen.add((a, op, b))
+        c = _apply(a, op, b)
+        # A typical slip: one digit off by one (a dropped or extra carry).
+        wrong = c + rng.choice([-1, 1]) * 10 ** rng.randrange(len(str(abs(c))))
+        pair(_question(rng, a, op, b), str(c), str(wrong), "arithmetic")
+    rng.shuffle(rows)
+    return rows
+
+
+# ------------------------------------------------------------------ schemas
+# JSON Schemas of every file (docs/DATA.md shows them with examples). Tests
+# validate every row against them; consumers can too.
+_STR, _INT, _BOOL = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}
+_TOOL_CALL = {"type": "object", "required": ["id", "type", "function"], "additionalProperties": False,
+              "properties": {"id": _STR, "type": {"const": "function"},
+                             "function": {"type": "object", "required": ["name", "arguments"],
+                                          "additionalProperties": False,
+                                          "properties": {"name": _STR, "arguments": _STR}}}}
+_MESSAGE = {"type": "object", "required": ["role", "content"], "additionalProperties": False,
+            "properties": {"role": {"enum": ["system", "user", "assistant", "tool"]},
+                           "content": {"type": ["string", "null"]},
+                           "tool_calls": {"type": "array", "items": _TOOL_CALL, "minItems": 1},
+                           "tool_call_id": _STR}}
+_MESSAGES = {"type": "array", "items": _MESSAGE, "minItems": 1}
+_ATTR = {"enum": list(FACT_ATTRIBUTES)}
+
+
+def _obj(required: dict, optional: dict | None = None) -> dict:
+    return {"type": "object", "required": list(required), "additionalProperties": False,
+            "properties": {**required, **(optional or {})}}
+
+
+_PREFERENCE = _obj({"prompt": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES,
+                    "kind": {"enum": ["fact", "unknown", "arithmetic"]}}, {"person": _STR, "attribute": _ATTR})
+SCHEMAS: dict[str, dict] = {
+    "pretrain.jsonl": _obj({"text": _STR, "kind": {"enum": ["biography", "story", "arithmetic", "reasoning"]}}),
+    "sft.jsonl": _obj({"messages": _MESSAGES, "kind": {"enum": ["fact", "refusal", "arithmetic", "tool"]}},
+                      {"person": _STR, "attribute": _ATTR, "tools": {"type": "array"}}),
+    "knowledge_base.jsonl": _obj({"id": _STR, "title": _STR, "text": _STR, "person": _STR}),
+    "preference.jsonl": _PREFERENCE,
+    "eval/fact_qa.jsonl": _obj({"question": _STR, "answer": _STR, "person": _STR, "attribute": _ATTR,
+                                "in_sft": _BOOL}),
+    "eval/fact_mc.jsonl": _obj({"question": _STR, "choices": {"type": "array", "items": _STR, "minItems": 2},
+                                "gold": _INT, "person": _STR, "attribute": _ATTR, "in_sft": _BOOL}),
+    "eval/arithmetic.jsonl": _obj({"question": _STR, "answer": _STR, "digits": {"type": "integer", "minimum": 1},
+                                   "op": {"enum": list(OPS)}, "a": _INT, "b": _INT, "seen_in_training": _BOOL}),
+    "eval/icl.jsonl": _obj({"prompt": _STR, "answer": _STR, "labels": {"type": "array", "items": _STR},
+                            "mapping": {"type": "object", "additionalProperties": _STR},
+                            "task": {"enum": ["category", "induction"]}, "k": _INT, "query": _STR}),
+    "eval/unknown_qa.jsonl": _obj({"question": _STR, "answer": {"const": IDK_ANSWER}, "person": _STR,
+                                   "attribute": _ATTR, "kb_answer": _STR, "kb_id": _STR}),
+    "eval/preference.jsonl": _PREFERENCE,
+}
+_PERSON = _obj({k: _STR for k in ("name", "first_name", "last_name", "birth_city", "profession", "employer", "mentor")}
+               | {"birth_year": _INT, "spouse": {"type": ["string", "null"]},
+                  "split": {"enum": ["sft", "heldout", "unknown_sft", "unknown_eval"]}, "known": _BOOL,
+                  "sft_attributes": {"type": "array", "items": _ATTR}})
+WORLD_SCHEMA = _obj({
+    "generator": _STR, "version": _STR, "seed": _INT, "size": _STR, "idk_answer": _STR,
+    "attributes": {"type": "array", "items": _STR}, "countries": {"type": "array", "items": _STR},
+    "cities": {"type": "array", "items": _obj({"name": _STR, "country": _STR})},
+    "companies": {"type": "array", "items": _obj({"name": _STR, "founded": _INT, "headquarters": _STR})},
+    "people": {"type": "array", "items": _PERSON},
+})
+
+
+# ------------------------------------------------------------------ writing
+def _row_text(row: dict) -> str:
+    """The text fields of a row, for counting tokens (no chat-template overhead)."""
+    parts = [row[k] for k in ("title", "text", "question", "prompt", "answer") if isinstance(row.get(k), str)]
+    for key in ("messages", "prompt", "chosen", "rejected"):
+        for m in row.get(key) if isinstance(row.get(key), list) else []:
+            parts += [m["content"]] if m.get("content") else []
+            parts += [tc["function"]["arguments"] for tc in m.get("tool_calls", [])]
+    return "\n".join(parts + row.get("choices", []))
+
+
+def _load_tokenizer(path):
+    from acorn.tokenizer import Tokenizer
+
+    try:
+        return Tokenizer.from_pretrained(path)
+    except ImportError as e:  # the loader module may be absent in a partial install
+        raise AcornError(f"cannot load tokenizer {path} ({e}); omit --tokenizer to count with a fitted BPE") from None
+
+
+def _fit_tokenizer(pretrain: list[dict]):
+    from acorn.tokenizer import Tokenizer
+
+    # Fitted to the pretraining text at the vocabulary the speedrun uses, so
+    # the counts are what training will actually see. A tiny world supports
+    # fewer merges than 4096; the warning saying so is expected here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Tokenizer.train([d["text"] for d in pretrain], 4096)
+
+
+def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, quiet: bool = False) -> dict:
+    """Generate the world into directory `out` (overwriting) and return a summary.
+
+    tokenizer: a path for Tokenizer.from_pretrained, used only to report sizes
+    in tokens; None fits a 4096-token BPE to the pretraining text instead.
+    """
+    if size not in SIZES:
+        raise AcornError(f"unknown world size {size!r}; choose one of {', '.join(SIZES)}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise AcornError(f"seed must be a non-negative integer, got {seed!r}; pass e.g. --seed 0")
+    out = Path(out)
+    for parent in [out, *out.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise AcornError(f"{parent} exists and is not a directory; give --out a directory path")
+    tok = _load_tokenizer(tokenizer) if tokenizer is not None else None  # fail before the work, not after
+    t0 = time.perf_counter()
+    cfg = SIZES[size]
+    world = build_world(seed, size)
+    seen: set = set()  # (a, op, b) problems in training data, to flag contaminated eval items
+    pretrain = pretrain_docs(world, cfg, seen)
+    sft = sft_rows(world, cfg, seen)
+    kb = knowledge_base(world)
+    pref_train = preference_pairs(world, _rng(seed, "preference"), world.split("sft"), world.split("unknown_sft"),
+                                  cfg.n_preference_arithmetic, seen)
+    pref_eval = preference_pairs(world, _rng(seed, "preference_eval"), world.split("heldout"),
+                                 world.split("unknown_eval"), max(1, cfg.n_preference_arithmetic // 3), set())
+    files = {
+        "pretrain.jsonl": pretrain, "sft.jsonl": sft, "knowledge_base.jsonl": kb, "preference.jsonl": pref_train,
+        "eval/fact_qa.jsonl": fact_qa(world), "eval/fact_mc.jsonl": fact_mc(world),
+        "eval/arithmetic.jsonl": arithmetic_eval(world, cfg, seen), "eval/icl.jsonl": icl_items(world, cfg),
+        "eval/unknown_qa.jsonl": unknown_qa(world, kb), "eval/preference.jsonl": pref_eval,
+    }
+    try:
+        (out / "eval").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AcornError(f"cannot create {out} ({e.strerror}); choose another --out") from None
+    for name, rows in files.items():
+        write_jsonl(out / name, rows)
+    write_json(out / "world.json", world.to_json())
+    gen_seconds = time.perf_counter() - t0
+
+    if tok is None:
+        if not quiet and size == "large":  # the one slow step (~30 s); say why we wait
+            print("fitting a BPE to count tokens (pass --tokenizer to use an existing one)...", file=sys.stderr)
+        tok = _fit_tokenizer(pretrain)
+        tok_desc = f"a BPE fitted to pretrain.jsonl (vocabulary {tok.vocab_size})"
+    else:
+        tok_desc = f"the tokenizer at {tokenizer}"
+    entries = {}
+    for name in [*files, "world.json"]:
+        data = (out / name).read_bytes()
+        rows = files.get(name)
+        tokens = sum(map(len, tok.encode_batch([_row_text(r) for r in rows]))) if rows else None
+        entries[name] = {"rows": len(rows) if rows is not None else None, "bytes": len(data), "tokens": tokens,
+                         "sha256": hashlib.sha256(data).hexdigest()}
+    manifest = {"generator": "acorn.data.world", "version": WORLD_VERSION, "seed": seed, "size": size,
+                "idk_answer": IDK_ANSWER, "tokens_counted_with": tok_desc, "files": entries}
+    write_json(out / "manifest.json", manifest)
+    seconds = time.perf_counter() - t0
+    summary = dict(manifest, out=str(out), seconds=round(seconds, 2), generate_seconds=round(gen_seconds, 2),
+                   people={s: len(world.split(s)) for s in ("sft", "heldout", "unknown_sft", "unknown_eval")})
+    if not quiet:
+        print(format_summary(summary))
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    people = summary["people"]
+    lines = [f"world size={summary['size']} seed={summary['seed']} -> {summary['out']}: "
+             f"{people['sft'] + people['heldout']} known people ({people['sft']} with SFT facts), "
+             f"{people['unknown_sft'] + people['unknown_eval']} unknown",
+             f"{'file':<26}{'rows':>9}{'MB':>9}{'tokens':>12}"]
+    for name, e in summary["files"].items():
+        rows = "-" if e["rows"] is None else f"{e['rows']:,}"
+        tokens = "-" if e["tokens"] is None else f"{e['tokens']:,}"
+        lines.append(f"{name:<26}{rows:>9}{e['bytes'] / 1e6:>9.2f}{tokens:>12}")
+    lines.append(f"tokens counted with {summary['tokens_counted_with']}; "
+                 f"generated in {summary['generate_seconds']:.1f}s, {summary['seconds']:.1f}s with counting")
+    return "\n".join(lines)

@@ -1,0 +1,285 @@
+"""The built-in world: determinism, schemas, held-out people, phrasing diversity, correct answers, CLI."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import operator
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from acorn.cli import main
+from acorn.data.world import IDK_ANSWER, SCHEMAS, WORLD_SCHEMA, generate_world
+from acorn.errors import AcornError
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+
+
+def safe_eval(expression: str) -> int:
+    """Integers and + - * only; anything else is an error, never executed."""
+    def ev(node):
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        raise ValueError(f"not allowed in an expression: {ast.dump(node)}")
+    return ev(ast.parse(expression, mode="eval"))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    summary = generate_world(out, seed=0, size="tiny", quiet=True)
+    data = {name: _rows(out / name) for name in SCHEMAS}
+    facts = json.loads((out / "world.json").read_text())
+    return out, summary, data, facts
+
+
+def test_same_seed_same_bytes_and_different_seed_differs(world, tmp_path):
+    out = world[0]
+    generate_world(tmp_path / "again", seed=0, size="tiny", quiet=True)
+    generate_world(tmp_path / "other", seed=1, size="tiny", quiet=True)
+    first, again, other = _hashes(out), _hashes(tmp_path / "again"), _hashes(tmp_path / "other")
+    assert len(first) == len(SCHEMAS) + 2  # + world.json, manifest.json
+    assert first == again
+    for name in ["world.json", "pretrain.jsonl", "sft.jsonl", "eval/icl.jsonl"]:
+        assert first[name] != other[name], name
+
+
+def test_every_row_matches_its_schema(world):
+    out, summary, data, facts = world
+    for name, schema in SCHEMAS.items():
+        validator = jsonschema.Draft202012Validator(schema)
+        assert data[name], f"{name} is empty"
+        for i, row in enumerate(data[name]):
+            errors = list(validator.iter_errors(row))
+            assert not errors, f"{name} row {i}: {errors[0].message}"
+    jsonschema.validate(facts, WORLD_SCHEMA)
+
+
+def test_manifest_matches_the_files(world):
+    out, summary, data, _ = world
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 0 and manifest["size"] == "tiny" and manifest["idk_answer"] == IDK_ANSWER
+    assert manifest["files"] == summary["files"]
+    for name, entry in manifest["files"].items():
+        raw = (out / name).read_bytes()
+        assert entry["sha256"] == hashlib.sha256(raw).hexdigest()
+        assert entry["bytes"] == len(raw)
+        if name in data:
+            assert entry["rows"] == len(data[name]) and entry["tokens"] > 0
+
+
+def _mentions(name: str, text: str) -> bool:
+    return re.search(rf"\b{re.escape(name)}\b", text) is not None
+
+
+def test_unknown_people_never_in_pretraining(world):
+    _, _, data, facts = world
+    corpus = "\n".join(d["text"] for d in data["pretrain.jsonl"])
+    unknown = [p for p in facts["people"] if not p["known"]]
+    known = [p for p in facts["people"] if p["known"]]
+    assert unknown and known
+    for p in unknown:
+        assert not _mentions(p["name"], corpus), p["name"]
+        assert not _mentions(p["last_name"], corpus), p["last_name"]  # surnames come from a disjoint pool
+    # Unknown people appear in SFT only as refusals, and eval-only ones not at all.
+    sft_text = {row["person"]: row for row in data["sft.jsonl"] if "person" in row}
+    for p in unknown:
+        if p["split"] == "unknown_eval":
+            assert p["name"] not in sft_text
+        else:
+            assert all(r["kind"] == "refusal" for r in data["sft.jsonl"] if r.get("person") == p["name"])
+    # The held-out check is not vacuous: every known person is in the corpus.
+    assert all(_mentions(p["name"], corpus) for p in known)
+
+
+def test_every_fact_has_several_phrasings_in_pretraining(world):
+    _, _, data, facts = world
+    sentences = [s for d in data["pretrain.jsonl"] if d["kind"] == "biography"
+                 for s in re.split(r"(?<=\.)\s+|\n", d["text"])]
+    n_checked = 0
+    for p in (p for p in facts["people"] if p["known"]):
+        mine = [s for s in sentences if _mentions(p["name"], s)]
+        for attr in facts["attributes"]:
+            if p[attr] is None:
+                continue
+            value = str(p[attr])
+            phrasings = {re.sub(rf"\b{re.escape(p['name'])}\b", "{name}", s.replace(value, "{value}"))
+                         for s in mine if _mentions(value, s)}
+            assert len(phrasings) >= 2, (p["name"], attr, phrasings)
+            n_checked += 1
+    assert n_checked >= 5 * sum(p["known"] for p in facts["people"])
+
+
+def test_fact_answers_agree_with_the_world(world):
+    _, _, data, facts = world
+    people = {p["name"]: p for p in facts["people"]}
+    qa = data["eval/fact_qa.jsonl"]
+    for row in qa:
+        p = people[row["person"]]
+        assert p["known"] and row["answer"] == str(p[row["attribute"]]) and row["question"].count(p["name"]) == 1
+        assert row["in_sft"] == (p["split"] == "sft") == (row["attribute"] in p["sft_attributes"])
+    # Every fact of every known person is asked, and both halves are present.
+    expected = {(p["name"], a) for p in facts["people"] if p["known"] for a in facts["attributes"] if p[a] is not None}
+    assert {(r["person"], r["attribute"]) for r in qa} == expected
+    assert {r["in_sft"] for r in qa} == {True, False}
+    # SFT teaches exactly the in_sft facts, with the true answer.
+    sft_pairs = set()
+    for row in data["sft.jsonl"]:
+        if row["kind"] == "fact":
+            p = people[row["person"]]
+            assert row["messages"][-1]["content"] == str(p[row["attribute"]])
+            sft_pairs.add((row["person"], row["attribute"]))
+        elif row["kind"] == "refusal":
+            assert not people[row["person"]]["known"] and row["messages"][-1]["content"] == IDK_ANSWER
+    assert sft_pairs == {(r["person"], r["attribute"]) for r in qa if r["in_sft"]}
+    for row in data["eval/fact_mc.jsonl"]:
+        assert row["choices"][row["gold"]] == str(people[row["person"]][row["attribute"]])
+        assert len(set(row["choices"])) == len(row["choices"])
+
+
+def test_unknown_questions_and_knowledge_base(world):
+    _, _, data, facts = world
+    people = {p["name"]: p for p in facts["people"]}
+    kb = {row["id"]: row for row in data["knowledge_base.jsonl"]}
+    assert {row["person"] for row in kb.values()} == {p["name"] for p in facts["people"] if not p["known"]}
+    for row in data["eval/unknown_qa.jsonl"]:
+        p = people[row["person"]]
+        assert p["split"] == "unknown_eval" and row["answer"] == IDK_ANSWER
+        assert row["kb_answer"] == str(p[row["attribute"]])
+        assert kb[row["kb_id"]]["person"] == p["name"] and row["kb_answer"] in kb[row["kb_id"]]["text"]
+
+
+def test_preference_pairs(world):
+    _, _, data, facts = world
+    people = {p["name"]: p for p in facts["people"]}
+    splits_of = {"preference.jsonl": ("sft", "unknown_sft"), "eval/preference.jsonl": ("heldout", "unknown_eval")}
+    for name, splits in splits_of.items():
+        kinds = set()
+        for row in data[name]:
+            chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+            assert chosen != rejected
+            kinds.add(row["kind"])
+            if row["kind"] == "fact":
+                assert people[row["person"]]["split"] == splits[0]
+                assert chosen == str(people[row["person"]][row["attribute"]])
+            elif row["kind"] == "unknown":
+                assert people[row["person"]]["split"] == splits[1] and chosen == IDK_ANSWER
+            else:
+                question = row["prompt"][0]["content"]
+                a, op, b = re.search(r"(\d+) (\+|-|\*|plus|minus|times) (\d+)", question).groups()
+                op = {"plus": "+", "minus": "-", "times": "*"}.get(op, op)
+                assert chosen == str(safe_eval(f"{a}{op}{b}"))
+        assert kinds == {"fact", "unknown", "arithmetic"}
+
+
+def test_tool_calls_compute_correct_results(world):
+    _, _, data, _ = world
+    tool_rows = [r for r in data["sft.jsonl"] if r["kind"] == "tool"]
+    assert tool_rows
+    for row in tool_rows:
+        msgs = [m for m in row["messages"] if m["role"] != "system"]
+        call, result, final = msgs[1], msgs[2], msgs[3]
+        assert call["content"] is None and result["role"] == "tool"
+        tc = call["tool_calls"][0]
+        assert tc["function"]["name"] == row["tools"][0]["function"]["name"] == "calculator"
+        assert result["tool_call_id"] == tc["id"]
+        expression = json.loads(tc["function"]["arguments"])["expression"]
+        value = str(safe_eval(expression))
+        assert result["content"] == value and final["content"] == value
+        a, b = re.findall(r"\d+", expression)
+        assert a in msgs[0]["content"] and b in msgs[0]["content"]
+
+
+def test_arithmetic_is_correct_everywhere(world):
+    _, _, data, _ = world
+    for row in data["eval/arithmetic.jsonl"]:
+        assert row["answer"] == str(safe_eval(f"{row['a']}{row['op']}{row['b']}"))
+        assert row["question"] == f"What is {row['a']} {row['op']} {row['b']}?"
+        assert len(str(row["a"])) == len(str(row["b"])) == row["digits"]
+    assert {(r["digits"], r["op"]) for r in data["eval/arithmetic.jsonl"]} == {
+        (d, op) for d in range(1, 7) for op in "+-*"}
+    for row in data["sft.jsonl"]:
+        if row["kind"] == "arithmetic":
+            a, op, b = re.search(r"(\d+) (\+|-|\*|plus|minus|times) (\d+)", row["messages"][-2]["content"]).groups()
+            op = {"plus": "+", "minus": "-", "times": "*"}.get(op, op)
+            assert row["messages"][-1]["content"] == str(safe_eval(f"{a}{op}{b}"))
+    # Every complete equation in the pretraining drills and worked steps
+    # (column sums, borrows, partial products, totals) must hold.
+    equation = re.compile(r"(?<![+\-*] )(?<!\d)((?:\d+ [+\-*] )+\d+) = (\d+)")
+    n = 0
+    for doc in data["pretrain.jsonl"]:
+        if doc["kind"] in ("arithmetic", "reasoning"):
+            for lhs, rhs in equation.findall(doc["text"]):
+                assert safe_eval(lhs) == int(rhs), (lhs, rhs, doc["text"])
+                n += 1
+    assert n > 100
+
+
+def test_icl_label_mappings_are_invented_per_item(world):
+    _, _, data, _ = world
+    items = data["eval/icl.jsonl"]
+    assert {r["task"] for r in items} == {"category", "induction"}
+    labels_of_category: dict[str, set] = {}
+    for row in items:
+        demos = re.findall(r"Input: (.*)\nLabel: (.*)\n", row["prompt"])
+        assert len(demos) == row["k"] and row["prompt"].endswith(f"Input: {row['query']}\nLabel:")
+        assert row["answer"] in row["labels"] and set(row["mapping"].values()) <= set(row["labels"])
+        inputs = [x for x, _ in demos]
+        if row["task"] == "induction":
+            assert row["query"] in inputs and dict(demos)[row["query"]] == row["answer"]
+        else:
+            assert row["query"] not in inputs
+            for category, label in row["mapping"].items():
+                labels_of_category.setdefault(category, set()).add(label)
+    assert len({json.dumps(r["mapping"], sort_keys=True) for r in items}) == len(items)
+    assert any(len(labels) > 1 for labels in labels_of_category.values())
+
+
+def test_cli_writes_the_world(tmp_path, capsys):
+    out = tmp_path / "w"
+    assert main(["data", "world", "--out", str(out), "--size", "tiny", "--seed", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "pretrain.jsonl" in printed and "tokens counted with" in printed
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 3
+    assert (out / "eval" / "fact_qa.jsonl").stat().st_size > 0
+    # Regenerating into the same directory overwrites it.
+    assert main(["data", "world", "--out", str(out), "--size", "tiny", "--seed", "3"]) == 0
+
+
+@pytest.mark.parametrize("args", [["--seed", "-1"], ["--out-is-file"], ["--out-under-file"]])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    out = {"--out-is-file": blocker, "--out-under-file": blocker / "w"}.get(args[0], tmp_path / "w")
+    argv = ["data", "world", "--out", str(out), "--size", "tiny"] + (args if args[0] == "--seed" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("acorn: error:")
+    assert blocker.read_text() == "x"
+
+
+def test_bad_size_is_an_acorn_error(tmp_path):
+    # The CLI's argparse choices already reject it; the API must too.
+    with pytest.raises(AcornError, match="unknown world size"):
+        generate_world(tmp_path / "w", size="huge", quiet=True)
+    with pytest.raises(SystemExit) as e:
+        main(["data", "world", "--out", str(tmp_path / "w"), "--size", "huge"])
+    assert e.value.code == 2
