@@ -14,6 +14,13 @@ from pathlib import Path
 from acorn.errors import AcornError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line: the problem, then where help is."""
+
+    def error(self, message: str):
+        self.exit(2, f"acorn: error: {message}; see `{self.prog} --help`\n")
+
+
 def _parser(sub, name: str, help: str, example: str, description: str | None = None) -> argparse.ArgumentParser:
     return sub.add_parser(
         name,
@@ -146,7 +153,7 @@ def _expand_inputs(inputs: list[str]) -> list[Path]:
 
 # -------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="acorn",
         description="Acorn: tokenizer, transformer, training, alignment, inference and serving, end to end.",
         epilog="example:\n  acorn speedrun            # the whole pipeline on the built-in world\n"

@@ -42,7 +42,11 @@ def test_python_dash_m_acorn():
     assert r.returncode == 0 and r.stdout.startswith("acorn ")
 
 
-def test_missing_subcommand_is_a_usage_error(capsys):
+@pytest.mark.parametrize("argv", [["tokenizer"], ["data", "world", "--out", "x", "--size", "huge"],
+                                  ["tokenizer", "train", "f.txt", "--out", "o", "--vocab-size", "many"]])
+def test_usage_errors_are_one_line_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["tokenizer"])
+        main(argv)
     assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("acorn: error: ") and "--help" in err
