@@ -1,0 +1,232 @@
+"""Looking at a tokenizer: what it contains, how it splits text, what text costs.
+
+The concept is compression. A byte-level BPE tokenizer turns bytes into ids;
+the fewer ids per byte of your text, the more text fits in a context window,
+the less a training run or an API call costs, and the further a model can see.
+"Bytes per token" on text like yours is the number to compare tokenizers by
+(GPT-2 gets about 4 on English prose; a tokenizer trained on your own domain
+usually does better there and worse elsewhere).
+
+The other side of the same coin: a model sees ids, never letters. "strawberry"
+reaches it as two or three opaque ids, which is why counting the r's in it is
+hard for a language model and easy for a program. `describe` shows both.
+
+Counting streams the file: it is read in chunks cut at newlines (where no split
+pattern match can straddle the cut, so the count equals encoding the whole
+text at once), so a multi-gigabyte file costs a few megabytes of memory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Iterator, Literal
+
+from acorn.errors import AcornError
+from acorn.tokenizer import Tokenizer
+
+Errors = Literal["strict", "replace"]
+
+# 1 MiB pieces: big enough that tiktoken's per-call overhead vanishes, small
+# enough that a batch of them (and their ids as Python ints, ~36 bytes per
+# token) stays in the tens of megabytes.
+DEFAULT_CHUNK_BYTES = 1 << 20
+# Pieces encoded per encode_batch call (tiktoken spreads them over threads).
+_BATCH_PIECES = 4
+
+SAMPLE_TEXT = "Hello world, 12345!"
+STRAWBERRY = "strawberry"
+
+# A cut is safe right after a newline that follows a visible ASCII character
+# and precedes an ASCII letter: no match of the GPT-2 or GPT-4 split pattern
+# can contain "\n" followed by a letter, and with a non-space before the
+# newline GPT-2's end-of-text rule (\s++$) sees the same lone "\n" in the chunk
+# that it sees in the whole text. Checking bytes keeps the cut at a UTF-8
+# character boundary (both neighbours are ASCII).
+_SAFE_CUT = re.compile(rb"(?<=[\x21-\x7e])\n(?=[A-Za-z])")
+
+
+# -------------------------------------------------------------------- reading
+def iter_text_chunks(
+    path: str | os.PathLike, errors: Errors = "strict", chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[str]:
+    """Yield the text of a UTF-8 file in pieces of about `chunk_bytes` bytes.
+
+    Same rule as acorn.tokenizer.read_text_file: undecodable bytes stop with
+    the file and the byte offset ('strict') or become U+FFFD ('replace').
+    Pieces are cut only at a safe newline (see _SAFE_CUT); a file without one
+    is read whole, correct but not flat in memory.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AcornError(f"{path}: no such file; check the path")
+    if errors not in ("strict", "replace"):
+        raise AcornError(f"errors must be 'strict' or 'replace', not {errors!r}")
+    offset = 0  # file offset of buf[0], for the error message
+    buf = b""
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk_bytes)
+            buf += block
+            if not block:
+                break
+            cut = _last_safe_cut(buf, start=max(0, len(buf) - len(block) - 1))
+            if cut is None:
+                continue  # no safe place yet: read on
+            yield _decode(buf[:cut], path, offset, errors)
+            offset += cut
+            buf = buf[cut:]
+    if buf:
+        yield _decode(buf, path, offset, errors)
+
+
+def _last_safe_cut(buf: bytes, start: int) -> int | None:
+    """Index just after the last safe newline in buf (searching from `start`)."""
+    last = None
+    for m in _SAFE_CUT.finditer(buf, start):
+        last = m.end()
+    return last
+
+
+def _decode(data: bytes, path: Path, offset: int, errors: str) -> str:
+    try:
+        return data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as e:
+        # Worded as acorn.tokenizer.read_text_file words it; the offset is
+        # from the start of the file, not of this piece.
+        raise AcornError(
+            f"{path}: bytes at offset {offset + e.start} are not UTF-8 ({data[e.start:e.start + 4]!r}); "
+            "convert the file to UTF-8 or pass --errors replace"
+        ) from None
+
+
+# ------------------------------------------------------------------- counting
+def count_tokens(
+    tok: Tokenizer, path: str | os.PathLike, errors: Errors = "strict", *, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> int:
+    """Number of tokens in a text file (special-token text counts as plain text)."""
+    return _count(tok, path, errors, chunk_bytes)[1]
+
+
+def _count(tok: Tokenizer, path, errors: str, chunk_bytes: int) -> tuple[int, int]:
+    """(utf-8 bytes of the text, tokens) of one file, streamed."""
+    n_bytes = n_tokens = 0
+    batch: list[str] = []
+
+    def flush() -> int:
+        n = sum(len(ids) for ids in tok.encode_batch(batch)) if batch else 0
+        batch.clear()
+        return n
+
+    for piece in iter_text_chunks(path, errors, chunk_bytes):
+        # With errors='replace' the text differs from the file; count the
+        # bytes the tokenizer actually saw.
+        n_bytes += len(piece.encode("utf-8"))
+        batch.append(piece)
+        if len(batch) >= _BATCH_PIECES:
+            n_tokens += flush()
+    n_tokens += flush()
+    return n_bytes, n_tokens
+
+
+def compare_bytes_per_token(
+    tokenizers: dict[str, Tokenizer], paths, errors: Errors = "strict", *, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> list[dict]:
+    """Bytes per token of each tokenizer on the same files (higher compresses better).
+
+    Returns one row per tokenizer, in the order given:
+    {"name", "vocab_size", "bytes", "tokens", "bytes_per_token"}.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = list(paths)
+    if not paths:
+        raise AcornError("no input files; give one or more text files")
+    rows = []
+    for name, tok in tokenizers.items():
+        n_bytes = n_tokens = 0
+        for p in paths:
+            b, t = _count(tok, p, errors, chunk_bytes)
+            n_bytes += b
+            n_tokens += t
+        rows.append({
+            "name": name,
+            "vocab_size": tok.vocab_size,
+            "bytes": n_bytes,
+            "tokens": n_tokens,
+            "bytes_per_token": n_bytes / n_tokens if n_tokens else 0.0,
+        })
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """An aligned text table of compare_bytes_per_token rows."""
+    header = ["tokenizer", "vocab", "bytes", "tokens", "bytes/token"]
+    body = [
+        [str(r["name"]), f"{r['vocab_size']:,}", f"{r['bytes']:,}", f"{r['tokens']:,}", f"{r['bytes_per_token']:.3f}"]
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+    def fmt(line: list[str]) -> str:
+        # Name left-aligned, numbers right-aligned so digits line up.
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *(fmt(line) for line in body)])
+
+
+# ----------------------------------------------------------------- describing
+def token_pieces(tok: Tokenizer, text: str) -> list[str | bytes]:
+    """The pieces `text` splits into: each token's text, or its bytes when it is
+    only part of a UTF-8 character (byte-level BPE may cut an emoji in four)."""
+    out: list[str | bytes] = []
+    for i in tok.encode(text):
+        b = tok.token_bytes(i)
+        try:
+            out.append(b.decode("utf-8"))
+        except UnicodeDecodeError:
+            out.append(b)
+    return out
+
+
+def describe(tok: Tokenizer) -> str:
+    """A readable summary of a tokenizer (what `acorn tokenizer info` prints)."""
+    ranks = tok.mergeable_ranks
+    # Byte-level BPE starts from 256 single-byte tokens; every other
+    # mergeable token is one learned merge.
+    merges = f"{len(ranks) - 256:,}" if ranks is not None else "n/a (not a tiktoken-style vocabulary)"
+    specials = sorted(tok.special_tokens.items(), key=lambda kv: kv[1])
+    shown = ", ".join(f"{s}={i}" for s, i in specials[:16])
+    if len(specials) > 16:
+        shown += f", ... and {len(specials) - 16} more"
+
+    def role(name: str) -> str:
+        t = getattr(tok, f"{name}_token")
+        return f"{t} (id {getattr(tok, f'{name}_id')})" if t else "none"
+
+    if tok.chat_template:
+        chat = f"{tok.chat_format or 'custom'} (chat template present)"
+    else:
+        chat = f"{tok.chat_format or 'none'} (no chat template)"
+    straw_ids = tok.encode(STRAWBERRY)
+    straw_sp_ids = tok.encode(" " + STRAWBERRY)
+    lines = [
+        f"name:            {tok.name}",
+        f"vocab size:      {tok.vocab_size:,} (special tokens included)",
+        f"merges:          {merges}",
+        f"special tokens:  {len(specials)}" + (f": {shown}" if specials else ""),
+        f"bos / eos / pad: {role('bos')} / {role('eos')} / {role('pad')}",
+        f"split pattern:   {tok.pattern}",
+        f"chat format:     {chat}",
+        "",
+        f"example:         {SAMPLE_TEXT!r} -> {token_pieces(tok, SAMPLE_TEXT)}",
+        f"                 ids {tok.encode(SAMPLE_TEXT)}",
+        f"strawberry:      {STRAWBERRY!r} -> {token_pieces(tok, STRAWBERRY)} = ids {straw_ids}",
+        f"                 {' ' + STRAWBERRY!r} -> {token_pieces(tok, ' ' + STRAWBERRY)} = ids {straw_sp_ids}",
+        f"                 The model sees these ids, not letters: the {STRAWBERRY.count('r')} r's are not visible "
+        "in them,",
+        "                 which is why counting letters is hard for an LLM (and the same word gets",
+        "                 different ids with and without a leading space).",
+    ]
+    return "\n".join(lines)
