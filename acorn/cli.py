@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/speedrun", help="run directory (default: runs/speedrun)")
     s.add_argument("--size", default="default", choices=["tiny", "small", "default", "large"], help="world size")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary (default: 4096)")
+    s.add_argument("--vocab-size", type=int, default=2048,
+                   help="tokenizer vocabulary (default: 2048; the default world supports about 2.8k merges)")
     s.set_defaults(func=cmd_speedrun)
 
     # acorn data ...
@@ -255,7 +256,14 @@ def _version() -> str:
         return "unknown"
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"acorn: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.showwarning = _show_warning
     args = build_parser().parse_args(argv)
     if getattr(args, "compare", "unset") is None:
         args.compare = ["gpt2"]

@@ -57,17 +57,21 @@ def stage_tokenizer(world_dir: Path, out: Path, vocab_size: int) -> dict:
     return {"vocab_size": tok.vocab_size, "special_tokens": len(tok.special_tokens), "path": str(out)}
 
 
-def stage_tokenizer_eval(world_dir: Path, tok_dir: Path) -> dict:
+def stage_tokenizer_eval(world_dir: Path, tok_dir: Path, out: Path) -> dict:
     from acorn.tokenizer import Tokenizer
     from acorn.tokenizer_eval import compare_bytes_per_token, format_table
 
-    held_out = sorted((world_dir / "eval").glob("*.jsonl")) + [world_dir / "knowledge_base.jsonl"]
-    held_out = [p for p in held_out if p.exists()]
+    # Held-out prose: knowledge-base documents about people who never appear in
+    # pretraining, as plain text (not JSONL, whose quotes and keys the
+    # tokenizer never trained on).
+    held_out = out / "heldout.txt"
+    write_text(held_out, "\n\n".join(_jsonl_texts([world_dir / "knowledge_base.jsonl"])) + "\n")
     toks = {"acorn (this run)": Tokenizer.from_pretrained(tok_dir), "gpt2": Tokenizer.from_pretrained("gpt2")}
-    rows = compare_bytes_per_token(toks, held_out)
+    rows = compare_bytes_per_token(toks, [held_out])
     table = format_table(rows)
-    print("   bytes per token on the world's held-out files:\n" + "\n".join("   " + l for l in table.splitlines()))
-    return {"rows": rows}
+    print(f"   bytes per token on held-out world prose ({held_out}):")
+    print("\n".join("   " + line for line in table.splitlines()))
+    return {"rows": rows, "command": f"acorn tokenizer eval {tok_dir} {held_out} --compare gpt2"}
 
 
 def _jsonl_texts(paths: list[Path]):
@@ -83,7 +87,7 @@ def _jsonl_texts(paths: list[Path]):
                         yield m["content"]
 
 
-def speedrun(out: str | Path = "runs/speedrun", *, size: str = "default", seed: int = 0, vocab_size: int = 4096) -> Path:
+def speedrun(out: str | Path = "runs/speedrun", *, size: str = "default", seed: int = 0, vocab_size: int = 2048) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise AcornError(f"{out} is a file; give --out a directory")
@@ -95,7 +99,8 @@ def speedrun(out: str | Path = "runs/speedrun", *, size: str = "default", seed: 
     _stage("world: generate the built-in synthetic world (seconds)", results, stage_world, world_dir, size, seed)
     _stage(f"tokenizer: train byte-level BPE, vocab {vocab_size} (seconds)", results, stage_tokenizer,
            world_dir, tok_dir, vocab_size)
-    _stage("tokenizer eval: bytes per token against GPT-2 (seconds)", results, stage_tokenizer_eval, world_dir, tok_dir)
+    _stage("tokenizer eval: bytes per token against GPT-2 (seconds)", results, stage_tokenizer_eval,
+           world_dir, tok_dir, out / "tokenizer_eval")
     total = time.perf_counter() - t0
     report = out / "report.md"
     write_text(report, _report(results, total, size, seed))
@@ -118,9 +123,9 @@ def _report(results: list[StageResult], total: float, size: str, seed: int) -> s
     ]
     for r in results:
         if "rows" in r.summary:
-            lines += ["## Tokenizer: bytes per token on held-out world text", "", "```",
-                      format_table(r.summary["rows"]), "```", ""]
+            lines += ["## Tokenizer: bytes per token on held-out world prose", "",
+                      f"Reproduce with `{r.summary['command']}`.", "", "```", format_table(r.summary["rows"]), "```", ""]
         elif "vocab_size" in r.summary:
-            lines += [f"## Tokenizer", "", f"{r.summary['vocab_size']} tokens, {r.summary['special_tokens']} special; "
+            lines += ["## Tokenizer", "", f"{r.summary['vocab_size']} tokens, {r.summary['special_tokens']} special; "
                       f"saved in Hugging Face format at `{r.summary['path']}`.", ""]
     return "\n".join(lines)

@@ -49,10 +49,19 @@ GPT4_PATTERN = (
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 PATTERNS = {"gpt4": GPT4_PATTERN, "gpt2": GPT2_PATTERN}
 
-# Texts are handed to rustbpe in pieces of about this many characters, cut only
-# where no split-pattern match can straddle the cut (after a newline, before a
-# letter), so chunking does not change the counts the trainer sees.
-_TRAIN_PIECE_CHARS = 1 << 20
+# Long texts are read, trained on and counted in pieces of about 1 MiB: big
+# enough that per-call overhead vanishes, small enough that memory stays flat
+# and rustbpe can spread pieces over cores. A piece ends only at a safe cut:
+# right after a newline that follows a visible ASCII character and precedes an
+# ASCII letter. No match of the GPT-2 or GPT-4 split pattern contains "\n"
+# followed by a letter, and with a non-space before the newline GPT-2's
+# end-of-text rule (\s++$) sees the same lone "\n" in the piece as in the whole
+# text; so pieces give exactly the chunks of the whole. (Both neighbours being
+# ASCII also keeps a byte cut on a UTF-8 character boundary.)
+CHUNK_BYTES = 1 << 20
+_SAFE_CUT = r"(?<=[\x21-\x7e])\n(?=[A-Za-z])"
+_SAFE_CUT_STR = regex.compile(_SAFE_CUT)
+_SAFE_CUT_BYTES = regex.compile(_SAFE_CUT.encode())
 
 AllowedSpecial = Literal["all"] | Collection[str]
 
@@ -381,16 +390,50 @@ def _looks_like_path(s: str) -> bool:
     return len(s) < 4096 and "\n" not in s and os.path.exists(s)
 
 
-def read_text_file(path: Path, errors: str = "strict") -> str:
-    """Read a UTF-8 file; undecodable bytes are an AcornError with the offset."""
+def read_text_file(path: str | os.PathLike, errors: str = "strict") -> str:
+    """Read a UTF-8 file whole; undecodable bytes are an AcornError with the offset."""
+    return "".join(iter_text_chunks(path, errors))
+
+
+def iter_text_chunks(path: str | os.PathLike, errors: str = "strict", chunk_bytes: int | None = None) -> Iterator[str]:
+    """Yield the text of a UTF-8 file in pieces of about `chunk_bytes`, cut at safe cuts.
+
+    Undecodable bytes stop with the file and the byte offset ('strict') or
+    become U+FFFD ('replace'). A file with no safe cut is read whole.
+    """
+    path = Path(path)
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
     if not path.is_file():
         raise AcornError(f"{path}: no such file; check the path")
-    data = path.read_bytes()
+    if errors not in ("strict", "replace"):
+        raise AcornError(f"errors must be 'strict' or 'replace', not {errors!r}")
+    offset = 0  # file offset of buf[0], for the error message
+    buf = b""
+    with open(path, "rb") as f:
+        while block := f.read(chunk_bytes):
+            buf += block
+            cut = _last_safe_cut(buf, max(0, len(buf) - len(block) - 1))
+            if cut is not None:
+                yield _decode(buf[:cut], path, offset, errors)
+                offset += cut
+                buf = buf[cut:]
+    if buf:
+        yield _decode(buf, path, offset, errors)
+
+
+def _last_safe_cut(buf: bytes, start: int) -> int | None:
+    last = None
+    for m in _SAFE_CUT_BYTES.finditer(buf, start):
+        last = m.end()
+    return last
+
+
+def _decode(data: bytes, path: Path, offset: int, errors: str) -> str:
     try:
         return data.decode("utf-8", errors=errors)
     except UnicodeDecodeError as e:
         raise AcornError(
-            f"{path}: bytes at offset {e.start} are not UTF-8 ({data[e.start:e.start + 4]!r}); "
+            f"{path}: bytes at offset {offset + e.start} are not UTF-8 ({data[e.start:e.start + 4]!r}); "
             "convert the file to UTF-8 or pass --errors replace"
         ) from None
 
@@ -407,25 +450,17 @@ def _file_pieces(path: Path, *, text_field: str, errors: str) -> Iterator[str]:
                 )
             yield row[text_field]
     else:
-        yield from _split_for_training(read_text_file(path, errors))
+        yield from iter_text_chunks(path, errors)
 
 
 def _split_for_training(text: str) -> Iterator[str]:
-    """Cut long texts at a newline followed by a letter, where no chunk can straddle."""
-    n = len(text)
+    """Cut a long in-memory text into pieces of about CHUNK_BYTES characters at safe cuts."""
     start = 0
-    while n - start > _TRAIN_PIECE_CHARS:
-        cut = start + _TRAIN_PIECE_CHARS
-        while True:
-            cut = text.find("\n", cut)
-            if cut < 0 or cut + 1 >= n:
-                cut = n
-                break
-            if text[cut + 1].isalpha():
-                cut += 1
-                break
-            cut += 1
-        yield text[start:cut]
-        start = cut
-    if start < n:
+    while len(text) - start > CHUNK_BYTES:
+        m = _SAFE_CUT_STR.search(text, start + CHUNK_BYTES)
+        if m is None:
+            break
+        yield text[start : m.end()]
+        start = m.end()
+    if start < len(text):
         yield text[start:]

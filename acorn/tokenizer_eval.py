@@ -19,91 +19,23 @@ text at once), so a multi-gigabyte file costs a few megabytes of memory.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 from acorn.errors import AcornError
-from acorn.tokenizer import Tokenizer
+from acorn.tokenizer import CHUNK_BYTES, Tokenizer, iter_text_chunks
 
 Errors = Literal["strict", "replace"]
 
-# 1 MiB pieces: big enough that tiktoken's per-call overhead vanishes, small
-# enough that a batch of them (and their ids as Python ints, ~36 bytes per
-# token) stays in the tens of megabytes.
-DEFAULT_CHUNK_BYTES = 1 << 20
 # Pieces encoded per encode_batch call (tiktoken spreads them over threads).
 _BATCH_PIECES = 4
 
 SAMPLE_TEXT = "Hello world, 12345!"
 STRAWBERRY = "strawberry"
 
-# A cut is safe right after a newline that follows a visible ASCII character
-# and precedes an ASCII letter: no match of the GPT-2 or GPT-4 split pattern
-# can contain "\n" followed by a letter, and with a non-space before the
-# newline GPT-2's end-of-text rule (\s++$) sees the same lone "\n" in the chunk
-# that it sees in the whole text. Checking bytes keeps the cut at a UTF-8
-# character boundary (both neighbours are ASCII).
-_SAFE_CUT = re.compile(rb"(?<=[\x21-\x7e])\n(?=[A-Za-z])")
-
-
-# -------------------------------------------------------------------- reading
-def iter_text_chunks(
-    path: str | os.PathLike, errors: Errors = "strict", chunk_bytes: int = DEFAULT_CHUNK_BYTES
-) -> Iterator[str]:
-    """Yield the text of a UTF-8 file in pieces of about `chunk_bytes` bytes.
-
-    Same rule as acorn.tokenizer.read_text_file: undecodable bytes stop with
-    the file and the byte offset ('strict') or become U+FFFD ('replace').
-    Pieces are cut only at a safe newline (see _SAFE_CUT); a file without one
-    is read whole, correct but not flat in memory.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise AcornError(f"{path}: no such file; check the path")
-    if errors not in ("strict", "replace"):
-        raise AcornError(f"errors must be 'strict' or 'replace', not {errors!r}")
-    offset = 0  # file offset of buf[0], for the error message
-    buf = b""
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk_bytes)
-            buf += block
-            if not block:
-                break
-            cut = _last_safe_cut(buf, start=max(0, len(buf) - len(block) - 1))
-            if cut is None:
-                continue  # no safe place yet: read on
-            yield _decode(buf[:cut], path, offset, errors)
-            offset += cut
-            buf = buf[cut:]
-    if buf:
-        yield _decode(buf, path, offset, errors)
-
-
-def _last_safe_cut(buf: bytes, start: int) -> int | None:
-    """Index just after the last safe newline in buf (searching from `start`)."""
-    last = None
-    for m in _SAFE_CUT.finditer(buf, start):
-        last = m.end()
-    return last
-
-
-def _decode(data: bytes, path: Path, offset: int, errors: str) -> str:
-    try:
-        return data.decode("utf-8", errors=errors)
-    except UnicodeDecodeError as e:
-        # Worded as acorn.tokenizer.read_text_file words it; the offset is
-        # from the start of the file, not of this piece.
-        raise AcornError(
-            f"{path}: bytes at offset {offset + e.start} are not UTF-8 ({data[e.start:e.start + 4]!r}); "
-            "convert the file to UTF-8 or pass --errors replace"
-        ) from None
-
-
 # ------------------------------------------------------------------- counting
 def count_tokens(
-    tok: Tokenizer, path: str | os.PathLike, errors: Errors = "strict", *, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    tok: Tokenizer, path: str | os.PathLike, errors: Errors = "strict", *, chunk_bytes: int = CHUNK_BYTES
 ) -> int:
     """Number of tokens in a text file (special-token text counts as plain text)."""
     return _count(tok, path, errors, chunk_bytes)[1]
@@ -131,7 +63,7 @@ def _count(tok: Tokenizer, path, errors: str, chunk_bytes: int) -> tuple[int, in
 
 
 def compare_bytes_per_token(
-    tokenizers: dict[str, Tokenizer], paths, errors: Errors = "strict", *, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    tokenizers: dict[str, Tokenizer], paths, errors: Errors = "strict", *, chunk_bytes: int = CHUNK_BYTES
 ) -> list[dict]:
     """Bytes per token of each tokenizer on the same files (higher compresses better).
 

@@ -118,14 +118,21 @@ def test_vocab_size_counts_special_tokens_and_specials_come_last():
     assert max(tok.mergeable_ranks.values()) == 600 - N_SPECIAL - 1
 
 
-def test_piecewise_feeding_does_not_change_training(monkeypatch):
-    lines = [f"line {i} says {'hello' if i % 3 else 'goodbye'} to  {i * 7}\n" for i in range(3000)]
+@pytest.mark.parametrize("pattern", ["gpt4", "gpt2"])
+def test_piecewise_feeding_does_not_change_training(monkeypatch, tmp_path, pattern):
+    # Trailing spaces before newlines, blank-line runs and digits: the places a
+    # careless cut would change the chunks (GPT-2's \s++$ rule in particular).
+    lines = [f"line {i} says {'hello  ' if i % 3 else 'goodbye'}\n{'' if i % 5 else chr(10) * 2}to {i * 7}.\n"
+             for i in range(3000)]
     text = "".join(lines) + "\n\n\n  end\n"
-    whole = Tokenizer.train([text], 700)
-    monkeypatch.setattr(tokmod, "_TRAIN_PIECE_CHARS", 997)
+    whole = Tokenizer.train([text], 700, pattern=pattern)
+    monkeypatch.setattr(tokmod, "CHUNK_BYTES", 997)
     assert len(list(tokmod._split_for_training(text))) > 50
-    pieces = Tokenizer.train([text], 700)
-    assert pieces.mergeable_ranks == whole.mergeable_ranks
+    assert Tokenizer.train([text], 700, pattern=pattern).mergeable_ranks == whole.mergeable_ranks
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    assert len(list(tokmod.iter_text_chunks(path))) > 50
+    assert Tokenizer.train([path], 700, pattern=pattern).mergeable_ranks == whole.mergeable_ranks
 
 
 # ----------------------------------------------------------------- encoding

@@ -14,9 +14,9 @@ from acorn.tokenizer_eval import (
     count_tokens,
     describe,
     format_table,
-    iter_text_chunks,
     token_pieces,
 )
+from acorn.tokenizer import iter_text_chunks
 
 WORDS = ["the", "river", "Oak", "stone", "berry", "straw", "naïve", "café", "über", "north", "gate", "keeper"]
 
