@@ -49,215 +49,8 @@ import jinja2.nodes
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from acorn.chat_formats import FORMATS, get_format
 from acorn.errors import AcornError
-
-
-@dataclass(frozen=True)
-class ChatFormat:
-    name: str
-    special_tokens: tuple[str, ...]
-    bos_token: str
-    eos_token: str
-    pad_token: str
-    stop_tokens: tuple[str, ...]
-    template: str = ""
-
-
-# ------------------------------------------------------------------ templates
-# Written in the whitespace-controlled style of Qwen's templates: every tag
-# strips the whitespace around it and all output text is a string literal, so
-# the layout of the template source never leaks into the rendered chat.
-# Each template accepts tool-call arguments as a dict (rendered with tojson) or
-# as a JSON string (written verbatim, as transformers users pass them); Acorn's
-# own apply_chat_template parses strings first, so both render identically.
-
-ACORN_TEMPLATE = r"""{{- bos_token }}
-{%- if messages[0].role == 'system' %}
-    {%- set system_message = messages[0].content %}
-    {%- set loop_messages = messages[1:] %}
-{%- else %}
-    {%- set system_message = '' %}
-    {%- set loop_messages = messages %}
-{%- endif %}
-{%- if messages[0].role == 'system' or tools %}
-    {{- '<|system|>' + system_message }}
-    {%- if tools %}
-        {%- if system_message %}{{- '\n\n' }}{%- endif %}
-        {{- 'You can call these tools (JSON schemas, one per line):' }}
-        {%- for tool in tools %}
-            {{- '\n' + (tool | tojson) }}
-        {%- endfor %}
-    {%- endif %}
-    {{- '<|end|>' }}
-{%- endif %}
-{%- for message in loop_messages %}
-    {%- if message.role == 'assistant' %}
-        {{- '<|assistant|>' }}
-        {%- generation %}
-            {%- if message.content is string %}{{- message.content }}{%- endif %}
-            {%- if message.tool_calls is defined %}
-                {%- for tool_call in message.tool_calls %}
-                    {%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}
-                    {{- '<|tool_call|>{"name": ' + (tool_call.name | tojson) + ', "arguments": ' }}
-                    {%- if tool_call.arguments is string %}{{- tool_call.arguments }}{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}
-                    {{- '}<|/tool_call|>' }}
-                {%- endfor %}
-            {%- endif %}
-            {{- '<|end|>' }}
-        {%- endgeneration %}
-    {%- elif message.role == 'tool' %}
-        {{- '<|tool_output|>' + message.content + '<|/tool_output|>' }}
-    {%- elif message.role == 'user' %}
-        {{- '<|user|>' + message.content + '<|end|>' }}
-    {%- elif message.role == 'system' %}
-        {{- '<|system|>' + message.content + '<|end|>' }}
-    {%- else %}
-        {{- raise_exception('the acorn chat format has no role ' + message.role) }}
-    {%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|assistant|>' }}
-{%- endif %}
-"""
-
-CHATML_TEMPLATE = r"""{%- if messages[0].role == 'system' %}
-    {%- set system_message = messages[0].content %}
-    {%- set loop_messages = messages[1:] %}
-{%- else %}
-    {%- set system_message = '' %}
-    {%- set loop_messages = messages %}
-{%- endif %}
-{%- if messages[0].role == 'system' or tools %}
-    {{- '<|im_start|>system\n' + system_message }}
-    {%- if tools %}
-        {%- if system_message %}{{- '\n\n' }}{%- endif %}
-        {{- '# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>' }}
-        {%- for tool in tools %}
-            {{- '\n' + (tool | tojson) }}
-        {%- endfor %}
-        {{- '\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>' }}
-    {%- endif %}
-    {{- '<|im_end|>\n' }}
-{%- endif %}
-{%- for message in loop_messages %}
-    {%- if message.role == 'assistant' %}
-        {{- '<|im_start|>assistant\n' }}
-        {%- generation %}
-            {%- set has_content = message.content is string and message.content %}
-            {%- if has_content %}{{- message.content }}{%- endif %}
-            {%- if message.tool_calls is defined %}
-                {%- for tool_call in message.tool_calls %}
-                    {%- if has_content or not loop.first %}{{- '\n' }}{%- endif %}
-                    {%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}
-                    {{- '<tool_call>\n{"name": ' + (tool_call.name | tojson) + ', "arguments": ' }}
-                    {%- if tool_call.arguments is string %}{{- tool_call.arguments }}{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}
-                    {{- '}\n</tool_call>' }}
-                {%- endfor %}
-            {%- endif %}
-            {{- '<|im_end|>' }}
-        {%- endgeneration %}
-        {{- '\n' }}
-    {%- elif message.role == 'tool' %}
-        {%- if loop.first or loop.previtem.role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}
-        {{- '\n<tool_response>\n' + message.content + '\n</tool_response>' }}
-        {%- if loop.last or loop.nextitem.role != 'tool' %}{{- '<|im_end|>\n' }}{%- endif %}
-    {%- elif message.role in ['user', 'system'] %}
-        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}
-    {%- else %}
-        {{- raise_exception('the chatml chat format has no role ' + message.role) }}
-    {%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|im_start|>assistant\n' }}
-{%- endif %}
-"""
-
-LLAMA3_TEMPLATE = r"""{{- bos_token }}
-{%- if messages[0].role == 'system' %}
-    {%- set system_message = messages[0].content %}
-    {%- set loop_messages = messages[1:] %}
-{%- else %}
-    {%- set system_message = '' %}
-    {%- set loop_messages = messages %}
-{%- endif %}
-{%- if messages[0].role == 'system' or tools %}
-    {{- '<|start_header_id|>system<|end_header_id|>\n\n' }}
-    {%- if tools %}
-        {{- 'Environment: ipython\n\n' }}
-        {{- 'You have access to the following functions. To call a function, please respond with JSON for a function call. ' }}
-        {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}. ' }}
-        {{- 'Do not use variables.\n\n' }}
-        {%- for tool in tools %}
-            {{- (tool | tojson(indent=4)) + '\n\n' }}
-        {%- endfor %}
-    {%- endif %}
-    {{- system_message + '<|eot_id|>' }}
-{%- endif %}
-{%- for message in loop_messages %}
-    {%- if message.role == 'assistant' %}
-        {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
-        {%- generation %}
-            {%- if message.content is string %}{{- message.content }}{%- endif %}
-            {%- if message.tool_calls is defined and message.tool_calls %}
-                {{- '<|python_tag|>' }}
-                {%- for tool_call in message.tool_calls %}
-                    {%- if not loop.first %}{{- '; ' }}{%- endif %}
-                    {%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}
-                    {{- '{"name": ' + (tool_call.name | tojson) + ', "parameters": ' }}
-                    {%- if tool_call.arguments is string %}{{- tool_call.arguments }}{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}
-                    {{- '}' }}
-                {%- endfor %}
-                {{- '<|eom_id|>' }}
-            {%- else %}
-                {{- '<|eot_id|>' }}
-            {%- endif %}
-        {%- endgeneration %}
-    {%- elif message.role in ['tool', 'ipython'] %}
-        {{- '<|start_header_id|>ipython<|end_header_id|>\n\n' + message.content + '<|eot_id|>' }}
-    {%- elif message.role in ['user', 'system'] %}
-        {{- '<|start_header_id|>' + message.role + '<|end_header_id|>\n\n' + message.content + '<|eot_id|>' }}
-    {%- else %}
-        {{- raise_exception('the llama3 chat format has no role ' + message.role) }}
-    {%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
-{%- endif %}
-"""
-
-FORMATS: dict[str, ChatFormat] = {
-    "acorn": ChatFormat(
-        name="acorn",
-        special_tokens=(
-            "<|bos|>", "<|eos|>", "<|pad|>",
-            "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
-            "<|tool_call|>", "<|/tool_call|>", "<|tool_output|>", "<|/tool_output|>",
-        ),
-        bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>",
-        stop_tokens=("<|end|>", "<|eos|>"),
-        template=ACORN_TEMPLATE,
-    ),
-    "chatml": ChatFormat(
-        name="chatml",
-        special_tokens=(
-            "<|endoftext|>", "<|im_start|>", "<|im_end|>",
-            "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
-        ),
-        bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-        stop_tokens=("<|im_end|>", "<|endoftext|>"),
-        template=CHATML_TEMPLATE,
-    ),
-    "llama3": ChatFormat(
-        name="llama3",
-        special_tokens=(
-            "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-            "<|eot_id|>", "<|eom_id|>", "<|python_tag|>", "<|finetune_right_pad_id|>",
-        ),
-        bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", pad_token="<|finetune_right_pad_id|>",
-        stop_tokens=("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"),
-        template=LLAMA3_TEMPLATE,
-    ),
-}
 
 
 # ------------------------------------------------------------- the renderer
@@ -623,9 +416,7 @@ def resolve_template(tok, chat_template: str | None = None, tools=None) -> str:
     if own:
         return own
     fmt = getattr(tok, "chat_format", None) or "acorn"
-    if fmt not in FORMATS:
-        raise AcornError(f"unknown chat format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return FORMATS[fmt].template
+    return get_format(fmt).template
 
 
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -768,9 +559,7 @@ def parse_tool_calls(text: str, chat_format: str) -> tuple[str, list[dict]]:
     with arguments a JSON string, as in the OpenAI API. A trailing end-of-turn
     token (the generation's stop token) is removed first.
     """
-    if chat_format not in FORMATS:
-        raise AcornError(f"unknown chat format {chat_format!r}; choose one of {', '.join(FORMATS)}")
-    for stop in FORMATS[chat_format].stop_tokens:
+    for stop in get_format(chat_format).stop_tokens:
         if text.endswith(stop):
             text = text[: -len(stop)]
             break

@@ -407,14 +407,6 @@ class AddedTokensEncoding:
                 ids.append(tid2) if tid2 is not None else ids.extend(self.inner.encode_ordinary(sub))
         return ids
 
-    def encode_ordinary_batch(self, texts, num_threads: int = 8) -> list[list[int]]:
-        if not any(special is False for special, _ in self._words):  # NFC only: normalize here, encode in tiktoken's threads
-            return self.inner.encode_ordinary_batch([self._normalize(t) for t in texts], num_threads=num_threads)
-        return [self.encode(t) for t in texts]
-
-    def encode_batch(self, texts, num_threads: int = 8, allowed_special=(), disallowed_special=()) -> list[list[int]]:
-        return [self.encode(t, allowed_special=allowed_special) for t in texts]
-
 
 @lru_cache(maxsize=64)
 def _literal_re(words: tuple[str, ...]) -> re.Pattern | None:
@@ -464,12 +456,6 @@ class HFEncoding:
         for piece, tid in _cut(text, _literal_re(tuple(sorted(allowed))), allowed):
             ids.append(tid) if tid is not None else ids.extend(self.encode_ordinary(piece))
         return ids
-
-    def encode_ordinary_batch(self, texts, num_threads: int = 8) -> list[list[int]]:
-        return [e.ids for e in self.plain.encode_batch(list(texts), add_special_tokens=False)]
-
-    def encode_batch(self, texts, num_threads: int = 8, allowed_special=(), disallowed_special=()) -> list[list[int]]:
-        return [self.encode(t, allowed_special=allowed_special) for t in texts]
 
     def decode_bytes(self, ids) -> bytes:
         return self.tk.decode(list(ids), skip_special_tokens=False).encode("utf-8")

@@ -250,7 +250,7 @@ def bench_training(paths: list[Path], vocab_size: int, runs: int) -> tuple[list[
     import rustbpe
     from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
-    from acorn.chat import FORMATS
+    from acorn.chat_formats import FORMATS
 
     specials = list(FORMATS["acorn"].special_tokens)
     docs = _read_docs(paths)  # for the in-memory contenders, read before timing

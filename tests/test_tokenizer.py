@@ -12,11 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import acorn.tokenizer as tokmod
+from acorn.chat_formats import FORMATS
 from acorn.cli import main
 from acorn.errors import AcornError
 from acorn.tokenizer import GPT2_PATTERN, GPT4_PATTERN, Tokenizer
 
-N_SPECIAL = len(__import__("acorn.chat", fromlist=["FORMATS"]).FORMATS["acorn"].special_tokens)
+N_SPECIAL = len(FORMATS["acorn"].special_tokens)
 
 
 # ------------------------------------------------------------ reference BPE
@@ -193,6 +194,17 @@ def test_bos_eos_and_batch(tok):
     assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
     assert tok.encode_batch(texts, allowed_special="all")[1] == tok.encode(texts[1], allowed_special="all")
     assert tok.decode(ids, skip_special=True) == "abc"
+
+
+def test_encode_batch_on_threads_equals_encoding_one_by_one(tok):
+    rng = random.Random(1)
+    words = ["fox", "<|end|>", "😀", "12345", " ", "\n", "日本", "the"]
+    texts = ["".join(rng.choice(words) for _ in range(rng.randrange(0, 400))) for _ in range(600)]
+    texts[7] = "x" * 100_000  # one long text among short ones
+    assert sum(map(len, texts)) > tokmod._PARALLEL_MIN_CHARS
+    for allowed in ((), "all"):
+        expected = [tok.encode(t, allowed_special=allowed) for t in texts]
+        assert tok.encode_batch(texts, allowed_special=allowed, num_threads=3) == expected
 
 
 def test_extra_special_tokens_and_formats():
