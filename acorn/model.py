@@ -1,0 +1,601 @@
+"""The decoder-only transformer: every family Acorn runs, in one file.
+
+A GPT (Radford et al. 2018/2019) is a stack of blocks, each
+    x = x + attention(norm(x));  x = x + mlp(norm(x))
+over token embeddings, with a causal mask so position t sees only positions
+<= t, and a linear head that scores the next token. The families differ in
+small choices, each a field of ModelConfig:
+
+  positions   learned (GPT-2), sinusoidal (Vaswani et al. 2017), RoPE (Su et al.
+              2021; Llama, Mistral, Qwen2, Mixtral) with its context-extension
+              scalings (acorn.rope), ALiBi (Press et al. 2022)
+  attention   multi-head, grouped-query (Ainslie et al. 2023), multi-query
+              (Shazeer 2019) by n_kv_head; q/k/v biases (Qwen2); QK-norm (Qwen3);
+              sliding window (Mistral); through torch's scaled_dot_product_attention,
+              which picks a fused flash kernel when no explicit mask is needed
+  norms       RMSNorm (Zhang & Sennrich 2019) or LayerNorm, before each sublayer
+  mlp         SwiGLU (Shazeer 2020), GELU, ReLU^2 (So et al. 2021), or a mixture
+              of experts (Shazeer 2017; Switch, Fedus et al. 2021; Mixtral 2024)
+  head        tied to the embedding or not; optional logit soft-capping (Gemma 2)
+
+Acorn's own default is the modern one (RoPE, RMSNorm, SwiGLU, GQA, no biases),
+which is Llama's layout: its checkpoints are LlamaForCausalLM checkpoints.
+Parameter names follow transformers' Llama names so that Llama, Mistral and
+Qwen2 weights load with no renaming (acorn.checkpoint maps the others).
+
+The KV cache is explicit: forward() takes the keys and values of the tokens
+seen so far (a KVCache) and returns them extended by the new tokens; the
+inference engine decides what to keep.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from acorn.errors import AcornError
+
+_TORCH_VERSION = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+# scaled_dot_product_attention broadcasts grouped KV heads itself from torch 2.5.
+_SDPA_GQA = _TORCH_VERSION >= (2, 5)
+
+
+# ----------------------------------------------------------------- config
+@dataclass
+class ModelConfig:
+    vocab_size: int = 4096
+    n_layer: int = 4
+    d_model: int = 256
+    n_head: int = 4
+    n_kv_head: int | None = None  # None: = n_head (MHA); 1: MQA; in between: GQA
+    head_dim: int | None = None  # None: d_model // n_head
+    d_ff: int | None = None  # None: derived, see __post_init__
+    max_seq_len: int = 1024
+    # embeddings and positions
+    tie_embeddings: bool = True
+    positions: Literal["rope", "learned", "sinusoidal", "alibi", "none"] = "rope"
+    rope_theta: float = 10000.0
+    rope_partial: float = 1.0  # fraction of each head's dims that rotate (partial rotary)
+    rope_scaling: dict | None = None  # Hugging Face rope_scaling dict (linear, dynamic, yarn, llama3, longrope)
+    # attention
+    qkv_bias: bool = False
+    out_bias: bool = False
+    qk_norm: bool = False
+    sliding_window: int | None = None
+    # norms and MLP
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    norm_eps: float = 1e-5
+    mlp: Literal["swiglu", "gelu", "gelu_tanh", "relu2"] = "swiglu"
+    mlp_bias: bool = False
+    logit_softcap: float | None = None
+    # mixture of experts (n_experts = 0: a dense MLP)
+    n_experts: int = 0
+    n_experts_per_token: int = 2
+    moe_capacity_factor: float | None = None  # None: no token dropping (Mixtral)
+    moe_aux_loss_coef: float = 0.01
+    moe_renormalize: bool = True  # renormalise the top-k router weights to sum to 1 (Mixtral)
+    # training
+    dropout: float = 0.0
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.head_dim is None:
+            if self.d_model % self.n_head:
+                raise AcornError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}; set head_dim")
+            self.head_dim = self.d_model // self.n_head
+        if self.d_ff is None:
+            # A gated MLP has three matrices instead of two, so it gets 2/3 of
+            # the usual 4*d hidden width for the same parameters (Shazeer 2020);
+            # rounded up to a multiple of 64 for efficient matmuls.
+            width = 4 * self.d_model * (2 / 3 if self.mlp == "swiglu" else 1)
+            self.d_ff = int(64 * math.ceil(width / 64))
+        if self.n_head % self.n_kv_head:
+            raise AcornError(f"n_head {self.n_head} must be a multiple of n_kv_head {self.n_kv_head}")
+        if self.n_experts and not 0 < self.n_experts_per_token <= self.n_experts:
+            raise AcornError(f"n_experts_per_token must be in 1..{self.n_experts}, not {self.n_experts_per_token}")
+        if self.positions == "rope":
+            from acorn.rope import validate_scaling
+
+            self.rope_scaling = validate_scaling(self.rope_scaling)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "ModelConfig":
+        if name not in PRESETS:
+            raise AcornError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise AcornError(f"unknown model config keys: {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    # ---- sizes
+    def num_params(self, *, active: bool = False, embeddings: bool = True) -> int:
+        """Parameter count from the shapes alone. active=True counts only the
+        experts a token uses (what a forward pass costs in an MoE model)."""
+        d, hd = self.d_model, self.head_dim
+        attn = d * hd * (self.n_head * 2 + self.n_kv_head * 2)
+        attn += (hd * (self.n_head + 2 * self.n_kv_head) if self.qkv_bias else 0) + (d if self.out_bias else 0)
+        attn += 2 * hd if self.qk_norm else 0
+        n_mats = 3 if self.mlp == "swiglu" else 2
+        expert = n_mats * d * self.d_ff + ((n_mats - 1) * self.d_ff + d if self.mlp_bias else 0)
+        if self.n_experts:
+            mlp = (self.n_experts_per_token if active else self.n_experts) * expert + d * self.n_experts
+        else:
+            mlp = expert
+        norm = d * (2 if self.norm == "layernorm" else 1)
+        per_layer = attn + mlp + 2 * norm
+        total = self.n_layer * per_layer + norm
+        if embeddings:
+            total += self.vocab_size * d * (1 if self.tie_embeddings else 2)
+            total += self.max_seq_len * d if self.positions == "learned" else 0
+        return total
+
+    def flops_per_token(self, seq_len: int | None = None, *, training: bool = True) -> float:
+        """Matmul FLOPs per token (Kaplan et al. 2020; PaLM appendix B): 2 per
+        active weight forward (6 with the backward pass) plus attention's
+        QK^T and AV, which grow with the context length."""
+        t = seq_len or self.max_seq_len
+        if self.sliding_window:
+            t = min(t, self.sliding_window)
+        n = self.num_params(active=True, embeddings=False) + self.vocab_size * self.d_model  # the head is a matmul
+        attn = 2 * self.n_layer * self.n_head * self.head_dim * t  # QK^T and AV, forward, causal average ~ t/2 each
+        return (3 if training else 1) * (2 * n + attn)
+
+
+PRESETS: dict[str, dict] = {
+    # ~1M parameters: for tests, trains in seconds on a CPU.
+    "nano": dict(vocab_size=2048, n_layer=4, d_model=128, n_head=4, n_kv_head=2, max_seq_len=256),
+    # ~5M: the built-in world's speedrun size on a 2-core CPU.
+    "micro": dict(vocab_size=2048, n_layer=6, d_model=256, n_head=8, n_kv_head=4, max_seq_len=512),
+    # ~30M
+    "small": dict(vocab_size=8192, n_layer=8, d_model=512, n_head=8, n_kv_head=4, max_seq_len=1024),
+    # GPT-2 small exactly (124M): learned positions, LayerNorm, GELU, biases, tied head.
+    "gpt2-124m": dict(vocab_size=50257, n_layer=12, d_model=768, n_head=12, max_seq_len=1024, positions="learned",
+                      norm="layernorm", mlp="gelu_tanh", qkv_bias=True, out_bias=True, mlp_bias=True, d_ff=3072),
+    # The same size in Acorn's modern layout.
+    "d12": dict(vocab_size=50304, n_layer=12, d_model=768, n_head=12, n_kv_head=4, max_seq_len=2048),
+    # Llama-3.2-1B's shape: GQA 32/8, RoPE with Llama 3 scaling, tied embeddings.
+    "1b": dict(vocab_size=128256, n_layer=16, d_model=2048, n_head=32, n_kv_head=8, d_ff=8192, max_seq_len=8192,
+               rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+}
+
+
+# ---------------------------------------------------------------- cache
+@dataclass
+class KVCache:
+    """The keys and values of every layer for the tokens seen so far.
+
+    keys/values[i]: (B, n_kv_head, T, head_dim) for layer i, RoPE already applied.
+    mask: (B, T) bool, False where a cached token is padding.
+    positions: (B, T) the position of each cached token (for ALiBi and the next positions).
+    """
+
+    keys: list[Tensor] = field(default_factory=list)
+    values: list[Tensor] = field(default_factory=list)
+    mask: Tensor | None = None
+    positions: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[1]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+@dataclass
+class ModelOutput:
+    logits: Tensor
+    loss: Tensor | None = None
+    cache: KVCache | None = None
+    aux_loss: Tensor | None = None  # MoE load balancing, already multiplied by its coefficient
+    expert_counts: Tensor | None = None  # (n_layer, n_experts) tokens routed to each expert
+    dropped_tokens: int = 0  # token-expert assignments dropped by the capacity limit
+
+
+# ---------------------------------------------------------------- layers
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in float32 whatever the input dtype."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
+    dim = dim or cfg.d_model
+    return RMSNorm(dim, cfg.norm_eps) if cfg.norm == "rmsnorm" else nn.LayerNorm(dim, eps=cfg.norm_eps)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.kind = cfg.mlp
+        if cfg.mlp == "swiglu":
+            self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.mlp_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "swiglu":
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(activation(self.kind, self.up_proj(x)))
+
+
+def activation(kind: str, x: Tensor) -> Tensor:
+    if kind == "gelu":
+        return F.gelu(x)
+    if kind == "gelu_tanh":  # GPT-2's "gelu_new"
+        return F.gelu(x, approximate="tanh")
+    if kind == "relu2":
+        return F.relu(x).square()
+    raise ValueError(kind)
+
+
+class MoE(nn.Module):
+    """A mixture of SwiGLU experts with a top-k router.
+
+    Each token's router logits go through a softmax; the top k experts process
+    the token and their outputs are summed, weighted by the (renormalised)
+    router probabilities. Experts are stored stacked, (n_experts, ...), as one
+    tensor per matrix.
+
+    Load balancing (Switch Transformer): without a push, the router collapses
+    onto a few experts. The auxiliary loss n_experts * sum_e f_e * P_e, with f_e
+    the share of assignments to expert e and P_e its mean router probability,
+    is smallest when both are uniform.
+
+    Capacity: with a capacity factor c, each expert takes at most
+    ceil(c * tokens * k / n_experts) assignments per batch, in token order; the
+    rest are dropped (the token passes on through the residual), which bounds
+    the work per expert on parallel hardware.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.mlp != "swiglu":
+            raise AcornError("mixture-of-experts layers use SwiGLU experts; set mlp='swiglu'")
+        e, d, f = cfg.n_experts, cfg.d_model, cfg.d_ff
+        self.n_experts, self.top_k = e, cfg.n_experts_per_token
+        self.capacity_factor, self.renormalize = cfg.moe_capacity_factor, cfg.moe_renormalize
+        self.gate = nn.Linear(d, e, bias=False)  # the router
+        self.gate_proj = nn.Parameter(torch.empty(e, f, d))
+        self.up_proj = nn.Parameter(torch.empty(e, f, d))
+        self.down_proj = nn.Parameter(torch.empty(e, d, f))
+
+    def route(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """h (N, d) -> router probabilities (N, E) float32, top-k weights (N, k), expert ids (N, k)."""
+        probs = F.softmax(self.gate(h).float(), dim=-1)
+        weights, experts = probs.topk(self.top_k, dim=-1)
+        if self.renormalize:
+            weights = weights / weights.sum(-1, keepdim=True)
+        return probs, weights, experts
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
+        shape = x.shape
+        h = x.reshape(-1, shape[-1])
+        n = h.shape[0]
+        probs, weights, experts = self.route(h)
+        one_hot = F.one_hot(experts, self.n_experts)  # (N, k, E)
+        counts = one_hot.sum((0, 1))
+        aux = self.n_experts * (counts.float() / n * probs.mean(0)).sum()
+        keep = torch.ones_like(experts, dtype=torch.bool)
+        if self.capacity_factor is not None:
+            capacity = math.ceil(self.capacity_factor * n * self.top_k / self.n_experts)
+            # Rank of each assignment within its expert, in token order.
+            rank = (one_hot.reshape(n * self.top_k, -1).cumsum(0).reshape(n, self.top_k, -1) * one_hot).sum(-1) - 1
+            keep = rank < capacity
+        out = torch.zeros_like(h)
+        weights = weights.to(h.dtype)
+        for e in range(self.n_experts):
+            tok, slot = torch.where((experts == e) & keep)
+            if tok.numel() == 0:
+                continue
+            xe = h[tok]
+            ye = F.linear(F.silu(F.linear(xe, self.gate_proj[e])) * F.linear(xe, self.up_proj[e]), self.down_proj[e])
+            out.index_add_(0, tok, ye * weights[tok, slot, None])
+        dropped = int((~keep).sum())
+        return out.reshape(shape), aux, counts, dropped
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.out_bias)
+        if cfg.qk_norm:  # per-head RMSNorm of q and k (Qwen3, OLMo 2): keeps attention logits bounded
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, is_causal: bool,
+                past: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            from acorn.rope import apply_rope
+
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        new_kv = (k, v)
+        if self.n_kv_head != self.n_head and not _SDPA_GQA:
+            rep = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        extra = {"enable_gqa": True} if self.n_kv_head != self.n_head and _SDPA_GQA else {}
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal,
+            dropout_p=self.cfg.dropout if self.training else 0.0, **extra,
+        )
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1)), new_kv
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = make_norm(cfg)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = make_norm(cfg)
+        self.mlp = MoE(cfg) if cfg.n_experts else MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope, mask, is_causal, past):
+        a, kv = self.self_attn(self.input_layernorm(x), rope, mask, is_causal, past)
+        x = x + self.drop(a)
+        m = self.mlp(self.post_attention_layernorm(x))
+        moe = None
+        if isinstance(m, tuple):
+            m, *moe = m
+        return x + self.drop(m), kv, moe
+
+
+class Backbone(nn.Module):
+    """Embeddings, blocks and the final norm: transformers' `model.` prefix."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        if cfg.positions == "learned":
+            self.embed_positions = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = make_norm(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+
+# ------------------------------------------------------------------ model
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self._rope_cache: dict = {}
+        if self.model.embed_tokens.weight.device.type != "meta":
+            self.init_weights()
+
+    # ---- initialisation
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """N(0, 0.02) for matrices and embeddings; the projections that write
+        into the residual stream (o_proj, down_proj) scaled by 1/sqrt(2 n_layer)
+        so the residual's variance does not grow with depth (GPT-2)."""
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif p.dim() == 1:
+                p.fill_(1.0)  # norm weights
+            elif name.endswith(("o_proj.weight", "down_proj.weight", "down_proj")):
+                p.normal_(0.0, std / math.sqrt(2 * self.config.n_layer))
+            else:
+                p.normal_(0.0, std)
+
+    # ---- sizes
+    def num_params(self, *, embeddings: bool = True) -> int:
+        seen, n = set(), 0
+        for name, p in self.named_parameters():
+            if id(p) in seen or (not embeddings and "embed" in name):
+                continue
+            seen.add(id(p))
+            n += p.numel()
+        return n
+
+    # ---- positions
+    def _rope(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        from acorn.rope import rope_cos_sin, rope_parameters
+
+        cfg = self.config
+        seq_len = None
+        if cfg.rope_scaling and cfg.rope_scaling.get("rope_type") in ("dynamic", "longrope"):
+            # These scalings depend on how long the sequence has grown.
+            seq_len = int(positions.max()) + 1
+        key = (positions.device, seq_len)
+        if key not in self._rope_cache:
+            if len(self._rope_cache) > 8:  # dynamic scaling keys by length: keep only recent ones
+                self._rope_cache.clear()
+            self._rope_cache[key] = rope_parameters(
+                cfg.head_dim, theta=cfg.rope_theta, partial_rotary_factor=cfg.rope_partial,
+                scaling=cfg.rope_scaling, max_position_embeddings=cfg.max_seq_len, seq_len=seq_len,
+                device=positions.device,
+            )
+        inv_freq, factor = self._rope_cache[key]
+        return rope_cos_sin(inv_freq, positions, factor, dtype=dtype)
+
+    def _alibi_slopes(self, device) -> Tensor:
+        """Head h's penalty per token of distance: a geometric sequence (Press et al. 2022)."""
+        n = self.config.n_head
+        closest = 2 ** math.floor(math.log2(n))
+        slopes = [2 ** (-8 * (i + 1) / closest) for i in range(closest)]
+        # For a head count that is not a power of two, take every other slope of the next power.
+        slopes += [2 ** (-4 * (2 * i + 1) / closest) for i in range(n - closest)]
+        return torch.tensor(slopes, device=device)
+
+    # ---- forward
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        targets: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        cache: KVCache | None = None,
+        use_cache: bool = False,
+        last_only: bool = False,
+    ) -> ModelOutput:
+        """input_ids (B, T): the new tokens.
+
+        targets: (B, T) next-token ids, -100 where no loss is wanted.
+        attention_mask: (B, T) 1 for real tokens, 0 for padding of the new tokens.
+        positions: (B, T) positions of the new tokens; by default they continue
+            from the cache, counting real tokens only (so left padding works).
+        cache: what earlier calls returned; with use_cache=True the output
+            carries the cache extended by these tokens.
+        last_only: compute logits for the last position only (generation).
+        """
+        cfg = self.config
+        b, t = input_ids.shape
+        device = input_ids.device
+        past_len = cache.length if cache is not None else 0
+        new_mask = None if attention_mask is None else attention_mask.to(device=device, dtype=torch.bool)
+        if positions is None:
+            start = cache.mask.sum(1, keepdim=True) if past_len else torch.zeros(b, 1, dtype=torch.long, device=device)
+            if new_mask is None:
+                positions = start + torch.arange(t, device=device)
+            else:
+                positions = start + (new_mask.long().cumsum(1) - 1).clamp(min=0)
+        if past_len + t > cfg.max_seq_len and cfg.positions == "learned":
+            raise AcornError(f"sequence of {past_len + t} tokens is longer than the model's {cfg.max_seq_len} positions")
+
+        x = self.model.embed_tokens(input_ids)
+        if cfg.positions == "learned":
+            x = x + self.model.embed_positions(positions)
+        elif cfg.positions == "sinusoidal":
+            x = x + sinusoidal(positions, cfg.d_model).to(x.dtype)
+        x = self.model.drop(x)
+        rope = self._rope(positions, x.dtype) if cfg.positions == "rope" else None
+
+        key_mask = None
+        if past_len or new_mask is not None:
+            old = cache.mask if past_len else torch.zeros(b, 0, dtype=torch.bool, device=device)
+            key_mask = torch.cat([old, new_mask if new_mask is not None else torch.ones(b, t, dtype=torch.bool, device=device)], 1)
+        key_pos = torch.cat([cache.positions, positions], 1) if past_len else positions
+        mask, is_causal = self._attention_mask(t, past_len, key_mask, positions, key_pos, x.dtype)
+
+        new_cache = KVCache(mask=key_mask if key_mask is not None else torch.ones(b, past_len + t, dtype=torch.bool, device=device),
+                            positions=key_pos) if use_cache else None
+        aux, counts, dropped = [], [], 0
+        for i, layer in enumerate(self.model.layers):
+            past = (cache.keys[i], cache.values[i]) if past_len else None
+            x, kv, moe = layer(x, rope, mask, is_causal, past)
+            if new_cache is not None:
+                new_cache.keys.append(kv[0])
+                new_cache.values.append(kv[1])
+            if moe is not None:
+                aux.append(moe[0])
+                counts.append(moe[1])
+                dropped += moe[2]
+        x = self.model.norm(x)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.lm_head(x)
+        if cfg.logit_softcap:
+            logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
+
+        out = ModelOutput(logits=logits, cache=new_cache, dropped_tokens=dropped)
+        if aux:
+            out.aux_loss = cfg.moe_aux_loss_coef * torch.stack(aux).mean()
+            out.expert_counts = torch.stack(counts)
+        if targets is not None:
+            out.loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        return out
+
+    def _attention_mask(self, t: int, past_len: int, key_mask: Tensor | None, q_pos: Tensor, k_pos: Tensor,
+                        dtype: torch.dtype) -> tuple[Tensor | None, bool]:
+        """The mask for scaled_dot_product_attention, or None with is_causal when
+        plain causal attention is all that is needed (the fast fused path)."""
+        cfg = self.config
+        window = cfg.sliding_window if cfg.sliding_window and cfg.sliding_window < past_len + t else None
+        if key_mask is None and window is None and cfg.positions != "alibi":
+            if past_len == 0:
+                return None, True
+            if t == 1:
+                return None, False  # one new token sees every cached one
+        device = q_pos.device
+        q_idx = torch.arange(past_len, past_len + t, device=device)[:, None]
+        k_idx = torch.arange(past_len + t, device=device)[None, :]
+        allowed = k_idx <= q_idx  # causal, by index in the sequence
+        if window is not None:
+            allowed = allowed & (k_idx > q_idx - window)
+        allowed = allowed[None, None]  # (1, 1, T, S)
+        if key_mask is not None:
+            # A query always sees itself, so rows of padding still have a
+            # non-empty softmax (an empty one is NaN, and NaN leaks through 0 * NaN).
+            allowed = (allowed & key_mask[:, None, None, :]) | (k_idx == q_idx)[None, None]
+        if cfg.positions != "alibi":
+            return allowed, False
+        distance = (q_pos[:, :, None] - k_pos[:, None, :]).to(torch.float32)  # (B, T, S)
+        bias = -self._alibi_slopes(device)[None, :, None, None] * distance[:, None]
+        return bias.masked_fill(~allowed, float("-inf")).to(dtype), False
+
+    # ---- conveniences
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def save(self, directory, **kwargs):
+        """Write a Hugging Face checkpoint directory (see acorn.checkpoint.save)."""
+        from acorn.checkpoint import save
+
+        return save(self, directory, **kwargs)
+
+    save_pretrained = save
+
+
+def sinusoidal(positions: Tensor, dim: int) -> Tensor:
+    """The fixed position encoding of Vaswani et al. 2017: sin/cos at geometric frequencies."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device, dtype=torch.float32) / half)
+    angles = positions[..., None].float() * freqs
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def build(cfg: ModelConfig, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Transformer:
+    """A model with fresh weights; on device 'meta' it has shapes but no memory
+    (for loading a large checkpoint without a second copy)."""
+    with torch.device(device or "cpu"):
+        model = Transformer(cfg)
+    return model.to(dtype) if dtype is not None else model
