@@ -152,7 +152,11 @@ class ModelConfig:
         if self.sliding_window:
             t = min(t, self.sliding_window)
         n = self.num_params(active=True, embeddings=False) + self.vocab_size * self.d_model  # the head is a matmul
-        attn = 2 * self.n_layer * self.n_head * self.head_dim * t  # QK^T and AV, forward, causal average ~ t/2 each
+        # QK^T and AV over the whole T x T square, forward: 4 FLOPs per layer,
+        # head dim and key. Causal attention needs only half of it, but PaLM and
+        # nanoGPT count the square, and MFU figures are comparable only under
+        # one convention.
+        attn = 4 * self.n_layer * self.n_head * self.head_dim * t
         return (3 if training else 1) * (2 * n + attn)
 
 
