@@ -82,6 +82,18 @@ def test_left_padding_does_not_change_real_logits(variant):
     assert torch.allclose(m(padded, attention_mask=mask).logits[:, 4:], alone, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["rope-gqa", "alibi", "window"])
+def test_no_attention_row_is_empty_under_padding(name):
+    # An all-masked row is NaN in older torch and some fused kernels, and NaN
+    # spreads through 0 * NaN to real tokens; every query must see a key.
+    m = model_for(name)
+    key_mask = torch.tensor([[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    pos = (key_mask.long().cumsum(1) - 1).clamp(min=0)
+    mask, _ = m._attention_mask(6, 0, key_mask, pos, pos, torch.float32)
+    allowed = mask if mask.dtype == torch.bool else torch.isfinite(mask)
+    assert allowed.any(-1).all()
+
+
 @torch.no_grad()
 def test_sliding_window_limits_what_a_token_sees():
     m = model_for("window")
