@@ -475,6 +475,7 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         use_cache: bool = False,
         last_only: bool = False,
+        document_ids: Tensor | None = None,
     ) -> ModelOutput:
         """input_ids (B, T): the new tokens.
 
@@ -485,12 +486,25 @@ class Transformer(nn.Module):
         cache: what earlier calls returned; with use_cache=True the output
             carries the cache extended by these tokens.
         last_only: compute logits for the last position only (generation).
+        document_ids: (B, T) which packed document each token belongs to; a token
+            attends only within its document and positions restart at each
+            document's first token, so packed sequences do not see each other
+            (no cache with this: it is for training on packed rows).
         """
         cfg = self.config
         b, t = input_ids.shape
         device = input_ids.device
         past_len = cache.length if cache is not None else 0
         new_mask = None if attention_mask is None else attention_mask.to(device=device, dtype=torch.bool)
+        if document_ids is not None:
+            if past_len:
+                raise ValueError("document_ids is for packed training rows, not for decoding with a cache")
+            if positions is None:
+                # Position = distance from the first token of the same document.
+                idx = torch.arange(t, device=device).expand(b, t)
+                starts = torch.ones_like(document_ids, dtype=torch.bool)
+                starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+                positions = idx - torch.cummax(torch.where(starts, idx, 0), dim=1).values
         if positions is None:
             start = cache.mask.sum(1, keepdim=True) if past_len else torch.zeros(b, 1, dtype=torch.long, device=device)
             if new_mask is None:
@@ -513,7 +527,7 @@ class Transformer(nn.Module):
             old = cache.mask if past_len else torch.zeros(b, 0, dtype=torch.bool, device=device)
             key_mask = torch.cat([old, new_mask if new_mask is not None else torch.ones(b, t, dtype=torch.bool, device=device)], 1)
         key_pos = torch.cat([cache.positions, positions], 1) if past_len else positions
-        mask, is_causal = self._attention_mask(t, past_len, key_mask, positions, key_pos, x.dtype)
+        mask, is_causal = self._attention_mask(t, past_len, key_mask, positions, key_pos, x.dtype, document_ids)
 
         new_cache = KVCache(mask=key_mask if key_mask is not None else torch.ones(b, past_len + t, dtype=torch.bool, device=device),
                             positions=key_pos) if use_cache else None
@@ -544,12 +558,12 @@ class Transformer(nn.Module):
         return out
 
     def _attention_mask(self, t: int, past_len: int, key_mask: Tensor | None, q_pos: Tensor, k_pos: Tensor,
-                        dtype: torch.dtype) -> tuple[Tensor | None, bool]:
+                        dtype: torch.dtype, document_ids: Tensor | None = None) -> tuple[Tensor | None, bool]:
         """The mask for scaled_dot_product_attention, or None with is_causal when
         plain causal attention is all that is needed (the fast fused path)."""
         cfg = self.config
         window = cfg.sliding_window if cfg.sliding_window and cfg.sliding_window < past_len + t else None
-        if key_mask is None and window is None and cfg.positions != "alibi":
+        if key_mask is None and window is None and document_ids is None and cfg.positions != "alibi":
             if past_len == 0:
                 return None, True
             if t == 1:
@@ -561,6 +575,8 @@ class Transformer(nn.Module):
         if window is not None:
             allowed = allowed & (k_idx > q_idx - window)
         allowed = allowed[None, None]  # (1, 1, T, S)
+        if document_ids is not None:  # block-diagonal: only the same document
+            allowed = allowed & (document_ids[:, None, :, None] == document_ids[:, None, None, :])
         if key_mask is not None:
             # A query always sees itself, so rows of padding still have a
             # non-empty softmax (an empty one is NaN, and NaN leaks through 0 * NaN).

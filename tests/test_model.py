@@ -95,6 +95,19 @@ def test_no_attention_row_is_empty_under_padding(name):
 
 
 @torch.no_grad()
+def test_packed_documents_equal_running_each_alone(variant):
+    m = model_for(variant)
+    docs = [torch.randint(0, 61, (1, n)) for n in (5, 7, 4)]
+    packed = torch.cat(docs, 1)
+    doc_ids = torch.cat([torch.full((1, d.shape[1]), i) for i, d in enumerate(docs)], 1)
+    out = m(packed, document_ids=doc_ids).logits
+    alone = torch.cat([m(d).logits for d in docs], 1)
+    assert torch.allclose(out, alone, atol=1e-5)
+    # ... and without document_ids the later documents do see the earlier ones.
+    assert not torch.allclose(m(packed).logits[:, 5:], alone[:, 5:], atol=1e-3)
+
+
+@torch.no_grad()
 def test_sliding_window_limits_what_a_token_sees():
     m = model_for("window")
     ids = torch.randint(0, 61, (1, 12))
