@@ -106,6 +106,12 @@ def cmd_tokens_count(args) -> None:
     print(line)
 
 
+def cmd_model_info(args) -> None:
+    from acorn.checkpoint import model_info
+
+    print(model_info(args.path))
+
+
 def cmd_speedrun(args) -> None:
     from acorn.speedrun import speedrun
 
@@ -232,6 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another tokenizer to compare (repeatable; default: gpt2)")
     s.add_argument("--errors", default="strict", choices=["strict", "replace"])
     s.set_defaults(func=cmd_tokenizer_eval)
+
+    # acorn model ...
+    md = _parser(stages, "model", "inspect model checkpoints and presets", "acorn model info runs/ckpt")
+    msub = md.add_subparsers(dest="cmd", metavar="COMMAND")
+    msub.required = True
+    s = _parser(msub, "info", "architecture, parameters, context, positions and weight memory at each precision "
+                "(reads config.json and safetensors headers only)", "acorn model info gpt2-124m")
+    s.add_argument("path", help="a Hugging Face checkpoint directory, or an Acorn preset name (e.g. gpt2-124m)")
+    s.set_defaults(func=cmd_model_info)
 
     # acorn tokens count
     tc = _parser(stages, "tokens", "count tokens and estimate API cost", "acorn tokens count notes.txt --price-per-million 0.5")
