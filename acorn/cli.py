@@ -38,6 +38,13 @@ def cmd_data_world(args) -> None:
     generate_world(args.out, seed=args.seed, size=args.size, tokenizer=args.tokenizer)
 
 
+def cmd_data_prepare(args) -> None:
+    from acorn.data.prepare import prepare
+
+    prepare(args.inputs, args.tokenizer, args.out, text_field=args.text_field, val_fraction=args.val_fraction,
+            shard_tokens=args.shard_tokens, workers=args.workers, seed=args.seed, overwrite=args.overwrite)
+
+
 def cmd_tokenizer_train(args) -> None:
     import time
 
@@ -192,6 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tiny is for tests; default is what the main job trains on")
     s.add_argument("--tokenizer", help="count sizes in tokens of this tokenizer (default: a BPE fitted to the world)")
     s.set_defaults(func=cmd_data_world)
+    s = _parser(dsub, "prepare", "tokenize text into binary token shards for pretraining (resumable)",
+                "acorn data prepare runs/world/pretrain.jsonl --tokenizer runs/tok --out runs/data")
+    s.add_argument("inputs", nargs="+", help=".txt (one document per file), .jsonl or .parquet files, directories or globs")
+    s.add_argument("--tokenizer", required=True, help="tokenizer directory (or file, or 'gpt2')")
+    s.add_argument("--out", required=True, help="directory for train_*.bin, val_*.bin and meta.json")
+    s.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text (default: text)")
+    s.add_argument("--val-fraction", type=float, default=0.005, help="share of documents held out (default: 0.005)")
+    s.add_argument("--shard-tokens", type=int, default=10_000_000, help="tokens per shard (default: 10_000_000)")
+    s.add_argument("--workers", type=int, help="tokenizer processes (default: all cores)")
+    s.add_argument("--seed", type=int, default=0, help="picks the validation documents (default: 0)")
+    s.add_argument("--overwrite", action="store_true", help="replace shards prepared with other inputs or settings")
+    s.set_defaults(func=cmd_data_prepare)
 
     # acorn tokenizer ...
     tk = _parser(stages, "tokenizer", "train, inspect and use byte-level BPE tokenizers",
