@@ -143,25 +143,9 @@ def _text_arg(args) -> str:
 
 
 def _expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, directories (their *.txt and *.jsonl) and globs, in a stable order."""
-    import glob
+    from acorn.fileio import expand_inputs
 
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted([*p.glob("*.txt"), *p.glob("*.jsonl")])
-            if not found:
-                raise AcornError(f"{p}: directory has no .txt or .jsonl files; point at the text files")
-            out.extend(found)
-        elif p.exists():
-            out.append(p)
-        else:
-            matches = sorted(glob.glob(item))
-            if not matches:
-                raise AcornError(f"{item}: no such file or glob match; check the path")
-            out.extend(Path(m) for m in matches)
-    return out
+    return expand_inputs(inputs)
 
 
 # -------------------------------------------------------------------- parser

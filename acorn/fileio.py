@@ -7,12 +7,13 @@ crash or kill -9 never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from acorn.errors import AcornError
 
@@ -87,3 +88,45 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise AcornError(f"{path}: not valid JSON at line {e.lineno} ({e.msg}); fix the file") from None
+
+
+def expand_inputs(
+    inputs: Sequence[str | os.PathLike] | str | os.PathLike,
+    suffixes: Sequence[str] = (".txt", ".jsonl"),
+    *,
+    any_file: bool = True,
+) -> list[Path]:
+    """Files, directories and globs -> existing files, each once, in a stable order.
+
+    Directories (not recursively) and globs contribute the files ending in one
+    of `suffixes`. A file named explicitly is taken whatever its suffix when
+    `any_file`; otherwise it too must have one (for readers that pick the
+    format by suffix).
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    kinds = "/".join(suffixes)
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in suffixes)
+            if not found:
+                raise AcornError(f"{p}: directory has no {kinds} files; point at the data files")
+            out.extend(found)
+        elif p.is_file():
+            if not any_file and p.suffix not in suffixes:
+                raise AcornError(f"{p}: unknown input format {p.suffix or '(no suffix)'!r}; give {kinds} files")
+            out.append(p)
+        else:
+            matches = [Path(m) for m in sorted(glob.glob(str(item), recursive=True))]
+            matches = [m for m in matches if m.is_file() and m.suffix in suffixes]
+            if not matches:
+                raise AcornError(f"{item}: no such file, and no {kinds} file matches it as a glob; check the path")
+            out.extend(matches)
+    if not out:
+        raise AcornError("no inputs given; pass files, directories or globs")
+    unique: dict[Path, Path] = {}
+    for p in out:
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values())

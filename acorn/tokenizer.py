@@ -468,6 +468,10 @@ def _file_pieces(path: Path, *, text_field: str, errors: str) -> Iterator[str]:
         from acorn.fileio import read_jsonl
 
         for i, row in enumerate(read_jsonl(path), 1):
+            if text_field not in row and isinstance(row.get("messages"), list):
+                # A conversation (OpenAI messages): train on what its turns say.
+                yield from (m["content"] for m in row["messages"] if isinstance(m, dict) and isinstance(m.get("content"), str))
+                continue
             if text_field not in row or not isinstance(row[text_field], str):
                 raise AcornError(
                     f"{path}: record {i} has no string field {text_field!r}; pass --text-field NAME "

@@ -227,6 +227,10 @@ def test_train_from_jsonl_field(tmp_path):
     p.write_text('{"text": "alpha beta"}\n{"text": "gamma delta"}\n', encoding="utf-8")
     t = Tokenizer.train([p], 300)
     assert t.decode(t.encode("alpha gamma")) == "alpha gamma"
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text('{"messages": [{"role": "user", "content": "zebra zebra zebra"}]}\n' * 3, encoding="utf-8")
+    t = Tokenizer.train([chats], 300)
+    assert b"zebra" in t.mergeable_ranks  # trained on the message contents
     with pytest.raises(AcornError, match="no string field 'body'"):
         Tokenizer.train([p], 300, text_field="body")
 

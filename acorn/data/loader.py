@@ -41,6 +41,7 @@ alone.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,11 +127,9 @@ class TokenLoader:
         else:
             self._starts = np.arange(max(0, (self.num_tokens - 1) // seq_len), dtype=np.int64) * seq_len
         self.global_batch = batch_size * world_size
-        if len(self._starts) < self.global_batch:
-            raise AcornError(
-                f"the {split} split ({self.num_tokens:,} tokens) has {len(self._starts)} rows of {seq_len} tokens, "
-                f"fewer than one global batch of {self.global_batch}; lower the batch size or sequence length, "
-                "or prepare more data")
+        if len(self._starts) == 0:
+            raise AcornError(f"the {split} split ({self.num_tokens:,} tokens) has no row of {seq_len} tokens; "
+                             "lower the sequence length or prepare more data")
         self.epoch, self.cursor = 0, 0
         self._perm_epoch, self._perm = -1, None
 
@@ -148,6 +147,11 @@ class TokenLoader:
         return self
 
     def __next__(self) -> Batch:
+        if self.num_rows < self.global_batch:  # checked here: evaluation can work with less
+            raise AcornError(
+                f"the {self.split} split ({self.num_tokens:,} tokens) has {self.num_rows} rows of {self.seq_len} "
+                f"tokens, fewer than one global batch of {self.global_batch}; lower the batch size or sequence "
+                "length, or prepare more data")
         if self.cursor + self.global_batch > self.num_rows:
             self.epoch, self.cursor = self.epoch + 1, 0
         if self._perm_epoch != self.epoch:
@@ -159,11 +163,15 @@ class TokenLoader:
         return self._batch(rows)
 
     def iter_eval(self, max_batches: int | None = None) -> Iterator[Batch]:
-        """One in-order pass over the split's rows (this rank's share of each global batch)."""
-        n = self.steps_per_epoch if max_batches is None else min(max_batches, self.steps_per_epoch)
+        """One in-order pass over all of the split's rows (this rank's share of each
+        global batch; the last batch may be smaller, or empty for some ranks)."""
+        n = math.ceil(self.num_rows / self.global_batch)
+        n = n if max_batches is None else min(max_batches, n)
         for step in range(n):
             lo = step * self.global_batch + self.rank * self.batch_size
-            yield self._batch(self._starts[lo : lo + self.batch_size])
+            starts = self._starts[lo : min(lo + self.batch_size, self.num_rows)]
+            if len(starts):
+                yield self._batch(starts)
 
     def _batch(self, starts: np.ndarray) -> Batch:
         rows = np.stack([self._read(int(s), self.seq_len + 1) for s in starts]).astype(np.int64)

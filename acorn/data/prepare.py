@@ -49,7 +49,6 @@ A re-run with anything different is refused (choose a new --out or pass
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import multiprocessing
@@ -64,6 +63,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from acorn.errors import AcornError
+from acorn import fileio
 from acorn.fileio import atomic_write, read_json, write_json
 
 FORMAT = "acorn-token-shards"
@@ -99,31 +99,7 @@ def shard_name(split: str, index: int) -> str:
 # ------------------------------------------------------------------- inputs
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """Files, directories and globs -> existing .txt/.jsonl/.parquet files, each once, in a stable order."""
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in SUFFIXES)
-            if not found:
-                raise AcornError(f"{p}: directory has no .txt, .jsonl or .parquet files; point at the data files")
-            out.extend(found)
-        elif p.is_file():
-            if p.suffix not in SUFFIXES:
-                raise AcornError(f"{p}: unknown input format {p.suffix or '(no suffix)'!r}; "
-                                 "give .txt, .jsonl or .parquet files")
-            out.append(p)
-        else:
-            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
-            matches = [m for m in matches if m.is_file() and m.suffix in SUFFIXES]
-            if not matches:
-                raise AcornError(f"{item}: no such file, and no .txt/.jsonl/.parquet file matches it as a glob; "
-                                 "check the path")
-            out.extend(matches)
-    if not out:
-        raise AcornError("no inputs given; pass text files, directories or globs")
-    return list(dict.fromkeys(p.resolve() for p in out))
+    return [p.resolve() for p in fileio.expand_inputs(inputs, SUFFIXES, any_file=False)]
 
 
 def _check_input(path: Path, text_field: str) -> None:

@@ -148,8 +148,14 @@ def test_eval_pass_is_finite_in_order_and_leaves_the_training_position(data):
 
 
 def test_refusals(data, tmp_path):
-    with pytest.raises(AcornError, match="fewer than one global batch"):
-        TokenLoader(data, "val", batch_size=64, seq_len=512)
+    small = TokenLoader(data, "val", batch_size=64, seq_len=32)
+    assert 0 < small.num_rows < 64
+    evaluated = list(small.iter_eval())  # evaluation takes what there is ...
+    assert len(evaluated) == 1 and evaluated[0].x.shape[0] == small.num_rows
+    with pytest.raises(AcornError, match="fewer than one global batch"):  # ... training needs a whole batch
+        next(small)
+    with pytest.raises(AcornError, match="has no row of"):
+        TokenLoader(data, "val", batch_size=1, seq_len=10**9)
     with pytest.raises(AcornError, match="no meta.json"):
         TokenLoader(tmp_path, batch_size=1, seq_len=8)
     with pytest.raises(AcornError, match="rank 2 is outside"):
