@@ -119,6 +119,13 @@ def cmd_model_info(args) -> None:
     print(model_info(args.path))
 
 
+def cmd_pretrain(args) -> None:
+    from acorn.config import load
+    from acorn.train.pretrain import PretrainConfig, pretrain
+
+    pretrain(load(PretrainConfig, args.config, args.overrides), resume=args.resume)
+
+
 def cmd_speedrun(args) -> None:
     from acorn.speedrun import speedrun
 
@@ -251,6 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("path", help="a Hugging Face checkpoint directory, or an Acorn preset name (e.g. gpt2-124m)")
     s.set_defaults(func=cmd_model_info)
 
+    # acorn pretrain
+    s = _parser(stages, "pretrain", "pretrain a transformer on prepared token shards (next-token prediction)",
+                "acorn pretrain --config configs/micro.yaml --optim.lr 1e-3 --train.max_steps 2000",
+                description="Pretrain a transformer on prepared token shards (next-token prediction).\n\n"
+                "Settings come from the defaults, then --config FILE (YAML), then --section.key VALUE\n"
+                "overrides: sections data, out, seed, init_from, model (preset + fields), optim, train, eval.\n"
+                "The resolved configuration is saved as config.yaml in the run directory.")
+    s.add_argument("--config", help="YAML file with the run's settings")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.set_defaults(func=cmd_pretrain, accepts_overrides=True)
+
     # acorn tokens count
     tc = _parser(stages, "tokens", "count tokens and estimate API cost", "acorn tokens count notes.txt --price-per-million 0.5")
     csub = tc.add_subparsers(dest="cmd", metavar="COMMAND")
@@ -282,7 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     warnings.showwarning = _show_warning
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     if getattr(args, "compare", "unset") is None:
         args.compare = ["gpt2"]
     try:

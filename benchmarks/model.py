@@ -98,7 +98,7 @@ def measure(size: str, device: str, dtype: torch.dtype, runs: int) -> list[list[
         ("forward+backward", [("acorn", train(acorn, False)), ("transformers", train(hf, True))]),
     ]:
         log(f"{size} {device} {dtype} {what}")
-        res = median_times_interleaved(contenders, runs, warmup=1)
+        res = median_times_interleaved(contenders, runs, warmup=3)
         a, h = res["acorn"][0], res["transformers"][0]
         rows.append([size, device, str(dtype).replace("torch.", ""), what, f"{tokens / a:,.0f}", f"{tokens / h:,.0f}",
                      f"{h / a:.2f}x"])
@@ -134,7 +134,7 @@ Llama-layout models (RoPE, RMSNorm, SwiGLU, GQA, tied embeddings), Acorn's
 `Transformer` against transformers' `LlamaForCausalLM` holding the same weights,
 on the same batch (nano and micro: 8 x 256 tokens; small: 4 x 256). Forward: no
 grad, weights in the dtype. Forward+backward: float32 weights, bf16 autocast in
-the bf16 rows. Medians of {runs} runs, the two taking turns, after one warm-up.
+the bf16 rows. Medians of {runs} runs, the two taking turns, after three warm-up runs (the first runs of both are slow while memory is first touched).
 "Acorn speed" is transformers' time over Acorn's.
 
 {table}

@@ -151,11 +151,11 @@ def _all_mean(value: float, dist_: Dist) -> float:
 
 
 # ---------------------------------------------------------- checkpoints
-def save_state(path: Path, model: torch.nn.Module, optimizers, step: int, loader, extra: dict) -> None:
+def save_state(path: Path, model_state: dict, optimizer_states: list[dict], step: int, loader, extra: dict) -> None:
     """Everything needed to continue exactly, written atomically."""
     state = {
-        "model": model.state_dict(),
-        "optimizers": [o.state_dict() for o in optimizers],
+        "model": model_state,
+        "optimizers": optimizer_states,
         "step": step,
         "loader": loader.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -246,7 +246,6 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> Path:
     if cfg.train.seq_len > cfg.model.max_seq_len:
         raise AcornError(f"train.seq_len {cfg.train.seq_len} exceeds model.max_seq_len {cfg.model.max_seq_len}")
     raw_model = model
-    optimizers = build_optimizers(raw_model, cfg.optim)
 
     per_step = cfg.train.micro_batch * cfg.train.seq_len * dist_.world
     accum = max(1, round(cfg.train.batch_tokens / per_step))
@@ -255,25 +254,20 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> Path:
     val_loader = TokenLoader(cfg.data, "val", batch_size=cfg.train.micro_batch, seq_len=cfg.train.seq_len,
                              seed=cfg.seed, pack_documents=cfg.train.pack_documents)
 
-    start_step, history = 0, []
+    start_step, history, state = 0, [], None
     ckpt = latest_checkpoint(out) if resume else None
     if resume and ckpt is None:
         raise AcornError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
     if ckpt is not None:
         state = load_state(ckpt)
-        raw_model.load_state_dict(state["model"])
-        for o, s in zip(optimizers, state["optimizers"]):
-            o.load_state_dict(s)
-        loader.load_state_dict(state["loader"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        start_step = state["step"]
-        history = _read_metrics(out / "metrics.jsonl", up_to=start_step)
-    elif dist_.main:
-        if out.exists() and any(out.iterdir()) and (out / "checkpoints").exists():
-            raise AcornError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        raw_model.load_state_dict(state["model"])  # full tensors, before any sharding
+    elif dist_.main and (out / "checkpoints").exists():
+        raise AcornError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
-    if cfg.train.fsdp and dist_.world > 1:
+    fsdp = cfg.train.fsdp and dist_.world > 1
+    if fsdp:
+        # FSDP2: each block's parameters, gradients and optimizer state are split
+        # across processes and gathered just in time for its forward/backward.
         from torch.distributed.fsdp import fully_shard
 
         for block in raw_model.model.layers:
@@ -283,6 +277,16 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> Path:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(raw_model)
+    # After sharding: FSDP2 replaces the parameters with sharded ones.
+    optimizers = build_optimizers(raw_model, cfg.optim)
+    if state is not None:
+        _load_optimizers(raw_model, optimizers, state["optimizers"], fsdp)
+        loader.load_state_dict(state["loader"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        start_step = state["step"]
+        if dist_.main:
+            history = _read_metrics(out / "metrics.jsonl", up_to=start_step)
     if cfg.train.compile:
         model = torch.compile(model)
 
@@ -360,25 +364,58 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> Path:
             bar.set_postfix_str(f"loss {loss_value:.3f} {tok_s:,.0f} tok/s" +
                                 (f" val {row['val_loss']:.3f}" if "val_loss" in row else ""))
         if (cfg.eval.checkpoint_every and (step + 1) % cfg.eval.checkpoint_every == 0) or last or out_of_time:
-            if dist_.main or cfg.train.fsdp:
-                _checkpoint(out, raw_model, optimizers, step + 1, loader, dist_)
+            _checkpoint(out, raw_model, optimizers, step + 1, loader, dist_, fsdp)
         if out_of_time:
             if dist_.main:
                 print(f"\nstopping at step {step + 1}: --train.max_minutes {cfg.train.max_minutes} reached", flush=True)
             break
     bar.close()
 
+    if fsdp:  # the export below wants whole tensors
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist_.main:
+        if fsdp:
+            raw_model = Transformer(cfg.model)
+            raw_model.load_state_dict(full)
         _finish(out, raw_model, cfg, history, tokenizer, time.perf_counter() - t_start)
+    if dist_.world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return out
 
 
-def _checkpoint(out: Path, model, optimizers, step: int, loader, dist_: Dist) -> None:
+def _checkpoint(out: Path, model, optimizers, step: int, loader, dist_: Dist, fsdp: bool) -> None:
+    if fsdp:
+        # Gathering full tensors is collective: every process takes part, rank 0 writes.
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(model, options=opts)
+        optimizer_states = [get_optimizer_state_dict(model, o, options=opts) for o in optimizers]
+    else:
+        model_state, optimizer_states = model.state_dict(), [o.state_dict() for o in optimizers]
+    if not dist_.main:
+        return
     path = out / "checkpoints" / f"step_{step:07d}.pt"
-    save_state(path, model, optimizers, step, loader, {"world_size": dist_.world})
+    save_state(path, model_state, optimizer_states, step, loader, {"world_size": dist_.world})
     # Keep the two newest: enough to survive a crash while writing the next one.
     for old in sorted((out / "checkpoints").glob("step_*.pt"))[:-2]:
         old.unlink(missing_ok=True)
+
+
+def _load_optimizers(model, optimizers, states: list[dict], fsdp: bool) -> None:
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        for o, s in zip(optimizers, states):
+            set_optimizer_state_dict(model, o, s, options=StateDictOptions(full_state_dict=True))
+    else:
+        for o, s in zip(optimizers, states):
+            o.load_state_dict(s)
 
 
 def _tokenizer(meta: dict):
