@@ -126,10 +126,64 @@ def cmd_pretrain(args) -> None:
     pretrain(load(PretrainConfig, args.config, args.overrides), resume=args.resume)
 
 
+def cmd_sft(args) -> None:
+    from acorn.config import load
+    from acorn.train.sft import SFTConfig, sft
+
+    sft(load(SFTConfig, args.config, args.overrides), resume=args.resume)
+
+
 def cmd_speedrun(args) -> None:
     from acorn.speedrun import speedrun
 
     speedrun(args.out, size=args.size, seed=args.seed, vocab_size=args.vocab_size)
+
+
+def cmd_generate(args) -> None:
+    params = _sampling(args)  # bad settings fail before the model loads
+    engine = _engine(args)
+    for delta in engine.stream(args.prompt, params):
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def cmd_chat(args) -> None:
+    params = _sampling(args)
+    engine = _engine(args)
+    start = [{"role": "system", "content": args.system}] if args.system else []
+    history = list(start)
+    while True:
+        sys.stdout.write("you> ")
+        sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line:  # EOF (Ctrl-D, or the end of piped input)
+            sys.stdout.write("\n")
+            return
+        text = line.strip()
+        if text == "/exit":
+            return
+        if text == "/reset":
+            history = list(start)
+            print("(conversation reset)")
+            continue
+        if not text:
+            continue
+        history.append({"role": "user", "content": text})
+        try:
+            deltas = engine.stream(engine.chat_prompt(history), params)
+            reply = []
+            sys.stdout.write("assistant> ")
+            for delta in deltas:
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+                reply.append(delta)
+        except AcornError as e:  # e.g. the conversation outgrew the context: say so, keep the session
+            history.pop()
+            print(f"\nacorn: error: {e}; /reset starts over", file=sys.stderr)
+            continue
+        sys.stdout.write("\n")
+        history.append({"role": "assistant", "content": "".join(reply)})
 
 
 # ------------------------------------------------------------------- helpers
@@ -137,6 +191,30 @@ def _load_tokenizer(name: str):
     from acorn.tokenizer import Tokenizer
 
     return Tokenizer.from_pretrained(name)
+
+
+def _engine(args):
+    from acorn.infer import Engine
+
+    return Engine.from_pretrained(args.checkpoint, dtype=args.dtype, device=args.device)
+
+
+def _sampling(args):
+    from acorn.infer import SamplingParams
+
+    names = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop")
+    return SamplingParams(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
+
+
+def _add_inference_flags(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--max-new-tokens", type=int, help="most tokens to generate (default: 256)")
+    s.add_argument("--temperature", type=float, help="0 = greedy; < 1 sharper, > 1 more random (default: 1.0)")
+    s.add_argument("--top-k", type=int, help="sample among the k most likely tokens (default: off)")
+    s.add_argument("--top-p", type=float, help="nucleus sampling: the most likely tokens up to this probability (default: off)")
+    s.add_argument("--seed", type=int, help="seed of the sampler (default: random)")
+    s.add_argument("--stop", action="append", metavar="STR", help="stop before this text (repeatable)")
+    s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    s.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's)")
 
 
 def _text_arg(args) -> str:
@@ -258,6 +336,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("path", help="a Hugging Face checkpoint directory, or an Acorn preset name (e.g. gpt2-124m)")
     s.set_defaults(func=cmd_model_info)
 
+    # acorn generate / chat
+    s = _parser(stages, "generate", "continue a prompt with a model (streams the text)",
+                "acorn generate runs/ckpt \"Once upon a time\" --max-new-tokens 50 --temperature 0.8")
+    s.add_argument("checkpoint", help="a Hugging Face checkpoint directory with its tokenizer files")
+    s.add_argument("prompt", help="the text to continue")
+    _add_inference_flags(s)
+    s.set_defaults(func=cmd_generate)
+    s = _parser(stages, "chat", "talk with a model in the terminal (/reset forgets, /exit or Ctrl-D quits)",
+                "acorn chat runs/sft --system \"You are a helpful assistant.\" --temperature 0.7")
+    s.add_argument("checkpoint", help="a Hugging Face checkpoint directory with its tokenizer files")
+    s.add_argument("--system", help="a system message that starts the conversation")
+    _add_inference_flags(s)
+    s.set_defaults(func=cmd_chat)
+
     # acorn pretrain
     s = _parser(stages, "pretrain", "pretrain a transformer on prepared token shards (next-token prediction)",
                 "acorn pretrain --config configs/micro.yaml --optim.lr 1e-3 --train.max_steps 2000",
@@ -268,6 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="YAML file with the run's settings")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.set_defaults(func=cmd_pretrain, accepts_overrides=True)
+
+    # acorn sft
+    s = _parser(stages, "sft", "supervised fine-tuning on conversations (loss on the assistant's tokens only)",
+                "acorn sft --init_from runs/pretrain/model --data runs/world/sft.jsonl --out runs/sft",
+                description="Fine-tune a checkpoint on conversations: `messages` JSONL (OpenAI style, tool calls\n"
+                "included) or prompt/completion JSONL. Settings as for `acorn pretrain`: --config FILE and\n"
+                "--section.key VALUE overrides (data, out, init_from, epochs, val_fraction, optim, train, eval).")
+    s.add_argument("--config", help="YAML file with the run's settings")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.set_defaults(func=cmd_sft, accepts_overrides=True)
 
     # acorn tokens count
     tc = _parser(stages, "tokens", "count tokens and estimate API cost", "acorn tokens count notes.txt --price-per-million 0.5")

@@ -82,16 +82,35 @@ def build(cls, data: dict | None, where: str = "") -> Any:
     if unknown:
         raise AcornError(f"unknown config key {where}{unknown[0]}; {where.rstrip('.') or 'top level'} has: {', '.join(names)}")
     kwargs = {}
+    defaults = {f.name: f for f in dataclasses.fields(cls)}
     for name in names:
         if name not in data:
             continue
-        kwargs[name] = _convert(data[name], hints[name], f"{where}{name}")
+        value = data[name]
+        if isinstance(value, dict):
+            # A section's overrides change only the keys they name: the rest
+            # keep this config's own defaults (SFT's differ from pretraining's).
+            value = merge(_section_defaults(defaults[name]), value)
+        kwargs[name] = _convert(value, hints[name], f"{where}{name}")
     if preset is not None:
         return cls.from_preset(str(preset), **kwargs)
     try:
         return cls(**kwargs)
     except TypeError as e:
         raise AcornError(f"{where.rstrip('.') or 'config'}: {e}") from None
+
+
+def _section_defaults(f: dataclasses.Field) -> dict:
+    if f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    else:
+        default = f.default
+    if not dataclasses.is_dataclass(default):
+        return {}
+    if hasattr(default, "from_preset"):
+        # Derived fields must be derived again, so start from the preset, not its results.
+        return {"preset": default.preset} if getattr(default, "preset", None) else {}
+    return dataclasses.asdict(default)
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:

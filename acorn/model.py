@@ -82,6 +82,9 @@ class ModelConfig:
     # training
     dropout: float = 0.0
     init_std: float = 0.02
+    # The preset this config was made from, if any: overrides of a config
+    # section re-derive from it (head_dim, d_ff follow a changed d_model).
+    preset: str | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -109,7 +112,7 @@ class ModelConfig:
     def from_preset(cls, name: str, **overrides) -> "ModelConfig":
         if name not in PRESETS:
             raise AcornError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        return cls(**{**PRESETS[name], **overrides, "preset": name})
 
     def to_dict(self) -> dict:
         return asdict(self)

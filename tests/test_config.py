@@ -64,3 +64,16 @@ def test_bad_yaml_files(tmp_path):
 
 def test_parse_overrides_nests_and_normalises_dashes():
     assert parse_overrides(["--a.b-c", "1", "--d=2"]) == {"a": {"b_c": "1"}, "d": "2"}
+
+
+def test_section_overrides_keep_the_stage_defaults():
+    from acorn.train.pretrain import PretrainConfig
+    from acorn.train.sft import SFTConfig
+
+    sft = load(SFTConfig, None, ["--train.micro_batch", "4"])
+    assert sft.train.micro_batch == 4 and sft.train.max_steps == SFTConfig().train.max_steps == 0
+    assert sft.optim.lr == SFTConfig().optim.lr != OptimConfig().lr
+    # A model override re-derives from the default preset (head_dim follows d_model).
+    pre = load(PretrainConfig, None, ["--model.d_model", "128"])
+    assert pre.model.preset == "micro" and pre.model.n_layer == ModelConfig.from_preset("micro").n_layer
+    assert pre.model.head_dim == 128 // pre.model.n_head

@@ -140,14 +140,14 @@ def init_distributed(device: torch.device) -> Dist:
     return Dist(rank=dist.get_rank(), world=dist.get_world_size())
 
 
-def _all_mean(value: float, dist_: Dist) -> float:
+def _all_sum(value: float, dist_: Dist) -> float:
     if dist_.world == 1:
         return value
     import torch.distributed as dist
 
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t)
-    return t.item() / dist_.world
+    return t.item()
 
 
 # ---------------------------------------------------------- checkpoints
@@ -219,40 +219,61 @@ def token_nbytes(tok, device) -> torch.Tensor:
 
 # ---------------------------------------------------------------- loop
 def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> Path:
+    """Pretrain on the token shards in cfg.data; returns the run directory."""
     from acorn.data.loader import TokenLoader
 
+    device, dist_ = start(cfg)
+    meta = _data_meta(Path(cfg.data))
+    model = build_model(cfg, device, meta["tokenizer"]["vocab_size"])
+    loader = TokenLoader(cfg.data, "train", batch_size=cfg.train.micro_batch, seq_len=cfg.train.seq_len,
+                         seed=cfg.seed, rank=dist_.rank, world_size=dist_.world, pack_documents=cfg.train.pack_documents)
+    # Only read when evaluating: data prepared without a validation split trains with --eval.every 0.
+    val_loader = TokenLoader(cfg.data, "val", batch_size=cfg.train.micro_batch, seq_len=cfg.train.seq_len,
+                             seed=cfg.seed, pack_documents=cfg.train.pack_documents) if cfg.eval.every else None
+    return train(cfg, model, loader, val_loader, _tokenizer(meta), device, dist_, resume=resume, stage="pretrain")
+
+
+def start(cfg) -> tuple[torch.device, Dist]:
+    """Device, processes, seeds: the first thing every training stage does."""
     device = default_device()
     dist_ = init_distributed(device)
-    out = Path(cfg.out)
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # x86 slows down up to 30x on denormal floats
     torch.manual_seed(cfg.seed + dist_.rank)
     random.seed(cfg.seed)
-    dtype = resolve_dtype(cfg.train.dtype, device)
-    meta = _data_meta(Path(cfg.data))
+    return device, dist_
 
-    # Model: fresh, or from a checkpoint directory.
+
+def build_model(cfg, device: torch.device, vocab_size: int | None = None) -> Transformer:
+    """A fresh model from cfg.model, or the checkpoint in cfg.init_from (which then sets cfg.model)."""
     if cfg.init_from:
         from acorn.checkpoint import load as load_checkpoint
 
         model = load_checkpoint(cfg.init_from, dtype="float32", device=str(device))
         cfg.model = model.config
     else:
-        vocab = meta["tokenizer"]["vocab_size"]
-        if cfg.model.vocab_size < vocab:
+        if vocab_size and cfg.model.vocab_size < vocab_size:
             raise AcornError(f"model vocab_size {cfg.model.vocab_size} is smaller than the data's tokenizer "
-                             f"({vocab}); set --model.vocab_size {vocab}")
+                             f"({vocab_size}); set --model.vocab_size {vocab_size}")
         model = Transformer(cfg.model).to(device)
+    if vocab_size and model.config.vocab_size < vocab_size:
+        raise AcornError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's "
+                         f"({vocab_size}); use the tokenizer the model was trained with")
     if cfg.train.seq_len > cfg.model.max_seq_len:
         raise AcornError(f"train.seq_len {cfg.train.seq_len} exceeds model.max_seq_len {cfg.model.max_seq_len}")
-    raw_model = model
+    return model
 
+
+def train(cfg, model: Transformer, loader, val_loader, tokenizer, device: torch.device, dist_: Dist, *,
+          resume: bool = False, stage: str = "pretrain") -> Path:
+    """The training loop shared by every stage that minimises next-token loss
+    (pretraining, SFT): loaders yield Batch(x, y, document_ids), y = -100 where
+    no loss is wanted. Returns the run directory."""
+    out = Path(cfg.out)
+    dtype = resolve_dtype(cfg.train.dtype, device)
+    raw_model = model
     per_step = cfg.train.micro_batch * cfg.train.seq_len * dist_.world
     accum = max(1, round(cfg.train.batch_tokens / per_step))
-    loader = TokenLoader(cfg.data, "train", batch_size=cfg.train.micro_batch, seq_len=cfg.train.seq_len,
-                         seed=cfg.seed, rank=dist_.rank, world_size=dist_.world, pack_documents=cfg.train.pack_documents)
-    val_loader = TokenLoader(cfg.data, "val", batch_size=cfg.train.micro_batch, seq_len=cfg.train.seq_len,
-                             seed=cfg.seed, pack_documents=cfg.train.pack_documents)
 
     start_step, history, state = 0, [], None
     ckpt = latest_checkpoint(out) if resume else None
@@ -298,11 +319,10 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> Path:
     autocast = _autocast(device, dtype)
     peak = peak_flops(device, dtype)
     flops_per_token = cfg.model.flops_per_token(cfg.train.seq_len)
-    tokenizer = _tokenizer(meta)
     nbytes = token_nbytes(tokenizer, device) if tokenizer is not None else None
     tokens_per_step = per_step * accum
     if dist_.main:
-        print(f"pretrain: {raw_model.num_params() / 1e6:.2f}M parameters, {dtype} on {device}"
+        print(f"{stage}: {raw_model.num_params() / 1e6:.2f}M parameters, {dtype} on {device}"
               f"{f' x {dist_.world}' if dist_.world > 1 else ''}; {cfg.train.max_steps} steps of "
               f"{tokens_per_step:,} tokens ({cfg.train.micro_batch} x {cfg.train.seq_len} x {accum} accumulation"
               f"{f' x {dist_.world} processes' if dist_.world > 1 else ''})", flush=True)
@@ -315,22 +335,30 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> Path:
     for step in range(start_step, cfg.train.max_steps):
         t0 = time.perf_counter()
         set_lr(optimizers, lr_multiplier(step, cfg.train.max_steps, cfg.optim), cfg.optim)
+        # Every trained token weighs the same, however the step's tokens fall
+        # into micro-batches and processes (SFT masks make the counts differ):
+        # each micro-batch's mean loss is scaled by its share of the step's
+        # trained tokens, counted over all processes.
+        batches = [next(loader) for _ in range(accum)]
+        counts = [int((b.y != -100).sum()) for b in batches]
+        n_step = _all_sum(sum(counts), dist_)
         total = torch.zeros((), device=device)
-        for micro in range(accum):
-            batch = next(loader)
+        for micro, (batch, n) in enumerate(zip(batches, counts)):
             x, y = batch.x.to(device), batch.y.to(device)
             docs = batch.document_ids.to(device) if batch.document_ids is not None else None
+            share = n * dist_.world / max(n_step, 1)  # DDP then averages over processes
             # DDP: all-reduce the gradients once, after the last micro-batch.
             sync = micro == accum - 1 or not hasattr(model, "no_sync")
             with (model.no_sync() if not sync else _null()), autocast():
                 out_ = model(x, targets=y, document_ids=docs)
-                loss = out_.loss / accum
+                loss = out_.loss * share if n else out_.logits.sum() * 0.0
                 if out_.aux_loss is not None:
                     loss = loss + out_.aux_loss / accum
             loss.backward()
-            total += out_.loss.detach() / accum
+            if n:
+                total += out_.loss.detach().float() * n
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
-        loss_value = _all_mean(total.item(), dist_)
+        loss_value = _all_sum(total.item(), dist_) / max(n_step, 1)
         if not (math.isfinite(loss_value) and math.isfinite(float(grad_norm))):
             # A non-finite loss or gradient: skip the update rather than poison the weights.
             for o in optimizers:

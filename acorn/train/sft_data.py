@@ -94,7 +94,7 @@ def _pad(ids, mask, doc, width, pad_id):
     return ids + [pad_id] * n, mask + [0] * n, doc + [-1] * n
 
 
-def to_batch(rows, device):
+def to_batch(rows):
     """Rows -> Batch(x, y, document_ids): y is next-token ids, IGNORE where not trained on
     or where the next token belongs to another document."""
     from acorn.data.loader import Batch
@@ -105,7 +105,7 @@ def to_batch(rows, device):
     x, y = ids[:, :-1], ids[:, 1:].clone()
     same_doc = doc[:, 1:] == doc[:, :-1]
     y[~(mask[:, 1:] & same_doc)] = IGNORE
-    return Batch(x=x.to(device), y=y.to(device), document_ids=doc[:, :-1].to(device))
+    return Batch(x=x, y=y, document_ids=doc[:, :-1])
 
 
 class SFTLoader:
@@ -115,12 +115,9 @@ class SFTLoader:
     load_state_dict(), iter_eval()), so the one training loop runs both.
     """
 
-    def __init__(self, rows, *, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, device="cpu"):
-        if len(rows) < batch_size * world_size:
-            raise AcornError(f"only {len(rows)} packed rows for a global batch of {batch_size * world_size}; "
-                             "lower --train.micro_batch or add data")
+    def __init__(self, rows, *, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
         self.rows, self.batch_size, self.seed = rows, batch_size, seed
-        self.rank, self.world, self.device = rank, world_size, device
+        self.rank, self.world = rank, world_size
         self.epoch, self.cursor = 0, 0
         self._order = self._permutation()
 
@@ -134,17 +131,20 @@ class SFTLoader:
 
     def __next__(self):
         global_batch = self.batch_size * self.world
+        if len(self.rows) < global_batch:  # checked here: evaluation can work with less
+            raise AcornError(f"only {len(self.rows)} packed rows for a global batch of {global_batch}; "
+                             "lower --train.micro_batch or add data")
         if self.cursor + global_batch > len(self._order):
             self.epoch, self.cursor = self.epoch + 1, 0
             self._order = self._permutation()
         idx = self._order[self.cursor : self.cursor + global_batch]
         self.cursor += global_batch
         mine = idx[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-        return to_batch([self.rows[i] for i in mine], self.device)
+        return to_batch([self.rows[i] for i in mine])
 
     def iter_eval(self, max_batches: int):
         for start in range(0, min(len(self.rows), max_batches * self.batch_size), self.batch_size):
-            yield to_batch(self.rows[start : start + self.batch_size], self.device)
+            yield to_batch(self.rows[start : start + self.batch_size])
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor}
