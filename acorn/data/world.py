@@ -30,6 +30,9 @@ same bytes. File schemas are in SCHEMAS below and in docs/DATA.md.
 
 from __future__ import annotations
 
+import ast
+import operator
+
 import bisect
 import hashlib
 import json
@@ -64,6 +67,33 @@ CALCULATOR_TOOL = {
     },
 }
 OPS = ("+", "-", "*")
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+
+
+def calculate(expression: str) -> int:
+    """The calculator tool: integers with + - * (and parentheses), nothing else.
+
+    The expression is parsed, never executed: any other syntax is a ValueError,
+    so a model's tool call cannot run code.
+    """
+    if len(expression) > 200:
+        raise ValueError("expression too long")
+
+    def ev(node):
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+            return _OPERATORS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -ev(node.operand)
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        raise ValueError(f"not allowed in an expression: {type(node).__name__}")
+
+    try:
+        return ev(ast.parse(expression.strip(), mode="eval"))
+    except SyntaxError:
+        raise ValueError(f"not an arithmetic expression: {expression!r}") from None
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
-import operator
 import re
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import jsonschema
 import pytest
 
 from acorn.cli import main
-from acorn.data.world import IDK_ANSWER, SCHEMAS, WORLD_SCHEMA, generate_world
+from acorn.data.world import IDK_ANSWER, SCHEMAS, WORLD_SCHEMA, calculate, generate_world
 from acorn.errors import AcornError
 
 
@@ -24,22 +22,6 @@ def _rows(path: Path) -> list[dict]:
 def _hashes(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
-
-
-def safe_eval(expression: str) -> int:
-    """Integers and + - * only; anything else is an error, never executed."""
-    def ev(node):
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](ev(node.left), ev(node.right))
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            return node.value
-        raise ValueError(f"not allowed in an expression: {ast.dump(node)}")
-    return ev(ast.parse(expression, mode="eval"))
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +168,7 @@ def test_preference_pairs(world):
                 question = row["prompt"][0]["content"]
                 a, op, b = re.search(r"(\d+) (\+|-|\*|plus|minus|times) (\d+)", question).groups()
                 op = {"plus": "+", "minus": "-", "times": "*"}.get(op, op)
-                assert chosen == str(safe_eval(f"{a}{op}{b}"))
+                assert chosen == str(calculate(f"{a}{op}{b}"))
         assert kinds == {"fact", "unknown", "arithmetic"}
 
 
@@ -202,7 +184,7 @@ def test_tool_calls_compute_correct_results(world):
         assert tc["function"]["name"] == row["tools"][0]["function"]["name"] == "calculator"
         assert result["tool_call_id"] == tc["id"]
         expression = json.loads(tc["function"]["arguments"])["expression"]
-        value = str(safe_eval(expression))
+        value = str(calculate(expression))
         assert result["content"] == value and final["content"] == value
         a, b = re.findall(r"\d+", expression)
         assert a in msgs[0]["content"] and b in msgs[0]["content"]
@@ -211,7 +193,7 @@ def test_tool_calls_compute_correct_results(world):
 def test_arithmetic_is_correct_everywhere(world):
     _, _, data, _ = world
     for row in data["eval/arithmetic.jsonl"]:
-        assert row["answer"] == str(safe_eval(f"{row['a']}{row['op']}{row['b']}"))
+        assert row["answer"] == str(calculate(f"{row['a']}{row['op']}{row['b']}"))
         assert row["question"] == f"What is {row['a']} {row['op']} {row['b']}?"
         assert len(str(row["a"])) == len(str(row["b"])) == row["digits"]
     assert {(r["digits"], r["op"]) for r in data["eval/arithmetic.jsonl"]} == {
@@ -220,7 +202,7 @@ def test_arithmetic_is_correct_everywhere(world):
         if row["kind"] == "arithmetic":
             a, op, b = re.search(r"(\d+) (\+|-|\*|plus|minus|times) (\d+)", row["messages"][-2]["content"]).groups()
             op = {"plus": "+", "minus": "-", "times": "*"}.get(op, op)
-            assert row["messages"][-1]["content"] == str(safe_eval(f"{a}{op}{b}"))
+            assert row["messages"][-1]["content"] == str(calculate(f"{a}{op}{b}"))
     # Every complete equation in the pretraining drills and worked steps
     # (column sums, borrows, partial products, totals) must hold.
     equation = re.compile(r"(?<![+\-*] )(?<!\d)((?:\d+ [+\-*] )+\d+) = (\d+)")
@@ -228,7 +210,7 @@ def test_arithmetic_is_correct_everywhere(world):
     for doc in data["pretrain.jsonl"]:
         if doc["kind"] in ("arithmetic", "reasoning"):
             for lhs, rhs in equation.findall(doc["text"]):
-                assert safe_eval(lhs) == int(rhs), (lhs, rhs, doc["text"])
+                assert calculate(lhs) == int(rhs), (lhs, rhs, doc["text"])
                 n += 1
     assert n > 100
 
@@ -283,3 +265,10 @@ def test_bad_size_is_an_acorn_error(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["data", "world", "--out", str(tmp_path / "w"), "--size", "huge"])
     assert e.value.code == 2
+
+
+def test_calculator_computes_and_refuses_code():
+    assert calculate("123*45") == 5535 and calculate(" (2 - 7) * 3 ") == -15
+    for bad in ["__import__('os').system('true')", "2 ** 10", "1 / 2", "x + 1", "2 +", "9" * 300]:
+        with pytest.raises(ValueError):
+            calculate(bad)

@@ -1,0 +1,151 @@
+"""Evaluating a chat model on the built-in world: what it knows, and what it knows it doesn't.
+
+Every number comes from the model's own generations through the one engine
+(greedy decoding, the chat template), scored against the world's ground truth:
+
+  fact QA        exact match of the answer to "When was X born?" and the like,
+                 split by whether SFT showed that (person, attribute) question
+                 (in_sft) or only pretraining documents stated the fact, which
+                 tests knowledge extraction (Allen-Zhu & Li, Physics of LMs 3.1)
+  unknown QA     the rate of the honest "I don't know." for people the model
+                 never saw, and the rate of confident made-up answers
+                 (hallucinations) there
+  arithmetic     exact match by number of digits; when the model calls the
+                 calculator tool, the call is executed and the model answers
+                 from the result (one round), and tool use is reported
+  multiple choice  the same facts scored by log-likelihood of each choice
+                 (MMLU style): no generation, so it shows knowledge the model
+                 cannot yet put into words
+  in-context     few-shot label mappings invented per item, so only in-context
+                 learning solves them
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from acorn.data.world import CALCULATOR_TOOL, IDK_ANSWER, calculate
+from acorn.errors import AcornError
+from acorn.fileio import read_jsonl
+
+
+def normalize(text: str) -> str:
+    """Compare answers without case, surrounding space or a final full stop."""
+    return " ".join(text.strip().lower().rstrip(".").split())
+
+
+def _rows(world: Path, name: str, limit: int | None) -> list[dict]:
+    path = world / "eval" / f"{name}.jsonl"
+    if not path.exists():
+        raise AcornError(f"{path}: missing; generate the world with `acorn data world --out {world}`")
+    rows = list(read_jsonl(path))
+    return rows[:limit] if limit else rows
+
+
+def _ask(engine, questions: list[str], *, tools=None, max_new_tokens: int = 24, batch_size: int = 64) -> list:
+    """Greedy answers to single-turn questions, in batches."""
+    prompts = [engine.chat_prompt([{"role": "user", "content": q}], tools=tools) for q in questions]
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        out += engine.generate(prompts[i : i + batch_size], temperature=0.0, max_new_tokens=max_new_tokens)
+    return out
+
+
+def fact_qa(engine, world: Path, limit: int | None = None) -> dict:
+    rows = _rows(world, "fact_qa", limit)
+    answers = _ask(engine, [r["question"] for r in rows])
+    by = defaultdict(list)
+    for r, a in zip(rows, answers):
+        ok = normalize(a.text) == normalize(r["answer"])
+        by["all"].append(ok)
+        by["in_sft" if r.get("in_sft") else "not_in_sft"].append(ok)
+        by[f"attr:{r['attribute']}"].append(ok)
+    examples = [{"question": r["question"], "answer": r["answer"], "model": a.text} for r, a in zip(rows[:5], answers)]
+    return {k: sum(v) / len(v) for k, v in by.items()} | {"n": len(rows), "examples": examples}
+
+
+def unknown_qa(engine, world: Path, limit: int | None = None) -> dict:
+    rows = _rows(world, "unknown_qa", limit)
+    answers = _ask(engine, [r["question"] for r in rows])
+    idk = [normalize(a.text) == normalize(IDK_ANSWER) for a in answers]
+    hallucinated = [not i and a.text.strip() != "" for i, a in zip(idk, answers)]
+    return {"idk_rate": sum(idk) / len(rows), "hallucination_rate": sum(hallucinated) / len(rows), "n": len(rows),
+            "examples": [{"question": r["question"], "model": a.text} for r, a in zip(rows[:5], answers)]}
+
+
+def arithmetic(engine, world: Path, limit: int | None = None) -> dict:
+    from acorn.chat import parse_tool_calls
+
+    rows = _rows(world, "arithmetic", limit)
+    tools = [CALCULATOR_TOOL]
+    first = _ask(engine, [r["question"] for r in rows], tools=tools)
+    fmt = engine.tokenizer.chat_format or "acorn"
+    final = [a.text for a in first]
+    used_tool = [False] * len(rows)
+    followups = []
+    for i, (r, a) in enumerate(zip(rows, first)):
+        content, calls = parse_tool_calls(a.text, fmt)
+        if not calls:
+            continue
+        used_tool[i] = True
+        call = calls[0]
+        try:
+            result = str(calculate(json.loads(call["function"]["arguments"]).get("expression", "")))
+        except (ValueError, AttributeError, json.JSONDecodeError) as e:
+            result = f"error: {e}"
+        messages = [{"role": "user", "content": r["question"]},
+                    {"role": "assistant", "content": content or None, "tool_calls": [call]},
+                    {"role": "tool", "tool_call_id": call["id"], "content": result}]
+        followups.append((i, engine.chat_prompt(messages, tools=tools)))
+    if followups:
+        answers = engine.generate([p for _, p in followups], temperature=0.0, max_new_tokens=24)
+        for (i, _), a in zip(followups, answers):
+            final[i] = a.text
+    by = defaultdict(list)
+    for r, text, tool in zip(rows, final, used_tool):
+        ok = normalize(text) == normalize(r["answer"])
+        by["all"].append(ok)
+        by[f"digits:{r['digits']}"].append(ok)
+        by["tool_used"].append(tool)
+    return {k: sum(v) / len(v) for k, v in by.items()} | {"n": len(rows)}
+
+
+def multiple_choice(engine, world: Path, limit: int | None = None) -> dict:
+    rows = _rows(world, "fact_mc", limit)
+    right = []
+    for r in rows:
+        prompt = engine.chat_prompt([{"role": "user", "content": r["question"]}])
+        scores = engine.score(prompt, r["choices"])
+        right.append(max(range(len(scores)), key=scores.__getitem__) == r["gold"])
+    return {"accuracy": sum(right) / len(rows), "chance": sum(1 / len(r["choices"]) for r in rows) / len(rows),
+            "n": len(rows)}
+
+
+def in_context(engine, world: Path, limit: int | None = None) -> dict:
+    rows = _rows(world, "icl", limit)
+    answers = []
+    for i in range(0, len(rows), 64):
+        answers += engine.generate([r["prompt"] for r in rows[i : i + 64]], temperature=0.0, max_new_tokens=6,
+                                   stop=["\n"])
+    right = [normalize(a.text).split(" ")[0:1] == [normalize(r["answer"])] for r, a in zip(rows, answers)]
+    return {"accuracy": sum(right) / len(rows), "chance": sum(1 / len(r["labels"]) for r in rows) / len(rows),
+            "n": len(rows)}
+
+
+def evaluate_world(engine, world: str | Path, *, limit: int | None = None,
+                   tasks=("fact_qa", "unknown_qa", "arithmetic", "multiple_choice", "in_context")) -> dict:
+    world = Path(world)
+    runners = {"fact_qa": fact_qa, "unknown_qa": unknown_qa, "arithmetic": arithmetic,
+               "multiple_choice": multiple_choice, "in_context": in_context}
+    return {t: runners[t](engine, world, limit) for t in tasks}
+
+
+def format_results(results: dict) -> str:
+    lines = ["| task | metric | value |", "|---|---|---:|"]
+    for task, r in results.items():
+        for k, v in r.items():
+            if isinstance(v, float):
+                lines.append(f"| {task} | {k} | {v:.1%} |")
+    return "\n".join(lines)
