@@ -136,7 +136,7 @@ def cmd_sft(args) -> None:
 def cmd_speedrun(args) -> None:
     from acorn.speedrun import speedrun
 
-    speedrun(args.out, size=args.size, seed=args.seed, vocab_size=args.vocab_size)
+    speedrun(args.out, preset=args.preset, seed=args.seed, size=args.size, vocab_size=args.vocab_size)
 
 
 def cmd_generate(args) -> None:
@@ -248,12 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     # acorn speedrun
     s = _parser(stages, "speedrun", "run the whole pipeline on the built-in world and write report.md",
-                "acorn speedrun --out runs/speedrun")
+                "acorn speedrun --out runs/speedrun",
+                description="World -> tokenizer -> shards -> pretrain -> SFT -> evaluation -> samples -> report.md.\n"
+                "Presets: cpu (default: ~15 min on a 2-core CPU), tiny (about a minute, to try the\n"
+                "pipeline), gpu (a 114M model on one GPU, ~45 min).")
     s.add_argument("--out", default="runs/speedrun", help="run directory (default: runs/speedrun)")
-    s.add_argument("--size", default="default", choices=["tiny", "small", "default", "large"], help="world size")
+    s.add_argument("--preset", default="cpu", choices=["cpu", "tiny", "gpu"], help="how big a run (default: cpu)")
+    s.add_argument("--size", choices=["tiny", "small", "default", "large"], help="world size (default: the preset's)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--vocab-size", type=int, default=2048,
-                   help="tokenizer vocabulary (default: 2048; the default world supports about 2.8k merges)")
+    s.add_argument("--vocab-size", type=int, help="tokenizer vocabulary (default: the preset's)")
     s.set_defaults(func=cmd_speedrun)
 
     # acorn data ...

@@ -1,4 +1,4 @@
-"""The main job runs end to end on a tiny world and leaves a readable report."""
+"""The main job runs end to end (tiny preset) and leaves a readable report."""
 
 import json
 
@@ -7,22 +7,27 @@ from acorn.speedrun import speedrun
 from acorn.tokenizer import Tokenizer
 
 
-def test_speedrun_tiny_writes_report_and_artifacts(tmp_path):
+def test_speedrun_tiny_runs_every_stage(tmp_path):
     out = tmp_path / "run"
-    report = speedrun(out, size="tiny", vocab_size=400)
-    text = report.read_text(encoding="utf-8")
+    report = speedrun(out, preset="tiny")
     summary = json.loads((out / "speedrun.json").read_text())
-    assert [s["name"].split(":")[0] for s in summary["stages"]] == ["world", "tokenizer", "tokenizer eval"]
-    assert (out / "world" / "pretrain.jsonl").stat().st_size > 0
-    tok = Tokenizer.from_pretrained(out / "tokenizer")
-    assert tok.vocab_size <= 400 and "<|assistant|>" in tok.special_tokens
-    # The report's table has one row per tokenizer with a positive bytes/token.
-    rows = [line for line in text.splitlines() if line.startswith(("acorn (this run)", "gpt2"))]
-    assert len(rows) == 2 and all(float(r.split()[-1]) > 1.0 for r in rows)
+    assert [s["name"] for s in summary["stages"]] == [
+        "world", "tokenizer", "tokenizer eval", "data", "pretrain", "sft", "eval", "samples"]
+    tok = Tokenizer.from_pretrained(out / "sft" / "model")
+    assert "<|assistant|>" in tok.special_tokens
+    ev = next(s for s in summary["stages"] if s["name"] == "eval")["summary"]
+    assert 0.0 <= ev["fact_qa"]["all"] <= 1.0 and ev["fact_qa"]["n"] > 0 and ev["unknown_qa"]["n"] > 0
+    text = report.read_text(encoding="utf-8")
+    assert "## Results" in text and "pretrain/loss.png" in text and "**Q:**" in text
+    assert (out / "pretrain" / "loss.png").exists() and (out / "sft" / "loss.png").exists()
 
 
-def test_speedrun_out_is_a_file(tmp_path, capsys):
+def test_speedrun_refuses_a_file_and_an_old_run(tmp_path, capsys):
     f = tmp_path / "file"
     f.write_text("x")
-    assert main(["speedrun", "--out", str(f), "--size", "tiny"]) == 2
+    assert main(["speedrun", "--out", str(f), "--preset", "tiny"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+    (tmp_path / "old" / "pretrain").mkdir(parents=True)
+    (tmp_path / "old" / "pretrain" / "metrics.jsonl").write_text("{}\n")
+    assert main(["speedrun", "--out", str(tmp_path / "old")]) == 2
+    assert "already holds a speedrun" in capsys.readouterr().err

@@ -44,13 +44,30 @@ def _rows(world: Path, name: str, limit: int | None) -> list[dict]:
     return rows[:limit] if limit else rows
 
 
-def _ask(engine, questions: list[str], *, tools=None, max_new_tokens: int = 24, batch_size: int = 64) -> list:
-    """Greedy answers to single-turn questions, in batches."""
-    prompts = [engine.chat_prompt([{"role": "user", "content": q}], tools=tools) for q in questions]
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        out += engine.generate(prompts[i : i + batch_size], temperature=0.0, max_new_tokens=max_new_tokens)
+def _generate(engine, prompts: list, *, max_new_tokens: int, batch_size: int = 64, **params) -> list:
+    """Greedy completions in batches; None for a prompt too long for the model's
+    context (a small model may not fit a few-shot prompt or a tool schema)."""
+    from acorn.infer.engine import Completion
+
+    room = engine.model.config.max_seq_len - max_new_tokens
+    fits = [i for i, p in enumerate(prompts) if len(p) <= room]
+    out: list[Completion | None] = [None] * len(prompts)
+    for start in range(0, len(fits), batch_size):
+        idx = fits[start : start + batch_size]
+        done = engine.generate([prompts[i] for i in idx], temperature=0.0, max_new_tokens=max_new_tokens, **params)
+        for i, c in zip(idx, done):
+            out[i] = c
     return out
+
+
+def _text(c) -> str:
+    return "" if c is None else c.text
+
+
+def _ask(engine, questions: list[str], *, tools=None, max_new_tokens: int = 24) -> list:
+    """Greedy answers to single-turn questions."""
+    prompts = [engine.chat_prompt([{"role": "user", "content": q}], tools=tools) for q in questions]
+    return _generate(engine, prompts, max_new_tokens=max_new_tokens)
 
 
 def fact_qa(engine, world: Path, limit: int | None = None) -> dict:
@@ -58,21 +75,23 @@ def fact_qa(engine, world: Path, limit: int | None = None) -> dict:
     answers = _ask(engine, [r["question"] for r in rows])
     by = defaultdict(list)
     for r, a in zip(rows, answers):
-        ok = normalize(a.text) == normalize(r["answer"])
+        ok = normalize(_text(a)) == normalize(r["answer"])
         by["all"].append(ok)
         by["in_sft" if r.get("in_sft") else "not_in_sft"].append(ok)
         by[f"attr:{r['attribute']}"].append(ok)
-    examples = [{"question": r["question"], "answer": r["answer"], "model": a.text} for r, a in zip(rows[:5], answers)]
-    return {k: sum(v) / len(v) for k, v in by.items()} | {"n": len(rows), "examples": examples}
+    examples = [{"question": r["question"], "answer": r["answer"], "model": _text(a)} for r, a in zip(rows[:5], answers)]
+    return {k: sum(v) / len(v) for k, v in by.items()} | {"n": len(rows), "examples": examples,
+                                                          "skipped_too_long": answers.count(None)}
 
 
 def unknown_qa(engine, world: Path, limit: int | None = None) -> dict:
     rows = _rows(world, "unknown_qa", limit)
     answers = _ask(engine, [r["question"] for r in rows])
-    idk = [normalize(a.text) == normalize(IDK_ANSWER) for a in answers]
-    hallucinated = [not i and a.text.strip() != "" for i, a in zip(idk, answers)]
+    idk = [normalize(_text(a)) == normalize(IDK_ANSWER) for a in answers]
+    hallucinated = [not i and _text(a).strip() != "" for i, a in zip(idk, answers)]
     return {"idk_rate": sum(idk) / len(rows), "hallucination_rate": sum(hallucinated) / len(rows), "n": len(rows),
-            "examples": [{"question": r["question"], "model": a.text} for r, a in zip(rows[:5], answers)]}
+            "examples": [{"question": r["question"], "model": _text(a)} for r, a in zip(rows[:5], answers)],
+            "skipped_too_long": answers.count(None)}
 
 
 def arithmetic(engine, world: Path, limit: int | None = None) -> dict:
@@ -82,11 +101,11 @@ def arithmetic(engine, world: Path, limit: int | None = None) -> dict:
     tools = [CALCULATOR_TOOL]
     first = _ask(engine, [r["question"] for r in rows], tools=tools)
     fmt = engine.tokenizer.chat_format or "acorn"
-    final = [a.text for a in first]
+    final = [_text(a) for a in first]
     used_tool = [False] * len(rows)
     followups = []
     for i, (r, a) in enumerate(zip(rows, first)):
-        content, calls = parse_tool_calls(a.text, fmt)
+        content, calls = parse_tool_calls(_text(a), fmt)
         if not calls:
             continue
         used_tool[i] = True
@@ -100,16 +119,16 @@ def arithmetic(engine, world: Path, limit: int | None = None) -> dict:
                     {"role": "tool", "tool_call_id": call["id"], "content": result}]
         followups.append((i, engine.chat_prompt(messages, tools=tools)))
     if followups:
-        answers = engine.generate([p for _, p in followups], temperature=0.0, max_new_tokens=24)
+        answers = _generate(engine, [p for _, p in followups], max_new_tokens=24)
         for (i, _), a in zip(followups, answers):
-            final[i] = a.text
+            final[i] = _text(a)
     by = defaultdict(list)
     for r, text, tool in zip(rows, final, used_tool):
         ok = normalize(text) == normalize(r["answer"])
         by["all"].append(ok)
         by[f"digits:{r['digits']}"].append(ok)
         by["tool_used"].append(tool)
-    return {k: sum(v) / len(v) for k, v in by.items()} | {"n": len(rows)}
+    return {k: sum(v) / len(v) for k, v in by.items()} | {"n": len(rows), "skipped_too_long": first.count(None)}
 
 
 def multiple_choice(engine, world: Path, limit: int | None = None) -> dict:
@@ -125,13 +144,10 @@ def multiple_choice(engine, world: Path, limit: int | None = None) -> dict:
 
 def in_context(engine, world: Path, limit: int | None = None) -> dict:
     rows = _rows(world, "icl", limit)
-    answers = []
-    for i in range(0, len(rows), 64):
-        answers += engine.generate([r["prompt"] for r in rows[i : i + 64]], temperature=0.0, max_new_tokens=6,
-                                   stop=["\n"])
-    right = [normalize(a.text).split(" ")[0:1] == [normalize(r["answer"])] for r, a in zip(rows, answers)]
+    answers = _generate(engine, [engine.encode(r["prompt"]) for r in rows], max_new_tokens=6, stop=["\n"])
+    right = [normalize(_text(a)).split(" ")[0:1] == [normalize(r["answer"])] for r, a in zip(rows, answers)]
     return {"accuracy": sum(right) / len(rows), "chance": sum(1 / len(r["labels"]) for r in rows) / len(rows),
-            "n": len(rows)}
+            "n": len(rows), "skipped_too_long": answers.count(None)}
 
 
 def evaluate_world(engine, world: str | Path, *, limit: int | None = None,

@@ -228,8 +228,14 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> Path:
     loader = TokenLoader(cfg.data, "train", batch_size=cfg.train.micro_batch, seq_len=cfg.train.seq_len,
                          seed=cfg.seed, rank=dist_.rank, world_size=dist_.world, pack_documents=cfg.train.pack_documents)
     # Only read when evaluating: data prepared without a validation split trains with --eval.every 0.
-    val_loader = TokenLoader(cfg.data, "val", batch_size=cfg.train.micro_batch, seq_len=cfg.train.seq_len,
-                             seed=cfg.seed, pack_documents=cfg.train.pack_documents) if cfg.eval.every else None
+    val_loader = None
+    if cfg.eval.every:
+        try:
+            val_loader = TokenLoader(cfg.data, "val", batch_size=cfg.train.micro_batch, seq_len=cfg.train.seq_len,
+                                     seed=cfg.seed, pack_documents=cfg.train.pack_documents)
+        except AcornError as e:  # a tiny corpus may hold back too little to evaluate on
+            if dist_.main:
+                print(f"no validation: {e}", flush=True)
     return train(cfg, model, loader, val_loader, _tokenizer(meta), device, dist_, resume=resume, stage="pretrain")
 
 
@@ -383,7 +389,7 @@ def train(cfg, model: Transformer, loader, val_loader, tokenizer, device: torch.
                "mfu": flops_per_token * tok_s / (peak * dist_.world) if peak else None}
         last = step + 1 == cfg.train.max_steps
         out_of_time = cfg.train.max_minutes is not None and time.perf_counter() - t_start > 60 * cfg.train.max_minutes
-        if cfg.eval.every and ((step + 1) % cfg.eval.every == 0 or last or out_of_time):
+        if val_loader is not None and cfg.eval.every and ((step + 1) % cfg.eval.every == 0 or last or out_of_time):
             row.update(evaluate(model, val_loader, cfg.eval.batches, autocast, nbytes, device))
         history.append(row)
         if dist_.main:
