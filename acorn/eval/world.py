@@ -99,7 +99,8 @@ def arithmetic(engine, world: Path, limit: int | None = None) -> dict:
 
     rows = _rows(world, "arithmetic", limit)
     tools = [CALCULATOR_TOOL]
-    first = _ask(engine, [r["question"] for r in rows], tools=tools)
+    # A tool call is ~30 tokens of JSON: room for it, or every call is cut short.
+    first = _ask(engine, [r["question"] for r in rows], tools=tools, max_new_tokens=64)
     fmt = engine.tokenizer.chat_format or "acorn"
     final = [_text(a) for a in first]
     used_tool = [False] * len(rows)
