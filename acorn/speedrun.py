@@ -195,7 +195,7 @@ def _steps_for(cfg, minutes: float, init_from: Path | None = None) -> int:
     """Optimizer steps that fit in `minutes`, from the timing of a few real steps."""
     import torch
 
-    from acorn.model import ModelConfig, Transformer
+    from acorn.model import Transformer
     from acorn.train.pretrain import _autocast, default_device, resolve_dtype
 
     device = default_device()

@@ -19,7 +19,6 @@ text at once), so a multi-gigabyte file costs a few megabytes of memory.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Literal
 
 from acorn.errors import AcornError

@@ -32,14 +32,6 @@ TEXT = (
 PROMPTS = ["The quick brown fox", "Once", "A small acorn grows into a tall", "The cat sat on"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only cost synchronisation (tens of times
-    slower on a shared 2-core machine). Restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 @pytest.fixture(scope="module")
 def tok():

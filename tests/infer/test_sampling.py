@@ -20,14 +20,6 @@ from acorn.infer.sampling import SamplingParams, sample
 V = 50
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only cost synchronisation (tens of times
-    slower on a shared 2-core machine). Restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 def _logits(seed: int, b: int = 4, ties: bool = False) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

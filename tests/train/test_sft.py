@@ -12,7 +12,7 @@ from acorn.cli import main
 from acorn.errors import AcornError
 from acorn.model import ModelConfig, Transformer
 from acorn.tokenizer import Tokenizer
-from acorn.train.sft_data import IGNORE, Example, pack, render_example, to_batch
+from acorn.train.sft_data import IGNORE, pack, render_example, to_batch
 
 CONVS = [
     {"messages": [{"role": "user", "content": "Where was Ana born?"}, {"role": "assistant", "content": "Orla."}]},
