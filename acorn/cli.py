@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "acorn speedrun --out runs/speedrun",
                 description="World -> tokenizer -> shards -> pretrain -> SFT -> evaluation -> samples -> report.md.\n"
                 "Presets: cpu (default: ~15 min on a 2-core CPU), tiny (about a minute, to try the\n"
-                "pipeline), gpu (a 114M model on one GPU, ~45 min).")
+                "pipeline), gpu (a 114M model on one GPU; estimated ~45 min, not yet measured).")
     s.add_argument("--out", default="runs/speedrun", help="run directory (default: runs/speedrun)")
     s.add_argument("--preset", default="cpu", choices=["cpu", "tiny", "gpu"], help="how big a run (default: cpu)")
     s.add_argument("--size", choices=["tiny", "small", "default", "large"], help="world size (default: the preset's)")

@@ -50,7 +50,7 @@ PRESETS = {
     "tiny": SpeedrunPreset("tiny", 512, "nano", 128, 128, 8, 2048, 0.1, 0.05, 3e-3, 1e-3, 20,
                            "under a minute; checks the pipeline end to end, not for results"),
     "gpu": SpeedrunPreset("large", 8192, "d12", 1024, 1024, 32, 262144, 30.0, 10.0, 1e-3, 3e-4, None,
-                          "a GPT-2-small-class model (114M) on one GPU; ~45 min, ~20 GB"),
+                          "a GPT-2-small-class model (114M) on one GPU; estimated ~45 min and ~20 GB, not yet measured"),
 }
 
 
