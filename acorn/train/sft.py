@@ -48,9 +48,7 @@ def sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
         tok = Tokenizer.from_pretrained(cfg.init_from)
     except AcornError as e:
         raise AcornError(f"the checkpoint's tokenizer: {e}") from None
-    model = build_model(cfg, device, tok.vocab_size)
-    if cfg.train.seq_len > model.config.max_seq_len:
-        cfg.train.seq_len = model.config.max_seq_len
+    model = build_model(cfg, device, tok.vocab_size)  # refuses a seq_len past the model's context
 
     paths = expand_inputs([p for p in cfg.data.split(",") if p], (".jsonl",), any_file=False)
     examples, truncated = load_examples(paths, tok, max_len=cfg.train.seq_len + 1)
