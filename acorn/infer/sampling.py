@@ -3,38 +3,58 @@
 A language model gives a score (logit) to every token of the vocabulary; the
 decoding strategy turns the scores into one choice. Greedy decoding takes the
 argmax. Sampling draws from softmax(logits / temperature), usually after
-cutting off the unreliable tail of the distribution:
+cutting off the unreliable tail of the distribution. One step applies, in this
+order (each only when some row of the batch asks for it, so a plain greedy
+batch costs one argmax):
 
+  logits processors   the user's own functions, called per row as
+                      fn(prompt_ids, output_ids, logits (V,)) -> logits (V,),
+                      vLLM's three-argument form
+  logit bias          the OpenAI API's logit_bias: a number added to chosen
+                      tokens' logits (-100 bans a token, +100 all but forces it)
+  min_new_tokens      the row's stop tokens get -inf until it has generated
+                      min_new_tokens tokens (transformers'
+                      MinNewTokensLengthLogitsProcessor, vLLM's min_tokens)
   repetition penalty  CTRL (Keskar et al. 2019): a token already in the text
                       has its logit divided by the penalty (multiplied when
                       negative), so it becomes less likely either way
   frequency/presence  the OpenAI API's penalties: subtract count * f and, once
                       present, p from the logit of each token the model has
                       already generated
+  (greedy)            rows with temperature 0 take the argmax here, so the
+                      steps above change their choice and the ones below do not
   temperature         divide the logits: < 1 sharpens, > 1 flattens
   top-k               keep the k most likely tokens (Fan et al. 2018)
   top-p (nucleus)     keep the smallest set of most likely tokens whose
                       probability adds up to p (Holtzman et al. 2019)
   min-p               keep tokens at least min_p times as likely as the most
                       likely one (Nguyen et al. 2024)
+  draw                one torch.multinomial draw from the row's own generator
 
-They apply in that order, the order of transformers' generate, and each filter
-equals its transformers counterpart (RepetitionPenaltyLogitsProcessor,
+From the repetition penalty on this is the order of transformers' generate,
+and each filter equals its transformers counterpart
+(MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor,
 TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, MinPLogitsWarper)
-on the same logits; tests/infer/test_sampling.py holds them to that.
+on the same logits; tests/infer/test_sampling.py holds them to that. User
+processors come first, as in vLLM, so they see the model's own scores.
 
 Every function works on a batch (B, V) whose rows may have different
 parameters, so one decode step serves requests with different settings (what
 a continuous-batching scheduler needs). Each request draws from its own
 torch.Generator: a seeded request gives the same tokens whatever else shares
 its batch.
+
+token_logprobs() reports log-probabilities for the OpenAI API's `logprobs`
+option. The engine passes it the model's raw logits, before any of the steps
+above (vLLM's default "raw logprobs"): they say what the model thinks, not the
+distribution the token was drawn from after temperature and the filters.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -56,6 +76,17 @@ class SamplingParams:
     stop_token_ids: Sequence[int] = ()  # in addition to the tokenizer's / chat format's stop tokens
     seed: int | None = None  # None: drawn from torch's global RNG (so torch.manual_seed reproduces it)
     ignore_eos: bool = False  # do not stop at the default stop tokens (benchmarks, parity tests)
+    n: int = 1  # samples per prompt (the engine runs n rows, seeds seed, seed + 1, ...)
+    min_new_tokens: int = 0  # stop tokens are suppressed until this many tokens are generated
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit, in [-100, 100] (OpenAI)
+    logprobs: int | None = None  # None: off; 0: the chosen token's log-probability; k: also the top k (<= 20)
+    logits_processors: Sequence[Callable] = ()  # fn(prompt_ids, output_ids, logits (V,)) -> logits (V,)
+    num_beams: int = 1  # beam search (elsewhere) when > 1
+    length_penalty: float = 1.0  # beam score = log-prob sum / length ** length_penalty (transformers)
+    early_stopping: bool | str = False  # True, False or "never", as transformers' beam search
+
+    # The OpenAI/vLLM names for fields that have a transformers name here.
+    ALIASES = {"max_tokens": "max_new_tokens", "min_tokens": "min_new_tokens"}
 
     def __post_init__(self):
         # Normalise the forms people write ("stop": "\n", a tuple) to lists.
@@ -76,19 +107,83 @@ class SamplingParams:
             problems.append(f"repetition_penalty must be > 0 (1 = off), not {self.repetition_penalty!r}")
         if any(not s for s in self.stop):
             problems.append("stop strings must not be empty")
+        problems += self._check_new_fields()
         if problems:
             raise AcornError("; ".join(problems))
 
+    def _check_new_fields(self) -> list[str]:
+        """Normalise and check n, min_new_tokens, logit_bias, logprobs, the
+        processors and the beam-search fields; one message per problem."""
+        problems = []
+        if not (_is_int(self.n) and self.n >= 1):
+            problems.append(f"n must be an integer >= 1, not {self.n!r}")
+        if not (_is_int(self.min_new_tokens) and self.min_new_tokens >= 0):
+            problems.append(f"min_new_tokens must be an integer >= 0, not {self.min_new_tokens!r}")
+        elif _is_int(self.max_new_tokens) and self.min_new_tokens > self.max_new_tokens:
+            problems.append(f"min_new_tokens must be <= max_new_tokens ({self.max_new_tokens}), "
+                            f"not {self.min_new_tokens!r}")
+        bias, bad = {}, []
+        if self.logit_bias is not None and not isinstance(self.logit_bias, Mapping):
+            problems.append(f"logit_bias must be a mapping of token id to bias, not {type(self.logit_bias).__name__}")
+        else:
+            for key, value in (self.logit_bias or {}).items():
+                try:  # JSON objects have string keys: the OpenAI API sends {"50256": -100}
+                    token = int(key) if isinstance(key, str) else key
+                    ok_key = _is_int(token) and token >= 0
+                    ok_value = not isinstance(value, bool) and -100 <= float(value) <= 100
+                except (TypeError, ValueError):
+                    ok_key = ok_value = False
+                if ok_key and ok_value:
+                    bias[token] = float(value)
+                else:
+                    bad.append(f"{key!r}: {value!r}")
+            if bad:
+                problems.append("logit_bias must map token ids (integers >= 0) to numbers in [-100, 100]; "
+                                f"bad entries {{{', '.join(bad)}}}")
+            else:
+                self.logit_bias = bias
+        if self.logprobs is not None and not (_is_int(self.logprobs) and 0 <= self.logprobs <= 20):
+            problems.append(f"logprobs must be None (off) or an integer in [0, 20], not {self.logprobs!r}")
+        if callable(self.logits_processors):  # one function passed bare
+            self.logits_processors = [self.logits_processors]
+        self.logits_processors = list(self.logits_processors or ())
+        if not all(callable(f) for f in self.logits_processors):
+            problems.append("logits_processors must be callables fn(prompt_ids, output_ids, logits) -> logits")
+        if not (_is_int(self.num_beams) and self.num_beams >= 1):
+            problems.append(f"num_beams must be an integer >= 1 (1 = no beam search), not {self.num_beams!r}")
+        elif self.num_beams > 1 and _is_int(self.n) and self.n > self.num_beams:
+            problems.append(f"n must be <= num_beams ({self.num_beams}) with beam search, not {self.n!r}")
+        if not (isinstance(self.length_penalty, (int, float)) and not isinstance(self.length_penalty, bool)
+                and math.isfinite(self.length_penalty)):
+            problems.append(f"length_penalty must be a finite number, not {self.length_penalty!r}")
+        if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
+            problems.append(f'early_stopping must be True, False or "never", not {self.early_stopping!r}')
+        return problems
+
     @classmethod
     def merge(cls, params: "SamplingParams | None", overrides: dict) -> "SamplingParams":
-        """params (or the defaults) with some fields replaced, e.g. merge(p, {"temperature": 0})."""
+        """params (or the defaults) with some fields replaced, e.g. merge(p, {"temperature": 0}).
+
+        Also takes the OpenAI/vLLM names max_tokens and min_tokens."""
         from dataclasses import replace
 
+        overrides = dict(overrides)
+        for alias, name in cls.ALIASES.items():
+            if alias in overrides:
+                value = overrides.pop(alias)
+                if name in overrides and overrides[name] != value:
+                    raise AcornError(f"{alias}={value!r} and {name}={overrides[name]!r} disagree; give one of them")
+                overrides[name] = value
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise AcornError(f"unknown sampling parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise AcornError(f"unknown sampling parameter(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known | set(cls.ALIASES)))}")
         return replace(params or cls(), **overrides)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 # ------------------------------------------------------------ the filters
@@ -102,6 +197,32 @@ def _column(value, logits: Tensor) -> Tensor:
     a scalar operand, so the results equal transformers' bit for bit."""
     t = torch.as_tensor(value, dtype=logits.dtype, device=logits.device)
     return t.reshape(-1, 1) if t.dim() else t.reshape(1, 1)
+
+
+def logit_bias(logits: Tensor, bias_rows: Sequence[Mapping[int, float] | None]) -> Tensor:
+    """Add each row's {token id: bias} to its logits (the OpenAI API's logit_bias).
+
+    A bias of -100 makes a token practically impossible and +100 practically
+    certain, but neither is exact: the logits keep their scale, so this is a
+    nudge the model can still outweigh in between (as in the OpenAI API)."""
+    b, vocab = logits.shape
+    rows, cols, values = [], [], []
+    for i, bias in enumerate(bias_rows):
+        for token, value in (bias or {}).items():
+            rows.append(i), cols.append(token), values.append(value)
+    if not rows:
+        return logits
+    out_of_range = sorted({t for t in cols if not 0 <= t < vocab})
+    if out_of_range:
+        raise AcornError(f"logit_bias names token id(s) {out_of_range[:10]} outside the vocabulary of {vocab}")
+    dense = torch.zeros(b, vocab, dtype=logits.dtype, device=logits.device)
+    dense[rows, cols] = torch.tensor(values, dtype=logits.dtype, device=logits.device)
+    return logits + dense
+
+
+def suppress(logits: Tensor, mask: Tensor) -> Tensor:
+    """Set the logits where mask (B, V) is True to -inf: those tokens cannot be chosen."""
+    return logits.masked_fill(mask, float("-inf"))
 
 
 def repetition_penalty(logits: Tensor, seen: Tensor, penalty) -> Tensor:
@@ -182,6 +303,72 @@ def _histories(ids: Sequence[Sequence[int]] | None, n: int) -> list[Sequence[int
     return [()] * n if ids is None else list(ids)
 
 
+def _processors(logits: Tensor, rows: list[SamplingParams], prompts: list, outputs: list) -> Tensor:
+    """Each row's own logits processors, in the order given, on that row alone."""
+    logits = logits.clone()  # a processor may write into its row in place; never into the caller's tensor
+    for i, r in enumerate(rows):
+        for fn in r.logits_processors:
+            # Copies of the ids: a processor must not change the sequence it is shown.
+            row = fn(list(prompts[i]), list(outputs[i]), logits[i])
+            if not (isinstance(row, Tensor) and row.shape == logits[i].shape):
+                got = tuple(row.shape) if isinstance(row, Tensor) else type(row).__name__
+                raise AcornError(f"logits processor {getattr(fn, '__name__', fn)!r} returned {got}; "
+                                 f"it must return the row's logits, a tensor of shape {tuple(logits[i].shape)}")
+            logits[i] = row
+    return logits
+
+
+def process_logits(
+    logits: Tensor,
+    params: SamplingParams | Sequence[SamplingParams],
+    generated: Sequence[Sequence[int]] | None = None,
+    *,
+    prompts: Sequence[Sequence[int]] | None = None,
+    stop_ids: Sequence[Collection[int] | None] | None = None,
+) -> Tensor:
+    """The steps that come before the greedy/sampled choice, as float32 logits (B, V):
+    logits processors, logit bias, min_new_tokens, repetition and
+    frequency/presence penalties. Arguments as sample()."""
+    b, vocab = logits.shape
+    rows = _rows(params, b)
+    logits = logits.float()  # softmax and penalties in float32 even for a bf16 model
+    device = logits.device
+    outputs, prompt_ids = _histories(generated, b), _histories(prompts, b)
+
+    if any(r.logits_processors for r in rows):
+        logits = _processors(logits, rows, prompt_ids, outputs)
+    if any(r.logit_bias for r in rows):
+        logits = logit_bias(logits, [r.logit_bias for r in rows])
+    # The stop tokens (the engine's, which already hold each row's stop_token_ids
+    # and the tokenizer's unless ignore_eos; the row's own stop_token_ids in
+    # any case) are banned while a row is shorter than its minimum.
+    short = [i for i, r in enumerate(rows) if len(outputs[i]) < r.min_new_tokens]
+    if short:
+        mask = torch.zeros(b, vocab, dtype=torch.bool, device=device)
+        for i in short:
+            given = (stop_ids[i] or ()) if stop_ids is not None else ()
+            ids = [t for t in {*given, *rows[i].stop_token_ids} if 0 <= t < vocab]
+            if ids:
+                mask[i, ids] = True
+        logits = suppress(logits, mask)
+    # Penalties before the choice: they change which token is the argmax, so greedy rows get them too.
+    if any(r.repetition_penalty != 1.0 for r in rows):
+        seen = torch.zeros(b, vocab, dtype=torch.bool, device=device)
+        for i, (p, g) in enumerate(zip(prompt_ids, outputs)):
+            ids = [t for t in (*p, *g) if 0 <= t < vocab]
+            if ids:
+                seen[i, ids] = True
+        logits = repetition_penalty(logits, seen, torch.tensor([r.repetition_penalty for r in rows]))
+    if any(r.frequency_penalty or r.presence_penalty for r in rows):
+        counts = torch.zeros(b, vocab, device=device)
+        for i, g in enumerate(outputs):
+            ids = torch.tensor([t for t in g if 0 <= t < vocab], dtype=torch.long, device=device)
+            counts[i].index_add_(0, ids, torch.ones(len(ids), device=device))
+        logits = frequency_presence_penalty(logits, counts, torch.tensor([r.frequency_penalty for r in rows]),
+                                            torch.tensor([r.presence_penalty for r in rows]))
+    return logits
+
+
 def sample(
     logits: Tensor,
     params: SamplingParams | Sequence[SamplingParams],
@@ -189,37 +376,25 @@ def sample(
     generators: torch.Generator | Sequence[torch.Generator | None] | None = None,
     *,
     prompts: Sequence[Sequence[int]] | None = None,
+    stop_ids: Sequence[Collection[int] | None] | None = None,
 ) -> Tensor:
     """One next token per row.
 
     logits (B, V): the model's scores for the next token.
     params: one SamplingParams for all rows, or one per row.
-    generated: the ids each row has generated so far (for the penalties).
+    generated: the ids each row has generated so far (for the penalties,
+        min_new_tokens and the logits processors).
     generators: one torch.Generator for all rows or one per row (None: torch's global RNG).
     prompts: each row's prompt ids; the repetition penalty counts them too, as
         transformers does (its input_ids are the prompt plus the output).
+    stop_ids: each row's stop token ids (or None), banned while the row has
+        generated fewer than its min_new_tokens; the row's stop_token_ids are
+        banned too.
     Returns (B,) long: argmax for rows with temperature 0, a draw otherwise.
     """
-    b, vocab = logits.shape
+    b = logits.shape[0]
     rows = _rows(params, b)
-    logits = logits.float()  # softmax and penalties in float32 even for a bf16 model
-    device = logits.device
-
-    # Penalties first: they change which token is the argmax, so greedy rows get them too.
-    if any(r.repetition_penalty != 1.0 for r in rows):
-        seen = torch.zeros(b, vocab, dtype=torch.bool, device=device)
-        for i, (p, g) in enumerate(zip(_histories(prompts, b), _histories(generated, b))):
-            ids = [t for t in (*p, *g) if 0 <= t < vocab]
-            if ids:
-                seen[i, ids] = True
-        logits = repetition_penalty(logits, seen, torch.tensor([r.repetition_penalty for r in rows]))
-    if any(r.frequency_penalty or r.presence_penalty for r in rows):
-        counts = torch.zeros(b, vocab, device=device)
-        for i, g in enumerate(_histories(generated, b)):
-            ids = torch.tensor([t for t in g if 0 <= t < vocab], dtype=torch.long, device=device)
-            counts[i].index_add_(0, ids, torch.ones(len(ids), device=device))
-        logits = frequency_presence_penalty(logits, counts, torch.tensor([r.frequency_penalty for r in rows]),
-                                            torch.tensor([r.presence_penalty for r in rows]))
+    logits = process_logits(logits, rows, generated, prompts=prompts, stop_ids=stop_ids)
 
     out = logits.argmax(dim=-1)
     drawn = [i for i, r in enumerate(rows) if r.temperature > 0]
@@ -248,3 +423,21 @@ def sample(
         # depend on the batch it happens to share.
         out[i] = torch.multinomial(probs[j], 1, generator=gens[i])[0]
     return out
+
+
+# ----------------------------------------------------------- log-probabilities
+def token_logprobs(logits: Tensor, chosen: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Log-probabilities for the OpenAI API's logprobs option.
+
+    logits (B, V): the engine passes the model's raw logits, before the
+        processors, penalties, temperature and filters (vLLM's default "raw
+        logprobs"), so the numbers are the model's, not the sampler's.
+    chosen (B,): the token each row took.
+    k: how many of the most likely tokens to report (0: none; more than V: V).
+    Returns (chosen's log-probability (B,), top-k ids (B, k) long, their
+    log-probabilities (B, k), in descending order), all from log_softmax in float32.
+    """
+    logp = logits.float().log_softmax(dim=-1)
+    chosen_logp = logp.gather(1, chosen.long().reshape(-1, 1))[:, 0]
+    top = torch.topk(logp, min(int(k), logp.shape[-1]), dim=-1)
+    return chosen_logp, top.indices.long(), top.values
