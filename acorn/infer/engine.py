@@ -4,26 +4,31 @@ A decoder-only model predicts one token at a time; generating n tokens means
 n forward passes. Recomputing the whole sequence each time costs O(n^2) work
 per token (every token attends to every earlier one, all over again). But a
 token's keys and values never change once computed, so the engine keeps them
-(the KV cache, acorn.model.KVCache) and runs:
+(the KV cache) and runs:
 
   prefill  the prompt, all its tokens in one forward pass, which fills the cache
   decode   one new token per step; only that token goes through the model and
            attends to the cached keys/values: O(n) per token instead of O(n^2)
 
-A batch of prompts of different lengths is left-padded so every row's last
-token sits in the last column (that is where the next-token logits are read);
-the attention mask hides the padding and positions count real tokens only, so
-a padded row computes exactly what it would alone. A row that finishes (stop
-token, stop string, max_new_tokens) is dropped from the batch and its cache,
-so it costs nothing afterwards.
+Two ways to hold the cache, one loop of requests over them:
 
-This is the one generation loop in Acorn: generate(), stream(), chat(), the
-CLI, the server and evaluation all go through Engine. It is the first version;
-the parts a serving engine adds (Kwon et al. 2023, vLLM; nano-vllm) slot in
-around the same per-request state (_Sequence) and step function (_steps):
-paged KV blocks and prefix caching replace the concatenated cache, a scheduler
-admits and retires sequences between steps (continuous batching), and
-speculative decoding proposes several tokens per step.
+  paged (the default)  the serving engine (Kwon et al. 2023, vLLM): KV memory
+           in fixed-size blocks with per-request block tables (acorn.infer.paged),
+           a scheduler that admits and retires requests between steps
+           (continuous batching, chunked prefill, preemption; acorn.infer.scheduler)
+           and prefix caching. add_request() / step() / abort() are that loop;
+           generate() and stream() drive it.
+  plain (paged=False)  the textbook version: a batch of prompts left-padded
+           into one tensor, prefilled together, each step concatenating the new
+           keys/values onto a contiguous per-row cache (acorn.model.KVCache); a
+           finished row is dropped. Kept as the reference the paged path is
+           tested against, for ALiBi models, and for beam search.
+
+Everything else is shared: a request's sampling state and text (_Sequence:
+stop tokens, stop strings held back until they resolve, whole UTF-8
+characters), the sampling step (acorn.infer.sampling), and the API:
+generate(), stream(), chat(), score(). The CLI, evaluation, the server, RAG
+and agents all go through Engine.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ import torch
 from torch import Tensor
 
 from acorn.errors import AcornError
-from acorn.infer.sampling import SamplingParams, sample
+from acorn.infer.paged import PagedKV
+from acorn.infer.sampling import SamplingParams, sample, token_logprobs
 
 
 @dataclass
@@ -45,8 +51,13 @@ class Completion:
     prompt_tokens: int
     token_ids: list[int]  # every generated id, including the stop token that ended it
     text: str  # the decoded output, without a stop token and cut before a stop string
-    finish_reason: str  # "stop" (stop token or string) | "length" (max_new_tokens or the model's context)
+    finish_reason: str  # "stop" (stop token or string) | "length" (max_new_tokens or the context) | "abort"
     tool_calls: list[dict] = field(default_factory=list)  # chat(tools=...): OpenAI-style calls, removed from text
+    index: int = 0  # which of the n samples of its prompt
+    cached_tokens: int = 0  # prompt tokens served by the prefix cache
+    # With SamplingParams.logprobs: per generated token {"token_id", "logprob", "top_logprobs": [(id, logprob), ...]}
+    logprobs: list[dict] | None = None
+    score: float | None = None  # beam search: the length-penalised log-probability
 
 
 class _Sequence:
@@ -57,17 +68,20 @@ class _Sequence:
     which is held back until it either completes (and is cut) or cannot."""
 
     def __init__(self, prompt: list[int], params: SamplingParams, stop_ids: frozenset[int],
-                 generator: torch.Generator, decoder, max_len: int):
+                 generator: torch.Generator, decoder, max_len: int, index: int = 0):
         self.prompt = prompt
         self.params = params
         self.stop_ids = stop_ids
         self.generator = generator
         self.decoder = decoder
         self.max_len = max_len
+        self.index = index
         self.output: list[int] = []
         self.text = ""  # emitted so far
         self.pending = ""  # decoded but held back: it may be the start of a stop string
         self.finish_reason: str | None = None
+        self.logprobs: list[dict] | None = [] if params.logprobs is not None else None
+        self.cached_tokens = 0
 
     @property
     def finished(self) -> bool:
@@ -87,6 +101,8 @@ class _Sequence:
         self.pending += new
         # A stop string always starts inside `pending`: any text that could
         # begin one was held back, so searching the pending text suffices.
+        if len(self.output) < self.params.min_new_tokens:
+            stop = ()  # stop strings count only once min_new_tokens are out (as vLLM)
         hits = [i for i in (self.pending.find(s) for s in stop) if i >= 0]
         if hits:
             self.finish_reason = "stop"
@@ -102,7 +118,12 @@ class _Sequence:
 
     def completion(self) -> Completion:
         return Completion(prompt_tokens=len(self.prompt), token_ids=list(self.output), text=self.text,
-                          finish_reason=self.finish_reason or "length")
+                          finish_reason=self.finish_reason or "length", index=self.index,
+                          cached_tokens=self.cached_tokens, logprobs=self.logprobs)
+
+    def fork(self, index: int, generator: torch.Generator, decoder) -> "_Sequence":
+        """A sibling sample of the same prompt (n > 1), before any output."""
+        return _Sequence(self.prompt, self.params, self.stop_ids, generator, decoder, self.max_len, index)
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
@@ -162,9 +183,23 @@ def chat_format_of(tokenizer) -> str | None:
 
 
 class Engine:
-    """A model and its tokenizer, and the generation loop over them."""
+    """A model and its tokenizer, and the generation loop over them.
 
-    def __init__(self, model, tokenizer, *, device=None, stop_token_ids: Sequence[int] = ()):
+    paged: run on the paged KV pool with continuous batching (default), or on
+        the plain contiguous cache (False; also what ALiBi models use).
+    kv_cache_memory: bytes for the paged pool; default: room for max_num_seqs
+        requests at the model's full context, capped at 1 GiB (at least one
+        full context).
+    block_size: tokens per KV block.
+    max_num_seqs: most requests in one step.
+    max_num_batched_tokens: most tokens in one step (decodes + prefill chunks);
+        a longer prompt is prefilled in chunks of at most this many tokens.
+    prefix_caching: share the KV blocks of common prompt prefixes.
+    """
+
+    def __init__(self, model, tokenizer, *, device=None, stop_token_ids: Sequence[int] = (), paged: bool = True,
+                 kv_cache_memory: int | None = None, block_size: int = 16, max_num_seqs: int = 64,
+                 max_num_batched_tokens: int = 512, prefix_caching: bool = True):
         if device is not None:
             model = model.to(device)
         self.model = model.eval()
@@ -176,10 +211,27 @@ class Engine:
             # Tiny activations decay into denormal floats, which x86 CPUs
             # process up to 30x slower; flushing them to zero changes nothing visible.
             torch.set_flush_denormal(True)
+        cfg = model.config
+        self.paged = paged and cfg.positions != "alibi"
+        if max_num_seqs < 1 or max_num_batched_tokens < 1:
+            raise AcornError("max_num_seqs and max_num_batched_tokens must be at least 1")
+        self.dtype = next(model.parameters()).dtype
+        per_token = PagedKV.bytes_per_token(cfg, self.dtype)
+        if kv_cache_memory is None:
+            kv_cache_memory = max(min(max_num_seqs * cfg.max_seq_len * per_token, 1 << 30), cfg.max_seq_len * per_token)
+        self.block_size = block_size
+        self.num_blocks = max(1, int(kv_cache_memory // (per_token * block_size)))
+        self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
+        self.prefix_caching = prefix_caching
+        self._kv = None  # the pool, allocated on first use
+        self._groups: dict[str, list] = {}  # request id -> its n Requests
+        self._next_id = 0
+        self.computed_tokens = 0  # tokens that went through the model on the paged path
 
     @classmethod
-    def from_pretrained(cls, path, *, dtype=None, device="auto") -> "Engine":
-        """A checkpoint directory (acorn.load) with its tokenizer files beside the weights."""
+    def from_pretrained(cls, path, *, dtype=None, device="auto", **options) -> "Engine":
+        """A checkpoint directory (acorn.load) with its tokenizer files beside the weights.
+        options: the engine's keyword arguments (paged, kv_cache_memory, ...)."""
         from acorn.checkpoint import load
         from acorn.tokenizer import Tokenizer
 
@@ -188,7 +240,7 @@ class Engine:
         if tokenizer.vocab_size > model.config.vocab_size:
             raise AcornError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                              f"{model.config.vocab_size}; they do not belong together")
-        return cls(model, tokenizer, stop_token_ids=_generation_config_eos(Path(path)))
+        return cls(model, tokenizer, stop_token_ids=_generation_config_eos(Path(path)), **options)
 
     # ------------------------------------------------------------ prompts
     def encode(self, prompt: str | Sequence[int]) -> list[int]:
@@ -208,18 +260,179 @@ class Engine:
         """A conversation rendered with the chat template, ending in the assistant's turn header."""
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools)
 
-    def _sequence(self, prompt: list[int], params: SamplingParams, seed_offset: int = 0) -> _Sequence:
+    def _sequence(self, prompt: list[int], params: SamplingParams, seed_offset: int = 0, index: int = 0) -> _Sequence:
         if not prompt:
             raise AcornError("the prompt is empty and the tokenizer has no BOS token to start from; give some text")
         max_len = self.model.config.max_seq_len
         if len(prompt) >= max_len:
             raise AcornError(f"the prompt has {len(prompt)} tokens; the model's context is {max_len}")
+        vocab = self.tokenizer.vocab_size
+        bad = [i for i in (*params.logit_bias, *params.stop_token_ids) if not 0 <= i < vocab]
+        if bad:
+            raise AcornError(f"token id {bad[0]} in logit_bias/stop_token_ids is outside the vocabulary (0..{vocab - 1})")
         stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self.stop_token_ids)
-        seed = params.seed if params.seed is not None else int(torch.randint(2**62, ()))
-        generator = torch.Generator(self.device).manual_seed(seed + seed_offset)
-        return _Sequence(prompt, params, stop_ids, generator, self.tokenizer.stream_decoder(), max_len)
+        return _Sequence(prompt, params, stop_ids, self._generator(params, seed_offset),
+                         self.tokenizer.stream_decoder(), max_len, index)
 
-    # ------------------------------------------------------------ the loop
+    def _generator(self, params: SamplingParams, offset: int) -> torch.Generator:
+        seed = params.seed if params.seed is not None else int(torch.randint(2**62, ()))
+        return torch.Generator(self.device).manual_seed(seed + offset)
+
+    # ------------------------------------------------------------ sampling
+    def _sample(self, logits: Tensor, seqs: list[_Sequence]) -> list[str]:
+        """One token for each sequence from its logits row (raw model logits,
+        cut to the tokenizer's vocabulary); returns each one's new text."""
+        nxt = sample(logits, [s.params for s in seqs], [s.output for s in seqs], [s.generator for s in seqs],
+                     prompts=[s.prompt for s in seqs], stop_ids=[s.stop_ids for s in seqs])
+        want = [i for i, s in enumerate(seqs) if s.logprobs is not None]
+        if want:
+            rows = torch.tensor(want, device=logits.device)
+            k = max(seqs[i].params.logprobs for i in want)
+            chosen, top_ids, top_lps = token_logprobs(logits[rows], nxt[rows], k)
+            for j, i in enumerate(want):
+                kk = seqs[i].params.logprobs
+                seqs[i].logprobs.append({
+                    "token_id": int(nxt[i]), "logprob": float(chosen[j]),
+                    "top_logprobs": list(zip(top_ids[j, :kk].tolist(), top_lps[j, :kk].tolist())),
+                })
+        return [s.push(t) for s, t in zip(seqs, nxt.tolist())]
+
+    # ------------------------------------------------------------ the paged loop
+    @property
+    def kv(self):
+        """The paged KV pool, its block manager and the scheduler (made on first use)."""
+        if self._kv is None:
+            from acorn.infer.paged import BlockManager
+            from acorn.infer.scheduler import Scheduler
+
+            blocks = BlockManager(self.num_blocks, self.block_size, prefix_caching=self.prefix_caching)
+            self._kv = PagedKV(self.model.config, self.num_blocks, self.block_size, dtype=self.dtype,
+                               device=self.device)
+            self.blocks = blocks
+            self.scheduler = Scheduler(blocks, max_num_seqs=self.max_num_seqs,
+                                       max_num_batched_tokens=self.max_num_batched_tokens)
+        return self._kv
+
+    def add_request(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
+                    request_id: str | None = None, seed_offset: int = 0, **overrides) -> str:
+        """Queue a request (params.n samples of one prompt) for step(); returns its id.
+
+        With a seed, sample j draws with seed + seed_offset + j."""
+        if not self.paged:
+            raise AcornError("add_request() needs the paged engine (paged=True)")
+        params = SamplingParams.merge(params, overrides)
+        if params.num_beams > 1:
+            raise AcornError("beam search runs through generate(), not the continuous-batching loop")
+        ids = self.encode(prompt)
+        self.kv  # allocates the pool and the scheduler on first use
+        capacity = self.num_blocks * self.block_size
+        if len(ids) + 1 > capacity:
+            raise AcornError(f"the prompt has {len(ids)} tokens but the KV cache holds {capacity}; "
+                             f"give the engine more kv_cache_memory")
+        if request_id is None:
+            request_id, self._next_id = f"req-{self._next_id}", self._next_id + 1
+        elif request_id in self._groups:
+            raise AcornError(f"request id {request_id!r} is already in use")
+        from acorn.infer.scheduler import Request
+
+        first = self._sequence(ids, params, seed_offset)
+        first.max_len = min(first.max_len, capacity)  # one request alone always fits the pool
+        seqs = [first] + [first.fork(j, self._generator(params, seed_offset + j), self.tokenizer.stream_decoder())
+                          for j in range(1, params.n)]
+        group = [Request(request_id, s.prompt, s, output=s.output) for s in seqs]
+        group[0].forks = group[1:]  # they start from the first one's prefill
+        self.scheduler.add(group[0])
+        self._groups[request_id] = group
+        return request_id
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request now and free its KV blocks; False if it is unknown or done."""
+        group = self._groups.pop(request_id, None)
+        if group is None:
+            return False
+        for req in group:
+            if req.state.finish_reason is None:
+                req.state.finish_reason = "abort"
+            self.scheduler.finish(req)
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self._kv is not None and self.scheduler.num_unfinished > 0
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[str, int, str, bool]]:
+        """One forward pass of the running batch. Returns (request id, sample
+        index, new text, finished) for every sample that made progress."""
+        from acorn.infer.paged import StepInput, paged_forward
+
+        kv, sched = self.kv, self.scheduler
+        pieces = sched.schedule()
+        if not pieces:
+            return []
+        cfg = self.model.config
+        window = cfg.sliding_window if cfg.sliding_window and cfg.sliding_window < cfg.max_seq_len else None
+        wanted = [req for req, n in pieces if req.num_computed + n == len(req.prompt) + len(req.output)]
+        step = StepInput.build([(req.table, req.num_computed, req.tokens[req.num_computed:req.num_computed + n],
+                                 req.num_computed + n == len(req.prompt) + len(req.output)) for req, n in pieces],
+                               self.block_size, window, self.device)
+        logits = paged_forward(self.model, step, kv)[:, :self.tokenizer.vocab_size]
+        for req, n in pieces:
+            sched.computed(req, n)
+        self.computed_tokens += step.tokens.numel()
+        # A request whose prompt is now computed starts its siblings (n > 1) from its blocks.
+        rows, reqs = [], []
+        for i, req in enumerate(wanted):
+            rows.append(i)
+            reqs.append(req)
+            for child in req.forks:
+                if self._fork(req, child):
+                    rows.append(i)
+                    reqs.append(child)
+                else:  # no block to fork into: it queues and recomputes (mostly from the prefix cache)
+                    sched.add(child)
+            req.forks = []
+        if rows != list(range(len(rows))):
+            logits = logits[torch.tensor(rows, device=logits.device)]
+        deltas = self._sample(logits, [r.state for r in reqs])
+        out = []
+        for req, delta in zip(reqs, deltas):
+            done = req.state.finished
+            if done:
+                sched.finish(req)
+                group = self._groups.get(req.request_id)
+                if group is not None and all(r.state.finished for r in group):
+                    del self._groups[req.request_id]
+            out.append((req.request_id, req.state.index, delta, done))
+        return out
+
+    def _fork(self, parent, child) -> bool:
+        try:
+            table, fresh = self.blocks.fork(parent.table, parent.num_computed)
+        except MemoryError:
+            return False
+        if fresh is not None:
+            self._kv.copy_block(parent.table[len(table) - 1], fresh, parent.num_computed % self.block_size)
+        child.table, child.hashes, child.num_computed = table, list(parent.hashes), parent.num_computed
+        child.cached_tokens = child.state.cached_tokens = parent.cached_tokens
+        self.scheduler.start_running(child)
+        return True
+
+    def _run(self, prompts: list[list[int]], params: SamplingParams) -> list[_Sequence]:
+        ids = [self.add_request(p, params, seed_offset=i * params.n) for i, p in enumerate(prompts)]
+        groups = [self._groups[r] for r in ids]
+        try:
+            while any(not req.state.finished for g in groups for req in g):
+                if not self.step() and not self.scheduler.running:
+                    raise AcornError("the engine cannot make progress: a waiting request does not fit the KV cache")
+        finally:
+            for r in ids:
+                self.abort(r)
+        for g in groups:
+            for req in g:
+                req.state.cached_tokens = req.cached_tokens
+        return [req.state for g in groups for req in g]
+
+    # ------------------------------------------------------------ the plain loop
     @torch.inference_mode()
     def _steps(self, seqs: list[_Sequence]) -> Iterator[list[str]]:
         """Prefill all sequences together, then decode one token per step,
@@ -237,19 +450,16 @@ class Engine:
         cache, logits = out.cache, out.logits[:, -1, :vocab]
         live = list(range(len(seqs)))  # rows of the cache -> index into seqs
         while True:
-            rows = [seqs[i] for i in live]
-            nxt = sample(logits, [s.params for s in rows], [s.output for s in rows],
-                         [s.generator for s in rows], prompts=[s.prompt for s in rows])
             deltas = [""] * len(seqs)
-            for i, tok in zip(live, nxt.tolist()):
-                deltas[i] = seqs[i].push(tok)
+            for i, d in zip(live, self._sample(logits, [seqs[i] for i in live])):
+                deltas[i] = d
             yield deltas
             keep = [r for r, i in enumerate(live) if not seqs[i].finished]
             if not keep:
                 return
+            nxt = torch.tensor([seqs[live[r]].output[-1] for r in keep], device=self.device)
             if len(keep) < len(live):
-                rows_t = torch.tensor(keep, device=self.device)
-                cache, nxt = _select_rows(cache, rows_t), nxt[rows_t]
+                cache = _select_rows(cache, torch.tensor(keep, device=self.device))
                 live = [live[r] for r in keep]
             out = model(nxt[:, None], cache=cache, use_cache=True)
             cache, logits = out.cache, out.logits[:, -1, :vocab]
@@ -257,30 +467,73 @@ class Engine:
     # ------------------------------------------------------------ the API
     def generate(self, prompts: str | Sequence[str] | Sequence[Sequence[int]] | Sequence[int],
                  params: SamplingParams | None = None, **overrides) -> list[Completion]:
-        """One Completion per prompt, generated as one batch. With a seed, row i
-        samples with seed + i (so n copies of a prompt give n different samples,
-        and row 0 matches stream() with the same seed)."""
+        """params.n Completions per prompt (prompt-major order). On the paged
+        engine all prompts are continuously batched; on the plain one they
+        run as one static batch. With a seed, sample j of prompt i draws with
+        seed + i * n + j (so n copies of a prompt give n different samples,
+        and the first matches stream() with the same seed)."""
         params = SamplingParams.merge(params, overrides)
         if isinstance(prompts, str) or (len(prompts) and isinstance(prompts[0], int)):
             prompts = [prompts]
         if not prompts:
             return []
-        seqs = [self._sequence(self.encode(p), params, i) for i, p in enumerate(prompts)]
+        encoded = [self.encode(p) for p in prompts]
+        if params.num_beams > 1:
+            return [c for p in encoded for c in self._beam(p, params)]
+        if self.paged:
+            return [s.completion() for s in self._run(encoded, params)]
+        seqs = [self._sequence(p, params, i * params.n + j, j) for i, p in enumerate(encoded) for j in range(params.n)]
         for _ in self._steps(seqs):
             pass
         return [s.completion() for s in seqs]
+
+    def _beam(self, prompt: list[int], params: SamplingParams) -> list[Completion]:
+        from acorn.infer.beam import beam_search
+
+        seq = self._sequence(prompt, params)  # validates the prompt; its stop ids
+        max_new = min(params.max_new_tokens, self.model.config.max_seq_len - len(prompt))
+        beams = beam_search(self.model, prompt, num_beams=params.num_beams, max_new_tokens=max_new,
+                            vocab_size=self.tokenizer.vocab_size, stop_ids=seq.stop_ids,
+                            length_penalty=params.length_penalty, early_stopping=params.early_stopping,
+                            num_return=params.n, min_new_tokens=params.min_new_tokens)
+        out = []
+        for j, beam in enumerate(beams):
+            s = _Sequence(prompt, params, seq.stop_ids, seq.generator, self.tokenizer.stream_decoder(),
+                          seq.max_len, j)
+            for t in beam.token_ids:
+                if not s.finished:
+                    s.push(t)
+            c = s.completion()
+            c.score = beam.score
+            out.append(c)
+        return out
 
     def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
                **overrides) -> Iterator[str]:
         """The text of one completion as it is generated, in pieces that are
         whole characters and never run past a stop string. The generator's
-        return value is the Completion (`c = yield from engine.stream(...)`)."""
+        return value is the Completion (`c = yield from engine.stream(...)`).
+        Closing the iterator early aborts the request and frees its memory."""
         params = SamplingParams.merge(params, overrides)
-        seq = self._sequence(self.encode(prompt), params)
-        for (delta,) in self._steps([seq]):
-            if delta:
-                yield delta
-        return seq.completion()
+        if params.n != 1 or params.num_beams != 1:
+            raise AcornError("stream() produces one sample; use generate() for n > 1 or beam search")
+        if not self.paged:
+            seq = self._sequence(self.encode(prompt), params)
+            for (delta,) in self._steps([seq]):
+                if delta:
+                    yield delta
+            return seq.completion()
+        rid = self.add_request(prompt, params)
+        (req,) = self._groups[rid]
+        try:
+            while not req.state.finished:
+                for r, _, delta, _ in self.step():
+                    if r == rid and delta:
+                        yield delta
+        finally:
+            self.abort(rid)
+        req.state.cached_tokens = req.cached_tokens
+        return req.state.completion()
 
     def chat(self, messages: list[dict], params: SamplingParams | None = None, *,
              tools: list[dict] | None = None, **overrides) -> Completion:
@@ -288,12 +541,33 @@ class Engine:
         token (among the default stop ids). With tools, tool calls in the reply
         are parsed into Completion.tool_calls and removed from its text."""
         params = SamplingParams.merge(params, overrides)
+        if params.n != 1:
+            raise AcornError("chat() returns one reply; for n > 1 use acorn.LLM.chat or generate(chat_prompt(...))")
         (completion,) = self.generate([self.chat_prompt(messages, tools=tools)], params)
-        if tools and self.chat_format is not None:
+        if tools:
+            self.parse_tools(completion)
+        return completion
+
+    def parse_tools(self, completion: Completion) -> Completion:
+        """Move the tool calls in a completion's text into completion.tool_calls."""
+        if self.chat_format is not None:
             from acorn.chat import parse_tool_calls
 
             completion.text, completion.tool_calls = parse_tool_calls(completion.text, self.chat_format)
         return completion
+
+    # ------------------------------------------------------------ accounting
+    def stats(self) -> dict:
+        """KV memory and scheduler figures (for logs, benchmarks and /metrics)."""
+        per_token = PagedKV.bytes_per_token(self.model.config, self.dtype)
+        out = {"paged": self.paged, "block_size": self.block_size, "num_blocks": self.num_blocks,
+               "kv_bytes_per_token": per_token, "kv_cache_bytes": self.num_blocks * self.block_size * per_token}
+        if self._kv is not None:
+            b, s = self.blocks, self.scheduler
+            out.update(blocks_in_use=b.num_used, blocks_cached=len(b.evictable), running=len(s.running),
+                       waiting=len(s.waiting), preemptions=s.preemptions, prefix_hit_tokens=b.hit_tokens,
+                       prefix_query_tokens=b.query_tokens, computed_tokens=self.computed_tokens)
+        return out
 
     @torch.inference_mode()
     def score(self, prompt: str | Sequence[int], continuations: Sequence[str]) -> list[float]:
@@ -338,6 +612,7 @@ class Engine:
             target = torch.tensor(cont, device=self.device)[:, None]
             scores.append(float(pred.gather(1, target).sum()))
         return scores
+
 
 
 def _generation_config_eos(directory: Path) -> list[int]:

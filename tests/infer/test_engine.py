@@ -1,61 +1,23 @@
 """The engine against transformers' generate, against recomputation without a
 cache, and its stop rules, streaming, scoring, chat and CLI.
 
-Fixtures are built here: a tiny byte-level BPE trained on a few sentences and
-a tiny random Llama made by transformers (std 0.3, so greedy text varies),
-saved together as a Hugging Face checkpoint directory. A scripted stand-in
+The tiny tokenizer and random Llama checkpoint are conftest.py's. The engine
+here is the default (paged, continuous batching); test_paged.py holds the
+paged path to the plain one. A scripted stand-in
 model that says a fixed token sequence tests the rules that need exact output
 (stop strings, split characters, chat turns).
 """
 
 import io
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest
 import torch
-import transformers
 
 from acorn.cli import main
 from acorn.infer import Engine, SamplingParams
 from acorn.model import KVCache, ModelConfig, ModelOutput
-from acorn.tokenizer import Tokenizer
 
-transformers.logging.set_verbosity_error()
-
-TEXT = (
-    "The quick brown fox jumps over the lazy dog. A small acorn grows into a tall oak tree. "
-    "Once upon a time there was a little model that learned to speak. The cat sat on the mat. "
-) * 20
 PROMPTS = ["The quick brown fox", "Once", "A small acorn grows into a tall", "The cat sat on"]
-
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer.train([TEXT], 300)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tok):
-    """(directory, transformers model) of a tiny random Llama with an Acorn tokenizer."""
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=128, initializer_range=0.3,
-                                   bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    hf = transformers.LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():  # norm weights away from 1, so a dropped norm would show
-        g = torch.Generator().manual_seed(1)
-        for p in hf.parameters():
-            if p.dim() == 1:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1 + 1.0)
-    path = tmp_path_factory.mktemp("ckpt")
-    hf.save_pretrained(path)
-    tok.save(path)
-    return path, hf
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +142,7 @@ class Scripted(torch.nn.Module):
 
 
 def _scripted(tok, text: str) -> Engine:
-    return Engine(Scripted(tok.encode(text, allowed_special="all"), tok.vocab_size), tok)
+    return Engine(Scripted(tok.encode(text, allowed_special="all"), tok.vocab_size), tok, paged=False)
 
 
 def test_streaming_never_breaks_a_character(tok):
@@ -188,7 +150,7 @@ def test_streaming_never_breaks_a_character(tok):
     ids = tok.encode(text)
     # The tokenizer saw only ASCII, so these characters are split into byte tokens.
     assert any(not _is_utf8(tok.token_bytes(i)) for i in ids)
-    eng = Engine(Scripted(ids + [tok.eos_id], tok.vocab_size), tok)
+    eng = Engine(Scripted(ids + [tok.eos_id], tok.vocab_size), tok, paged=False)
     deltas = list(eng.stream("x"))
     assert all("\ufffd" not in d and d for d in deltas)
     assert "".join(deltas) == text
@@ -229,7 +191,7 @@ def test_the_tokenizers_stop_tokens_stop_by_default(tok):
 
 def test_ids_past_the_tokenizers_vocabulary_are_never_sampled(tok):
     """A model whose vocabulary is padded past the tokenizer's: its favourite id has no text."""
-    eng = Engine(Scripted([tok.vocab_size + 3], tok.vocab_size + 8), tok)
+    eng = Engine(Scripted([tok.vocab_size + 3], tok.vocab_size + 8), tok, paged=False)
     for params in (dict(temperature=0), dict(temperature=1.0, seed=0)):
         c = eng.generate("x", max_new_tokens=5, ignore_eos=True, **params)[0]
         assert len(c.token_ids) == 5 and max(c.token_ids) < tok.vocab_size

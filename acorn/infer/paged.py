@@ -1,0 +1,356 @@
+"""Paged KV memory (Kwon et al. 2023, PagedAttention) with prefix caching.
+
+A KV cache that gives each request one contiguous tensor must reserve room for
+the longest output the request might produce: most of that memory sits empty,
+and a request that outgrows it cannot continue. Paging does for the KV cache
+what virtual memory does for processes:
+
+  blocks       KV memory is one pool of fixed-size blocks (block_size tokens of
+               keys and values for every layer), sized once from a memory budget
+  block table  each request holds a list of block numbers; its token i lives
+               in block table[i // block_size], slot i % block_size. A request
+               takes a new block only when its last one is full, so at most
+               block_size - 1 slots per request are ever unused.
+
+Attention reads a request's keys and values by gathering its slots from the
+pool (paged_forward below); writing the new tokens' keys and values is a
+scatter into their slots.
+
+Prefix caching (vLLM's automatic prefix caching; SGLang's RadixAttention is
+the tree-shaped relative). A full block is identified by a hash of its tokens
+chained with the hash of the block before it, so the hash names the whole
+prefix up to the block's end. Full blocks are registered under their hash; a
+new request whose prompt starts with the same tokens (a system prompt, a
+document, the earlier turns of a chat) takes those blocks by reference
+instead of computing them again. Blocks are reference counted: when the last
+request holding a registered block lets go, the block is not wiped but kept
+as 'evictable', and reused least-recently-used first when memory is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from acorn.errors import AcornError
+
+
+class BlockManager:
+    """Which KV block belongs to whom: allocation, reference counts, prefix hashes.
+
+    Only numbers live here (no tensors), so it is tested on its own."""
+
+    def __init__(self, num_blocks: int, block_size: int, *, prefix_caching: bool = True):
+        if num_blocks < 1 or block_size < 1:
+            raise AcornError(f"the KV cache needs at least one block of at least one token "
+                             f"(got {num_blocks} blocks of {block_size})")
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self.prefix_caching = prefix_caching
+        self.ref = [0] * num_blocks
+        self.hash_of: list[int | None] = [None] * num_blocks  # the registered hash of a full block
+        self.by_hash: dict[int, int] = {}  # hash -> block
+        self.free: deque[int] = deque(range(num_blocks))  # blocks holding nothing worth keeping
+        self.evictable: OrderedDict[int, None] = OrderedDict()  # unreferenced cached blocks, least recent first
+        self.hit_tokens = 0  # prompt tokens served from the prefix cache, in total
+        self.query_tokens = 0  # prompt tokens looked up
+
+    # ---------------------------------------------------------- counting
+    @property
+    def num_free(self) -> int:
+        """Blocks a request can take now (free ones and evictable cached ones)."""
+        return len(self.free) + len(self.evictable)
+
+    @property
+    def num_used(self) -> int:
+        """Blocks some request holds."""
+        return self.num_blocks - self.num_free
+
+    def blocks_for(self, n_tokens: int) -> int:
+        return math.ceil(n_tokens / self.block_size)
+
+    # ---------------------------------------------------------- hashing
+    @staticmethod
+    def chain_hash(parent: int | None, tokens) -> int:
+        """The hash of a full block: its tokens chained with the hash of the block before."""
+        return hash((parent, tuple(tokens)))
+
+    def prefix_hashes(self, tokens: list[int]) -> list[int]:
+        hashes, parent = [], None
+        for i in range(len(tokens) // self.block_size):
+            parent = self.chain_hash(parent, tokens[i * self.block_size:(i + 1) * self.block_size])
+            hashes.append(parent)
+        return hashes
+
+    # ---------------------------------------------------------- allocation
+    def _take(self) -> int:
+        if self.free:
+            block = self.free.popleft()
+        else:  # reuse the least recently used cached block: its prefix is forgotten
+            block, _ = self.evictable.popitem(last=False)
+            del self.by_hash[self.hash_of[block]]
+            self.hash_of[block] = None
+        self.ref[block] = 1
+        return block
+
+    def _acquire(self, block: int) -> None:
+        if self.ref[block] == 0:
+            self.evictable.pop(block)
+        self.ref[block] += 1
+
+    def match_prefix(self, tokens: list[int]) -> tuple[list[int], list[int]]:
+        """The cached blocks that hold the longest prefix of `tokens`, and the
+        hashes of those blocks. At least one token is always left to compute
+        (its logits are needed), so a prompt that is cached entirely gives up
+        its last block."""
+        if not self.prefix_caching:
+            return [], []
+        blocks, hashes = [], []
+        for h in self.prefix_hashes(tokens):
+            block = self.by_hash.get(h)
+            if block is None:
+                break
+            blocks.append(block)
+            hashes.append(h)
+        if blocks and len(blocks) * self.block_size >= len(tokens):
+            blocks.pop()
+            hashes.pop()
+        return blocks, hashes
+
+    def allocate(self, table: list[int], n_tokens: int, cached: list[int] = ()) -> bool:
+        """Grow a block table to hold n_tokens, starting from the cached
+        blocks of a prefix match when the table is empty. False (and nothing
+        changed) when there are not enough free blocks."""
+        need = self.blocks_for(n_tokens) - len(table) - len(cached)
+        # Cached blocks that nobody holds are counted as free: taking them must not count twice.
+        reclaimed = sum(1 for b in cached if self.ref[b] == 0)
+        if need > self.num_free - reclaimed:
+            return False
+        for b in cached:
+            self._acquire(b)
+            table.append(b)
+        for _ in range(max(need, 0)):
+            table.append(self._take())
+        return True
+
+    def fork(self, table: list[int], n_tokens: int) -> tuple[list[int], int | None]:
+        """A child's block table sharing the parent's full blocks. The parent's
+        last block, if partly filled, is not shared (both would write into
+        it): the child gets a fresh block, and the caller copies the slots.
+        Returns (table, the fresh block or None); raises if none is free."""
+        full = n_tokens // self.block_size
+        shared = table[:full]
+        for b in shared:
+            self._acquire(b)
+        if full == len(table) or n_tokens % self.block_size == 0:
+            return list(shared), None
+        if not self.num_free:
+            self.release(shared)
+            raise MemoryError("no free KV block to fork into")
+        fresh = self._take()
+        return [*shared, fresh], fresh
+
+    def register(self, table: list[int], hashes: list[int], tokens: list[int], n_computed: int) -> None:
+        """Register the blocks that n_computed tokens have filled, extending
+        `hashes` (the request's chain of block hashes) in place."""
+        if not self.prefix_caching:
+            return
+        for i in range(len(hashes), n_computed // self.block_size):
+            parent = hashes[-1] if hashes else None
+            h = self.chain_hash(parent, tokens[i * self.block_size:(i + 1) * self.block_size])
+            hashes.append(h)
+            block = table[i]
+            if h not in self.by_hash and self.hash_of[block] is None:
+                self.by_hash[h] = block
+                self.hash_of[block] = h
+
+    def release(self, table: list[int]) -> None:
+        """Let go of a request's blocks. The last blocks go first so that, of
+        one request's cached blocks, the LRU order evicts the tail first."""
+        for block in reversed(table):
+            self.ref[block] -= 1
+            if self.ref[block] < 0:
+                raise AssertionError(f"block {block} released more often than taken")
+            if self.ref[block] == 0:
+                if self.hash_of[block] is not None:
+                    self.evictable[block] = None
+                else:
+                    self.free.append(block)
+        table.clear()
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every unreferenced cached block."""
+        for block in list(self.evictable):
+            del self.by_hash[self.hash_of[block]]
+            self.hash_of[block] = None
+            self.free.append(block)
+        self.evictable.clear()
+
+
+class PagedKV:
+    """The block pool itself: per layer, keys and values of shape
+    (num_blocks * block_size, n_kv_head, head_dim); slot s is token s % block_size
+    of block s // block_size."""
+
+    def __init__(self, cfg, num_blocks: int, block_size: int, *, dtype: torch.dtype, device):
+        slots = num_blocks * block_size
+        shape = (slots, cfg.n_kv_head, cfg.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
+        self.block_size = block_size
+
+    @staticmethod
+    def bytes_per_token(cfg, dtype: torch.dtype) -> int:
+        return 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * torch.empty((), dtype=dtype).element_size()
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    def copy_block(self, src: int, dst: int, n_tokens: int) -> None:
+        a, b = src * self.block_size, dst * self.block_size
+        for t in (*self.keys, *self.values):
+            t[b:b + n_tokens] = t[a:a + n_tokens]
+
+
+def slots_of(table: list[int], start: int, end: int, block_size: int) -> list[int]:
+    """The pool slots of tokens start..end-1 of a request with this block table."""
+    return [table[i // block_size] * block_size + i % block_size for i in range(start, end)]
+
+
+@dataclass
+class StepInput:
+    """One forward pass over pieces of several requests, flattened.
+
+    tokens/positions/slots: (N,) the new tokens, their positions and the pool
+    slots their keys and values go to. For attention, decode rows (one new
+    token) are batched together against their gathered keys; each prefill
+    piece (several new tokens) attends on its own.
+    """
+
+    tokens: Tensor
+    positions: Tensor
+    slots: Tensor
+    decode_rows: Tensor | None  # (Bd,) rows of the decode tokens
+    decode_gather: Tensor | None  # (Bd, S) pool slots of each decode row's context (padded with 0)
+    decode_mask: Tensor | None  # (Bd, 1, 1, S) True for real context, or None when no padding
+    prefills: list[tuple[int, int, Tensor, Tensor | None]]  # (first row, n rows, context slots, mask or None)
+    logit_rows: Tensor  # rows whose next-token logits are wanted
+
+    @classmethod
+    def build(cls, pieces, block_size: int, window: int | None, device) -> "StepInput":
+        """pieces: (block table, first new token index, new token ids, wants logits).
+
+        The piece's context is every token up to and including its new ones."""
+        tokens, positions, slots, logit_rows = [], [], [], []
+        decode_rows, decode_tables, decode_lengths, prefills = [], [], [], []
+        for table, start, new, wants in pieces:
+            row, n, end = len(tokens), len(new), start + len(new)
+            tokens += new
+            positions += range(start, end)
+            slots += slots_of(table, start, end, block_size)
+            if wants:
+                logit_rows.append(row + n - 1)
+            if n == 1:
+                decode_rows.append(row)
+                decode_tables.append(table[:math.ceil(end / block_size)])
+                decode_lengths.append(end)
+                continue
+            mask = None
+            if start or (window is not None and end > window):
+                q = torch.arange(start, end, device=device)[:, None]
+                k = torch.arange(end, device=device)[None, :]
+                allowed = k <= q
+                if window is not None:
+                    allowed &= k > q - window
+                mask = allowed
+            context = _table_slots(torch.tensor([table], device=device), block_size)[0, :end]
+            prefills.append((row, n, context, mask))
+        dec_rows = dec_gather = dec_mask = None
+        if decode_rows:
+            width = max(decode_lengths)
+            n_blocks = max(map(len, decode_tables))
+            tables = torch.tensor([t + [0] * (n_blocks - len(t)) for t in decode_tables], device=device)
+            dec_rows = torch.tensor(decode_rows, device=device)
+            dec_gather = _table_slots(tables, block_size)[:, :width]  # past a row's length: masked
+            lengths = torch.tensor(decode_lengths, device=device)
+            k = torch.arange(width, device=device)[None, :]
+            allowed = k < lengths[:, None]
+            if window is not None:
+                allowed &= k >= lengths[:, None] - window
+            if not bool(allowed.all()):
+                dec_mask = allowed[:, None, None, :]
+        as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
+        return cls(as_long(tokens), as_long(positions), as_long(slots), dec_rows, dec_gather, dec_mask,
+                   prefills, as_long(logit_rows))
+
+
+def _table_slots(tables: Tensor, block_size: int) -> Tensor:
+    """(B, blocks) block tables -> (B, blocks * block_size) the slots of every position."""
+    offsets = torch.arange(block_size, device=tables.device)
+    return (tables[:, :, None] * block_size + offsets).reshape(tables.shape[0], -1)
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
+    from acorn.model import _SDPA_GQA
+
+    if k.shape[1] != q.shape[1]:
+        if _SDPA_GQA:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True)
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+
+
+def paged_attention(attn, x: Tensor, rope, layer: int, step: StepInput, kv: PagedKV) -> Tensor:
+    """attn: an acorn.model.Attention; x (1, N, d_model). Writes the new keys
+    and values into the pool, then attends each row to its request's context."""
+    q, k, v = attn.qkv(x, rope)  # (1, H, N, D)
+    kc, vc = kv.keys[layer], kv.values[layer]
+    kc.index_copy_(0, step.slots, k[0].transpose(0, 1).to(kc.dtype))
+    vc.index_copy_(0, step.slots, v[0].transpose(0, 1).to(vc.dtype))
+    n, heads, dim = x.shape[1], q.shape[1], q.shape[3]
+    q = q[0].transpose(0, 1)  # (N, H, D)
+    out = q.new_empty(n, heads, dim)
+    if step.decode_rows is not None:
+        qd = q[step.decode_rows][:, :, None, :]  # (Bd, H, 1, D)
+        kd = kc[step.decode_gather].permute(0, 2, 1, 3)  # (Bd, Hkv, S, D)
+        vd = vc[step.decode_gather].permute(0, 2, 1, 3)
+        out[step.decode_rows] = _sdpa(qd, kd.to(q.dtype), vd.to(q.dtype), step.decode_mask, False)[:, :, 0]
+    for row, count, context, mask in step.prefills:
+        qp = q[row:row + count].transpose(0, 1)[None]  # (1, H, T, D)
+        kp = kc[context].transpose(0, 1)[None].to(q.dtype)
+        vp = vc[context].transpose(0, 1)[None].to(q.dtype)
+        out[row:row + count] = _sdpa(qp, kp, vp, mask, mask is None)[0].transpose(0, 1)
+    return attn.o_proj(out.reshape(1, n, heads * dim))
+
+
+def paged_forward(model, step: StepInput, kv: PagedKV) -> Tensor:
+    """The model over one flattened step; returns the logits (R, V) of step.logit_rows.
+
+    The same layers as Transformer.forward, with attention reading and writing
+    the paged pool instead of a per-request cache."""
+    from acorn.model import sinusoidal
+
+    cfg, backbone = model.config, model.model
+    tokens, positions = step.tokens[None], step.positions[None]
+    x = backbone.embed_tokens(tokens)
+    if cfg.positions == "learned":
+        x = x + backbone.embed_positions(positions)
+    elif cfg.positions == "sinusoidal":
+        x = x + sinusoidal(positions, cfg.d_model).to(x.dtype)
+    elif cfg.positions == "alibi":
+        raise AcornError("ALiBi models run on the engine's plain path (paged=False)")
+    rope = model._rope(positions, x.dtype) if cfg.positions == "rope" else None
+    for i, layer in enumerate(backbone.layers):
+        x = x + paged_attention(layer.self_attn, layer.input_layernorm(x), rope, i, step, kv)
+        m = layer.mlp(layer.post_attention_layernorm(x))
+        x = x + (m[0] if isinstance(m, tuple) else m)
+    x = backbone.norm(x[:, step.logit_rows])
+    logits = model.lm_head(x)[0]
+    if cfg.logit_softcap:
+        logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
+    return logits
