@@ -295,8 +295,14 @@ def train(cfg, model: Transformer, loader, val_loader, tokenizer, device: torch.
     if fsdp:
         # FSDP2: each block's parameters, gradients and optimizer state are split
         # across processes and gathered just in time for its forward/backward.
+        import torch.distributed as dist
         from torch.distributed.fsdp import fully_shard
 
+        # Every process initialised from its own seed, and unlike DDP,
+        # fully_shard keeps each process's own values for its shard: start all
+        # from rank 0's weights, as DDP does.
+        for t in (*raw_model.parameters(), *raw_model.buffers()):
+            dist.broadcast(t.detach(), src=0)
         for block in raw_model.model.layers:
             fully_shard(block)
         model = fully_shard(raw_model)
