@@ -3,13 +3,21 @@
 from acorn.errors import AcornError
 from acorn.tokenizer import Tokenizer
 
-__all__ = ["AcornError", "Tokenizer", "load"]
+__all__ = ["AcornError", "LLM", "SamplingParams", "Tokenizer", "load"]
 
 
 def __getattr__(name):
-    # acorn.load imports torch; keep `import acorn` (and `acorn --help`) fast without it.
+    # acorn.load, acorn.LLM and acorn.SamplingParams import torch; keep `import acorn` (and `acorn --help`) fast without it.
     if name == "load":
         from acorn.checkpoint import load
 
         return load
+    if name == "LLM":
+        from acorn.infer.llm import LLM
+
+        return LLM
+    if name == "SamplingParams":
+        from acorn.infer.sampling import SamplingParams
+
+        return SamplingParams
     raise AttributeError(f"module 'acorn' has no attribute {name!r}")

@@ -140,12 +140,28 @@ def cmd_speedrun(args) -> None:
 
 
 def cmd_generate(args) -> None:
+    prompt = args.prompt if args.prompt is not None else args.prompt_text
+    if prompt is None:
+        raise AcornError("give the text to continue: acorn generate CHECKPOINT --prompt \"Once upon a time\"")
     params = _sampling(args)  # bad settings fail before the model loads
     engine = _engine(args)
-    for delta in engine.stream(args.prompt, params):
-        sys.stdout.write(delta)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+    if params.n == 1 and params.num_beams == 1 and params.logprobs is None:
+        for delta in engine.stream(prompt, params):
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    completions = engine.generate(prompt, params)
+    for c in completions:
+        if len(completions) > 1:
+            score = f", score {c.score:.3f}" if c.score is not None else ""
+            print(f"--- sample {c.index + 1} ({c.finish_reason}{score})")
+        print(c.text)
+        if c.logprobs is not None:
+            tok = engine.tokenizer
+            for entry in c.logprobs:
+                alts = "  ".join(f"{tok.decode([i])!r} {lp:.3f}" for i, lp in entry["top_logprobs"])
+                print(f"  {tok.decode([entry['token_id']])!r:>16} {entry['logprob']:8.3f}   {alts}")
 
 
 def cmd_chat(args) -> None:
@@ -202,8 +218,9 @@ def _engine(args):
 def _sampling(args):
     from acorn.infer import SamplingParams
 
-    names = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop")
-    return SamplingParams(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
+    names = ("max_new_tokens", "min_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+             "frequency_penalty", "presence_penalty", "seed", "stop", "n", "num_beams", "length_penalty", "logprobs")
+    return SamplingParams(**{n: getattr(args, n) for n in names if getattr(args, n, None) is not None})
 
 
 def _add_inference_flags(s: argparse.ArgumentParser) -> None:
@@ -211,6 +228,11 @@ def _add_inference_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--temperature", type=float, help="0 = greedy; < 1 sharper, > 1 more random (default: 1.0)")
     s.add_argument("--top-k", type=int, help="sample among the k most likely tokens (default: off)")
     s.add_argument("--top-p", type=float, help="nucleus sampling: the most likely tokens up to this probability (default: off)")
+    s.add_argument("--min-p", type=float, help="drop tokens less likely than this fraction of the top one (default: off)")
+    s.add_argument("--repetition-penalty", type=float, help="CTRL penalty on tokens already in the text, e.g. 1.2 (default: 1 = off)")
+    s.add_argument("--frequency-penalty", type=float, help="OpenAI-style: subtract count x this from generated tokens")
+    s.add_argument("--presence-penalty", type=float, help="OpenAI-style: subtract this once a token has been generated")
+    s.add_argument("--min-new-tokens", type=int, help="do not stop before this many tokens (default: 0)")
     s.add_argument("--seed", type=int, help="seed of the sampler (default: random)")
     s.add_argument("--stop", action="append", metavar="STR", help="stop before this text (repeatable)")
     s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
@@ -341,10 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     # acorn generate / chat
     s = _parser(stages, "generate", "continue a prompt with a model (streams the text)",
-                "acorn generate runs/ckpt \"Once upon a time\" --max-new-tokens 50 --temperature 0.8")
+                "acorn generate runs/ckpt --prompt \"Once upon a time\" --max-new-tokens 50 --temperature 0.8")
     s.add_argument("checkpoint", help="a Hugging Face checkpoint directory with its tokenizer files")
-    s.add_argument("prompt", help="the text to continue")
+    s.add_argument("prompt_text", nargs="?", metavar="PROMPT", help="the text to continue (or --prompt)")
+    s.add_argument("--prompt", help="the text to continue")
     _add_inference_flags(s)
+    s.add_argument("-n", type=int, help="samples of the prompt, sharing one prefill (printed one after another)")
+    s.add_argument("--num-beams", type=int, help="beam search with this many beams (with -n: the n best beams)")
+    s.add_argument("--length-penalty", type=float, help="beam search: score = log-prob / length**this (default: 1)")
+    s.add_argument("--logprobs", type=int, metavar="K",
+                   help="print each token's log-probability and the K most likely alternatives")
     s.set_defaults(func=cmd_generate)
     s = _parser(stages, "chat", "talk with a model in the terminal (/reset forgets, /exit or Ctrl-D quits)",
                 "acorn chat runs/sft --system \"You are a helpful assistant.\" --temperature 0.7")

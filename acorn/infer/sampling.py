@@ -53,7 +53,7 @@ distribution the token was drawn from after temperature and the filters.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import InitVar, dataclass, fields
 from typing import Callable, Collection, Mapping, Sequence
 
 import torch
@@ -84,11 +84,18 @@ class SamplingParams:
     num_beams: int = 1  # beam search (elsewhere) when > 1
     length_penalty: float = 1.0  # beam score = log-prob sum / length ** length_penalty (transformers)
     early_stopping: bool | str = False  # True, False or "never", as transformers' beam search
+    # vLLM's constructor spellings, SamplingParams(max_tokens=64): moved onto the fields above.
+    max_tokens: InitVar[int | None] = None
+    min_tokens: InitVar[int | None] = None
 
     # The OpenAI/vLLM names for fields that have a transformers name here.
     ALIASES = {"max_tokens": "max_new_tokens", "min_tokens": "min_new_tokens"}
 
-    def __post_init__(self):
+    def __post_init__(self, max_tokens=None, min_tokens=None):
+        if max_tokens is not None:
+            self.max_new_tokens = max_tokens
+        if min_tokens is not None:
+            self.min_new_tokens = min_tokens
         # Normalise the forms people write ("stop": "\n", a tuple) to lists.
         self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
         self.stop_token_ids = [int(i) for i in (self.stop_token_ids or ())]
