@@ -82,6 +82,7 @@ class _Sequence:
         self.finish_reason: str | None = None
         self.logprobs: list[dict] | None = [] if params.logprobs is not None else None
         self.cached_tokens = 0
+        self.constraint = None  # structured output: which tokens may come next (acorn.infer.structured)
 
     @property
     def finished(self) -> bool:
@@ -111,6 +112,11 @@ class _Sequence:
             return self._emit(len(self.pending))
         return self._emit(len(self.pending) - _held_back(self.pending, stop))
 
+    def push_end(self) -> str:
+        """Release the held-back text of a sequence that ends without a stop token."""
+        self.pending += self.decoder.flush()
+        return self._emit(len(self.pending))
+
     def _emit(self, n: int, drop_rest: bool = False) -> str:
         out, self.pending = self.pending[:n], ("" if drop_rest else self.pending[n:])
         self.text += out
@@ -123,7 +129,9 @@ class _Sequence:
 
     def fork(self, index: int, generator: torch.Generator, decoder) -> "_Sequence":
         """A sibling sample of the same prompt (n > 1), before any output."""
-        return _Sequence(self.prompt, self.params, self.stop_ids, generator, decoder, self.max_len, index)
+        child = _Sequence(self.prompt, self.params, self.stop_ids, generator, decoder, self.max_len, index)
+        child.constraint = self.constraint.fresh() if self.constraint is not None else None
+        return child
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
@@ -271,8 +279,13 @@ class Engine:
         if bad:
             raise AcornError(f"token id {bad[0]} in logit_bias/stop_token_ids is outside the vocabulary (0..{vocab - 1})")
         stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self.stop_token_ids)
-        return _Sequence(prompt, params, stop_ids, self._generator(params, seed_offset),
-                         self.tokenizer.stream_decoder(), max_len, index)
+        seq = _Sequence(prompt, params, stop_ids, self._generator(params, seed_offset),
+                        self.tokenizer.stream_decoder(), max_len, index)
+        if params.guided is not None:
+            from acorn.infer.structured import build_constraint
+
+            seq.constraint = build_constraint(params.guided, self.tokenizer, stop_ids)
+        return seq
 
     def _generator(self, params: SamplingParams, offset: int) -> torch.Generator:
         seed = params.seed if params.seed is not None else int(torch.randint(2**62, ()))
@@ -282,20 +295,35 @@ class Engine:
     def _sample(self, logits: Tensor, seqs: list[_Sequence]) -> list[str]:
         """One token for each sequence from its logits row (raw model logits,
         cut to the tokenizer's vocabulary); returns each one's new text."""
+        raw = logits
+        guided = [i for i, s in enumerate(seqs) if s.constraint is not None]
+        if guided:  # structured output: only the tokens that keep the text valid
+            allowed = torch.stack([seqs[i].constraint.allowed(logits.shape[-1]) for i in guided]).to(logits.device)
+            logits = logits.clone()
+            rows = torch.tensor(guided, device=logits.device)
+            logits[rows] = logits[rows].masked_fill(~allowed, float("-inf"))
         nxt = sample(logits, [s.params for s in seqs], [s.output for s in seqs], [s.generator for s in seqs],
                      prompts=[s.prompt for s in seqs], stop_ids=[s.stop_ids for s in seqs])
         want = [i for i, s in enumerate(seqs) if s.logprobs is not None]
         if want:
             rows = torch.tensor(want, device=logits.device)
             k = max(seqs[i].params.logprobs for i in want)
-            chosen, top_ids, top_lps = token_logprobs(logits[rows], nxt[rows], k)
+            chosen, top_ids, top_lps = token_logprobs(raw[rows], nxt[rows], k)
             for j, i in enumerate(want):
                 kk = seqs[i].params.logprobs
                 seqs[i].logprobs.append({
                     "token_id": int(nxt[i]), "logprob": float(chosen[j]),
                     "top_logprobs": list(zip(top_ids[j, :kk].tolist(), top_lps[j, :kk].tolist())),
                 })
-        return [s.push(t) for s, t in zip(seqs, nxt.tolist())]
+        out = []
+        for s, t in zip(seqs, nxt.tolist()):
+            if s.constraint is not None:
+                s.constraint.advance(t)
+            out.append(s.push(t))
+            if s.constraint is not None and not s.finished and s.constraint.done() and not s.stop_ids:
+                s.finish_reason = "stop"  # complete, and no stop token to end it with
+                out[-1] += s.push_end()
+        return out
 
     # ------------------------------------------------------------ the paged loop
     @property

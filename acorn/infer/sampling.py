@@ -84,6 +84,9 @@ class SamplingParams:
     num_beams: int = 1  # beam search (elsewhere) when > 1
     length_penalty: float = 1.0  # beam score = log-prob sum / length ** length_penalty (transformers)
     early_stopping: bool | str = False  # True, False or "never", as transformers' beam search
+    # Structured output (acorn.infer.structured): one of {"json_schema": {...}}, {"json_object": True},
+    # {"regex": "..."}, {"choice": ["yes", "no"]}, {"grammar": "<lark>"}; tokens that would break it are masked.
+    guided: dict | None = None
     # vLLM's constructor spellings, SamplingParams(max_tokens=64): moved onto the fields above.
     max_tokens: InitVar[int | None] = None
     min_tokens: InitVar[int | None] = None
@@ -100,6 +103,10 @@ class SamplingParams:
         self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
         self.stop_token_ids = [int(i) for i in (self.stop_token_ids or ())]
         problems = []
+        guided_kinds = ("json_schema", "json_object", "regex", "choice", "grammar")
+        if self.guided is not None and not (isinstance(self.guided, dict) and len(self.guided) == 1
+                                            and next(iter(self.guided)) in guided_kinds):
+            problems.append(f"guided must be a dict with one key of {', '.join(guided_kinds)}, not {self.guided!r}")
         if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
             problems.append(f"max_new_tokens must be an integer >= 1, not {self.max_new_tokens!r}")
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
