@@ -64,3 +64,17 @@ def test_cli_generate_without_a_prompt_is_one_line_exit_2(checkpoint, capsys):
     assert main(["generate", str(checkpoint[0])]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--prompt" in err
+
+
+def test_beam_search_runs_through_generate_and_the_cli(checkpoint, capsys):
+    from acorn.infer.beam import beam_search
+
+    engine = Engine.from_pretrained(checkpoint[0], device="cpu")
+    outs = engine.generate("The cat sat on", max_new_tokens=8, num_beams=3, n=2, ignore_eos=True)
+    beams = beam_search(engine.model, engine.encode("The cat sat on"), num_beams=3, max_new_tokens=8,
+                        vocab_size=engine.tokenizer.vocab_size, num_return=2)
+    assert [c.token_ids for c in outs] == [b.token_ids for b in beams]
+    assert [c.score for c in outs] == [b.score for b in beams] and outs[0].score >= outs[1].score
+    assert main(["generate", str(checkpoint[0]), "--prompt", "The cat sat on", "--num-beams", "3", "-n", "2",
+                 "--max-new-tokens", "8", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.count(", score ") == 2

@@ -243,3 +243,20 @@ def test_bad_requests_are_refused_with_one_clear_line(checkpoint):
     engine.add_request("hi", request_id="a")
     with pytest.raises(AcornError, match="already in use"):
         engine.add_request("hi", request_id="a")
+
+
+# ------------------------------------------------------------ every architecture
+@pytest.mark.parametrize("name", ["gpt2", "llama", "llama-tied-biases", "mistral-window", "qwen2-window", "qwen3",
+                                  "mixtral", "llama-yarn-rope"])
+def test_paged_greedy_equals_transformers_for_each_family(name, tmp_path, tok):
+    """Learned positions, biases, sliding windows, QK-norm, experts and RoPE
+    scalings all go through the paged forward, not only Llama's layout."""
+    from acorn.checkpoint import load
+    from tests.test_checkpoint import NEW, PAD, _batch, _hf_greedy, _hf_model
+
+    hf, path = _hf_model(name, tmp_path)
+    ids, mask = _batch()
+    expected = _hf_greedy(hf, ids, mask, NEW).tolist()
+    engine = Engine(load(path, dtype="float32", device="cpu"), tok, block_size=4, max_num_batched_tokens=10)
+    prompts = [ids[0].tolist(), ids[1, PAD:].tolist()]
+    assert _ids(engine.generate(prompts, max_new_tokens=NEW, **GREEDY)) == expected
