@@ -202,6 +202,20 @@ def cmd_chat(args) -> None:
         history.append({"role": "assistant", "content": "".join(reply)})
 
 
+def cmd_watermark_detect(args) -> None:
+    from acorn.infer.watermark import detect
+    from acorn.tokenizer import read_text_file
+
+    text = read_text_file(Path(args.file))
+    if not text.strip():
+        raise AcornError(f"{args.file}: the file is empty; give the text to test")
+    d = detect(text, _load_tokenizer(args.tokenizer), args.key, gamma=args.gamma, context=args.context,
+               z_threshold=args.z, scheme=args.scheme)
+    print(f"tokens scored: {d.num_tokens}, green: {d.num_green} ({d.green_fraction:.1%}; {args.gamma:.1%} expected "
+          f"without the watermark)\nz-score: {d.z_score:.2f}\np-value: {d.p_value:.3g}\n"
+          f"verdict: {'watermarked' if d.watermarked else 'not watermarked'} (threshold z > {args.z:g})")
+
+
 # ------------------------------------------------------------------- helpers
 def _load_tokenizer(name: str):
     from acorn.tokenizer import Tokenizer
@@ -413,6 +427,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--price-per-million", type=float, help="price in dollars per million tokens")
     s.add_argument("--errors", default="strict", choices=["strict", "replace"])
     s.set_defaults(func=cmd_tokens_count)
+    # acorn watermark detect
+    wm = _parser(stages, "watermark", "detect the green-list watermark (Kirchenbauer et al. 2023) in text",
+                 "acorn watermark detect essay.txt --tokenizer runs/ckpt --key SECRET")
+    wsub = wm.add_subparsers(dest="cmd", metavar="COMMAND")
+    wsub.required = True
+    s = _parser(wsub, "detect", "z-score, p-value and verdict for a text file; needs the key and tokenizer, not "
+                "the model", "acorn watermark detect essay.txt --tokenizer runs/ckpt --key SECRET --z 4")
+    s.add_argument("file", help="UTF-8 text file to test")
+    s.add_argument("--tokenizer", required=True, help="tokenizer directory or file, or a checkpoint directory")
+    s.add_argument("--key", required=True, help="the watermark's secret key (the Python API's key, as a string)")
+    s.add_argument("--gamma", type=float, default=0.25, help="green fraction used when generating (default: 0.25)")
+    s.add_argument("--z", type=float, default=4.0, help="z-score above which the text is watermarked (default: 4)")
+    s.add_argument("--context", type=int, default=1, help="tokens hashed into the seed (default: 1)")
+    s.add_argument("--scheme", default="lefthash", choices=["lefthash", "minhash"], help="seeding scheme for --context > 1")
+    s.set_defaults(func=cmd_watermark_detect)
     return p
 
 
