@@ -331,9 +331,10 @@ def _to_hf(family: str, cfg: ModelConfig, sd: dict[str, Tensor]) -> dict[str, Te
     return out
 
 
-def _from_hf(family: str, cfg: ModelConfig, get):
+def _from_hf(family: str, cfg: ModelConfig, get, model: Transformer | None = None):
     """The inverse of _to_hf: yields (Acorn name, tensor), reading each with `get(checkpoint name)`
-    only when it is needed, so the caller can convert and place it before the next is read."""
+    only when it is needed, so the caller can convert and place it before the next is read.
+    model: the (meta) model to fill, when it is not the plain one of cfg (a quantized one)."""
     if family == "gpt2":
         d = cfg.d_model
         yield "model.embed_tokens.weight", get("transformer.wte.weight")
@@ -358,7 +359,7 @@ def _from_hf(family: str, cfg: ModelConfig, get):
         if not cfg.tie_embeddings:
             yield "lm_head.weight", get("lm_head.weight")
         return
-    for name in build(cfg, device="meta").state_dict():
+    for name in (model or build(cfg, device="meta")).state_dict():
         if name == "lm_head.weight" and cfg.tie_embeddings:
             continue
         m = re.fullmatch(r"model\.layers\.(\d+)\.mlp\.(gate\.weight|gate_proj|up_proj|down_proj)", name)
@@ -373,9 +374,9 @@ def _from_hf(family: str, cfg: ModelConfig, get):
         yield name, get(name)
 
 
-def _expected_tensors(family: str, cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor a checkpoint of this config holds (computed on meta tensors)."""
-    return {k: tuple(v.shape) for k, v in _to_hf(family, cfg, build(cfg, device="meta").state_dict()).items()}
+def _expected_tensors(family: str, cfg: ModelConfig, model: Transformer | None = None) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor a checkpoint of this config (or of this meta model) holds."""
+    return {k: tuple(v.shape) for k, v in _to_hf(family, cfg, (model or build(cfg, device="meta")).state_dict()).items()}
 
 
 def _ignorable(family: str, cfg: ModelConfig, name: str) -> bool:
@@ -485,8 +486,9 @@ def _canonical_names(family: str, names) -> dict[str, str]:
     return {n: n if n.startswith(("transformer.", "lm_head.")) else "transformer." + n for n in names}
 
 
-def _check_tensors(family: str, cfg: ModelConfig, weights: _Weights, names: dict[str, str], where: Path) -> None:
-    expected = _expected_tensors(family, cfg)
+def _check_tensors(family: str, cfg: ModelConfig, weights: _Weights, names: dict[str, str], where: Path,
+                   model: Transformer | None = None) -> None:
+    expected = _expected_tensors(family, cfg, model)
     present = {canon: weights.shapes[disk] for disk, canon in names.items()}
     missing = [n for n in expected if n not in present]
     if missing:
@@ -556,18 +558,26 @@ def load(path, *, dtype=None, device="auto", allow_pickle: bool = False) -> Tran
         dtype = saved if isinstance(saved, str) and saved in _DTYPES else "float32"
     dtype, device = resolve_dtype(dtype), resolve_device(device)
 
+    model = build(cfg, device="meta")
+    if hf.get("quantization") is not None:  # written by acorn quantize: swap in its quantized layers
+        from acorn.quant import prepare
+
+        prepare(model, hf["quantization"], str(directory / "config.json"))
     weights = _Weights(directory, allow_pickle=allow_pickle)
     names = _canonical_names(family, weights.files)
-    _check_tensors(family, cfg, weights, names, directory)
+    _check_tensors(family, cfg, weights, names, directory, model)
     disk = {canon: n for n, canon in names.items()}
 
-    model = build(cfg, device="meta")
-    for name, tensor in _from_hf(family, cfg, lambda n: weights.get(disk[n])):
+    for name, tensor in _from_hf(family, cfg, lambda n: weights.get(disk[n]), model):
         module_name, _, leaf = name.rpartition(".")
         module = model.get_submodule(module_name)
+        old = getattr(module, leaf)
+        if not isinstance(old, nn.Parameter):  # a quantized layer's codes or scales: kept in their own dtype
+            setattr(module, leaf, tensor.to(device=device).contiguous())
+            continue
         # Straight to the target dtype and device, one tensor at a time: no second copy of the model.
         value = tensor.to(device=device, dtype=dtype).contiguous()
-        setattr(module, leaf, nn.Parameter(value, requires_grad=getattr(module, leaf).requires_grad))
+        setattr(module, leaf, nn.Parameter(value, requires_grad=old.requires_grad))
     if cfg.tie_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
@@ -597,13 +607,20 @@ def save(model: Transformer, directory, *, tokenizer=None, dtype=None, max_shard
     dtype on disk (default: the model's). Files are written to a temporary directory and moved into
     place, so an interrupted save leaves the previous checkpoint (if any) whole.
     """
+    from acorn.quant import float_dtype, quantization_of, stored_tensors
+
     cfg = model.config
     arch = hf_architecture(cfg)
     family = ARCHITECTURES[arch]
+    quantization = quantization_of(model)
+    if quantization is not None and family == "gpt2":
+        raise AcornError("a quantized model with GPT-2's layout cannot be saved: its checkpoint fuses q, k and v "
+                         "and transposes every matrix, which packed weights cannot follow; quantize a RoPE model")
     if cfg.n_experts and cfg.moe_capacity_factor is not None:
         warnings.warn(f"moe_capacity_factor={cfg.moe_capacity_factor} is a training-time limit; transformers' "
                       "Mixtral runs dropless, so its outputs can differ where tokens were dropped", stacklevel=2)
-    dtype = resolve_dtype(dtype if dtype is not None else model.dtype)
+    dtype = resolve_dtype(dtype if dtype is not None else float_dtype(model) if quantization else model.dtype)
+    keep = stored_tensors(model) if quantization else set()  # quantized codes and scales keep their dtype
     limit = _parse_size(max_shard_size)
     bos = eos = pad = None
     if tokenizer is not None:
@@ -616,7 +633,7 @@ def save(model: Transformer, directory, *, tokenizer=None, dtype=None, max_shard
     # wants them contiguous: give each its own contiguous copy unless it already is one.
     tensors = {}
     for name, t in _to_hf(family, cfg, model.state_dict()).items():
-        t = t.detach().to(device="cpu", dtype=dtype)
+        t = t.detach().to(device="cpu", dtype=t.dtype if name in keep else dtype)
         if not t.is_contiguous() or t.untyped_storage().nbytes() != t.numel() * t.element_size():
             t = t.clone(memory_format=torch.contiguous_format)
         tensors[name] = t
@@ -649,7 +666,10 @@ def save(model: Transformer, directory, *, tokenizer=None, dtype=None, max_shard
                 weight_map.update(dict.fromkeys(shard, file))
             total = sum(t.numel() * t.element_size() for t in tensors.values())
             write_json(tmp / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
-        write_json(tmp / "config.json", hf_config(cfg, dtype=dtype, bos_id=bos, eos_id=eos, pad_id=pad))
+        config = hf_config(cfg, dtype=dtype, bos_id=bos, eos_id=eos, pad_id=pad)
+        if quantization:
+            config["quantization"] = quantization
+        write_json(tmp / "config.json", config)
         gen = {k: v for k, v in (("bos_token_id", bos), ("eos_token_id", eos), ("pad_token_id", pad)) if v is not None}
         write_json(tmp / "generation_config.json", {**gen, **(generation_config or {})})
         if tokenizer is not None:

@@ -119,6 +119,13 @@ def cmd_model_info(args) -> None:
     print(model_info(args.path))
 
 
+def cmd_quantize(args) -> None:
+    from acorn.quant import quantize_checkpoint
+
+    print(quantize_checkpoint(args.checkpoint, args.method, args.out, group_size=args.group_size,
+                              skip=() if args.quantize_head else ("lm_head",)))
+
+
 def cmd_pretrain(args) -> None:
     from acorn.config import load
     from acorn.train.pretrain import PretrainConfig, pretrain
@@ -374,6 +381,17 @@ def build_parser() -> argparse.ArgumentParser:
                 "(reads config.json and safetensors headers only)", "acorn model info gpt2-124m")
     s.add_argument("path", help="a Hugging Face checkpoint directory, or an Acorn preset name (e.g. gpt2-124m)")
     s.set_defaults(func=cmd_model_info)
+
+    # acorn quantize
+    s = _parser(stages, "quantize", "weight-only quantization of a checkpoint (int8, int4 or NF4); prints the "
+                "weights' memory before and after", "acorn quantize runs/ckpt --method int4 --group-size 128 --out runs/ckpt-int4")
+    s.add_argument("checkpoint", help="a Hugging Face checkpoint directory (its tokenizer files are copied)")
+    s.add_argument("--method", required=True, metavar="int8|int4|nf4",
+                   help="int8: per output channel; int4: groups, asymmetric; nf4: QLoRA's NormalFloat4")
+    s.add_argument("--group-size", type=int, help="inputs per scale: 32, 64, 128 or 256 (default: 128 for int4, 64 for nf4)")
+    s.add_argument("--quantize-head", action="store_true", help="quantize an untied output head too (default: kept float)")
+    s.add_argument("--out", required=True, help="directory for the quantized checkpoint")
+    s.set_defaults(func=cmd_quantize)
 
     # acorn generate / chat
     s = _parser(stages, "generate", "continue a prompt with a model (streams the text)",
