@@ -107,6 +107,9 @@ class SamplingParams:
         if self.guided is not None and not (isinstance(self.guided, dict) and len(self.guided) == 1
                                             and next(iter(self.guided)) in guided_kinds):
             problems.append(f"guided must be a dict with one key of {', '.join(guided_kinds)}, not {self.guided!r}")
+        elif self.guided is not None and (self.num_beams != 1 or self.min_new_tokens):
+            # The grammar decides where the text ends: a minimum length or a beam could contradict it.
+            problems.append("guided (structured output) cannot be combined with num_beams > 1 or min_new_tokens")
         if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
             problems.append(f"max_new_tokens must be an integer >= 1, not {self.max_new_tokens!r}")
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):

@@ -250,3 +250,11 @@ def test_llguidance_tokenizer_built_once(tok):
     assert a._start is b._start  # the compiled start state is shared; each constraint advances its own copy
     a.advance(tok.encode("1")[0])
     assert not b.is_complete() and a.is_complete()
+
+
+@pytest.mark.parametrize("extra", [dict(num_beams=2), dict(min_new_tokens=3)])
+def test_guided_refuses_beams_and_a_minimum_length(extra):
+    from acorn.infer import SamplingParams
+
+    with pytest.raises(AcornError, match="cannot be combined"):
+        SamplingParams(guided={"regex": "[ab]+"}, **extra)
