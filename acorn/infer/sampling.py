@@ -107,7 +107,12 @@ class SamplingParams:
         if self.guided is not None and not (isinstance(self.guided, dict) and len(self.guided) == 1
                                             and next(iter(self.guided)) in guided_kinds):
             problems.append(f"guided must be a dict with one key of {', '.join(guided_kinds)}, not {self.guided!r}")
-        elif self.guided is not None and (self.num_beams != 1 or self.min_new_tokens):
+        if _is_int(self.num_beams) and self.num_beams > 1 and (
+                self.logits_processors or self.logit_bias or self.repetition_penalty != 1.0
+                or self.frequency_penalty or self.presence_penalty):
+            problems.append("beam search scores the model's own log-probabilities: it takes no logits_processors, "
+                            "logit_bias or penalties")
+        if self.guided is not None and isinstance(self.guided, dict) and (self.num_beams != 1 or self.min_new_tokens):
             # The grammar decides where the text ends: a minimum length or a beam could contradict it.
             problems.append("guided (structured output) cannot be combined with num_beams > 1 or min_new_tokens")
         if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):

@@ -78,3 +78,10 @@ def test_beam_search_runs_through_generate_and_the_cli(checkpoint, capsys):
     assert main(["generate", str(checkpoint[0]), "--prompt", "The cat sat on", "--num-beams", "3", "-n", "2",
                  "--max-new-tokens", "8", "--device", "cpu"]) == 0
     assert capsys.readouterr().out.count(", score ") == 2
+
+
+@pytest.mark.parametrize("extra", [dict(logit_bias={1: 5.0}), dict(repetition_penalty=1.3),
+                                   dict(logits_processors=[lambda p, o, x: x])])
+def test_beam_search_refuses_logits_processors_it_would_ignore(extra):
+    with pytest.raises(acorn.AcornError, match="beam search"):
+        acorn.SamplingParams(num_beams=2, **extra)
