@@ -203,11 +203,13 @@ class Engine:
     max_num_batched_tokens: most tokens in one step (decodes + prefill chunks);
         a longer prompt is prefilled in chunks of at most this many tokens.
     prefix_caching: share the KV blocks of common prompt prefixes.
+    kv_cache_dtype: "auto" (the model's dtype) or "int8" (per-head scales; half
+        of bf16's memory, a quarter of fp32's).
     """
 
     def __init__(self, model, tokenizer, *, device=None, stop_token_ids: Sequence[int] = (), paged: bool = True,
                  kv_cache_memory: int | None = None, block_size: int = 16, max_num_seqs: int = 64,
-                 max_num_batched_tokens: int = 512, prefix_caching: bool = True):
+                 max_num_batched_tokens: int = 512, prefix_caching: bool = True, kv_cache_dtype: str = "auto"):
         if device is not None:
             model = model.to(device)
         self.model = model.eval()
@@ -224,7 +226,8 @@ class Engine:
         if max_num_seqs < 1 or max_num_batched_tokens < 1:
             raise AcornError("max_num_seqs and max_num_batched_tokens must be at least 1")
         self.dtype = next(model.parameters()).dtype
-        per_token = PagedKV.bytes_per_token(cfg, self.dtype)
+        self.kv_cache_dtype = kv_cache_dtype
+        per_token = PagedKV.bytes_per_token(cfg, self.dtype, kv_cache_dtype)
         if kv_cache_memory is None:
             kv_cache_memory = max(min(max_num_seqs * cfg.max_seq_len * per_token, 1 << 30), cfg.max_seq_len * per_token)
         self.block_size = block_size
@@ -335,7 +338,7 @@ class Engine:
 
             blocks = BlockManager(self.num_blocks, self.block_size, prefix_caching=self.prefix_caching)
             self._kv = PagedKV(self.model.config, self.num_blocks, self.block_size, dtype=self.dtype,
-                               device=self.device)
+                               device=self.device, kv_dtype=self.kv_cache_dtype)
             self.blocks = blocks
             self.scheduler = Scheduler(blocks, max_num_seqs=self.max_num_seqs,
                                        max_num_batched_tokens=self.max_num_batched_tokens)
@@ -587,7 +590,7 @@ class Engine:
     # ------------------------------------------------------------ accounting
     def stats(self) -> dict:
         """KV memory and scheduler figures (for logs, benchmarks and /metrics)."""
-        per_token = PagedKV.bytes_per_token(self.model.config, self.dtype)
+        per_token = PagedKV.bytes_per_token(self.model.config, self.dtype, self.kv_cache_dtype)
         out = {"paged": self.paged, "block_size": self.block_size, "num_blocks": self.num_blocks,
                "kv_bytes_per_token": per_token, "kv_cache_bytes": self.num_blocks * self.block_size * per_token}
         if self._kv is not None:

@@ -194,21 +194,37 @@ class BlockManager:
 class PagedKV:
     """The block pool itself: per layer, keys and values of shape
     (num_blocks * block_size, n_kv_head, head_dim); slot s is token s % block_size
-    of block s // block_size."""
+    of block s // block_size. Attention goes through write() and read(), so the
+    storage format (the model's dtype, or int8 with scales) stays in here."""
 
-    def __init__(self, cfg, num_blocks: int, block_size: int, *, dtype: torch.dtype, device):
+    def __init__(self, cfg, num_blocks: int, block_size: int, *, dtype: torch.dtype, device,
+                 kv_dtype: str = "auto"):
+        if kv_dtype not in ("auto", "int8"):
+            raise AcornError(f"unknown KV cache dtype {kv_dtype!r}; choose auto (the model's) or int8")
+        if kv_dtype == "int8":
+            raise AcornError("the int8 KV cache is not implemented yet")
         slots = num_blocks * block_size
         shape = (slots, cfg.n_kv_head, cfg.head_dim)
+        self.kv_dtype = kv_dtype
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
         self.block_size = block_size
 
     @staticmethod
-    def bytes_per_token(cfg, dtype: torch.dtype) -> int:
+    def bytes_per_token(cfg, dtype: torch.dtype, kv_dtype: str = "auto") -> int:
         return 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * torch.empty((), dtype=dtype).element_size()
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    def write(self, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> None:
+        """k, v (N, n_kv_head, head_dim): the new tokens' keys and values into their slots."""
+        self.keys[layer].index_copy_(0, slots, k.to(self.keys[layer].dtype))
+        self.values[layer].index_copy_(0, slots, v.to(self.values[layer].dtype))
+
+    def read(self, layer: int, index: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Keys and values at pool slots `index` (any shape), as (*index.shape, n_kv_head, head_dim) in dtype."""
+        return self.keys[layer][index].to(dtype), self.values[layer][index].to(dtype)
 
     def copy_block(self, src: int, dst: int, n_tokens: int) -> None:
         a, b = src * self.block_size, dst * self.block_size
@@ -309,22 +325,20 @@ def paged_attention(attn, x: Tensor, rope, layer: int, step: StepInput, kv: Page
     """attn: an acorn.model.Attention; x (1, N, d_model). Writes the new keys
     and values into the pool, then attends each row to its request's context."""
     q, k, v = attn.qkv(x, rope)  # (1, H, N, D)
-    kc, vc = kv.keys[layer], kv.values[layer]
-    kc.index_copy_(0, step.slots, k[0].transpose(0, 1).to(kc.dtype))
-    vc.index_copy_(0, step.slots, v[0].transpose(0, 1).to(vc.dtype))
+    kv.write(layer, step.slots, k[0].transpose(0, 1), v[0].transpose(0, 1))
     n, heads, dim = x.shape[1], q.shape[1], q.shape[3]
     q = q[0].transpose(0, 1)  # (N, H, D)
     out = q.new_empty(n, heads, dim)
     if step.decode_rows is not None:
         qd = q[step.decode_rows][:, :, None, :]  # (Bd, H, 1, D)
-        kd = kc[step.decode_gather].permute(0, 2, 1, 3)  # (Bd, Hkv, S, D)
-        vd = vc[step.decode_gather].permute(0, 2, 1, 3)
-        out[step.decode_rows] = _sdpa(qd, kd.to(q.dtype), vd.to(q.dtype), step.decode_mask, False)[:, :, 0]
+        kd, vd = kv.read(layer, step.decode_gather, q.dtype)  # (Bd, S, Hkv, D)
+        out[step.decode_rows] = _sdpa(qd, kd.permute(0, 2, 1, 3), vd.permute(0, 2, 1, 3), step.decode_mask,
+                                      False)[:, :, 0]
     for row, count, context, mask in step.prefills:
         qp = q[row:row + count].transpose(0, 1)[None]  # (1, H, T, D)
-        kp = kc[context].transpose(0, 1)[None].to(q.dtype)
-        vp = vc[context].transpose(0, 1)[None].to(q.dtype)
-        out[row:row + count] = _sdpa(qp, kp, vp, mask, mask is None)[0].transpose(0, 1)
+        kp, vp = kv.read(layer, context, q.dtype)  # (S, Hkv, D)
+        out[row:row + count] = _sdpa(qp, kp.transpose(0, 1)[None], vp.transpose(0, 1)[None], mask,
+                                     mask is None)[0].transpose(0, 1)
     return attn.o_proj(out.reshape(1, n, heads * dim))
 
 
