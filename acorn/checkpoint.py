@@ -731,6 +731,11 @@ def model_info(path) -> str:
             kinds = sorted({weights.dtypes[n] for n in counted})
             n_files = len(set(weights.files.values()))
             on_disk = f"{'/'.join(kinds)}, {_human(nbytes)} in {n_files} file{'s' if n_files > 1 else ''}"
+            q = hf.get("quantization")
+            if isinstance(q, dict):  # packed codes are not one number per parameter: count from the config
+                total = cfg.num_params()
+                group = f", group size {q.get('group_size')}" if q.get("group_size") else ""
+                on_disk += f"; {q.get('method')}{group} in {len(q.get('modules') or [])} layers (acorn quantize)"
     elif str(path) in PRESETS:
         cfg, title = ModelConfig.from_preset(str(path)), f"{path} (Acorn preset)"
         try:

@@ -8,13 +8,13 @@ every weight, bounded as stated for each method:
   int8  one symmetric scale per output row, s = absmax(row) / 127, q = round(w / s)
         in [-127, 127]; w' = q s, so |w - w'| <= s/2 (LLM.int8()'s weight format without
         the outlier path, Dettmers et al. 2022; gpt-fast's int8).
-  int4  group-wise and asymmetric (GPTQ/AWQ-style groups of 32, 64 or 128 inputs): each
+  int4  group-wise and asymmetric (GPTQ/AWQ-style groups of 32 to 256 inputs): each
         group's [min, max] is mapped onto the codes 0..15, w' = q s + m with
         s = (max - min) / 15, so |w - w'| <= s/2. The zero point (the code where 0.0
         falls, -m/s) is kept as the float offset m, as llama.cpp's Q4_1 and torch's int4
         kernels keep it: an integer zero point would shift the grid off [min, max] and
         break the s/2 bound at the ends of the group.
-  nf4   NormalFloat4 (QLoRA, Dettmers et al. 2023): blocks of 64 weights scaled by their
+  nf4   NormalFloat4 (QLoRA, Dettmers et al. 2023): blocks of 64 weights (QLoRA's) scaled by their
         absmax onto [-1, 1] and rounded to the nearest of 16 code values placed at quantiles
         of a normal distribution (NF4_CODE, bitsandbytes' table). Double quantization: the
         fp32 absmax of every block is itself quantized to 8 bits, in blocks of 256, after
@@ -25,10 +25,10 @@ every weight, bounded as stated for each method:
 
 Storage (what the state dict and a saved checkpoint hold) is portable: 4-bit codes two
 to a byte, first code in the high nibble (bitsandbytes' and torch's order), scales in
-bfloat16, which stores any weight's range. The kernel layouts are
-machine-specific (torch's CPU int4 layout depends on the SIMD width, its CUDA one on
-the GPU), so a layer converts its codes on first use and keeps the converted copy
-beside the portable one; that copy is not counted in `footprint` nor saved.
+bfloat16, which stores any weight's range. The kernels' layouts are their own (torch's
+CPU int4 layout is a blocked one, its CUDA one is tiled for the GPU), so a layer converts
+its codes on first use and keeps the converted copy beside the portable one; that copy
+is not counted in `footprint` nor saved.
 
 Kernels. int8 uses torch.ops.aten._weight_int8pack_mm; int4 uses
 _weight_int4pack_mm_for_cpu (after _convert_weight_to_int4pack_for_cpu) on CPU and
@@ -39,6 +39,10 @@ a layer whose shape a kernel refuses (torch's CPU int4 kernel wants out_features
 == 0) falls back alone. Kernels have no backward, so a forward that needs gradients
 through the input (LoRA on a quantized base) takes the fallback. NF4 always dequantizes
 to the input's dtype and calls F.linear, as bitsandbytes does for its CPU path.
+On the CPU measured (benchmarks/quant.py) torch's int8/int4 kernels are fast only with
+bfloat16 activations (0.4-0.5x the time of a bf16 F.linear at 1024 x 1024); with float32
+activations they are 5-12x slower than an fp32 F.linear, so on CPU load quantized
+checkpoints with dtype="bfloat16".
 
 What is quantized. Every nn.Linear of the blocks (q/k/v/o_proj, gate/up/down_proj).
 The embeddings and the output head stay in floating point by default, as llama.cpp
@@ -103,6 +107,8 @@ def dynamic_code() -> Tensor:
 
 
 _DYNAMIC = dynamic_code()
+# Byte -> its two NF4 values (high nibble first): one lookup per byte dequantizes two weights.
+_NF4_PAIRS = torch.stack([NF4_CODE[torch.arange(256) >> 4], NF4_CODE[torch.arange(256) & 15]], dim=-1)
 
 
 # -------------------------------------------------------------- helpers
@@ -154,7 +160,8 @@ def _probe(kind: str, device: torch.device, dtype: torch.dtype) -> bool:
                 fast = layer._kernel_forward(x)
                 slow = F.linear(x.float(), layer.dequantize(torch.float32))
             tol = 1e-3 if dtype == torch.float32 else 5e-2
-            _PROBED[key] = fast is not None and torch.allclose(fast.float(), slow, rtol=tol, atol=tol * slow.abs().max())
+            _PROBED[key] = fast is not None and torch.allclose(fast.float(), slow, rtol=tol,
+                                                               atol=tol * slow.abs().max())
         except Exception:  # a missing op, or one whose arguments changed in this torch
             _PROBED[key] = False
     return _PROBED[key]
@@ -186,11 +193,19 @@ class _QuantLinear(nn.Module):
         # The bias stays float and frozen: a quantized layer is a base that is not trained.
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype or torch.float32),
                                  requires_grad=False) if bias else None
-        self._cache: dict = {}  # (device, dtype) -> the kernel's layout of the weight
+        self._cache: dict = {}  # the kernel's layout of the weight and scales, by device (and dtype)
 
     def _apply(self, fn, recurse=True):
-        self._cache = {}  # moved or cast: the kernel copies belong to the old device
-        return super()._apply(fn, recurse)
+        """.to(), .cuda(), .half() ...: the codes and scales move but keep their dtype (a cast
+        would round the fp32 NF4 scales, or make codes of floats); the bias follows the model."""
+        self._cache = {}  # the kernel copies belong to the old device or dtype
+        stored = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, old in stored.items():
+            new = self._buffers[name]
+            if old is not None and new.dtype != old.dtype:
+                self._buffers[name] = old.to(new.device)
+        return self
 
     def _bias(self, dtype: torch.dtype) -> Tensor | None:
         return None if self.bias is None else self.bias.to(dtype)
@@ -255,7 +270,7 @@ class Int8Linear(_QuantLinear):
         return (self.weight.float() * self.scale.float()[:, None]).to(dtype)
 
     def _fallback(self, x: Tensor) -> Tensor:
-        # The scale is per output, so it can wait until after the matmul: no float copy of W.
+        # The scale is per output row, so it scales the output instead of W: one cast of W, no second pass.
         y = F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
         return y if self.bias is None else y + self._bias(x.dtype)
 
@@ -307,33 +322,33 @@ class Int4Linear(_QuantLinear):
         return w.reshape(self.out_features, self.in_features).to(dtype)
 
     def _kernel_forward(self, x2: Tensor) -> Tensor | None:
+        if x2.device not in self._cache:  # the packed codes: one copy per device, whatever the dtype
+            self._cache[x2.device] = self._kernel_layout(x2.device)
+        packed = self._cache[x2.device]
+        if packed is None:
+            return None
         key = (x2.device, x2.dtype)
         if key not in self._cache:
-            self._cache[key] = self._kernel_layout(x2.device, x2.dtype)
-        if self._cache[key] is None:
-            return None
-        packed, scales_and_zeros = self._cache[key]
+            # torch's kernels dequantize as (code - 8) * scale + zero: their zero is the value of code 8.
+            s, m = self.scale.float(), self.offset.float()
+            self._cache[key] = torch.stack([s, m + 8 * s], dim=-1).transpose(0, 1).contiguous().to(x2.dtype)
+        scales_and_zeros = self._cache[key]
         if x2.device.type == "cpu":
             return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, self.group_size, scales_and_zeros)
         return torch.ops.aten._weight_int4pack_mm(x2, packed, self.group_size, scales_and_zeros)
 
-    def _kernel_layout(self, device: torch.device, dtype: torch.dtype):
-        """(packed weight, scales_and_zeros) in the kernel's layout, or None where this
-        layer's shape is refused. torch's kernels dequantize as (code - 8) * scale + zero,
-        so their zero is the value of code 8: offset + 8 * scale."""
-        s, m = self.scale.float(), self.offset.float()
-        scales_and_zeros = torch.stack([s, m + 8 * s], dim=-1).transpose(0, 1).contiguous().to(dtype)
+    def _kernel_layout(self, device: torch.device) -> Tensor | None:
+        """The codes in the kernel's layout, or None where this layer's shape is refused."""
         try:
             if device.type == "cpu":  # wants the codes unpacked, as int32 (out, in)
-                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self.codes().to(torch.int32), 1)
-            else:  # wants uint8 pairs (high nibble first) and in_features % (16 * inner_k_tiles) == 0
-                tiles = next((t for t in (8, 4, 2) if self.in_features % (16 * t) == 0), None)
-                if tiles is None:
-                    return None
-                packed = torch.ops.aten._convert_weight_to_int4pack(self.weight.contiguous(), tiles)
+                return torch.ops.aten._convert_weight_to_int4pack_for_cpu(self.codes().to(torch.int32), 1)
+            # CUDA wants the uint8 pairs as stored (high nibble first) and in_features % (16 * inner_k_tiles) == 0.
+            tiles = next((t for t in (8, 4, 2) if self.in_features % (16 * t) == 0), None)
+            if tiles is None:
+                return None
+            return torch.ops.aten._convert_weight_to_int4pack(self.weight.contiguous(), tiles)
         except (RuntimeError, AttributeError, NotImplementedError):
             return None
-        return packed, scales_and_zeros
 
 
 class NF4Linear(_QuantLinear):
@@ -386,7 +401,8 @@ class NF4Linear(_QuantLinear):
         return _unpack(self.weight)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        values = NF4_CODE.to(self.weight.device)[self.codes().long()].reshape(-1, self.group_size)
+        # F.embedding as the byte -> value-pair lookup: about twice as fast as indexing on CPU.
+        values = F.embedding(self.weight.int(), _NF4_PAIRS.to(self.weight.device)).reshape(-1, self.group_size)
         w = values * self.absmax()[:, None]
         return w.reshape(self.out_features, self.in_features).to(dtype)
 
@@ -495,8 +511,8 @@ def quantization_of(model: nn.Module) -> dict | None:
     methods = {m.method for _, m in layers}
     groups = {getattr(m, "group_size", None) for _, m in layers}
     if len(methods) > 1 or len(groups) > 1:
-        raise AcornError(f"the model mixes quantization methods or group sizes ({sorted(methods)}, {sorted(groups, key=str)}); "
-                         "a checkpoint records one")
+        raise AcornError(f"the model mixes quantization methods or group sizes ({sorted(methods)}, "
+                         f"{sorted(groups, key=str)}); a checkpoint records one")
     spec = {"method": methods.pop(), "group_size": groups.pop(), "modules": [n for n, _ in layers],
             "scale_dtype": "bfloat16" if layers[0][1].method != "nf4" else "float32", "format": "acorn"}
     if spec["method"] == "nf4":
@@ -587,7 +603,8 @@ def quantize_checkpoint(path, method: str, out, *, group_size: int | None = None
     spec = quantization_of(model)
     kept = [n for n, m in model.named_modules() if type(m) is nn.Linear]
     group = f", group size {spec['group_size']}" if spec["group_size"] else ""
-    return (f"quantized {len(spec['modules'])} linear layers to {method}{group}; kept in {str(float_dtype(model)).removeprefix('torch.')} "
+    kept_dtype = str(float_dtype(model)).removeprefix("torch.")
+    return (f"quantized {len(spec['modules'])} linear layers to {method}{group}; kept in {kept_dtype} "
             f"(with the embeddings): {', '.join(kept) or 'none'}\n"
             f"weights: {_human(before)} -> {_human(after)} ({after / before:.2f}x; {before:,} -> {after:,} bytes), "
             f"saved to {dst}")

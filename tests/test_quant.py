@@ -176,7 +176,7 @@ def test_packed_kernel_equals_fallback(method, group_size, dtype, monkeypatch):
         tol = 1e-5 if dtype == torch.float32 else 2e-2
         assert torch.allclose(fast.float(), slow.float(), rtol=tol, atol=tol * slow.abs().max().item())
         # Only the kernel path fills the layer's cache; a layer the kernel refuses caches None.
-        (cached,) = layer._cache.values()
+        cached = layer._cache[x.device] if method == "int4" else layer._cache[x.device, dtype]
         assert (cached is None) == (method == "int4" and out_f == 40)
 
 
@@ -196,6 +196,21 @@ def test_nf4_is_a_frozen_base_with_gradients_to_the_input():
     # Dequantizes to the input's dtype.
     with torch.no_grad():
         assert layer(torch.randn(2, 128, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("method", ["int8", "int4", "nf4"])
+def test_casting_a_model_keeps_codes_and_scales(method, tok):
+    model = quant.quantize(_model(tok, std=0.02), method)
+    layer = model.model.layers[0].mlp.up_proj
+    stored = {n: b.clone() for n, b in layer.named_buffers()}
+    model.to(torch.bfloat16)
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert all(torch.equal(b, stored[n]) and b.dtype == stored[n].dtype for n, b in layer.named_buffers())
+    with torch.no_grad():
+        x = torch.randn(2, 128, dtype=torch.bfloat16)
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    assert torch.allclose(y.float(), x.float() @ layer.dequantize().T, rtol=0.05, atol=0.05 * y.abs().max().item())
 
 
 def test_int4_with_gradients_takes_the_fallback():
@@ -365,6 +380,11 @@ def test_cli_quantize(float_checkpoint, tmp_path, capsys):
     assert "quantized 14 linear layers to int4, group size 64" in printed
     assert f"({after / before:.2f}x; {before:,} -> {after:,} bytes)" in printed and after < before / 3
     assert (out / "tokenizer.json").is_file()
+    from acorn.checkpoint import model_info
+
+    info = model_info(out)
+    assert "int4, group size 64 in 14 layers" in info
+    assert info.split("parameters")[1].split("\n")[0] == model_info(float_checkpoint).split("parameters")[1].split("\n")[0]
 
 
 @pytest.mark.parametrize("argv,message", [
