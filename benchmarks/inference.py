@@ -13,8 +13,9 @@ turns, medians of several runs, in float32 and bfloat16:
   b. throughput      64 requests of mixed prompt and output lengths (fixed
      seed), all given at once to the paged engine (continuous batching);
      against the plain engine in static batches (each batch runs until its
-     longest request is done), the paged engine one request at a time, and
-     transformers' generate() one request at a time. Output tokens/s.
+     longest request is done) and transformers' generate() one request at a
+     time. Output tokens/s. The mix is chat-like: prompts of 16-256 tokens,
+     replies of 16-192.
   c. prefix caching  TTFT of a prompt that is a shared 1,000-token prefix plus
      a new 16-token suffix, with the prefix already in the cache (an earlier
      request brought it), against an engine with prefix caching off.
@@ -81,7 +82,7 @@ class Setup:
 
 
 FULL = Setup("small", dict(vocab_size=8192, n_layer=8, d_model=512, n_head=8, n_kv_head=4, max_seq_len=1280),
-             decode_prompt=128, decode_new=128, requests=64, prompt_range=(16, 384), output_range=(8, 96),
+             decode_prompt=128, decode_new=128, requests=64, prompt_range=(16, 256), output_range=(16, 192),
              static_batch=16, prefix=1000, suffix=16, budget=256 * MiB)
 QUICK = Setup("nano", dict(vocab_size=2048, n_layer=4, d_model=128, n_head=4, n_kv_head=2, max_seq_len=1280),
               decode_prompt=32, decode_new=24, requests=16, prompt_range=(8, 96), output_range=(4, 24),
@@ -236,12 +237,6 @@ def run_static(engine: Engine, work, batch: int) -> None:
         assert all(len(c.token_ids) == longest for c in outs)
 
 
-def run_one_by_one_acorn(engine: Engine, work) -> None:
-    fresh(engine)
-    for p, o in work:
-        assert len(engine.generate([p], greedy(o))[0].token_ids) == o
-
-
 def run_one_by_one_hf(hf: HF, work) -> None:
     for p, o in work:
         assert len(hf.generate(p, o)) == o
@@ -254,7 +249,6 @@ def measure_throughput(setup, paged, plain, hf, work, runs) -> tuple[list[list[o
     head = work[:max(2, setup.static_batch)]
     run_continuous(paged, head)
     run_static(plain, head, setup.static_batch)
-    run_one_by_one_acorn(paged, head[:2])
     run_one_by_one_hf(hf, head[:2])
     peak: list[int] = []
     run_continuous(paged, work, peak)
@@ -263,7 +257,6 @@ def measure_throughput(setup, paged, plain, hf, work, runs) -> tuple[list[list[o
         ("Acorn engine (paged), continuous batching, all requests at once", lambda: run_continuous(paged, work)),
         (f"Acorn engine (plain), static batches of {setup.static_batch}",
          lambda: run_static(plain, work, setup.static_batch)),
-        ("Acorn engine (paged), one request at a time", lambda: run_one_by_one_acorn(paged, work)),
         ("transformers generate(), one request at a time", lambda: run_one_by_one_hf(hf, work)),
     ]
     res = median_times_interleaved(contenders, runs)

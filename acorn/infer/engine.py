@@ -205,11 +205,15 @@ class Engine:
     prefix_caching: share the KV blocks of common prompt prefixes.
     kv_cache_dtype: "auto" (the model's dtype) or "int8" (per-head scales; half
         of bf16's memory, a quarter of fp32's).
+    speculative: a drafter for speculative decoding (acorn.infer.speculative:
+        PromptLookup(k) or DraftModel(small_model, k)); from_pretrained builds
+        one from speculative_model="ngram" or a checkpoint directory.
     """
 
     def __init__(self, model, tokenizer, *, device=None, stop_token_ids: Sequence[int] = (), paged: bool = True,
                  kv_cache_memory: int | None = None, block_size: int = 16, max_num_seqs: int = 64,
-                 max_num_batched_tokens: int = 512, prefix_caching: bool = True, kv_cache_dtype: str = "auto"):
+                 max_num_batched_tokens: int = 512, prefix_caching: bool = True, kv_cache_dtype: str = "auto",
+                 speculative=None):
         if device is not None:
             model = model.to(device)
         self.model = model.eval()
@@ -226,6 +230,8 @@ class Engine:
         if max_num_seqs < 1 or max_num_batched_tokens < 1:
             raise AcornError("max_num_seqs and max_num_batched_tokens must be at least 1")
         self.dtype = next(model.parameters()).dtype
+        if kv_cache_dtype not in ("auto", "int8"):
+            raise AcornError(f"unknown kv_cache_dtype {kv_cache_dtype!r}; choose auto (the model's dtype) or int8")
         self.kv_cache_dtype = kv_cache_dtype
         per_token = PagedKV.bytes_per_token(cfg, self.dtype, kv_cache_dtype)
         if kv_cache_memory is None:
@@ -238,10 +244,18 @@ class Engine:
         self._groups: dict[str, list] = {}  # request id -> its n Requests
         self._next_id = 0
         self.computed_tokens = 0  # tokens that went through the model on the paged path
+        self.speculative = speculative
+        self.drafted_tokens = self.accepted_tokens = 0
+        if speculative is not None:
+            if not self.paged:
+                raise AcornError("speculative decoding runs on the paged engine (paged=True)")
+            speculative.vocab_size = tokenizer.vocab_size
 
     @classmethod
-    def from_pretrained(cls, path, *, dtype=None, device="auto", **options) -> "Engine":
+    def from_pretrained(cls, path, *, dtype=None, device="auto", speculative_model=None,
+                        num_speculative_tokens: int = 4, **options) -> "Engine":
         """A checkpoint directory (acorn.load) with its tokenizer files beside the weights.
+        speculative_model: "ngram" (prompt lookup) or a draft checkpoint with the same tokenizer.
         options: the engine's keyword arguments (paged, kv_cache_memory, ...)."""
         from acorn.checkpoint import load
         from acorn.tokenizer import Tokenizer
@@ -251,6 +265,17 @@ class Engine:
         if tokenizer.vocab_size > model.config.vocab_size:
             raise AcornError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                              f"{model.config.vocab_size}; they do not belong together")
+        if speculative_model is not None:
+            from acorn.infer.speculative import DraftModel, PromptLookup
+
+            if speculative_model == "ngram":
+                options["speculative"] = PromptLookup(num_speculative_tokens)
+            else:
+                draft = load(speculative_model, dtype=model.dtype, device=model.device)
+                if Tokenizer.from_pretrained(speculative_model).vocab_size != tokenizer.vocab_size:
+                    raise AcornError(f"the draft model {speculative_model} has a different tokenizer than {path}; "
+                                     "speculative decoding needs the same vocabulary")
+                options["speculative"] = DraftModel(draft, num_speculative_tokens)
         return cls(model, tokenizer, stop_token_ids=_generation_config_eos(Path(path)), **options)
 
     # ------------------------------------------------------------ prompts
@@ -385,6 +410,8 @@ class Engine:
             if req.state.finish_reason is None:
                 req.state.finish_reason = "abort"
             self.scheduler.finish(req)
+            if self.speculative is not None:
+                self.speculative.release(req)
         return True
 
     def has_unfinished(self) -> bool:
@@ -400,41 +427,100 @@ class Engine:
         pieces = sched.schedule()
         if not pieces:
             return []
+        drafts = self._draft(pieces) if self.speculative is not None else {}
         cfg = self.model.config
         window = cfg.sliding_window if cfg.sliding_window and cfg.sliding_window < cfg.max_seq_len else None
-        wanted = [req for req, n in pieces if req.num_computed + n == len(req.prompt) + len(req.output)]
-        step = StepInput.build([(req.table, req.num_computed, req.tokens[req.num_computed:req.num_computed + n],
-                                 req.num_computed + n == len(req.prompt) + len(req.output)) for req, n in pieces],
-                               self.block_size, window, self.device)
-        logits = paged_forward(self.model, step, kv)[:, :self.tokenizer.vocab_size]
+        inputs, wanted = [], []  # wanted: (request, its first logits row, draft or None)
+        n_rows = 0
         for req, n in pieces:
-            sched.computed(req, n)
+            c, draft = req.num_computed, drafts.get(req)
+            new = req.tokens[c:c + n] + (draft.tokens if draft is not None else [])
+            wants = 0 if c + n < len(req.prompt) + len(req.output) else 1 + (len(draft.tokens) if draft else 0)
+            inputs.append((req.table, c, new, wants))
+            if wants:
+                wanted.append((req, n_rows, draft))
+                n_rows += wants
+        step = StepInput.build(inputs, self.block_size, window, self.device)
+        logits = paged_forward(self.model, step, kv)[:, :self.tokenizer.vocab_size]
         self.computed_tokens += step.tokens.numel()
+        for req, n in pieces:
+            if req not in drafts:  # a checked draft counts its kept tokens below
+                sched.computed(req, n)
         # A request whose prompt is now computed starts its siblings (n > 1) from its blocks.
-        rows, reqs = [], []
-        for i, req in enumerate(wanted):
-            rows.append(i)
+        rows, reqs, deltas = [], [], {}
+        for req, row, draft in wanted:
+            if draft is not None:
+                deltas[req] = self._check(req, draft, logits[row:row + 1 + len(draft.tokens)])
+                continue
+            rows.append(row)
             reqs.append(req)
             for child in req.forks:
                 if self._fork(req, child):
-                    rows.append(i)
+                    rows.append(row)
                     reqs.append(child)
                 else:  # no block to fork into: it queues and recomputes (mostly from the prefix cache)
                     sched.add(child)
             req.forks = []
-        if rows != list(range(len(rows))):
-            logits = logits[torch.tensor(rows, device=logits.device)]
-        deltas = self._sample(logits, [r.state for r in reqs])
+        if reqs:
+            sampled = logits if rows == list(range(logits.shape[0])) else logits[torch.tensor(rows, device=logits.device)]
+            deltas.update(zip(reqs, self._sample(sampled, [r.state for r in reqs])))
         out = []
-        for req, delta in zip(reqs, deltas):
+        for req, delta in deltas.items():
             done = req.state.finished
             if done:
-                sched.finish(req)
-                group = self._groups.get(req.request_id)
-                if group is not None and all(r.state.finished for r in group):
-                    del self._groups[req.request_id]
+                self._retire(req)
             out.append((req.request_id, req.state.index, delta, done))
         return out
+
+    def _retire(self, req) -> None:
+        self.scheduler.finish(req)
+        if self.speculative is not None:
+            self.speculative.release(req)
+        group = self._groups.get(req.request_id)
+        if group is not None and all(r.state.finished for r in group):
+            del self._groups[req.request_id]
+
+    # ------------------------------------------------------------ speculative decoding
+    def _draft(self, pieces) -> dict:
+        """Draft tokens for the decoding requests that can take them (and the KV slots to check them)."""
+        from acorn.infer.speculative import speculates
+
+        drafts = {}
+        for req, n in pieces:
+            seq = req.state
+            if n != 1 or req.remaining != 1 or req.forks or not speculates(seq.params):
+                continue
+            # Never draft past the request's end: max_new_tokens and the context.
+            room = min(seq.params.max_new_tokens - len(seq.output), seq.max_len - len(req.tokens)) - 1
+            if room < 1:
+                continue
+            draft = self.speculative.propose(req, req.tokens, seq.params, seq.generator)
+            if len(draft.tokens) > room:
+                draft.tokens = draft.tokens[:room]
+                draft.probs = draft.probs[:room] if draft.probs is not None else None
+            if draft.tokens and self.blocks.allocate(req.table, req.num_computed + 1 + len(draft.tokens)):
+                drafts[req] = draft
+        return drafts
+
+    def _check(self, req, draft, logits: Tensor) -> str:
+        """Verify a request's draft against the target's logits (k + 1 rows);
+        push the tokens that come out; returns their text."""
+        from acorn.infer.sampling import sampling_probs
+        from acorn.infer.speculative import verify
+
+        seq = req.state
+        greedy = seq.params.temperature == 0
+        target = logits if greedy else sampling_probs(logits.float(), [seq.params] * logits.shape[0])
+        tokens, kept = verify(target, draft, greedy, seq.generator)
+        self.scheduler.computed(req, 1 + kept)  # the last token and the kept drafts are in the pool
+        self.drafted_tokens += len(draft.tokens)
+        self.accepted_tokens += kept
+        text = ""
+        for t in tokens:
+            if seq.finished:
+                break
+            text += seq.push(t)
+        return text
 
     def _fork(self, parent, child) -> bool:
         try:
@@ -598,6 +684,9 @@ class Engine:
             out.update(blocks_in_use=b.num_used, blocks_cached=len(b.evictable), running=len(s.running),
                        waiting=len(s.waiting), preemptions=s.preemptions, prefix_hit_tokens=b.hit_tokens,
                        prefix_query_tokens=b.query_tokens, computed_tokens=self.computed_tokens)
+        if self.speculative is not None:
+            out.update(drafted_tokens=self.drafted_tokens, accepted_tokens=self.accepted_tokens,
+                       acceptance_rate=self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else None)
         return out
 
     @torch.inference_mode()

@@ -198,30 +198,48 @@ class PagedKV:
     """The block pool itself: per layer, keys and values of shape
     (num_blocks * block_size, n_kv_head, head_dim); slot s is token s % block_size
     of block s // block_size. Attention goes through write() and read(), so the
-    storage format (the model's dtype, or int8 with scales) stays in here."""
+    storage format stays in here:
+
+      auto  the model's dtype
+      int8  each token's key (and value) of each head as int8 codes with one
+            float32 scale, absmax / 127 (symmetric, per token and head: a new
+            token never changes the scale of those already stored). A quarter
+            of fp32's memory (half of bf16's) plus 4 bytes per head and token;
+            read() dequantizes to the model's dtype before attention.
+    """
 
     def __init__(self, cfg, num_blocks: int, block_size: int, *, dtype: torch.dtype, device,
                  kv_dtype: str = "auto"):
         if kv_dtype not in ("auto", "int8"):
             raise AcornError(f"unknown KV cache dtype {kv_dtype!r}; choose auto (the model's) or int8")
-        if kv_dtype == "int8":
-            raise AcornError("the int8 KV cache is not implemented yet")
         slots = num_blocks * block_size
         shape = (slots, cfg.n_kv_head, cfg.head_dim)
         self.kv_dtype = kv_dtype
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
+        store = torch.int8 if kv_dtype == "int8" else dtype
+        self.keys = [torch.zeros(shape, dtype=store, device=device) for _ in range(cfg.n_layer)]
+        self.values = [torch.zeros(shape, dtype=store, device=device) for _ in range(cfg.n_layer)]
+        self.key_scales = self.value_scales = None
+        if kv_dtype == "int8":
+            self.key_scales = [torch.zeros(shape[:2], device=device) for _ in range(cfg.n_layer)]
+            self.value_scales = [torch.zeros(shape[:2], device=device) for _ in range(cfg.n_layer)]
         self.block_size = block_size
 
     @staticmethod
     def bytes_per_token(cfg, dtype: torch.dtype, kv_dtype: str = "auto") -> int:
-        return 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * torch.empty((), dtype=dtype).element_size()
+        per_head = cfg.head_dim + 4 if kv_dtype == "int8" else cfg.head_dim * torch.empty((), dtype=dtype).element_size()
+        return 2 * cfg.n_layer * cfg.n_kv_head * per_head
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+        tensors = [*self.keys, *self.values, *(self.key_scales or []), *(self.value_scales or [])]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def write(self, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> None:
         """k, v (N, n_kv_head, head_dim): the new tokens' keys and values into their slots."""
+        if self.kv_dtype == "int8":
+            k, k_scale = quantize_int8(k)
+            v, v_scale = quantize_int8(v)
+            self.key_scales[layer].index_copy_(0, slots, k_scale)
+            self.value_scales[layer].index_copy_(0, slots, v_scale)
         self.keys[layer].index_copy_(0, slots, k.to(self.keys[layer].dtype))
         self.values[layer].index_copy_(0, slots, v.to(self.values[layer].dtype))
 
@@ -233,12 +251,25 @@ class PagedKV:
         flat = index.reshape(-1)
         k = self.keys[layer].flatten(1).index_select(0, flat).view(shape)
         v = self.values[layer].flatten(1).index_select(0, flat).view(shape)
+        if self.kv_dtype == "int8":
+            k_scale = self.key_scales[layer].index_select(0, flat).view(*shape[:-1], 1)
+            v_scale = self.value_scales[layer].index_select(0, flat).view(*shape[:-1], 1)
+            return (k.to(torch.float32) * k_scale).to(dtype), (v.to(torch.float32) * v_scale).to(dtype)
         return k.to(dtype), v.to(dtype)
 
     def copy_block(self, src: int, dst: int, n_tokens: int) -> None:
         a, b = src * self.block_size, dst * self.block_size
-        for t in (*self.keys, *self.values):
+        for t in (*self.keys, *self.values, *(self.key_scales or []), *(self.value_scales or [])):
             t[b:b + n_tokens] = t[a:a + n_tokens]
+
+
+def quantize_int8(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x (..., D) -> int8 codes (..., D) and float32 scales (...): symmetric,
+    scale = absmax / 127 over the last dimension, so |x - codes * scale| <= scale / 2."""
+    x = x.float()
+    scale = x.abs().amax(-1) / 127.0
+    codes = torch.round(x / scale.clamp(min=1e-12)[..., None]).clamp(-127, 127).to(torch.int8)
+    return codes, scale
 
 
 def slots_of(table: list[int], start: int, end: int, block_size: int) -> list[int]:
@@ -268,7 +299,8 @@ class StepInput:
 
     @classmethod
     def build(cls, pieces, block_size: int, window: int | None, device) -> "StepInput":
-        """pieces: (block table, first new token index, new token ids, wants logits).
+        """pieces: (block table, first new token index, new token ids, how many
+        of the last rows want logits: 0, 1, or 1 + k for a speculative check).
 
         The piece's context is every token up to and including its new ones."""
         tokens, positions, slots, logit_rows = [], [], [], []
@@ -278,8 +310,7 @@ class StepInput:
             tokens += new
             positions += range(start, end)
             slots += slots_of(table, start, end, block_size)
-            if wants:
-                logit_rows.append(row + n - 1)
+            logit_rows.extend(range(row + n - int(wants), row + n))
             if n == 1:
                 decode_rows.append(row)
                 decode_tables.append(table[:math.ceil(end / block_size)])
@@ -339,6 +370,11 @@ def paged_attention(attn, x: Tensor, rope, layer: int, step: StepInput, kv: Page
     q, k, v = attn.qkv(x, rope)  # (1, H, N, D)
     kv.write(layer, step.slots, k[0].transpose(0, 1), v[0].transpose(0, 1))
     n, heads, dim = x.shape[1], q.shape[1], q.shape[3]
+    out_dtype = q.dtype
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        # CPU attention kernels are several times slower in 16-bit than in
+        # float32 (measured: 7x for a decode step); the cache stays 16-bit.
+        q = q.float()
     q = q[0].transpose(0, 1)  # (N, H, D)
     out = q.new_empty(n, heads, dim)
     for rows, gather, mask in step.decodes:
@@ -350,7 +386,7 @@ def paged_attention(attn, x: Tensor, rope, layer: int, step: StepInput, kv: Page
         kp, vp = kv.read(layer, context, q.dtype)  # (S, Hkv, D)
         out[row:row + count] = _sdpa(qp, kp.transpose(0, 1)[None], vp.transpose(0, 1)[None], mask,
                                      mask is None)[0].transpose(0, 1)
-    return attn.o_proj(out.reshape(1, n, heads * dim))
+    return attn.o_proj(out.reshape(1, n, heads * dim).to(out_dtype))
 
 
 def paged_forward(model, step: StepInput, kv: PagedKV) -> Tensor:

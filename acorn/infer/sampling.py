@@ -422,17 +422,7 @@ def sample(
     drawn = [i for i, r in enumerate(rows) if r.temperature > 0]
     if not drawn:
         return out
-    sub = [rows[i] for i in drawn]
-    x = logits[drawn]
-    x = temperature(x, torch.tensor([r.temperature for r in sub]))
-    # Each filter only when some row uses it: top-p sorts the whole vocabulary.
-    if any(r.top_k > 0 for r in sub):
-        x = top_k(x, torch.tensor([r.top_k for r in sub]))
-    if any(r.top_p < 1.0 for r in sub):
-        x = top_p(x, torch.tensor([r.top_p for r in sub], dtype=torch.float64))
-    if any(r.min_p > 0 for r in sub):
-        x = min_p(x, torch.tensor([r.min_p for r in sub]))
-    probs = x.softmax(dim=-1)
+    probs = sampling_probs(logits[drawn], [rows[i] for i in drawn])
     if generators is None or isinstance(generators, torch.Generator):
         gens = [generators] * b
     else:
@@ -445,6 +435,21 @@ def sample(
         # depend on the batch it happens to share.
         out[i] = torch.multinomial(probs[j], 1, generator=gens[i])[0]
     return out
+
+
+def sampling_probs(logits: Tensor, rows: Sequence[SamplingParams]) -> Tensor:
+    """The distribution a sampled row draws from (B, V): temperature, then
+    top-k, top-p and min-p, then softmax. Rows need temperature > 0.
+    (Speculative decoding verifies draft tokens against exactly this.)"""
+    x = temperature(logits, torch.tensor([r.temperature for r in rows]))
+    # Each filter only when some row uses it: top-p sorts the whole vocabulary.
+    if any(r.top_k > 0 for r in rows):
+        x = top_k(x, torch.tensor([r.top_k for r in rows]))
+    if any(r.top_p < 1.0 for r in rows):
+        x = top_p(x, torch.tensor([r.top_p for r in rows], dtype=torch.float64))
+    if any(r.min_p > 0 for r in rows):
+        x = min_p(x, torch.tensor([r.min_p for r in rows]))
+    return x.softmax(dim=-1)
 
 
 # ----------------------------------------------------------- log-probabilities
