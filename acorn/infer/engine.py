@@ -401,6 +401,10 @@ class Engine:
         self._groups[request_id] = group
         return request_id
 
+    def samples(self, request_id: str) -> list[_Sequence]:
+        """The per-sample state of a request (output ids, text, finish reason, logprobs)."""
+        return [req.state for req in self._groups[request_id]]
+
     def abort(self, request_id: str) -> bool:
         """Stop a request now and free its KV blocks; False if it is unknown or done."""
         group = self._groups.pop(request_id, None)

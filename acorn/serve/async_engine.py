@@ -1,0 +1,272 @@
+"""The engine behind the server: one thread steps it, many requests await it.
+
+Engine.step() is synchronous and not thread-safe, and a web server serves
+every request from one asyncio event loop. AsyncEngine connects the two:
+
+  - one background thread owns the Engine. Between steps it takes new
+    requests and aborts from a command queue, then runs one step (continuous
+    batching: every request in flight advances together) and hands each
+    request's new text to the event loop (loop.call_soon_threadsafe);
+  - each HTTP handler calls submit(), which returns a RequestStream to
+    `async for` over. Closing it (a client that disconnects) aborts the
+    request in the engine thread before its next step, which frees its KV
+    blocks at once;
+  - a bounded queue: when max_pending requests wait already, submit() raises
+    QueueFull and the server answers 429 with Retry-After, instead of letting
+    latency grow without bound.
+
+It also keeps the numbers /metrics reports: requests in the queue and
+running, KV blocks in use, tokens generated, time to first token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from acorn.errors import AcornError
+
+
+class QueueFull(Exception):
+    """More requests are waiting than the server accepts."""
+
+
+class ShuttingDown(Exception):
+    """The server is stopping and takes no new requests."""
+
+
+@dataclass
+class Delta:
+    """New output of one sample (index) of a request."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[dict] | None = None  # one entry per token in token_ids, when asked for
+    finish_reason: str | None = None  # set on the sample's last delta
+
+
+@dataclass
+class RequestStream:
+    """What submit() returns: an async iterator of Deltas, ending when every sample has finished."""
+
+    request_id: str
+    prompt_tokens: int
+    n: int
+    _engine: "AsyncEngine"
+    _queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    completions: list = field(default_factory=list)  # acorn.infer.engine.Completion per sample, once finished
+    cached_tokens: int = 0
+    _done: bool = False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> Delta:
+        if self._done:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if item is None:
+            self._done = True
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        return item
+
+    def abort(self) -> None:
+        """Stop generating (idempotent); the KV blocks are freed before the next step."""
+        if not self._done:
+            self._done = True
+            self._engine._command(("abort", self.request_id))
+
+    async def collect(self) -> list:
+        """Wait for the whole output (non-streaming requests); aborts if cancelled."""
+        try:
+            async for _ in self:
+                pass
+        finally:
+            self.abort()
+        return self.completions
+
+
+class AsyncEngine:
+    def __init__(self, engine, *, max_pending: int = 256):
+        self.engine = engine
+        self.max_pending = max_pending
+        self._commands: deque = deque()
+        self._wake = threading.Event()
+        self._streams: dict[str, RequestStream] = {}
+        self._sent: dict[str, list[int]] = {}  # tokens already reported per sample
+        self._states: dict[str, list] = {}  # the engine's per-sample state of each request
+        self._started: dict[str, float] = {}
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        # metrics
+        self.requests_total = 0
+        self.generated_tokens = 0
+        self.prompt_tokens = 0
+        self.ttft: deque = deque(maxlen=1000)  # seconds, recent requests
+        self._token_times: deque = deque(maxlen=10000)  # (time, tokens) of recent steps
+        self.error: BaseException | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="acorn-engine", daemon=True)
+        self._thread.start()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Take no new requests; let those in flight finish for up to `grace`
+        seconds, then abort the rest and stop the engine thread."""
+        self._stopping = True
+        deadline = time.monotonic() + grace
+        while self._streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for rid in list(self._streams):
+            self._command(("abort", rid))
+        self._command(("stop", None))
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    # ------------------------------------------------------------ requests
+    def submit(self, prompt_ids: list[int], params) -> RequestStream:
+        """Queue a request; raises QueueFull, ShuttingDown, or AcornError for a bad one."""
+        if self._stopping or self._thread is None:
+            raise ShuttingDown("the server is shutting down")
+        if self.pending >= self.max_pending:
+            raise QueueFull(f"{self.pending} requests are waiting (the limit is {self.max_pending})")
+        self.engine._sequence(prompt_ids, params)  # validate here, in the caller's thread: a clear 400
+        rid = f"req-{next(self._ids)}"
+        stream = RequestStream(rid, len(prompt_ids), params.n, self)
+        with self._lock:
+            self._streams[rid] = stream
+            self._started[rid] = time.monotonic()
+        self.requests_total += 1
+        self.prompt_tokens += len(prompt_ids)
+        self._command(("add", (rid, prompt_ids, params)))
+        return stream
+
+    @property
+    def pending(self) -> int:
+        """Requests accepted but not yet running."""
+        adds = sum(1 for c in list(self._commands) if c[0] == "add")
+        sched = getattr(self.engine, "scheduler", None)
+        return adds + (len(sched.waiting) if sched is not None else 0)
+
+    def _command(self, command) -> None:
+        self._commands.append(command)
+        self._wake.set()
+
+    # ------------------------------------------------------------ the engine thread
+    def _run(self) -> None:
+        engine = self.engine
+        try:
+            while True:
+                while self._commands:
+                    kind, arg = self._commands.popleft()
+                    if kind == "stop":
+                        return
+                    if kind == "abort":
+                        if engine.abort(arg):
+                            self._finish(arg)
+                    elif kind == "add":
+                        rid, ids, params = arg
+                        if rid in self._streams:  # not aborted while queued
+                            try:
+                                engine.add_request(ids, params, request_id=rid)
+                                self._states[rid] = engine.samples(rid)
+                            except AcornError as e:
+                                self._deliver(rid, e)
+                                self._finish(rid, notify=False)
+                if not engine.has_unfinished():
+                    self._wake.wait(0.5)
+                    self._wake.clear()
+                    continue
+                self._step()
+        except BaseException as e:  # the engine broke: fail every request rather than hang them
+            self.error = e
+            for rid in list(self._streams):
+                self._deliver(rid, RuntimeError(f"the engine stopped: {e}"))
+                self._finish(rid, notify=False)
+
+    def _step(self) -> None:
+        engine = self.engine
+        results = engine.step()
+        now = time.monotonic()
+        new_tokens = 0
+        for rid, index, text, done in results:
+            stream = self._streams.get(rid)
+            if stream is None:
+                continue
+            seq = self._states[rid][index]
+            sent = self._sent.setdefault(rid, [0] * stream.n)
+            tokens = seq.output[sent[index]:]
+            logprobs = seq.logprobs[sent[index]:] if seq.logprobs is not None else None
+            sent[index] = len(seq.output)
+            new_tokens += len(tokens)
+            if rid in self._started and tokens:
+                self.ttft.append(now - self._started.pop(rid))
+            delta = Delta(index, text, list(tokens), logprobs, seq.finish_reason if done else None)
+            if done:
+                c = seq.completion()
+                stream.completions.append(c)
+                stream.cached_tokens = max(stream.cached_tokens, c.cached_tokens)
+            self._deliver(rid, delta)
+            if done and len(stream.completions) == stream.n:
+                stream.completions.sort(key=lambda c: c.index)
+                self._finish(rid)
+        self.generated_tokens += new_tokens
+        self._token_times.append((now, new_tokens))
+
+    def _deliver(self, rid: str, item) -> None:
+        stream = self._streams.get(rid)
+        if stream is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(stream._queue.put_nowait, item)
+
+    def _finish(self, rid: str, notify: bool = True) -> None:
+        if notify:
+            self._deliver(rid, None)
+        with self._lock:
+            self._streams.pop(rid, None)
+            self._started.pop(rid, None)
+        self._sent.pop(rid, None)
+        self._states.pop(rid, None)
+
+    # ------------------------------------------------------------ metrics
+    def tokens_per_second(self, window: float = 10.0) -> float:
+        now = time.monotonic()
+        recent = [(t, n) for t, n in list(self._token_times) if now - t <= window]
+        if not recent:
+            return 0.0
+        span = max(now - recent[0][0], 1e-3)
+        return sum(n for _, n in recent) / span
+
+    def metrics(self) -> dict:
+        stats = self.engine.stats()
+        sched = getattr(self.engine, "scheduler", None)
+        ttft = sorted(self.ttft)
+        return {
+            "queue_depth": self.pending,
+            "running_requests": len(sched.running) if sched is not None else 0,
+            "kv_blocks_in_use": stats.get("blocks_in_use", 0),
+            "kv_blocks_total": stats["num_blocks"],
+            "requests_total": self.requests_total,
+            "prompt_tokens_total": self.prompt_tokens,
+            "generated_tokens_total": self.generated_tokens,
+            "tokens_per_second": self.tokens_per_second(),
+            "time_to_first_token_seconds_p50": ttft[len(ttft) // 2] if ttft else 0.0,
+            "time_to_first_token_seconds_p90": ttft[int(len(ttft) * 0.9)] if ttft else 0.0,
+            "prefix_cache_hit_tokens_total": stats.get("prefix_hit_tokens", 0),
+        }

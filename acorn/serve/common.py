@@ -1,0 +1,95 @@
+"""What every part of the server shares: its state, its errors, prompt checks.
+
+The OpenAI and Anthropic routes (openai_api.py, anthropic_api.py) are
+APIRouters over one ServerState (request.app.state.acorn): the AsyncEngine,
+the model's name, the limits. A route raises APIError; the app renders it
+in the error shape of the API the request was made to:
+
+  OpenAI     {"error": {"message", "type", "param", "code"}}
+  Anthropic  {"type": "error", "error": {"type", "message"}}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from acorn.serve.async_engine import AsyncEngine
+
+# HTTP status -> the error types each API names it with.
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
+                500: "server_error", 503: "server_error"}
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                   413: "request_too_large", 422: "invalid_request_error", 429: "rate_limit_error",
+                   500: "api_error", 503: "overloaded_error"}
+
+
+class APIError(Exception):
+    """An error answered to the client: HTTP status, one clear message, and
+    optionally the request field it is about (OpenAI's `param`)."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}
+
+
+def is_anthropic(path: str) -> bool:
+    return path.startswith("/v1/messages")
+
+
+def error_body(path: str, status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    if is_anthropic(path):
+        return {"type": "error", "error": {"type": ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
+    return {"error": {"message": message, "type": OPENAI_TYPES.get(status, "server_error"), "param": param,
+                      "code": code}}
+
+
+@dataclass
+class ServerState:
+    engine: AsyncEngine
+    model_name: str
+    max_tokens_cap: int = 4096  # the most tokens one request may ask for
+    default_max_tokens: int = 256  # when a request does not say
+    created: int = 0  # unix time the model was loaded (OpenAI's `created`)
+    api_keys: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tokenizer(self):
+        return self.engine.engine.tokenizer
+
+    @property
+    def context(self) -> int:
+        return self.engine.engine.model.config.max_seq_len
+
+
+def get_state(request: Request) -> ServerState:
+    state = getattr(request.app.state, "acorn", None)
+    if state is None or not state.engine.running:
+        raise APIError(503, "the model is loading or the server is shutting down; retry shortly",
+                       headers={"Retry-After": "1"})
+    return state
+
+
+def check_model(state: ServerState, model: str | None) -> None:
+    """Clients name the model; an unknown name is a 404, as the official APIs answer."""
+    if model is not None and model != state.model_name:
+        raise APIError(404, f"the model {model!r} does not exist; this server serves {state.model_name!r}",
+                       param="model", code="model_not_found")
+
+
+def check_prompt(state: ServerState, prompt_ids: list[int], max_tokens: int) -> int:
+    """The prompt must fit the context with room for at least one token; returns
+    max_tokens cut to the context that is left (as vLLM does)."""
+    context = state.context
+    if len(prompt_ids) >= context:
+        raise APIError(400, f"the prompt has {len(prompt_ids)} tokens but the model's context window is {context} "
+                       f"tokens; shorten the prompt", param="messages", code="context_length_exceeded")
+    if max_tokens > state.max_tokens_cap:
+        raise APIError(400, f"max_tokens is {max_tokens} but this server allows at most {state.max_tokens_cap}",
+                       param="max_tokens")
+    return min(max_tokens, context - len(prompt_ids))
