@@ -477,6 +477,7 @@ class Engine:
         return out
 
     def _retire(self, req) -> None:
+        req.state.cached_tokens = req.cached_tokens  # for a Completion made from the state (the server's)
         self.scheduler.finish(req)
         if self.speculative is not None:
             self.speculative.release(req)
