@@ -223,6 +223,26 @@ def cmd_watermark_detect(args) -> None:
           f"verdict: {'watermarked' if d.watermarked else 'not watermarked'} (threshold z > {args.z:g})")
 
 
+def cmd_serve(args) -> None:
+    import os
+
+    import uvicorn
+
+    from acorn.infer import Engine
+    from acorn.serve.app import create_app
+
+    keys = args.api_key or [k for k in [os.environ.get("ACORN_API_KEY")] if k]
+    options = {"kv_cache_memory": args.kv_cache_memory_mb << 20} if args.kv_cache_memory_mb else {}
+    engine = Engine.from_pretrained(args.checkpoint, dtype=args.dtype, device=args.device, **options)  # errors here: exit 2
+    name = args.model_name or Path(args.checkpoint).resolve().name
+    app = create_app(engine, model_name=name, api_keys=keys, cors_origins=args.cors_origin or (),
+                     max_tokens_cap=args.max_tokens_cap, max_pending=args.max_pending)
+    url = f"http://{args.host}:{args.port}"
+    print(f"serving {name!r} at {url}/v1 (OpenAI and Anthropic APIs) and the chat page at {url}/"
+          + ("; API keys required" if keys else ""), flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=10)
+
+
 # ------------------------------------------------------------------- helpers
 def _load_tokenizer(name: str):
     from acorn.tokenizer import Tokenizer
@@ -460,6 +480,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--context", type=int, default=1, help="tokens hashed into the seed (default: 1)")
     s.add_argument("--scheme", default="lefthash", choices=["lefthash", "minhash"], help="seeding scheme for --context > 1")
     s.set_defaults(func=cmd_watermark_detect)
+
+    # acorn serve
+    s = _parser(stages, "serve", "serve a model over HTTP: OpenAI and Anthropic APIs, /metrics, a chat page",
+                "acorn serve runs/sft --port 8000 --api-key SECRET")
+    s.add_argument("checkpoint", help="a Hugging Face checkpoint directory with its tokenizer files")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
+    s.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    s.add_argument("--model-name", help="the model's name in the API (default: the checkpoint directory's name)")
+    s.add_argument("--api-key", action="append", metavar="KEY", help="require this key (repeatable; default: "
+                   "$ACORN_API_KEY if set, else no key)")
+    s.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="let web pages from this origin call "
+                   "the API, e.g. http://localhost:3000 (repeatable)")
+    s.add_argument("--max-tokens-cap", type=int, default=4096, help="most tokens one request may ask for (default: 4096)")
+    s.add_argument("--max-pending", type=int, default=256, help="waiting requests beyond this get 429 (default: 256)")
+    s.add_argument("--kv-cache-memory-mb", type=int, help="memory for the paged KV cache (default: the engine's)")
+    s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    s.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's)")
+    s.set_defaults(func=cmd_serve)
     return p
 
 

@@ -1,16 +1,833 @@
-"""The OpenAI API: chat completions, completions, models, embeddings."""
+"""The OpenAI API: chat completions, completions, models and embeddings.
+
+The routes follow the official API's request and response shapes, so the
+official `openai` SDK (and anything written for it) works against Acorn
+unchanged:
+
+  POST /v1/chat/completions  a conversation -> the assistant's reply (or n
+                             replies); tools, tool_choice, response_format,
+                             logprobs/top_logprobs, streaming
+  POST /v1/completions       raw text (or token ids) -> its continuation
+  GET  /v1/models            the one model this server serves
+  POST /v1/embeddings        a vector per input (see embed() for what it is)
+
+Beyond OpenAI's sampling fields, vLLM's extras: top_k, min_p,
+repetition_penalty, min_tokens, ignore_eos, stop_token_ids.
+
+Streaming answers with server-sent events, `data: {chunk}\\n\\n`: for chat a
+first chunk with the role, then the text as the engine produces it (never a
+stop string: the engine holds back any text that might start one), a chunk
+with each choice's finish_reason, a usage chunk with no choices when
+stream_options.include_usage, and `data: [DONE]`. A client that goes away
+aborts its request, which frees its KV blocks before the next engine step.
+
+Tool calling: tools are written into the prompt by the chat template
+(engine.chat_prompt(messages, tools=...)) and the reply's tool calls parsed
+back in the chat format's own syntax (engine.parse_tools). With tool_choice
+"required" or a named function the reply is constrained by a grammar
+(tool_call_grammar: the format's call syntax around each tool's JSON Schema,
+llguidance's Lark with %json), so it is always a call that parses, with
+arguments valid against the schema. response_format json_object/json_schema
+constrain the reply the same way (acorn.infer.structured).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import asyncio
+import base64
+import json
+import re
+import time
+import uuid
+from typing import Any, Literal, Union
 
-from acorn.serve.common import get_state
+import torch
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
+
+from acorn.errors import AcornError
+from acorn.infer.sampling import SamplingParams
+from acorn.serve.common import APIError, ServerState, check_model, check_prompt, get_state
 
 router = APIRouter()
 
 
+# =================================================================== requests
+class _Request(BaseModel):
+    # Fields this server does not know (user, store, metadata, service_tier, ...) are accepted and ignored.
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class ContentPart(_Request):
+    type: str
+    text: str | None = None
+
+
+class FunctionCall(_Request):
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCall(_Request):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDefinition(_Request):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Request):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
+class JSONSchemaFormat(_Request):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class _Sampling(_Request):
+    """The sampling fields both completion endpoints take."""
+
+    model: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int = Field(default=1, ge=1, le=128)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    # vLLM's extras
+    top_k: int | None = Field(default=None, ge=-1)  # -1 or 0: off
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    min_tokens: int = Field(default=0, ge=0)
+    ignore_eos: bool = False
+    stop_token_ids: list[int] | None = None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[str], list[int], list[list[int]]]
+    max_tokens: int | None = Field(default=16, ge=1)  # the official API's default for this endpoint
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(default=None, ge=1)
+
+
+class EmbeddingRequest(_Request):
+    model: str | None = None
+    input: Union[str, list[str], list[int], list[list[int]]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+
+
+# ================================================================== responses
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+    prompt_tokens_details: dict | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: dict
+    logprobs: dict | None = None
+    finish_reason: str
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: dict | None = None
+    finish_reason: str
+
+
+class TextCompletion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # str: base64 of little-endian float32
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+# ===================================================================== routes
 @router.get("/v1/models")
 async def list_models(request: Request):
     state = get_state(request)
-    return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": state.created,
-                                        "owned_by": "acorn"}]}
+    return {"object": "list", "data": [_model_card(state)]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request):
+    state = get_state(request)
+    check_model(state, model_id)
+    return _model_card(state)
+
+
+def _model_card(state: ServerState) -> dict:
+    return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "acorn",
+            "max_model_len": state.context}
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    state = get_state(request)
+    check_model(state, body.model)
+    engine = state.engine.engine
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    messages = _messages(body.messages)
+    tools, guided = _tools_and_guide(engine, body)
+    try:
+        prompt = engine.chat_prompt(messages, tools=tools)
+    except AcornError as e:
+        raise APIError(400, str(e), param="messages") from None
+    max_tokens = body.max_completion_tokens or body.max_tokens or state.default_max_tokens
+    max_tokens = check_prompt(state, prompt, max_tokens)
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    params = _sampling(body, max_tokens, logprobs=logprobs, guided=guided)
+    stream = state.engine.submit(prompt, params)
+    reply = _Reply(state, "chatcmpl-", engine, params, parse_tools=tools is not None)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _event_stream(reply.chat_events(request, stream, include_usage), [stream])
+    (completions,) = await _collect(request, [stream])
+    if completions is None:
+        return Response(status_code=499)
+    return reply.chat(stream, completions)
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request):
+    state = get_state(request)
+    check_model(state, body.model)
+    engine = state.engine.engine
+    if body.suffix:
+        raise APIError(400, "suffix (fill in the middle) is not supported by this server", param="suffix")
+    if body.best_of is not None and body.best_of != body.n:
+        raise APIError(400, "best_of is not supported (it must equal n); use n and choose yourself", param="best_of")
+    if body.echo and body.logprobs is not None:
+        raise APIError(400, "echo with logprobs (the prompt's log-probabilities) is not supported", param="echo")
+    prompts = _prompts(body.prompt, "prompt")
+    try:
+        encoded = [engine.encode(p) for p in prompts]
+    except AcornError as e:
+        raise APIError(400, str(e), param="prompt") from None
+    max_tokens = [check_prompt(state, ids, body.max_tokens or state.default_max_tokens) for ids in encoded]
+    params = [_sampling(body, m, logprobs=body.logprobs) for m in max_tokens]
+    streams = []
+    try:
+        for ids, p in zip(encoded, params):
+            streams.append(state.engine.submit(ids, p))
+    except BaseException:
+        for s in streams:
+            s.abort()
+        raise
+    reply = _Reply(state, "cmpl-", engine, params[0])
+    echo = [p if isinstance(p, str) else engine.tokenizer.decode(p) for p in prompts] if body.echo else None
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _event_stream(reply.completion_events(request, streams, include_usage, echo), streams)
+    results = await _collect(request, streams)
+    if results[0] is None:
+        return Response(status_code=499)
+    return reply.completion(streams, results, echo)
+
+
+@router.post("/v1/embeddings")
+async def embeddings(body: EmbeddingRequest, request: Request):
+    state = get_state(request)
+    check_model(state, body.model)
+    engine = state.engine.engine
+    inputs = _prompts(body.input, "input")
+    try:
+        encoded = [engine.encode(x) for x in inputs]
+    except AcornError as e:
+        raise APIError(400, str(e), param="input") from None
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise APIError(400, f"input[{i}] is empty", param="input")
+        if len(ids) > state.context:
+            raise APIError(400, f"input[{i}] has {len(ids)} tokens but the model's context window is "
+                           f"{state.context} tokens; shorten it", param="input", code="context_length_exceeded")
+    width = engine.model.config.d_model
+    if body.dimensions is not None and body.dimensions != width:
+        raise APIError(400, f"this model's embeddings have {width} dimensions, not {body.dimensions}",
+                       param="dimensions")
+    vectors = await asyncio.to_thread(embed, engine.model, encoded)
+    data = []
+    for i, v in enumerate(vectors):
+        value = (base64.b64encode(v.numpy().astype("<f4").tobytes()).decode() if body.encoding_format == "base64"
+                 else v.tolist())
+        data.append(Embedding(index=i, embedding=value))
+    n = sum(map(len, encoded))
+    return EmbeddingList(data=data, model=state.model_name, usage=Usage(prompt_tokens=n, total_tokens=n))
+
+
+# ================================================================= embeddings
+@torch.inference_mode()
+def embed(model, token_lists: list[list[int]], batch_size: int = 16) -> torch.Tensor:
+    """One vector per token list: the model's final hidden states (after the
+    last norm, before the output head) averaged over the list's tokens, then
+    L2-normalised, so the dot product of two is their cosine similarity.
+
+    These are the generative model's own states, not a model trained for
+    retrieval (no contrastive fine-tuning): useful to compare texts the model
+    has seen, weaker than a dedicated embedding model.
+
+    Rows of a batch are padded on the right and attention is causal, so no
+    real token ever sees a pad (positions start at 0 in every row): each
+    vector equals that of its list run alone."""
+    from acorn.model import sinusoidal
+
+    cfg, backbone = model.config, model.model
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(token_lists), batch_size):
+        rows = token_lists[start:start + batch_size]
+        t = max(map(len, rows))
+        ids = torch.tensor([r + [0] * (t - len(r)) for r in rows], device=device)
+        positions = torch.arange(t, device=device).expand(len(rows), t)
+        x = backbone.embed_tokens(ids)
+        if cfg.positions == "learned":
+            x = x + backbone.embed_positions(positions)
+        elif cfg.positions == "sinusoidal":
+            x = x + sinusoidal(positions, cfg.d_model).to(x.dtype)
+        rope = model._rope(positions, x.dtype) if cfg.positions == "rope" else None
+        mask, is_causal = model._attention_mask(t, 0, None, positions, positions, x.dtype)
+        for layer in backbone.layers:
+            x, _, _ = layer(x, rope, mask, is_causal, None)
+        x = backbone.norm(x).float()
+        real = torch.tensor([[1.0] * len(r) + [0.0] * (t - len(r)) for r in rows], device=device)
+        mean = (x * real[:, :, None]).sum(1) / real.sum(1, keepdim=True)
+        out.append(torch.nn.functional.normalize(mean, dim=-1).cpu())
+    return torch.cat(out)
+
+
+# ============================================================ request helpers
+def _messages(messages: list[ChatMessage]) -> list[dict]:
+    """OpenAI messages -> the dicts the chat template renders."""
+    out = []
+    for i, m in enumerate(messages):
+        content = m.content
+        if isinstance(content, list):
+            texts = []
+            for j, part in enumerate(content):
+                if part.type != "text" or part.text is None:
+                    raise APIError(400, f"messages[{i}].content[{j}] is a {part.type!r} part; this model reads "
+                                   "text only", param=f"messages[{i}].content")
+                texts.append(part.text)
+            content = "".join(texts)
+        msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": content}
+        if m.tool_calls:
+            msg["tool_calls"] = [{"id": c.id, "type": "function",
+                                  "function": {"name": c.function.name, "arguments": c.function.arguments}}
+                                 for c in m.tool_calls]
+            if content is None:
+                del msg["content"]
+        if m.tool_call_id is not None:
+            msg["tool_call_id"] = m.tool_call_id
+        if m.role == "tool" and content is None:
+            raise APIError(400, f"messages[{i}] (tool) has no content", param=f"messages[{i}].content")
+        out.append(msg)
+    return out
+
+
+def _prompts(value, field: str) -> list:
+    """A prompt/input field (a string, strings, token ids, lists of ids) as a list of prompts."""
+    if isinstance(value, str):
+        return [value]
+    if not value:
+        raise APIError(400, f"{field} is empty", param=field)
+    if isinstance(value[0], int):
+        return [value]
+    return list(value)
+
+
+def _tools_and_guide(engine, body: ChatCompletionRequest) -> tuple[list[dict] | None, dict | None]:
+    """(tools for the template, or None when none may be called; the guided constraint, if any)."""
+    guided = None
+    fmt = body.response_format
+    if fmt is not None and fmt.type == "json_object":
+        guided = {"json_object": True}
+    elif fmt is not None and fmt.type == "json_schema":
+        if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+            raise APIError(400, "response_format json_schema needs json_schema.schema", param="response_format")
+        guided = {"json_schema": fmt.json_schema.schema_}
+    choice = body.tool_choice
+    if not body.tools:
+        if choice not in (None, "none", "auto"):
+            raise APIError(400, f"tool_choice {_choice_name(choice)} needs tools", param="tool_choice")
+        return None, guided
+    if choice == "none":
+        return None, guided
+    tools = [t.model_dump(exclude_none=True, by_alias=True) for t in body.tools]
+    if choice is None or choice == "auto":
+        return tools, guided
+    names = [t.function.name for t in body.tools]
+    if isinstance(choice, NamedToolChoice):
+        if choice.function.name not in names:
+            raise APIError(400, f"tool_choice names {choice.function.name!r}, which is not among the tools "
+                           f"({', '.join(names)})", param="tool_choice")
+        chosen, parallel = [t for t in body.tools if t.function.name == choice.function.name], False
+    else:  # required
+        chosen, parallel = body.tools, body.parallel_tool_calls
+    grammar = tool_call_grammar(engine.tokenizer, engine.chat_format,
+                                [(t.function.name, t.function.parameters) for t in chosen], parallel=parallel)
+    return tools, {"grammar": grammar}
+
+
+def _choice_name(choice) -> str:
+    return repr(choice) if isinstance(choice, str) else repr(choice.function.name)
+
+
+# Each chat format's tool-call syntax, as its template writes calls (acorn.chat_formats):
+# (before the calls, before each call, the arguments' key, after each call, between calls).
+TOOL_SYNTAX = {
+    "acorn": ("", "<|tool_call|>", "arguments", "<|/tool_call|>", ""),
+    "chatml": ("", "<tool_call>\n", "arguments", "\n</tool_call>", "\n"),
+    "llama3": ("<|python_tag|>", "", "parameters", "", "; "),
+}
+# The JSON inside a call as the templates write it (Jinja's tojson = json.dumps):
+# ", " and ": " separators, no other whitespace.
+_JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+def tool_call_grammar(tokenizer, chat_format: str | None, functions: list[tuple[str, dict | None]], *,
+                      parallel: bool = True) -> str:
+    """A Lark grammar (llguidance's dialect) for replies that are only tool
+    calls, in the chat format's own syntax: one call (parallel=False) or
+    one or more, each a call of one of `functions` (name, JSON Schema of its
+    arguments) whose arguments match the schema (%json). Special tokens of
+    the syntax are named by id (<[id]>), so the model must emit the special
+    token itself, as it learned to, not its text spelled out in pieces."""
+    if chat_format not in TOOL_SYNTAX:
+        raise APIError(400, "this model's tokenizer has no known chat format with a tool-call syntax, so "
+                       "tool_choice 'required' or a named function cannot be enforced", param="tool_choice")
+    before_all, before, key, after, between = TOOL_SYNTAX[chat_format]
+    lines, alternatives = [], []
+    for i, (name, schema) in enumerate(functions):
+        schema = dict(schema or {"type": "object", "properties": {}})
+        if "properties" in schema:
+            # Arguments the function does not declare are of no use to it, and a
+            # model free to invent them may ramble until max_tokens cuts the call.
+            schema.setdefault("additionalProperties", False)
+        schema["x-guidance"] = {**_JSON_STYLE, **schema.get("x-guidance", {})}
+        head = "{" + f'"name": {json.dumps(name, ensure_ascii=False)}, "{key}": '
+        lines.append(f"fn_{i}: {json.dumps(head)} %json {json.dumps(schema)} \"}}\"")
+        alternatives.append(f"fn_{i}")
+    call = " ".join(p for p in (_lark_text(before, tokenizer), "(" + " | ".join(alternatives) + ")",
+                                _lark_text(after, tokenizer)) if p)
+    lines.insert(0, f"call: {call}")
+    more = "(" + " ".join(p for p in (_lark_text(between, tokenizer), "call") if p) + ")*" if parallel else ""
+    lines.insert(0, " ".join(p for p in ("start:", _lark_text(before_all, tokenizer), "call", more) if p))
+    return "\n".join(lines)
+
+
+def _lark_text(text: str, tokenizer) -> str:
+    """Literal text as Lark: the tokenizer's special tokens by id, the rest as strings."""
+    if not text:
+        return ""
+    specials = sorted((s for s in tokenizer.special_tokens if s in text), key=len, reverse=True)
+    if not specials:
+        return json.dumps(text)
+    pieces = re.split("(" + "|".join(map(re.escape, specials)) + ")", text)
+    return " ".join(f"<[{tokenizer.special_tokens[p]}]>" if p in tokenizer.special_tokens else json.dumps(p)
+                    for p in pieces if p)
+
+
+def _sampling(body: _Sampling, max_tokens: int, *, logprobs: int | None, guided: dict | None = None) -> SamplingParams:
+    temperature = 1.0 if body.temperature is None else body.temperature
+    top_p = 1.0 if body.top_p is None else body.top_p
+    if top_p == 0:  # some clients ask for greedy decoding this way
+        temperature, top_p = 0.0, 1.0
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    try:
+        return SamplingParams(
+            max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, n=body.n, stop=stop, seed=body.seed,
+            presence_penalty=body.presence_penalty or 0.0, frequency_penalty=body.frequency_penalty or 0.0,
+            logit_bias=body.logit_bias or None, logprobs=logprobs, guided=guided,
+            top_k=max(body.top_k or 0, 0), min_p=body.min_p or 0.0,
+            repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
+            min_new_tokens=body.min_tokens, ignore_eos=body.ignore_eos, stop_token_ids=body.stop_token_ids or (),
+        )
+    except AcornError as e:
+        raise APIError(400, str(e)) from None
+
+
+async def _collect(request: Request, streams: list) -> list:
+    """Every stream's completions (non-streaming requests), or [None] if the
+    client went away first (its requests are aborted: their blocks are freed)."""
+    task = asyncio.ensure_future(asyncio.gather(*(s.collect() for s in streams)))
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.5)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                return [None]
+    finally:
+        for s in streams:
+            s.abort()
+
+
+def _event_stream(events, streams: list) -> StreamingResponse:
+    def abort():  # also runs when the client left before the first event
+        for s in streams:
+            s.abort()
+
+    return StreamingResponse(events, media_type="text/event-stream", background=BackgroundTask(abort),
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+# ================================================================== replies
+class _Reply:
+    """Turns a request's completions (or its stream of deltas) into the API's responses."""
+
+    def __init__(self, state: ServerState, prefix: str, engine, params: SamplingParams, parse_tools: bool = False):
+        self.state, self.engine, self.params = state, engine, params
+        self.id = prefix + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.parse_tools = parse_tools and engine.chat_format is not None
+        stops = set(params.stop_token_ids)
+        if not params.ignore_eos:
+            stops |= set(engine.stop_token_ids)
+        self.stop_ids = stops
+
+    # ---------------------------------------------------------- pieces
+    def _token(self, token_id: int) -> tuple[str, list[int]]:
+        try:
+            raw = self.engine.tokenizer.token_bytes(token_id)
+        except AcornError:
+            raw = b""
+        return raw.decode("utf-8", errors="replace"), list(raw)
+
+    def _shown(self, entries: list[dict] | None, finish_reason: str | None, last: bool) -> list[dict]:
+        """Log-probability entries without the stop token that ended the text (it is not part of it)."""
+        entries = list(entries or [])
+        if last and finish_reason == "stop" and entries and entries[-1]["token_id"] in self.stop_ids:
+            entries.pop()
+        return entries
+
+    def _chat_logprobs(self, entries: list[dict]) -> dict:
+        content = []
+        for e in entries:
+            token, raw = self._token(e["token_id"])
+            top = []
+            for tid, lp in e["top_logprobs"]:
+                t, b = self._token(tid)
+                top.append({"token": t, "logprob": lp, "bytes": b})
+            content.append({"token": token, "logprob": e["logprob"], "bytes": raw, "top_logprobs": top})
+        return {"content": content, "refusal": None}
+
+    def _completion_logprobs(self, entries: list[dict], offset: int = 0) -> dict:
+        tokens, lps, tops, offsets = [], [], [], []
+        for e in entries:
+            token, _ = self._token(e["token_id"])
+            tokens.append(token)
+            lps.append(e["logprob"])
+            tops.append({self._token(t)[0]: lp for t, lp in e["top_logprobs"]})
+            offsets.append(offset)
+            offset += len(token)
+        return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+
+    def _usage(self, streams: list, completions: list) -> Usage:
+        prompt = sum(s.prompt_tokens for s in streams)
+        generated = sum(len(c.token_ids) for c in completions)
+        cached = sum(s.cached_tokens for s in streams)
+        return Usage(prompt_tokens=prompt, completion_tokens=generated, total_tokens=prompt + generated,
+                     prompt_tokens_details={"cached_tokens": cached})
+
+    def _finish(self, completion) -> str:
+        if completion.finish_reason == "length":  # even after some whole calls: the reply was cut
+            return "length"
+        return "tool_calls" if completion.tool_calls else "stop"
+
+    def _message(self, completion) -> dict:
+        if self.parse_tools:
+            self.engine.parse_tools(completion)
+        message = {"role": "assistant", "content": completion.text, "refusal": None}
+        if completion.tool_calls:
+            message["tool_calls"] = completion.tool_calls
+            if not completion.text.strip():
+                message["content"] = None
+        return message
+
+    # ---------------------------------------------------------- whole replies
+    def chat(self, stream, completions: list) -> ChatCompletion:
+        choices = []
+        for c in completions:
+            message = self._message(c)
+            logprobs = None
+            if c.logprobs is not None:
+                logprobs = self._chat_logprobs(self._shown(c.logprobs, c.finish_reason, True))
+            choices.append(ChatChoice(index=c.index, message=message, logprobs=logprobs, finish_reason=self._finish(c)))
+        return ChatCompletion(id=self.id, created=self.created, model=self.state.model_name, choices=choices,
+                              usage=self._usage([stream], completions))
+
+    def completion(self, streams: list, results: list, echo: list[str] | None) -> TextCompletion:
+        choices, all_completions = [], []
+        n = self.params.n
+        for p, completions in enumerate(results):
+            for c in completions:
+                logprobs = None
+                if c.logprobs is not None:
+                    logprobs = self._completion_logprobs(self._shown(c.logprobs, c.finish_reason, True))
+                text = (echo[p] if echo else "") + c.text
+                choices.append(CompletionChoice(index=p * n + c.index, text=text, logprobs=logprobs,
+                                                finish_reason=self._finish(c)))
+                all_completions.append(c)
+        return TextCompletion(id=self.id, created=self.created, model=self.state.model_name, choices=choices,
+                              usage=self._usage(streams, all_completions))
+
+    # ---------------------------------------------------------- streams
+    def _chunk(self, obj: str, choices: list, usage: Usage | None = None, include_usage: bool = False) -> str:
+        chunk = {"id": self.id, "object": obj, "created": self.created, "model": self.state.model_name,
+                 "system_fingerprint": None, "choices": choices}
+        if include_usage:
+            chunk["usage"] = usage.model_dump() if usage is not None else None
+        return _sse(chunk)
+
+    async def chat_events(self, request: Request, stream, include_usage: bool):
+        obj = "chat.completion.chunk"
+        n = self.params.n
+        holds = [_ToolHold(self.engine.chat_format) if self.parse_tools else None for _ in range(n)]
+        try:
+            for i in range(n):
+                yield self._chunk(obj, [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                         "finish_reason": None}], include_usage=include_usage)
+            async for delta in _until_disconnected(request, stream):
+                i, hold = delta.index, holds[delta.index]
+                last = delta.finish_reason is not None
+                text = hold.push(delta.text) if hold is not None else delta.text
+                logprobs = None
+                if delta.logprobs is not None:
+                    entries = self._shown(delta.logprobs, delta.finish_reason, last)
+                    logprobs = self._chat_logprobs(entries) if entries else None
+                if text or logprobs:
+                    yield self._chunk(obj, [{"index": i, "delta": {"content": text}, "logprobs": logprobs,
+                                             "finish_reason": None}], include_usage=include_usage)
+                if not last:
+                    continue
+                finish = "length" if delta.finish_reason == "length" else "stop"
+                if hold is not None:
+                    rest, calls = hold.end(self.engine)
+                    if rest:
+                        yield self._chunk(obj, [{"index": i, "delta": {"content": rest}, "logprobs": None,
+                                                 "finish_reason": None}], include_usage=include_usage)
+                    if calls:
+                        finish = "tool_calls" if finish == "stop" else finish
+                        tool_calls = [{"index": k, **call} for k, call in enumerate(calls)]
+                        yield self._chunk(obj, [{"index": i, "delta": {"tool_calls": tool_calls}, "logprobs": None,
+                                                 "finish_reason": None}], include_usage=include_usage)
+                yield self._chunk(obj, [{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish}],
+                                  include_usage=include_usage)
+            if include_usage:
+                yield self._chunk(obj, [], self._usage([stream], stream.completions), include_usage=True)
+            yield "data: [DONE]\n\n"
+        except (AcornError, RuntimeError) as e:  # the engine failed mid-stream: headers are out, say it in-band
+            yield _sse({"error": {"message": str(e), "type": "server_error", "param": None, "code": None}})
+        finally:
+            stream.abort()
+
+    async def completion_events(self, request: Request, streams: list, include_usage: bool,
+                                echo: list[str] | None):
+        obj, n = "text_completion", self.params.n
+        offsets: dict[int, int] = {}
+        try:
+            if echo:
+                for p, text in enumerate(echo):
+                    for j in range(n):
+                        yield self._chunk(obj, [{"index": p * n + j, "text": text, "logprobs": None,
+                                                 "finish_reason": None}], include_usage=include_usage)
+            async for p, delta in _merged(request, streams):
+                index = p * n + delta.index
+                last = delta.finish_reason is not None
+                logprobs = None
+                if delta.logprobs is not None:
+                    entries = self._shown(delta.logprobs, delta.finish_reason, last)
+                    logprobs = self._completion_logprobs(entries, offsets.get(index, 0))
+                    offsets[index] = offsets.get(index, 0) + sum(len(t) for t in logprobs["tokens"])
+                finish = None if not last else ("length" if delta.finish_reason == "length" else "stop")
+                if delta.text or logprobs or finish:
+                    yield self._chunk(obj, [{"index": index, "text": delta.text, "logprobs": logprobs,
+                                             "finish_reason": finish}], include_usage=include_usage)
+            if include_usage:
+                everything = [c for s in streams for c in s.completions]
+                yield self._chunk(obj, [], self._usage(streams, everything), include_usage=True)
+            yield "data: [DONE]\n\n"
+        except (AcornError, RuntimeError) as e:
+            yield _sse({"error": {"message": str(e), "type": "server_error", "param": None, "code": None}})
+        finally:
+            for s in streams:
+                s.abort()
+
+
+async def _until_disconnected(request: Request, stream):
+    """The stream's deltas until it ends or the client goes away."""
+    async for delta in stream:
+        yield delta
+        if await request.is_disconnected():
+            stream.abort()
+            return
+
+
+async def _merged(request: Request, streams: list):
+    """(which stream, delta) from several streams as they come (several prompts of one request)."""
+    if len(streams) == 1:
+        async for delta in _until_disconnected(request, streams[0]):
+            yield 0, delta
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(p, stream):
+        try:
+            async for delta in stream:
+                await queue.put((p, delta))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            await queue.put((p, e))
+        finally:
+            await queue.put((p, None))
+
+    tasks = [asyncio.ensure_future(pump(p, s)) for p, s in enumerate(streams)]
+    open_ = len(streams)
+    try:
+        while open_:
+            p, item = await queue.get()
+            if item is None:
+                open_ -= 1
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            yield p, item
+            if await request.is_disconnected():
+                return
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+class _ToolHold:
+    """Streaming a reply that may call tools: text is shown as it comes, up to
+    the start of a tool call, which is held back until the end and then sent
+    as tool_calls (a call's JSON in pieces would be of no use to anyone).
+    Trailing whitespace waits too: chatml puts a newline before a call."""
+
+    MARKERS = {"acorn": "<|tool_call|>", "chatml": "<tool_call>", "llama3": "<|python_tag|>"}
+
+    def __init__(self, chat_format: str):
+        self.chat_format = chat_format
+        self.marker = self.MARKERS.get(chat_format)
+        self.text = ""
+        self.shown = 0
+
+    def push(self, text: str) -> str:
+        self.text += text
+        visible = self.text
+        if self.marker:
+            cut = visible.find(self.marker)
+            if cut >= 0:
+                visible = visible[:cut]
+            else:  # the marker may be arriving in pieces (a format whose marker is plain text)
+                for k in range(min(len(self.marker) - 1, len(visible)), 0, -1):
+                    if visible.endswith(self.marker[:k]):
+                        visible = visible[:-k]
+                        break
+        if self.chat_format == "llama3" and self.text.lstrip().startswith("{"):
+            visible = ""  # Llama 3.1 may answer with a bare JSON call
+        visible = visible.rstrip()
+        if len(visible) <= self.shown:
+            return ""
+        out, self.shown = visible[self.shown:], len(visible)
+        return out
+
+    def end(self, engine) -> tuple[str, list[dict]]:
+        """(the content not yet shown, the tool calls) once the reply is complete."""
+        from acorn.infer.engine import Completion
+
+        c = engine.parse_tools(Completion(prompt_tokens=0, token_ids=[], text=self.text, finish_reason="stop"))
+        shown = self.text[:self.shown]
+        rest = c.text[len(shown):] if c.text.startswith(shown) else ""
+        return rest, c.tool_calls
