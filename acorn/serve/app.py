@@ -169,19 +169,29 @@ def _error(request: Request, status: int, message: str, param=None, code=None, h
                         headers=headers or None)
 
 
-def _field(loc: Sequence) -> str:
-    """A pydantic error location as the field people write: messages[0].role."""
-    out = ""
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "is-instance", "literal", "function-after",
+              "function-before", "function-wrap", "tagged-union", "union"}
+
+
+def _field(loc: Sequence) -> list:
+    """A pydantic error location without its 'body' root and the names
+    pydantic gives the members of a union ('str', 'list[int]', ...)."""
+    out = []
     for part in loc:
         if part in ("body", "query", "path"):
             continue
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif "[" in str(part) or "-" in str(part) or "," in str(part):
-            continue  # pydantic's names of union members and tagged choices, not fields
-        else:
-            out += f".{part}" if out else str(part)
+        if isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or part.split("[")[0] in _TYPE_TAGS):
+            continue
+        out.append(part)
     return out
+
+
+def _field_name(parts: list) -> str:
+    """['messages', 0, 'role'] -> messages[0].role, the field as people write it."""
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -197,12 +207,25 @@ def _add_error_handlers(app: FastAPI) -> None:
         first = errors[0]
         if first.get("type") == "json_invalid":
             return _error(request, 400, f"the request body is not valid JSON: {first.get('msg', '')}")
-        field = _field(first.get("loc", ()))
+        # One field's value that fits no member of a union gives one error per
+        # member: they share the field's location, which is the one to name.
+        parts = _field(first.get("loc", ()))
+        same = [e for e in errors if _field(e.get("loc", ()))[:1] == parts[:1]]
+        for e in same[1:]:
+            other = _field(e.get("loc", ()))
+            k = 0
+            while k < min(len(parts), len(other)) and parts[k] == other[k]:
+                k += 1
+            parts = parts[:k]
+        field = _field_name(parts)
         message = first.get("msg", "invalid value")
+        if len(same) > 1:
+            message = f"not a valid value ({'; '.join(dict.fromkeys(e.get('msg', '') for e in same))})"
         if field:
             message = f"{field}: {message}"
-        if len(errors) > 1:
-            message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        if len(errors) > len(same):
+            more = len(errors) - len(same)
+            message += f" (and {more} more problem{'s' if more > 1 else ''})"
         return _error(request, 400, message, param=field or None)
 
     @app.exception_handler(AcornError)

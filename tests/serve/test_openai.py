@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 
 import httpx
@@ -217,7 +218,7 @@ def test_completions_stream_and_echo(server, openai_client):
 
 
 def test_prefix_cache_shows_in_usage(openai_client):
-    long = "A small acorn grows into a tall oak tree. " * 6 + "Tell me about the fox."
+    long = "A small acorn grows into a tall oak tree. " * 6 + "Tell me about the fox (openai usage test)."
     messages = [{"role": "user", "content": long}]
     first = openai_client.chat.completions.create(model="tiny", messages=messages, max_tokens=2)
     second = openai_client.chat.completions.create(model="tiny", messages=messages, max_tokens=2)
@@ -362,6 +363,18 @@ def test_prompt_longer_than_the_context_is_400_with_both_numbers(server):
         "model": "tiny", "prompt": "oak", "max_tokens": 5000}), 400)["message"]  # over max_tokens_cap
 
 
+def test_internal_errors_are_500_without_a_traceback(server, monkeypatch):
+    import acorn.serve.openai_api as api
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("secret internals")
+
+    monkeypatch.setattr(api, "embed", broken)
+    r = httpx.post(server.url + "/v1/embeddings", json={"model": "tiny", "input": "hi"})
+    error = _error(r, 500)
+    assert error["type"] == "server_error" and "secret" not in r.text and "Traceback" not in r.text
+
+
 def test_oversized_body_is_413(server):
     r = httpx.post(server.url + "/v1/chat/completions", json={"model": "tiny", "messages": USER,
                                                              "pad": "x" * (1 << 20)})
@@ -459,3 +472,62 @@ def test_disconnect_aborts_the_request_and_metrics_count(start_server):
     assert m["acorn_kv_blocks_total"] > 0 and m['acorn_time_to_first_token_seconds{quantile="0.5"}'] > 0
     engine = srv.engine
     assert not engine.has_unfinished() and not engine._groups  # the engine forgot it
+
+
+def test_shutdown_lets_requests_in_flight_finish(start_server):
+    srv = start_server(shutdown_grace=5.0)
+    body = {"model": "tiny", "messages": USER, "max_tokens": 60, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", srv.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        next(line for line in lines if '"content":' in line and '"role"' not in line)
+        stopper = threading.Thread(target=srv.stop)
+        stopper.start()
+        rest = list(lines)
+    stopper.join(30)
+    assert rest[-2:] == ["data: [DONE]", ""] and '"finish_reason":"length"' in "".join(rest).replace(" ", "")
+    assert not srv.thread.is_alive() and not srv.app.state.acorn.engine.running
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(srv.url + "/health")
+
+
+# ------------------------------------------------------------------ acorn serve
+def test_cli_serve_bad_checkpoint_is_one_line_and_exit_2(tmp_path, capsys):
+    from acorn.cli import main
+
+    assert main(["serve", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("acorn: error:") and "missing" in err
+
+
+def test_cli_serve_runs_a_server(checkpoint):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ACORN_API_KEY": "sekret"}
+    proc = subprocess.Popen([sys.executable, "-m", "acorn", "serve", str(checkpoint), "--port", str(port),
+                             "--model-name", "cli", "--device", "cpu"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert proc.stdout.readline().startswith(f"serving 'cli' at {url}/v1")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.ConnectError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="sekret", max_retries=0)
+        assert client.completions.create(model="cli", prompt="The", max_tokens=3).usage.completion_tokens == 3
+        assert httpx.get(url + "/v1/models").status_code == 401  # $ACORN_API_KEY was picked up
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
