@@ -77,7 +77,10 @@ def create_app(engine_or_path, *, model_name: str | None = None, api_keys: Seque
         async def start(engine) -> None:
             engine_async = AsyncEngine(engine, max_pending=max_pending)
             engine_async.start()
+            # A request that does not say max_tokens gets the default, never more than the
+            # cap: it must not be refused for a number it did not send.
             app.state.acorn = ServerState(engine=engine_async, model_name=model_name, max_tokens_cap=max_tokens_cap,
+                                          default_max_tokens=min(ServerState.default_max_tokens, max_tokens_cap),
                                           created=int(time.time()), api_keys=api_keys)
 
         async def load() -> None:
@@ -125,6 +128,8 @@ def create_app(engine_or_path, *, model_name: str | None = None, api_keys: Seque
         if getattr(state, "acorn", None) is not None and state.acorn.engine.running:
             return {"status": "ok"}
         error = getattr(state, "load_error", None)
+        if getattr(state, "acorn", None) is not None and state.acorn.engine.error is not None:
+            error = f"the engine stopped: {state.acorn.engine.error}"  # its thread died: not "loading"
         body = {"status": "error", "message": error} if error else {"status": "loading"}
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 

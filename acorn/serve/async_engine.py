@@ -175,7 +175,9 @@ class AsyncEngine:
         try:
             while True:
                 while self._commands:
-                    kind, arg = self._commands.popleft()
+                    # Taken off the queue only once handled: an add stays visible to `pending`
+                    # (in the queue, then in the scheduler), so max_pending holds under a burst.
+                    kind, arg = self._commands[0]
                     if kind == "stop":
                         return
                     if kind == "abort":
@@ -190,6 +192,7 @@ class AsyncEngine:
                             except AcornError as e:
                                 self._deliver(rid, e)
                                 self._finish(rid, notify=False)
+                    self._commands.popleft()
                 if not engine.has_unfinished():
                     self._wake.wait(0.5)
                     self._wake.clear()
