@@ -119,14 +119,22 @@ class SamplingParams:
             problems.append(f"max_new_tokens must be an integer >= 1, not {self.max_new_tokens!r}")
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
             problems.append(f"temperature must be >= 0 (0 = greedy), not {self.temperature!r}")
+        elif self.temperature < 1e-5:
+            # Dividing float32 logits by a temperature this small overflows to inf
+            # (and a 1e-50 rounds to 0): such a temperature means greedy (as vLLM).
+            self.temperature = 0.0
         if not (isinstance(self.top_k, int) and self.top_k >= 0):
             problems.append(f"top_k must be an integer >= 0 (0 = off), not {self.top_k!r}")
         if not 0 < self.top_p <= 1:
             problems.append(f"top_p must be in (0, 1] (1 = off), not {self.top_p!r}")
         if not 0 <= self.min_p <= 1:
             problems.append(f"min_p must be in [0, 1] (0 = off), not {self.min_p!r}")
-        if not self.repetition_penalty > 0:
-            problems.append(f"repetition_penalty must be > 0 (1 = off), not {self.repetition_penalty!r}")
+        if not 0.01 <= self.repetition_penalty <= 100:
+            # Outside this range the penalised float32 logits overflow (or round the penalty to 0).
+            problems.append(f"repetition_penalty must be in [0.01, 100] (1 = off), not {self.repetition_penalty!r}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not (isinstance(getattr(self, name), (int, float)) and abs(getattr(self, name)) <= 100):
+                problems.append(f"{name} must be a number in [-100, 100] (0 = off), not {getattr(self, name)!r}")
         if any(not s for s in self.stop):
             problems.append("stop strings must not be empty")
         problems += self._check_new_fields()

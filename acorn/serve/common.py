@@ -69,6 +69,8 @@ class ServerState:
 
 def get_state(request: Request) -> ServerState:
     state = getattr(request.app.state, "acorn", None)
+    if state is not None and state.engine.error is not None:
+        raise APIError(503, f"the engine stopped: {state.engine.error}; restart the server")
     if state is None or not state.engine.running:
         raise APIError(503, "the model is loading or the server is shutting down; retry shortly",
                        headers={"Retry-After": "1"})

@@ -158,7 +158,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: Union[str, list[str], list[int], list[list[int]]]
-    max_tokens: int | None = Field(default=16, ge=1)  # the official API's default for this endpoint
+    max_tokens: int | None = Field(default=None, ge=1)  # None: the official API's 16 (at most the server's cap)
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
@@ -290,7 +290,8 @@ async def completions(body: CompletionRequest, request: Request):
         encoded = [engine.encode(p) for p in prompts]
     except AcornError as e:
         raise APIError(400, str(e), param="prompt") from None
-    max_tokens = [check_prompt(state, ids, body.max_tokens or state.default_max_tokens) for ids in encoded]
+    requested = body.max_tokens or min(16, state.max_tokens_cap)
+    max_tokens = [check_prompt(state, ids, requested) for ids in encoded]
     params = [_sampling(body, m, logprobs=body.logprobs) for m in max_tokens]
     streams = []
     try:
@@ -543,6 +544,7 @@ async def _collect(request: Request, streams: list) -> list:
                 return task.result()
             if await request.is_disconnected():
                 task.cancel()
+                await asyncio.gather(task, return_exceptions=True)  # retrieve the cancellation
                 return [None]
     finally:
         for s in streams:

@@ -505,3 +505,16 @@ def test_merge_takes_the_openai_names_max_tokens_and_min_tokens():
         SamplingParams.merge(None, {"max_toks": 1})
     merged = SamplingParams.merge(SamplingParams(logit_bias={"3": 1}), {"temperature": 0})
     assert merged.logit_bias == {3: 1.0}  # normalising again keeps the normalised form
+
+
+def test_a_vanishing_temperature_is_greedy_and_extreme_penalties_are_refused():
+    """1e-50 rounds to 0 in float32 (inf logits, NaN probabilities): it used to
+    crash the sampler, and through the server the engine thread."""
+    assert SamplingParams(temperature=1e-50).temperature == 0.0
+    assert SamplingParams(temperature=1e-4).temperature == 1e-4
+    logits = torch.randn(3, 50)
+    assert torch.equal(sample(logits, SamplingParams(temperature=1e-45)), logits.argmax(-1))
+    for bad in (dict(repetition_penalty=1e-45), dict(repetition_penalty=1e9), dict(presence_penalty=1e40),
+                dict(frequency_penalty=float("nan"))):
+        with pytest.raises(AcornError, match=next(iter(bad))):
+            SamplingParams(**bad)

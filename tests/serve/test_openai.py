@@ -565,3 +565,15 @@ def test_cli_serve_runs_a_server(checkpoint):
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
+
+
+def test_a_vanishing_temperature_or_extreme_penalty_cannot_stop_the_engine(server):
+    """Found by fuzzing: temperature 1e-50 rounded to 0 in float32, the sampler
+    raised in the engine thread and every later request got 503."""
+    body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 4}
+    r = httpx.post(server.url + "/v1/completions", json={**body, "temperature": 1e-50})
+    assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    r = httpx.post(server.url + "/v1/completions", json={**body, "repetition_penalty": 1e-45})
+    assert r.status_code == 400 and "repetition_penalty" in r.json()["error"]["message"]
+    assert httpx.get(server.url + "/health").status_code == 200
+    assert httpx.post(server.url + "/v1/completions", json=body).status_code == 200
