@@ -110,7 +110,7 @@ class _Sequence:
             return self._emit(min(hits), drop_rest=True)
         if self.finished:
             return self._emit(len(self.pending))
-        return self._emit(len(self.pending) - _held_back(self.pending, stop))
+        return self._emit(len(self.pending) - held_back(self.pending, stop))
 
     def push_end(self) -> str:
         """Release the held-back text of a sequence that ends without a stop token."""
@@ -134,8 +134,9 @@ class _Sequence:
         return child
 
 
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest end of `text` that is the beginning of a stop string."""
+def held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest end of `text` that is the beginning of one of
+    `stops` (stop strings, tool-call markers): text that must wait to be shown."""
     best = 0
     for s in stops:
         for n in range(min(len(s) - 1, len(text)), best, -1):

@@ -62,6 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.background import BackgroundTask
 
 from acorn.errors import AcornError
+from acorn.infer.engine import held_back
 from acorn.infer.sampling import SamplingParams
 from acorn.serve.common import ANTHROPIC_TYPES, APIError, ServerState, check_model, check_prompt, get_state
 from acorn.serve.openai_api import TOOL_SYNTAX, tool_call_grammar
@@ -389,7 +390,7 @@ class _Request:
         hits = [i for i in (unsent.find(m) for m in markers) if i >= 0]
         if hits:
             return unsent[:min(hits)], unsent[min(hits):], True
-        keep = _held(unsent, markers)
+        keep = held_back(unsent, markers)
         return unsent[:len(unsent) - keep], unsent[len(unsent) - keep:], False
 
     def usage(self, stream, c) -> dict:
@@ -454,17 +455,6 @@ def _sse(event: str, data: dict) -> str:
 # takes the newline before <tool_call>, so that newline is held back too.
 _CALL_MARKERS = {"acorn": ("<|tool_call|>",), "chatml": ("\n<tool_call>", "<tool_call>"),
                  "llama3": ("<|python_tag|>",)}
-
-
-def _held(text: str, markers) -> int:
-    """Length of the longest end of `text` that could begin a marker."""
-    best = 0
-    for m in markers:
-        for n in range(min(len(m) - 1, len(text)), best, -1):
-            if text.endswith(m[:n]):
-                best = n
-                break
-    return best
 
 
 async def _events(ctx: _Request, stream) -> AsyncIterator[str]:

@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
 from acorn.errors import AcornError
+from acorn.infer.engine import held_back
 from acorn.infer.sampling import SamplingParams
 from acorn.serve.common import APIError, ServerState, check_model, check_prompt, get_state
 
@@ -813,10 +814,7 @@ class _ToolHold:
             if cut >= 0:
                 visible = visible[:cut]
             else:  # the marker may be arriving in pieces (a format whose marker is plain text)
-                for k in range(min(len(self.marker) - 1, len(visible)), 0, -1):
-                    if visible.endswith(self.marker[:k]):
-                        visible = visible[:-k]
-                        break
+                visible = visible[:len(visible) - held_back(visible, [self.marker])]
         if self.chat_format == "llama3" and self.text.lstrip().startswith("{"):
             visible = ""  # Llama 3.1 may answer with a bare JSON call
         visible = visible.rstrip()
