@@ -478,7 +478,7 @@ class Engine:
         return out
 
     def _retire(self, req) -> None:
-        req.state.cached_tokens = req.cached_tokens  # for a Completion made from the state (the server's)
+        req.state.cached_tokens = req.cached_tokens  # every Completion is made from the state
         self.scheduler.finish(req)
         if self.speculative is not None:
             self.speculative.release(req)
@@ -536,7 +536,7 @@ class Engine:
         if fresh is not None:
             self._kv.copy_block(parent.table[len(table) - 1], fresh, parent.num_computed % self.block_size)
         child.table, child.hashes, child.num_computed = table, list(parent.hashes), parent.num_computed
-        child.cached_tokens = child.state.cached_tokens = parent.cached_tokens
+        child.cached_tokens = parent.cached_tokens
         self.scheduler.start_running(child)
         return True
 
@@ -550,9 +550,6 @@ class Engine:
         finally:
             for r in ids:
                 self.abort(r)
-        for g in groups:
-            for req in g:
-                req.state.cached_tokens = req.cached_tokens
         return [req.state for g in groups for req in g]
 
     # ------------------------------------------------------------ the plain loop
@@ -655,7 +652,6 @@ class Engine:
                         yield delta
         finally:
             self.abort(rid)
-        req.state.cached_tokens = req.cached_tokens
         return req.state.completion()
 
     def chat(self, messages: list[dict], params: SamplingParams | None = None, *,

@@ -90,7 +90,6 @@ class PromptLookup:
         if k < 1 or not 1 <= min_ngram <= max_ngram:
             raise AcornError("prompt lookup needs k >= 1 and 1 <= min_ngram <= max_ngram")
         self.k, self.max_ngram, self.min_ngram = k, max_ngram, min_ngram
-        self.vocab_size = None
 
     def propose(self, key, tokens: list[int], params, generator) -> Draft:
         n_tokens = len(tokens)
