@@ -1,7 +1,7 @@
 """Acorn: a complete large-language-model stack you can read end to end."""
 
 from acorn.errors import AcornError
-from acorn.tokenizer import Tokenizer
+from acorn.tokenizer.bpe import Tokenizer
 
 __all__ = ["AcornError", "LLM", "SamplingParams", "Tokenizer", "load"]
 
@@ -9,7 +9,7 @@ __all__ = ["AcornError", "LLM", "SamplingParams", "Tokenizer", "load"]
 def __getattr__(name):
     # acorn.load, acorn.LLM and acorn.SamplingParams import torch; keep `import acorn` (and `acorn --help`) fast without it.
     if name == "load":
-        from acorn.checkpoint import load
+        from acorn.model.checkpoint import load
 
         return load
     if name == "LLM":

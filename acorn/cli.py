@@ -48,7 +48,7 @@ def cmd_data_prepare(args) -> None:
 def cmd_tokenizer_train(args) -> None:
     import time
 
-    from acorn.tokenizer import Tokenizer
+    from acorn.tokenizer.bpe import Tokenizer
 
     files = _expand_inputs(args.inputs)
     t0 = time.perf_counter()
@@ -84,13 +84,13 @@ def cmd_tokenizer_decode(args) -> None:
 
 
 def cmd_tokenizer_info(args) -> None:
-    from acorn.tokenizer_eval import describe
+    from acorn.tokenizer.counting import describe
 
     print(describe(_load_tokenizer(args.tokenizer)))
 
 
 def cmd_tokenizer_eval(args) -> None:
-    from acorn.tokenizer_eval import compare_bytes_per_token, format_table
+    from acorn.tokenizer.counting import compare_bytes_per_token, format_table
 
     names = [args.tokenizer, *args.compare]
     toks = [_load_tokenizer(n) for n in names]
@@ -99,7 +99,7 @@ def cmd_tokenizer_eval(args) -> None:
 
 
 def cmd_tokens_count(args) -> None:
-    from acorn.tokenizer_eval import count_tokens
+    from acorn.tokenizer.counting import count_tokens
 
     tok = _load_tokenizer(args.tokenizer)
     total = 0
@@ -114,13 +114,13 @@ def cmd_tokens_count(args) -> None:
 
 
 def cmd_model_info(args) -> None:
-    from acorn.checkpoint import model_info
+    from acorn.model.checkpoint import model_info
 
     print(model_info(args.path))
 
 
 def cmd_quantize(args) -> None:
-    from acorn.quant import quantize_checkpoint
+    from acorn.model.checkpoint import quantize_checkpoint
 
     print(quantize_checkpoint(args.checkpoint, args.method, args.out, group_size=args.group_size,
                               skip=() if args.quantize_head else ("lm_head",)))
@@ -211,7 +211,7 @@ def cmd_chat(args) -> None:
 
 def cmd_watermark_detect(args) -> None:
     from acorn.infer.watermark import detect
-    from acorn.tokenizer import read_text_file
+    from acorn.tokenizer.text import read_text_file
 
     text = read_text_file(Path(args.file))
     if not text.strip():
@@ -245,7 +245,7 @@ def cmd_serve(args) -> None:
 
 # ------------------------------------------------------------------- helpers
 def _load_tokenizer(name: str):
-    from acorn.tokenizer import Tokenizer
+    from acorn.tokenizer.bpe import Tokenizer
 
     return Tokenizer.from_pretrained(name)
 
@@ -282,7 +282,7 @@ def _add_inference_flags(s: argparse.ArgumentParser) -> None:
 
 def _text_arg(args) -> str:
     if args.file:
-        from acorn.tokenizer import read_text_file
+        from acorn.tokenizer.text import read_text_file
 
         return read_text_file(Path(args.file), getattr(args, "errors", "strict"))
     if args.text is not None:

@@ -86,7 +86,7 @@ def stage_world(out: Path, size: str, seed: int) -> dict:
 def stage_tokenizer(world_dir: Path, out: Path, vocab_size: int) -> dict:
     import warnings
 
-    from acorn.tokenizer import Tokenizer
+    from acorn.tokenizer.bpe import Tokenizer
 
     # The tokenizer sees the pretraining documents and the conversations, so
     # the world's names and numbers are single tokens where frequent.
@@ -99,8 +99,8 @@ def stage_tokenizer(world_dir: Path, out: Path, vocab_size: int) -> dict:
 
 
 def stage_tokenizer_eval(world_dir: Path, tok_dir: Path, out: Path) -> dict:
-    from acorn.tokenizer import Tokenizer
-    from acorn.tokenizer_eval import compare_bytes_per_token, format_table
+    from acorn.tokenizer.bpe import Tokenizer
+    from acorn.tokenizer.counting import compare_bytes_per_token, format_table
 
     # Held-out prose: knowledge-base documents about people who never appear in
     # pretraining, as plain text (not JSONL, whose quotes and keys the
@@ -195,26 +195,24 @@ def _steps_for(cfg, minutes: float, init_from: Path | None = None) -> int:
     """Optimizer steps that fit in `minutes`, from the timing of a few real steps."""
     import torch
 
-    from acorn.model import Transformer
-    from acorn.train.pretrain import _autocast, default_device, resolve_dtype
+    from acorn.model.transformer import Transformer
+    from acorn import hardware
 
-    device = default_device()
+    device = hardware.resolve_device()
     if init_from is not None:
-        from acorn.checkpoint import load as load_checkpoint
+        from acorn.model.checkpoint import load as load_checkpoint
 
         model = load_checkpoint(init_from, dtype="float32", device=str(device))
     else:
         model = Transformer(cfg.model).to(device)
-    dtype = resolve_dtype(cfg.train.dtype, device)
-    autocast = _autocast(device, dtype)
+    dtype = hardware.resolve_dtype(cfg.train.dtype, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, model.config.vocab_size, (cfg.train.micro_batch, cfg.train.seq_len), device=device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
+    hardware.flush_denormals(device)
     times = []
     for i in range(10):
         t0 = time.perf_counter()
-        with autocast():
+        with hardware.autocast(device, dtype):
             loss = model(x, targets=x).loss
         loss.backward()
         opt.step()
@@ -297,7 +295,7 @@ def speedrun(out: str | Path = "runs/speedrun", *, preset: str = "cpu", seed: in
 
 def _report(results: list[StageResult], total: float, preset: str, p: SpeedrunPreset, seed: int, out: Path) -> str:
     from acorn.eval.world import format_results
-    from acorn.tokenizer_eval import format_table
+    from acorn.tokenizer.counting import format_table
 
     by = {r.name: r for r in results}
     lines = [

@@ -30,8 +30,8 @@ from common import command_line, log, machine_description, markdown_table, today
 
 from acorn.infer.engine import Engine  # noqa: E402
 from acorn.infer.sampling import SamplingParams  # noqa: E402
-from acorn.model import ModelConfig, Transformer  # noqa: E402
-from acorn.tokenizer import Tokenizer  # noqa: E402
+from acorn.model.transformer import ModelConfig, Transformer  # noqa: E402
+from acorn.tokenizer.bpe import Tokenizer  # noqa: E402
 
 
 def compiled(model: Transformer) -> Transformer:

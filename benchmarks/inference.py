@@ -60,8 +60,8 @@ from model import hf_twin  # noqa: E402  (benchmarks/model.py: the same weights 
 
 from acorn.infer.engine import Engine  # noqa: E402
 from acorn.infer.sampling import SamplingParams  # noqa: E402
-from acorn.model import ModelConfig, Transformer  # noqa: E402
-from acorn.tokenizer import Tokenizer  # noqa: E402
+from acorn.model.transformer import ModelConfig, Transformer  # noqa: E402
+from acorn.tokenizer.bpe import Tokenizer  # noqa: E402
 
 MiB = 1 << 20
 

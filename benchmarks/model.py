@@ -30,7 +30,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from common import command_line, log, machine_description, markdown_table, median_times_interleaved, today, write_section  # noqa: E402
 
-from acorn.model import ModelConfig, Transformer  # noqa: E402
+from acorn.model.transformer import ModelConfig, Transformer  # noqa: E402
 
 SIZES = {  # name: (config overrides, batch, sequence length)
     "nano (1M)": (dict(vocab_size=2048, n_layer=4, d_model=128, n_head=4, n_kv_head=2), 8, 256),

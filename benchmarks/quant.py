@@ -4,12 +4,12 @@ One small model is trained with Acorn's pretraining on the first 90% of tinyshak
 (tokenizer and shards as benchmarks/train.py makes them, in benchmarks/.cache/quant/;
 the trained checkpoint is kept there and reused by later runs with the same settings).
 Then, for the fp32 model, the same model cast to bf16, and each quantization of the fp32
-weights (acorn.quant.quantize; the embeddings and the tied head stay float):
+weights (acorn.model.quant.quantize; the embeddings and the tied head stay float):
 
   quality    perplexity on the held-out last 10% of the text: exp of the mean next-token
              cross-entropy over fixed, non-overlapping windows (benchmarks/train.py's
              heldout_loss), and its change against the fp32 and the bf16 model
-  memory     bytes of all weights (acorn.quant.footprint) and bits per weight of the
+  memory     bytes of all weights (acorn.model.quant.footprint) and bits per weight of the
              quantized layers (codes + scales, over their number of weights)
   speed      decode tokens/s of the engine (acorn.infer.Engine, greedy, a fixed number of
              new tokens after a short prompt), median of --runs runs taken in turns
@@ -44,7 +44,7 @@ from common import CACHE, command_line, log, machine_description, markdown_table
 from torch import nn  # noqa: E402
 
 import train as train_bench  # noqa: E402  (benchmarks/train.py: tokenizer, shards, pretrain driver, held-out loss)
-from acorn import quant  # noqa: E402
+from acorn.model import quant  # noqa: E402
 
 WORK = CACHE / "quant"
 # (n_layer, d_model, n_head, n_kv_head, d_ff): d_ff a multiple of 128, so every group size divides every layer.
@@ -73,8 +73,8 @@ def dtype_name(dtype: torch.dtype) -> str:
 def trained_model(data, size: tuple, seq: int, seconds: float, calib_steps: int):
     """A checkpoint directory with a model trained for about `seconds`, and its tokenizer;
     reused when one with the same settings is in the cache."""
-    from acorn.checkpoint import save
-    from acorn.tokenizer import Tokenizer
+    from acorn.model.checkpoint import save
+    from acorn.tokenizer.bpe import Tokenizer
 
     n_layer, d_model, n_head, n_kv_head, d_ff = size
     model_cfg = dict(vocab_size=data.vocab_size, n_layer=n_layer, d_model=d_model, n_head=n_head, n_kv_head=n_kv_head,
@@ -104,7 +104,7 @@ def trained_model(data, size: tuple, seq: int, seconds: float, calib_steps: int)
 
 
 def variant(path: Path, method: str | None, group_size: int | None, dtype: torch.dtype):
-    from acorn.checkpoint import load
+    from acorn.model.checkpoint import load
 
     model = load(path, dtype="float32", device="cpu")
     if method is not None:
@@ -124,7 +124,7 @@ def quantized_bits(model: nn.Module) -> float | None:
 # ---------------------------------------------------------------- measures
 def measure_models(path: Path, val: torch.Tensor, seq: int, windows: int, new_tokens: int, runs: int) -> list[dict]:
     from acorn.infer import Engine, SamplingParams
-    from acorn.tokenizer import Tokenizer
+    from acorn.tokenizer.bpe import Tokenizer
 
     tok = Tokenizer.from_pretrained(path)
     held = val[: windows * seq + 1]

@@ -50,8 +50,8 @@ def checkpoint(quick: bool) -> Path:
     """A random model of the engine benchmark's shape with a tinyshakespeare BPE (made once)."""
     import torch
 
-    from acorn.model import ModelConfig, Transformer
-    from acorn.tokenizer import Tokenizer
+    from acorn.model.transformer import ModelConfig, Transformer
+    from acorn.tokenizer.bpe import Tokenizer
 
     path = WORK / ("nano" if quick else "small")
     if (path / "config.json").is_file():

@@ -44,8 +44,8 @@ from common import (CACHE, SHARED_DATA, command_line, log, machine_description, 
 from acorn.infer.engine import Engine  # noqa: E402
 from acorn.infer.sampling import SamplingParams  # noqa: E402
 from acorn.infer.structured import _compiled, build_constraint  # noqa: E402
-from acorn.model import ModelConfig, Transformer  # noqa: E402
-from acorn.tokenizer import Tokenizer  # noqa: E402
+from acorn.model.transformer import ModelConfig, Transformer  # noqa: E402
+from acorn.tokenizer.bpe import Tokenizer  # noqa: E402
 
 SCHEMA = {
     "type": "object",

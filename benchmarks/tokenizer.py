@@ -41,7 +41,7 @@ from common import (  # noqa: E402
     write_section,
 )
 
-from acorn.tokenizer import GPT2_PATTERN, GPT4_PATTERN, Tokenizer  # noqa: E402
+from acorn.tokenizer.bpe import GPT2_PATTERN, GPT4_PATTERN, Tokenizer  # noqa: E402
 
 MB = 1_000_000
 CORPUS_VERSION = 3  # bump when the corpus recipe changes, so the cache is rebuilt
@@ -250,7 +250,7 @@ def bench_training(paths: list[Path], vocab_size: int, runs: int) -> tuple[list[
     import rustbpe
     from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
-    from acorn.chat_formats import FORMATS
+    from acorn.chat.formats import FORMATS
 
     specials = list(FORMATS["acorn"].special_tokens)
     docs = _read_docs(paths)  # for the in-memory contenders, read before timing
@@ -316,7 +316,7 @@ def load_gpt2() -> tuple[Tokenizer, str]:
     try:
         return Tokenizer.from_pretrained("gpt2"), 'Tokenizer.from_pretrained("gpt2")'
     except ImportError:
-        # acorn.tokenizer_files not there yet: the same object built by hand
+        # acorn.tokenizer.files not there yet: the same object built by hand
         # from the shared ranks (the encode path measured is the same).
         from tiktoken.load import load_tiktoken_bpe
 
@@ -373,7 +373,7 @@ def bench_encoding(docs: list[str], runs: int) -> tuple[list[dict], str, int]:
 
 # ---------------------------------------------------------------- compression
 def bench_compression(paths: list[Path], tok32k: Tokenizer, vocab_small: int, heldout: list[Path]) -> list[dict]:
-    from acorn.tokenizer_eval import compare_bytes_per_token
+    from acorn.tokenizer.counting import compare_bytes_per_token
 
     log(f"compression: training a {vocab_small}-token tokenizer on the same training files")
     small = Tokenizer.train(paths, vocab_small)

@@ -248,7 +248,7 @@ class Data:
 def prepare_data(vocab: int) -> Data:
     from acorn.data.prepare import prepare
     from acorn.fileio import read_json
-    from acorn.tokenizer import Tokenizer
+    from acorn.tokenizer.bpe import Tokenizer
 
     text = (TEXT_DIR / "tinyshakespeare.txt").read_text(encoding="utf-8")
     cut = text.rfind("\n", 0, int(len(text) * 0.9)) + 1  # the last 10%, from a line start
@@ -312,7 +312,7 @@ def run_acorn(data: Data, overrides: dict, keep_model: bool = False):
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         model = None
         if keep_model:
-            from acorn.checkpoint import load as load_checkpoint
+            from acorn.model.checkpoint import load as load_checkpoint
 
             model = load_checkpoint(out / "model", dtype="float32", device="cpu")
         return rows, model
@@ -373,7 +373,7 @@ def speed(data: Data, sizes: dict, dtypes: list[str], batch: int, seq: int, step
 
 
 def _acorn_params(m: dict) -> int:
-    from acorn.model import ModelConfig
+    from acorn.model.transformer import ModelConfig
 
     return ModelConfig(**m).num_params()
 
@@ -383,7 +383,8 @@ def _acorn_params(m: dict) -> int:
 # ======================================================================
 def race(data: Data, size: tuple[int, int, int], seconds: float, calib_steps: int, races: int,
          baseline_dropout: float) -> dict:
-    from acorn.train.pretrain import LoopConfig, PretrainConfig, resolve_dtype
+    from acorn.hardware import resolve_dtype
+    from acorn.train.pretrain import LoopConfig, PretrainConfig
 
     n_layer, d_model, n_head = size
     defaults = PretrainConfig()

@@ -15,9 +15,9 @@ import transformers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from acorn.chat import FORMATS, apply_chat_template, compile_template, parse_tool_calls, render
+from acorn.chat.template import FORMATS, apply_chat_template, compile_template, parse_tool_calls, render
 from acorn.errors import AcornError
-from acorn.tokenizer import Tokenizer
+from acorn.tokenizer.bpe import Tokenizer
 
 CORPUS = (
     "The weather in Paris is sunny today. What is the weather in Berlin? It is raining in Berlin.\n"

@@ -20,10 +20,10 @@ from safetensors.torch import load_file, save_file
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
 import acorn
-from acorn.checkpoint import hf_architecture, model_info, save
+from acorn.model.checkpoint import hf_architecture, model_info, save
 from acorn.cli import main
 from acorn.errors import AcornError
-from acorn.model import ModelConfig, build
+from acorn.model.transformer import ModelConfig, build
 
 transformers.logging.set_verbosity_error()
 VOCAB, PROMPT, PAD, NEW = 96, 12, 4, 32

@@ -6,7 +6,7 @@ import pytest
 
 from acorn.config import load, parse_overrides, read_yaml, to_yaml
 from acorn.errors import AcornError
-from acorn.model import ModelConfig
+from acorn.model.transformer import ModelConfig
 from acorn.train.optim import OptimConfig
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from acorn.errors import AcornError
-from acorn.model import PRESETS, ModelConfig, Transformer, build, sinusoidal
+from acorn.model.transformer import PRESETS, ModelConfig, Transformer, build, sinusoidal
 
 VARIANTS = {
     "rope-gqa": dict(),

@@ -1,4 +1,4 @@
-"""Weight-only quantization (acorn.quant): the error bounds of int8, int4 and NF4 on random
+"""Weight-only quantization (acorn.model.quant): the error bounds of int8, int4 and NF4 on random
 matrices, NF4's tables against QLoRA's and bitsandbytes', the packed kernels against the
 fallback, the layers inside a model, save -> load -> generate with the engine, and the CLI."""
 
@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from acorn import quant
-from acorn.checkpoint import load, save
+from acorn.model import quant
+from acorn.model.checkpoint import load, save
 from acorn.cli import main
 from acorn.errors import AcornError
-from acorn.model import ModelConfig, build
-from acorn.tokenizer import Tokenizer
+from acorn.model.transformer import ModelConfig, build
+from acorn.tokenizer.bpe import Tokenizer
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -380,7 +380,7 @@ def test_cli_quantize(float_checkpoint, tmp_path, capsys):
     assert "quantized 14 linear layers to int4, group size 64" in printed
     assert f"({after / before:.2f}x; {before:,} -> {after:,} bytes)" in printed and after < before / 3
     assert (out / "tokenizer.json").is_file()
-    from acorn.checkpoint import model_info
+    from acorn.model.checkpoint import model_info
 
     info = model_info(out)
     assert "int4, group size 64 in 14 layers" in info

@@ -16,7 +16,7 @@ from transformers.models.gpt_neox import modeling_gpt_neox as neox
 from transformers.models.llama import modeling_llama as llama
 
 from acorn.errors import AcornError
-from acorn.rope import apply_rope, rope_cos_sin, rope_parameters, validate_scaling
+from acorn.model.rope import apply_rope, rope_cos_sin, rope_parameters, validate_scaling
 
 # (head_dim, partial_rotary_factor): full rotary runs through Llama, partial through GPT-NeoX, whose
 # default RoPE honours partial_rotary_factor (Llama's default ignores it).

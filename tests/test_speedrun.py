@@ -4,7 +4,7 @@ import json
 
 from acorn.cli import main
 from acorn.speedrun import speedrun
-from acorn.tokenizer import Tokenizer
+from acorn.tokenizer.bpe import Tokenizer
 
 
 def test_speedrun_tiny_runs_every_stage(tmp_path):

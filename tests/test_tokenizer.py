@@ -11,11 +11,12 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import acorn.tokenizer as tokmod
-from acorn.chat_formats import FORMATS
+import acorn.tokenizer.bpe as tokmod
+import acorn.tokenizer.text as textmod
+from acorn.chat.formats import FORMATS
 from acorn.cli import main
 from acorn.errors import AcornError
-from acorn.tokenizer import GPT2_PATTERN, GPT4_PATTERN, Tokenizer
+from acorn.tokenizer.bpe import GPT2_PATTERN, GPT4_PATTERN, Tokenizer
 
 N_SPECIAL = len(FORMATS["acorn"].special_tokens)
 
@@ -127,12 +128,12 @@ def test_piecewise_feeding_does_not_change_training(monkeypatch, tmp_path, patte
              for i in range(3000)]
     text = "".join(lines) + "\n\n\n  end\n"
     whole = Tokenizer.train([text], 700, pattern=pattern)
-    monkeypatch.setattr(tokmod, "CHUNK_BYTES", 997)
-    assert len(list(tokmod._split_for_training(text))) > 50
+    monkeypatch.setattr(textmod, "CHUNK_BYTES", 997)
+    assert len(list(textmod.split_for_training(text))) > 50
     assert Tokenizer.train([text], 700, pattern=pattern).mergeable_ranks == whole.mergeable_ranks
     path = tmp_path / "corpus.txt"
     path.write_text(text, encoding="utf-8")
-    assert len(list(tokmod.iter_text_chunks(path))) > 50
+    assert len(list(textmod.iter_text_chunks(path))) > 50
     assert Tokenizer.train([path], 700, pattern=pattern).mergeable_ranks == whole.mergeable_ranks
 
 

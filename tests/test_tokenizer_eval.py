@@ -8,15 +8,15 @@ import pytest
 
 from acorn.cli import main
 from acorn.errors import AcornError
-from acorn.tokenizer import Tokenizer
-from acorn.tokenizer_eval import (
+from acorn.tokenizer.bpe import Tokenizer
+from acorn.tokenizer.counting import (
     compare_bytes_per_token,
     count_tokens,
     describe,
     format_table,
     token_pieces,
 )
-from acorn.tokenizer import iter_text_chunks
+from acorn.tokenizer.text import iter_text_chunks
 
 WORDS = ["the", "river", "Oak", "stone", "berry", "straw", "naïve", "café", "über", "north", "gate", "keeper"]
 

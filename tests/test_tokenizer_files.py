@@ -20,8 +20,8 @@ from tokenizers import AddedToken
 
 from acorn.cli import main
 from acorn.errors import AcornError
-from acorn.tokenizer import GPT2_PATTERN, GPT4_PATTERN, Tokenizer
-from acorn.tokenizer_files import (
+from acorn.tokenizer.bpe import GPT2_PATTERN, GPT4_PATTERN, Tokenizer
+from acorn.tokenizer.files import (
     AddedTokensEncoding, HFEncoding, bytes_to_unicode, load_tokenizer, recover_merges, save_tokenizer, token_str,
 )
 

@@ -8,7 +8,7 @@ Inputs: files, directories (their *.txt, *.jsonl and *.parquet files, not
 recursive) and globs, taken in sorted order.
 - .txt: the whole file is ONE document. A file larger than TXT_SPLIT_BYTES
   (4 MiB: a book dump, not a document) is cut into pieces of about 1 MiB at
-  safe newlines (acorn.tokenizer.iter_text_chunks) and each piece is a
+  safe newlines (acorn.tokenizer.text.iter_text_chunks) and each piece is a
   document of its own.
 - .jsonl: one document per line, the string in field `text_field`.
 - .parquet: one document per row, the string column `text_field`, read one
@@ -161,7 +161,7 @@ def iter_chunks(files: Sequence[Path], chunk_bytes: int) -> Iterator[tuple[list[
 
 
 def _iter_pieces(files: Sequence[Path], chunk_bytes: int) -> Iterator[tuple[tuple, int]]:
-    from acorn.tokenizer import iter_text_chunks, read_text_file
+    from acorn.tokenizer.text import iter_text_chunks, read_text_file
 
     for path in files:
         if path.suffix == ".txt":
@@ -259,7 +259,7 @@ _WORKER: dict = {}
 
 
 def _init_worker(tokenizer_path: str) -> None:
-    from acorn.tokenizer import Tokenizer
+    from acorn.tokenizer.bpe import Tokenizer
 
     _WORKER["tok"] = Tokenizer.from_pretrained(tokenizer_path)
 
@@ -270,7 +270,7 @@ def _work(pieces: list[tuple], spec: _Spec) -> dict:
 
 # ---------------------------------------------------------------- identity
 def load_tokenizer(path):
-    from acorn.tokenizer import Tokenizer
+    from acorn.tokenizer.bpe import Tokenizer
 
     try:
         return Tokenizer.from_pretrained(path)
@@ -285,7 +285,7 @@ def tokenizer_fingerprint(path) -> str:
     """sha256 over the tokenizer's own files (names and bytes); the built-in 'gpt2' hashes its asset."""
     p = Path(path)
     if not p.exists():
-        from acorn.tokenizer_files import GPT2_RANKS
+        from acorn.tokenizer.files import GPT2_RANKS
 
         files = [GPT2_RANKS]
     elif p.is_dir():

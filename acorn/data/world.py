@@ -637,16 +637,13 @@ def _row_text(row: dict) -> str:
 
 
 def _load_tokenizer(path):
-    from acorn.tokenizer import Tokenizer
+    from acorn.tokenizer.bpe import Tokenizer
 
-    try:
-        return Tokenizer.from_pretrained(path)
-    except ImportError as e:  # the loader module may be absent in a partial install
-        raise AcornError(f"cannot load tokenizer {path} ({e}); omit --tokenizer to count with a fitted BPE") from None
+    return Tokenizer.from_pretrained(path)
 
 
 def _fit_tokenizer(pretrain: list[dict]):
-    from acorn.tokenizer import Tokenizer
+    from acorn.tokenizer.bpe import Tokenizer
 
     # Fitted to the pretraining text at the vocabulary the speedrun uses, so
     # the counts are what training will actually see. A tiny world supports

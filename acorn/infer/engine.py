@@ -20,7 +20,7 @@ Two ways to hold the cache, one loop of requests over them:
            generate() and stream() drive it.
   plain (paged=False)  the textbook version: a batch of prompts left-padded
            into one tensor, prefilled together, each step concatenating the new
-           keys/values onto a contiguous per-row cache (acorn.model.KVCache); a
+           keys/values onto a contiguous per-row cache (acorn.model.transformer.KVCache); a
            finished row is dropped. Kept as the reference the paged path is
            tested against, for ALiBi models, and for beam search.
 
@@ -41,6 +41,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor
 
+from acorn import hardware
 from acorn.errors import AcornError
 from acorn.infer.paged import PagedKV
 from acorn.infer.sampling import SamplingParams, sample, token_logprobs
@@ -168,7 +169,7 @@ def default_stop_ids(tokenizer, extra: Sequence[int] = ()) -> frozenset[int]:
     end-of-sequence token, the end-of-turn tokens of its chat format (any
     known format whose stop tokens the vocabulary holds), and `extra` (e.g.
     the eos_token_id list of a checkpoint's generation_config.json)."""
-    from acorn.chat_formats import FORMATS
+    from acorn.chat.formats import FORMATS
 
     ids = set(extra)
     if tokenizer.eos_id is not None:
@@ -181,7 +182,7 @@ def default_stop_ids(tokenizer, extra: Sequence[int] = ()) -> frozenset[int]:
 
 def chat_format_of(tokenizer) -> str | None:
     """The tokenizer's chat format by name, or recognised by its special tokens."""
-    from acorn.chat_formats import FORMATS
+    from acorn.chat.formats import FORMATS
 
     if tokenizer.chat_format in FORMATS:
         return tokenizer.chat_format
@@ -222,10 +223,7 @@ class Engine:
         self.device = model.device
         self.stop_token_ids = default_stop_ids(tokenizer, stop_token_ids)
         self.chat_format = chat_format_of(tokenizer)
-        if self.device.type == "cpu":
-            # Tiny activations decay into denormal floats, which x86 CPUs
-            # process up to 30x slower; flushing them to zero changes nothing visible.
-            torch.set_flush_denormal(True)
+        hardware.flush_denormals(self.device)
         cfg = model.config
         self.paged = paged and cfg.positions != "alibi"
         if max_num_seqs < 1 or max_num_batched_tokens < 1:
@@ -258,8 +256,8 @@ class Engine:
         """A checkpoint directory (acorn.load) with its tokenizer files beside the weights.
         speculative_model: "ngram" (prompt lookup) or a draft checkpoint with the same tokenizer.
         options: the engine's keyword arguments (paged, kv_cache_memory, ...)."""
-        from acorn.checkpoint import load
-        from acorn.tokenizer import Tokenizer
+        from acorn.model.checkpoint import load
+        from acorn.tokenizer.bpe import Tokenizer
 
         model = load(path, dtype=dtype, device=device)
         tokenizer = Tokenizer.from_pretrained(path)
@@ -670,7 +668,7 @@ class Engine:
     def parse_tools(self, completion: Completion) -> Completion:
         """Move the tool calls in a completion's text into completion.tool_calls."""
         if self.chat_format is not None:
-            from acorn.chat import parse_tool_calls
+            from acorn.chat.template import parse_tool_calls
 
             completion.text, completion.tool_calls = parse_tool_calls(completion.text, self.chat_format)
         return completion

@@ -354,7 +354,7 @@ def _table_slots(tables: Tensor, block_size: int) -> Tensor:
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
-    from acorn.model import _SDPA_GQA
+    from acorn.model.transformer import _SDPA_GQA
 
     if k.shape[1] != q.shape[1]:
         if _SDPA_GQA:
@@ -365,7 +365,7 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool)
 
 
 def paged_attention(attn, x: Tensor, rope, layer: int, step: StepInput, kv: PagedKV) -> Tensor:
-    """attn: an acorn.model.Attention; x (1, N, d_model). Writes the new keys
+    """attn: an acorn.model.transformer.Attention; x (1, N, d_model). Writes the new keys
     and values into the pool, then attends each row to its request's context."""
     q, k, v = attn.qkv(x, rope)  # (1, H, N, D)
     kv.write(layer, step.slots, k[0].transpose(0, 1), v[0].transpose(0, 1))
@@ -394,7 +394,7 @@ def paged_forward(model, step: StepInput, kv: PagedKV) -> Tensor:
 
     The same layers as Transformer.forward, with attention reading and writing
     the paged pool instead of a per-request cache."""
-    from acorn.model import sinusoidal
+    from acorn.model.transformer import sinusoidal
 
     cfg, backbone = model.config, model.model
     tokens, positions = step.tokens[None], step.positions[None]

@@ -109,7 +109,7 @@ class PromptLookup:
 
 @dataclass
 class _DraftState:
-    cache: object = None  # acorn.model.KVCache of the tokens the draft model has seen
+    cache: object = None  # acorn.model.transformer.KVCache of the tokens the draft model has seen
     seen: list[int] = field(default_factory=list)
 
 

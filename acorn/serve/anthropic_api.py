@@ -18,7 +18,7 @@ this module answers it from the same engine as the OpenAI routes:
             prefix cache). A final assistant message is a prefill: the reply
             continues it, as Anthropic's API does.
   tools     tool_choice auto: the reply is parsed for calls in the chat format's
-            syntax (acorn.chat.parse_tool_calls). any / tool: generation is
+            syntax (acorn.chat.template.parse_tool_calls). any / tool: generation is
             constrained by a grammar (openai_api.tool_call_grammar, shared with
             OpenAI's tool_choice "required"/named) whose every match is a call in
             that syntax with input valid against the tool's input_schema, so the
@@ -350,7 +350,7 @@ class _Request:
             return "", [], "max_tokens", None
         text, calls = c.text, []
         if self.parse:
-            from acorn.chat import parse_tool_calls
+            from acorn.chat.template import parse_tool_calls
 
             text, found = parse_tool_calls(c.text, self.fmt)
             calls = [{"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:24], "name": f["function"]["name"],

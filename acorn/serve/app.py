@@ -112,15 +112,11 @@ def create_app(engine_or_path, *, model_name: str | None = None, api_keys: Seque
                   lifespan=lifespan)
     _add_error_handlers(app)
 
+    from acorn.serve.anthropic_api import router as anthropic_router
     from acorn.serve.openai_api import router as openai_router
 
     app.include_router(openai_router)
-    try:  # written alongside this module; the server works without it
-        from acorn.serve.anthropic_api import router as anthropic_router
-    except ImportError:
-        anthropic_router = None
-    if anthropic_router is not None:
-        app.include_router(anthropic_router)
+    app.include_router(anthropic_router)
 
     @app.get("/health")
     async def health(request: Request):

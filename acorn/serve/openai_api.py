@@ -357,7 +357,7 @@ def embed(model, token_lists: list[list[int]], batch_size: int = 16) -> torch.Te
     Rows of a batch are padded on the right and attention is causal, so no
     real token ever sees a pad (positions start at 0 in every row): each
     vector equals that of its list run alone."""
-    from acorn.model import sinusoidal
+    from acorn.model.transformer import sinusoidal
 
     cfg, backbone = model.config, model.model
     device = next(model.parameters()).device
@@ -460,7 +460,7 @@ def _choice_name(choice) -> str:
     return repr(choice) if isinstance(choice, str) else repr(choice.function.name)
 
 
-# Each chat format's tool-call syntax, as its template writes calls (acorn.chat_formats):
+# Each chat format's tool-call syntax, as its template writes calls (acorn.chat.formats):
 # (before the calls, before each call, the arguments' key, after each call, between calls).
 TOOL_SYNTAX = {
     "acorn": ("", "<|tool_call|>", "arguments", "<|/tool_call|>", ""),

@@ -22,6 +22,8 @@ global batch, DDP averages gradients (or FSDP2 shards the model with
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import os
@@ -33,9 +35,10 @@ from typing import Literal
 
 import torch
 
+from acorn import hardware
 from acorn.errors import AcornError
 from acorn.fileio import atomic_write, read_json, write_text
-from acorn.model import ModelConfig, Transformer
+from acorn.model.transformer import ModelConfig, Transformer
 from acorn.train.optim import OptimConfig, build_optimizers, lr_multiplier, set_lr
 
 
@@ -72,50 +75,6 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-# ------------------------------------------------------------ hardware
-# Dense bf16/fp16 tensor-core peaks (FLOP/s) by GPU name, for MFU. A device not
-# listed gets MFU "unknown" rather than a number against the wrong peak.
-PEAK_FLOPS = {
-    "H200": 989.4e12, "H100": 989.4e12, "GH200": 989.4e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
-    "A10": 125e12, "RTX 4090": 165.2e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
-}
-
-
-def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key in sorted(PEAK_FLOPS, key=len, reverse=True):
-        if key in name:
-            return PEAK_FLOPS[key]
-    return None
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name != "auto":
-        return getattr(torch, name)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if device.type == "cpu" and _cpu_has_bf16():
-        return torch.bfloat16
-    return torch.float32
-
-
-def _cpu_has_bf16() -> bool:
-    """AMX or AVX512-BF16: the CPU computes bf16 matmuls natively (1.4-2x here)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 # --------------------------------------------------------- distributed
@@ -241,10 +200,9 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> Path:
 
 def start(cfg) -> tuple[torch.device, Dist]:
     """Device, processes, seeds: the first thing every training stage does."""
-    device = default_device()
+    device = hardware.resolve_device()
     dist_ = init_distributed(device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # x86 slows down up to 30x on denormal floats
+    hardware.flush_denormals(device)
     torch.manual_seed(cfg.seed + dist_.rank)
     random.seed(cfg.seed)
     return device, dist_
@@ -253,7 +211,7 @@ def start(cfg) -> tuple[torch.device, Dist]:
 def build_model(cfg, device: torch.device, vocab_size: int | None = None) -> Transformer:
     """A fresh model from cfg.model, or the checkpoint in cfg.init_from (which then sets cfg.model)."""
     if cfg.init_from:
-        from acorn.checkpoint import load as load_checkpoint
+        from acorn.model.checkpoint import load as load_checkpoint
 
         model = load_checkpoint(cfg.init_from, dtype="float32", device=str(device))
         cfg.model = model.config
@@ -276,7 +234,7 @@ def train(cfg, model: Transformer, loader, val_loader, tokenizer, device: torch.
     (pretraining, SFT): loaders yield Batch(x, y, document_ids), y = -100 where
     no loss is wanted. Returns the run directory."""
     out = Path(cfg.out)
-    dtype = resolve_dtype(cfg.train.dtype, device)
+    dtype = hardware.resolve_dtype(cfg.train.dtype, device)
     raw_model = model
     per_step = cfg.train.micro_batch * cfg.train.seq_len * dist_.world
     accum = max(1, round(cfg.train.batch_tokens / per_step))
@@ -328,8 +286,8 @@ def train(cfg, model: Transformer, loader, val_loader, tokenizer, device: torch.
         from acorn.config import to_yaml
 
         write_text(out / "config.yaml", to_yaml(cfg))
-    autocast = _autocast(device, dtype)
-    peak = peak_flops(device, dtype)
+    autocast = functools.partial(hardware.autocast, device, dtype)
+    peak = hardware.peak_flops(device, dtype)
     flops_per_token = cfg.model.flops_per_token(cfg.train.seq_len)
     nbytes = token_nbytes(tokenizer, device) if tokenizer is not None else None
     tokens_per_step = per_step * accum
@@ -361,7 +319,7 @@ def train(cfg, model: Transformer, loader, val_loader, tokenizer, device: torch.
             share = n * dist_.world / max(n_step, 1)  # DDP then averages over processes
             # DDP: all-reduce the gradients once, after the last micro-batch.
             sync = micro == accum - 1 or not hasattr(model, "no_sync")
-            with (model.no_sync() if not sync else _null()), autocast():
+            with (model.no_sync() if not sync else contextlib.nullcontext()), autocast():
                 out_ = model(x, targets=y, document_ids=docs)
                 loss = out_.loss * share if n else out_.logits.sum() * 0.0
                 if out_.aux_loss is not None:
@@ -463,7 +421,7 @@ def _tokenizer(meta: dict):
     path = meta.get("tokenizer", {}).get("path")
     if not path or not Path(path).exists():
         return None
-    from acorn.tokenizer import Tokenizer
+    from acorn.tokenizer.bpe import Tokenizer
 
     return Tokenizer.from_pretrained(path)
 
@@ -556,20 +514,6 @@ def _data_meta(data: Path) -> dict:
     if not (data / "meta.json").exists():
         raise AcornError(f"{data}: no prepared data (meta.json); run `acorn data prepare INPUTS --tokenizer DIR --out {data}`")
     return read_json(data / "meta.json")
-
-
-def _autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return _null
-    return lambda: torch.autocast(device.type, dtype=dtype)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _progress(start: int, total: int, enabled: bool):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from acorn.errors import AcornError
-from acorn.model import ModelConfig
+from acorn.model.transformer import ModelConfig
 from acorn.train.optim import OptimConfig
 from acorn.train.pretrain import EvalConfig, LoopConfig, build_model, start, train
 
@@ -38,7 +38,7 @@ class SFTConfig:
 
 def sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
     from acorn.fileio import expand_inputs
-    from acorn.tokenizer import Tokenizer
+    from acorn.tokenizer.bpe import Tokenizer
     from acorn.train.sft_data import SFTLoader, load_examples, pack, split_examples
 
     if not cfg.init_from:

@@ -14,7 +14,7 @@ from acorn.data.loader import Batch, TokenLoader
 from acorn.data.prepare import prepare
 from acorn.data.world import generate_world
 from acorn.errors import AcornError
-from acorn.tokenizer import Tokenizer
+from acorn.tokenizer.bpe import Tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import acorn.data.prepare as P
 from acorn.cli import main
 from acorn.data.world import generate_world
 from acorn.errors import AcornError
-from acorn.tokenizer import Tokenizer
+from acorn.tokenizer.bpe import Tokenizer
 
 
 @pytest.fixture(scope="module")

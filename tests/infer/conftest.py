@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from acorn.tokenizer import Tokenizer
+from acorn.tokenizer.bpe import Tokenizer
 
 transformers.logging.set_verbosity_error()
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 import transformers
 
-from acorn.checkpoint import load
+from acorn.model.checkpoint import load
 from acorn.errors import AcornError
 from acorn.infer.beam import Beam, beam_search
 

@@ -15,7 +15,7 @@ import torch
 
 from acorn.cli import main
 from acorn.infer import Engine, SamplingParams
-from acorn.model import KVCache, ModelConfig, ModelOutput
+from acorn.model.transformer import KVCache, ModelConfig, ModelOutput
 
 PROMPTS = ["The quick brown fox", "Once", "A small acorn grows into a tall", "The cat sat on"]
 

@@ -251,7 +251,7 @@ def test_bad_requests_are_refused_with_one_clear_line(checkpoint):
 def test_paged_greedy_equals_transformers_for_each_family(name, tmp_path, tok):
     """Learned positions, biases, sliding windows, QK-norm, experts and RoPE
     scalings all go through the paged forward, not only Llama's layout."""
-    from acorn.checkpoint import load
+    from acorn.model.checkpoint import load
     from tests.test_checkpoint import NEW, PAD, _batch, _hf_greedy, _hf_model
 
     hf, path = _hf_model(name, tmp_path)

@@ -83,7 +83,7 @@ def test_greedy_with_the_model_itself_as_draft_keeps_everything(checkpoint, plai
 
 def test_greedy_with_a_poor_draft_model_is_still_the_plain_output(checkpoint, plain):
     torch.manual_seed(3)
-    from acorn.model import ModelConfig, Transformer
+    from acorn.model.transformer import ModelConfig, Transformer
 
     cfg = ModelConfig.from_dict({**plain.model.config.to_dict(), "n_layer": 1})
     poor = Transformer(cfg).eval()
@@ -115,7 +115,7 @@ def test_sampling_with_a_draft_model_finishes_and_frees_its_blocks(checkpoint, p
 def test_a_draft_with_another_tokenizer_is_refused(checkpoint, tmp_path, tok):
     import shutil
 
-    from acorn.tokenizer import Tokenizer
+    from acorn.tokenizer.bpe import Tokenizer
 
     other = tmp_path / "draft"
     shutil.copytree(checkpoint[0], other)

@@ -16,7 +16,7 @@ from acorn.cli import main
 from acorn.errors import AcornError
 from acorn.infer import Engine, SamplingParams
 from acorn.infer.watermark import Detection, GreenList, WatermarkProcessor, detect, fmix32, p_value, z_score
-from acorn.tokenizer import Tokenizer
+from acorn.tokenizer.bpe import Tokenizer
 
 SHAKESPEARE = Path(__file__).parents[3] / "shared" / "data" / "text" / "tinyshakespeare.txt"
 

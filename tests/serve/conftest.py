@@ -49,7 +49,7 @@ def checkpoint(tmp_path_factory):
     """A tiny random Llama made by transformers, saved with an Acorn BPE in the acorn chat format."""
     import transformers
 
-    from acorn.tokenizer import Tokenizer
+    from acorn.tokenizer.bpe import Tokenizer
 
     transformers.logging.set_verbosity_error()
     tok = Tokenizer.train([TEXT], 400, chat_format="acorn")

@@ -255,11 +255,11 @@ def test_tool_call_grammar_writes_what_the_template_writes(chat_format):
     """Any text the grammar allows (drawn at random here) parses into calls
     whose arguments validate, and is exactly how the chat template renders
     those calls: the model is held to the syntax it was trained on."""
-    from acorn.chat import parse_tool_calls
+    from acorn.chat.template import parse_tool_calls
     from acorn.infer.engine import default_stop_ids
     from acorn.infer.structured import build_constraint
     from acorn.serve.openai_api import tool_call_grammar
-    from acorn.tokenizer import Tokenizer
+    from acorn.tokenizer.bpe import Tokenizer
 
     from .conftest import TEXT
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from acorn.model import ModelConfig, Transformer
+from acorn.model.transformer import ModelConfig, Transformer
 from acorn.train.optim import OptimConfig, build_optimizers, lr_multiplier, param_groups
 
 

@@ -28,7 +28,7 @@ TINY_MODEL = ["--model.vocab_size", "512", "--model.n_layer", "2", "--model.d_mo
 def data(tmp_path_factory) -> Path:
     from acorn.data.prepare import prepare
     from acorn.data.world import generate_world
-    from acorn.tokenizer import Tokenizer
+    from acorn.tokenizer.bpe import Tokenizer
 
     root = tmp_path_factory.mktemp("pretrain")
     generate_world(root / "world", size="tiny", quiet=True)
@@ -91,7 +91,7 @@ def test_kill_9_then_resume_is_bitwise_identical(data, tmp_path):
 
 
 def test_nan_steps_are_skipped_then_the_run_stops(data, tmp_path, monkeypatch):
-    from acorn.model import Transformer
+    from acorn.model.transformer import Transformer
 
     real_forward = Transformer.forward
     calls = {"n": 0}
@@ -170,7 +170,7 @@ def test_two_processes_equal_one_at_the_same_global_batch(data, tmp_path):
 def test_fsdp2_equals_one_process_resumes_and_exports(data, tmp_path):
     import shutil
 
-    from acorn.checkpoint import load as load_checkpoint
+    from acorn.model.checkpoint import load as load_checkpoint
 
     # A clip below every step's gradient norm (~0.6-0.7 here), so the global
     # norm over sharded gradients is both computed and applied.
@@ -217,7 +217,7 @@ def _compile_unsupported() -> str | None:
 
 @pytest.mark.skipif(_compile_unsupported() is not None, reason=str(_compile_unsupported()))
 def test_compiled_training_matches_eager(data, tmp_path):
-    from acorn.checkpoint import load as load_checkpoint
+    from acorn.model.checkpoint import load as load_checkpoint
 
     common = ["--train.micro_batch", "8", "--train.batch_tokens", "256", "--train.max_steps", "4"]
     from torch._dynamo.utils import counters

@@ -10,8 +10,8 @@ import torch
 
 from acorn.cli import main
 from acorn.errors import AcornError
-from acorn.model import ModelConfig, Transformer
-from acorn.tokenizer import Tokenizer
+from acorn.model.transformer import ModelConfig, Transformer
+from acorn.tokenizer.bpe import Tokenizer
 from acorn.train.sft_data import IGNORE, pack, render_example, to_batch
 
 CONVS = [

@@ -1,8 +1,8 @@
 """Chat formats: the special tokens and the Jinja chat template of each.
 
-Plain data, kept apart from the renderer in acorn.chat so that training a
+Plain data, kept apart from the renderer in acorn.chat.template so that training a
 tokenizer (which reserves a format's special tokens) needs no Jinja. The
-renderer, the assistant mask and tool-call parsing live in acorn.chat.
+renderer, the assistant mask and tool-call parsing live in acorn.chat.template.
 """
 
 from __future__ import annotations

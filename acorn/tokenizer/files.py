@@ -34,7 +34,7 @@ import tiktoken
 
 from acorn.errors import AcornError
 from acorn.fileio import read_json, write_json
-from acorn.tokenizer import GPT2_PATTERN, GPT4_PATTERN, Tokenizer, resolve_pattern
+from acorn.tokenizer.bpe import GPT2_PATTERN, GPT4_PATTERN, Tokenizer, resolve_pattern
 
 GPT2_RANKS = Path(__file__).parent / "assets" / "gpt2.tiktoken.gz"
 LOOKED_FOR = "tokenizer.json, vocab.json + merges.txt, or one *.tiktoken file"

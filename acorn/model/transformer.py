@@ -8,7 +8,7 @@ small choices, each a field of ModelConfig:
 
   positions   learned (GPT-2), sinusoidal (Vaswani et al. 2017), RoPE (Su et al.
               2021; Llama, Mistral, Qwen2, Mixtral) with its context-extension
-              scalings (acorn.rope), ALiBi (Press et al. 2022)
+              scalings (acorn.model.rope), ALiBi (Press et al. 2022)
   attention   multi-head, grouped-query (Ainslie et al. 2023), multi-query
               (Shazeer 2019) by n_kv_head; q/k/v biases (Qwen2); QK-norm (Qwen3);
               sliding window (Mistral); through torch's scaled_dot_product_attention,
@@ -21,7 +21,7 @@ small choices, each a field of ModelConfig:
 Acorn's own default is the modern one (RoPE, RMSNorm, SwiGLU, GQA, no biases),
 which is Llama's layout: its checkpoints are LlamaForCausalLM checkpoints.
 Parameter names follow transformers' Llama names so that Llama, Mistral and
-Qwen2 weights load with no renaming (acorn.checkpoint maps the others).
+Qwen2 weights load with no renaming (acorn.model.checkpoint maps the others).
 
 The KV cache is explicit: forward() takes the keys and values of the tokens
 seen so far (a KVCache) and returns them extended by the new tokens; the
@@ -104,7 +104,7 @@ class ModelConfig:
         if self.n_experts and not 0 < self.n_experts_per_token <= self.n_experts:
             raise AcornError(f"n_experts_per_token must be in 1..{self.n_experts}, not {self.n_experts_per_token}")
         if self.positions == "rope":
-            from acorn.rope import validate_scaling
+            from acorn.model.rope import validate_scaling
 
             self.rope_scaling = validate_scaling(self.rope_scaling)
 
@@ -349,7 +349,7 @@ class Attention(nn.Module):
         if self.cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
-            from acorn.rope import apply_rope
+            from acorn.model.rope import apply_rope
 
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return q, k, v
@@ -446,7 +446,7 @@ class Transformer(nn.Module):
 
     # ---- positions
     def _rope(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        from acorn.rope import rope_cos_sin, rope_parameters
+        from acorn.model.rope import rope_cos_sin, rope_parameters
 
         cfg = self.config
         seq_len = None
@@ -607,8 +607,8 @@ class Transformer(nn.Module):
         return self.lm_head.weight.dtype
 
     def save(self, directory, **kwargs):
-        """Write a Hugging Face checkpoint directory (see acorn.checkpoint.save)."""
-        from acorn.checkpoint import save
+        """Write a Hugging Face checkpoint directory (see acorn.model.checkpoint.save)."""
+        from acorn.model.checkpoint import save
 
         return save(self, directory, **kwargs)
 

@@ -11,7 +11,7 @@ parallel), encoding and decoding on tiktoken. What lives here is the shape a
 user needs around them: special tokens that are plain text unless allowed,
 vocabulary sizes that include the special tokens, clear errors on bad input,
 an incremental decoder for streaming, and the Hugging Face file format
-(in acorn.tokenizer_files).
+(in acorn.tokenizer.files).
 
 Training rule, exactly (tests/test_tokenizer.py replays it in pure Python):
 each regex chunk counts once per occurrence; pairs are counted at every
@@ -38,6 +38,7 @@ import regex
 import tiktoken
 
 from acorn.errors import AcornError
+from acorn.tokenizer.text import iter_text_chunks, split_for_training
 
 # GPT-4's (cl100k) split pattern: case-insensitive contractions, letters with
 # an optional leading non-letter, numbers in groups of up to 3 digits (so the
@@ -50,22 +51,9 @@ GPT4_PATTERN = (
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 PATTERNS = {"gpt4": GPT4_PATTERN, "gpt2": GPT2_PATTERN}
 
-# Long texts are read, trained on and counted in pieces of about 1 MiB: big
-# enough that per-call overhead vanishes, small enough that memory stays flat
-# and rustbpe can spread pieces over cores. A piece ends only at a safe cut:
-# right after a newline that follows a visible ASCII character and precedes an
-# ASCII letter. No match of the GPT-2 or GPT-4 split pattern contains "\n"
-# followed by a letter, and with a non-space before the newline GPT-2's
-# end-of-text rule (\s++$) sees the same lone "\n" in the piece as in the whole
-# text; so pieces give exactly the chunks of the whole. (Both neighbours being
-# ASCII also keeps a byte cut on a UTF-8 character boundary.)
-CHUNK_BYTES = 1 << 20
 # Below this many characters a batch is encoded on the calling thread: starting
 # threads would cost more than they save.
 _PARALLEL_MIN_CHARS = 1 << 16
-_SAFE_CUT = r"(?<=[\x21-\x7e])\n(?=[A-Za-z])"
-_SAFE_CUT_STR = regex.compile(_SAFE_CUT)
-_SAFE_CUT_BYTES = regex.compile(_SAFE_CUT.encode())
 
 AllowedSpecial = Literal["all"] | Collection[str]
 
@@ -109,7 +97,7 @@ class Tokenizer:
         self.chat_template = chat_template
         self.chat_format = chat_format
         # `encoding` is a tiktoken.Encoding, or any object with the same methods
-        # (acorn.tokenizer_files wraps the `tokenizers` library that way for
+        # (acorn.tokenizer.files wraps the `tokenizers` library that way for
         # formats tiktoken cannot express).
         if encoding is None:
             if mergeable_ranks is None:
@@ -148,7 +136,7 @@ class Tokenizer:
         """
         import rustbpe
 
-        from acorn.chat_formats import get_format
+        from acorn.chat.formats import get_format
 
         fmt = get_format(chat_format)
         specials = list(dict.fromkeys([*fmt.special_tokens, *(special_tokens or [])]))
@@ -187,13 +175,13 @@ class Tokenizer:
     def from_pretrained(cls, path: str | os.PathLike) -> "Tokenizer":
         """Load from a directory (tokenizer.json, vocab.json + merges.txt, *.tiktoken),
         a single file, or the built-in name 'gpt2'. Never fetches anything."""
-        from acorn.tokenizer_files import load_tokenizer
+        from acorn.tokenizer.files import load_tokenizer
 
         return load_tokenizer(path)
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write Hugging Face files (tokenizer.json, tokenizer_config.json, ...)."""
-        from acorn.tokenizer_files import save_tokenizer
+        from acorn.tokenizer.files import save_tokenizer
 
         return save_tokenizer(self, directory)
 
@@ -338,7 +326,7 @@ class Tokenizer:
         return_assistant_mask=True a dict {"input_ids", "assistant_mask"} whose
         mask is 1 on the tokens an SFT loss should train on.
         """
-        from acorn.chat import apply_chat_template
+        from acorn.chat.template import apply_chat_template
 
         return apply_chat_template(
             self, messages, add_generation_prompt=add_generation_prompt, tokenize=tokenize,
@@ -408,59 +396,11 @@ def _training_pieces(texts, *, text_field: str, errors: str) -> Iterator[str]:
             yield from _file_pieces(Path(path), text_field=text_field, errors=errors)
         return
     for t in texts:
-        yield from _split_for_training(t)
+        yield from split_for_training(t)
 
 
 def _looks_like_path(s: str) -> bool:
     return len(s) < 4096 and "\n" not in s and os.path.exists(s)
-
-
-def read_text_file(path: str | os.PathLike, errors: str = "strict") -> str:
-    """Read a UTF-8 file whole; undecodable bytes are an AcornError with the offset."""
-    return "".join(iter_text_chunks(path, errors))
-
-
-def iter_text_chunks(path: str | os.PathLike, errors: str = "strict", chunk_bytes: int | None = None) -> Iterator[str]:
-    """Yield the text of a UTF-8 file in pieces of about `chunk_bytes`, cut at safe cuts.
-
-    Undecodable bytes stop with the file and the byte offset ('strict') or
-    become U+FFFD ('replace'). A file with no safe cut is read whole.
-    """
-    path = Path(path)
-    chunk_bytes = chunk_bytes or CHUNK_BYTES
-    if not path.is_file():
-        raise AcornError(f"{path}: no such file; check the path")
-    if errors not in ("strict", "replace"):
-        raise AcornError(f"errors must be 'strict' or 'replace', not {errors!r}")
-    offset = 0  # file offset of buf[0], for the error message
-    buf = b""
-    with open(path, "rb") as f:
-        while block := f.read(chunk_bytes):
-            buf += block
-            cut = _last_safe_cut(buf, max(0, len(buf) - len(block) - 1))
-            if cut is not None:
-                yield _decode(buf[:cut], path, offset, errors)
-                offset += cut
-                buf = buf[cut:]
-    if buf:
-        yield _decode(buf, path, offset, errors)
-
-
-def _last_safe_cut(buf: bytes, start: int) -> int | None:
-    last = None
-    for m in _SAFE_CUT_BYTES.finditer(buf, start):
-        last = m.end()
-    return last
-
-
-def _decode(data: bytes, path: Path, offset: int, errors: str) -> str:
-    try:
-        return data.decode("utf-8", errors=errors)
-    except UnicodeDecodeError as e:
-        raise AcornError(
-            f"{path}: bytes at offset {offset + e.start} are not UTF-8 ({data[e.start:e.start + 4]!r}); "
-            "convert the file to UTF-8 or pass --errors replace"
-        ) from None
 
 
 def _file_pieces(path: Path, *, text_field: str, errors: str) -> Iterator[str]:
@@ -480,16 +420,3 @@ def _file_pieces(path: Path, *, text_field: str, errors: str) -> Iterator[str]:
             yield row[text_field]
     else:
         yield from iter_text_chunks(path, errors)
-
-
-def _split_for_training(text: str) -> Iterator[str]:
-    """Cut a long in-memory text into pieces of about CHUNK_BYTES characters at safe cuts."""
-    start = 0
-    while len(text) - start > CHUNK_BYTES:
-        m = _SAFE_CUT_STR.search(text, start + CHUNK_BYTES)
-        if m is None:
-            break
-        yield text[start : m.end()]
-        start = m.end()
-    if start < len(text):
-        yield text[start:]

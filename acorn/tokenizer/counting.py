@@ -22,7 +22,8 @@ import os
 from typing import Literal
 
 from acorn.errors import AcornError
-from acorn.tokenizer import CHUNK_BYTES, Tokenizer, iter_text_chunks
+from acorn.tokenizer.bpe import Tokenizer
+from acorn.tokenizer.text import CHUNK_BYTES, iter_text_chunks
 
 Errors = Literal["strict", "replace"]
 

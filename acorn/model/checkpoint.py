@@ -41,8 +41,10 @@ import torch
 from torch import Tensor, nn
 
 from acorn.errors import AcornError
+from acorn.hardware import DTYPE_NAMES, DTYPES, resolve_device, resolve_dtype
 from acorn.fileio import _UMASK, read_json, write_json
-from acorn.model import PRESETS, ModelConfig, Transformer, build
+from acorn.model import quant
+from acorn.model.transformer import PRESETS, ModelConfig, Transformer, build
 
 # transformers architecture -> Acorn's name for the family (also the config's model_type).
 ARCHITECTURES = {
@@ -68,9 +70,6 @@ _DEFAULTS = {
 }
 _GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _ST_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
              "F8_E4M3": 1, "F8_E5M2": 1}
 # Fields of ModelConfig that no transformers config holds (training-time choices); saved under
@@ -257,7 +256,7 @@ def hf_config(cfg: ModelConfig, *, dtype: torch.dtype = torch.float32, bos_id=No
            "bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id,
            "tie_word_embeddings": cfg.tie_embeddings, "initializer_range": cfg.init_std,
            # "dtype" is transformers 5's name; "torch_dtype" the older one, still read silently.
-           "dtype": _DTYPE_NAMES[dtype], "torch_dtype": _DTYPE_NAMES[dtype]}
+           "dtype": DTYPE_NAMES[dtype], "torch_dtype": DTYPE_NAMES[dtype]}
     if family == "gpt2":
         out.update(n_embd=cfg.d_model, n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.d_ff,
                    n_positions=cfg.max_seq_len, layer_norm_epsilon=cfg.norm_eps,
@@ -507,28 +506,6 @@ def _check_tensors(family: str, cfg: ModelConfig, weights: _Weights, names: dict
 
 
 # ------------------------------------------------------------------- load
-def resolve_dtype(dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        if dtype not in _DTYPE_NAMES:
-            raise AcornError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16")
-        return dtype
-    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
-        return _DTYPES[dtype.lower().removeprefix("torch.")]
-    raise AcornError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-
-
-def resolve_device(device) -> torch.device:
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError):
-        raise AcornError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
-
-
 def _checkpoint_dir(path) -> Path:
     directory = Path(path)
     if not directory.exists():
@@ -555,14 +532,12 @@ def load(path, *, dtype=None, device="auto", allow_pickle: bool = False) -> Tran
     family, cfg = config_from_hf(hf, str(directory / "config.json"))
     if dtype is None:
         saved = hf.get("dtype") or hf.get("torch_dtype")
-        dtype = saved if isinstance(saved, str) and saved in _DTYPES else "float32"
+        dtype = saved if isinstance(saved, str) and saved in DTYPES else "float32"
     dtype, device = resolve_dtype(dtype), resolve_device(device)
 
     model = build(cfg, device="meta")
     if hf.get("quantization") is not None:  # written by acorn quantize: swap in its quantized layers
-        from acorn.quant import prepare
-
-        prepare(model, hf["quantization"], str(directory / "config.json"))
+        quant.prepare(model, hf["quantization"], str(directory / "config.json"))
     weights = _Weights(directory, allow_pickle=allow_pickle)
     names = _canonical_names(family, weights.files)
     _check_tensors(family, cfg, weights, names, directory, model)
@@ -607,20 +582,18 @@ def save(model: Transformer, directory, *, tokenizer=None, dtype=None, max_shard
     dtype on disk (default: the model's). Files are written to a temporary directory and moved into
     place, so an interrupted save leaves the previous checkpoint (if any) whole.
     """
-    from acorn.quant import float_dtype, quantization_of, stored_tensors
-
     cfg = model.config
     arch = hf_architecture(cfg)
     family = ARCHITECTURES[arch]
-    quantization = quantization_of(model)
+    quantization = quant.quantization_of(model)
     if quantization is not None and family == "gpt2":
         raise AcornError("a quantized model with GPT-2's layout cannot be saved: its checkpoint fuses q, k and v "
                          "and transposes every matrix, which packed weights cannot follow; quantize a RoPE model")
     if cfg.n_experts and cfg.moe_capacity_factor is not None:
         warnings.warn(f"moe_capacity_factor={cfg.moe_capacity_factor} is a training-time limit; transformers' "
                       "Mixtral runs dropless, so its outputs can differ where tokens were dropped", stacklevel=2)
-    dtype = resolve_dtype(dtype if dtype is not None else float_dtype(model) if quantization else model.dtype)
-    keep = stored_tensors(model) if quantization else set()  # quantized codes and scales keep their dtype
+    dtype = resolve_dtype(dtype if dtype is not None else quant.float_dtype(model) if quantization else model.dtype)
+    keep = quant.stored_tensors(model) if quantization else set()  # quantized codes and scales keep their dtype
     limit = _parse_size(max_shard_size)
     bos = eos = pad = None
     if tokenizer is not None:
@@ -772,3 +745,32 @@ def model_info(path) -> str:
     mem = [f"{name} {_human(total * b)}" for name, b in (("fp32", 4), ("bf16", 2), ("fp16", 2), ("int8", 1), ("int4", 0.5))]
     lines.append(f"  weights memory {' | '.join(mem)} (int8/int4 before their scales)")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------- quantize
+def quantize_checkpoint(path, method: str, out, *, group_size: int | None = None, skip=("lm_head",)) -> str:
+    """`acorn quantize`: load a checkpoint, quantize it, save it to `out` with the source's
+    tokenizer and generation files; returns the summary printed (footprint before/after)."""
+    quant.check_method(method, group_size)  # bad flags fail before the model loads
+    src, dst = Path(path), Path(out)
+    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+        raise AcornError(f"{dst}: is the checkpoint being quantized; give another --out directory")
+    model = load(src, device="cpu")
+    before = quant.footprint(model)
+    quant.quantize(model, method, group_size=group_size, skip=skip)
+    after = quant.footprint(model)
+    save(model, dst)
+    # The tokenizer and generation settings are copied as they are: no round trip through
+    # Acorn's tokenizer can lose anything of a foreign one.
+    for f in sorted(src.iterdir()):
+        weights = f.suffix in (".safetensors", ".bin", ".pt", ".pth") or f.name.endswith(".index.json")
+        if f.is_file() and not weights and f.name != "config.json":
+            shutil.copyfile(f, dst / f.name)
+    spec = quant.quantization_of(model)
+    kept = [n for n, m in model.named_modules() if type(m) is nn.Linear]
+    group = f", group size {spec['group_size']}" if spec["group_size"] else ""
+    kept_dtype = str(quant.float_dtype(model)).removeprefix("torch.")
+    return (f"quantized {len(spec['modules'])} linear layers to {method}{group}; kept in {kept_dtype} "
+            f"(with the embeddings): {', '.join(kept) or 'none'}\n"
+            f"weights: {_human(before)} -> {_human(after)} ({after / before:.2f}x; {before:,} -> {after:,} bytes), "
+            f"saved to {dst}")

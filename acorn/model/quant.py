@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import shutil
 from pathlib import Path
 
 import torch
@@ -445,7 +444,7 @@ def _targets(model: nn.Module, skip) -> list[tuple[str, nn.Linear]]:
     return out
 
 
-def _check_method(method: str, group_size: int | None) -> int | None:
+def check_method(method: str, group_size: int | None) -> int | None:
     if method not in METHODS:
         raise AcornError(f"unknown quantization method {method!r}; use one of {', '.join(METHODS)}")
     if method == "int8":
@@ -465,7 +464,7 @@ def quantize(model: nn.Module, method: str, *, group_size: int | None = None, sk
     place, and return the model. group_size: int4 (default 128) and nf4 (default 64,
     QLoRA's block); int8 takes none. skip: layers kept in floating point (default the
     output head; see the module docstring). Every layer is checked before any changes."""
-    group_size = _check_method(method, group_size)
+    group_size = check_method(method, group_size)
     if quantization_of(model) is not None:
         raise AcornError("the model is already quantized; quantize the float model (or dequantize first)")
     skip = tuple(skip or ())
@@ -536,7 +535,7 @@ def prepare(model: nn.Module, spec: dict, where: str = "config.json") -> nn.Modu
                          "it was not written by acorn quantize")
     method = spec.get("method")
     try:
-        group_size = _check_method(method, spec.get("group_size"))
+        group_size = check_method(method, spec.get("group_size"))
     except AcornError as e:
         raise AcornError(f"{where}: quantization: {e}") from None
     for name in spec["modules"]:
@@ -571,40 +570,3 @@ def footprint(model: nn.Module) -> int:
 def float_dtype(model: nn.Module) -> torch.dtype:
     """The floating dtype of the model's float weights (a quantized head is not one)."""
     return next(p.dtype for p in model.parameters() if p.is_floating_point())
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-
-
-def quantize_checkpoint(path, method: str, out, *, group_size: int | None = None, skip=("lm_head",)) -> str:
-    """`acorn quantize`: load a checkpoint, quantize it, save it to `out` with the source's
-    tokenizer and generation files; returns the summary printed (footprint before/after)."""
-    from acorn.checkpoint import load, save
-
-    _check_method(method, group_size)  # bad flags fail before the model loads
-    src, dst = Path(path), Path(out)
-    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
-        raise AcornError(f"{dst}: is the checkpoint being quantized; give another --out directory")
-    model = load(src, device="cpu")
-    before = footprint(model)
-    quantize(model, method, group_size=group_size, skip=skip)
-    after = footprint(model)
-    save(model, dst)
-    # The tokenizer and generation settings are copied as they are: no round trip through
-    # Acorn's tokenizer can lose anything of a foreign one.
-    for f in sorted(src.iterdir()):
-        weights = f.suffix in (".safetensors", ".bin", ".pt", ".pth") or f.name.endswith(".index.json")
-        if f.is_file() and not weights and f.name != "config.json":
-            shutil.copyfile(f, dst / f.name)
-    spec = quantization_of(model)
-    kept = [n for n, m in model.named_modules() if type(m) is nn.Linear]
-    group = f", group size {spec['group_size']}" if spec["group_size"] else ""
-    kept_dtype = str(float_dtype(model)).removeprefix("torch.")
-    return (f"quantized {len(spec['modules'])} linear layers to {method}{group}; kept in {kept_dtype} "
-            f"(with the embeddings): {', '.join(kept) or 'none'}\n"
-            f"weights: {_human(before)} -> {_human(after)} ({after / before:.2f}x; {before:,} -> {after:,} bytes), "
-            f"saved to {dst}")

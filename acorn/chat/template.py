@@ -49,7 +49,7 @@ import jinja2.nodes
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from acorn.chat_formats import FORMATS, get_format
+from acorn.chat.formats import FORMATS, get_format
 from acorn.errors import AcornError
 
 

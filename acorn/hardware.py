@@ -1,0 +1,94 @@
+"""The machine: which device, which number format, and how fast it could go.
+
+One home for the questions every stage asks before it computes anything:
+- `resolve_device("auto")`: CUDA (this process's LOCAL_RANK under torchrun),
+  else Apple's MPS, else the CPU; any torch device string otherwise.
+- `resolve_dtype(name, device)`: float32 / bfloat16 / float16 by name or alias,
+  or "auto", the fastest format the device computes natively (bf16 on CUDA
+  that has it and on CPUs with AMX or AVX512-BF16, float32 elsewhere).
+- `flush_denormals(device)`: x86 CPUs slow down up to 30x on denormal floats;
+  flushing them to zero changes nothing visible.
+- `autocast(device, dtype)`: mixed precision for a 16-bit dtype, nothing for float32.
+- `peak_flops(device, dtype)`: the dense tensor-core peak for MFU; None where unknown,
+  rather than a figure against the wrong peak.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+
+from acorn.errors import AcornError
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+# Dense bf16/fp16 tensor-core peaks (FLOP/s) by GPU name, for MFU.
+PEAK_FLOPS = {
+    "H200": 989.4e12, "H100": 989.4e12, "GH200": 989.4e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
+    "A10": 125e12, "RTX 4090": 165.2e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
+}
+
+
+def resolve_device(device="auto") -> torch.device:
+    """None or "auto": the best device here (cuda:LOCAL_RANK, mps, cpu); else torch's own parse."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise AcornError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+
+
+def resolve_dtype(dtype, device: torch.device | None = None) -> torch.dtype:
+    """A torch dtype or its name/alias ('bf16', 'torch.float16'); 'auto' picks the device's best."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPE_NAMES:
+            raise AcornError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16")
+        return dtype
+    if dtype == "auto":
+        device = torch.device("cpu") if device is None else device
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else torch.float32
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.lower().removeprefix("torch.")]
+    raise AcornError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+
+
+def cpu_has_bf16() -> bool:
+    """AMX or AVX512-BF16: the CPU computes bf16 matmuls natively (1.4-2x here)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def flush_denormals(device: torch.device) -> None:
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """A fresh context manager: autocast to a 16-bit dtype, or nothing for float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key in sorted(PEAK_FLOPS, key=len, reverse=True):
+        if key in name:
+            return PEAK_FLOPS[key]
+    return None

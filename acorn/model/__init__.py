@@ -1,0 +1,13 @@
+"""The model: one decoder-only transformer and what it is stored and run as.
+
+transformer.py is the network (ModelConfig presets, the one forward pass with
+public embed / blocks / logits pieces); rope.py the rotary positions and their
+long-context scalings; quant.py int8 / int4 / NF4 weight quantization;
+checkpoint.py Hugging Face checkpoints both ways (load, save, model info,
+quantizing a checkpoint).
+"""
+
+from acorn.model.transformer import PRESETS, ModelConfig, Transformer, build
+from acorn.model.checkpoint import load, save
+
+__all__ = ["PRESETS", "ModelConfig", "Transformer", "build", "load", "save"]
