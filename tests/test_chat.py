@@ -1,7 +1,12 @@
 """Chat templates: rendering equals transformers' apply_chat_template (text, ids
 and assistant masks), special-token text in messages stays plain text, tool
 calls round-trip through parse_tool_calls, and bad conversations are refused
-with a one-line message."""
+with a one-line message.
+
+Tool calls (acorn.chat.tools): each format's one ToolSyntax must agree with its
+template. The oracle is the template itself: calls it renders parse back, the
+grammar accepts exactly the text it renders, and streaming never shows a piece
+of a call."""
 
 from __future__ import annotations
 
@@ -9,14 +14,20 @@ import copy
 import json
 
 import jinja2
+import jsonschema
 import pytest
 import tokenizers
+import torch
 import transformers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from acorn.chat.template import FORMATS, apply_chat_template, compile_template, parse_tool_calls, render
+from acorn.chat.formats import ToolSyntax
+from acorn.chat.template import FORMATS, apply_chat_template, compile_template, render
+from acorn.chat.tools import parse_tool_calls, streamable_content, tool_call_grammar
 from acorn.errors import AcornError
+from acorn.infer.engine import default_stop_ids
+from acorn.infer.structured import build_constraint
 from acorn.tokenizer.bpe import Tokenizer
 
 CORPUS = (
@@ -478,6 +489,109 @@ def test_parse_malformed_calls_stay_content(fmt, text, content, names):
     got_content, calls = parse_tool_calls(text, fmt)
     assert got_content == content
     assert [c["function"]["name"] for c in calls] == names
+
+
+def _reply(tok, content, calls) -> str:
+    """The assistant text the template writes for `content` and `calls`, without its end-of-turn token."""
+    messages = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": content, "tool_calls": calls}]
+    out = apply_chat_template(tok, messages, tools=[WEATHER_TOOL, TIME_TOOL], return_assistant_mask=True)
+    return tok.decode([i for i, m in zip(out["input_ids"], out["assistant_mask"]) if m][:-1])
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("content", [None, "Let me check <both>; {soon}.\n"])
+def test_streaming_never_shows_a_piece_of_a_call(toks, fmt, content):
+    """Every prefix of a reply, as it streams in: the part streamable_content
+    lets out is the beginning of the content the whole reply parses to."""
+    calls = [call("get_weather", {"city": "Berlin"}), call("get_time", {"city": "Paris"})]
+    reply = _reply(toks[fmt], content, calls)
+    parsed_content, parsed = parse_tool_calls(reply, fmt)
+    assert len(parsed) == 2
+    for k in range(len(reply) + 1):
+        cut, calling = streamable_content(reply[:k], fmt)
+        assert parsed_content.startswith(reply[:cut]), (reply[:k], cut)
+    assert calling and reply[:cut] == parsed_content
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_streaming_plain_text_holds_only_what_may_open_a_call(fmt):
+    assert streamable_content("The answer is {42}; done.", fmt) == (25, False)
+    opening = {"acorn": "<|tool_call|>", "chatml": "\n<tool_call>", "llama3": "<|python_tag|>"}[fmt]
+    assert streamable_content("Sure." + opening[:3], fmt) == (5, False)
+    assert streamable_content("Sure." + opening + "{", fmt) == (5, True)
+
+
+# Schemas whose every value is short (enums, bounded integers), so a random walk through the grammar ends soon.
+WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome", "Oslo"]},
+                                                   "days": {"type": "integer", "minimum": 1, "maximum": 9}},
+                  "required": ["city", "days"]}
+ADD_SCHEMA = {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 99},
+                                               "b": {"type": "boolean"}}, "required": ["a", "b"]}
+SCHEMAS = {"get_weather": WEATHER_SCHEMA, "add": ADD_SCHEMA}
+
+
+def _grammar_constraint(tok, fmt, parallel=True):
+    grammar = tool_call_grammar(tok, fmt, list(SCHEMAS.items()), parallel=parallel)
+    return build_constraint({"grammar": grammar}, tok, default_stop_ids(tok))
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_tool_call_grammar_writes_what_the_template_writes(toks, fmt):
+    """Any text the grammar allows (drawn at random here) parses into calls
+    whose arguments validate, and is exactly how the chat template renders
+    those calls: the model is held to the syntax it was trained on."""
+    tok, stops = toks[fmt], default_stop_ids(toks[fmt])
+    for seed in range(4):
+        constraint, g, out = _grammar_constraint(tok, fmt), torch.Generator().manual_seed(seed), []
+        while True:
+            allowed = constraint.allowed(tok.vocab_size).nonzero().flatten()
+            t = int(allowed[torch.randint(len(allowed), (), generator=g)])
+            constraint.advance(t)
+            if t in stops:
+                break
+            out.append(t)
+        text = tok.decode(out)
+        content, calls = parse_tool_calls(text, fmt)
+        assert content == "" and calls, text
+        for c in calls:
+            jsonschema.validate(json.loads(c["function"]["arguments"]), SCHEMAS[c["function"]["name"]])
+        assert text == _reply(tok, None, calls)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("parallel", [True, False])
+def test_tool_call_grammar_accepts_what_the_template_writes(toks, fmt, parallel):
+    """The template's own rendering of one or two calls, token by token, is
+    allowed by the grammar up to and including the end-of-turn token; two
+    calls only when parallel calls are."""
+    tok = toks[fmt]
+    calls = [call("add", {"a": 7, "b": True}), call("get_weather", {"city": "Oslo", "days": 3})]
+    for n in (1, 2):
+        messages = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "tool_calls": calls[:n]}]
+        out = apply_chat_template(tok, messages, return_assistant_mask=True)
+        reply = [i for i, m in zip(out["input_ids"], out["assistant_mask"]) if m]
+        constraint, accepted = _grammar_constraint(tok, fmt, parallel), True
+        for i in reply:
+            if not constraint.allowed(tok.vocab_size)[i]:
+                accepted = False
+                break
+            constraint.advance(i)
+        assert accepted == (n == 1 or parallel), tok.decode(reply)
+
+
+def test_a_format_without_tool_syntax_cannot_force_a_call(toks):
+    with pytest.raises(AcornError, match="no tool-call syntax"):
+        tool_call_grammar(toks["acorn"], None, list(SCHEMAS.items()))
+
+
+@pytest.mark.parametrize("entry, problem", [
+    (dict(separator="; "), "needs a begin tag"),
+    (dict(call_open="<c>", call_close="</c>", begin="<calls>"), "takes no begin"),
+    (dict(call_close="</c>"), "needs a call_open"),
+])
+def test_a_tool_syntax_the_parser_cannot_read_is_refused(entry, problem):
+    with pytest.raises(ValueError, match=problem):
+        ToolSyntax(**entry)
 
 
 # ---------------------------------------------------------- bad messages

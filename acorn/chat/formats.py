@@ -1,8 +1,20 @@
-"""Chat formats: the special tokens and the Jinja chat template of each.
+"""Chat formats: the special tokens, the Jinja chat template and the tool-call syntax of each.
 
 Plain data, kept apart from the renderer in acorn.chat.template so that training a
 tokenizer (which reserves a format's special tokens) needs no Jinja. The
-renderer, the assistant mask and tool-call parsing live in acorn.chat.template.
+renderer and the assistant mask live in acorn.chat.template; tool-call parsing,
+the streaming hold-back and the constrained-decoding grammar in acorn.chat.tools,
+all three derived from the format's one ToolSyntax.
+
+A new chat format is one entry in FORMATS:
+  special_tokens  every special token the template writes (a tokenizer reserves them)
+  bos/eos/pad     the template variables of the same names
+  stop_tokens     the tokens that end an assistant turn (generation stops there)
+  template        the Jinja template, written as the model's own tokenizer_config.json
+                  ships it, so rendering matches transformers to the character
+  tool_syntax     how that template writes tool calls (None: the format has none);
+                  tests/test_chat.py renders calls with the template and checks that the
+                  parser gives them back and that the grammar accepts exactly that text
 """
 
 from __future__ import annotations
@@ -10,6 +22,44 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from acorn.errors import AcornError
+
+
+@dataclass(frozen=True)
+class ToolSyntax:
+    """How a format's template writes the tool calls of an assistant turn, after its content:
+
+        content [after_content] begin call_open CALL call_close [separator call_open CALL call_close]...
+
+    where CALL is one JSON object, {"name": ..., "<arguments_key>": {...}}, as
+    Jinja's tojson writes it (", " and ": " between items, no other whitespace).
+
+    Two shapes, which are all the parser knows (and all that open models use
+    with plain JSON calls):
+      blocks  call_close is set: each call is wrapped in call_open/call_close and
+              may stand anywhere in the reply (Qwen/Hermes <tool_call>...</tool_call>);
+              begin stays empty
+      list    call_close is empty: `begin` once, then the calls with `separator`
+              between them, to the end of the reply (Llama 3.1 <|python_tag|>)
+    Whitespace at the edges of the markers is optional when parsing (it is JSON
+    whitespace to the parser) but is written, and required by the grammar, as given.
+    """
+
+    call_open: str = ""  # before each call
+    call_close: str = ""  # after each call; "" for the list shape
+    separator: str = ""  # between two calls
+    begin: str = ""  # once, before the first call (the list shape's opening tag)
+    after_content: str = ""  # between the content, when there is some, and the first call
+    arguments_key: str = "arguments"  # the key of the arguments object in CALL
+    bare: bool = False  # a reply made only of calls may leave `begin` out (Llama 3.1 answers custom tools so)
+
+    def __post_init__(self):
+        # A wrong entry would give a parser that never finds a call: refuse it when the table is built.
+        if self.call_close and self.begin:
+            raise ValueError("a tool syntax with call_close (blocks) takes no begin")
+        if not self.call_close and not self.begin.strip():
+            raise ValueError("a tool syntax without call_close (a list of calls) needs a begin tag")
+        if self.call_close and not self.call_open.strip():
+            raise ValueError("a tool syntax with call_close (blocks) needs a call_open")
 
 
 @dataclass(frozen=True)
@@ -21,6 +71,7 @@ class ChatFormat:
     pad_token: str
     stop_tokens: tuple[str, ...]
     template: str = ""
+    tool_syntax: ToolSyntax | None = None  # None: the format cannot call tools
 
 
 # ------------------------------------------------------------------ templates
@@ -196,6 +247,7 @@ FORMATS: dict[str, ChatFormat] = {
         bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>",
         stop_tokens=("<|end|>", "<|eos|>"),
         template=ACORN_TEMPLATE,
+        tool_syntax=ToolSyntax(call_open="<|tool_call|>", call_close="<|/tool_call|>"),
     ),
     "chatml": ChatFormat(
         name="chatml",
@@ -206,6 +258,9 @@ FORMATS: dict[str, ChatFormat] = {
         bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
         stop_tokens=("<|im_end|>", "<|endoftext|>"),
         template=CHATML_TEMPLATE,
+        # Qwen2.5's: a newline before a call that follows text or another call.
+        tool_syntax=ToolSyntax(call_open="<tool_call>\n", call_close="\n</tool_call>", separator="\n",
+                               after_content="\n"),
     ),
     "llama3": ChatFormat(
         name="llama3",
@@ -216,6 +271,7 @@ FORMATS: dict[str, ChatFormat] = {
         bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", pad_token="<|finetune_right_pad_id|>",
         stop_tokens=("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"),
         template=LLAMA3_TEMPLATE,
+        tool_syntax=ToolSyntax(begin="<|python_tag|>", separator="; ", arguments_key="parameters", bare=True),
     ),
 }
 

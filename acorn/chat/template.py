@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextvars
 import json
 import re
-import uuid
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -496,86 +495,3 @@ def apply_chat_template(
 
     spans = [(unmarked(s), unmarked(e)) for s, e in rendered.generation_spans]
     return {"input_ids": ids, "assistant_mask": _assistant_mask(tok, ids, text, spans)}
-
-
-# ------------------------------------------------------- parsing tool calls
-# The inverse of the templates' tool-call rendering: generated assistant text
-# in, (content, OpenAI-style tool calls) out. A block that is not a JSON object
-# with a string "name" (malformed JSON, a block cut off by max_tokens) is not a
-# call: it stays in the content, markers and all, so nothing the model wrote is
-# lost and a server can return it as plain text.
-
-_BLOCKS = {
-    "acorn": re.compile(r"<\|tool_call\|>(.*?)<\|/tool_call\|>", re.S),
-    # The template puts a newline before a call that follows text or another call.
-    "chatml": re.compile(r"\n?<tool_call>(.*?)</tool_call>", re.S),
-}
-
-
-def _call_from_json(obj: Any) -> dict | None:
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        return None
-    args = obj.get("arguments", obj.get("parameters", {}))
-    if not isinstance(args, dict):
-        return None
-    return {
-        "id": "call_" + uuid.uuid4().hex[:24],
-        "type": "function",
-        "function": {"name": obj["name"], "arguments": json.dumps(args, ensure_ascii=False)},
-    }
-
-
-def _parse_llama3(text: str) -> tuple[str, list[dict]]:
-    # Calls follow <|python_tag|>, separated by ';'. Without the tag, a reply
-    # that is a single JSON call (how Llama 3.1 answers custom tools) counts too.
-    head, tag, tail = text.partition("<|python_tag|>")
-    body = tail if tag else text
-    decoder, calls, pos = json.JSONDecoder(), [], 0
-    try:
-        while True:
-            while pos < len(body) and body[pos].isspace():
-                pos += 1
-            obj, pos = decoder.raw_decode(body, pos)
-            call = _call_from_json(obj)
-            if call is None:
-                return text, []
-            calls.append(call)
-            while pos < len(body) and body[pos].isspace():
-                pos += 1
-            if pos == len(body):
-                break
-            if body[pos] != ";":
-                return text, []
-            pos += 1
-    except json.JSONDecodeError:
-        return text, []
-    return (head if tag else ""), calls
-
-
-def parse_tool_calls(text: str, chat_format: str) -> tuple[str, list[dict]]:
-    """Split generated assistant text into (content, tool calls).
-
-    Each call is {"id", "type": "function", "function": {"name", "arguments"}}
-    with arguments a JSON string, as in the OpenAI API. A trailing end-of-turn
-    token (the generation's stop token) is removed first.
-    """
-    for stop in get_format(chat_format).stop_tokens:
-        if text.endswith(stop):
-            text = text[: -len(stop)]
-            break
-    if chat_format == "llama3":
-        return _parse_llama3(text)
-    calls: list[dict] = []
-
-    def take(m: re.Match) -> str:
-        try:
-            call = _call_from_json(json.loads(m.group(1)))
-        except json.JSONDecodeError:
-            call = None
-        if call is None:
-            return m.group(0)
-        calls.append(call)
-        return ""
-
-    content = _BLOCKS[chat_format].sub(take, text)
-    return content, calls

@@ -95,7 +95,7 @@ def unknown_qa(engine, world: Path, limit: int | None = None) -> dict:
 
 
 def arithmetic(engine, world: Path, limit: int | None = None) -> dict:
-    from acorn.chat.template import parse_tool_calls
+    from acorn.chat.tools import parse_tool_calls
 
     rows = _rows(world, "arithmetic", limit)
     tools = [CALCULATOR_TOOL]

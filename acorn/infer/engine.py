@@ -668,7 +668,7 @@ class Engine:
     def parse_tools(self, completion: Completion) -> Completion:
         """Move the tool calls in a completion's text into completion.tool_calls."""
         if self.chat_format is not None:
-            from acorn.chat.template import parse_tool_calls
+            from acorn.chat.tools import parse_tool_calls
 
             completion.text, completion.tool_calls = parse_tool_calls(completion.text, self.chat_format)
         return completion

@@ -18,8 +18,8 @@ this module answers it from the same engine as the OpenAI routes:
             prefix cache). A final assistant message is a prefill: the reply
             continues it, as Anthropic's API does.
   tools     tool_choice auto: the reply is parsed for calls in the chat format's
-            syntax (acorn.chat.template.parse_tool_calls). any / tool: generation is
-            constrained by a grammar (openai_api.tool_call_grammar, shared with
+            syntax (acorn.chat.tools.parse_tool_calls). any / tool: generation is
+            constrained by a grammar (acorn.chat.tools.tool_call_grammar, as for
             OpenAI's tool_choice "required"/named) whose every match is a call in
             that syntax with input valid against the tool's input_schema, so the
             answer is always a tool_use. none: the tools are not shown to the
@@ -61,11 +61,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.background import BackgroundTask
 
+from acorn.chat.tools import TOOL_FORMATS, parse_tool_calls, streamable_content, tool_call_grammar
 from acorn.errors import AcornError
-from acorn.infer.engine import held_back
 from acorn.infer.sampling import SamplingParams
 from acorn.serve.common import ANTHROPIC_TYPES, APIError, ServerState, check_model, check_prompt, get_state
-from acorn.serve.openai_api import TOOL_SYNTAX, tool_call_grammar
 
 router = APIRouter()
 log = logging.getLogger("acorn.serve")
@@ -295,10 +294,10 @@ def _forced_tools(state: ServerState, req) -> str | None:
     elif choice.name is not None:
         raise APIError(400, f"tool_choice.name: only for tool_choice.type 'tool', not {choice.type!r}")
     engine = state.engine.engine
-    if engine.chat_format not in TOOL_SYNTAX:
+    if engine.chat_format not in TOOL_FORMATS:
         raise APIError(400, f"tool_choice {choice.type} needs a model whose chat format has a known tool-call "
-                            f"syntax ({', '.join(TOOL_SYNTAX)}); this model's is {engine.chat_format or 'unknown'}")
-    # The OpenAI route's grammar for tool_choice "required"/named: the same calls, the same syntax.
+                            f"syntax ({', '.join(TOOL_FORMATS)}); this model's is {engine.chat_format or 'unknown'}")
+    # The grammar of OpenAI's tool_choice "required"/named: the same calls, the same syntax.
     return tool_call_grammar(engine.tokenizer, engine.chat_format, tools,
                              parallel=not choice.disable_parallel_tool_use)
 
@@ -350,8 +349,6 @@ class _Request:
             return "", [], "max_tokens", None
         text, calls = c.text, []
         if self.parse:
-            from acorn.chat.template import parse_tool_calls
-
             text, found = parse_tool_calls(c.text, self.fmt)
             calls = [{"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:24], "name": f["function"]["name"],
                       "input": json.loads(f["function"]["arguments"])} for f in found]
@@ -382,16 +379,10 @@ class _Request:
         """Streaming: (text to send now, text to hold back, whether a tool call has begun)."""
         if not self.parse:
             return unsent, "", False
-        if self.fmt == "llama3" and not sent:  # Llama 3 may answer with a bare JSON call
-            head = unsent.lstrip()
-            if not head or head.startswith("{"):
-                return "", unsent, bool(head)
-        markers = _CALL_MARKERS[self.fmt]
-        hits = [i for i in (unsent.find(m) for m in markers) if i >= 0]
-        if hits:
-            return unsent[:min(hits)], unsent[min(hits):], True
-        keep = held_back(unsent, markers)
-        return unsent[:len(unsent) - keep], unsent[len(unsent) - keep:], False
+        # What was sent is content (none of it could open a call), so the cut falls in `unsent`.
+        cut, calling = streamable_content(sent + unsent, self.fmt)
+        cut -= len(sent)
+        return unsent[:cut], unsent[cut:], calling
 
     def usage(self, stream, c) -> dict:
         cached = min(c.cached_tokens, stream.prompt_tokens)
@@ -448,13 +439,6 @@ async def count_tokens(body: _Prompt, request: Request):
 # ------------------------------------------------------------------ streaming
 def _sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
-# Text that opens a tool call in each format's output: once it appears, the
-# rest of the reply is held back until it can be parsed. chatml's parser also
-# takes the newline before <tool_call>, so that newline is held back too.
-_CALL_MARKERS = {"acorn": ("<|tool_call|>",), "chatml": ("\n<tool_call>", "<tool_call>"),
-                 "llama3": ("<|python_tag|>",)}
 
 
 async def _events(ctx: _Request, stream) -> AsyncIterator[str]:

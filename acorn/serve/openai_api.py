@@ -25,10 +25,11 @@ Tool calling: tools are written into the prompt by the chat template
 (engine.chat_prompt(messages, tools=...)) and the reply's tool calls parsed
 back in the chat format's own syntax (engine.parse_tools). With tool_choice
 "required" or a named function the reply is constrained by a grammar
-(tool_call_grammar: the format's call syntax around each tool's JSON Schema,
-llguidance's Lark with %json), so it is always a call that parses, with
-arguments valid against the schema. response_format json_object/json_schema
-constrain the reply the same way (acorn.infer.structured).
+(acorn.chat.tools.tool_call_grammar: the format's call syntax around each
+tool's JSON Schema, llguidance's Lark with %json), so it is always a call
+that parses, with arguments valid against the schema. response_format
+json_object/json_schema constrain the reply the same way
+(acorn.infer.structured).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 import time
 import uuid
 from typing import Any, Literal, Union
@@ -47,8 +47,8 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
+from acorn.chat.tools import TOOL_FORMATS, streamable_content, tool_call_grammar
 from acorn.errors import AcornError
-from acorn.infer.engine import held_back
 from acorn.infer.sampling import SamplingParams
 from acorn.serve.common import APIError, ServerState, check_model, check_prompt, get_state
 
@@ -451,6 +451,9 @@ def _tools_and_guide(engine, body: ChatCompletionRequest) -> tuple[list[dict] | 
         chosen, parallel = [t for t in body.tools if t.function.name == choice.function.name], False
     else:  # required
         chosen, parallel = body.tools, body.parallel_tool_calls
+    if engine.chat_format not in TOOL_FORMATS:
+        raise APIError(400, "this model's tokenizer has no known chat format with a tool-call syntax, so "
+                       "tool_choice 'required' or a named function cannot be enforced", param="tool_choice")
     grammar = tool_call_grammar(engine.tokenizer, engine.chat_format,
                                 [(t.function.name, t.function.parameters) for t in chosen], parallel=parallel)
     return tools, {"grammar": grammar}
@@ -458,61 +461,6 @@ def _tools_and_guide(engine, body: ChatCompletionRequest) -> tuple[list[dict] | 
 
 def _choice_name(choice) -> str:
     return repr(choice) if isinstance(choice, str) else repr(choice.function.name)
-
-
-# Each chat format's tool-call syntax, as its template writes calls (acorn.chat.formats):
-# (before the calls, before each call, the arguments' key, after each call, between calls).
-TOOL_SYNTAX = {
-    "acorn": ("", "<|tool_call|>", "arguments", "<|/tool_call|>", ""),
-    "chatml": ("", "<tool_call>\n", "arguments", "\n</tool_call>", "\n"),
-    "llama3": ("<|python_tag|>", "", "parameters", "", "; "),
-}
-# The JSON inside a call as the templates write it (Jinja's tojson = json.dumps):
-# ", " and ": " separators, no other whitespace.
-_JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-
-
-def tool_call_grammar(tokenizer, chat_format: str | None, functions: list[tuple[str, dict | None]], *,
-                      parallel: bool = True) -> str:
-    """A Lark grammar (llguidance's dialect) for replies that are only tool
-    calls, in the chat format's own syntax: one call (parallel=False) or
-    one or more, each a call of one of `functions` (name, JSON Schema of its
-    arguments) whose arguments match the schema (%json). Special tokens of
-    the syntax are named by id (<[id]>), so the model must emit the special
-    token itself, as it learned to, not its text spelled out in pieces."""
-    if chat_format not in TOOL_SYNTAX:
-        raise APIError(400, "this model's tokenizer has no known chat format with a tool-call syntax, so "
-                       "tool_choice 'required' or a named function cannot be enforced", param="tool_choice")
-    before_all, before, key, after, between = TOOL_SYNTAX[chat_format]
-    lines, alternatives = [], []
-    for i, (name, schema) in enumerate(functions):
-        schema = dict(schema or {"type": "object", "properties": {}})
-        if "properties" in schema:
-            # Arguments the function does not declare are of no use to it, and a
-            # model free to invent them may ramble until max_tokens cuts the call.
-            schema.setdefault("additionalProperties", False)
-        schema["x-guidance"] = {**_JSON_STYLE, **schema.get("x-guidance", {})}
-        head = "{" + f'"name": {json.dumps(name, ensure_ascii=False)}, "{key}": '
-        lines.append(f"fn_{i}: {json.dumps(head)} %json {json.dumps(schema)} \"}}\"")
-        alternatives.append(f"fn_{i}")
-    call = " ".join(p for p in (_lark_text(before, tokenizer), "(" + " | ".join(alternatives) + ")",
-                                _lark_text(after, tokenizer)) if p)
-    lines.insert(0, f"call: {call}")
-    more = "(" + " ".join(p for p in (_lark_text(between, tokenizer), "call") if p) + ")*" if parallel else ""
-    lines.insert(0, " ".join(p for p in ("start:", _lark_text(before_all, tokenizer), "call", more) if p))
-    return "\n".join(lines)
-
-
-def _lark_text(text: str, tokenizer) -> str:
-    """Literal text as Lark: the tokenizer's special tokens by id, the rest as strings."""
-    if not text:
-        return ""
-    specials = sorted((s for s in tokenizer.special_tokens if s in text), key=len, reverse=True)
-    if not specials:
-        return json.dumps(text)
-    pieces = re.split("(" + "|".join(map(re.escape, specials)) + ")", text)
-    return " ".join(f"<[{tokenizer.special_tokens[p]}]>" if p in tokenizer.special_tokens else json.dumps(p)
-                    for p in pieces if p)
 
 
 def _sampling(body: _Sampling, max_tokens: int, *, logprobs: int | None, guided: dict | None = None) -> SamplingParams:
@@ -796,31 +744,19 @@ class _ToolHold:
     """Streaming a reply that may call tools: text is shown as it comes, up to
     the start of a tool call, which is held back until the end and then sent
     as tool_calls (a call's JSON in pieces would be of no use to anyone).
-    Trailing whitespace waits too: chatml puts a newline before a call."""
-
-    MARKERS = {"acorn": "<|tool_call|>", "chatml": "<tool_call>", "llama3": "<|python_tag|>"}
+    acorn.chat.tools.streamable_content says how much is surely content."""
 
     def __init__(self, chat_format: str):
         self.chat_format = chat_format
-        self.marker = self.MARKERS.get(chat_format)
         self.text = ""
         self.shown = 0
 
     def push(self, text: str) -> str:
         self.text += text
-        visible = self.text
-        if self.marker:
-            cut = visible.find(self.marker)
-            if cut >= 0:
-                visible = visible[:cut]
-            else:  # the marker may be arriving in pieces (a format whose marker is plain text)
-                visible = visible[:len(visible) - held_back(visible, [self.marker])]
-        if self.chat_format == "llama3" and self.text.lstrip().startswith("{"):
-            visible = ""  # Llama 3.1 may answer with a bare JSON call
-        visible = visible.rstrip()
-        if len(visible) <= self.shown:
+        cut, _ = streamable_content(self.text, self.chat_format)
+        if cut <= self.shown:
             return ""
-        out, self.shown = visible[self.shown:], len(visible)
+        out, self.shown = self.text[self.shown:cut], cut
         return out
 
     def end(self, engine) -> tuple[str, list[dict]]:

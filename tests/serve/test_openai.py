@@ -250,40 +250,6 @@ def test_tool_choice_required_and_named_always_give_valid_calls(openai_client):
         _check_calls(named.choices[0].message, {"add"})
 
 
-@pytest.mark.parametrize("chat_format", ["acorn", "chatml", "llama3"])
-def test_tool_call_grammar_writes_what_the_template_writes(chat_format):
-    """Any text the grammar allows (drawn at random here) parses into calls
-    whose arguments validate, and is exactly how the chat template renders
-    those calls: the model is held to the syntax it was trained on."""
-    from acorn.chat.template import parse_tool_calls
-    from acorn.infer.engine import default_stop_ids
-    from acorn.infer.structured import build_constraint
-    from acorn.serve.openai_api import tool_call_grammar
-    from acorn.tokenizer.bpe import Tokenizer
-
-    from .conftest import TEXT
-
-    tok = Tokenizer.train([TEXT], 400, chat_format=chat_format)
-    grammar = tool_call_grammar(tok, chat_format, [("get_weather", WEATHER), ("add", ADD)])
-    stops = default_stop_ids(tok)
-    for seed in range(4):
-        constraint, g, out = build_constraint({"grammar": grammar}, tok, stops), torch.Generator().manual_seed(seed), []
-        while True:
-            allowed = constraint.allowed(tok.vocab_size).nonzero().flatten()
-            t = int(allowed[torch.randint(len(allowed), (), generator=g)])
-            constraint.advance(t)
-            if t in stops:
-                break
-            out.append(t)
-        text = tok.decode(out)
-        content, calls = parse_tool_calls(text, chat_format)
-        assert content == "" and calls, text
-        for call in calls:
-            jsonschema.validate(json.loads(call["function"]["arguments"]), SCHEMAS[call["function"]["name"]])
-        rendered = tok.decode(tok.apply_chat_template(USER + [{"role": "assistant", "tool_calls": calls}]))
-        assert text in rendered
-
-
 def test_tool_calls_stream_as_tool_call_deltas(server):
     events = _events(server.url, "/v1/chat/completions", {
         "model": "tiny", "messages": USER, "tools": TOOLS, "max_tokens": 80, "seed": 1, "stream": True,
