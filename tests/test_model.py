@@ -224,6 +224,19 @@ def test_softcap_bounds_logits():
     assert m(torch.randint(0, 61, (1, 5))).logits.abs().max() <= 5.0
 
 
+@torch.no_grad()
+def test_hidden_only_gives_the_hidden_states_the_logits_come_from(variant):
+    # What sentence embeddings and value heads read: the same states, without the head.
+    m = model_for(variant)
+    ids = torch.randint(0, 61, (2, 7))
+    full, states = m(ids), m(ids, hidden_only=True)
+    assert states.logits is None and full.hidden.shape == (2, 7, 32)
+    assert torch.equal(states.hidden, full.hidden) and torch.equal(m.logits(full.hidden), full.logits)
+    assert torch.equal(m(ids, last_only=True).hidden, full.hidden[:, -1:])
+    with pytest.raises(ValueError, match="logits"):
+        m(ids, targets=ids, hidden_only=True)
+
+
 def test_config_errors():
     with pytest.raises(AcornError, match="multiple of n_kv_head"):
         ModelConfig(n_head=6, n_kv_head=4, d_model=48)
