@@ -89,7 +89,7 @@ def test_no_attention_row_is_empty_under_padding(name):
     m = model_for(name)
     key_mask = torch.tensor([[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
     pos = (key_mask.long().cumsum(1) - 1).clamp(min=0)
-    mask, _ = m._attention_mask(6, 0, key_mask, pos, pos, torch.float32)
+    mask, _ = m.attention_mask(6, 0, key_mask, pos, pos, torch.float32)
     allowed = mask if mask.dtype == torch.bool else torch.isfinite(mask)
     assert allowed.any(-1).all()
 
@@ -155,7 +155,7 @@ def test_residual_projections_start_smaller():
 
 def test_alibi_slopes_and_sinusoids():
     m = Transformer(tiny(positions="alibi", n_head=8, n_kv_head=8))
-    assert torch.allclose(m._alibi_slopes("cpu"), torch.tensor([2.0 ** -(i + 1) for i in range(8)]))
+    assert torch.allclose(m.alibi_slopes("cpu"), torch.tensor([2.0 ** -(i + 1) for i in range(8)]))
     pe = sinusoidal(torch.arange(5)[None], 8)[0]
     assert torch.allclose(pe[3, 0], torch.tensor(math.sin(3.0)))
     assert torch.allclose(pe[3, 5], torch.tensor(math.cos(3.0 / 10000 ** (1 / 4))))
@@ -222,6 +222,19 @@ def test_softcap_bounds_logits():
     with torch.no_grad():
         m.lm_head.weight.mul_(1000)
     assert m(torch.randint(0, 61, (1, 5))).logits.abs().max() <= 5.0
+
+
+@torch.no_grad()
+def test_hidden_only_gives_the_hidden_states_the_logits_come_from(variant):
+    # What sentence embeddings and value heads read: the same states, without the head.
+    m = model_for(variant)
+    ids = torch.randint(0, 61, (2, 7))
+    full, states = m(ids), m(ids, hidden_only=True)
+    assert states.logits is None and full.hidden.shape == (2, 7, 32)
+    assert torch.equal(states.hidden, full.hidden) and torch.equal(m.logits(full.hidden), full.logits)
+    assert torch.equal(m(ids, last_only=True).hidden, full.hidden[:, -1:])
+    with pytest.raises(ValueError, match="logits"):
+        m(ids, targets=ids, hidden_only=True)
 
 
 def test_config_errors():

@@ -13,7 +13,7 @@ what virtual memory does for processes:
                block_size - 1 slots per request are ever unused.
 
 Attention reads a request's keys and values by gathering its slots from the
-pool (paged_forward below); writing the new tokens' keys and values is a
+pool (PagedAttention below); writing the new tokens' keys and values is a
 scatter into their slots.
 
 Prefix caching (vLLM's automatic prefix caching; SGLang's RadixAttention is
@@ -34,10 +34,10 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from acorn.errors import AcornError
+from acorn.model.transformer import sdpa
 
 
 DECODE_GROUP = 16  # decode rows attended together (sorted by context length)
@@ -353,65 +353,47 @@ def _table_slots(tables: Tensor, block_size: int) -> Tensor:
     return (tables[:, :, None] * block_size + offsets).reshape(tables.shape[0], -1)
 
 
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
-    from acorn.model.transformer import _SDPA_GQA
+class PagedAttention:
+    """Attention for the model's block stack (acorn.model.transformer's
+    KVAttention) over the paged pool: each layer writes the new tokens' keys
+    and values into their slots, then attends each row to its request's
+    context, gathered from the pool. Decode rows attend in groups, each
+    prefill piece on its own (StepInput)."""
 
-    if k.shape[1] != q.shape[1]:
-        if _SDPA_GQA:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True)
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+    def __init__(self, step: StepInput, kv: PagedKV):
+        self.step, self.kv = step, kv
 
-
-def paged_attention(attn, x: Tensor, rope, layer: int, step: StepInput, kv: PagedKV) -> Tensor:
-    """attn: an acorn.model.transformer.Attention; x (1, N, d_model). Writes the new keys
-    and values into the pool, then attends each row to its request's context."""
-    q, k, v = attn.qkv(x, rope)  # (1, H, N, D)
-    kv.write(layer, step.slots, k[0].transpose(0, 1), v[0].transpose(0, 1))
-    n, heads, dim = x.shape[1], q.shape[1], q.shape[3]
-    out_dtype = q.dtype
-    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-        # CPU attention kernels are several times slower in 16-bit than in
-        # float32 (measured: 7x for a decode step); the cache stays 16-bit.
-        q = q.float()
-    q = q[0].transpose(0, 1)  # (N, H, D)
-    out = q.new_empty(n, heads, dim)
-    for rows, gather, mask in step.decodes:
-        qd = q[rows][:, :, None, :]  # (Bd, H, 1, D)
-        kd, vd = kv.read(layer, gather, q.dtype)  # (Bd, S, Hkv, D)
-        out[rows] = _sdpa(qd, kd.permute(0, 2, 1, 3), vd.permute(0, 2, 1, 3), mask, False)[:, :, 0]
-    for row, count, context, mask in step.prefills:
-        qp = q[row:row + count].transpose(0, 1)[None]  # (1, H, T, D)
-        kp, vp = kv.read(layer, context, q.dtype)  # (S, Hkv, D)
-        out[row:row + count] = _sdpa(qp, kp.transpose(0, 1)[None], vp.transpose(0, 1)[None], mask,
-                                     mask is None)[0].transpose(0, 1)
-    return attn.o_proj(out.reshape(1, n, heads * dim).to(out_dtype))
+    def __call__(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q, k, v (1, heads, N, head_dim) of the step's N new tokens -> (1, n_head, N, head_dim)."""
+        step, kv = self.step, self.kv
+        kv.write(layer, step.slots, k[0].transpose(0, 1), v[0].transpose(0, 1))
+        out_dtype = q.dtype
+        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+            # CPU attention kernels are several times slower in 16-bit than in
+            # float32 (measured: 7x for a decode step); the cache stays 16-bit.
+            q = q.float()
+        q = q[0].transpose(0, 1)  # (N, H, D)
+        out = torch.empty_like(q)
+        for rows, gather, mask in step.decodes:
+            qd = q[rows][:, :, None, :]  # (Bd, H, 1, D)
+            kd, vd = kv.read(layer, gather, q.dtype)  # (Bd, S, Hkv, D)
+            out[rows] = sdpa(qd, kd.permute(0, 2, 1, 3), vd.permute(0, 2, 1, 3), mask)[:, :, 0]
+        for row, count, context, mask in step.prefills:
+            qp = q[row:row + count].transpose(0, 1)[None]  # (1, H, T, D)
+            kp, vp = kv.read(layer, context, q.dtype)  # (S, Hkv, D)
+            out[row:row + count] = sdpa(qp, kp.transpose(0, 1)[None], vp.transpose(0, 1)[None], mask,
+                                        mask is None)[0].transpose(0, 1)
+        return out.to(out_dtype).transpose(0, 1)[None]
 
 
 def paged_forward(model, step: StepInput, kv: PagedKV) -> Tensor:
     """The model over one flattened step; returns the logits (R, V) of step.logit_rows.
 
-    The same layers as Transformer.forward, with attention reading and writing
-    the paged pool instead of a per-request cache."""
-    from acorn.model.transformer import sinusoidal
-
-    cfg, backbone = model.config, model.model
-    tokens, positions = step.tokens[None], step.positions[None]
-    x = backbone.embed_tokens(tokens)
-    if cfg.positions == "learned":
-        x = x + backbone.embed_positions(positions)
-    elif cfg.positions == "sinusoidal":
-        x = x + sinusoidal(positions, cfg.d_model).to(x.dtype)
-    elif cfg.positions == "alibi":
+    Transformer.forward's own pieces, with attention reading and writing the
+    paged pool instead of a per-request cache."""
+    if model.config.positions == "alibi":
         raise AcornError("ALiBi models run on the engine's plain path (paged=False)")
-    rope = model._rope(positions, x.dtype) if cfg.positions == "rope" else None
-    for i, layer in enumerate(backbone.layers):
-        x = x + paged_attention(layer.self_attn, layer.input_layernorm(x), rope, i, step, kv)
-        m = layer.mlp(layer.post_attention_layernorm(x))
-        x = x + (m[0] if isinstance(m, tuple) else m)
-    x = backbone.norm(x[:, step.logit_rows])
-    logits = model.lm_head(x)[0]
-    if cfg.logit_softcap:
-        logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
-    return logits
+    tokens, positions = step.tokens[None], step.positions[None]
+    x = model.embed(tokens, positions)
+    hidden, _ = model.blocks(x, model.position_encoding(positions, x.dtype), PagedAttention(step, kv))
+    return model.logits(hidden[0, step.logit_rows])

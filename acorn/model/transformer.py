@@ -23,16 +23,24 @@ which is Llama's layout: its checkpoints are LlamaForCausalLM checkpoints.
 Parameter names follow transformers' Llama names so that Llama, Mistral and
 Qwen2 weights load with no renaming (acorn.model.checkpoint maps the others).
 
-The KV cache is explicit: forward() takes the keys and values of the tokens
-seen so far (a KVCache) and returns them extended by the new tokens; the
-inference engine decides what to keep.
+The forward pass is written once, as public pieces that forward() strings
+together: embed (tokens and added positions), position_encoding (RoPE),
+attention_mask, blocks (the block stack and the final norm: the final hidden
+states) and logits (the head and soft-capping). The engine's paged step
+(acorn.infer.paged) and sentence embeddings (acorn.rag.embeddings) use the same
+pieces, so LoRA, a value head or a new position type changes one place.
+
+Where attention keeps its keys and values is a parameter of the block stack
+(KVAttention). forward() keeps them explicitly: it takes the keys and values
+of the tokens seen so far (a KVCache) and returns them extended by the new
+tokens; the inference engine decides what to keep, in its own paged pool.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -207,12 +215,59 @@ class KVCache:
 
 @dataclass
 class ModelOutput:
-    logits: Tensor
+    logits: Tensor | None = None  # None with hidden_only
+    hidden: Tensor | None = None  # the final hidden states (after the last norm) the logits come from
     loss: Tensor | None = None
     cache: KVCache | None = None
     aux_loss: Tensor | None = None  # MoE load balancing, already multiplied by its coefficient
     expert_counts: Tensor | None = None  # (n_layer, n_experts) tokens routed to each expert
     dropped_tokens: int = 0  # token-expert assignments dropped by the capacity limit
+
+
+# ------------------------------------------------------------ attention
+# How attention reaches the keys and values of the context, as a function
+#     attention(layer, q, k, v) -> output (B, n_head, T, head_dim)
+# of the new tokens' queries, keys and values (B, heads, T, head_dim): it keeps
+# k and v wherever it keeps them and attends q to the whole context. Two kinds:
+# ContiguousAttention (a tensor per layer, forward()'s KVCache) and the
+# engine's acorn.infer.paged.PagedAttention (blocks of a shared pool).
+KVAttention = Callable[[int, Tensor, Tensor, Tensor], Tensor]
+
+
+def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False,
+         dropout: float = 0.0) -> Tensor:
+    """torch's scaled_dot_product_attention, also when k and v have fewer heads
+    than q (GQA, MQA): torch broadcasts them itself from 2.5; before that they
+    are repeated, which costs memory but gives the same numbers."""
+    if k.shape[1] != q.shape[1]:
+        if _SDPA_GQA:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout,
+                                                  enable_gqa=True)
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout)
+
+
+@dataclass
+class ContiguousAttention:
+    """Attention over keys and values held as one tensor per layer: the past
+    cache's (if any) followed by the new tokens'. When `cache` is given, each
+    layer's extended keys and values are appended to it, so it ends up as the
+    cache of past + new tokens."""
+
+    mask: Tensor | None  # for sdpa; None with is_causal for the fused causal kernel
+    is_causal: bool
+    past: KVCache | None = None
+    cache: KVCache | None = None
+    dropout: float = 0.0
+
+    def __call__(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if self.past is not None:
+            k, v = torch.cat([self.past.keys[layer], k], dim=2), torch.cat([self.past.values[layer], v], dim=2)
+        if self.cache is not None:
+            self.cache.keys.append(k)
+            self.cache.values.append(v)
+        return sdpa(q, k, v, self.mask, self.is_causal, self.dropout)
 
 
 # ---------------------------------------------------------------- layers
@@ -327,9 +382,17 @@ class MoE(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """The projections around attention: into queries, keys and values (normed
+    and rotated), and from the heads' outputs back to the residual stream.
+    What happens in between, attending to the keys and values of the context,
+    is the `attention` argument's (a KVAttention). Every path thus runs these
+    same modules, so a change to them (LoRA, quantization) reaches training,
+    generation, serving and embeddings alike."""
+
+    def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.cfg = cfg
+        self.layer = layer  # which layer's keys and values `attention` reads and writes
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.q_proj = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=cfg.qkv_bias)
         self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.qkv_bias)
@@ -354,41 +417,31 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return q, k, v
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, is_causal: bool,
-                past: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, attention: KVAttention) -> Tensor:
         b, t, _ = x.shape
         q, k, v = self.qkv(x, rope)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        new_kv = (k, v)
-        if self.n_kv_head != self.n_head and not _SDPA_GQA:
-            rep = self.n_head // self.n_kv_head
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        extra = {"enable_gqa": True} if self.n_kv_head != self.n_head and _SDPA_GQA else {}
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal,
-            dropout_p=self.cfg.dropout if self.training else 0.0, **extra,
-        )
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1)), new_kv
+        y = attention(self.layer, q, k, v)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.input_layernorm = make_norm(cfg)
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, layer)
         self.post_attention_layernorm = make_norm(cfg)
         self.mlp = MoE(cfg) if cfg.n_experts else MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope, mask, is_causal, past):
-        a, kv = self.self_attn(self.input_layernorm(x), rope, mask, is_causal, past)
-        x = x + self.drop(a)
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None,
+                attention: KVAttention) -> tuple[Tensor, tuple | None]:
+        """x -> (x, the MoE layer's (aux loss, expert counts, dropped) or None)."""
+        x = x + self.drop(self.self_attn(self.input_layernorm(x), rope, attention))
         m = self.mlp(self.post_attention_layernorm(x))
         moe = None
         if isinstance(m, tuple):
             m, *moe = m
-        return x + self.drop(m), kv, moe
+        return x + self.drop(m), moe
 
 
 class Backbone(nn.Module):
@@ -399,7 +452,7 @@ class Backbone(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
         if cfg.positions == "learned":
             self.embed_positions = nn.Embedding(cfg.max_seq_len, cfg.d_model)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = make_norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -444,11 +497,30 @@ class Transformer(nn.Module):
             n += p.numel()
         return n
 
-    # ---- positions
-    def _rope(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    # ---- the forward pass, piece by piece: every path that runs the model
+    # (forward below, the engine's paged step, sentence embeddings) is built
+    # from these, so a new position type or head changes one place.
+    def embed(self, input_ids: Tensor, positions: Tensor) -> Tensor:
+        """The residual stream's start: token embeddings, plus a vector per
+        position for the families that add positions to the input (learned,
+        sinusoidal). RoPE and ALiBi act inside attention instead
+        (position_encoding, attention_mask)."""
+        cfg = self.config
+        x = self.model.embed_tokens(input_ids)
+        if cfg.positions == "learned":
+            x = x + self.model.embed_positions(positions)
+        elif cfg.positions == "sinusoidal":
+            x = x + sinusoidal(positions, cfg.d_model).to(x.dtype)
+        return self.model.drop(x)
+
+    def position_encoding(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
+        """RoPE's (cos, sin) at these positions, which Attention rotates q and k
+        by; None for the families whose positions live elsewhere."""
         from acorn.model.rope import rope_cos_sin, rope_parameters
 
         cfg = self.config
+        if cfg.positions != "rope":
+            return None
         seq_len = None
         if cfg.rope_scaling and cfg.rope_scaling.get("rope_type") in ("dynamic", "longrope"):
             # These scalings depend on how long the sequence has grown.
@@ -465,7 +537,7 @@ class Transformer(nn.Module):
         inv_freq, factor = self._rope_cache[key]
         return rope_cos_sin(inv_freq, positions, factor, dtype=dtype)
 
-    def _alibi_slopes(self, device) -> Tensor:
+    def alibi_slopes(self, device) -> Tensor:
         """Head h's penalty per token of distance: a geometric sequence (Press et al. 2022)."""
         n = self.config.n_head
         closest = 2 ** math.floor(math.log2(n))
@@ -474,103 +546,13 @@ class Transformer(nn.Module):
         slopes += [2 ** (-4 * (2 * i + 1) / closest) for i in range(n - closest)]
         return torch.tensor(slopes, device=device)
 
-    # ---- forward
-    def forward(
-        self,
-        input_ids: Tensor,
-        *,
-        targets: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        positions: Tensor | None = None,
-        cache: KVCache | None = None,
-        use_cache: bool = False,
-        last_only: bool = False,
-        document_ids: Tensor | None = None,
-    ) -> ModelOutput:
-        """input_ids (B, T): the new tokens.
-
-        targets: (B, T) next-token ids, -100 where no loss is wanted.
-        attention_mask: (B, T) 1 for real tokens, 0 for padding of the new tokens.
-        positions: (B, T) positions of the new tokens; by default they continue
-            from the cache, counting real tokens only (so left padding works).
-        cache: what earlier calls returned; with use_cache=True the output
-            carries the cache extended by these tokens.
-        last_only: compute logits for the last position only (generation).
-        document_ids: (B, T) which packed document each token belongs to; a token
-            attends only within its document and positions restart at each
-            document's first token, so packed sequences do not see each other
-            (no cache with this: it is for training on packed rows).
-        """
-        cfg = self.config
-        b, t = input_ids.shape
-        device = input_ids.device
-        past_len = cache.length if cache is not None else 0
-        new_mask = None if attention_mask is None else attention_mask.to(device=device, dtype=torch.bool)
-        if document_ids is not None:
-            if past_len:
-                raise ValueError("document_ids is for packed training rows, not for decoding with a cache")
-            if positions is None:
-                # Position = distance from the first token of the same document.
-                idx = torch.arange(t, device=device).expand(b, t)
-                starts = torch.ones_like(document_ids, dtype=torch.bool)
-                starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
-                positions = idx - torch.cummax(torch.where(starts, idx, 0), dim=1).values
-        if positions is None:
-            start = cache.mask.sum(1, keepdim=True) if past_len else torch.zeros(b, 1, dtype=torch.long, device=device)
-            if new_mask is None:
-                positions = start + torch.arange(t, device=device)
-            else:
-                positions = start + (new_mask.long().cumsum(1) - 1).clamp(min=0)
-        if past_len + t > cfg.max_seq_len and cfg.positions == "learned":
-            raise AcornError(f"sequence of {past_len + t} tokens is longer than the model's {cfg.max_seq_len} positions")
-
-        x = self.model.embed_tokens(input_ids)
-        if cfg.positions == "learned":
-            x = x + self.model.embed_positions(positions)
-        elif cfg.positions == "sinusoidal":
-            x = x + sinusoidal(positions, cfg.d_model).to(x.dtype)
-        x = self.model.drop(x)
-        rope = self._rope(positions, x.dtype) if cfg.positions == "rope" else None
-
-        key_mask = None
-        if past_len or new_mask is not None:
-            old = cache.mask if past_len else torch.zeros(b, 0, dtype=torch.bool, device=device)
-            key_mask = torch.cat([old, new_mask if new_mask is not None else torch.ones(b, t, dtype=torch.bool, device=device)], 1)
-        key_pos = torch.cat([cache.positions, positions], 1) if past_len else positions
-        mask, is_causal = self._attention_mask(t, past_len, key_mask, positions, key_pos, x.dtype, document_ids)
-
-        new_cache = KVCache(mask=key_mask if key_mask is not None else torch.ones(b, past_len + t, dtype=torch.bool, device=device),
-                            positions=key_pos) if use_cache else None
-        aux, counts, dropped = [], [], 0
-        for i, layer in enumerate(self.model.layers):
-            past = (cache.keys[i], cache.values[i]) if past_len else None
-            x, kv, moe = layer(x, rope, mask, is_causal, past)
-            if new_cache is not None:
-                new_cache.keys.append(kv[0])
-                new_cache.values.append(kv[1])
-            if moe is not None:
-                aux.append(moe[0])
-                counts.append(moe[1])
-                dropped += moe[2]
-        x = self.model.norm(x)
-        if last_only:
-            x = x[:, -1:]
-        logits = self.lm_head(x)
-        if cfg.logit_softcap:
-            logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
-
-        out = ModelOutput(logits=logits, cache=new_cache, dropped_tokens=dropped)
-        if aux:
-            out.aux_loss = cfg.moe_aux_loss_coef * torch.stack(aux).mean()
-            out.expert_counts = torch.stack(counts)
-        if targets is not None:
-            out.loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
-        return out
-
-    def _attention_mask(self, t: int, past_len: int, key_mask: Tensor | None, q_pos: Tensor, k_pos: Tensor,
-                        dtype: torch.dtype, document_ids: Tensor | None = None) -> tuple[Tensor | None, bool]:
-        """The mask for scaled_dot_product_attention, or None with is_causal when
-        plain causal attention is all that is needed (the fast fused path)."""
+    def attention_mask(self, t: int, past_len: int, key_mask: Tensor | None, q_pos: Tensor, k_pos: Tensor,
+                       dtype: torch.dtype, document_ids: Tensor | None = None) -> tuple[Tensor | None, bool]:
+        """The mask for t new tokens after past_len cached ones, for
+        scaled_dot_product_attention: (mask, False), or (None, is_causal) when
+        plain causal attention is all that is needed (the fast fused path).
+        key_mask (B, past_len + t): False at padding; q_pos/k_pos: positions of
+        the new and of all tokens (ALiBi's distances)."""
         cfg = self.config
         window = cfg.sliding_window if cfg.sliding_window and cfg.sliding_window < past_len + t else None
         if key_mask is None and window is None and document_ids is None and cfg.positions != "alibi":
@@ -594,8 +576,109 @@ class Transformer(nn.Module):
         if cfg.positions != "alibi":
             return allowed, False
         distance = (q_pos[:, :, None] - k_pos[:, None, :]).to(torch.float32)  # (B, T, S)
-        bias = -self._alibi_slopes(device)[None, :, None, None] * distance[:, None]
+        bias = -self.alibi_slopes(device)[None, :, None, None] * distance[:, None]
         return bias.masked_fill(~allowed, float("-inf")).to(dtype), False
+
+    def blocks(self, x: Tensor, rope: tuple[Tensor, Tensor] | None,
+               attention: KVAttention) -> tuple[Tensor, list[tuple]]:
+        """The residual stream through every block, then the final norm: the
+        final hidden states, and each MoE layer's (aux loss, expert counts,
+        dropped assignments)."""
+        moe = []
+        for layer in self.model.layers:
+            x, stats = layer(x, rope, attention)
+            if stats is not None:
+                moe.append(stats)
+        return self.model.norm(x), moe
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Next-token scores from final hidden states: the head, soft-capped
+        (Gemma 2: c * tanh(logits / c)) when the config asks for it."""
+        logits = self.lm_head(hidden)
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        targets: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        cache: KVCache | None = None,
+        use_cache: bool = False,
+        last_only: bool = False,
+        document_ids: Tensor | None = None,
+        hidden_only: bool = False,
+    ) -> ModelOutput:
+        """input_ids (B, T): the new tokens.
+
+        targets: (B, T) next-token ids, -100 where no loss is wanted.
+        attention_mask: (B, T) 1 for real tokens, 0 for padding of the new tokens.
+        positions: (B, T) positions of the new tokens; by default they continue
+            from the cache, counting real tokens only (so left padding works).
+        cache: what earlier calls returned; with use_cache=True the output
+            carries the cache extended by these tokens.
+        last_only: compute logits for the last position only (generation).
+        document_ids: (B, T) which packed document each token belongs to; a token
+            attends only within its document and positions restart at each
+            document's first token, so packed sequences do not see each other
+            (no cache with this: it is for training on packed rows).
+        hidden_only: stop at the final hidden states (out.hidden) and skip the
+            vocabulary-sized head, for what needs only the states (embeddings).
+        """
+        cfg = self.config
+        b, t = input_ids.shape
+        device = input_ids.device
+        if hidden_only and targets is not None:
+            raise ValueError("a loss needs logits: targets and hidden_only=True do not go together")
+        past_len = cache.length if cache is not None else 0
+        new_mask = None if attention_mask is None else attention_mask.to(device=device, dtype=torch.bool)
+        if document_ids is not None:
+            if past_len:
+                raise ValueError("document_ids is for packed training rows, not for decoding with a cache")
+            if positions is None:
+                # Position = distance from the first token of the same document.
+                idx = torch.arange(t, device=device).expand(b, t)
+                starts = torch.ones_like(document_ids, dtype=torch.bool)
+                starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+                positions = idx - torch.cummax(torch.where(starts, idx, 0), dim=1).values
+        if positions is None:
+            start = cache.mask.sum(1, keepdim=True) if past_len else torch.zeros(b, 1, dtype=torch.long, device=device)
+            if new_mask is None:
+                positions = start + torch.arange(t, device=device)
+            else:
+                positions = start + (new_mask.long().cumsum(1) - 1).clamp(min=0)
+        if past_len + t > cfg.max_seq_len and cfg.positions == "learned":
+            raise AcornError(f"sequence of {past_len + t} tokens is longer than the model's {cfg.max_seq_len} positions")
+
+        x = self.embed(input_ids, positions)
+        rope = self.position_encoding(positions, x.dtype)
+        key_mask = None
+        if past_len or new_mask is not None:
+            old = cache.mask if past_len else torch.zeros(b, 0, dtype=torch.bool, device=device)
+            key_mask = torch.cat([old, new_mask if new_mask is not None else torch.ones(b, t, dtype=torch.bool, device=device)], 1)
+        key_pos = torch.cat([cache.positions, positions], 1) if past_len else positions
+        mask, is_causal = self.attention_mask(t, past_len, key_mask, positions, key_pos, x.dtype, document_ids)
+        new_cache = KVCache(mask=key_mask if key_mask is not None else torch.ones(b, past_len + t, dtype=torch.bool, device=device),
+                            positions=key_pos) if use_cache else None
+        attention = ContiguousAttention(mask, is_causal, past=cache if past_len else None, cache=new_cache,
+                                        dropout=cfg.dropout if self.training else 0.0)
+        hidden, moe = self.blocks(x, rope, attention)
+        if last_only:
+            hidden = hidden[:, -1:]
+
+        out = ModelOutput(hidden=hidden, cache=new_cache, dropped_tokens=sum(m[2] for m in moe))
+        if moe:
+            out.aux_loss = cfg.moe_aux_loss_coef * torch.stack([m[0] for m in moe]).mean()
+            out.expert_counts = torch.stack([m[1] for m in moe])
+        if hidden_only:
+            return out
+        out.logits = self.logits(hidden)
+        if targets is not None:
+            out.loss = F.cross_entropy(out.logits.float().reshape(-1, out.logits.shape[-1]), targets.reshape(-1),
+                                       ignore_index=-100)
+        return out
 
     # ---- conveniences
     @property

@@ -9,7 +9,7 @@ unchanged:
                              logprobs/top_logprobs, streaming
   POST /v1/completions       raw text (or token ids) -> its continuation
   GET  /v1/models            the one model this server serves
-  POST /v1/embeddings        a vector per input (see embed() for what it is)
+  POST /v1/embeddings        a vector per input (acorn.rag.embeddings says what it is)
 
 Beyond OpenAI's sampling fields, vLLM's extras: top_k, min_p,
 repetition_penalty, min_tokens, ignore_eos, stop_token_ids.
@@ -41,7 +41,6 @@ import time
 import uuid
 from typing import Any, Literal, Union
 
-import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,6 +49,7 @@ from starlette.background import BackgroundTask
 from acorn.chat.tools import TOOL_FORMATS, streamable_content, tool_call_grammar
 from acorn.errors import AcornError
 from acorn.infer.sampling import SamplingParams
+from acorn.rag.embeddings import embed
 from acorn.serve.common import APIError, ServerState, check_model, check_prompt, get_state
 
 router = APIRouter()
@@ -341,46 +341,6 @@ async def embeddings(body: EmbeddingRequest, request: Request):
         data.append(Embedding(index=i, embedding=value))
     n = sum(map(len, encoded))
     return EmbeddingList(data=data, model=state.model_name, usage=Usage(prompt_tokens=n, total_tokens=n))
-
-
-# ================================================================= embeddings
-@torch.inference_mode()
-def embed(model, token_lists: list[list[int]], batch_size: int = 16) -> torch.Tensor:
-    """One vector per token list: the model's final hidden states (after the
-    last norm, before the output head) averaged over the list's tokens, then
-    L2-normalised, so the dot product of two is their cosine similarity.
-
-    These are the generative model's own states, not a model trained for
-    retrieval (no contrastive fine-tuning): useful to compare texts the model
-    has seen, weaker than a dedicated embedding model.
-
-    Rows of a batch are padded on the right and attention is causal, so no
-    real token ever sees a pad (positions start at 0 in every row): each
-    vector equals that of its list run alone."""
-    from acorn.model.transformer import sinusoidal
-
-    cfg, backbone = model.config, model.model
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(token_lists), batch_size):
-        rows = token_lists[start:start + batch_size]
-        t = max(map(len, rows))
-        ids = torch.tensor([r + [0] * (t - len(r)) for r in rows], device=device)
-        positions = torch.arange(t, device=device).expand(len(rows), t)
-        x = backbone.embed_tokens(ids)
-        if cfg.positions == "learned":
-            x = x + backbone.embed_positions(positions)
-        elif cfg.positions == "sinusoidal":
-            x = x + sinusoidal(positions, cfg.d_model).to(x.dtype)
-        rope = model._rope(positions, x.dtype) if cfg.positions == "rope" else None
-        mask, is_causal = model._attention_mask(t, 0, None, positions, positions, x.dtype)
-        for layer in backbone.layers:
-            x, _, _ = layer(x, rope, mask, is_causal, None)
-        x = backbone.norm(x).float()
-        real = torch.tensor([[1.0] * len(r) + [0.0] * (t - len(r)) for r in rows], device=device)
-        mean = (x * real[:, :, None]).sum(1) / real.sum(1, keepdim=True)
-        out.append(torch.nn.functional.normalize(mean, dim=-1).cpu())
-    return torch.cat(out)
 
 
 # ============================================================ request helpers

@@ -14,6 +14,7 @@ import torch
 from acorn.errors import AcornError
 from acorn.infer import Engine, SamplingParams
 from acorn.infer.paged import BlockManager
+from tests.test_model import VARIANTS, model_for
 
 PROMPTS = ["The quick brown fox", "Once", "A small acorn grows into a tall", "The cat sat on",
            "Once upon a time there was a little model that learned to speak. The cat"]
@@ -260,6 +261,49 @@ def test_paged_greedy_equals_transformers_for_each_family(name, tmp_path, tok):
     engine = Engine(load(path, dtype="float32", device="cpu"), tok, block_size=4, max_num_batched_tokens=10)
     prompts = [ids[0].tolist(), ids[1, PAD:].tolist()]
     assert _ids(engine.generate(prompts, max_new_tokens=NEW, **GREEDY)) == expected
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "alibi"])
+@torch.no_grad()
+def test_paged_forward_logits_equal_the_models_forward(variant):
+    """The paged step is Transformer.forward's own pieces around another
+    attention: every logit row equals the plain forward's, through prefill
+    chunks, a chunk after a cached prefix, and decode rows of unequal lengths
+    grouped together (learned and sinusoidal positions, RoPE, QK-norm,
+    softcap, sliding window, experts)."""
+    from acorn.infer.paged import PagedKV, StepInput, paged_forward
+
+    model = model_for(variant)
+    cfg = model.config
+    a, b = torch.randint(0, cfg.vocab_size, (2, 13)).tolist()
+    tables = {"a": [0, 1, 2, 3], "b": [6, 4, 5, 7]}
+    seqs = {"a": a, "b": b}
+    kv = PagedKV(cfg, num_blocks=8, block_size=4, dtype=torch.float32, device="cpu")
+    steps = [[("a", 0, 6), ("b", 0, 3)],  # two prefills
+             [("a", 6, 7), ("b", 3, 9)],  # a decode row, a chunk after cached tokens
+             [("a", 7, 8), ("b", 9, 10)],  # two decode rows of different lengths, one group
+             [("a", 8, 13), ("b", 10, 11)]]  # a chunk longer than the window
+    got = {"a": [], "b": []}
+    for pieces in steps:
+        inputs = [(tables[r], i, seqs[r][i:j], j - i) for r, i, j in pieces]  # every row wants logits
+        step = StepInput.build(inputs, 4, cfg.sliding_window, "cpu")
+        logits = paged_forward(model, step, kv)
+        row = 0
+        for r, i, j in pieces:
+            got[r].append(logits[row:row + j - i])
+            row += j - i
+    for r in seqs:
+        want = model(torch.tensor([seqs[r][:len(torch.cat(got[r]))]])).logits[0]
+        torch.testing.assert_close(torch.cat(got[r]), want, atol=1e-5, rtol=0)
+
+
+def test_alibi_is_refused_by_the_paged_forward():
+    from acorn.infer.paged import PagedKV, StepInput, paged_forward
+
+    model = model_for("alibi")
+    kv = PagedKV(model.config, num_blocks=2, block_size=4, dtype=torch.float32, device="cpu")
+    with pytest.raises(AcornError, match="paged=False"):
+        paged_forward(model, StepInput.build([([0], 0, [1, 2], 1)], 4, None, "cpu"), kv)
 
 
 # ------------------------------------------------------------ int8 KV cache
