@@ -192,11 +192,18 @@ def _sample_questions(model_dir: Path) -> list[str]:
 
 # ----------------------------------------------------------------- helpers
 def _steps_for(cfg, minutes: float, init_from: Path | None = None) -> int:
-    """Optimizer steps that fit in `minutes`, from the timing of a few real steps."""
+    """Optimizer steps that fit in `minutes`, from the timing of a few real steps
+    (the loop's own train_step, one micro-batch each, on random tokens)."""
+    import functools
+
     import torch
 
-    from acorn.model.transformer import Transformer
     from acorn import hardware
+    from acorn.data.loader import Batch
+    from acorn.model.transformer import Transformer
+    from acorn.train.loop import accumulation, train_step
+    from acorn.train.optim import build_optimizers
+    from acorn.train.pretrain import next_token_loss
 
     device = hardware.resolve_device()
     if init_from is not None:
@@ -206,27 +213,25 @@ def _steps_for(cfg, minutes: float, init_from: Path | None = None) -> int:
     else:
         model = Transformer(cfg.model).to(device)
     dtype = hardware.resolve_dtype(cfg.train.dtype, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    autocast = functools.partial(hardware.autocast, device, dtype)
+    optimizers = build_optimizers(model, cfg.optim)
     x = torch.randint(0, model.config.vocab_size, (cfg.train.micro_batch, cfg.train.seq_len), device=device)
     hardware.flush_denormals(device)
     times = []
-    for i in range(10):
+    for _ in range(10):
         t0 = time.perf_counter()
-        with hardware.autocast(device, dtype):
-            loss = model(x, targets=x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(model, [Batch(x, x)], next_token_loss, optimizers, device=device, autocast=autocast,
+                   grad_clip=cfg.optim.grad_clip)
         times.append(time.perf_counter() - t0)
     # The first steps are slow while kernels and memory warm up: the median of the later ones.
     per_micro = sorted(times[4:])[len(times[4:]) // 2]
-    accum = max(1, round(cfg.train.batch_tokens / (cfg.train.micro_batch * cfg.train.seq_len)))
+    accum = accumulation(cfg.train.batch_tokens, cfg.train.micro_batch, cfg.train.seq_len)
     # ~8% of the time goes to evaluation, data and logging around the steps.
     steps = int(minutes * 60 * 0.92 / (per_micro * accum))
     tok_s = cfg.train.micro_batch * cfg.train.seq_len / per_micro
     print(f"   measured {tok_s:,.0f} tokens/s -> {steps} steps of {accum * cfg.train.micro_batch * cfg.train.seq_len:,} "
           f"tokens in {minutes:g} min", flush=True)
-    del model, opt
+    del model, optimizers
     return max(steps, 10)
 
 

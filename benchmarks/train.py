@@ -384,7 +384,8 @@ def _acorn_params(m: dict) -> int:
 def race(data: Data, size: tuple[int, int, int], seconds: float, calib_steps: int, races: int,
          baseline_dropout: float) -> dict:
     from acorn.hardware import resolve_dtype
-    from acorn.train.pretrain import LoopConfig, PretrainConfig
+    from acorn.train.loop import LoopConfig
+    from acorn.train.pretrain import PretrainConfig
 
     n_layer, d_model, n_head = size
     defaults = PretrainConfig()

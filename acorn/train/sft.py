@@ -1,7 +1,7 @@
 """Supervised fine-tuning: teach a pretrained model to answer, not to continue.
 
-The same next-token loss and the same loop as pretraining (acorn.train.pretrain.train),
-on different rows: conversations rendered with the chat template, the loss only
+The same loss as pretraining (acorn.train.pretrain.next_token_loss) in the one
+loop (acorn.train.loop.fit), on different rows: conversations rendered with the chat template, the loss only
 on the assistant's tokens, several conversations packed per row without
 attention between them (acorn.train.sft_data). It starts from a checkpoint
 directory (Acorn's or any Hugging Face one Acorn loads) whose tokenizer files
@@ -10,14 +10,17 @@ it uses, and writes a Hugging Face directory again.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from acorn.errors import AcornError
 from acorn.model.transformer import ModelConfig
+from acorn.train.loop import EvalConfig, LoopConfig, accumulation, fit
 from acorn.train.optim import OptimConfig
-from acorn.train.pretrain import EvalConfig, LoopConfig, build_model, start, train
+from acorn.train.pretrain import evaluate, next_token_loss, token_nbytes
+from acorn.train.run import build_model, start
 
 
 @dataclass
@@ -43,7 +46,7 @@ def sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
 
     if not cfg.init_from:
         raise AcornError("sft starts from a pretrained model: pass --init_from CHECKPOINT_DIR")
-    device, dist_ = start(cfg)
+    device, dist = start(cfg)
     try:
         tok = Tokenizer.from_pretrained(cfg.init_from)
     except AcornError as e:
@@ -55,17 +58,21 @@ def sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
     train_ex, val_ex = split_examples(examples, cfg.val_fraction, cfg.seed)
     pad = tok.pad_id if tok.pad_id is not None else (tok.eos_id or 0)
     rows, val_rows = pack(train_ex, cfg.train.seq_len, pad), pack(val_ex, cfg.train.seq_len, pad)
-    loader = SFTLoader(rows, batch_size=cfg.train.micro_batch, seed=cfg.seed, rank=dist_.rank, world_size=dist_.world)
+    loader = SFTLoader(rows, batch_size=cfg.train.micro_batch, seed=cfg.seed, rank=dist.rank, world_size=dist.world)
     val_loader = SFTLoader(val_rows, batch_size=cfg.train.micro_batch, seed=cfg.seed)
 
-    accum = max(1, round(cfg.train.batch_tokens / (cfg.train.micro_batch * cfg.train.seq_len * dist_.world)))
-    steps_per_epoch = max(1, len(rows) // (cfg.train.micro_batch * dist_.world * accum))
+    accum = accumulation(cfg.train.batch_tokens, cfg.train.micro_batch, cfg.train.seq_len, dist.world)
+    steps_per_epoch = max(1, len(rows) // (cfg.train.micro_batch * dist.world * accum))
     if cfg.train.max_steps <= 0:
         cfg.train.max_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    if dist_.main:
+    if dist.main:
         trained = sum(sum(e.mask) for e in train_ex)
         print(f"sft: {len(examples):,} conversations ({len(train_ex):,} train, {len(val_ex):,} held out"
               f"{f', {truncated} cut to {cfg.train.seq_len + 1} tokens' if truncated else ''}) packed into "
               f"{len(rows):,} rows of {cfg.train.seq_len} ({sum(map(len, (e.ids for e in train_ex))) / (len(rows) * (cfg.train.seq_len + 1)):.0%} "
               f"filled); {trained:,} tokens trained on per epoch; {cfg.train.max_steps} steps", flush=True)
-    return train(cfg, model, loader, val_loader, tok, device, dist_, resume=resume, stage="sft")
+    # The mask lives in the targets (-100 outside the assistant's turns), so pretraining's loss is SFT's.
+    validate = functools.partial(evaluate, loader=val_loader, batches=cfg.eval.batches, device=device,
+                                 token_nbytes=token_nbytes(tok, device))
+    return fit(cfg, model, loader, next_token_loss, evaluate=validate, device=device, dist=dist, tokenizer=tok,
+               resume=resume, stage="sft")

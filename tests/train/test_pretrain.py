@@ -18,7 +18,8 @@ import torch
 from acorn.cli import main
 from acorn.config import load
 from acorn.errors import AcornError
-from acorn.train.pretrain import PretrainConfig, latest_checkpoint, pretrain
+from acorn.train.pretrain import PretrainConfig, pretrain
+from acorn.train.run import latest_checkpoint
 
 TINY_MODEL = ["--model.vocab_size", "512", "--model.n_layer", "2", "--model.d_model", "32", "--model.n_head", "2",
               "--model.n_kv_head", "1", "--model.max_seq_len", "64"]

@@ -1,0 +1,253 @@
+"""The one training loop: a fit loop around one accumulation step, for any loss.
+
+Every trainer is a config, a model, a loader and a loss function handed to
+`fit` (pretraining and SFT today; DPO, a reward model, distillation and RL
+the same way); none carries a copy of the loop:
+
+    run = open_run(...)                         # acorn.train.run: output dir, resume, DDP / FSDP2, config.yaml
+    for step in range(run.start_step, max_steps):
+        lr = schedule(step)                     # warmup, then cosine (or WSD)
+        micro_batches = [next(loader) ...]      # `accumulation` of them: a large batch from small ones
+        train_step(model, micro_batches, loss_fn, optimizers)
+            # backward each micro-batch's loss; every item weighs the same; NaN guard; clip; update
+        log, evaluate, checkpoint               # metrics.jsonl, progress bar, checkpoints/step_N.pt
+    run.finish()                                # model/ (Hugging Face format), loss.png, report.md
+
+The loss function: `loss_fn(model, batch) -> LossOutput(loss, weight, metrics)`.
+It gets the model as trained (wrapped for DDP / FSDP2 / torch.compile: call
+it, do not reach into it) and one micro-batch from the loader, its tensors
+already on the device, under autocast. It returns
+- loss: the SUM over its items (tokens, pairs, sequences) of the per-item
+  loss, a 0-dim tensor to backpropagate. Sums, not means, because every item
+  of a step must weigh the same however the items fall into micro-batches and
+  processes (SFT masks and pairs make the counts differ), and the step can
+  only divide by the step's total once it has seen every micro-batch: it
+  divides the gradients then, as torchtune does.
+- weight: how many items the sum is over (int or 0-dim tensor).
+- metrics: other sums over the same items to log as means, e.g. the number
+  of pairs ranked right, logged as an accuracy.
+The logged `loss` is loss / weight over the whole step. How each trainer fits:
+- pretraining and SFT (`acorn.train.pretrain.next_token_loss`): cross-entropy
+  summed over the trained tokens (targets != -100), weight = those tokens.
+- DPO and its kin: the batch holds chosen and rejected sequences; the frozen
+  reference model's log-probabilities come in the batch or from a reference
+  the loss closes over (functools.partial(dpo_loss, reference=ref, beta=0.1),
+  run under torch.no_grad()); loss = sum over pairs of -logsigmoid(beta *
+  margin), weight = pairs, metrics = {"accuracy": pairs ranked right}.
+- a reward model: the same pairs through a scalar head, loss = sum of
+  -logsigmoid(r_chosen - r_rejected), weight = pairs.
+- distillation: the teacher (closed over, no grad) gives logits; loss = sum
+  over tokens of KL(teacher || student), weight = tokens.
+- RL (PPO, GRPO): the loader yields rollouts (tokens, old log-probabilities,
+  advantages) from the current policy; loss = sum over tokens of the clipped
+  policy-gradient term, weight = tokens.
+
+The evaluation function: `evaluate(model) -> dict` of metrics for the row of
+that step (`val_loss` is plotted and reported). `fit` calls it on every process
+(FSDP2 needs them all for a forward), in eval mode, under torch.no_grad() and
+autocast, every cfg.eval.every steps, at the last step and when time runs out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+import torch.distributed as tdist
+from torch import Tensor, nn
+
+from acorn import hardware
+from acorn.errors import AcornError
+from acorn.train.optim import lr_multiplier, set_lr
+from acorn.train.run import Dist, open_run, progress
+
+
+# ----------------------------------------------------------------- config
+@dataclass
+class LoopConfig:
+    seq_len: int = 256
+    micro_batch: int = 16  # sequences per forward pass, per process
+    batch_tokens: int = 16384  # tokens per optimizer step, all processes: accumulation = this / (micro x seq x world)
+    max_steps: int = 1000
+    max_minutes: float | None = None  # stop early when this much time has passed (the schedule still uses max_steps)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    compile: bool = False
+    pack_documents: bool = False  # rows start at document boundaries; no attention across documents
+    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2)
+    nan_patience: int = 5  # consecutive non-finite steps before giving up
+
+
+@dataclass
+class EvalConfig:
+    every: int = 100
+    batches: int = 20
+    log_every: int = 10
+    checkpoint_every: int = 250
+
+
+def accumulation(batch_tokens: int, micro_batch: int, seq_len: int, world: int = 1) -> int:
+    """Micro-batches per process per optimizer step: the step's tokens over what
+    one forward pass of every process holds (at least one)."""
+    return max(1, round(batch_tokens / (micro_batch * seq_len * world)))
+
+
+# ------------------------------------------------------- the loss contract
+@dataclass
+class LossOutput:
+    """One micro-batch's loss; see the module docstring for the contract."""
+
+    loss: Tensor  # sum over the items, with a graph
+    weight: Tensor | int  # how many items
+    metrics: dict[str, Tensor | float] = field(default_factory=dict)  # more sums over the same items
+
+
+LossFn = Callable[[nn.Module, Any], LossOutput]
+
+
+@dataclass
+class StepOutput:
+    loss: float  # mean over the step's items, all micro-batches and processes
+    grad_norm: float  # before clipping
+    weight: float  # the step's items (trained tokens for next-token losses)
+    metrics: dict[str, float]  # the loss function's metrics, means over the same items
+    skipped: bool  # the loss or the gradient was not finite: no update
+
+
+# ----------------------------------------------------------------- the step
+def train_step(model: nn.Module, micro_batches: list, loss_fn: LossFn, optimizers: list[torch.optim.Optimizer], *,
+               device: torch.device, autocast: Callable = contextlib.nullcontext, grad_clip: float | None = None,
+               world: int = 1) -> StepOutput:
+    """One optimizer step over this process's micro-batches:
+
+    1. each micro-batch: loss_fn under autocast, then backward; gradients add up.
+       Under DDP they are all-reduced once, after the last (no_sync on the others).
+    2. sum the losses, weights and metrics over micro-batches and processes.
+    3. divide the gradients by the step's weight: every item weighs the same.
+    4. clip the global gradient norm: one bad batch cannot blow up the weights.
+    5. a loss or gradient that is not finite: drop the gradients, skip the update
+       (the caller decides how many in a row it tolerates).
+    6. optimizer step.
+    """
+    sums, keys = None, []
+    for i, batch in enumerate(micro_batches):
+        sync = i == len(micro_batches) - 1 or not hasattr(model, "no_sync")
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with autocast():
+                out = loss_fn(model, to_device(batch, device))
+            out.loss.backward()
+        keys = list(out.metrics)
+        row = torch.stack([_scalar(v, device) for v in (out.loss, out.weight, *out.metrics.values())])
+        sums = row if sums is None else sums + row
+    if world > 1:
+        tdist.all_reduce(sums)
+    loss_sum, weight, *metric_sums = sums.tolist()
+    n = max(weight, 1.0)  # a step with no trained item has a zero gradient and loss 0
+
+    # DDP and FSDP2 average gradients over processes: undo that, divide by the items instead.
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.mul_(world / n)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf")))
+    loss = loss_sum / n
+    skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
+    if not skipped:  # a non-finite loss or gradient would poison the weights
+        for o in optimizers:
+            o.step()
+    for o in optimizers:
+        o.zero_grad(set_to_none=True)
+    return StepOutput(loss, grad_norm, weight, {k: v / n for k, v in zip(keys, metric_sums)}, skipped)
+
+
+def _scalar(value, device) -> Tensor:
+    return torch.as_tensor(value.detach() if isinstance(value, Tensor) else value, device=device).float()
+
+
+def to_device(batch, device: torch.device):
+    """The batch with its tensors on the device: a tensor, or a dataclass, dict, list or tuple of them."""
+    if isinstance(batch, Tensor):
+        return batch.to(device)
+    if dataclasses.is_dataclass(batch):
+        return dataclasses.replace(batch, **{f.name: to_device(getattr(batch, f.name), device)
+                                             for f in dataclasses.fields(batch) if f.init})
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+# ------------------------------------------------------------------ fit
+def fit(cfg, model: nn.Module, loader, loss_fn: LossFn, *, device: torch.device, dist: Dist,
+        evaluate: Callable[[nn.Module], dict] | None = None, tokenizer=None, resume: bool = False,
+        stage: str = "train") -> Path:
+    """Train `model` to minimise `loss_fn` on `loader` for cfg.train.max_steps steps; returns the run directory.
+
+    cfg: a stage's config with out, model, optim (OptimConfig), train (LoopConfig) and eval (EvalConfig).
+    loader: this process's micro-batches, forever (next()), with state_dict() / load_state_dict()
+        so that a resumed run continues with the batch it would have seen.
+    loss_fn, evaluate: see the module docstring. tokenizer: saved with the model.
+    """
+    run = open_run(cfg, model, loader, dist, resume=resume)
+    train = cfg.train
+    dtype = hardware.resolve_dtype(train.dtype, device)
+    autocast = functools.partial(hardware.autocast, device, dtype)
+    accum = accumulation(train.batch_tokens, train.micro_batch, train.seq_len, dist.world)
+    tokens_per_step = accum * train.micro_batch * train.seq_len * dist.world
+    peak = hardware.peak_flops(device, dtype)
+    flops_per_token = run.raw_model.config.flops_per_token(train.seq_len)
+    if dist.main:
+        print(f"{stage}: {run.raw_model.num_params() / 1e6:.2f}M parameters, {dtype} on {device}"
+              f"{f' x {dist.world}' if dist.world > 1 else ''}; {train.max_steps} steps of "
+              f"{tokens_per_step:,} tokens ({train.micro_batch} x {train.seq_len} x {accum} accumulation"
+              f"{f' x {dist.world} processes' if dist.world > 1 else ''})", flush=True)
+
+    run.bar = progress(run.start_step, train.max_steps, dist.main)
+    run.model.train()
+    t_start = time.perf_counter()
+    bad_steps = 0
+    for step in range(run.start_step, train.max_steps):
+        t0 = time.perf_counter()
+        set_lr(run.optimizers, lr_multiplier(step, train.max_steps, cfg.optim), cfg.optim)
+        micro_batches = [next(loader) for _ in range(accum)]
+        s = train_step(run.model, micro_batches, loss_fn, run.optimizers, device=device, autocast=autocast,
+                       grad_clip=cfg.optim.grad_clip, world=dist.world)
+        if s.skipped:
+            bad_steps += 1
+            if dist.main:
+                print(f"step {step}: loss {s.loss} / grad norm {s.grad_norm} not finite; step skipped", flush=True)
+            if bad_steps >= train.nan_patience:
+                raise AcornError(
+                    f"{bad_steps} steps in a row had a non-finite loss or gradient (last at step {step}); lower "
+                    f"--optim.lr (now {cfg.optim.lr}), check the data, or use --train.dtype float32"
+                )
+            continue
+        bad_steps = 0
+        tok_s = tokens_per_step / (time.perf_counter() - t0)
+        row = {"step": step + 1, "loss": s.loss, "lr": run.optimizers[-1].param_groups[0]["lr"],
+               "grad_norm": s.grad_norm, "tokens": (step + 1) * tokens_per_step, "tok_s": tok_s,
+               "mfu": flops_per_token * tok_s / (peak * dist.world) if peak else None, **s.metrics}
+        last = step + 1 == train.max_steps
+        out_of_time = train.max_minutes is not None and time.perf_counter() - t_start > 60 * train.max_minutes
+        if evaluate is not None and cfg.eval.every and ((step + 1) % cfg.eval.every == 0 or last or out_of_time):
+            run.model.eval()
+            with torch.no_grad(), autocast():
+                row.update(evaluate(run.model))
+            run.model.train()
+        run.log(row)
+        if (cfg.eval.checkpoint_every and (step + 1) % cfg.eval.checkpoint_every == 0) or last or out_of_time:
+            run.checkpoint(step + 1, loader)
+        if out_of_time:
+            if dist.main:
+                print(f"\nstopping at step {step + 1}: --train.max_minutes {train.max_minutes} reached", flush=True)
+            break
+    run.finish(tokenizer, time.perf_counter() - t_start, stage)
+    return run.out
+
+

@@ -1,0 +1,314 @@
+"""A training run: everything around the loop that is not the step itself.
+
+Before the first step (`start`, `build_model`, `open_run`): the device, the
+processes under torchrun (rank and world size), the seeds, the model, the run
+directory, resuming from its newest checkpoint (model, optimizers, step,
+loader position, RNG states), wrapping the model for data parallelism (DDP
+averages gradients; FSDP2 with `--train.fsdp true` also shards parameters,
+gradients and optimizer state) and config.yaml.
+
+While it runs (`Run.log`, `Run.checkpoint`): metrics.jsonl, the progress bar,
+atomic checkpoints of everything needed to continue exactly, the two newest kept.
+
+At the end (`Run.finish`): the model in Hugging Face format, loss.png and
+report.md, the files a person reads. Rank 0 writes every file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+from torch import nn
+
+from acorn import hardware
+from acorn.errors import AcornError
+from acorn.fileio import atomic_write, write_text
+from acorn.model.transformer import Transformer
+from acorn.train.optim import build_optimizers
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def start(cfg) -> tuple[torch.device, Dist]:
+    """Device, processes, seeds: the first thing every training stage does."""
+    device = hardware.resolve_device()
+    dist = init_distributed(device)
+    hardware.flush_denormals(device)
+    torch.manual_seed(cfg.seed + dist.rank)
+    random.seed(cfg.seed)
+    return device, dist
+
+
+def init_distributed(device: torch.device) -> Dist:
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return Dist()
+    if not tdist.is_initialized():
+        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=tdist.get_rank(), world=tdist.get_world_size())
+
+
+def build_model(cfg, device: torch.device, vocab_size: int | None = None) -> Transformer:
+    """A fresh model from cfg.model, or the checkpoint in cfg.init_from (which then sets cfg.model)."""
+    if cfg.init_from:
+        from acorn.model.checkpoint import load as load_checkpoint
+
+        model = load_checkpoint(cfg.init_from, dtype="float32", device=str(device))
+        cfg.model = model.config
+    else:
+        if vocab_size and cfg.model.vocab_size < vocab_size:
+            raise AcornError(f"model vocab_size {cfg.model.vocab_size} is smaller than the data's tokenizer "
+                             f"({vocab_size}); set --model.vocab_size {vocab_size}")
+        model = Transformer(cfg.model).to(device)
+    if vocab_size and model.config.vocab_size < vocab_size:
+        raise AcornError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's "
+                         f"({vocab_size}); use the tokenizer the model was trained with")
+    if cfg.train.seq_len > cfg.model.max_seq_len:
+        raise AcornError(f"train.seq_len {cfg.train.seq_len} exceeds model.max_seq_len {cfg.model.max_seq_len}")
+    return model
+
+
+@dataclass
+class Run:
+    """A run's state around the step: where it writes, which process this is,
+    the model as trained (wrapped) and as saved (raw), the optimizers, the metrics so far."""
+
+    cfg: Any
+    out: Path
+    dist: Dist
+    model: nn.Module  # what the step calls: DDP / FSDP2 / torch.compile wrapped as asked
+    raw_model: nn.Module  # the model itself (sharded in place by FSDP2): what checkpoints and the export hold
+    optimizers: list[torch.optim.Optimizer]
+    fsdp: bool
+    start_step: int = 0  # steps already done (a resumed run)
+    history: list[dict] = field(default_factory=list)
+    bar: Any = None  # the progress bar, on the main process
+
+    def log(self, row: dict) -> None:
+        self.history.append(row)
+        if self.dist.main:
+            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"loss {row['loss']:.3f} {row['tok_s']:,.0f} tok/s" +
+                                     (f" val {row['val_loss']:.3f}" if "val_loss" in row else ""))
+
+    def checkpoint(self, step: int, loader) -> None:
+        """Everything needed to continue exactly, as checkpoints/step_N.pt; the two newest are kept."""
+        if self.fsdp:
+            # Gathering full tensors is collective: every process takes part, rank 0 writes.
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                                 get_optimizer_state_dict)
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model_state = get_model_state_dict(self.raw_model, options=opts)
+            optimizer_states = [get_optimizer_state_dict(self.raw_model, o, options=opts) for o in self.optimizers]
+        else:
+            model_state, optimizer_states = self.raw_model.state_dict(), [o.state_dict() for o in self.optimizers]
+        if not self.dist.main:
+            return
+        save_state(self.out / "checkpoints" / f"step_{step:07d}.pt", model_state, optimizer_states, step, loader,
+                   {"world_size": self.dist.world})
+        # Keep the two newest: enough to survive a crash while writing the next one.
+        for old in sorted((self.out / "checkpoints").glob("step_*.pt"))[:-2]:
+            old.unlink(missing_ok=True)
+
+    def finish(self, tokenizer, seconds: float, stage: str) -> None:
+        """The model in Hugging Face format, loss.png and report.md; then leave the process group."""
+        if self.bar is not None:
+            self.bar.close()
+        model = self.raw_model
+        if self.fsdp:  # the export wants whole tensors; gathering them is collective
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            full = get_model_state_dict(self.raw_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if self.dist.main:
+                model = type(self.raw_model)(self.raw_model.config)
+                model.load_state_dict(full)
+        if self.dist.main:
+            model.save(self.out / "model", tokenizer=tokenizer)
+            plot_losses(self.history, self.out / "loss.png")
+            write_text(self.out / "report.md", run_report(self.cfg, self.history, seconds, model, stage))
+            print(f"model -> {self.out / 'model'}; report -> {self.out / 'report.md'}", flush=True)
+        if self.dist.world > 1:
+            tdist.destroy_process_group()
+
+
+def open_run(cfg, model: nn.Module, loader, dist: Dist, *, resume: bool = False) -> Run:
+    """The run directory, resumed from its newest checkpoint if asked, the model
+    wrapped for DDP or sharded by FSDP2, its optimizers, and config.yaml."""
+    out = Path(cfg.out)
+    state = None
+    ckpt = latest_checkpoint(out) if resume else None
+    if resume and ckpt is None:
+        raise AcornError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
+    if ckpt is not None:
+        state = load_state(ckpt)
+        model.load_state_dict(state["model"])  # full tensors, before any sharding
+    elif dist.main and (out / "checkpoints").exists():
+        raise AcornError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+    raw_model, fsdp = model, cfg.train.fsdp and dist.world > 1
+    if fsdp:
+        # FSDP2: each block's parameters, gradients and optimizer state are split
+        # across processes and gathered just in time for its forward/backward.
+        from torch.distributed.fsdp import fully_shard
+
+        # Every process initialised from its own seed, and unlike DDP,
+        # fully_shard keeps each process's own values for its shard: start all
+        # from rank 0's weights, as DDP does.
+        for t in (*raw_model.parameters(), *raw_model.buffers()):
+            tdist.broadcast(t.detach(), src=0)
+        for block in raw_model.model.layers:
+            fully_shard(block)
+        model = fully_shard(raw_model)
+    elif dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(raw_model)
+    # After sharding: FSDP2 replaces the parameters with sharded ones.
+    optimizers = build_optimizers(raw_model, cfg.optim)
+    start_step, history = 0, []
+    if state is not None:
+        load_optimizers(raw_model, optimizers, state["optimizers"], fsdp)
+        loader.load_state_dict(state["loader"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        start_step = state["step"]
+        if dist.main:
+            history = read_metrics(out / "metrics.jsonl", up_to=start_step)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        from acorn.config import to_yaml
+
+        write_text(out / "config.yaml", to_yaml(cfg))
+    return Run(cfg, out, dist, model, raw_model, optimizers, fsdp, start_step, history)
+
+
+# ---------------------------------------------------------- checkpoints
+def save_state(path: Path, model_state: dict, optimizer_states: list[dict], step: int, loader, extra: dict) -> None:
+    """Everything needed to continue exactly, written atomically."""
+    state = {
+        "model": model_state,
+        "optimizers": optimizer_states,
+        "step": step,
+        "loader": loader.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        **extra,
+    }
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
+
+
+def load_state(path: Path) -> dict:
+    # Our own files, but read like any other: tensors and plain data only.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((out / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    return ckpts[-1] if ckpts else None
+
+
+def load_optimizers(model, optimizers, states: list[dict], fsdp: bool) -> None:
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        for o, s in zip(optimizers, states):
+            set_optimizer_state_dict(model, o, s, options=StateDictOptions(full_state_dict=True))
+    else:
+        for o, s in zip(optimizers, states):
+            o.load_state_dict(s)
+
+
+# ------------------------------------------------------------- outputs
+def read_metrics(path: Path, up_to: int) -> list[dict]:
+    """Rows up to a step, rewriting the file without the rest (a run killed after
+    its last checkpoint logged steps that the resumed run will log again)."""
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line cut short by the kill
+            if row.get("step", 0) <= up_to:
+                rows.append(row)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def plot_losses(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in history], [r["loss"] for r in history], label="train", lw=1)
+    val = [r for r in history if "val_loss" in r]
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+
+
+def run_report(cfg, history: list[dict], seconds: float, model, stage: str = "train") -> str:
+    from acorn.config import to_yaml
+
+    last = history[-1] if history else {}
+    val = [r for r in history if "val_loss" in r]
+    lines = [
+        f"# Training report: {stage}", "",
+        f"{model.num_params() / 1e6:.2f}M parameters; {len(history)} steps, {last.get('tokens', 0):,} tokens "
+        f"in {seconds / 60:.1f} min.", "",
+        "![loss](loss.png)", "",
+        "| metric | value |", "|---|---:|",
+        f"| final train loss | {last.get('loss', float('nan')):.4f} |",
+    ]
+    if val:
+        v = val[-1]
+        lines.append(f"| validation loss | {v['val_loss']:.4f} |")
+        if "val_ppl" in v:
+            lines.append(f"| validation perplexity | {v['val_ppl']:.2f} |")
+        if "val_bpb" in v:
+            lines.append(f"| validation bits per byte | {v['val_bpb']:.4f} |")
+    if history:
+        tok_s = sorted(r["tok_s"] for r in history)[len(history) // 2]
+        lines.append(f"| median tokens/s | {tok_s:,.0f} |")
+        mfu = [r["mfu"] for r in history if r.get("mfu")]
+        lines.append(f"| median MFU | {sorted(mfu)[len(mfu) // 2]:.1%} |" if mfu else "| MFU | unknown (no peak for this device) |")
+    lines += ["", "## Configuration", "", "```yaml", to_yaml(cfg).rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def progress(start: int, total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True)
