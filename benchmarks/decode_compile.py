@@ -77,7 +77,7 @@ def main() -> None:
                 t = time.perf_counter()
                 outs[name] = e.generate(reqs[0][0], max_new_tokens=64, temperature=0, ignore_eos=True)[0].token_ids
                 one[name].append((time.perf_counter() - t) / 64 * 1000)
-                e.blocks.reset_prefix_cache()
+                e.reset_prefix_cache()
                 t = time.perf_counter()
                 for p, n in reqs:
                     e.add_request(p, SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True))

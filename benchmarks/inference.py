@@ -114,8 +114,7 @@ def greedy(n: int) -> SamplingParams:
 def fresh(engine: Engine) -> Engine:
     """Forget the paged engine's prefix cache, so a prompt repeated from an
     earlier run is computed again, as the first time."""
-    engine.kv  # the pool and block manager, made on first use
-    engine.blocks.reset_prefix_cache()
+    engine.reset_prefix_cache()
     return engine
 
 
@@ -219,8 +218,8 @@ def run_continuous(engine: Engine, work, peak: list[int] | None = None) -> None:
         out = engine.step()
         if not out and not engine.scheduler.running:
             raise RuntimeError("the engine cannot make progress")
-        for rid, _, _, _ in out:
-            made[rid] = made.get(rid, 0) + 1
+        for o in out:
+            made[o.request_id] = made.get(o.request_id, 0) + len(o.token_ids)
         if peak is not None:
             peak.append(engine.stats()["blocks_in_use"])
     assert made == want, "a request did not get exactly its output tokens"

@@ -150,14 +150,13 @@ def measure_decode(tok: Tokenizer, preset: str, min_steps: int) -> dict:
         # is complete (the schema bounds every string and array).
         params = SamplingParams(temperature=1.0, seed=seed, max_new_tokens=64 if guided is None else 400,
                                 guided=guided, ignore_eos=guided is None)
-        rid = engine.add_request(prompt, params)
-        (req,) = engine._groups[rid]
-        times = []
+        engine.add_request(prompt, params)
+        times, c = [], None
         while engine.has_unfinished():
             t0 = time.perf_counter()
-            engine.step()
+            outs = engine.step()
             times.append(time.perf_counter() - t0)
-        c = req.state.completion()
+            c = next((o.completion for o in outs if o.completion is not None), c)
         if guided is None:
             return times[1:], None  # the first step is the prefill
         assert c.finish_reason == "stop", c.text

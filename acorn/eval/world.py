@@ -47,7 +47,7 @@ def _rows(world: Path, name: str, limit: int | None) -> list[dict]:
 def _generate(engine, prompts: list, *, max_new_tokens: int, batch_size: int = 64, **params) -> list:
     """Greedy completions in batches; None for a prompt too long for the model's
     context (a small model may not fit a few-shot prompt or a tool schema)."""
-    from acorn.infer.engine import Completion
+    from acorn.infer.sequence import Completion
 
     room = engine.model.config.max_seq_len - max_new_tokens
     fits = [i for i, p in enumerate(prompts) if len(p) <= room]

@@ -16,25 +16,27 @@ Two ways to hold the cache, one loop of requests over them:
            in fixed-size blocks with per-request block tables (acorn.infer.paged),
            a scheduler that admits and retires requests between steps
            (continuous batching, chunked prefill, preemption; acorn.infer.scheduler)
-           and prefix caching. add_request() / step() / abort() are that loop;
-           generate() and stream() drive it.
+           and prefix caching. add_request() / step() / abort() are that loop
+           (step() returns a StepOutput per sample that moved: new ids, text,
+           log-probs, and the Completion once it ends); generate() and
+           stream() drive it like any other client.
   plain (paged=False)  the textbook version: a batch of prompts left-padded
            into one tensor, prefilled together, each step concatenating the new
            keys/values onto a contiguous per-row cache (acorn.model.transformer.KVCache); a
            finished row is dropped. Kept as the reference the paged path is
            tested against, for ALiBi models, and for beam search.
 
-Everything else is shared: a request's sampling state and text (_Sequence:
-stop tokens, stop strings held back until they resolve, whole UTF-8
-characters), the sampling step (acorn.infer.sampling), and the API:
-generate(), stream(), chat(), score(). The CLI, evaluation, the server, RAG
-and agents all go through Engine.
+Everything else is shared: a request's sampling state and text
+(acorn.infer.sequence: stop tokens, stop strings held back until they
+resolve, whole UTF-8 characters), the sampling step (acorn.infer.sampling),
+and the API: generate(), stream(), chat(), score(). The CLI, evaluation, the
+server, RAG and agents all go through Engine.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -43,108 +45,11 @@ from torch import Tensor
 
 from acorn import hardware
 from acorn.errors import AcornError
-from acorn.infer.paged import PagedKV
+from acorn.infer.paged import BlockManager, PagedKV
 from acorn.infer.sampling import SamplingParams, sample, token_logprobs
-
-
-@dataclass
-class Completion:
-    prompt_tokens: int
-    token_ids: list[int]  # every generated id, including the stop token that ended it
-    text: str  # the decoded output, without a stop token and cut before a stop string
-    finish_reason: str  # "stop" (stop token or string) | "length" (max_new_tokens or the context) | "abort"
-    tool_calls: list[dict] = field(default_factory=list)  # chat(tools=...): OpenAI-style calls, removed from text
-    index: int = 0  # which of the n samples of its prompt
-    cached_tokens: int = 0  # prompt tokens served by the prefix cache
-    # With SamplingParams.logprobs: per generated token {"token_id", "logprob", "top_logprobs": [(id, logprob), ...]}
-    logprobs: list[dict] | None = None
-    score: float | None = None  # beam search: the length-penalised log-probability
-
-
-class _Sequence:
-    """One request in flight: its ids, its sampler state and its text so far.
-
-    push() takes each new token and returns the text that may be shown now:
-    complete UTF-8 only (StreamDecoder), and never a prefix of a stop string,
-    which is held back until it either completes (and is cut) or cannot."""
-
-    def __init__(self, prompt: list[int], params: SamplingParams, stop_ids: frozenset[int],
-                 generator: torch.Generator, decoder, max_len: int, index: int = 0):
-        self.prompt = prompt
-        self.params = params
-        self.stop_ids = stop_ids
-        self.generator = generator
-        self.decoder = decoder
-        self.max_len = max_len
-        self.index = index
-        self.output: list[int] = []
-        self.text = ""  # emitted so far
-        self.pending = ""  # decoded but held back: it may be the start of a stop string
-        self.finish_reason: str | None = None
-        self.logprobs: list[dict] | None = [] if params.logprobs is not None else None
-        self.cached_tokens = 0
-        self.constraint = None  # structured output: which tokens may come next (acorn.infer.structured)
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
-    def push(self, token_id: int) -> str:
-        self.output.append(token_id)
-        stop = self.params.stop
-        if token_id in self.stop_ids:
-            self.finish_reason = "stop"
-            new = self.decoder.flush()
-        else:
-            new = self.decoder.push(token_id)
-            if len(self.output) >= self.params.max_new_tokens or len(self.prompt) + len(self.output) >= self.max_len:
-                self.finish_reason = "length"
-                new += self.decoder.flush()
-        self.pending += new
-        # A stop string always starts inside `pending`: any text that could
-        # begin one was held back, so searching the pending text suffices.
-        if len(self.output) < self.params.min_new_tokens:
-            stop = ()  # stop strings count only once min_new_tokens are out (as vLLM)
-        hits = [i for i in (self.pending.find(s) for s in stop) if i >= 0]
-        if hits:
-            self.finish_reason = "stop"
-            return self._emit(min(hits), drop_rest=True)
-        if self.finished:
-            return self._emit(len(self.pending))
-        return self._emit(len(self.pending) - held_back(self.pending, stop))
-
-    def push_end(self) -> str:
-        """Release the held-back text of a sequence that ends without a stop token."""
-        self.pending += self.decoder.flush()
-        return self._emit(len(self.pending))
-
-    def _emit(self, n: int, drop_rest: bool = False) -> str:
-        out, self.pending = self.pending[:n], ("" if drop_rest else self.pending[n:])
-        self.text += out
-        return out
-
-    def completion(self) -> Completion:
-        return Completion(prompt_tokens=len(self.prompt), token_ids=list(self.output), text=self.text,
-                          finish_reason=self.finish_reason or "length", index=self.index,
-                          cached_tokens=self.cached_tokens, logprobs=self.logprobs)
-
-    def fork(self, index: int, generator: torch.Generator, decoder) -> "_Sequence":
-        """A sibling sample of the same prompt (n > 1), before any output."""
-        child = _Sequence(self.prompt, self.params, self.stop_ids, generator, decoder, self.max_len, index)
-        child.constraint = self.constraint.fresh() if self.constraint is not None else None
-        return child
-
-
-def held_back(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest end of `text` that is the beginning of one of
-    `stops` (stop strings, tool-call markers): text that must wait to be shown."""
-    best = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:n]):
-                best = n
-                break
-    return best
+from acorn.infer.scheduler import Request, Scheduler
+# held_back is imported from here by the server's tool-call hold-back.
+from acorn.infer.sequence import Completion, SequenceState, StepOutput, held_back  # noqa: F401
 
 
 def _select_rows(cache, rows: Tensor):
@@ -239,8 +144,16 @@ class Engine:
         self.num_blocks = max(1, int(kv_cache_memory // (per_token * block_size)))
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
         self.prefix_caching = prefix_caching
-        self._kv = None  # the pool, allocated on first use
-        self._groups: dict[str, list] = {}  # request id -> its n Requests
+        # The paged path's memory, allocated here, once: the pool of KV blocks,
+        # their bookkeeping, and the scheduler that hands them out.
+        self.kv = self.blocks = self.scheduler = None
+        if self.paged:
+            self.blocks = BlockManager(self.num_blocks, block_size, prefix_caching=prefix_caching)
+            self.kv = PagedKV(cfg, self.num_blocks, block_size, dtype=self.dtype, device=self.device,
+                              kv_dtype=kv_cache_dtype)
+            self.scheduler = Scheduler(self.blocks, max_num_seqs=max_num_seqs,
+                                       max_num_batched_tokens=max_num_batched_tokens)
+        self._groups: dict[str, list[Request]] = {}  # request id -> its n Requests
         self._next_id = 0
         self.computed_tokens = 0  # tokens that went through the model on the paged path
         self.speculative = speculative
@@ -295,19 +208,39 @@ class Engine:
         """A conversation rendered with the chat template, ending in the assistant's turn header."""
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools)
 
-    def _sequence(self, prompt: list[int], params: SamplingParams, seed_offset: int = 0, index: int = 0) -> _Sequence:
-        if not prompt:
+    def validate_prompt(self, prompt_ids: Sequence[int], params: SamplingParams) -> None:
+        """Raise AcornError with one clear line if this request cannot run: an
+        empty prompt, one past the model's context (or the KV pool), token ids
+        outside the vocabulary. The server calls it in the request's own
+        thread, to answer 400 before queueing."""
+        model_vocab = self.model.config.vocab_size
+        if any(not 0 <= i < model_vocab for i in prompt_ids):
+            raise AcornError(f"prompt token ids must be in 0..{model_vocab - 1}")
+        # Beam search runs on the plain cache, whatever the engine: no pool to fit.
+        if self.paged and params.num_beams == 1 and len(prompt_ids) + 1 > self.kv_capacity:
+            raise AcornError(f"the prompt has {len(prompt_ids)} tokens but the KV cache holds {self.kv_capacity}; "
+                             f"give the engine more kv_cache_memory")
+        if not prompt_ids:
             raise AcornError("the prompt is empty and the tokenizer has no BOS token to start from; give some text")
         max_len = self.model.config.max_seq_len
-        if len(prompt) >= max_len:
-            raise AcornError(f"the prompt has {len(prompt)} tokens; the model's context is {max_len}")
+        if len(prompt_ids) >= max_len:
+            raise AcornError(f"the prompt has {len(prompt_ids)} tokens; the model's context is {max_len}")
         vocab = self.tokenizer.vocab_size
         bad = [i for i in (*params.logit_bias, *params.stop_token_ids) if not 0 <= i < vocab]
         if bad:
             raise AcornError(f"token id {bad[0]} in logit_bias/stop_token_ids is outside the vocabulary (0..{vocab - 1})")
+
+    @property
+    def kv_capacity(self) -> int:
+        """Tokens the paged KV pool holds."""
+        return self.num_blocks * self.block_size
+
+    def _new_state(self, prompt: list[int], params: SamplingParams, seed_offset: int = 0,
+                   index: int = 0) -> SequenceState:
+        self.validate_prompt(prompt, params)
         stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self.stop_token_ids)
-        seq = _Sequence(prompt, params, stop_ids, self._generator(params, seed_offset),
-                        self.tokenizer.stream_decoder(), max_len, index)
+        seq = SequenceState(prompt, params, stop_ids, self._generator(params, seed_offset),
+                            self.tokenizer.stream_decoder(), self.model.config.max_seq_len, index)
         if params.guided is not None:
             from acorn.infer.structured import build_constraint
 
@@ -319,7 +252,7 @@ class Engine:
         return torch.Generator(self.device).manual_seed(seed + offset)
 
     # ------------------------------------------------------------ sampling
-    def _sample(self, logits: Tensor, seqs: list[_Sequence]) -> list[str]:
+    def _sample(self, logits: Tensor, seqs: list[SequenceState]) -> list[str]:
         """One token for each sequence from its logits row (raw model logits,
         cut to the tokenizer's vocabulary); returns each one's new text."""
         raw = logits
@@ -353,21 +286,6 @@ class Engine:
         return out
 
     # ------------------------------------------------------------ the paged loop
-    @property
-    def kv(self):
-        """The paged KV pool, its block manager and the scheduler (made on first use)."""
-        if self._kv is None:
-            from acorn.infer.paged import BlockManager
-            from acorn.infer.scheduler import Scheduler
-
-            blocks = BlockManager(self.num_blocks, self.block_size, prefix_caching=self.prefix_caching)
-            self._kv = PagedKV(self.model.config, self.num_blocks, self.block_size, dtype=self.dtype,
-                               device=self.device, kv_dtype=self.kv_cache_dtype)
-            self.blocks = blocks
-            self.scheduler = Scheduler(blocks, max_num_seqs=self.max_num_seqs,
-                                       max_num_batched_tokens=self.max_num_batched_tokens)
-        return self._kv
-
     def add_request(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
                     request_id: str | None = None, seed_offset: int = 0, **overrides) -> str:
         """Queue a request (params.n samples of one prompt) for step(); returns its id.
@@ -379,19 +297,12 @@ class Engine:
         if params.num_beams > 1:
             raise AcornError("beam search runs through generate(), not the continuous-batching loop")
         ids = self.encode(prompt)
-        self.kv  # allocates the pool and the scheduler on first use
-        capacity = self.num_blocks * self.block_size
-        if len(ids) + 1 > capacity:
-            raise AcornError(f"the prompt has {len(ids)} tokens but the KV cache holds {capacity}; "
-                             f"give the engine more kv_cache_memory")
         if request_id is None:
             request_id, self._next_id = f"req-{self._next_id}", self._next_id + 1
         elif request_id in self._groups:
             raise AcornError(f"request id {request_id!r} is already in use")
-        from acorn.infer.scheduler import Request
-
-        first = self._sequence(ids, params, seed_offset)
-        first.max_len = min(first.max_len, capacity)  # one request alone always fits the pool
+        first = self._new_state(ids, params, seed_offset)
+        first.max_len = min(first.max_len, self.kv_capacity)  # one request alone always fits the pool
         seqs = [first] + [first.fork(j, self._generator(params, seed_offset + j), self.tokenizer.stream_decoder())
                           for j in range(1, params.n)]
         group = [Request(request_id, s.prompt, s, output=s.output) for s in seqs]
@@ -399,10 +310,6 @@ class Engine:
         self.scheduler.add(group[0])
         self._groups[request_id] = group
         return request_id
-
-    def samples(self, request_id: str) -> list[_Sequence]:
-        """The per-sample state of a request (output ids, text, finish reason, logprobs)."""
-        return [req.state for req in self._groups[request_id]]
 
     def abort(self, request_id: str) -> bool:
         """Stop a request now and free its KV blocks; False if it is unknown or done."""
@@ -418,12 +325,27 @@ class Engine:
         return True
 
     def has_unfinished(self) -> bool:
-        return self._kv is not None and self.scheduler.num_unfinished > 0
+        return self.paged and self.scheduler.num_unfinished > 0
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prompt prefix, so no later request reuses keys
+        and values computed before now: call it after the model's weights
+        change (an RL update), or before a measurement that must not hit the
+        cache. Refused while requests are in flight: their blocks were
+        computed with the old weights and would be registered again."""
+        if not self.paged:
+            return  # the plain cache lives only as long as one generate()
+        if self.has_unfinished():
+            raise AcornError(f"reset_prefix_cache() with {self.scheduler.num_unfinished} requests in flight; "
+                             "let them finish or abort() them first")
+        self.blocks.reset_prefix_cache()
 
     @torch.inference_mode()
-    def step(self) -> list[tuple[str, int, str, bool]]:
-        """One forward pass of the running batch. Returns (request id, sample
-        index, new text, finished) for every sample that made progress."""
+    def step(self) -> list[StepOutput]:
+        """One forward pass of the running batch. Returns a StepOutput for
+        every sample that made progress: its new token ids, text and
+        log-probs, and on its last step its finish reason and Completion
+        (the engine forgets a finished request; its Completion is the record)."""
         from acorn.infer.paged import StepInput, paged_forward
 
         kv, sched = self.kv, self.scheduler
@@ -451,6 +373,7 @@ class Engine:
                 sched.computed(req, n)
         # A request whose prompt is now computed starts its siblings (n > 1) from its blocks.
         rows, reqs, deltas = [], [], {}
+        starts = {req: len(req.output) for req, _, _ in wanted}  # where this step's tokens begin
         for req, row, draft in wanted:
             if draft is not None:
                 deltas[req] = self._check(req, draft, logits[row:row + 1 + len(draft.tokens)])
@@ -461,21 +384,19 @@ class Engine:
                 if self._fork(req, child):
                     rows.append(row)
                     reqs.append(child)
+                    starts[child] = 0
                 else:  # no block to fork into: it queues and recomputes (mostly from the prefix cache)
                     sched.add(child)
             req.forks = []
         if reqs:
             sampled = logits if rows == list(range(logits.shape[0])) else logits[torch.tensor(rows, device=logits.device)]
             deltas.update(zip(reqs, self._sample(sampled, [r.state for r in reqs])))
-        out = []
-        for req, delta in deltas.items():
-            done = req.state.finished
-            if done:
+        for req in deltas:
+            if req.state.finished:
                 self._retire(req)
-            out.append((req.request_id, req.state.index, delta, done))
-        return out
+        return [req.state.step_output(req.request_id, starts[req], text) for req, text in deltas.items()]
 
-    def _retire(self, req) -> None:
+    def _retire(self, req: Request) -> None:
         req.state.cached_tokens = req.cached_tokens  # every Completion is made from the state
         self.scheduler.finish(req)
         if self.speculative is not None:
@@ -532,27 +453,40 @@ class Engine:
         except MemoryError:
             return False
         if fresh is not None:
-            self._kv.copy_block(parent.table[len(table) - 1], fresh, parent.num_computed % self.block_size)
+            self.kv.copy_block(parent.table[len(table) - 1], fresh, parent.num_computed % self.block_size)
         child.table, child.hashes, child.num_computed = table, list(parent.hashes), parent.num_computed
         child.cached_tokens = parent.cached_tokens
         self.scheduler.start_running(child)
         return True
 
-    def _run(self, prompts: list[list[int]], params: SamplingParams) -> list[_Sequence]:
-        ids = [self.add_request(p, params, seed_offset=i * params.n) for i, p in enumerate(prompts)]
-        groups = [self._groups[r] for r in ids]
+    def _run(self, jobs: list[tuple[list[int], SamplingParams, int]]) -> list[Completion]:
+        """(prompt ids, params, seed offset) each as one request, continuously
+        batched; their Completions in request order, samples in index order."""
+        ids = [self.add_request(p, params, seed_offset=offset) for p, params, offset in jobs]
+        mine, done = set(ids), {}
+        want = sum(params.n for _, params, _ in jobs)
         try:
-            while any(not req.state.finished for g in groups for req in g):
-                if not self.step() and not self.scheduler.running:
+            while len(done) < want:
+                outs = self.step()
+                if not outs and not self.scheduler.running:
                     raise AcornError("the engine cannot make progress: a waiting request does not fit the KV cache")
+                done.update({(o.request_id, o.index): o.completion for o in outs
+                             if o.completion is not None and o.request_id in mine})
         finally:
             for r in ids:
                 self.abort(r)
-        return [req.state for g in groups for req in g]
+        return [done[r, j] for r, (_, params, _) in zip(ids, jobs) for j in range(params.n)]
+
+    def _run_plain(self, jobs: list[tuple[list[int], SamplingParams, int]]) -> list[Completion]:
+        """The same on the plain cache: every sample a row of one static batch."""
+        seqs = [self._new_state(p, params, offset + j, j) for p, params, offset in jobs for j in range(params.n)]
+        for _ in self._steps(seqs):
+            pass
+        return [s.completion() for s in seqs]
 
     # ------------------------------------------------------------ the plain loop
     @torch.inference_mode()
-    def _steps(self, seqs: list[_Sequence]) -> Iterator[list[str]]:
+    def _steps(self, seqs: list[SequenceState]) -> Iterator[list[str]]:
         """Prefill all sequences together, then decode one token per step,
         yielding each sequence's new text after every step ('' for finished ones)."""
         model = self.model
@@ -584,31 +518,44 @@ class Engine:
 
     # ------------------------------------------------------------ the API
     def generate(self, prompts: str | Sequence[str] | Sequence[Sequence[int]] | Sequence[int],
-                 params: SamplingParams | None = None, **overrides) -> list[Completion]:
-        """params.n Completions per prompt (prompt-major order). On the paged
-        engine all prompts are continuously batched; on the plain one they
-        run as one static batch. With a seed, sample j of prompt i draws with
-        seed + i * n + j (so n copies of a prompt give n different samples,
-        and the first matches stream() with the same seed)."""
-        params = SamplingParams.merge(params, overrides)
+                 params: SamplingParams | Sequence[SamplingParams] | None = None, **overrides) -> list[Completion]:
+        """params.n Completions per prompt (prompt-major order). params: one
+        SamplingParams for all prompts, or one per prompt (as vLLM's
+        LLM.generate); overrides apply to each. On the paged engine all
+        prompts are continuously batched; on the plain one they run as one
+        static batch. With a seed, sample j of prompt i draws with seed + j +
+        the number of samples of the prompts before it (i * n when all ask
+        for n: so n copies of a prompt give n different samples, and the
+        first matches stream() with the same seed)."""
         if isinstance(prompts, str) or (len(prompts) and isinstance(prompts[0], int)):
             prompts = [prompts]
-        if not prompts:
-            return []
+        per_prompt = self._params_per_prompt(params, overrides, len(prompts))
         encoded = [self.encode(p) for p in prompts]
-        if params.num_beams > 1:
-            return [c for p in encoded for c in self._beam(p, params)]
-        if self.paged:
-            return [s.completion() for s in self._run(encoded, params)]
-        seqs = [self._sequence(p, params, i * params.n + j, j) for i, p in enumerate(encoded) for j in range(params.n)]
-        for _ in self._steps(seqs):
-            pass
-        return [s.completion() for s in seqs]
+        offsets = itertools.accumulate((p.n for p in per_prompt), initial=0)
+        jobs = list(zip(encoded, per_prompt, offsets))
+        beams = {i: self._beam(ids, p) for i, (ids, p, _) in enumerate(jobs) if p.num_beams > 1}
+        sampled = [job for i, job in enumerate(jobs) if i not in beams]
+        run = self._run if self.paged else self._run_plain
+        completions = iter(run(sampled) if sampled else [])
+        out = []
+        for i, (_, p, _) in enumerate(jobs):
+            out.extend(beams[i] if i in beams else itertools.islice(completions, p.n))
+        return out
+
+    @staticmethod
+    def _params_per_prompt(params, overrides: dict, n_prompts: int) -> list[SamplingParams]:
+        if params is None or isinstance(params, SamplingParams):
+            return [SamplingParams.merge(params, overrides)] * n_prompts
+        params = list(params)
+        if len(params) != n_prompts:
+            raise AcornError(f"{len(params)} SamplingParams for {n_prompts} prompts; give one for all, "
+                             "or one per prompt")
+        return [SamplingParams.merge(p, overrides) for p in params]
 
     def _beam(self, prompt: list[int], params: SamplingParams) -> list[Completion]:
         from acorn.infer.beam import beam_search
 
-        seq = self._sequence(prompt, params)  # validates the prompt; its stop ids
+        seq = self._new_state(prompt, params)  # validates the prompt; its stop ids
         max_new = min(params.max_new_tokens, self.model.config.max_seq_len - len(prompt))
         beams = beam_search(self.model, prompt, num_beams=params.num_beams, max_new_tokens=max_new,
                             vocab_size=self.tokenizer.vocab_size, stop_ids=seq.stop_ids,
@@ -616,8 +563,8 @@ class Engine:
                             num_return=params.n, min_new_tokens=params.min_new_tokens)
         out = []
         for j, beam in enumerate(beams):
-            s = _Sequence(prompt, params, seq.stop_ids, seq.generator, self.tokenizer.stream_decoder(),
-                          seq.max_len, j)
+            s = SequenceState(prompt, params, seq.stop_ids, seq.generator, self.tokenizer.stream_decoder(),
+                              seq.max_len, j)
             for t in beam.token_ids:
                 if not s.finished:
                     s.push(t)
@@ -636,21 +583,23 @@ class Engine:
         if params.n != 1 or params.num_beams != 1:
             raise AcornError("stream() produces one sample; use generate() for n > 1 or beam search")
         if not self.paged:
-            seq = self._sequence(self.encode(prompt), params)
+            seq = self._new_state(self.encode(prompt), params)
             for (delta,) in self._steps([seq]):
                 if delta:
                     yield delta
             return seq.completion()
         rid = self.add_request(prompt, params)
-        (req,) = self._groups[rid]
+        completion = None
         try:
-            while not req.state.finished:
-                for r, _, delta, _ in self.step():
-                    if r == rid and delta:
-                        yield delta
+            while completion is None:
+                for out in self.step():
+                    if out.request_id == rid:
+                        if out.text:
+                            yield out.text
+                        completion = out.completion
         finally:
             self.abort(rid)
-        return req.state.completion()
+        return completion
 
     def chat(self, messages: list[dict], params: SamplingParams | None = None, *,
              tools: list[dict] | None = None, **overrides) -> Completion:
@@ -679,7 +628,7 @@ class Engine:
         per_token = PagedKV.bytes_per_token(self.model.config, self.dtype, self.kv_cache_dtype)
         out = {"paged": self.paged, "block_size": self.block_size, "num_blocks": self.num_blocks,
                "kv_bytes_per_token": per_token, "kv_cache_bytes": self.num_blocks * self.block_size * per_token}
-        if self._kv is not None:
+        if self.paged:
             b, s = self.blocks, self.scheduler
             out.update(blocks_in_use=b.num_used, blocks_cached=len(b.evictable), running=len(s.running),
                        waiting=len(s.waiting), preemptions=s.preemptions, prefix_hit_tokens=b.hit_tokens,

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 from acorn.errors import AcornError
-from acorn.infer.engine import Completion, Engine
+from acorn.infer.engine import Engine
 from acorn.infer.sampling import SamplingParams
+from acorn.infer.sequence import Completion
 
 
 @dataclass
@@ -50,15 +51,21 @@ class LLM:
         return self.engine.tokenizer
 
     def generate(self, prompts: str | Sequence[int] | Sequence[str | Sequence[int]],
-                 sampling_params: SamplingParams | None = None, **overrides) -> list[RequestOutput]:
-        params = SamplingParams.merge(sampling_params, overrides)
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 **overrides) -> list[RequestOutput]:
+        """sampling_params: one for every prompt, or a list with one per prompt."""
         if isinstance(prompts, str) or (len(prompts) and isinstance(prompts[0], int)):
             prompts = [prompts]
         encoded = [self.engine.encode(p) for p in prompts]
-        completions = self.engine.generate(encoded, params)
-        k = len(completions) // max(len(prompts), 1)  # n samples (or returned beams) per prompt
-        return [RequestOutput(p if isinstance(p, str) else None, ids, completions[i * k:(i + 1) * k])
-                for i, (p, ids) in enumerate(zip(prompts, encoded))]
+        completions = self.engine.generate(encoded, sampling_params, **overrides)
+        outs = [RequestOutput(p if isinstance(p, str) else None, ids) for p, ids in zip(prompts, encoded)]
+        # Prompt-major order, each prompt's samples (or beams) numbered from 0:
+        # a 0 starts the next prompt's, whatever n each prompt asked for.
+        i = -1
+        for c in completions:
+            i += c.index == 0
+            outs[i].outputs.append(c)
+        return outs
 
     def chat(self, messages: list[dict] | Sequence[list[dict]], sampling_params: SamplingParams | None = None, *,
              tools: list[dict] | None = None, **overrides) -> list[RequestOutput]:

@@ -6,7 +6,9 @@ every request from one asyncio event loop. AsyncEngine connects the two:
   - one background thread owns the Engine. Between steps it takes new
     requests and aborts from a command queue, then runs one step (continuous
     batching: every request in flight advances together) and hands each
-    request's new text to the event loop (loop.call_soon_threadsafe);
+    sample's StepOutput (new ids, text, log-probs; the Completion at the end)
+    to the event loop (loop.call_soon_threadsafe). It uses only the engine's
+    public API (validate_prompt, add_request, step, abort, stats);
   - each HTTP handler calls submit(), which returns a RequestStream to
     `async for` over. Closing it (a client that disconnects) aborts the
     request in the engine thread before its next step, which frees its KV
@@ -29,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from acorn.errors import AcornError
+from acorn.infer.sequence import StepOutput
 
 
 class QueueFull(Exception):
@@ -40,33 +43,23 @@ class ShuttingDown(Exception):
 
 
 @dataclass
-class Delta:
-    """New output of one sample (index) of a request."""
-
-    index: int
-    text: str
-    token_ids: list[int]
-    logprobs: list[dict] | None = None  # one entry per token in token_ids, when asked for
-    finish_reason: str | None = None  # set on the sample's last delta
-
-
-@dataclass
 class RequestStream:
-    """What submit() returns: an async iterator of Deltas, ending when every sample has finished."""
+    """What submit() returns: an async iterator of the engine's StepOutputs for
+    this request, ending when every sample has finished."""
 
     request_id: str
     prompt_tokens: int
     n: int
     _engine: "AsyncEngine"
     _queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    completions: list = field(default_factory=list)  # acorn.infer.engine.Completion per sample, once finished
+    completions: list = field(default_factory=list)  # acorn.infer.Completion per sample, once finished
     cached_tokens: int = 0
     _done: bool = False
 
     def __aiter__(self):
         return self
 
-    async def __anext__(self) -> Delta:
+    async def __anext__(self) -> StepOutput:
         if self._done:
             raise StopAsyncIteration
         item = await self._queue.get()
@@ -78,11 +71,15 @@ class RequestStream:
             raise item
         return item
 
+    def put(self, item) -> None:
+        """Hand over a StepOutput, an exception, or None (the end); on the event loop's thread."""
+        self._queue.put_nowait(item)
+
     def abort(self) -> None:
         """Stop generating (idempotent); the KV blocks are freed before the next step."""
         if not self._done:
             self._done = True
-            self._engine._command(("abort", self.request_id))
+            self._engine.abort(self.request_id)
 
     async def collect(self) -> list:
         """Wait for the whole output (non-streaming requests); aborts if cancelled."""
@@ -101,8 +98,6 @@ class AsyncEngine:
         self._commands: deque = deque()
         self._wake = threading.Event()
         self._streams: dict[str, RequestStream] = {}
-        self._sent: dict[str, list[int]] = {}  # tokens already reported per sample
-        self._states: dict[str, list] = {}  # the engine's per-sample state of each request
         self._started: dict[str, float] = {}
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -131,7 +126,7 @@ class AsyncEngine:
         while self._streams and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for rid in list(self._streams):
-            self._command(("abort", rid))
+            self.abort(rid)
         self._command(("stop", None))
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
@@ -147,7 +142,7 @@ class AsyncEngine:
             raise ShuttingDown("the server is shutting down")
         if self.pending >= self.max_pending:
             raise QueueFull(f"{self.pending} requests are waiting (the limit is {self.max_pending})")
-        self.engine._sequence(prompt_ids, params)  # validate here, in the caller's thread: a clear 400
+        self.engine.validate_prompt(prompt_ids, params)  # here, in the caller's thread: a clear 400
         rid = f"req-{next(self._ids)}"
         stream = RequestStream(rid, len(prompt_ids), params.n, self)
         with self._lock:
@@ -162,8 +157,11 @@ class AsyncEngine:
     def pending(self) -> int:
         """Requests accepted but not yet running."""
         adds = sum(1 for c in list(self._commands) if c[0] == "add")
-        sched = getattr(self.engine, "scheduler", None)
-        return adds + (len(sched.waiting) if sched is not None else 0)
+        return adds + self.engine.stats().get("waiting", 0)
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request in the engine thread, before its next step."""
+        self._command(("abort", request_id))
 
     def _command(self, command) -> None:
         self._commands.append(command)
@@ -188,7 +186,6 @@ class AsyncEngine:
                         if rid in self._streams:  # not aborted while queued
                             try:
                                 engine.add_request(ids, params, request_id=rid)
-                                self._states[rid] = engine.samples(rid)
                             except AcornError as e:
                                 self._deliver(rid, e)
                                 self._finish(rid, notify=False)
@@ -205,29 +202,22 @@ class AsyncEngine:
                 self._finish(rid, notify=False)
 
     def _step(self) -> None:
-        engine = self.engine
-        results = engine.step()
+        outs = self.engine.step()
         now = time.monotonic()
         new_tokens = 0
-        for rid, index, text, done in results:
+        for out in outs:
+            rid = out.request_id
             stream = self._streams.get(rid)
             if stream is None:
                 continue
-            seq = self._states[rid][index]
-            sent = self._sent.setdefault(rid, [0] * stream.n)
-            tokens = seq.output[sent[index]:]
-            logprobs = seq.logprobs[sent[index]:] if seq.logprobs is not None else None
-            sent[index] = len(seq.output)
-            new_tokens += len(tokens)
-            if rid in self._started and tokens:
+            new_tokens += len(out.token_ids)
+            if rid in self._started:
                 self.ttft.append(now - self._started.pop(rid))
-            delta = Delta(index, text, list(tokens), logprobs, seq.finish_reason if done else None)
-            if done:
-                c = seq.completion()
-                stream.completions.append(c)
-                stream.cached_tokens = max(stream.cached_tokens, c.cached_tokens)
-            self._deliver(rid, delta)
-            if done and len(stream.completions) == stream.n:
+            if out.completion is not None:
+                stream.completions.append(out.completion)
+                stream.cached_tokens = max(stream.cached_tokens, out.completion.cached_tokens)
+            self._deliver(rid, out)
+            if len(stream.completions) == stream.n:
                 stream.completions.sort(key=lambda c: c.index)
                 self._finish(rid)
         self.generated_tokens += new_tokens
@@ -236,7 +226,7 @@ class AsyncEngine:
     def _deliver(self, rid: str, item) -> None:
         stream = self._streams.get(rid)
         if stream is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(stream._queue.put_nowait, item)
+            self._loop.call_soon_threadsafe(stream.put, item)
 
     def _finish(self, rid: str, notify: bool = True) -> None:
         if notify:
@@ -244,8 +234,6 @@ class AsyncEngine:
         with self._lock:
             self._streams.pop(rid, None)
             self._started.pop(rid, None)
-        self._sent.pop(rid, None)
-        self._states.pop(rid, None)
 
     # ------------------------------------------------------------ metrics
     def tokens_per_second(self, window: float = 10.0) -> float:
@@ -258,11 +246,10 @@ class AsyncEngine:
 
     def metrics(self) -> dict:
         stats = self.engine.stats()
-        sched = getattr(self.engine, "scheduler", None)
         ttft = sorted(self.ttft)
         return {
             "queue_depth": self.pending,
-            "running_requests": len(sched.running) if sched is not None else 0,
+            "running_requests": stats.get("running", 0),
             "kv_blocks_in_use": stats.get("blocks_in_use", 0),
             "kv_blocks_total": stats["num_blocks"],
             "requests_total": self.requests_total,

@@ -8,7 +8,7 @@ import pytest
 
 from acorn.data.world import IDK_ANSWER, generate_world
 from acorn.eval.world import evaluate_world, normalize
-from acorn.infer.engine import Completion
+from acorn.infer.sequence import Completion
 from acorn.tokenizer.bpe import Tokenizer
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from acorn.cli import main
+from acorn.errors import AcornError
 from acorn.infer import Engine, SamplingParams
 from acorn.model.transformer import KVCache, ModelConfig, ModelOutput
 
@@ -285,3 +286,79 @@ def test_cli_bad_checkpoint_is_one_line_exit_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("acorn: error: ")
+
+
+# ------------------------------------------- the seams its clients use (RL, agents, the server)
+def test_step_outputs_add_up_to_the_completion_that_generate_returns(engine):
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=5, n=2, logprobs=2, ignore_eos=True)
+    rid = engine.add_request(PROMPTS[2], params)
+    pieces, last = {0: [], 1: []}, {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            assert out.request_id == rid and out.token_ids
+            assert len(out.logprobs) == len(out.token_ids)  # one entry per new token
+            assert (out.completion is not None) == out.finished  # the whole sample comes with its last step
+            pieces[out.index].append(out)
+            if out.finished:
+                last[out.index] = out.completion
+    expected = engine.generate(PROMPTS[2], params)  # also proves the finished request left nothing behind
+    for j in (0, 1):
+        outs = pieces[j]
+        assert [o.finish_reason for o in outs] == [None] * (len(outs) - 1) + ["length"]
+        assert [t for o in outs for t in o.token_ids] == last[j].token_ids == expected[j].token_ids
+        assert "".join(o.text for o in outs) == last[j].text == expected[j].text
+        assert [e for o in outs for e in o.logprobs] == last[j].logprobs == expected[j].logprobs
+    assert last[0].token_ids != last[1].token_ids  # two samples, not one reported twice
+
+
+def test_step_text_holds_back_a_stop_string_and_the_completion_is_cut(engine):
+    full = engine.generate(PROMPTS[0], max_new_tokens=20, **GREEDY)[0].text
+    stop = full[len(full) // 2: len(full) // 2 + 3]
+    engine.add_request(PROMPTS[0], max_new_tokens=20, stop=[stop], **GREEDY)
+    outs = []
+    while engine.has_unfinished():
+        outs += engine.step()
+    assert "".join(o.text for o in outs) == outs[-1].completion.text == full[:full.find(stop)]
+    assert outs[-1].finish_reason == "stop" and all(stop not in o.text for o in outs)
+
+
+def test_validate_prompt_refuses_what_add_request_would_and_queues_nothing(engine):
+    params = SamplingParams()
+    engine.validate_prompt(engine.encode("The cat"), params)  # a good one passes
+    ctx = engine.model.config.max_seq_len
+    for ids, p, match in [([], params, "empty"), ([1] * ctx, params, "context"),
+                          ([engine.model.config.vocab_size], params, "token ids"),
+                          ([1, 2], SamplingParams(logit_bias={10**6: 1.0}), "logit_bias")]:
+        with pytest.raises(AcornError, match=match):
+            engine.validate_prompt(ids, p)
+        with pytest.raises(AcornError, match=match):
+            engine.add_request(ids, p)
+    assert not engine.has_unfinished()
+
+
+def test_the_kv_pool_is_allocated_when_the_engine_is_made(checkpoint):
+    paged = Engine.from_pretrained(checkpoint[0], device="cpu", block_size=4)
+    assert paged.kv.nbytes() == paged.stats()["kv_cache_bytes"] and paged.stats()["blocks_in_use"] == 0
+    plain = Engine.from_pretrained(checkpoint[0], device="cpu", paged=False)
+    assert plain.kv is None and "blocks_in_use" not in plain.stats()
+
+
+def test_reset_prefix_cache_forgets_every_prefix_and_changes_no_output(checkpoint):
+    engine = Engine.from_pretrained(checkpoint[0], device="cpu", block_size=4)
+    prompt = "Once upon a time there was a little model that learned to speak."
+    first = engine.generate(prompt, max_new_tokens=8, **GREEDY)[0]
+    again = engine.generate(prompt, max_new_tokens=8, **GREEDY)[0]
+    assert first.cached_tokens == 0 and again.cached_tokens > 0  # the cache was in use
+    engine.reset_prefix_cache()
+    assert engine.stats()["blocks_cached"] == 0
+    after = engine.generate(prompt, max_new_tokens=8, **GREEDY)[0]
+    assert after.cached_tokens == 0 and after.token_ids == first.token_ids == again.token_ids
+    rid = engine.add_request(prompt, max_new_tokens=8)
+    with pytest.raises(AcornError, match="in flight"):  # its blocks would be registered again
+        engine.reset_prefix_cache()
+    engine.abort(rid)
+    engine.reset_prefix_cache()
+
+
+def _ids(completions):
+    return [c.token_ids for c in completions]

@@ -1,5 +1,7 @@
 """acorn.LLM (vLLM's idiom) and `acorn generate` with several samples and logprobs."""
 
+from dataclasses import replace
+
 import pytest
 
 import acorn
@@ -26,6 +28,23 @@ def test_generate_returns_one_request_output_per_prompt_with_n_outputs(llm, chec
     # Greedy through the LLM equals the engine's own greedy.
     (out,) = llm.generate("The cat sat on", max_tokens=8, **GREEDY)
     assert out.outputs[0].token_ids == engine.generate("The cat sat on", max_new_tokens=8, **GREEDY)[0].token_ids
+
+
+def test_generate_takes_one_sampling_params_per_prompt(llm):
+    prompts = ["The cat sat on", "Once", "A small acorn"]
+    params = [acorn.SamplingParams(max_tokens=4, **GREEDY),
+              acorn.SamplingParams(max_tokens=6, temperature=1.0, n=3, seed=7, ignore_eos=True),
+              acorn.SamplingParams(max_tokens=5, num_beams=3, n=2, ignore_eos=True)]
+    outs = llm.generate(prompts, params)
+    assert [len(o.outputs) for o in outs] == [1, 3, 2] and [o.prompt for o in outs] == prompts
+    for out, prompt, p in zip(outs[::2], prompts[::2], params[::2]):
+        assert [c.token_ids for c in out.outputs] == [c.token_ids for c in llm.generate(prompt, p)[0].outputs]
+    assert len(outs[0].outputs[0].token_ids) == 4 and outs[2].outputs[0].score is not None
+    # Sample j of a prompt draws seed + j + the samples of the prompts before it (here one).
+    alone = llm.generate(prompts[1], replace(params[1], seed=8))[0]
+    assert [c.token_ids for c in outs[1].outputs] == [c.token_ids for c in alone.outputs]
+    with pytest.raises(acorn.AcornError, match="2 SamplingParams for 3 prompts"):
+        llm.generate(prompts, params[:2])
 
 
 def test_chat_takes_one_conversation_or_several(llm):

@@ -212,25 +212,27 @@ def test_no_block_leaks_after_1000_random_requests_with_random_aborts(checkpoint
     engine = _paged(checkpoint, block_size=4, kv_cache_memory=200 * per_token, max_num_seqs=16,
                     max_num_batched_tokens=48)
     words = "the quick brown fox jumps over a lazy dog once upon time".split()
-    live, finished, aborted = set(), 0, 0
+    live, finished, aborted = {}, 0, 0  # live: request id -> its samples not yet finished
     for i in range(1000):
         prompt = " ".join(rng.choice(words) for _ in range(rng.randint(1, 12)))
         params = SamplingParams(max_new_tokens=rng.randint(1, 6), temperature=rng.choice([0, 1.0]),
                                 n=rng.choice([1, 1, 1, 2]), seed=i)
-        live.add(engine.add_request(prompt, params))
+        live[engine.add_request(prompt, params)] = params.n
         if rng.random() < 0.5:
-            for rid, _, _, done in engine.step():
-                if done and rid in live and rid not in engine._groups:
-                    live.discard(rid)
-                    finished += 1
+            for out in engine.step():
+                if out.finished and out.request_id in live:
+                    live[out.request_id] -= 1
+                    if not live[out.request_id]:
+                        del live[out.request_id]
+                        finished += 1
         if live and rng.random() < 0.2:
             victim = rng.choice(sorted(live))
-            live.discard(victim)
+            del live[victim]
             aborted += engine.abort(victim)
     while engine.has_unfinished():
         engine.step()
     stats = engine.stats()
-    assert aborted > 100 and stats["preemptions"] > 0
+    assert aborted > 100 and finished > 100 and stats["preemptions"] > 0
     assert stats["blocks_in_use"] == 0 and engine.blocks.num_free == engine.num_blocks
     assert sum(engine.blocks.ref) == 0 and not engine._groups
 

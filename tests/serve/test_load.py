@@ -137,7 +137,7 @@ def assert_idle(srv) -> None:
     assert stats["blocks_in_use"] == 0 and stats["running"] == 0 and stats["waiting"] == 0, stats
     assert not engine.has_unfinished() and not engine._groups
     async_engine = srv.app.state.acorn.engine
-    assert async_engine.pending == 0 and not async_engine._streams and not async_engine._states
+    assert async_engine.pending == 0 and not async_engine._streams
     assert async_engine.error is None, async_engine.error
 
 
