@@ -31,12 +31,18 @@ Everything else is shared: a request's sampling state and text
 resolve, whole UTF-8 characters), the sampling step (acorn.infer.sampling),
 and the API: generate(), stream(), chat(), score(). The CLI, evaluation, the
 server, RAG and agents all go through Engine.
+
+The engine runs the model it is given in eval mode (no dropout) for each
+forward pass and puts every module's training flag back afterwards, so a
+trainer can hand it the policy it is training (RL rollouts) and go on
+training.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -67,6 +73,22 @@ def _select_rows(cache, rows: Tensor):
         cache.values = [v[:, :, start:] for v in cache.values]
         cache.mask, cache.positions = cache.mask[:, start:], cache.positions[:, start:]
     return cache
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module):
+    """The model in eval mode (dropout off) for a forward pass, then every
+    module's training flag as it was: an engine handed a model that is being
+    trained must not leave it in eval mode (nor turn on a submodule that was
+    deliberately left in eval)."""
+    training = [m for m in model.modules() if m.training]
+    for m in training:
+        m.training = False
+    try:
+        yield model
+    finally:
+        for m in training:
+            m.training = True
 
 
 def default_stop_ids(tokenizer, extra: Sequence[int] = ()) -> frozenset[int]:
@@ -123,7 +145,7 @@ class Engine:
                  speculative=None):
         if device is not None:
             model = model.to(device)
-        self.model = model.eval()
+        self.model = model  # its training flag is left alone: see eval_mode()
         self.tokenizer = tokenizer
         self.device = model.device
         self.stop_token_ids = default_stop_ids(tokenizer, stop_token_ids)
@@ -366,7 +388,8 @@ class Engine:
                 wanted.append((req, n_rows, draft))
                 n_rows += wants
         step = StepInput.build(inputs, self.block_size, window, self.device)
-        logits = paged_forward(self.model, step, kv)[:, :self.tokenizer.vocab_size]
+        with eval_mode(self.model):
+            logits = paged_forward(self.model, step, kv)[:, :self.tokenizer.vocab_size]
         self.computed_tokens += step.tokens.numel()
         for req, n in pieces:
             if req not in drafts:  # a checked draft counts its kept tokens below
@@ -495,7 +518,8 @@ class Engine:
         ids = torch.tensor([[pad] * (width - len(s.prompt)) + s.prompt for s in seqs], device=self.device)
         mask = torch.tensor([[0] * (width - len(s.prompt)) + [1] * len(s.prompt) for s in seqs], device=self.device)
         # Without padding, no mask: the model then uses the fused causal attention kernel.
-        out = model(ids, attention_mask=None if bool(mask.all()) else mask, use_cache=True, last_only=True)
+        with eval_mode(model):
+            out = model(ids, attention_mask=None if bool(mask.all()) else mask, use_cache=True, last_only=True)
         # A model's vocabulary may be padded past the tokenizer's (to a multiple
         # of 64, for fast matmuls): those ids have no text, so they are never sampled.
         vocab = self.tokenizer.vocab_size
@@ -513,7 +537,8 @@ class Engine:
             if len(keep) < len(live):
                 cache = _select_rows(cache, torch.tensor(keep, device=self.device))
                 live = [live[r] for r in keep]
-            out = model(nxt[:, None], cache=cache, use_cache=True)
+            with eval_mode(model):  # per forward pass: the caller runs between our yields
+                out = model(nxt[:, None], cache=cache, use_cache=True)
             cache, logits = out.cache, out.logits[:, -1, :vocab]
 
     # ------------------------------------------------------------ the API
@@ -557,10 +582,11 @@ class Engine:
 
         seq = self._new_state(prompt, params)  # validates the prompt; its stop ids
         max_new = min(params.max_new_tokens, self.model.config.max_seq_len - len(prompt))
-        beams = beam_search(self.model, prompt, num_beams=params.num_beams, max_new_tokens=max_new,
-                            vocab_size=self.tokenizer.vocab_size, stop_ids=seq.stop_ids,
-                            length_penalty=params.length_penalty, early_stopping=params.early_stopping,
-                            num_return=params.n, min_new_tokens=params.min_new_tokens)
+        with eval_mode(self.model):
+            beams = beam_search(self.model, prompt, num_beams=params.num_beams, max_new_tokens=max_new,
+                                vocab_size=self.tokenizer.vocab_size, stop_ids=seq.stop_ids,
+                                length_penalty=params.length_penalty, early_stopping=params.early_stopping,
+                                num_return=params.n, min_new_tokens=params.min_new_tokens)
         out = []
         for j, beam in enumerate(beams):
             s = SequenceState(prompt, params, seq.stop_ids, seq.generator, self.tokenizer.stream_decoder(),
@@ -668,7 +694,8 @@ class Engine:
         width = max(map(len, rows))
         ids = torch.tensor([[0] * (width - len(r)) + r for r in rows], device=self.device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
-        logprobs = self.model(ids, attention_mask=mask).logits.float().log_softmax(-1)
+        with eval_mode(self.model):
+            logprobs = self.model(ids, attention_mask=mask).logits.float().log_softmax(-1)
         scores = []
         for b, (ctx, cont) in enumerate(conts):
             n = len(cont)

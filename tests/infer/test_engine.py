@@ -360,5 +360,24 @@ def test_reset_prefix_cache_forgets_every_prefix_and_changes_no_output(checkpoin
     engine.reset_prefix_cache()
 
 
+@pytest.mark.parametrize("paged", [True, False])
+def test_a_model_in_training_stays_in_training_and_generates_without_dropout(engine, paged):
+    from acorn.model.transformer import Transformer
+
+    cfg = ModelConfig.from_dict({**engine.model.config.to_dict(), "dropout": 0.5})
+    model = Transformer(cfg)
+    model.load_state_dict(engine.model.state_dict())
+    model.train()
+    frozen = model.model.norm.eval()  # a part the trainer keeps in eval stays so
+    modes = [m.training for m in model.modules()]
+    trained = Engine(model, engine.tokenizer, paged=paged)
+    outs = trained.generate(PROMPTS, max_new_tokens=10, **GREEDY)
+    # Dropout at 0.5 would change greedy tokens; off, they are the checkpoint's own.
+    assert _ids(outs) == _ids(engine.generate(PROMPTS, max_new_tokens=10, **GREEDY))
+    assert "".join(trained.stream(PROMPTS[0], max_new_tokens=10, **GREEDY)) == outs[0].text
+    assert trained.score("The cat sat", [" on the mat"]) == pytest.approx(engine.score("The cat sat", [" on the mat"]))
+    assert [m.training for m in model.modules()] == modes and model.training and not frozen.training
+
+
 def _ids(completions):
     return [c.token_ids for c in completions]
