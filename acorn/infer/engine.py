@@ -54,8 +54,7 @@ from acorn.errors import AcornError
 from acorn.infer.paged import BlockManager, PagedKV
 from acorn.infer.sampling import SamplingParams, sample, token_logprobs
 from acorn.infer.scheduler import Request, Scheduler
-# held_back is imported from here by the server's tool-call hold-back.
-from acorn.infer.sequence import Completion, SequenceState, StepOutput, held_back  # noqa: F401
+from acorn.infer.sequence import Completion, SequenceState, StepOutput
 
 
 def _select_rows(cache, rows: Tensor):

@@ -721,7 +721,7 @@ class _ToolHold:
 
     def end(self, engine) -> tuple[str, list[dict]]:
         """(the content not yet shown, the tool calls) once the reply is complete."""
-        from acorn.infer.engine import Completion
+        from acorn.infer.sequence import Completion
 
         c = engine.parse_tools(Completion(prompt_tokens=0, token_ids=[], text=self.text, finish_reason="stop"))
         shown = self.text[:self.shown]
