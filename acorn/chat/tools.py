@@ -28,7 +28,7 @@ import json
 import re
 import uuid
 from functools import lru_cache
-from typing import Any
+from typing import Any, Sequence
 
 from acorn.chat.formats import FORMATS, ToolSyntax, get_format
 from acorn.errors import AcornError
@@ -154,9 +154,17 @@ def _markers(syntax: ToolSyntax) -> tuple[str, ...]:
     return (syntax.after_content + opening, opening) if syntax.after_content else (opening,)
 
 
-def _could_open(text: str, markers: tuple[str, ...]) -> int:
-    """Length of the longest end of `text` that is the beginning of a marker (it may be arriving in pieces)."""
-    return max((n for m in markers for n in range(1, len(m)) if text.endswith(m[:n])), default=0)
+def held_back(text: str, markers: Sequence[str]) -> int:
+    """Length of the longest end of `text` that is the beginning of one of
+    `markers` (tool-call markers, stop strings): text that may be a marker
+    arriving in pieces, so it must wait to be shown."""
+    best = 0
+    for m in markers:
+        for n in range(min(len(m) - 1, len(text)), best, -1):
+            if text.endswith(m[:n]):
+                best = n
+                break
+    return best
 
 
 def streamable_content(text: str, chat_format: str | None) -> tuple[int, bool]:
@@ -175,7 +183,7 @@ def streamable_content(text: str, chat_format: str | None) -> tuple[int, bool]:
     hits = [i for i in (text.find(m) for m in markers) if i >= 0]
     if hits:
         return min(hits), True
-    return len(text) - _could_open(text, markers), False
+    return len(text) - held_back(text, markers), False
 
 
 # ------------------------------------------------------------------ grammar

@@ -19,10 +19,10 @@ Completion, which stays readable after the engine has forgotten the request.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
+from acorn.chat.tools import held_back
 from acorn.infer.sampling import SamplingParams
 
 
@@ -138,15 +138,3 @@ class SequenceState:
         child = SequenceState(self.prompt, self.params, self.stop_ids, generator, decoder, self.max_len, index)
         child.constraint = self.constraint.fresh() if self.constraint is not None else None
         return child
-
-
-def held_back(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest end of `text` that is the beginning of one of
-    `stops` (stop strings, tool-call markers): text that must wait to be shown."""
-    best = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:n]):
-                best = n
-                break
-    return best

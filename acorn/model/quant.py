@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
