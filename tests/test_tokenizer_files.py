@@ -7,7 +7,6 @@ All fixtures are made here: tiny tokenizers trained in the test.
 
 import base64
 import json
-import os
 import random
 
 import pytest
@@ -24,8 +23,6 @@ from acorn.tokenizer.bpe import GPT2_PATTERN, GPT4_PATTERN, Tokenizer
 from acorn.tokenizer.files import (
     AddedTokensEncoding, HFEncoding, bytes_to_unicode, load_tokenizer, recover_merges, save_tokenizer, token_str,
 )
-
-os.environ["HF_HUB_OFFLINE"] = "1"
 
 FRAGMENTS = [
     "Hello, world! It's 2024; we'll see. DON'T 'S 'LL",
