@@ -17,8 +17,10 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from acorn.errors import AcornError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+# The process's umask, read once (os.umask can only be read by setting it): files
+# and directories made in a temporary place get the mode open() and mkdir() would give.
+UMASK = os.umask(0)
+os.umask(UMASK)
 
 
 @contextmanager
@@ -33,7 +35,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             f.flush()
             os.fsync(f.fileno())
         # mkstemp creates 0600; give the file the permissions open() would.
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, path)
     except BaseException:
         try:

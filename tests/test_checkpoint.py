@@ -8,10 +8,6 @@ Nothing is fetched: every fixture is built here.
 """
 
 import json
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest
 import torch
@@ -25,7 +21,6 @@ from acorn.cli import main
 from acorn.errors import AcornError
 from acorn.model.transformer import ModelConfig, build
 
-transformers.logging.set_verbosity_error()
 VOCAB, PROMPT, PAD, NEW = 96, 12, 4, 32
 
 

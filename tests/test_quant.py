@@ -14,16 +14,6 @@ from acorn.model.checkpoint import load, save
 from acorn.cli import main
 from acorn.errors import AcornError
 from acorn.model.transformer import ModelConfig, build
-from acorn.tokenizer.bpe import Tokenizer
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids synchronisation costs on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _linear(out_f: int, in_f: int, *, seed: int = 0, std: float = 0.02, bias: bool = False) -> nn.Linear:
@@ -221,15 +211,7 @@ def test_int4_with_gradients_takes_the_fallback():
 
 
 # ------------------------------------------------------------- model level
-TEXT = ("The quick brown fox jumps over the lazy dog. A small acorn grows into a tall oak tree. "
-        "Once upon a time there was a little model that learned to speak. The cat sat on the mat. ") * 20
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer.train([TEXT], 300)
-
-
+# `tok` is the root conftest's tiny BPE.
 def _model(tok, *, tie: bool = False, std: float = 0.3):
     torch.manual_seed(0)
     # init_std 0.3 keeps the logits apart, so greedy decoding is not decided by rounding noise.

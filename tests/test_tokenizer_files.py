@@ -7,7 +7,6 @@ All fixtures are made here: tiny tokenizers trained in the test.
 
 import base64
 import json
-import os
 import random
 
 import pytest
@@ -24,8 +23,6 @@ from acorn.tokenizer.bpe import GPT2_PATTERN, GPT4_PATTERN, Tokenizer
 from acorn.tokenizer.files import (
     AddedTokensEncoding, HFEncoding, bytes_to_unicode, load_tokenizer, recover_merges, save_tokenizer, token_str,
 )
-
-os.environ["HF_HUB_OFFLINE"] = "1"
 
 FRAGMENTS = [
     "Hello, world! It's 2024; we'll see. DON'T 'S 'LL",
@@ -130,7 +127,7 @@ FALLBACK = ["wordpiece", "unigram"]
 def test_tokenizer_json_import_matches_tokenizers(hf_files, name):
     path, ref = hf_files[name]
     tok = load_tokenizer(path)
-    assert (tok.mergeable_ranks is not None) == (name in NATIVE), getattr(tok._enc, "why_not_native", "")
+    assert (tok.mergeable_ranks is not None) == (name in NATIVE), getattr(tok.encoding, "why_not_native", "")
     assert tok.encode(MIXED) == hf_ids(ref, MIXED)
     assert tok.encode(MIXED, allowed_special="all") == hf_ids(ref, MIXED, specials=True)
     assert tok.encode_batch([MIXED, "abc"]) == [hf_ids(ref, MIXED), hf_ids(ref, "abc")]
@@ -142,7 +139,7 @@ def test_added_tokens_are_really_exercised(hf_files):
     # The fixture must hit the interesting cases, or the equality above proves little.
     path, ref = hf_files["added"]
     tok = load_tokenizer(path)
-    assert isinstance(tok._enc, AddedTokensEncoding) and tok._enc.nfc
+    assert isinstance(tok.encoding, AddedTokensEncoding) and tok.encoding.nfc
     added_ids = {ref.token_to_id(" " * n) for n in range(2, 9)} | {ref.token_to_id("Å"), ref.token_to_id("raw!")}
     text = "a      b \u212b A\u030a raw!x w!x <|pad|> " + MIXED
     ids = tok.encode(text)
@@ -186,7 +183,7 @@ def test_merges_out_of_id_order_fall_back_and_still_match(hf_files, tmp_path):
     vocab[a], vocab[b] = vocab[b], vocab[a]
     (tmp_path / "tokenizer.json").write_text(json.dumps(data))
     tok = load_tokenizer(tmp_path)
-    assert isinstance(tok._enc, HFEncoding) and "merge" in tok._enc.why_not_native
+    assert isinstance(tok.encoding, HFEncoding) and "merge" in tok.encoding.why_not_native
     ref = HF.from_file(str(tmp_path / "tokenizer.json"))
     assert tok.encode(MIXED) == hf_ids(ref, MIXED)
 
@@ -200,7 +197,7 @@ def test_merge_that_lower_merges_never_reach_falls_back(tmp_path):
             "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True}}
     (tmp_path / "tokenizer.json").write_text(json.dumps(data))
     tok = load_tokenizer(tmp_path)
-    assert isinstance(tok._enc, HFEncoding) and "not the pair" in tok._enc.why_not_native
+    assert isinstance(tok.encoding, HFEncoding) and "not the pair" in tok.encoding.why_not_native
     ref = HF.from_file(str(tmp_path / "tokenizer.json"))
     assert tok.encode("abc xbc") == ref.encode("abc xbc").ids == [256, 99, 32, 120, 257]
 

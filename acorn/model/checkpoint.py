@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from acorn.errors import AcornError
 from acorn.hardware import DTYPE_NAMES, DTYPES, resolve_device, resolve_dtype
-from acorn.fileio import _UMASK, read_json, write_json
+from acorn.fileio import UMASK, read_json, write_json
 from acorn.model import quant
 from acorn.model.transformer import PRESETS, ModelConfig, Transformer, build
 
@@ -627,7 +627,7 @@ def save(model: Transformer, directory, *, tokenizer=None, dtype=None, max_shard
         raise AcornError(f"{directory}: is a file; give a directory to save the checkpoint in")
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it 0700; the checkpoint gets a normal directory's mode
+    os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it 0700; the checkpoint gets a normal directory's mode
     try:
         if len(shards) == 1:
             save_file(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})

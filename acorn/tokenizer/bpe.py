@@ -105,7 +105,7 @@ class Tokenizer:
             encoding = tiktoken.Encoding(
                 name=name, pat_str=pattern, mergeable_ranks=mergeable_ranks, special_tokens=self.special_tokens
             )
-        self._enc = encoding
+        self.encoding = encoding
         self._special_ids = frozenset(self.special_tokens.values())
         self._id_to_special = {i: s for s, i in self.special_tokens.items()}
 
@@ -190,7 +190,7 @@ class Tokenizer:
     # ------------------------------------------------------------------- sizes
     @property
     def vocab_size(self) -> int:
-        return self._enc.n_vocab
+        return self.encoding.n_vocab
 
     def __len__(self) -> int:
         return self.vocab_size
@@ -233,9 +233,9 @@ class Tokenizer:
         be able to forge a role marker (prompt injection).
         """
         if allowed_special:
-            ids = self._enc.encode(text, allowed_special=allowed_special, disallowed_special=())
+            ids = self.encoding.encode(text, allowed_special=allowed_special, disallowed_special=())
         else:
-            ids = self._enc.encode_ordinary(text)
+            ids = self.encoding.encode_ordinary(text)
         if add_bos:
             ids.insert(0, self._require("bos"))
         if add_eos:
@@ -285,7 +285,7 @@ class Tokenizer:
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         ids = list(ids)
         self._check_ids(ids)
-        return self._enc.decode_bytes(ids)
+        return self.encoding.decode_bytes(ids)
 
     def decode(self, ids: Iterable[int], *, skip_special: bool = False, errors: str = "replace") -> str:
         """Ids to text. Bytes that do not form UTF-8 become U+FFFD (errors='replace')."""
@@ -296,7 +296,7 @@ class Tokenizer:
 
     def token_bytes(self, token_id: int) -> bytes:
         self._check_ids([token_id])
-        return self._enc.decode_single_token_bytes(token_id)
+        return self.encoding.decode_single_token_bytes(token_id)
 
     def _check_ids(self, ids: Sequence[int]) -> None:
         n = self.vocab_size

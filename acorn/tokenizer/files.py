@@ -503,7 +503,7 @@ def save_tokenizer(tok: Tokenizer, directory: str | os.PathLike, *, model_max_le
     if out.exists() and not out.is_dir():
         raise AcornError(f"{out}: exists and is not a directory; choose another --out")
     specials = [{"id": i, "content": s, "special": True, "normalized": False} for s, i in tok.special_tokens.items()]
-    enc = tok._enc
+    enc = tok.encoding
     if isinstance(enc, HFEncoding):  # what tiktoken cannot express is written back as it was read
         data = enc.data
     else:  # added tokens as imported (gpt-neox's runs of spaces), else Acorn's specials

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,23 +11,16 @@ import torch
 
 from acorn.data.loader import Batch, TokenLoader
 from acorn.data.prepare import prepare
-from acorn.data.world import generate_world
 from acorn.errors import AcornError
-from acorn.tokenizer.bpe import Tokenizer
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("loader")
-    generate_world(root / "world", size="tiny", quiet=True)
-    texts = [json.loads(line)["text"] for line in (root / "world" / "pretrain.jsonl").read_text().splitlines()]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        Tokenizer.train(texts, 400).save(root / "tok")
+def data(tmp_path_factory, tiny_world, world_tokenizer) -> Path:
+    out = tmp_path_factory.mktemp("loader") / "data"
     # small shards, so rows cross shard ends
-    prepare([root / "world" / "pretrain.jsonl"], root / "tok", root / "data", val_fraction=0.2, shard_tokens=1000,
+    prepare([tiny_world / "pretrain.jsonl"], world_tokenizer, out, val_fraction=0.2, shard_tokens=1000,
             workers=1, quiet=True)
-    return root / "data"
+    return out
 
 
 def stream(data: Path, split: str) -> np.ndarray:

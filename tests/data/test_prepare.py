@@ -13,21 +13,13 @@ import pytest
 
 import acorn.data.prepare as P
 from acorn.cli import main
-from acorn.data.world import generate_world
 from acorn.errors import AcornError
 from acorn.tokenizer.bpe import Tokenizer
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("world")
-    generate_world(out, size="tiny", quiet=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def texts(world) -> list[str]:
-    return [json.loads(line)["text"] for line in (world / "pretrain.jsonl").read_text().splitlines()]
+def texts(tiny_world) -> list[str]:
+    return [json.loads(line)["text"] for line in (tiny_world / "pretrain.jsonl").read_text().splitlines()]
 
 
 def _train_tok(texts, vocab, path) -> Path:
@@ -35,11 +27,6 @@ def _train_tok(texts, vocab, path) -> Path:
         warnings.simplefilter("ignore")
         Tokenizer.train(texts, vocab).save(path)
     return path
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory, texts) -> Path:
-    return _train_tok(texts, 400, tmp_path_factory.mktemp("tok"))
 
 
 def stream(out: Path, split: str) -> np.ndarray:
@@ -72,9 +59,10 @@ def files_bytes(out: Path) -> dict[str, bytes]:
 
 
 # ------------------------------------------------------------------ formats
-def test_jsonl_round_trip_val_split_and_shards(world, texts, tok_dir, tmp_path):
+def test_jsonl_round_trip_val_split_and_shards(tiny_world, texts, world_tokenizer, tmp_path):
     out = tmp_path / "data"
-    s = P.prepare([world / "pretrain.jsonl"], tok_dir, out, val_fraction=0.2, shard_tokens=1000, workers=1, quiet=True)
+    s = P.prepare([tiny_world / "pretrain.jsonl"], world_tokenizer, out, val_fraction=0.2, shard_tokens=1000,
+                  workers=1, quiet=True)
     val = [t for t in texts if P.is_val(t, 0.2, 0)]
     assert 0 < len(val) < len(texts) // 2
     assert documents(out, "train") == [t for t in texts if not P.is_val(t, 0.2, 0)]
@@ -89,57 +77,57 @@ def test_jsonl_round_trip_val_split_and_shards(world, texts, tok_dir, tmp_path):
             # shards close at the first chunk boundary past shard_tokens (the last one holds the rest)
             assert rec["tokens"] >= 1000 or i == len(meta["shards"][split]) - 1
     # a different seed picks different documents, deterministically
-    s1 = P.prepare([world / "pretrain.jsonl"], tok_dir, tmp_path / "seed1", val_fraction=0.2, seed=1, workers=1,
-                   quiet=True)
+    s1 = P.prepare([tiny_world / "pretrain.jsonl"], world_tokenizer, tmp_path / "seed1", val_fraction=0.2, seed=1,
+                   workers=1, quiet=True)
     assert documents(tmp_path / "seed1", "val") == [t for t in texts if P.is_val(t, 0.2, 1)] != val
     assert s1["documents"]["val"] > 0
 
 
-def test_worker_processes_write_the_same_bytes(world, tok_dir, tmp_path):
+def test_worker_processes_write_the_same_bytes(tiny_world, world_tokenizer, tmp_path):
     kw = dict(val_fraction=0.2, shard_tokens=1000, quiet=True)
-    P.prepare([world / "pretrain.jsonl"], tok_dir, tmp_path / "a", workers=1, **kw)
-    P.prepare([world / "pretrain.jsonl"], tok_dir, tmp_path / "b", workers=2, **kw)
+    P.prepare([tiny_world / "pretrain.jsonl"], world_tokenizer, tmp_path / "a", workers=1, **kw)
+    P.prepare([tiny_world / "pretrain.jsonl"], world_tokenizer, tmp_path / "b", workers=2, **kw)
     assert files_bytes(tmp_path / "a") == files_bytes(tmp_path / "b")
 
 
-def test_txt_directory_glob_and_parquet(tok_dir, tmp_path):
+def test_txt_directory_glob_and_parquet(world_tokenizer, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     docs = ["Mivi Fennard works for Voxec.\n\nShe was born in 1984.", "héllo wörld — ünïcode ✓\n", "third file"]
     for i, d in enumerate(docs):
         (src / f"{i}.txt").write_text(d, encoding="utf-8")
     (src / "notes.md").write_text("not an input")
-    P.prepare([src], tok_dir, tmp_path / "dir", val_fraction=0, workers=1, quiet=True)
+    P.prepare([src], world_tokenizer, tmp_path / "dir", val_fraction=0, workers=1, quiet=True)
     assert documents(tmp_path / "dir", "train") == docs  # one document per .txt, in name order
-    P.prepare([str(src / "*.txt")], tok_dir, tmp_path / "glob", val_fraction=0, workers=1, quiet=True)
+    P.prepare([str(src / "*.txt")], world_tokenizer, tmp_path / "glob", val_fraction=0, workers=1, quiet=True)
     assert files_bytes(tmp_path / "glob").keys() == files_bytes(tmp_path / "dir").keys()
     assert documents(tmp_path / "glob", "train") == docs
 
     rows = [f"row {i}: " + "lorem ipsum " * (i % 5) for i in range(40)]
     table = pa.table({"id": list(range(40)), "body": rows})
     pq.write_table(table, tmp_path / "t.parquet", row_group_size=16)  # 3 row groups
-    P.prepare([tmp_path / "t.parquet"], tok_dir, tmp_path / "pq", text_field="body", val_fraction=0.1, workers=1,
-              quiet=True)
+    P.prepare([tmp_path / "t.parquet"], world_tokenizer, tmp_path / "pq", text_field="body", val_fraction=0.1,
+              workers=1, quiet=True)
     assert sorted(all_documents(tmp_path / "pq")) == sorted(rows)
     assert documents(tmp_path / "pq", "train") == [r for r in rows if not P.is_val(r, 0.1, 0)]
 
 
-def test_big_txt_file_is_cut_into_documents_at_safe_newlines(tok_dir, tmp_path, monkeypatch):
+def test_big_txt_file_is_cut_into_documents_at_safe_newlines(world_tokenizer, tmp_path, monkeypatch):
     monkeypatch.setattr(P, "TXT_SPLIT_BYTES", 500)
     monkeypatch.setattr(P, "TXT_PIECE_BYTES", 200)
     text = "".join(f"Line {i} says something, then a newline.\n" for i in range(60))
     (tmp_path / "big.txt").write_text(text)
-    P.prepare([tmp_path / "big.txt"], tok_dir, tmp_path / "out", val_fraction=0, workers=1, quiet=True)
+    P.prepare([tmp_path / "big.txt"], world_tokenizer, tmp_path / "out", val_fraction=0, workers=1, quiet=True)
     docs = documents(tmp_path / "out", "train")
     assert len(docs) > 5 and "".join(docs) == text and all(d.endswith("\n") for d in docs)
 
 
-def test_dtype_follows_vocabulary_size(world, texts, tok_dir, tmp_path, monkeypatch):
+def test_dtype_follows_vocabulary_size(tiny_world, texts, world_tokenizer, tmp_path, monkeypatch):
     assert P.token_dtype(256) == P.token_dtype(65536) == np.uint16
     assert P.token_dtype(65537) == P.token_dtype(200_000) == np.uint32
     # the uint32 path end to end, with the rule forced (a >65k-token tokenizer is too slow to train here)
     monkeypatch.setattr(P, "token_dtype", lambda v: np.dtype("<u4"))
-    P.prepare([world / "pretrain.jsonl"], tok_dir, tmp_path / "u32", val_fraction=0, workers=1, quiet=True)
+    P.prepare([tiny_world / "pretrain.jsonl"], world_tokenizer, tmp_path / "u32", val_fraction=0, workers=1, quiet=True)
     meta = json.loads((tmp_path / "u32" / "meta.json").read_text())
     shard = meta["shards"]["train"][0]
     assert meta["dtype"] == "uint32" and (tmp_path / "u32" / shard["file"]).stat().st_size == 4 * shard["tokens"]
@@ -147,25 +135,27 @@ def test_dtype_follows_vocabulary_size(world, texts, tok_dir, tmp_path, monkeypa
 
 
 # ----------------------------------------------------------------- resuming
-def test_rerun_skips_finished_shards(world, tok_dir, tmp_path, monkeypatch):
+def test_rerun_skips_finished_shards(tiny_world, world_tokenizer, tmp_path, monkeypatch):
     out = tmp_path / "data"
-    P.prepare([world / "pretrain.jsonl"], tok_dir, out, val_fraction=0.2, shard_tokens=1000, workers=1, quiet=True)
+    P.prepare([tiny_world / "pretrain.jsonl"], world_tokenizer, out, val_fraction=0.2, shard_tokens=1000, workers=1,
+              quiet=True)
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
 
     def boom(*a, **k):
         raise AssertionError("re-tokenized a finished shard")
 
     monkeypatch.setattr(P, "tokenize_chunk", boom)
-    s = P.prepare([world / "pretrain.jsonl"], tok_dir, out, val_fraction=0.2, shard_tokens=1000, workers=1, quiet=True)
+    s = P.prepare([tiny_world / "pretrain.jsonl"], world_tokenizer, out, val_fraction=0.2, shard_tokens=1000,
+                  workers=1, quiet=True)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     assert s["reused_shards"] == s["shards"]["train"] + s["shards"]["val"] and s["tokenized_tokens"] == 0
 
 
 @pytest.mark.parametrize("lost", ["middle", "tail"])
-def test_killed_run_resumes_to_identical_bytes(world, tok_dir, tmp_path, monkeypatch, lost):
+def test_killed_run_resumes_to_identical_bytes(tiny_world, world_tokenizer, tmp_path, monkeypatch, lost):
     out = tmp_path / "data"
     kw = dict(val_fraction=0.2, shard_tokens=1000, workers=1, quiet=True)
-    P.prepare([world / "pretrain.jsonl"], tok_dir, out, **kw)
+    P.prepare([tiny_world / "pretrain.jsonl"], world_tokenizer, out, **kw)
     want = files_bytes(out)
     meta = json.loads((out / "meta.json").read_text())
     train = meta["shards"]["train"]
@@ -183,22 +173,22 @@ def test_killed_run_resumes_to_identical_bytes(world, tok_dir, tmp_path, monkeyp
     calls = []
     real = P.tokenize_chunk
     monkeypatch.setattr(P, "tokenize_chunk", lambda tok, pieces, *a, **k: calls.append(1) or real(tok, pieces, *a, **k))
-    s = P.prepare([world / "pretrain.jsonl"], tok_dir, out, **kw)
+    s = P.prepare([tiny_world / "pretrain.jsonl"], world_tokenizer, out, **kw)
     assert files_bytes(out) == want
     assert s["reused_shards"] == len(train) + len(json.loads(want["meta.json"])["shards"]["val"]) - len(gone)
     if lost == "middle":  # val is whole, so only the lost shard's chunks are tokenized again
         assert len(calls) == train[1]["chunks"][1] - train[1]["chunks"][0] < n_chunks
 
 
-def test_other_tokenizer_or_settings_into_the_same_dir_is_refused(world, texts, tok_dir, tmp_path):
+def test_other_tokenizer_or_settings_into_the_same_dir_is_refused(tiny_world, texts, world_tokenizer, tmp_path):
     out = tmp_path / "data"
-    P.prepare([world / "pretrain.jsonl"], tok_dir, out, val_fraction=0.2, workers=1, quiet=True)
+    P.prepare([tiny_world / "pretrain.jsonl"], world_tokenizer, out, val_fraction=0.2, workers=1, quiet=True)
     other = _train_tok(texts, 300, tmp_path / "tok300")
     with pytest.raises(AcornError, match="tokenizer differs.*--overwrite"):
-        P.prepare([world / "pretrain.jsonl"], other, out, val_fraction=0.2, workers=1, quiet=True)
+        P.prepare([tiny_world / "pretrain.jsonl"], other, out, val_fraction=0.2, workers=1, quiet=True)
     with pytest.raises(AcornError, match="val_fraction differs.*--overwrite"):
-        P.prepare([world / "pretrain.jsonl"], tok_dir, out, val_fraction=0.1, workers=1, quiet=True)
-    P.prepare([world / "pretrain.jsonl"], other, out, val_fraction=0.2, workers=1, quiet=True, overwrite=True)
+        P.prepare([tiny_world / "pretrain.jsonl"], world_tokenizer, out, val_fraction=0.1, workers=1, quiet=True)
+    P.prepare([tiny_world / "pretrain.jsonl"], other, out, val_fraction=0.2, workers=1, quiet=True, overwrite=True)
     assert json.loads((out / "meta.json").read_text())["tokenizer"]["vocab_size"] == 300
     assert all_documents(out) and sorted(all_documents(out)) == sorted(texts)
 
@@ -211,12 +201,12 @@ def _cli_error(capsys, argv) -> str:
     return err
 
 
-def test_bad_inputs_are_one_line_errors(tok_dir, tmp_path, capsys):
+def test_bad_inputs_are_one_line_errors(world_tokenizer, tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "rows.jsonl").write_text('{"text": "fine"}\n{"body": "x", "id": 3}\n')
     pq.write_table(pa.table({"body": ["a", "b"], "id": [1, 2]}), tmp_path / "t.parquet")
     out = str(tmp_path / "out")
-    base = ["data", "prepare", "--tokenizer", str(tok_dir), "--out", out, "--workers", "1"]
+    base = ["data", "prepare", "--tokenizer", str(world_tokenizer), "--out", out, "--workers", "1"]
     assert "empty.txt: file is empty" in _cli_error(capsys, [*base, str(tmp_path / "empty.txt")])
     err = _cli_error(capsys, [*base, str(tmp_path / "rows.jsonl")])
     assert "rows.jsonl:2: no string field 'text'" in err and "body, id" in err and "--text-field" in err
@@ -230,10 +220,10 @@ def test_bad_inputs_are_one_line_errors(tok_dir, tmp_path, capsys):
     assert not (tmp_path / "out" / "meta.json").exists()  # nothing recorded, so a fixed re-run starts fresh
 
 
-def test_cli_prepares_and_reports(world, tok_dir, tmp_path, capsys):
+def test_cli_prepares_and_reports(tiny_world, world_tokenizer, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["data", "prepare", str(world / "pretrain.jsonl"), "--tokenizer", str(tok_dir), "--out", str(out),
-                 "--workers", "1", "--val-fraction", "0.2", "--shard-tokens", "2_000"]) == 0
+    assert main(["data", "prepare", str(tiny_world / "pretrain.jsonl"), "--tokenizer", str(world_tokenizer),
+                 "--out", str(out), "--workers", "1", "--val-fraction", "0.2", "--shard-tokens", "2_000"]) == 0
     printed = capsys.readouterr().out
     meta = json.loads((out / "meta.json").read_text())
     assert meta["settings"]["shard_tokens"] == 2000 and len(meta["shards"]["train"]) >= 2

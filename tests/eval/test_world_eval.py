@@ -1,15 +1,13 @@
-"""World evaluation scoring, with a scripted engine standing in for a model."""
+"""World evaluation scoring, with a scripted engine standing in for a model, on the
+root conftest's tiny world (its tokenizer, `tok`, only names the chat format)."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
-
-from acorn.data.world import IDK_ANSWER, generate_world
+from acorn.data.world import IDK_ANSWER
 from acorn.eval.world import evaluate_world, normalize
 from acorn.infer.sequence import Completion
-from acorn.tokenizer.bpe import Tokenizer
 
 
 class Scripted:
@@ -57,35 +55,24 @@ class Scripted:
         return [0.0] + [-1.0] * (len(continuations) - 1)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("w")
-    generate_world(out, size="tiny", quiet=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer.train(["a b c " * 100], 300)
-
-
-def test_perfect_answers_score_everything(world, tok):
-    r = evaluate_world(Scripted(world, tok, correct=True, use_tool=False), world)
+def test_perfect_answers_score_everything(tiny_world, tok):
+    r = evaluate_world(Scripted(tiny_world, tok, correct=True, use_tool=False), tiny_world)
     assert r["fact_qa"]["all"] == 1.0 and r["unknown_qa"]["idk_rate"] == 1.0
     assert r["unknown_qa"]["hallucination_rate"] == 0.0 and r["arithmetic"]["all"] == 1.0
     assert 0 < r["multiple_choice"]["accuracy"] <= 1.0  # gold is not always the first choice
     assert r["in_context"]["accuracy"] == 0.0
 
 
-def test_wrong_answers_and_hallucinations(world, tok):
-    r = evaluate_world(Scripted(world, tok, correct=False, use_tool=False), world, tasks=("fact_qa", "unknown_qa"))
+def test_wrong_answers_and_hallucinations(tiny_world, tok):
+    r = evaluate_world(Scripted(tiny_world, tok, correct=False, use_tool=False), tiny_world,
+                       tasks=("fact_qa", "unknown_qa"))
     assert r["fact_qa"]["all"] == 0.0
     assert r["unknown_qa"]["idk_rate"] == 0.0 and r["unknown_qa"]["hallucination_rate"] == 1.0
 
 
-def test_calculator_calls_are_executed(world, tok):
-    engine = Scripted(world, tok, correct=False, use_tool=True)
-    r = evaluate_world(engine, world, tasks=("arithmetic",))
+def test_calculator_calls_are_executed(tiny_world, tok):
+    engine = Scripted(tiny_world, tok, correct=False, use_tool=True)
+    r = evaluate_world(engine, tiny_world, tasks=("arithmetic",))
     assert engine.calls > 0 and r["arithmetic"]["tool_used"] == 1.0
     assert r["arithmetic"]["all"] == 1.0  # the right result came from executing the calls
 

@@ -9,10 +9,6 @@ they all agreed would not test them).
 """
 
 import itertools
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest
 import torch
@@ -21,8 +17,7 @@ import transformers
 from acorn.model.checkpoint import load
 from acorn.errors import AcornError
 from acorn.infer.beam import Beam, beam_search
-
-transformers.logging.set_verbosity_error()
+from tests.conftest import random_llama
 
 VOCAB = 96
 PAD = VOCAB - 1  # transformers fills the rows that finished early with it
@@ -34,11 +29,7 @@ MODES = [True, False, "never"]
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """(transformers model, the same weights loaded by Acorn)."""
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                   initializer_range=0.3, bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    hf = transformers.LlamaForCausalLM(cfg).eval()
+    hf = random_llama(VOCAB)
     # A bare config: no logits processors beyond what each call asks for.
     hf.generation_config = transformers.GenerationConfig(pad_token_id=PAD)
     path = tmp_path_factory.mktemp("beam-ckpt")

@@ -5,7 +5,8 @@ format (its tool-call tokens included) and real servers on 127.0.0.1.
     start_server      factory: start_server(api_keys=["k"], max_pending=1, ...)
                       -> a RunningServer on its own port and its own Engine,
                       stopped at the end of the session (or by .stop())
-    checkpoint        the checkpoint directory
+    checkpoint        the checkpoint directory (this overrides the root
+                      conftest's `checkpoint` for the server tests)
     openai_client     openai.OpenAI on the session server, no retries
 
 Servers run uvicorn in a background thread (uvicorn.Server; should_exit
@@ -14,17 +15,13 @@ stops it), bound to port 0 so the OS picks a free port.
 
 from __future__ import annotations
 
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-
 import threading
 import time
 from dataclasses import dataclass
 
 import pytest
-import torch
+
+from tests.conftest import random_llama
 
 TEXT = (
     "The quick brown fox jumps over the lazy dog. A small acorn grows into a tall oak tree. "
@@ -35,30 +32,14 @@ TEXT = (
 CONTEXT = 1024  # room for a tool schema in the system turn: this tiny BPE writes about one token per character
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _one_thread():
-    """Tiny tensors: intra-op threads only cost synchronisation on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
     """A tiny random Llama made by transformers, saved with an Acorn BPE in the acorn chat format."""
-    import transformers
-
     from acorn.tokenizer.bpe import Tokenizer
 
-    transformers.logging.set_verbosity_error()
     tok = Tokenizer.train([TEXT], 400, chat_format="acorn")
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=CONTEXT, initializer_range=0.3,
-                                   bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-    hf = transformers.LlamaForCausalLM(cfg).eval()
+    hf = random_llama(tok.vocab_size, context=CONTEXT, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+                      pad_token_id=tok.pad_id)
     path = tmp_path_factory.mktemp("serve-ckpt")
     hf.save_pretrained(path)
     tok.save(path)

@@ -26,16 +26,14 @@ TINY_MODEL = ["--model.vocab_size", "512", "--model.n_layer", "2", "--model.d_mo
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
+def data(tmp_path_factory, tiny_world) -> Path:
     from acorn.data.prepare import prepare
-    from acorn.data.world import generate_world
     from acorn.tokenizer.bpe import Tokenizer
 
     root = tmp_path_factory.mktemp("pretrain")
-    generate_world(root / "world", size="tiny", quiet=True)
-    tok = Tokenizer.train([root / "world" / "pretrain.jsonl"], 512)
+    tok = Tokenizer.train([tiny_world / "pretrain.jsonl"], 512)
     tok.save(root / "tok")
-    prepare([root / "world" / "pretrain.jsonl"], root / "tok", root / "data", val_fraction=0.1, workers=1, quiet=True)
+    prepare([tiny_world / "pretrain.jsonl"], root / "tok", root / "data", val_fraction=0.1, workers=1, quiet=True)
     return root / "data"
 
 
