@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("model",),
     ("data",),  # the world and shards: reads text through the tokenizer
     ("infer",),
+    ("rag",),  # embeddings from the one forward; retrieval that may generate through the engine
     ("train",),  # the one loop: model, data, tokenizer
     ("eval",),  # scores through the engine
     ("serve",),  # routes over the engine
