@@ -22,3 +22,20 @@ def test_quickstart_has_exactly_two_commands():
 def test_ci_runs_the_readme_test_command_verbatim():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert _quickstart_commands()[1] in ci
+
+
+def test_every_test_docs_concepts_names_exists():
+    """docs/CONCEPTS.md points each concept at the tests that prove it
+    (`tests/x.py::name`, or `::name` for the file named before it on the row):
+    every one must exist, so a renamed or moved test cannot leave the map stale."""
+    missing = []
+    for row in (ROOT / "docs" / "CONCEPTS.md").read_text(encoding="utf-8").splitlines():
+        path = None
+        for m in re.finditer(r"(tests/[\w/]+\.py)(?:::(\w+))?|::(\w+)", row):
+            path = ROOT / m.group(1) if m.group(1) else path
+            name = m.group(2) or m.group(3)
+            if path is None or not path.is_file():
+                missing.append(m.group(0))
+            elif name and not re.search(rf"^\s*(async )?def {name}\(", path.read_text(encoding="utf-8"), re.M):
+                missing.append(f"{path.relative_to(ROOT)}::{name}")
+    assert not missing, f"docs/CONCEPTS.md names tests that do not exist: {missing}"

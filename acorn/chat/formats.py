@@ -13,7 +13,7 @@ A new chat format is one entry in FORMATS:
   template        the Jinja template, written as the model's own tokenizer_config.json
                   ships it, so rendering matches transformers to the character
   tool_syntax     how that template writes tool calls (None: the format has none);
-                  tests/test_chat.py renders calls with the template and checks that the
+                  tests/chat/test_chat.py renders calls with the template and checks that the
                   parser gives them back and that the grammar accepts exactly that text
 """
 

@@ -13,7 +13,7 @@ vocabulary sizes that include the special tokens, clear errors on bad input,
 an incremental decoder for streaming, and the Hugging Face file format
 (in acorn.tokenizer.files).
 
-Training rule, exactly (tests/test_tokenizer.py replays it in pure Python):
+Training rule, exactly (tests/tokenizer/test_bpe.py replays it in pure Python):
 each regex chunk counts once per occurrence; pairs are counted at every
 adjacent position, overlaps included ("aaa" holds (a, a) twice); the most
 frequent pair is merged, left to right within each chunk; when counts tie, the

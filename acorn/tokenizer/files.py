@@ -551,7 +551,7 @@ def _byte_level_json(ranks: dict[bytes, int], pattern: str, *, nfc: bool, added:
         "normalizer": {"type": "NFC"} if nfc else None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
             # Onig (tokenizers' regex engine) understands the possessive ?+ and ++
-            # of GPT-4's pattern; tests/test_tokenizer_files.py checks the splits agree.
+            # of GPT-4's pattern; tests/tokenizer/test_files.py checks the splits agree.
             {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
             {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
         ]},

@@ -14,7 +14,7 @@ import torch
 from acorn.errors import AcornError
 from acorn.infer import Engine, SamplingParams
 from acorn.infer.paged import BlockManager
-from tests.test_model import VARIANTS, model_for
+from tests.model.test_transformer import VARIANTS, model_for
 
 PROMPTS = ["The quick brown fox", "Once", "A small acorn grows into a tall", "The cat sat on",
            "Once upon a time there was a little model that learned to speak. The cat"]
@@ -255,7 +255,7 @@ def test_paged_greedy_equals_transformers_for_each_family(name, tmp_path, tok):
     """Learned positions, biases, sliding windows, QK-norm, experts and RoPE
     scalings all go through the paged forward, not only Llama's layout."""
     from acorn.model.checkpoint import load
-    from tests.test_checkpoint import NEW, PAD, _batch, _hf_greedy, _hf_model
+    from tests.model.test_checkpoint import NEW, PAD, _batch, _hf_greedy, _hf_model
 
     hf, path = _hf_model(name, tmp_path)
     ids, mask = _batch()

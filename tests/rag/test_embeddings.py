@@ -12,7 +12,7 @@ import torch
 
 import acorn
 from acorn.rag.embeddings import embed
-from tests.test_checkpoint import VOCAB, _hf_model
+from tests.model.test_checkpoint import VOCAB, _hf_model
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "qwen3"])

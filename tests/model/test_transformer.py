@@ -1,6 +1,6 @@
 """The transformer's own properties: causality, the KV cache, padding, sizes,
 mixture of experts and initialisation. (Parity with transformers, family by
-family, is in tests/test_checkpoint.py.)"""
+family, is in tests/model/test_checkpoint.py.)"""
 
 from __future__ import annotations
 
