@@ -126,6 +126,12 @@ def cmd_quantize(args) -> None:
                               skip=() if args.quantize_head else ("lm_head",)))
 
 
+def cmd_lora_merge(args) -> None:
+    from acorn.model.lora import merge_checkpoint
+
+    print(merge_checkpoint(args.base, args.adapter, args.out))
+
+
 def cmd_pretrain(args) -> None:
     from acorn.config import load
     from acorn.train.pretrain import PretrainConfig, pretrain
@@ -413,6 +419,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="directory for the quantized checkpoint")
     s.set_defaults(func=cmd_quantize)
 
+    # acorn lora ...
+    lr = _parser(stages, "lora", "LoRA / QLoRA adapters (PEFT's format): merge one into its base",
+                 "acorn lora merge runs/pretrain/model runs/sft/adapter --out runs/sft/model")
+    lsub = lr.add_subparsers(dest="cmd", metavar="COMMAND")
+    lsub.required = True
+    s = _parser(lsub, "merge", "fold a LoRA adapter into its base (W + scale * B A) and write a plain Hugging Face "
+                "checkpoint with the base's tokenizer", "acorn lora merge runs/pretrain/model runs/sft/adapter --out runs/sft/model")
+    s.add_argument("base", help="the base checkpoint directory the adapter was trained on")
+    s.add_argument("adapter", help="a PEFT adapter directory (adapter_config.json + adapter_model.safetensors), "
+                   "e.g. RUN/adapter of `acorn sft --lora.r 16`, or one peft saved")
+    s.add_argument("--out", required=True, help="directory for the merged checkpoint")
+    s.set_defaults(func=cmd_lora_merge)
+
     # acorn generate / chat
     s = _parser(stages, "generate", "continue a prompt with a model (streams the text)",
                 "acorn generate runs/ckpt --prompt \"Once upon a time\" --max-new-tokens 50 --temperature 0.8")
@@ -449,7 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "acorn sft --init_from runs/pretrain/model --data runs/world/sft.jsonl --out runs/sft",
                 description="Fine-tune a checkpoint on conversations: `messages` JSONL (OpenAI style, tool calls\n"
                 "included) or prompt/completion JSONL. Settings as for `acorn pretrain`: --config FILE and\n"
-                "--section.key VALUE overrides (data, out, init_from, epochs, val_fraction, optim, train, eval).")
+                "--section.key VALUE overrides (data, out, init_from, epochs, val_fraction, optim, train, eval, lora).\n\n"
+                "LoRA: --lora.r 16 --lora.alpha 32 --lora.targets all-linear (or q_proj,v_proj,...) trains adapters\n"
+                "on a frozen base and writes RUN/adapter (PEFT's format; merge with `acorn lora merge`);\n"
+                "--lora.quantize nf4 stores the frozen base in 4 bits (QLoRA), --lora.rslora true scales by\n"
+                "alpha/sqrt(r), --lora.dropout 0.05 drops the adapters' inputs.")
     s.add_argument("--config", help="YAML file with the run's settings")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.set_defaults(func=cmd_sft, accepts_overrides=True)

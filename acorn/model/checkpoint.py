@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from acorn.errors import AcornError
 from acorn.hardware import DTYPE_NAMES, DTYPES, resolve_device, resolve_dtype
 from acorn.fileio import UMASK, read_json, write_json
-from acorn.model import quant
+from acorn.model import lora, quant
 from acorn.model.transformer import PRESETS, ModelConfig, Transformer, build
 
 # transformers architecture -> Acorn's name for the family (also the config's model_type).
@@ -517,14 +517,19 @@ def _checkpoint_dir(path) -> Path:
     return directory
 
 
-def load(path, *, dtype=None, device="auto", allow_pickle: bool = False) -> Transformer:
+def load(path, *, dtype=None, device="auto", allow_pickle: bool = False, adapter=None,
+         merge: bool = False) -> Transformer:
     """Load a local Hugging Face checkpoint directory (GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral,
     or one Acorn saved) as an Acorn Transformer, in eval mode.
 
     dtype: None (the config's dtype when it is float32/bfloat16/float16, else float32) or a name/torch dtype.
     device: "auto" picks cuda, then mps, then cpu.
     allow_pickle: also read *.bin/*.pt files, via torch.load(weights_only=True). Never fetches anything.
+    adapter: a PEFT LoRA adapter directory (acorn.model.lora) to add to the base, unmerged (LoRALinear
+        layers, the adapter in the model's dtype), or folded into the weights with merge=True.
     """
+    if adapter is not None:  # a bad adapter directory fails before the base loads
+        lora.read_adapter_config(adapter)
     directory = _checkpoint_dir(path)
     hf = read_json(directory / "config.json")
     if not isinstance(hf, dict):
@@ -558,6 +563,10 @@ def load(path, *, dtype=None, device="auto", allow_pickle: bool = False) -> Tran
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
     if left:  # a bug in the weight maps, not a user error
         raise RuntimeError(f"parameters not loaded: {left[:5]}")
+    if adapter is not None:
+        lora.load_adapter(model, adapter, dtype=quant.float_dtype(model))
+        if merge:
+            lora.merge_and_unload(model)
     return model.eval()
 
 
@@ -583,6 +592,9 @@ def save(model: Transformer, directory, *, tokenizer=None, dtype=None, max_shard
     place, so an interrupted save leaves the previous checkpoint (if any) whole.
     """
     cfg = model.config
+    if lora.lora_layers(model):
+        raise AcornError("the model carries LoRA adapters, which a Hugging Face checkpoint has no place for; save "
+                         "them with acorn.model.lora.save_adapter, or fold them in first with lora.merge_and_unload")
     arch = hf_architecture(cfg)
     family = ARCHITECTURES[arch]
     quantization = quant.quantization_of(model)

@@ -23,6 +23,7 @@ import torch
 
 from acorn.errors import AcornError
 from acorn.fileio import read_json
+from acorn.model.lora import LoRAConfig
 from acorn.model.transformer import ModelConfig
 from acorn.train.loop import EvalConfig, LoopConfig, LossOutput, fit
 from acorn.train.optim import OptimConfig
@@ -40,6 +41,7 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # with --init_from: continued pretraining of adapters
 
 
 # ---------------------------------------------------------------- stage

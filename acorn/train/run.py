@@ -30,6 +30,7 @@ from torch import nn
 from acorn import hardware
 from acorn.errors import AcornError
 from acorn.fileio import atomic_write, write_text
+from acorn.model import lora
 from acorn.model.transformer import Transformer
 from acorn.train.optim import build_optimizers
 
@@ -79,7 +80,21 @@ def build_model(cfg, device: torch.device, vocab_size: int | None = None) -> Tra
                          f"({vocab_size}); use the tokenizer the model was trained with")
     if cfg.train.seq_len > cfg.model.max_seq_len:
         raise AcornError(f"train.seq_len {cfg.train.seq_len} exceeds model.max_seq_len {cfg.model.max_seq_len}")
+    if lora_enabled(cfg):
+        # Adapters instead of full weights: the base is frozen (QLoRA: stored as NF4 first), so
+        # the optimizer, which takes only parameters that require gradients, holds the adapters alone.
+        if not cfg.init_from:
+            raise AcornError("LoRA trains adapters on a pretrained base: pass --init_from CHECKPOINT_DIR "
+                             "(or --lora.r 0 to train every weight)")
+        if cfg.train.fsdp:
+            raise AcornError("LoRA with --train.fsdp is not supported; adapters are small, so train them with "
+                             "plain data parallelism (torchrun without --train.fsdp)")
+        lora.apply(model, cfg.lora)
     return model
+
+
+def lora_enabled(cfg) -> bool:
+    return getattr(cfg, "lora", None) is not None and cfg.lora.r > 0
 
 
 @dataclass
@@ -140,10 +155,13 @@ class Run:
                 model = type(self.raw_model)(self.raw_model.config)
                 model.load_state_dict(full)
         if self.dist.main:
-            model.save(self.out / "model", tokenizer=tokenizer)
+            if lora_enabled(self.cfg):  # the adapter alone, in PEFT's layout: the base is unchanged
+                export = lora.save_adapter(model, self.out / "adapter", base=self.cfg.init_from)
+            else:
+                export = model.save(self.out / "model", tokenizer=tokenizer)
             plot_losses(self.history, self.out / "loss.png")
             write_text(self.out / "report.md", run_report(self.cfg, self.history, seconds, model, stage))
-            print(f"model -> {self.out / 'model'}; report -> {self.out / 'report.md'}", flush=True)
+            print(f"{export.name} -> {export}; report -> {self.out / 'report.md'}", flush=True)
         if self.dist.world > 1:
             tdist.destroy_process_group()
 
@@ -304,6 +322,16 @@ def run_report(cfg, history: list[dict], seconds: float, model, stage: str = "tr
         lines.append(f"| median tokens/s | {tok_s:,.0f} |")
         mfu = [r["mfu"] for r in history if r.get("mfu")]
         lines.append(f"| median MFU | {sorted(mfu)[len(mfu) // 2]:.1%} |" if mfu else "| MFU | unknown (no peak for this device) |")
+    if lora_enabled(cfg):
+        trained, total = lora.trainable_parameters(model)
+        out = Path(cfg.out)
+        lines += ["", "## LoRA adapter", "",
+                  f"{trained:,} of {total:,} parameters trained ({trained / total:.2%}): rank {cfg.lora.r} adapters on "
+                  f"{', '.join(cfg.lora.targets)}{' over an NF4 base (QLoRA)' if cfg.lora.quantize else ''}. "
+                  f"`{out / 'adapter'}` is a PEFT adapter directory for the base `{cfg.init_from}`. Use it as it is "
+                  f"with `acorn.load(\"{cfg.init_from}\", adapter=\"{out / 'adapter'}\")` or peft's "
+                  "`PeftModel.from_pretrained`, or merge it into a plain checkpoint:", "",
+                  f"    acorn lora merge {cfg.init_from} {out / 'adapter'} --out {out / 'model'}"]
     lines += ["", "## Configuration", "", "```yaml", to_yaml(cfg).rstrip(), "```", ""]
     return "\n".join(lines)
 

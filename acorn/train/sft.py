@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from acorn.errors import AcornError
+from acorn.model.lora import LoRAConfig
 from acorn.model.transformer import ModelConfig
 from acorn.train.loop import EvalConfig, LoopConfig, accumulation, fit
 from acorn.train.optim import OptimConfig
@@ -37,6 +38,7 @@ class SFTConfig:
     train: LoopConfig = field(default_factory=lambda: LoopConfig(max_steps=0, micro_batch=8, seq_len=256,
                                                                  batch_tokens=8192))
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(every=50, batches=10, checkpoint_every=200))
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # --lora.r 16: train adapters, write RUN/adapter
 
 
 def sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
