@@ -132,6 +132,12 @@ def cmd_lora_merge(args) -> None:
     print(merge_checkpoint(args.base, args.adapter, args.out))
 
 
+def cmd_export_gguf(args) -> None:
+    from acorn.model.gguf import export_gguf
+
+    print(export_gguf(args.checkpoint, args.out, type=args.type))
+
+
 def cmd_pretrain(args) -> None:
     from acorn.config import load
     from acorn.train.pretrain import PretrainConfig, pretrain
@@ -431,6 +437,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. RUN/adapter of `acorn sft --lora.r 16`, or one peft saved")
     s.add_argument("--out", required=True, help="directory for the merged checkpoint")
     s.set_defaults(func=cmd_lora_merge)
+
+    # acorn export ...
+    ex = _parser(stages, "export", "write a checkpoint in another runtime's format (GGUF for llama.cpp)",
+                 "acorn export gguf runs/speedrun/sft/model --out model.gguf --type q8_0")
+    xsub = ex.add_subparsers(dest="cmd", metavar="COMMAND")
+    xsub.required = True
+    s = _parser(xsub, "gguf", "write one GGUF file (weights, architecture and tokenizer) that llama.cpp, Ollama "
+                "and LM Studio run", "acorn export gguf runs/speedrun/sft/model --out model.gguf --type q8_0",
+                description="Write one GGUF file (weights, architecture and tokenizer) that llama.cpp and what is "
+                "built on it\n(Ollama, LM Studio) run. Layouts: RoPE + RMSNorm + SwiGLU as llama.cpp's llama "
+                "(Llama;\nMistral when its window covers the context), qwen2 (q/k/v biases) and qwen3 (QK-norm); "
+                "others are\nrefused. The tokenizer's split pattern must be one llama.cpp knows by name: GPT-4's "
+                "(--pattern gpt4,\nthe default of `acorn tokenizer train`) or GPT-2's.")
+    s.add_argument("checkpoint", help="a Hugging Face checkpoint directory with its tokenizer files")
+    s.add_argument("--out", required=True, help="the .gguf file to write (replaced whole, never half-written)")
+    s.add_argument("--type", default="f16", choices=["f32", "f16", "q8_0"],
+                   help="matrix weights as f16 (default; half of f32), f32 (exact), or q8_0 (8-bit blocks of 32 "
+                   "with one f16 scale: about a quarter of f32, error at most half a step); norms and biases "
+                   "stay f32")
+    s.set_defaults(func=cmd_export_gguf)
 
     # acorn generate / chat
     s = _parser(stages, "generate", "continue a prompt with a model (streams the text)",

@@ -305,3 +305,27 @@ def test_architectures_llama_cpp_cannot_run_are_refused(overrides, named):
 def test_a_window_as_long_as_the_context_exports_as_llama():
     assert gguf_architecture(ModelConfig(vocab_size=300, d_model=32, n_head=2, max_seq_len=64,
                                          sliding_window=64)) == "llama"
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_writes_the_file(checkpoint, tmp_path, capsys):
+    path, _ = checkpoint
+    out = tmp_path / "sub" / "model.gguf"
+    assert main(["export", "gguf", str(path), "--out", str(out), "--type", "q8_0"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert _read(out)[0]["general.file_type"] == 7
+    assert [p.name for p in out.parent.iterdir()] == ["model.gguf"]  # no temporary file left
+
+
+def test_cli_refusals_are_one_line_exit_2(tok, tmp_path, capsys):
+    moe = ModelConfig(vocab_size=tok.vocab_size, n_layer=1, d_model=32, n_head=2, d_ff=32, max_seq_len=64,
+                      n_experts=4)
+    save(build(moe).eval(), tmp_path / "moe", tokenizer=tok)
+    odd = Tokenizer.train([TEXT], 300, pattern=r"\w+|\s+|[^\w\s]+")
+    llama = ModelConfig(vocab_size=odd.vocab_size, n_layer=1, d_model=32, n_head=2, d_ff=64, max_seq_len=64)
+    save(build(llama).eval(), tmp_path / "odd", tokenizer=odd)
+    for ckpt, named in (("moe", "mixture of experts"), ("odd", "--pattern gpt4")):
+        assert main(["export", "gguf", str(tmp_path / ckpt), "--out", str(tmp_path / "x.gguf")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("acorn: error: ") and err.count("\n") == 1 and named in err
+    assert not (tmp_path / "x.gguf").exists()
