@@ -266,7 +266,11 @@ def apply(model: Transformer, cfg: LoRAConfig) -> list[str]:
         if cfg.quantize != "nf4":
             raise AcornError(f"--lora.quantize {cfg.quantize!r} is not supported; QLoRA's base format is nf4")
         if quant.quantization_of(model) is None:
-            quant.quantize(model, "nf4")
+            # QLoRA's blocks are 64 weights; a model whose widths 64 does not divide (a tiny
+            # test model) takes the largest block size that divides them all.
+            widths = {m.in_features for n, m in _linears(model).items() if n != "lm_head"}
+            group = next((g for g in (64, 32) if all(w % g == 0 for w in widths)), 64)
+            quant.quantize(model, "nf4", group_size=group)
     return add_lora(model, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, targets=cfg.targets, rslora=cfg.rslora)
 
 
@@ -423,6 +427,7 @@ def adapter_config(model: Transformer, name: str = "default", *, base: str | Non
         "use_rslora": use_rslora,
         "target_modules": hf_names,
         "bias": "none",
+        "lora_bias": False,
         "fan_in_fan_out": family == "gpt2",  # GPT-2's Conv1D stores weights (in, out)
         "init_lora_weights": True,
         "inference_mode": True,

@@ -304,3 +304,34 @@ def test_sft_with_lora_writes_an_adapter_that_merges_into_a_checkpoint(tok, tmp_
         plain = acorn.load(base, device="cpu")(ids).logits
     assert (merged - adapted).abs().max() < 1e-5 and (merged - plain).abs().max() > 1e-3
     assert acorn.Tokenizer.from_pretrained(tmp_path / "merged").special_tokens == tok.special_tokens
+
+
+def test_qlora_sft_run_resumes_exactly(tok, tmp_path):
+    """`--lora.quantize nf4` through the CLI: a run stopped at step 3 and resumed to step 6
+    ends with the adapter of a run that went straight to 6 (the NF4 base, the adapters and
+    their optimizer state all come back from the checkpoint)."""
+    from safetensors.torch import load_file
+
+    from tests.train.test_sft import CONVS
+
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    Transformer(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, d_model=32, n_head=2, max_seq_len=64)).save(
+        base, tokenizer=tok)
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(CONVS[i % 3]) + "\n" for i in range(40)))
+
+    def run(out, steps, *extra):
+        return main(["sft", "--init_from", str(base), "--data", str(data), "--out", str(out), "--train.seq_len", "48",
+                     "--train.micro_batch", "4", "--train.batch_tokens", "192", "--train.max_steps", str(steps),
+                     "--optim.lr", "1e-2", "--optim.warmup_steps", "1", "--optim.schedule", "constant",
+                     "--eval.every", "0", "--eval.checkpoint_every", "3", "--train.dtype", "bfloat16",
+                     "--lora.r", "4", "--lora.targets", "q_proj,v_proj,down_proj", "--lora.quantize", "nf4", *extra])
+
+    assert run(tmp_path / "straight", 6) == 0
+    assert run(tmp_path / "resumed", 3) == 0
+    assert run(tmp_path / "resumed", 6, "--resume") == 0
+    straight, resumed = (load_file(tmp_path / d / "adapter" / "adapter_model.safetensors") for d in ("straight", "resumed"))
+    assert straight.keys() == resumed.keys() and len(straight) == 2 * 3 * 2
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert "over an NF4 base (QLoRA)" in (tmp_path / "straight" / "report.md").read_text()
