@@ -689,25 +689,100 @@ class Engine:
             conts.append((ctx, cont))
         if not conts:
             return []
-        rows = [ctx + cont for ctx, cont in conts]
-        width = max(map(len, rows))
-        ids = torch.tensor([[0] * (width - len(r)) + r for r in rows], device=self.device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
-        with eval_mode(self.model):
-            logprobs = self.model(ids, attention_mask=mask).logits.float().log_softmax(-1)
-        scores = []
-        for b, (ctx, cont) in enumerate(conts):
-            n = len(cont)
-            if n == 0:
-                scores.append(0.0)
-                continue
-            # Logits at position t predict token t + 1: the continuation's
-            # tokens are the last n columns, predicted by the n columns before.
-            pred = logprobs[b, width - n - 1: width - 1]
-            target = torch.tensor(cont, device=self.device)[:, None]
-            scores.append(float(pred.gather(1, target).sum()))
-        return scores
+        # Every continuation shares the prompt's ids: one request, the prompt run once.
+        ctx = conts[0][0]
+        scored = iter(self.loglikelihood([(ctx, [c for _, c in conts if c])])[0])
+        return [next(scored)[0] if cont else 0.0 for _, cont in conts]
 
+    @torch.inference_mode()
+    def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]], *,
+                      batch_tokens: int = 8192, progress=None) -> list[list[tuple[float, bool]]]:
+        """For each request (context ids, [continuation ids, ...]): per
+        continuation, the summed log-probability of its tokens after the
+        context, and whether greedy decoding would have produced it (each of
+        its tokens the argmax): what log-likelihood evaluation asks of a model.
+
+        A multiple-choice question is one context and several answers, so the
+        context goes through the model once, and its KV cache is shared by all
+        the answers, which run after it as one batch (lm-evaluation-harness
+        runs context + answer once per answer instead). Requests are sorted by
+        length and batched up to about batch_tokens padded tokens.
+
+        Contexts and continuations must be non-empty and each context +
+        continuation fit the model's context window; the caller truncates
+        (acorn.eval does it as lm-evaluation-harness does). progress(n) is
+        called with the number of continuations each batch finished."""
+        reqs = [([int(i) for i in ctx], [[int(i) for i in c] for c in conts]) for ctx, conts in requests]
+        for ctx, conts in reqs:
+            if not ctx or any(not c for c in conts):
+                raise AcornError("loglikelihood needs a non-empty context and non-empty continuations")
+            longest = len(ctx) + max(map(len, conts), default=0) - 1
+            if longest > self.model.config.max_seq_len:
+                raise AcornError(f"a context + continuation of {longest + 1} tokens does not fit the model's "
+                                 f"context of {self.model.config.max_seq_len}; truncate the context")
+        out: list[list[tuple[float, bool]]] = [[] for _ in reqs]
+        order = sorted(range(len(reqs)), key=lambda i: -(len(reqs[i][0]) + max(map(len, reqs[i][1]), default=0)))
+        batches, batch, ctx_w, cont_w, rows = [], [], 0, 0, 0
+        for i in order:  # longest first: a batch's first request sets its width
+            ctx, conts = reqs[i]
+            w, cw, r = max(ctx_w, len(ctx)), max([cont_w, *map(len, conts)]), rows + len(conts)
+            if batch and (len(batch) + 1) * w + r * cw > batch_tokens:
+                batches.append(batch)
+                batch, w, cw, r = [], len(ctx), max(map(len, conts), default=0), len(conts)
+            batch.append(i)
+            ctx_w, cont_w, rows = w, cw, r
+        for batch in batches + [batch] * bool(batch):
+            self._loglikelihood_batch([reqs[j] for j in batch], [out[j] for j in batch])
+            if progress is not None:
+                progress(sum(len(reqs[j][1]) for j in batch))
+        return out
+
+    def _loglikelihood_batch(self, reqs: list[tuple[list[int], list[list[int]]]],
+                             outs: list[list[tuple[float, bool]]]) -> None:
+        """One batch of loglikelihood(): the contexts (left-padded) in one
+        forward pass that keeps their KV cache and the logits of their last
+        token, which predict every continuation's first token; then every
+        continuation but its last token (right-padded) in one forward pass
+        over that cache, each row reading its own context's keys and values."""
+        from acorn.model.transformer import KVCache
+
+        dev = self.device
+        width = max(len(ctx) for ctx, _ in reqs)
+        ids = torch.tensor([[0] * (width - len(ctx)) + ctx for ctx, _ in reqs], device=dev)
+        mask = torch.tensor([[0] * (width - len(ctx)) + [1] * len(ctx) for ctx, _ in reqs], device=dev)
+        with eval_mode(self.model):
+            first = self.model(ids, attention_mask=None if bool(mask.all()) else mask, use_cache=True,
+                               last_only=True)
+        first_lp = first.logits[:, -1].float().log_softmax(-1)  # (B, V)
+        owner = [b for b, (_, conts) in enumerate(reqs) for _ in conts]
+        conts = [c for _, cs in reqs for c in cs]
+        heads = torch.tensor([c[0] for c in conts], device=dev)
+        lp0 = first_lp[owner, heads]
+        greedy0 = first_lp[owner].argmax(-1) == heads
+        totals, greedy = lp0.tolist(), greedy0.tolist()
+        rest = [r for r, c in enumerate(conts) if len(c) > 1]
+        if rest:
+            w = max(len(conts[r]) for r in rest) - 1
+            inp = torch.tensor([conts[r][:-1] + [0] * (w - len(conts[r]) + 1) for r in rest], device=dev)
+            m = torch.tensor([[1] * (len(conts[r]) - 1) + [0] * (w - len(conts[r]) + 1) for r in rest], device=dev)
+            rows = torch.tensor([owner[r] for r in rest], device=dev)
+            cache = first.cache
+            past = KVCache(keys=[k.index_select(0, rows) for k in cache.keys],
+                           values=[v.index_select(0, rows) for v in cache.values],
+                           mask=cache.mask.index_select(0, rows), positions=cache.positions.index_select(0, rows))
+            with eval_mode(self.model):
+                logits = self.model(inp, attention_mask=m, cache=past).logits
+            lp = logits.float().log_softmax(-1)  # (R, w, V): position t predicts the continuation's token t + 1
+            for k, r in enumerate(rest):
+                target = torch.tensor(conts[r][1:], device=dev)
+                n = len(target)
+                totals[r] += float(lp[k, :n].gather(1, target[:, None]).sum())
+                greedy[r] = greedy[r] and bool((lp[k, :n].argmax(-1) == target).all())
+        r = 0
+        for (_, cs), out in zip(reqs, outs):
+            for _ in cs:
+                out.append((totals[r], bool(greedy[r])))
+                r += 1
 
 
 def _generation_config_eos(directory: Path) -> list[int]:

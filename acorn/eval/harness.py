@@ -1,0 +1,292 @@
+"""The evaluation harness: tasks -> requests -> the engine -> scores.
+
+Each task (acorn.eval.tasks) turns its documents into requests of one of
+lm-evaluation-harness's three kinds (lm_eval/api/model.py, LM), which the one
+engine answers:
+
+  loglikelihood          (context, continuation) -> log P(continuation | context)
+                         and whether greedy decoding produces it:
+                         Engine.loglikelihood, one context shared by all of
+                         a document's choices
+  loglikelihood_rolling  a whole text -> its log-likelihood, scored in windows
+                         of the model's context, each conditioned on the token
+                         before it (lm_eval.utils.get_rolling_token_windows
+                         with context_len=1)
+  generate_until         a context -> greedy text until a stop string
+                         (Engine.generate)
+
+Tokenisation follows lm-eval's HFLM so the numbers agree on the same model
+(lm_eval/api/model.py TemplateLM._encode_pair, lm_eval/models/huggingface.py):
+the context's trailing spaces move to the continuation; the continuation's
+ids are those of context + continuation after the context's ids; an empty
+context becomes the BOS token (or EOS without one); a BOS token starts each
+text exactly when add_bos says so (by default: when the checkpoint's
+tokenizer adds one in transformers, which is what HFLM gets); a context too
+long for the model is cut from the left (counted in the results as
+`truncated`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from acorn.errors import AcornError
+from acorn.eval import metrics
+from acorn.eval.tasks import Task, data_dir, fewshot_examples, get_task, read_docs, resolve
+
+
+def tokenizer_adds_bos(checkpoint: str | Path) -> bool:
+    """Whether transformers' tokenizer for this checkpoint starts each text
+    with BOS: tokenizer_config.json's add_bos_token, else whether
+    tokenizer.json's post-processor template puts the BOS token first."""
+    folder = Path(checkpoint)
+    try:
+        cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        cfg = {}
+    if isinstance(cfg.get("add_bos_token"), bool):
+        return cfg["add_bos_token"]
+    try:
+        post = json.loads((folder / "tokenizer.json").read_text()).get("post_processor") or {}
+    except (OSError, ValueError):
+        return False
+    procs = post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
+    for p in procs:
+        single = p.get("single") or []
+        if p.get("type") == "TemplateProcessing" and single and "SpecialToken" in single[0]:
+            return True
+    return False
+
+
+class Requests:
+    """Tokenisation and truncation of requests as lm-eval's HFLM does them."""
+
+    def __init__(self, engine, add_bos: bool):
+        self.engine, self.tok, self.add_bos = engine, engine.tokenizer, add_bos
+        self.max_len = engine.model.config.max_seq_len
+        bos, eos = self.tok.bos_id, self.tok.eos_id
+        self.prefix = bos if bos is not None else eos  # what an empty context becomes
+        if add_bos and bos is None:
+            raise AcornError("add_bos is set but the tokenizer has no BOS token")
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tok.encode(text)
+        return [self.tok.bos_id, *ids] if self.add_bos else ids
+
+    def pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        if context == "":
+            cont = self.tok.encode(continuation)
+            if self.prefix is None:
+                raise AcornError("an empty context needs a BOS or EOS token to condition on; the tokenizer has none")
+            return ([self.prefix], cont) if cont[0] != self.prefix else (cont[:1], cont[1:])
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        whole, ctx = self.encode(context + continuation), self.encode(context)
+        return ctx, whole[len(ctx):]
+
+    def fit(self, ctx: list[int], cont: list[int]) -> tuple[list[int], bool]:
+        """The context cut from the left so context + continuation is at most
+        the model's context + 1 tokens (the last token is only predicted)."""
+        room = self.max_len + 1 - len(cont)
+        if room < 1:
+            raise AcornError(f"a continuation of {len(cont)} tokens does not fit the model's context of {self.max_len}")
+        return (ctx[-room:], True) if len(ctx) > room else (ctx, False)
+
+    def rolling_windows(self, text: str) -> list[tuple[list[int], list[int]]]:
+        """Windows of at most max_len predicted tokens that cover the text
+        once (lm_eval.utils.get_rolling_token_windows with context_len=1, then
+        make_disjoint_window): the first after the BOS/EOS prefix, each next
+        one after the token before it, and the last, shorter one after as
+        many earlier tokens as fill the model's context."""
+        ids = self.encode(text)
+        if self.prefix is None:
+            raise AcornError("rolling log-likelihood needs a BOS or EOS token to start from; the tokenizer has none")
+        L = self.max_len
+        windows = [([self.prefix], ids[:L])] if ids else []
+        for start in range(L, len(ids), L):
+            end = min(start + L, len(ids))
+            windows.append((ids[end - L - 1:start], ids[start:end]))
+        return windows
+
+
+def run_task(engine, task: Task, *, num_fewshot: int | None = None, limit: int | None = None,
+             root: str | Path | None = None, add_bos: bool = False, batch_tokens: int = 8192,
+             progress: bool = True) -> tuple[dict, list[dict]]:
+    """One task: (its metrics, one sample per document)."""
+    from tqdm import tqdm
+
+    root = data_dir(root)
+    path = resolve(task, task.data, root)
+    all_docs = read_docs(path)
+    docs = all_docs[:limit] if limit else all_docs
+    k = task.num_fewshot if num_fewshot is None else num_fewshot
+    if task.fewshot_data is None:
+        pool, same = all_docs, True
+    else:
+        fs_path = resolve(task, task.fewshot_data, root)
+        pool, same = (all_docs, True) if fs_path == path else (read_docs(fs_path), False)
+    shots = fewshot_examples(task, docs, pool, k, same)
+    contexts = [task.context(d, s) for d, s in zip(docs, shots)]
+    req = Requests(engine, add_bos)
+    kind = task.output_type
+    bar = tqdm(desc=task.task, unit="req", disable=not progress, leave=False)
+    try:
+        if kind == "generate_until":
+            samples = _generate(engine, task, docs, contexts, req, bar)
+        else:
+            samples = _loglikelihood(engine, task, docs, contexts, req, bar, batch_tokens)
+    finally:
+        bar.close()
+    scores: dict[str, list] = {m: [s["scores"][m] for s in samples] for m in task.metric_names}
+    result = {"n": len(docs), "num_fewshot": k, "truncated": sum(s["truncated"] for s in samples)}
+    for m, values in scores.items():
+        result[m] = metrics.aggregate(m, values)
+        err = metrics.stderr(m, values)
+        if err is not None:
+            result[f"{m}_stderr"] = err
+    return result, samples
+
+
+def _loglikelihood(engine, task, docs, contexts, req: Requests, bar, batch_tokens) -> list[dict]:
+    kind = task.output_type
+    requests, owners = [], []  # (context ids, [continuation ids]) and the document each came from
+    truncated = [False] * len(docs)
+    conts_text = []
+    for i, (doc, ctx_text) in enumerate(zip(docs, contexts)):
+        if kind == "multiple_choice":
+            conts = [task.target_delimiter + c for c in task.choices(doc)]
+        elif kind == "loglikelihood":
+            conts = [task.target_text(doc)]
+        else:
+            conts = []
+        conts_text.append(conts)
+        if kind == "loglikelihood_rolling":
+            windows = req.rolling_windows(task.target_text(doc))
+            requests += [(ctx, [cont]) for ctx, cont in windows]
+            owners += [i] * len(windows)
+            continue
+        # Choices whose contexts are cut alike share one request (all of them, unless too long).
+        for ctx_text_, cont in [(ctx_text, c) for c in conts]:
+            ctx, cont_ids = req.pair(ctx_text_, cont)
+            ctx, cut = req.fit(ctx, cont_ids)
+            truncated[i] |= cut
+            if requests and owners[-1] == i and requests[-1][0] == ctx:
+                requests[-1][1].append(cont_ids)
+            else:
+                requests.append((ctx, [cont_ids]))
+                owners.append(i)
+    bar.total = sum(len(c) for _, c in requests)
+    answers = engine.loglikelihood(requests, batch_tokens=batch_tokens, progress=bar.update)
+    per_doc: list[list[tuple[float, bool]]] = [[] for _ in docs]
+    for i, a in zip(owners, answers):
+        per_doc[i].extend(a)
+    samples = []
+    for i, (doc, ctx_text) in enumerate(zip(docs, contexts)):
+        lls = [ll for ll, _ in per_doc[i]]
+        sample = {"doc_id": i, "prompt": ctx_text, "target": None, "output": lls, "truncated": truncated[i]}
+        if kind == "multiple_choice":
+            gold = task.target(doc)
+            if not isinstance(gold, int):
+                gold = task.choices(doc).index(gold)
+            sample.update(target=gold, choices=conts_text[i],
+                          scores=metrics.multiple_choice(lls, task.choices(doc), gold))
+        elif kind == "loglikelihood":
+            sample.update(target=conts_text[i][0], output=lls[0],
+                          scores={"perplexity": lls[0], "acc": float(per_doc[i][0][1])})
+        else:
+            text = task.target_text(doc)
+            total = sum(lls)
+            words, nbytes = metrics.count_words(text), metrics.count_bytes(text)
+            sample.update(target=text, output=total, scores={
+                "word_perplexity": (total, words), "byte_perplexity": (total, nbytes), "bits_per_byte": (total, nbytes)})
+        samples.append(sample)
+    return samples
+
+
+def _generate(engine, task, docs, contexts, req: Requests, bar, chunk: int = 32) -> list[dict]:
+    gen = task.generation_kwargs
+    until = list(gen.get("until", []))
+    max_gen = int(gen.get("max_gen_toks", 256))
+    room = req.max_len - max_gen
+    if room < 1:
+        raise AcornError(f"task {task.task}: max_gen_toks {max_gen} leaves no room for a prompt in the model's "
+                         f"context of {req.max_len}")
+    prompts, truncated = [], []
+    for text in contexts:
+        ids = req.encode(text)
+        prompts.append(ids[-room:])
+        truncated.append(len(ids) > room)
+    bar.total = len(prompts)
+    # As HFLM: greedy, ending at the tokenizer's EOS only (not at a chat
+    # format's end-of-turn tokens) or a stop string; the text is every new
+    # token but the special ones, cut before the first stop string.
+    eos = [engine.tokenizer.eos_id] if engine.tokenizer.eos_id is not None else []
+    texts = []
+    for start in range(0, len(prompts), chunk):
+        done = engine.generate(prompts[start:start + chunk], temperature=0.0, max_new_tokens=max_gen, stop=until,
+                               ignore_eos=True, stop_token_ids=eos)
+        for c in done:
+            text = engine.tokenizer.decode(c.token_ids, skip_special=True)
+            for s in until:
+                text = text.split(s)[0] if s else text
+            texts.append(text)
+        bar.update(len(done))
+    em = task.exact_match
+    samples = []
+    for i, (doc, ctx, out) in enumerate(zip(docs, contexts, texts)):
+        target = task.target_text(doc)
+        extracted = {name: metrics.regex_extract(out, f["regex"], f.get("group_select", 0),
+                                                 f.get("fallback", "[invalid]"))
+                     for name, f in task.filters.items()} or {"": out}
+        scores = {(f"exact_match,{name}" if name else "exact_match"): metrics.exact_match(
+            pred, target, regexes_to_ignore=em.get("regexes_to_ignore", ()), ignore_case=em.get("ignore_case", False),
+            ignore_punctuation=em.get("ignore_punctuation", False)) for name, pred in extracted.items()}
+        samples.append({"doc_id": i, "prompt": ctx, "target": target, "output": out,
+                        "extracted": extracted if task.filters else None, "truncated": truncated[i], "scores": scores})
+    return samples
+
+
+def evaluate(model, tasks: list[str | Task], *, num_fewshot: int | None = None, limit: int | None = None,
+             data_dir: str | Path | None = None, add_bos: bool | None = None, batch_tokens: int = 8192,
+             progress: bool = True) -> dict:
+    """Evaluate a checkpoint directory (Acorn's or Hugging Face's) or an
+    Engine on tasks (names of built-in tasks, task YAML paths or Tasks).
+
+    add_bos: start every text with BOS; None: as transformers' tokenizer does
+    for the checkpoint (lm-eval's default), or for an Engine as Engine.encode
+    does (when its tokenizer has one).
+    Returns {"results": {task: metrics}, "samples": {task: [...]}, "config": {...}}."""
+    from acorn.infer.engine import Engine
+
+    checkpoint = None
+    if not isinstance(model, Engine):
+        checkpoint = str(model)
+        engine = Engine.from_pretrained(model, paged=True)
+        if add_bos is None:
+            add_bos = tokenizer_adds_bos(model) and engine.tokenizer.bos_id is not None
+    else:
+        engine = model
+        if add_bos is None:
+            add_bos = engine.tokenizer.bos_id is not None
+    loaded = [t if isinstance(t, Task) else get_task(t) for t in tasks]  # every name checked before any runs
+    results, samples, versions = {}, {}, {}
+    t0 = time.perf_counter()
+    for task in loaded:
+        results[task.task], samples[task.task] = run_task(
+            engine, task, num_fewshot=num_fewshot, limit=limit, root=data_dir, add_bos=add_bos,
+            batch_tokens=batch_tokens, progress=progress)
+        versions[task.task] = task.version
+    return {
+        "results": results,
+        "samples": samples,
+        "config": {"model": checkpoint or getattr(engine.model.config, "name", "engine"), "tasks": list(results),
+                   "versions": versions, "num_fewshot": num_fewshot, "limit": limit, "add_bos": add_bos,
+                   "fewshot_seeds": {t.task: t.fewshot_seed for t in loaded},
+                   "data_dir": str(_data_dir(data_dir)), "seconds": round(time.perf_counter() - t0, 2)},
+    }
+
+
+_data_dir = data_dir  # the module-level name, shadowed by evaluate's argument
