@@ -145,7 +145,7 @@ class LoRALinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = self.base_layer(x)
         name = self.active
-        if name is None or name in self.merged:
+        if name is None or name not in self.lora_A or name in self.merged:  # this layer lacks it, or it is merged
             return y
         # The hook for per-token adapters: an index tensor would select `name` per row here.
         return y + self.delta(x, name).to(y.dtype)
@@ -155,7 +155,7 @@ class LoRALinear(nn.Module):
     def merge(self, name: str | None = None) -> None:
         """Fold adapter `name` (default: the active one) into the base weight: W += s B A."""
         name = name or self.active
-        if name is None or name in self.merged:
+        if name is None or name not in self.lora_A or name in self.merged:
             return
         if not isinstance(self.base_layer, nn.Linear):
             raise AcornError("merging into a quantized base would round the update away; dequantize the base "
@@ -248,6 +248,7 @@ def add_lora(model: Transformer, *, r: int, alpha: float, dropout: float = 0.0, 
     if not 0 <= dropout < 1:
         raise AcornError(f"LoRA dropout must be in [0, 1), not {dropout}")
     names = resolve_targets(model, targets)
+    active = _active_after_adding(model, name)
     for n in names:
         layer = model.get_submodule(n)
         if r > min(layer.in_features, layer.out_features):
@@ -256,6 +257,9 @@ def add_lora(model: Transformer, *, r: int, alpha: float, dropout: float = 0.0, 
                              "lower --lora.r")
     for n in names:
         _wrap(model, n).add_adapter(name, r, alpha, dropout=dropout, rslora=rslora)
+    set_active(model, active)
+    if _family(model) == "gpt2":  # its checkpoints fuse q, k, v: their adapters share A, as PEFT's on c_attn
+        tie_gpt2_qkv(model, name)
     freeze_base(model)
     return names
 
@@ -275,11 +279,23 @@ def apply(model: Transformer, cfg: LoRAConfig) -> list[str]:
 
 
 def set_active(model: nn.Module, name: str | None) -> None:
-    """Which adapter every LoRALinear applies (None: the base model alone)."""
-    for layer in lora_layers(model).values():
-        if name is not None and name not in layer.lora_A:
-            raise AcornError(f"no adapter named {name!r}; the model has {', '.join(layer.lora_A)}")
+    """Which adapter the model applies (None: the base model alone). It is one name for the
+    whole model: a layer without that adapter applies none."""
+    layers = lora_layers(model).values()
+    if name is not None and not any(name in layer.lora_A for layer in layers):
+        known = sorted({n for layer in layers for n in layer.lora_A})
+        raise AcornError(f"no adapter named {name!r}; the model has {', '.join(known) or 'none'}")
+    for layer in layers:
         layer.active = name
+
+
+def _active_after_adding(model: nn.Module, name: str) -> str | None:
+    """The first adapter becomes active; adding another keeps the one that was active.
+    Asked before any layer changes, so it also refuses a name already taken."""
+    layers = lora_layers(model).values()
+    if any(name in layer.lora_A for layer in layers):
+        raise AcornError(f"the model already has an adapter named {name!r}; give the new one another name")
+    return next((layer.active for layer in layers), None) if layers else name
 
 
 def merge(model: nn.Module, name: str | None = None) -> None:
@@ -305,7 +321,7 @@ def merge_and_unload(model: nn.Module, name: str | None = None) -> nn.Module:
         if layer.merged:
             layer.unmerge()
         adapter = name or layer.active
-        if adapter is not None:
+        if adapter is not None and adapter in layer.lora_A:
             w.copy_((w.float() + layer.delta_weight(adapter)).to(w.dtype))
         _set(model, n, base)
     for m in model.modules():  # trainable again, as a loaded model is; quantized layers stay frozen
@@ -552,6 +568,7 @@ def load_adapter(model: Transformer, directory, *, name: str = "default", dtype:
             plan.append((acorn_name, a, b_rows, r, alpha))
     if not plan:
         raise AcornError(f"{file}: holds no LoRA weights; re-save the adapter")
+    active = _active_after_adding(model, name)  # before any layer changes
     for acorn_name, a, b, r, alpha in plan:
         layer = _wrap(model, acorn_name)
         layer.add_adapter(name, r, alpha, dropout=cfg.get("lora_dropout") or 0.0, rslora=bool(cfg.get("use_rslora")),
@@ -559,6 +576,7 @@ def load_adapter(model: Transformer, directory, *, name: str = "default", dtype:
         with torch.no_grad():
             layer.lora_A[name].weight.copy_(a)
             layer.lora_B[name].weight.copy_(b)
+    set_active(model, active)
     if family == "gpt2":
         tie_gpt2_qkv(model, name)
     return [p[0] for p in plan]

@@ -229,7 +229,8 @@ def test_an_acorn_gpt2_adapter_on_c_attn_loads_in_peft(tmp_path):
     hf, path = _hf_model("gpt2", tmp_path)
     model = acorn.load(path, device="cpu")
     lora.add_lora(model, r=4, alpha=8, targets="c_attn,c_fc")
-    lora.tie_gpt2_qkv(model)
+    attn = model.model.layers[0].self_attn
+    assert attn.q_proj.lora_A["default"] is attn.v_proj.lora_A["default"]  # c_attn's one A
     _train(model, steps=3)
     lora.save_adapter(model, tmp_path / "adapter", base=path)
     tuned = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(path),
@@ -237,6 +238,30 @@ def test_an_acorn_gpt2_adapter_on_c_attn_loads_in_peft(tmp_path):
     ids = _ids()
     with torch.no_grad():
         assert (tuned(input_ids=ids).logits - model(ids).logits).abs().max() < 1e-4
+
+
+def test_named_adapters_side_by_side_switch_like_loading_each_alone(tmp_path):
+    """Two adapters in the same layers (the multi-adapter layout serving will batch over):
+    the active one decides the output, exactly as when it is the only one loaded."""
+    base = _acorn_model()
+    base.save(tmp_path / "base")
+    for i, targets in enumerate(["q_proj,v_proj", "all-linear"]):
+        m = acorn.load(tmp_path / "base", device="cpu")
+        lora.add_lora(m, r=2 + i, alpha=8, targets=targets)
+        _randomize_adapters(m, seed=i)
+        lora.save_adapter(m, tmp_path / f"a{i}", base=tmp_path / "base")
+    both = acorn.load(tmp_path / "base", device="cpu", adapter=tmp_path / "a0")
+    lora.load_adapter(both, tmp_path / "a1", name="second")
+    ids = _ids()
+    with torch.no_grad():
+        alone = [acorn.load(tmp_path / "base", device="cpu", adapter=tmp_path / f"a{i}")(ids).logits for i in (0, 1)]
+        assert torch.equal(both(ids).logits, alone[0])  # the first loaded stays active
+        lora.set_active(both, "second")
+        assert torch.equal(both(ids).logits, alone[1])
+        lora.set_active(both, None)
+        assert torch.equal(both(ids).logits, base(ids).logits)
+    with pytest.raises(AcornError, match="no adapter named 'third'"):
+        lora.set_active(both, "third")
 
 
 # ------------------------------------------------------------------ QLoRA
