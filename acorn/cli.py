@@ -158,6 +158,32 @@ def cmd_speedrun(args) -> None:
     speedrun(args.out, preset=args.preset, seed=args.seed, size=args.size, vocab_size=args.vocab_size)
 
 
+def cmd_eval(args) -> None:
+    if args.checkpoint == "compare":
+        from acorn.eval.results import compare
+
+        if len(args.dirs) < 1:
+            raise AcornError("give the result directories to compare: acorn eval compare DIR_A DIR_B ...")
+        print(compare(args.dirs, chart=args.chart))
+        if args.chart:
+            print(f"chart: {args.chart}", file=sys.stderr)
+        return
+    if args.dirs:
+        raise AcornError(f"unexpected arguments {' '.join(args.dirs)}; one checkpoint per run (compare runs with "
+                         "`acorn eval compare DIR_A DIR_B`)")
+    from acorn.eval.harness import evaluate
+    from acorn.eval.results import bar_chart, save, table
+
+    add_bos = {"auto": None, "true": True, "false": False}[args.add_bos]
+    out = evaluate(args.checkpoint, [t for t in args.tasks.split(",") if t], num_fewshot=args.num_fewshot,
+                   limit=args.limit, data_dir=args.data_dir, add_bos=add_bos, batch_tokens=args.batch_tokens)
+    print(table({args.checkpoint: out["results"]}))
+    if args.out:
+        d = save(out, args.out)
+        bar_chart({args.checkpoint: out["results"]}, d / "results.png")
+        print(f"wrote {d}/results.json, results.md, results.png and samples_TASK.jsonl", file=sys.stderr)
+
+
 def cmd_generate(args) -> None:
     prompt = args.prompt if args.prompt is not None else args.prompt_text
     if prompt is None:
@@ -333,6 +359,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--vocab-size", type=int, help="tokenizer vocabulary (default: the preset's)")
     s.set_defaults(func=cmd_speedrun)
+
+    # acorn eval
+    s = _parser(stages, "eval", "evaluate a checkpoint on benchmark tasks (lm-eval compatible), or compare runs",
+                "acorn eval runs/sft --tasks arc_easy,piqa --num-fewshot 0 --limit 100 --out runs/eval-sft\n"
+                "  acorn eval compare runs/eval-a runs/eval-b --chart compare.png",
+                description="Evaluate an Acorn or Hugging Face checkpoint on tasks defined by YAML files, scored\n"
+                "as lm-evaluation-harness scores them: multiple choice by log-likelihood (acc, acc_norm),\n"
+                "a target's log-likelihood (perplexity, acc), rolling log-likelihood (perplexity per\n"
+                "word and byte, bits per byte), generation with answer extraction (exact match).\n"
+                "Built-in tasks: arc_easy, arc_challenge, piqa, lambada_openai, gsm8k; or the path of a\n"
+                "task YAML (keys documented in acorn/eval/tasks.py). `acorn eval compare DIR...`\n"
+                "prints runs side by side.")
+    s.add_argument("checkpoint", help="checkpoint directory, or `compare` followed by result directories")
+    s.add_argument("dirs", nargs="*", help=argparse.SUPPRESS)
+    s.add_argument("--tasks", default="arc_easy,arc_challenge,piqa,lambada_openai",
+                   help="comma-separated task names or YAML paths (default: arc_easy,arc_challenge,piqa,lambada_openai)")
+    s.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (default: each task's own)")
+    s.add_argument("--limit", type=int, help="evaluate the first N documents of each task (default: all)")
+    s.add_argument("--out", help="write results.json, results.md, results.png and samples_TASK.jsonl here")
+    s.add_argument("--data-dir", help="directory of the tasks' data files (default: $ACORN_EVAL_DATA, else "
+                   "../shared/data/eval beside the repository)")
+    s.add_argument("--add-bos", default="auto", choices=["auto", "true", "false"],
+                   help="start each text with BOS (default auto: when the checkpoint's tokenizer adds it in "
+                   "transformers, as lm-eval does)")
+    s.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per forward pass (default: 8192)")
+    s.add_argument("--chart", help="compare: save a bar chart of the runs here")
+    s.set_defaults(func=cmd_eval)
 
     # acorn data ...
     data = _parser(stages, "data", "make and prepare training data", "acorn data world --out runs/world")

@@ -261,6 +261,12 @@ def evaluate(model, tasks: list[str | Task], *, num_fewshot: int | None = None, 
     Returns {"results": {task: metrics}, "samples": {task: [...]}, "config": {...}}."""
     from acorn.infer.engine import Engine
 
+    # Every task name and data file is checked before the model loads.
+    loaded = [t if isinstance(t, Task) else get_task(t) for t in tasks]
+    if not loaded:
+        raise AcornError("no tasks given; e.g. --tasks arc_easy,piqa")
+    for task in loaded:
+        resolve(task, task.data, _data_dir(data_dir))
     checkpoint = None
     if not isinstance(model, Engine):
         checkpoint = str(model)
@@ -271,7 +277,6 @@ def evaluate(model, tasks: list[str | Task], *, num_fewshot: int | None = None, 
         engine = model
         if add_bos is None:
             add_bos = engine.tokenizer.bos_id is not None
-    loaded = [t if isinstance(t, Task) else get_task(t) for t in tasks]  # every name checked before any runs
     results, samples, versions = {}, {}, {}
     t0 = time.perf_counter()
     for task in loaded:

@@ -164,3 +164,139 @@ def test_matches_lm_eval_on_the_same_model_and_documents(model_dir, eval_data, t
         assert res["perplexity"] == pytest.approx(ref["perplexity,none"], rel=1e-4)
     else:
         assert res["acc"] == ref["acc,none"] and res["acc_norm"] == ref["acc_norm,none"]
+
+
+# ------------------------------------------------------------------ tasks as data
+def test_a_user_task_is_a_yaml_file_with_csv_data_and_rolling_perplexity(model_dir, tmp_path):
+    """A new task without Python: a CSV of texts scored by rolling
+    log-likelihood; its numbers are the model's own (one window per text
+    here), and a text longer than the context is split into windows that
+    cover every token once."""
+    from acorn.eval.harness import evaluate
+
+    (tmp_path / "texts.csv").write_text("text\nThe cat sat on the mat.\nA small acorn grows into a tall oak tree.\n")
+    (tmp_path / "mine.yaml").write_text(
+        "task: my_ppl\noutput_type: loglikelihood_rolling\ndata: ./texts.csv\ndoc_to_target: text\n")
+    out = evaluate(model_dir[0], [str(tmp_path / "mine.yaml")], data_dir=tmp_path / "nowhere", add_bos=False,
+                   progress=False)
+    res, samples = out["results"]["my_ppl"], out["samples"]["my_ppl"]
+    from acorn.tokenizer.bpe import Tokenizer
+
+    tok = Tokenizer.from_pretrained(model_dir[0])
+    hf = model_dir[1]
+    total_ll, total_bytes = 0.0, 0
+    for s in samples:
+        ids = [tok.bos_id] + tok.encode(s["target"])  # the BOS prefix conditions the first token
+        with torch.no_grad():
+            lp = hf(torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
+        ll = float(lp.gather(1, torch.tensor(ids[1:])[:, None]).sum())
+        assert s["output"] == pytest.approx(ll, abs=1e-4)
+        total_ll, total_bytes = total_ll + ll, total_bytes + len(s["target"].encode())
+    assert res["bits_per_byte"] == pytest.approx(-total_ll / total_bytes / math.log(2), rel=1e-5)
+    assert res["byte_perplexity"] == pytest.approx(math.exp(-total_ll / total_bytes), rel=1e-5)
+
+
+def test_rolling_windows_cover_every_token_once_as_lm_eval_does(model_dir):
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    from acorn.eval.harness import Requests
+    from acorn.infer.engine import Engine
+
+    engine = Engine.from_pretrained(model_dir[0])
+    req = Requests(engine, add_bos=False)
+    req.max_len = 7
+    text = "The quick brown fox jumps over the lazy dog. A small acorn grows into a tall oak tree."
+    ids = req.encode(text)
+    theirs = [make_disjoint_window(w) for w in get_rolling_token_windows(ids, req.prefix, 7, 1)]
+    assert req.rolling_windows(text) == [(list(a), list(b)) for a, b in theirs]
+    assert sum(len(b) for _, b in req.rolling_windows(text)) == len(ids)
+
+
+def test_a_long_document_is_cut_from_the_left_and_counted(tok, tmp_path, eval_data):
+    """With a context of 48, a 3-shot ARC prompt does not fit: it is cut from
+    the left like lm-eval's (context + continuation)[-(max_length + 1):], the
+    scores equal lm-eval's, and results count the cut documents."""
+    from tests.conftest import random_llama
+
+    hf = random_llama(tok.vocab_size, context=48)
+    hf.save_pretrained(tmp_path / "m")
+    tok.save(tmp_path / "m")
+    from acorn.eval.harness import evaluate
+
+    ours = evaluate(tmp_path / "m", ["arc_easy"], num_fewshot=3, limit=3, data_dir=eval_data, add_bos=False,
+                    progress=False)
+    ref, ref_samples = _lm_eval((tmp_path / "m", hf), eval_data, tmp_path, "arc_easy", num_fewshot=3, limit=3,
+                                add_bos=False, max_length=48)
+    assert ours["results"]["arc_easy"]["truncated"] == 3
+    for mine, theirs in zip(ours["samples"]["arc_easy"], sorted(ref_samples, key=lambda s: s["doc_id"])):
+        assert mine["output"] == pytest.approx([r[0][0] for r in theirs["resps"]], abs=1e-4)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("task: t\noutput_type: multiple_choice\ndata: x.jsonl\ndoc_to_choice: choices\nfewshot_seeed: 3\n",
+     "bad.yaml:5: fewshot_seeed: unknown key"),
+    ("task: t\noutput_type: guess\ndata: x.jsonl\n", "bad.yaml:2: output_type: 'guess' is not one of"),
+    ("task: t\noutput_type: loglikelihood\ndata: x.jsonl\nnum_fewshot: five\n", "bad.yaml:4: num_fewshot: expected int"),
+    ("task: t\noutput_type: loglikelihood\ndata: [x.jsonl\n", "bad.yaml:line 4: not valid YAML"),
+    ("task: t\noutput_type: multiple_choice\ndata: x.jsonl\n", "bad.yaml:2: output_type: multiple_choice needs doc_to_choice"),
+])
+def test_a_malformed_task_file_names_the_key_and_the_line(tmp_path, text, message):
+    from acorn.eval.tasks import load_task
+
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(AcornError) as e:
+        load_task(tmp_path / "bad.yaml")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_few_shot_examples_are_lm_eval_s_seeded_draws_without_the_document_itself():
+    from lm_eval.api.samplers import ContextSampler
+
+    from acorn.eval.tasks import Task, fewshot_examples
+
+    pool = [{"i": i} for i in range(10)]
+    task = Task(task="t", output_type="loglikelihood", data="x")
+    ours = fewshot_examples(task, pool[:6], pool, 3, same_split=True)
+    sampler = ContextSampler(pool, rnd=1234)
+    assert ours == [list(sampler.sample(3, eval_doc=d)) for d in pool[:6]]
+    assert all(d not in shots for d, shots in zip(pool, ours))
+
+
+# ------------------------------------------------------------------ the CLI and the files
+def _acorn(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "acorn", *map(str, args)], capture_output=True, text=True, env=env)
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(model_dir, eval_data, tmp_path):
+    ckpt = model_dir[0]
+    r = _acorn("eval", ckpt, "--tasks", "arc_easy,hellaswag", "--data-dir", eval_data)
+    assert r.returncode == 2 and "unknown task 'hellaswag'; available: arc_challenge, arc_easy, gsm8k" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = _acorn("eval", ckpt, "--tasks", "piqa", "--data-dir", tmp_path)
+    assert r.returncode == 2 and f"{tmp_path / 'piqa.jsonl'}: the data of task piqa is missing; get it from https://" in r.stderr
+    r = _acorn("eval", "compare", tmp_path)
+    assert r.returncode == 2 and "results.json: missing" in r.stderr
+
+
+def test_cli_writes_results_samples_table_chart_and_compares_runs(model_dir, eval_data, tmp_path):
+    ckpt = model_dir[0]
+    for name, shots in (("a", 0), ("b", 1)):
+        r = _acorn("eval", ckpt, "--tasks", "arc_easy,lambada_openai", "--limit", 3, "--num-fewshot", shots,
+                   "--data-dir", eval_data, "--out", tmp_path / name)
+        assert r.returncode == 0, r.stderr
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    cfg = results["config"]
+    assert cfg["versions"] == {"arc_easy": 1.0, "lambada_openai": 1.0} and cfg["num_fewshot"] == 0
+    assert cfg["limit"] == 3 and cfg["fewshot_seeds"]["arc_easy"] == 1234 and cfg["add_bos"] is False
+    samples = [json.loads(x) for x in (tmp_path / "a" / "samples_arc_easy.jsonl").read_text().splitlines()]
+    assert len(samples) == 3 and samples[0]["prompt"] == ARC[0]["query"] + "\nAnswer:"
+    acc = sum(s["scores"]["acc"] for s in samples) / 3
+    assert results["results"]["arc_easy"]["acc"] == pytest.approx(acc)
+    assert "| arc_easy | acc_norm |" in (tmp_path / "a" / "results.md").read_text()
+    assert (tmp_path / "a" / "results.png").stat().st_size > 1000
+    r = _acorn("eval", "compare", tmp_path / "a", tmp_path / "b", "--chart", tmp_path / "c.png")
+    assert r.returncode == 0, r.stderr
+    header, _, *rows = r.stdout.strip().splitlines()
+    assert str(tmp_path / "a") in header and str(tmp_path / "b") in header
+    assert any(row.startswith("| lambada_openai | perplexity |") and row.count("|") == 5 for row in rows)
+    assert (tmp_path / "c.png").stat().st_size > 1000

@@ -1,0 +1,107 @@
+"""Evaluation results on disk, and runs side by side.
+
+An output directory holds
+  results.json          the metrics per task, and what produced them: the model,
+                        task versions, few-shot K and seeds, limit, BOS, data dir
+  samples_TASK.jsonl    one line per document: prompt, target, output
+                        (log-likelihoods or text), scores, truncated
+  results.md            the metrics as a markdown table
+`compare` reads several such directories into one table and a bar chart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from acorn.errors import AcornError
+from acorn.fileio import write_json, write_jsonl, write_text
+
+MAIN = ("acc", "acc_norm", "exact_match", "perplexity", "word_perplexity", "bits_per_byte")
+
+
+def save(out: dict, directory: str | Path) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    for task, samples in out["samples"].items():
+        write_jsonl(d / f"samples_{task}.jsonl", samples)
+    write_json(d / "results.json", {"results": out["results"], "config": out["config"]})
+    write_text(d / "results.md", table({out["config"]["model"]: out["results"]}) + "\n")
+    return d
+
+
+def load(directory: str | Path) -> dict:
+    path = Path(directory) / "results.json"
+    if not path.is_file():
+        raise AcornError(f"{path}: missing; give a directory written by `acorn eval ... --out DIR`")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise AcornError(f"{path}: not valid JSON ({e})") from None
+
+
+def _metrics(results: dict) -> list[tuple[str, str]]:
+    """(task, metric) pairs worth a row: the scores, not their standard errors or counts."""
+    return [(t, m) for t, r in results.items() for m in r
+            if not m.endswith("_stderr") and m not in ("n", "num_fewshot", "truncated")]
+
+
+def _cell(value, err=None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    text = f"{value:.4f}"
+    return text + (f" ± {err:.4f}" if err is not None else "")
+
+
+def table(runs: dict[str, dict]) -> str:
+    """A markdown table: a row per (task, metric), a column per run."""
+    names = list(runs)
+    rows = []
+    for name in names:
+        for key in _metrics(runs[name]):
+            if key not in rows:
+                rows.append(key)
+    lines = ["| task | metric | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
+    for task, m in rows:
+        cells = [_cell(runs[n].get(task, {}).get(m), runs[n].get(task, {}).get(f"{m}_stderr")) for n in names]
+        lines.append(f"| {task} | {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare(directories: list[str | Path], chart: str | Path | None = None) -> str:
+    """The runs in these directories side by side (named by directory); with
+    chart, a bar chart of the accuracy-like metrics saved there."""
+    runs = {str(d): load(d)["results"] for d in directories}
+    if chart is not None:
+        bar_chart(runs, chart)
+    return table(runs)
+
+
+def bar_chart(runs: dict[str, dict], path: str | Path) -> Path:
+    """Grouped bars: one group per (task, metric) scored in [0, 1], a bar per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [(t, m) for t, m in dict.fromkeys(k for r in runs.values() for k in _metrics(r))
+            if m.split(",")[0] in ("acc", "acc_norm", "exact_match")]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys) + 2), 4))
+    width = 0.8 / max(1, len(runs))
+    for j, (name, results) in enumerate(runs.items()):
+        values = [results.get(t, {}).get(m, 0.0) for t, m in keys]
+        ax.bar([i + j * width for i in range(len(keys))], values, width, label=name)
+    ax.set_xticks([i + width * (len(runs) - 1) / 2 for i in range(len(keys))])
+    ax.set_xticklabels([f"{t}\n{m}" for t, m in keys], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
