@@ -332,6 +332,9 @@ def run_report(cfg, history: list[dict], seconds: float, model, stage: str = "tr
                   f"with `acorn.load(\"{cfg.init_from}\", adapter=\"{out / 'adapter'}\")` or peft's "
                   "`PeftModel.from_pretrained`, or merge it into a plain checkpoint:", "",
                   f"    acorn lora merge {cfg.init_from} {out / 'adapter'} --out {out / 'model'}"]
+        if cfg.lora.quantize:
+            lines += ["", "The adapter learned on the NF4-rounded base; merged into the float base (as peft's "
+                      "merge_and_unload does too) its outputs differ from the QLoRA model's by that rounding."]
     lines += ["", "## Configuration", "", "```yaml", to_yaml(cfg).rstrip(), "```", ""]
     return "\n".join(lines)
 

@@ -264,6 +264,22 @@ def test_named_adapters_side_by_side_switch_like_loading_each_alone(tmp_path):
         lora.set_active(both, "third")
 
 
+def test_the_engine_generates_with_an_unmerged_adapter_as_with_the_merged_model(tok):
+    """Every path runs the same Attention and MLP modules, so the paged engine picks up LoRALinear."""
+    import copy
+
+    from acorn.infer.engine import Engine
+
+    model = _acorn_model(vocab_size=tok.vocab_size)
+    lora.add_lora(model, r=4, alpha=8)
+    _randomize_adapters(model)
+    merged = lora.merge_and_unload(copy.deepcopy(model))
+    texts = [Engine(m, tok, paged=paged).generate("The quick", max_tokens=16, temperature=0)[0].text
+             for m, paged in ((model, True), (model, False), (merged, True))]
+    base = Engine(_acorn_model(vocab_size=tok.vocab_size), tok).generate("The quick", max_tokens=16, temperature=0)
+    assert texts[0] == texts[1] == texts[2] != base[0].text
+
+
 # ------------------------------------------------------------------ QLoRA
 def test_qlora_trains_adapters_on_a_frozen_nf4_base_in_bf16():
     model = _acorn_model(d_model=64, tie_embeddings=False)
