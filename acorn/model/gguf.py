@@ -54,17 +54,18 @@ TYPES = ("f32", "f16", "q8_0")
 # llama-vocab.cpp, "llama-bpe" selects LLAMA_VOCAB_PRE_TYPE_LLAMA3, whose regex is
 #   (?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|
 #   \p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
-# and "gpt-2" selects LLAMA_VOCAB_PRE_TYPE_GPT2, whose regex is GPT-2's
-#   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)
-# (with the trailing |\s+ of GPT-2's original in its hand-written splitter).
+# and "gpt-2" selects LLAMA_VOCAB_PRE_TYPE_GPT2, whose regex is GPT-2's; src/unicode.cpp
+# splits it by hand (unicode_regex_split_custom_gpt2, "GPT2 system regex"):
+#   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 # GPT-4's pattern as Acorn writes it (tiktoken's cl100k) splits the same way as the
-# first: '(?i:...) is the same seven contractions; the possessive ?+ and ++ never
+# first: '(?i:...) is the same seven contractions (only 'ſ, which case-folds to 's, is
+# one for tiktoken and not for llama.cpp); the possessive ?+ and ++ never
 # change a match there, since what follows cannot take back what they keep; and
 # \s*[\r\n] and \s*[\r\n]+ both end at the last newline of a whitespace run. GPT-2's
 # as Acorn writes it (tiktoken's r50k) ends in \s++$|\s+(?!\S)|\s, which matches what
-# the original's \s+(?!\S)|\s+ does. Both llama.cpp types also take a whole chunk that
-# is one token as that token ("ignore merges"), as tiktoken does; for BPE built from
-# ranks that is what the merges give anyway. tests/model/test_gguf.py checks the names.
+# the original's \s+(?!\S)|\s+ does. llama-bpe also takes a chunk that is one token as
+# that token (ignore_merges), as tiktoken does; gpt-2 applies the merges, which for BPE
+# built from ranks end at that token anyway. tests/model/test_gguf.py replays the splits.
 LLAMA3_HF_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                      r"\s*[\r\n]+|\s+(?!\S)|\s+")  # Llama 3's tokenizer.json, as loaded from a Llama 3 checkpoint
 QWEN2_HF_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
