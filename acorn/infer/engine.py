@@ -80,7 +80,9 @@ def eval_mode(model: torch.nn.Module):
     module's training flag as it was: an engine handed a model that is being
     trained must not leave it in eval mode (nor turn on a submodule that was
     deliberately left in eval)."""
-    training = [m for m in model.modules() if m.training]
+    # A model whose root is in eval mode was put there by model.eval() (or
+    # loaded so): skip the walk over every module, ~70 us a step.
+    training = [m for m in model.modules() if m.training] if model.training else []
     for m in training:
         m.training = False
     try:

@@ -271,6 +271,10 @@ class ContiguousAttention:
 
 
 # ---------------------------------------------------------------- layers
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
 class RMSNorm(nn.Module):
     """x / rms(x) * weight, computed in float32 whatever the input dtype."""
 
@@ -436,12 +440,15 @@ class Block(nn.Module):
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None,
                 attention: KVAttention) -> tuple[Tensor, tuple | None]:
         """x -> (x, the MoE layer's (aux loss, expert counts, dropped) or None)."""
-        x = x + self.drop(self.self_attn(self.input_layernorm(x), rope, attention))
+        # Dropout is the identity outside training: skipping the call spares the
+        # decode step two module calls per layer.
+        drop = self.drop if self.training else _identity
+        x = x + drop(self.self_attn(self.input_layernorm(x), rope, attention))
         m = self.mlp(self.post_attention_layernorm(x))
         moe = None
         if isinstance(m, tuple):
             m, *moe = m
-        return x + self.drop(m), moe
+        return x + drop(m), moe
 
 
 class Backbone(nn.Module):
