@@ -24,15 +24,18 @@ os.umask(UMASK)
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
-    """Open a temporary file next to `path`; on success rename it over `path`."""
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path next to `path` for the caller to write; on success the
+    file is synced and renamed over `path` (a reader sees the old file or the
+    whole new one, never a part), on failure removed. For writers that open the
+    file themselves (gguf's GGUFWriter); `atomic_write` opens it for you."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
-            yield f
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         # mkstemp creates 0600; give the file the permissions open() would.
         os.chmod(tmp, 0o666 & ~UMASK)
@@ -46,25 +49,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """`atomic_write` for a writer that opens the file itself (gguf's GGUFWriter):
-    yields a temporary path next to `path`; on success syncs it and renames it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
+    """Open a temporary file next to `path`; on success rename it over `path`."""
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+        yield f
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
