@@ -34,7 +34,8 @@ from pathlib import Path
 
 from acorn.errors import AcornError
 from acorn.eval import metrics
-from acorn.eval.tasks import Task, data_dir, fewshot_examples, get_task, read_docs, resolve
+from acorn.eval.tasks import Task, fewshot_examples, get_task, read_docs, resolve
+from acorn.eval.tasks import data_dir as find_data_dir
 
 
 def tokenizer_adds_bos(checkpoint: str | Path) -> bool:
@@ -118,7 +119,7 @@ def run_task(engine, task: Task, *, num_fewshot: int | None = None, limit: int |
     """One task: (its metrics, one sample per document)."""
     from tqdm import tqdm
 
-    root = data_dir(root)
+    root = find_data_dir(root)
     path = resolve(task, task.data, root)
     all_docs = read_docs(path)
     docs = all_docs[:limit] if limit else all_docs
@@ -169,8 +170,8 @@ def _loglikelihood(engine, task, docs, contexts, req: Requests, bar, batch_token
             owners += [i] * len(windows)
             continue
         # Choices whose contexts are cut alike share one request (all of them, unless too long).
-        for ctx_text_, cont in [(ctx_text, c) for c in conts]:
-            ctx, cont_ids = req.pair(ctx_text_, cont)
+        for cont in conts:
+            ctx, cont_ids = req.pair(ctx_text, cont)
             ctx, cut = req.fit(ctx, cont_ids)
             truncated[i] |= cut
             if requests and owners[-1] == i and requests[-1][0] == ctx:
@@ -266,7 +267,7 @@ def evaluate(model, tasks: list[str | Task], *, num_fewshot: int | None = None, 
     if not loaded:
         raise AcornError("no tasks given; e.g. --tasks arc_easy,piqa")
     for task in loaded:
-        resolve(task, task.data, _data_dir(data_dir))
+        resolve(task, task.data, find_data_dir(data_dir))
     checkpoint = None
     if not isinstance(model, Engine):
         checkpoint = str(model)
@@ -290,8 +291,6 @@ def evaluate(model, tasks: list[str | Task], *, num_fewshot: int | None = None, 
         "config": {"model": checkpoint or getattr(engine.model.config, "name", "engine"), "tasks": list(results),
                    "versions": versions, "num_fewshot": num_fewshot, "limit": limit, "add_bos": add_bos,
                    "fewshot_seeds": {t.task: t.fewshot_seed for t in loaded},
-                   "data_dir": str(_data_dir(data_dir)), "seconds": round(time.perf_counter() - t0, 2)},
+                   "data_dir": str(find_data_dir(data_dir)), "seconds": round(time.perf_counter() - t0, 2)},
     }
 
-
-_data_dir = data_dir  # the module-level name, shadowed by evaluate's argument
