@@ -421,6 +421,27 @@ def knowledge_base(world: World) -> list[dict]:
     return rows
 
 
+def knowledge_sft_rows(world: World, questions_per_fact: int | None = None) -> list[dict]:
+    """Fact conversations that teach the knowledge-base people of split `unknown_eval`
+    (never in pretraining or SFT) by fine-tuning instead of retrieval: sft.jsonl's `fact`
+    rows, the same phrasings, answered with the values knowledge_base.jsonl states (and
+    eval/unknown_qa.jsonl's `kb_answer`). Not a file of the world: a stage that wants to
+    add knowledge to a chat model (benchmarks/lora.py) derives it with this."""
+    k = questions_per_fact or SIZES[world.size].questions_per_fact
+    rows = _qa_rows(_rng(world.seed, "knowledge_sft"), world.split("unknown_eval"), lambda p: list(CORE_ATTRIBUTES),
+                    k, "fact")
+    _rng(world.seed, "knowledge_sft_order").shuffle(rows)
+    return rows
+
+
+def read_world(path) -> World:
+    """The World of a generated world.json (the ground truth the files were written from)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    fields = Person.__dataclass_fields__
+    people = [Person(**{k: v for k, v in p.items() if k in fields}) for p in data["people"]]
+    return World(data["seed"], data["size"], data["countries"], data["cities"], data["companies"], people)
+
+
 # ------------------------------------------------------------ eval sets
 def _wrong_value(rng: random.Random, world: World, p: Person, attr: str) -> str:
     """A plausible but false value: what a hallucinating model would say."""

@@ -8,8 +8,9 @@ Every number comes from the model's own generations through the one engine
                  (in_sft) or only pretraining documents stated the fact, which
                  tests knowledge extraction (Allen-Zhu & Li, Physics of LMs 3.1)
   unknown QA     the rate of the honest "I don't know." for people the model
-                 never saw, and the rate of confident made-up answers
-                 (hallucinations) there
+                 never saw, the rate of confident made-up answers
+                 (hallucinations) there, and the rate of the knowledge base's
+                 true value (kb_answer_rate: knowledge added by fine-tuning)
   arithmetic     exact match by number of digits; when the model calls the
                  calculator tool, the call is executed and the model answers
                  from the result (one round), and tool use is reported
@@ -88,8 +89,12 @@ def unknown_qa(engine, world: Path, limit: int | None = None) -> dict:
     rows = _rows(world, "unknown_qa", limit)
     answers = _ask(engine, [r["question"] for r in rows])
     idk = [normalize(_text(a)) == normalize(IDK_ANSWER) for a in answers]
-    hallucinated = [not i and _text(a).strip() != "" for i, a in zip(idk, answers)]
-    return {"idk_rate": sum(idk) / len(rows), "hallucination_rate": sum(hallucinated) / len(rows), "n": len(rows),
+    # The knowledge base's value without retrieval: 0 for a model that never saw these people,
+    # what fine-tuning on knowledge_base facts (acorn.data.world.knowledge_sft_rows) should raise.
+    knows = [normalize(_text(a)) == normalize(r["kb_answer"]) for r, a in zip(rows, answers)]
+    hallucinated = [not i and not k and _text(a).strip() != "" for i, k, a in zip(idk, knows, answers)]
+    return {"idk_rate": sum(idk) / len(rows), "hallucination_rate": sum(hallucinated) / len(rows),
+            "kb_answer_rate": sum(knows) / len(rows), "n": len(rows),
             "examples": [{"question": r["question"], "model": _text(a)} for r, a in zip(rows[:5], answers)],
             "skipped_too_long": answers.count(None)}
 

@@ -149,6 +149,33 @@ def test_unknown_questions_and_knowledge_base(world):
         assert kb[row["kb_id"]]["person"] == p["name"] and row["kb_answer"] in kb[row["kb_id"]]["text"]
 
 
+def test_knowledge_sft_rows_teach_the_knowledge_base_facts_in_sft_phrasings(world):
+    from acorn.data import world_text as T
+    from acorn.data.world import CORE_ATTRIBUTES, build_world, knowledge_sft_rows, read_world
+
+    out, _, data, facts = world
+    w = read_world(out / "world.json")
+    assert w == build_world(0, "tiny")  # world.json holds every fact the generator drew
+    rows = knowledge_sft_rows(w)
+    assert rows == knowledge_sft_rows(read_world(out / "world.json"))  # deterministic
+    for row in rows:
+        jsonschema.validate(row, SCHEMAS["sft.jsonl"])
+    kb_answer = {(r["person"], r["attribute"]): r["kb_answer"] for r in data["eval/unknown_qa.jsonl"]}
+    taught = {}
+    for row in rows:
+        question, answer = row["messages"][-2]["content"], row["messages"][-1]["content"]
+        assert row["kind"] == "fact" and answer == kb_answer[(row["person"], row["attribute"])]
+        assert question in [t.format(name=row["person"]) for t in T.QUESTION_TEMPLATES[row["attribute"]]]
+        taught.setdefault((row["person"], row["attribute"]), set()).add(question)
+    # every (person, attribute) that unknown_qa asks is taught, in the tiny world's 2 distinct phrasings
+    assert set(taught) == set(kb_answer)
+    assert all(len(q) == min(2, len(T.QUESTION_TEMPLATES[a])) for (_, a), q in taught.items())
+    assert {a for _, a in taught} == set(CORE_ATTRIBUTES)
+    # and the knowledge base states those values: the rows add no fact of their own
+    kb = {r["person"]: r["text"] for r in data["knowledge_base.jsonl"]}
+    assert all(v in kb[p] for (p, _), v in kb_answer.items())
+
+
 def test_preference_pairs(world):
     _, _, data, facts = world
     people = {p["name"]: p for p in facts["people"]}

@@ -68,6 +68,16 @@ def test_wrong_answers_and_hallucinations(tiny_world, tok):
                        tasks=("fact_qa", "unknown_qa"))
     assert r["fact_qa"]["all"] == 0.0
     assert r["unknown_qa"]["idk_rate"] == 0.0 and r["unknown_qa"]["hallucination_rate"] == 1.0
+    assert r["unknown_qa"]["kb_answer_rate"] == 0.0
+
+
+def test_knowledge_base_answers_count_as_known_not_hallucinated(tiny_world, tok):
+    engine = Scripted(tiny_world, tok, correct=True, use_tool=False)
+    for line in (tiny_world / "eval" / "unknown_qa.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        engine.answers[row["question"]] = row["kb_answer"]  # a model taught the knowledge base
+    r = evaluate_world(engine, tiny_world, tasks=("unknown_qa",))["unknown_qa"]
+    assert r["kb_answer_rate"] == 1.0 and r["idk_rate"] == 0.0 and r["hallucination_rate"] == 0.0
 
 
 def test_calculator_calls_are_executed(tiny_world, tok):
