@@ -55,6 +55,7 @@ from acorn.infer.paged import BlockManager, PagedKV
 from acorn.infer.sampling import SamplingParams, sample, token_logprobs
 from acorn.infer.scheduler import Request, Scheduler
 from acorn.infer.sequence import Completion, SequenceState, StepOutput
+from acorn.model import lora
 
 
 def _select_rows(cache, rows: Tensor):
@@ -138,14 +139,30 @@ class Engine:
     speculative: a drafter for speculative decoding (acorn.infer.speculative:
         PromptLookup(k) or DraftModel(small_model, k)); from_pretrained builds
         one from speculative_model="ngram" or a checkpoint directory.
+    lora_adapters: {name: PEFT adapter directory}: many LoRA adapters on one
+        base (S-LoRA). Each is loaded unmerged (acorn.model.lora.load_adapter);
+        a request picks one with SamplingParams.lora, and requests for different
+        adapters run in the same batch, each token applying its own. A request
+        without one runs the model as it is (the base, or its active adapter).
+        The prefix cache never shares blocks across adapters (cache_salt).
     """
 
     def __init__(self, model, tokenizer, *, device=None, stop_token_ids: Sequence[int] = (), paged: bool = True,
                  kv_cache_memory: int | None = None, block_size: int = 16, max_num_seqs: int = 64,
                  max_num_batched_tokens: int = 512, prefix_caching: bool = True, kv_cache_dtype: str = "auto",
-                 speculative=None):
+                 speculative=None, lora_adapters: dict | None = None):
         if device is not None:
             model = model.to(device)
+        if lora_adapters:
+            from acorn.model import quant
+
+            for directory in lora_adapters.values():  # every directory checked before any layer changes
+                lora.read_adapter_config(directory)
+            active = lora.active_adapter(model)  # loading must not switch what a plain request runs
+            for name, directory in lora_adapters.items():
+                lora.load_adapter(model, directory, name=name, dtype=quant.float_dtype(model))
+            lora.set_active(model, active)
+        self.adapters = lora.adapter_names(model)  # what SamplingParams.lora may name
         self.model = model  # its training flag is left alone: see eval_mode()
         self.tokenizer = tokenizer
         self.device = model.device
@@ -191,9 +208,12 @@ class Engine:
                         num_speculative_tokens: int = 4, **options) -> "Engine":
         """A checkpoint directory (acorn.load) with its tokenizer files beside the weights.
         speculative_model: "ngram" (prompt lookup) or a draft checkpoint with the same tokenizer.
-        options: the engine's keyword arguments (paged, kv_cache_memory, ...)."""
+        options: the engine's keyword arguments (paged, kv_cache_memory, lora_adapters, ...)."""
         from acorn.model.checkpoint import load
         from acorn.tokenizer.bpe import Tokenizer
+
+        for directory in (options.get("lora_adapters") or {}).values():  # a bad adapter fails before the base loads
+            lora.read_adapter_config(directory)
 
         model = load(path, dtype=dtype, device=device)
         tokenizer = Tokenizer.from_pretrained(path)
@@ -252,6 +272,9 @@ class Engine:
         bad = [i for i in (*params.logit_bias, *params.stop_token_ids) if not 0 <= i < vocab]
         if bad:
             raise AcornError(f"token id {bad[0]} in logit_bias/stop_token_ids is outside the vocabulary (0..{vocab - 1})")
+        if params.lora is not None and params.lora not in self.adapters:
+            raise AcornError(f"no LoRA adapter named {params.lora!r}; this engine has "
+                             f"{', '.join(self.adapters) or 'none'} (load them with Engine(lora_adapters=...))")
 
     @property
     def kv_capacity(self) -> int:
@@ -328,7 +351,7 @@ class Engine:
         first.max_len = min(first.max_len, self.kv_capacity)  # one request alone always fits the pool
         seqs = [first] + [first.fork(j, self._generator(params, seed_offset + j), self.tokenizer.stream_decoder())
                           for j in range(1, params.n)]
-        group = [Request(request_id, s.prompt, s, output=s.output) for s in seqs]
+        group = [Request(request_id, s.prompt, s, output=s.output, cache_salt=params.lora) for s in seqs]
         group[0].forks = group[1:]  # they start from the first one's prefill
         self.scheduler.add(group[0])
         self._groups[request_id] = group
@@ -378,19 +401,20 @@ class Engine:
         drafts = self._draft(pieces) if self.speculative is not None else {}
         cfg = self.model.config
         window = cfg.sliding_window if cfg.sliding_window and cfg.sliding_window < cfg.max_seq_len else None
-        inputs, wanted = [], []  # wanted: (request, its first logits row, draft or None)
+        inputs, wanted, loras = [], [], []  # wanted: (request, its first logits row, draft or None)
         n_rows = 0
         for req, n in pieces:
             c, draft = req.num_computed, drafts.get(req)
             new = req.tokens[c:c + n] + (draft.tokens if draft is not None else [])
             wants = 0 if c + n < len(req.prompt) + len(req.output) else 1 + (len(draft.tokens) if draft else 0)
             inputs.append((req.table, c, new, wants))
+            loras += [req.state.params.lora] * len(new)  # each token applies its request's adapter
             if wants:
                 wanted.append((req, n_rows, draft))
                 n_rows += wants
         step = StepInput.build(inputs, self.block_size, window, self.device)
         with eval_mode(self.model):
-            logits = paged_forward(self.model, step, kv)[:, :self.tokenizer.vocab_size]
+            logits = paged_forward(self.model, step, kv, self._adapter_index(loras))[:, :self.tokenizer.vocab_size]
         self.computed_tokens += step.tokens.numel()
         for req, n in pieces:
             if req not in drafts:  # a checked draft counts its kept tokens below
@@ -419,6 +443,16 @@ class Engine:
             if req.state.finished:
                 self._retire(req)
         return [req.state.step_output(req.request_id, starts[req], text) for req, text in deltas.items()]
+
+    def _adapter_index(self, loras: Sequence[str | None]) -> tuple[Tensor, list] | None:
+        """(index, names) for lora.use_adapters: item i applies names[index[i]]; None when no
+        item asks for an adapter (the model then runs as it is). An item without one gets
+        the model's active adapter (names[0]), as it would alone."""
+        if not any(loras):
+            return None
+        names = [lora.active_adapter(self.model), *sorted({n for n in loras if n is not None})]
+        position = {n: i for i, n in enumerate(names) if i}
+        return torch.tensor([position.get(n, 0) for n in loras]), names
 
     def _retire(self, req: Request) -> None:
         req.state.cached_tokens = req.cached_tokens  # every Completion is made from the state
@@ -518,8 +552,11 @@ class Engine:
         pad = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
         ids = torch.tensor([[pad] * (width - len(s.prompt)) + s.prompt for s in seqs], device=self.device)
         mask = torch.tensor([[0] * (width - len(s.prompt)) + [1] * len(s.prompt) for s in seqs], device=self.device)
+        # One adapter per row: a (B, 1) index broadcasts over the row's tokens.
+        index, names = self._adapter_index([s.params.lora for s in seqs]) or (None, [])
+        index = None if index is None else index[:, None]
         # Without padding, no mask: the model then uses the fused causal attention kernel.
-        with eval_mode(model):
+        with eval_mode(model), lora.use_adapters(model, index, names):
             out = model(ids, attention_mask=None if bool(mask.all()) else mask, use_cache=True, last_only=True)
         # A model's vocabulary may be padded past the tokenizer's (to a multiple
         # of 64, for fast matmuls): those ids have no text, so they are never sampled.
@@ -538,7 +575,9 @@ class Engine:
             if len(keep) < len(live):
                 cache = _select_rows(cache, torch.tensor(keep, device=self.device))
                 live = [live[r] for r in keep]
-            with eval_mode(model):  # per forward pass: the caller runs between our yields
+                index = None if index is None else index[keep]
+            # Per forward pass: the caller runs between our yields.
+            with eval_mode(model), lora.use_adapters(model, index, names):
                 out = model(nxt[:, None], cache=cache, use_cache=True)
             cache, logits = out.cache, out.logits[:, -1, :vocab]
 
@@ -583,7 +622,7 @@ class Engine:
 
         seq = self._new_state(prompt, params)  # validates the prompt; its stop ids
         max_new = min(params.max_new_tokens, self.model.config.max_seq_len - len(prompt))
-        with eval_mode(self.model):
+        with eval_mode(self.model), lora.use_adapter(self.model, params.lora):  # every beam the request's adapter
             beams = beam_search(self.model, prompt, num_beams=params.num_beams, max_new_tokens=max_new,
                                 vocab_size=self.tokenizer.vocab_size, stop_ids=seq.stop_ids,
                                 length_penalty=params.length_penalty, early_stopping=params.early_stopping,

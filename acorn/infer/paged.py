@@ -25,6 +25,10 @@ document, the earlier turns of a chat) takes those blocks by reference
 instead of computing them again. Blocks are reference counted: when the last
 request holding a registered block lets go, the block is not wiped but kept
 as 'evictable', and reused least-recently-used first when memory is needed.
+A request may carry a salt (vLLM's cache_salt; the engine uses its LoRA
+adapter's name) that seeds its hash chain: the same tokens under another
+salt hash differently, so their blocks, whose keys and values another adapter
+computed, are never shared.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import torch
 from torch import Tensor
 
 from acorn.errors import AcornError
+from acorn.model import lora
 from acorn.model.transformer import sdpa
 
 
@@ -78,12 +83,13 @@ class BlockManager:
 
     # ---------------------------------------------------------- hashing
     @staticmethod
-    def chain_hash(parent: int | None, tokens) -> int:
-        """The hash of a full block: its tokens chained with the hash of the block before."""
+    def chain_hash(parent: int | str | None, tokens) -> int:
+        """The hash of a full block: its tokens chained with the hash of the block before
+        (for the first block: the request's salt, or None)."""
         return hash((parent, tuple(tokens)))
 
-    def prefix_hashes(self, tokens: list[int]) -> list[int]:
-        hashes, parent = [], None
+    def prefix_hashes(self, tokens: list[int], salt: str | None = None) -> list[int]:
+        hashes, parent = [], salt
         for i in range(len(tokens) // self.block_size):
             parent = self.chain_hash(parent, tokens[i * self.block_size:(i + 1) * self.block_size])
             hashes.append(parent)
@@ -105,15 +111,15 @@ class BlockManager:
             self.evictable.pop(block)
         self.ref[block] += 1
 
-    def match_prefix(self, tokens: list[int]) -> tuple[list[int], list[int]]:
-        """The cached blocks that hold the longest prefix of `tokens`, and the
-        hashes of those blocks. At least one token is always left to compute
-        (its logits are needed), so a prompt that is cached entirely gives up
-        its last block."""
+    def match_prefix(self, tokens: list[int], salt: str | None = None) -> tuple[list[int], list[int]]:
+        """The cached blocks that hold the longest prefix of `tokens` (hashed with
+        `salt`), and the hashes of those blocks. At least one token is always left
+        to compute (its logits are needed), so a prompt that is cached entirely
+        gives up its last block."""
         if not self.prefix_caching:
             return [], []
         blocks, hashes = [], []
-        for h in self.prefix_hashes(tokens):
+        for h in self.prefix_hashes(tokens, salt):
             block = self.by_hash.get(h)
             if block is None:
                 break
@@ -157,13 +163,14 @@ class BlockManager:
         fresh = self._take()
         return [*shared, fresh], fresh
 
-    def register(self, table: list[int], hashes: list[int], tokens: list[int], n_computed: int) -> None:
+    def register(self, table: list[int], hashes: list[int], tokens: list[int], n_computed: int,
+                 salt: str | None = None) -> None:
         """Register the blocks that n_computed tokens have filled, extending
-        `hashes` (the request's chain of block hashes) in place."""
+        `hashes` (the request's chain of block hashes, seeded with `salt`) in place."""
         if not self.prefix_caching:
             return
         for i in range(len(hashes), n_computed // self.block_size):
-            parent = hashes[-1] if hashes else None
+            parent = hashes[-1] if hashes else salt
             h = self.chain_hash(parent, tokens[i * self.block_size:(i + 1) * self.block_size])
             hashes.append(h)
             block = table[i]
@@ -386,14 +393,20 @@ class PagedAttention:
         return out.to(out_dtype).transpose(0, 1)[None]
 
 
-def paged_forward(model, step: StepInput, kv: PagedKV) -> Tensor:
+def paged_forward(model, step: StepInput, kv: PagedKV, adapters: tuple[Tensor, list] | None = None) -> Tensor:
     """The model over one flattened step; returns the logits (R, V) of step.logit_rows.
 
     Transformer.forward's own pieces, with attention reading and writing the
-    paged pool instead of a per-request cache."""
+    paged pool instead of a per-request cache. adapters: (index (N,), names):
+    token i applies LoRA adapter names[index[i]] (acorn.model.lora.use_adapters);
+    the head sees only the logit rows, so it gets their part of the index."""
     if model.config.positions == "alibi":
         raise AcornError("ALiBi models run on the engine's plain path (paged=False)")
+    index, names = adapters if adapters is not None else (None, [])
+    head_index = None if index is None else index[step.logit_rows.to(index.device)]
     tokens, positions = step.tokens[None], step.positions[None]
-    x = model.embed(tokens, positions)
-    hidden, _ = model.blocks(x, model.position_encoding(positions, x.dtype), PagedAttention(step, kv))
-    return model.logits(hidden[0, step.logit_rows])
+    with lora.use_adapters(model.model, None if index is None else index[None], names), \
+            lora.use_adapters(model.lm_head, head_index, names):
+        x = model.embed(tokens, positions)
+        hidden, _ = model.blocks(x, model.position_encoding(positions, x.dtype), PagedAttention(step, kv))
+        return model.logits(hidden[0, step.logit_rows])

@@ -87,6 +87,7 @@ class SamplingParams:
     # Structured output (acorn.infer.structured): one of {"json_schema": {...}}, {"json_object": True},
     # {"regex": "..."}, {"choice": ["yes", "no"]}, {"grammar": "<lark>"}; tokens that would break it are masked.
     guided: dict | None = None
+    lora: str | None = None  # the LoRA adapter to generate with (Engine(lora_adapters=...)); None: the model as it is
     # vLLM's constructor spellings, SamplingParams(max_tokens=64): moved onto the fields above.
     max_tokens: InitVar[int | None] = None
     min_tokens: InitVar[int | None] = None
@@ -188,6 +189,8 @@ class SamplingParams:
             problems.append(f"length_penalty must be a finite number, not {self.length_penalty!r}")
         if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
             problems.append(f'early_stopping must be True, False or "never", not {self.early_stopping!r}')
+        if self.lora is not None and not (isinstance(self.lora, str) and self.lora):
+            problems.append(f"lora must be an adapter's name or None, not {self.lora!r}")
         return problems
 
     @classmethod

@@ -47,6 +47,7 @@ class Request:
     status: str = WAITING
     table: list[int] = field(default_factory=list)  # KV block table
     hashes: list[int] = field(default_factory=list)  # prefix hashes of the full computed blocks
+    cache_salt: str | None = None  # seeds the prefix hashes: the LoRA adapter (no blocks shared across adapters)
     num_computed: int = 0  # tokens whose keys and values are in the pool
     cached_tokens: int = 0  # prompt tokens served by the prefix cache at first admission
     arrival: int = 0
@@ -116,7 +117,7 @@ class Scheduler:
         # 3: admit waiting requests (not in a step that had to preempt: memory is short).
         while self.waiting and budget and not preempted and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
-            cached, hashes = self.blocks.match_prefix(req.tokens)
+            cached, hashes = self.blocks.match_prefix(req.tokens, req.cache_salt)
             start = len(cached) * self.blocks.block_size
             n = min(len(req.tokens) - start, budget)
             if not self.blocks.allocate(req.table, start + n, cached):
@@ -143,7 +144,7 @@ class Scheduler:
     def computed(self, req: Request, n: int) -> None:
         """n more tokens of req are in the pool: register the blocks they filled."""
         req.num_computed += n
-        self.blocks.register(req.table, req.hashes, req.tokens, req.num_computed)
+        self.blocks.register(req.table, req.hashes, req.tokens, req.num_computed, req.cache_salt)
 
     def start_running(self, req: Request) -> None:
         """A forked request that already holds its blocks joins the batch."""
