@@ -271,17 +271,34 @@ def cmd_serve(args) -> None:
 
     keys = args.api_key or [k for k in [os.environ.get("ACORN_API_KEY")] if k]
     options = {"kv_cache_memory": args.kv_cache_memory_mb << 20} if args.kv_cache_memory_mb else {}
-    engine = Engine.from_pretrained(args.checkpoint, dtype=args.dtype, device=args.device, **options)  # errors here: exit 2
     name = args.model_name or Path(args.checkpoint).resolve().name
+    adapters = _lora_adapters(args.lora or [], name)
+    engine = Engine.from_pretrained(args.checkpoint, dtype=args.dtype, device=args.device, lora_adapters=adapters,
+                                    **options)  # errors here: exit 2
     app = create_app(engine, model_name=name, api_keys=keys, cors_origins=args.cors_origin or (),
                      max_tokens_cap=args.max_tokens_cap, max_pending=args.max_pending)
     url = f"http://{args.host}:{args.port}"
-    print(f"serving {name!r} at {url}/v1 (OpenAI and Anthropic APIs) and the chat page at {url}/"
-          + ("; API keys required" if keys else ""), flush=True)
+    print(f"serving {name!r}" + "".join(f", {a!r}" for a in adapters) + f" at {url}/v1 (OpenAI and Anthropic "
+          f"APIs) and the chat page at {url}/" + ("; API keys required" if keys else ""), flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=10)
 
 
 # ------------------------------------------------------------------- helpers
+def _lora_adapters(specs: list[str], base_name: str) -> dict[str, str]:
+    """--lora NAME=DIR ... -> {name: directory}; each name a `model` of its own."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, directory = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not directory.strip():
+            raise AcornError(f"--lora {spec!r}: expected NAME=DIR, e.g. --lora sql=runs/sft-sql/adapter")
+        if name in out or name == base_name:
+            taken = "another adapter" if name in out else "the base model (--model-name)"
+            raise AcornError(f"--lora {spec}: the name {name!r} is already {taken}'s; give each adapter its own name")
+        out[name] = directory.strip()
+    return out
+
+
 def _load_tokenizer(name: str):
     from acorn.tokenizer.bpe import Tokenizer
 
@@ -599,6 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kv-cache-memory-mb", type=int, help="memory for the paged KV cache (default: the engine's)")
     s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     s.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's)")
+    s.add_argument("--lora", action="append", metavar="NAME=DIR", help="also serve this LoRA adapter (a PEFT "
+                   "directory) as model NAME; requests for different adapters share a batch (repeatable)")
     s.set_defaults(func=cmd_serve)
     return p
 

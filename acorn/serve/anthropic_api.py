@@ -309,7 +309,7 @@ class _Request:
     def __init__(self, state: ServerState, req: MessagesRequest):
         self.state, self.req = state, req
         self.id = "msg_" + uuid.uuid4().hex[:24]
-        check_model(state, req.model)
+        adapter = check_model(state, req.model)
         if req.thinking is not None and req.thinking.type == "enabled":
             raise APIError(400, "thinking: this model does not think; leave thinking out or set it to disabled")
         choice = req.tool_choice.type if req.tool_choice else "auto"
@@ -339,7 +339,9 @@ class _Request:
             # the JSON would break the promise that it is valid.
             stop=[] if guided is not None else (req.stop_sequences or []),
             guided=guided,
+            lora=adapter,
         )
+        self.model = adapter or state.model_name  # the `model` the client asked for
 
     def finish(self, c) -> tuple[str, list[dict], str, str | None]:
         """(text, tool_use blocks, stop_reason, stop_sequence) of a finished completion."""
@@ -405,7 +407,7 @@ async def create_message(body: MessagesRequest, request: Request):
     c = await _collect(request, stream)
     text, calls, reason, stop = ctx.finish(c)
     content = ([{"type": "text", "text": text}] if text else []) + calls
-    return JSONResponse({"id": ctx.id, "type": "message", "role": "assistant", "model": ctx.state.model_name,
+    return JSONResponse({"id": ctx.id, "type": "message", "role": "assistant", "model": ctx.model,
                          "content": content, "stop_reason": reason, "stop_sequence": stop,
                          "usage": ctx.usage(stream, c)}, headers=headers)
 
@@ -442,7 +444,6 @@ def _sse(event: str, data: dict) -> str:
 
 
 async def _events(ctx: _Request, stream) -> AsyncIterator[str]:
-    state = ctx.state
     index = 0  # of the next content block
     text_open = False
     sent = ""  # text already streamed
@@ -463,7 +464,7 @@ async def _events(ctx: _Request, stream) -> AsyncIterator[str]:
 
     try:
         yield _sse("message_start", {"type": "message_start", "message": {
-            "id": ctx.id, "type": "message", "role": "assistant", "model": state.model_name, "content": [],
+            "id": ctx.id, "type": "message", "role": "assistant", "model": ctx.model, "content": [],
             "stop_reason": None, "stop_sequence": None,
             "usage": {"input_tokens": stream.prompt_tokens, "output_tokens": 0}}})
         yield _sse("ping", {"type": "ping"})

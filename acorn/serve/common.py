@@ -66,6 +66,11 @@ class ServerState:
     def context(self) -> int:
         return self.engine.engine.model.config.max_seq_len
 
+    @property
+    def adapters(self) -> list[str]:
+        """The LoRA adapters served beside the base (acorn serve --lora NAME=DIR): each is a `model`."""
+        return list(getattr(self.engine.engine, "adapters", []))
+
 
 def get_state(request: Request) -> ServerState:
     state = getattr(request.app.state, "acorn", None)
@@ -77,11 +82,17 @@ def get_state(request: Request) -> ServerState:
     return state
 
 
-def check_model(state: ServerState, model: str | None) -> None:
-    """Clients name the model; an unknown name is a 404, as the official APIs answer."""
-    if model is not None and model != state.model_name:
-        raise APIError(404, f"the model {model!r} does not exist; this server serves {state.model_name!r}",
-                       param="model", code="model_not_found")
+def check_model(state: ServerState, model: str | None) -> str | None:
+    """Which LoRA adapter the `model` field selects (as vLLM serves adapters): None for the
+    base model's name (or no name), the adapter's name for an adapter. An unknown name is a
+    404, as the official APIs answer."""
+    if model is None or model == state.model_name:
+        return None
+    if model in state.adapters:
+        return model
+    served = ", ".join(repr(n) for n in [state.model_name, *state.adapters])
+    raise APIError(404, f"the model {model!r} does not exist; this server serves {served}",
+                   param="model", code="model_not_found")
 
 
 def check_prompt(state: ServerState, prompt_ids: list[int], max_tokens: int) -> int:

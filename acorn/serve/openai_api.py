@@ -8,8 +8,11 @@ unchanged:
                              replies); tools, tool_choice, response_format,
                              logprobs/top_logprobs, streaming
   POST /v1/completions       raw text (or token ids) -> its continuation
-  GET  /v1/models            the one model this server serves
+  GET  /v1/models            the base model and its LoRA adapters (`parent`: the base, as vLLM lists them)
   POST /v1/embeddings        a vector per input (acorn.rag.embeddings says what it is)
+
+A request's `model` is the base model's name or a LoRA adapter's (acorn serve
+--lora NAME=DIR): requests for different adapters run in the same batch.
 
 Beyond OpenAI's sampling fields, vLLM's extras: top_k, min_p,
 repetition_penalty, min_tokens, ignore_eos, stop_token_ids.
@@ -49,6 +52,7 @@ from starlette.background import BackgroundTask
 from acorn.chat.tools import TOOL_FORMATS, streamable_content, tool_call_grammar
 from acorn.errors import AcornError
 from acorn.infer.sampling import SamplingParams
+from acorn.model import lora
 from acorn.rag.embeddings import embed
 from acorn.serve.common import APIError, ServerState, check_model, check_prompt, get_state
 
@@ -232,25 +236,24 @@ class EmbeddingList(BaseModel):
 @router.get("/v1/models")
 async def list_models(request: Request):
     state = get_state(request)
-    return {"object": "list", "data": [_model_card(state)]}
+    return {"object": "list", "data": [_model_card(state, None)] + [_model_card(state, a) for a in state.adapters]}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request):
     state = get_state(request)
-    check_model(state, model_id)
-    return _model_card(state)
+    return _model_card(state, check_model(state, model_id))
 
 
-def _model_card(state: ServerState) -> dict:
-    return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "acorn",
-            "max_model_len": state.context}
+def _model_card(state: ServerState, adapter: str | None) -> dict:
+    return {"id": adapter or state.model_name, "object": "model", "created": state.created, "owned_by": "acorn",
+            "parent": state.model_name if adapter else None, "max_model_len": state.context}
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = get_state(request)
-    check_model(state, body.model)
+    adapter = check_model(state, body.model)
     engine = state.engine.engine
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
@@ -263,7 +266,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     max_tokens = body.max_completion_tokens or body.max_tokens or state.default_max_tokens
     max_tokens = check_prompt(state, prompt, max_tokens)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    params = _sampling(body, max_tokens, logprobs=logprobs, guided=guided)
+    params = _sampling(body, max_tokens, logprobs=logprobs, guided=guided, lora=adapter)
     stream = state.engine.submit(prompt, params)
     reply = _Reply(state, "chatcmpl-", engine, params, parse_tools=tools is not None)
     if body.stream:
@@ -278,7 +281,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
     state = get_state(request)
-    check_model(state, body.model)
+    adapter = check_model(state, body.model)
     engine = state.engine.engine
     if body.suffix:
         raise APIError(400, "suffix (fill in the middle) is not supported by this server", param="suffix")
@@ -293,7 +296,7 @@ async def completions(body: CompletionRequest, request: Request):
         raise APIError(400, str(e), param="prompt") from None
     requested = body.max_tokens or min(16, state.max_tokens_cap)
     max_tokens = [check_prompt(state, ids, requested) for ids in encoded]
-    params = [_sampling(body, m, logprobs=body.logprobs) for m in max_tokens]
+    params = [_sampling(body, m, logprobs=body.logprobs, lora=adapter) for m in max_tokens]
     streams = []
     try:
         for ids, p in zip(encoded, params):
@@ -316,7 +319,7 @@ async def completions(body: CompletionRequest, request: Request):
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request):
     state = get_state(request)
-    check_model(state, body.model)
+    adapter = check_model(state, body.model)
     engine = state.engine.engine
     inputs = _prompts(body.input, "input")
     try:
@@ -333,14 +336,21 @@ async def embeddings(body: EmbeddingRequest, request: Request):
     if body.dimensions is not None and body.dimensions != width:
         raise APIError(400, f"this model's embeddings have {width} dimensions, not {body.dimensions}",
                        param="dimensions")
-    vectors = await asyncio.to_thread(embed, engine.model, encoded)
+    vectors = await asyncio.to_thread(_embed, engine.model, encoded, adapter)
     data = []
     for i, v in enumerate(vectors):
         value = (base64.b64encode(v.numpy().astype("<f4").tobytes()).decode() if body.encoding_format == "base64"
                  else v.tolist())
         data.append(Embedding(index=i, embedding=value))
     n = sum(map(len, encoded))
-    return EmbeddingList(data=data, model=state.model_name, usage=Usage(prompt_tokens=n, total_tokens=n))
+    return EmbeddingList(data=data, model=adapter or state.model_name, usage=Usage(prompt_tokens=n, total_tokens=n))
+
+
+def _embed(model, encoded: list[list[int]], adapter: str | None):
+    """The embeddings with the adapter applied to every token (in this thread only: the
+    engine's thread keeps routing its own batches meanwhile)."""
+    with lora.use_adapter(model, adapter):
+        return embed(model, encoded)
 
 
 # ============================================================ request helpers
@@ -423,7 +433,8 @@ def _choice_name(choice) -> str:
     return repr(choice) if isinstance(choice, str) else repr(choice.function.name)
 
 
-def _sampling(body: _Sampling, max_tokens: int, *, logprobs: int | None, guided: dict | None = None) -> SamplingParams:
+def _sampling(body: _Sampling, max_tokens: int, *, logprobs: int | None, guided: dict | None = None,
+              lora: str | None = None) -> SamplingParams:
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = 1.0 if body.top_p is None else body.top_p
     if top_p == 0:  # some clients ask for greedy decoding this way
@@ -437,6 +448,7 @@ def _sampling(body: _Sampling, max_tokens: int, *, logprobs: int | None, guided:
             top_k=max(body.top_k or 0, 0), min_p=body.min_p or 0.0,
             repetition_penalty=1.0 if body.repetition_penalty is None else body.repetition_penalty,
             min_new_tokens=body.min_tokens, ignore_eos=body.ignore_eos, stop_token_ids=body.stop_token_ids or (),
+            lora=lora,
         )
     except AcornError as e:
         raise APIError(400, str(e)) from None
@@ -479,6 +491,7 @@ class _Reply:
 
     def __init__(self, state: ServerState, prefix: str, engine, params: SamplingParams, parse_tools: bool = False):
         self.state, self.engine, self.params = state, engine, params
+        self.model = params.lora or state.model_name  # the `model` the client asked for
         self.id = prefix + uuid.uuid4().hex
         self.created = int(time.time())
         self.parse_tools = parse_tools and engine.chat_format is not None
@@ -555,7 +568,7 @@ class _Reply:
             if c.logprobs is not None:
                 logprobs = self._chat_logprobs(self._shown(c.logprobs, c.finish_reason, True))
             choices.append(ChatChoice(index=c.index, message=message, logprobs=logprobs, finish_reason=self._finish(c)))
-        return ChatCompletion(id=self.id, created=self.created, model=self.state.model_name, choices=choices,
+        return ChatCompletion(id=self.id, created=self.created, model=self.model, choices=choices,
                               usage=self._usage([stream], completions))
 
     def completion(self, streams: list, results: list, echo: list[str] | None) -> TextCompletion:
@@ -570,12 +583,12 @@ class _Reply:
                 choices.append(CompletionChoice(index=p * n + c.index, text=text, logprobs=logprobs,
                                                 finish_reason=self._finish(c)))
                 all_completions.append(c)
-        return TextCompletion(id=self.id, created=self.created, model=self.state.model_name, choices=choices,
+        return TextCompletion(id=self.id, created=self.created, model=self.model, choices=choices,
                               usage=self._usage(streams, all_completions))
 
     # ---------------------------------------------------------- streams
     def _chunk(self, obj: str, choices: list, usage: Usage | None = None, include_usage: bool = False) -> str:
-        chunk = {"id": self.id, "object": obj, "created": self.created, "model": self.state.model_name,
+        chunk = {"id": self.id, "object": obj, "created": self.created, "model": self.model,
                  "system_fingerprint": None, "choices": choices}
         if include_usage:
             chunk["usage"] = usage.model_dump() if usage is not None else None
