@@ -26,12 +26,17 @@ One script, one function per figure, each writing its own section of docs/BENCHM
            kb_answer_rate (the knowledge base's value, asked in the canonical phrasing);
            forgetting = fact_qa on the original people's SFT-asked facts (in_sft) and on the
            facts only pretraining stated (not_in_sft), before and after.
-  serving  (section lora-serving)  many adapters in one batch: its own function, added by
-           the serving work (register it in FIGURES).
+  serving  (section lora-serving)  many adapters on one base in one batch (S-LoRA): 8 adapters
+           (r=16, all-linear, random non-zero B) served by one paged engine, 64 requests mixed
+           round-robin over them, against the same requests on the single model with one
+           adapter merged; output tokens/s, contenders taking turns, medians of a few runs,
+           greedy tokens checked against the merged model's in the same run.
+           Goal (issue 12): >= 0.7x the merged model's output tokens/s.
 
     python benchmarks/lora.py --figures memory                     # small preset (~28M), CPU: ~2 min
     python benchmarks/lora.py --figures memory --preset d12        # ~114M
     python benchmarks/lora.py --figures quality --run runs/speedrun # needs RUN/sft/model and RUN/world
+    python benchmarks/lora.py --figures serving                    # small preset (~28M), 8 adapters
     python benchmarks/lora.py --figures memory,quality --quick --no-write   # try it out
 """
 
@@ -365,8 +370,132 @@ def figure_quality(args) -> str:
     return "\n".join(lines)
 
 
+# ================================================================== serving
+SERVING_CONTENDERS = ("merged single model", "1 adapter, unmerged", "8 adapters, mixed batch")
+
+
+def _serving_work(n: int, vocab: int, seed: int = 0) -> list[tuple[list[int], int]]:
+    """(prompt ids, output tokens) per request, the same in every run: chat-like, short."""
+    import random
+
+    rng = random.Random(seed)
+    return [([rng.randrange(vocab) for _ in range(rng.randint(16, 128))], rng.randint(16, 64)) for _ in range(n)]
+
+
+def _serve_all(engine, work, loras) -> dict[int, list[int]]:
+    """Every request at once into the paged engine (continuous batching), request i with adapter
+    loras[i]; step until all are done. Returns each request's output ids."""
+    from acorn.infer import SamplingParams
+
+    engine.reset_prefix_cache()  # every run computes its prompts, as the first one did
+    ids = {engine.add_request(p, SamplingParams(max_new_tokens=o, min_new_tokens=o, temperature=0.0,
+                                                ignore_eos=True, lora=name)): i
+           for i, ((p, o), name) in enumerate(zip(work, loras))}
+    out: dict[int, list[int]] = {i: [] for i in ids.values()}
+    while engine.has_unfinished():
+        for o in engine.step():
+            out[ids[o.request_id]] += o.token_ids
+    return out
+
+
+def figure_serving(args) -> str:
+    """Serving many adapters in one batch (S-LoRA's setting) against the single merged model:
+    the same requests, output tokens/s; goal (issue 12) >= 0.7x the merged model's."""
+    import copy
+    import functools
+    import tempfile
+
+    from common import median_times_interleaved
+    from inference import id_tokenizer
+
+    from acorn.infer import Engine
+    from acorn.model import lora
+    from acorn.model.transformer import ModelConfig, Transformer
+
+    n_adapters, r, n_requests = args.serving_adapters, 16, args.serving_requests
+    torch.set_flush_denormal(True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset(args.preset)
+    base = Transformer(cfg).to(device).eval()
+    tok = id_tokenizer(cfg.vocab_size)
+    names = [f"a{i}" for i in range(n_adapters)]
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = {}
+        for i, name in enumerate(names):  # random non-zero B: an adapter that changes the output
+            m = copy.deepcopy(base)
+            lora.add_lora(m, r=r, alpha=2 * r, targets="all-linear")
+            g = torch.Generator().manual_seed(100 + i)
+            with torch.no_grad():
+                for layer in lora.lora_layers(m).values():
+                    w = layer.lora_B["default"].weight
+                    w.copy_(torch.randn(w.shape, generator=g).to(w.device) * 0.02)
+            dirs[name] = lora.save_adapter(m, Path(tmp) / name)
+            if i == 0:
+                merged = lora.merge_and_unload(m).eval()
+        multi = Engine(copy.deepcopy(base), tok, lora_adapters=dirs)
+    single = Engine(merged, tok)
+    work = _serving_work(n_requests, cfg.vocab_size)
+    mixed = [names[i % n_adapters] for i in range(n_requests)]
+    runs = {
+        SERVING_CONTENDERS[0]: (single, [None] * n_requests),
+        SERVING_CONTENDERS[1]: (multi, [names[0]] * n_requests),
+        SERVING_CONTENDERS[2]: (multi, mixed),
+    }
+    outputs = {}
+
+    def run(k):
+        engine, loras = runs[k]
+        outputs[k] = _serve_all(engine, work, loras)
+
+    contenders = [(k, functools.partial(run, k)) for k in SERVING_CONTENDERS]
+    n_runs = 2 if args.quick else args.serving_runs
+    log(f"serving: {cfg.num_params():,}-parameter model, {n_adapters} adapters, {n_requests} requests, {n_runs} runs")
+    times = median_times_interleaved(contenders, n_runs, warmup=1)
+    # Checked in the same run: the requests on adapter 0 give the merged model's greedy tokens.
+    on_first = [i for i, name in enumerate(mixed) if name == names[0]]
+    agree = sum(outputs[SERVING_CONTENDERS[2]][i] == outputs[SERVING_CONTENDERS[0]][i] for i in on_first)
+    same_one = sum(outputs[SERVING_CONTENDERS[1]][i] == outputs[SERVING_CONTENDERS[0]][i] for i in range(n_requests))
+    out_tokens = sum(o for _, o in work)
+    base_tps = out_tokens / times[SERVING_CONTENDERS[0]][0]
+    rows = []
+    for k in SERVING_CONTENDERS:
+        med, ts = times[k]
+        rows.append([k, f"{med:.2f}", f"{out_tokens / med:,.0f}", f"{out_tokens / med / base_tps:.2f}x",
+                     ", ".join(f"{t:.2f}" for t in ts)])
+    ratio = times[SERVING_CONTENDERS[0]][0] / times[SERVING_CONTENDERS[2]][0]
+    return f"""## LoRA: many adapters in one batch against the merged model
+
+Command: `{args.serving_command}`
+Date: {today()}
+Machine: {machine_description()}, torch threads: {torch.get_num_threads()}, device: {device}
+
+Model: the `{args.preset}` preset's shape, random weights (seed 0), {cfg.num_params():,} parameters, float32.
+{n_adapters} adapters, r={r}, alpha={2 * r}, all-linear (q, k, v, o, gate, up, down of every layer), random
+non-zero B (std 0.02), saved in PEFT's layout and loaded with `Engine(model, tok, lora_adapters={{...}})`.
+{n_requests} requests (random prompts of 16-128 tokens, 16-64 output tokens each, {out_tokens:,} in all, seed 0),
+all given at once to the paged engine (continuous batching, its defaults: up to 64 sequences and 512 tokens a
+step), greedy, never stopping early; the prefix cache is reset before every run. Contenders take turns, after
+one untimed warm-up; medians of {n_runs} runs.
+
+- merged single model: adapter a0 folded into the weights (`lora.merge_and_unload`), plain Linear layers.
+- 1 adapter, unmerged: the multi-adapter engine, every request on a0 (one group per layer: no gather or scatter).
+- {n_adapters} adapters, mixed batch: request i on adapter a(i mod {n_adapters}), so every step mixes all of them:
+  each layer runs the base matmul once for all tokens, then per adapter present a gather of its tokens, two
+  thin matmuls and a scatter-add (`LoRALinear.forward`).
+
+{markdown_table(["contender", "seconds", "output tokens/s", "vs merged", "runs (s)"], rows, align="lrrrl")}
+
+Greedy tokens checked in the same run: {agree}/{len(on_first)} of the mixed batch's requests on a0 and
+{same_one}/{n_requests} of the unmerged single-adapter run equal the merged model's.
+
+Goal {n_adapters} adapters in one mixed batch >= 0.7x the merged single model's output tokens/s: {"met" if ratio >= 0.7 else "not met"} ({ratio:.2f}x).
+"""
+
+
 # ===================================================================== main
-FIGURES = {"memory": ("lora-memory", figure_memory), "quality": ("lora-quality", figure_quality)}
+FIGURES = {"memory": ("lora-memory", figure_memory), "quality": ("lora-quality", figure_quality),
+           "serving": ("lora-serving", figure_serving)}
 
 
 def main() -> None:
@@ -389,6 +518,10 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=None, help="score only the first N rows of each eval file")
     ap.add_argument("--methods", type=lambda s: [m.strip() for m in s.split(",")], default=None,
                     help=f"comma-separated subset of: {', '.join(QUALITY_METHODS)}")
+    # serving
+    ap.add_argument("--serving-adapters", type=int, default=8)
+    ap.add_argument("--serving-requests", type=int, default=64)
+    ap.add_argument("--serving-runs", type=int, default=3)
     args = ap.parse_args()
     if args.contender:
         print(json.dumps(run_contender(args.contender, args.preset, args.seq_len, args.batch, args.steps)))
@@ -396,7 +529,7 @@ def main() -> None:
     if args.quick:
         args.preset, args.seq_len, args.batch, args.steps = "nano", 64, 2, 2
         args.ft_steps = min(args.ft_steps, 10)
-    args.memory_command = args.quality_command = command_line()
+    args.memory_command = args.quality_command = args.serving_command = command_line()
     for fig in [f.strip() for f in args.figures.split(",") if f.strip()]:
         if fig not in FIGURES:
             raise SystemExit(f"unknown figure {fig!r}; choose from {', '.join(FIGURES)}")
