@@ -129,11 +129,11 @@ def run_contender(name: str, preset: str, seq_len: int, batch: int, steps: int) 
             "step_s": statistics.median(times), "steps_s": times, "loss": out.loss, "device": str(device)}
 
 
-def figure_memory(args) -> str:
+def _measure(preset: str, args) -> list[dict]:
     results = []
     for name in MEMORY_CONTENDERS:
-        log(f"memory: {name} ({args.preset}, {args.batch} x {args.seq_len}, {args.steps} steps)")
-        cmd = [sys.executable, __file__, "--contender", name, "--preset", args.preset, "--seq-len", str(args.seq_len),
+        log(f"memory: {name} ({preset}, {args.batch} x {args.seq_len}, {args.steps} steps)")
+        cmd = [sys.executable, __file__, "--contender", name, "--preset", preset, "--seq-len", str(args.seq_len),
                "--batch", str(args.batch), "--steps", str(args.steps)]
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         if done.returncode != 0:
@@ -142,65 +142,82 @@ def figure_memory(args) -> str:
         r = results[-1]
         log(f"  peak RSS {r['peak_rss_mib']:.0f} MiB, tensors {r['weights_mib'] + r['grads_mib'] + r['optim_mib']:.0f} MiB, "
             f"step {r['step_s']:.2f}s ({', '.join(f'{t:.2f}' for t in r['steps_s'])})")
+    return results
+
+
+def _tensors(r: dict) -> float:
+    return r["weights_mib"] + r["grads_mib"] + r["optim_mib"]
+
+
+def _above(r: dict) -> float:
+    return r["peak_rss_mib"] - r["rss_before_mib"]
+
+
+def _memory_table(preset: str, results: list[dict]) -> list[str]:
     by = {r["name"]: r for r in results}
     full, lo, q = by["full fine-tuning, fp32"], by["LoRA r=16, fp32"], by["QLoRA r=16 (NF4 base), bf16 autocast"]
     full16, lo16 = by["full fine-tuning, bf16 autocast"], by["LoRA r=16, bf16 autocast"]
     cuda = full["allocator_peak_mib"] is not None
-
-    def tensors(r):
-        return r["weights_mib"] + r["grads_mib"] + r["optim_mib"]
-
     rows = []
     for r in results:
         rows.append([r["name"], f"{r['trainable']:,} ({r['trainable'] / r['params']:.2%})",
-                     f"{r['weights_mib']:.0f}", f"{r['grads_mib']:.1f}", f"{r['optim_mib']:.1f}", f"{tensors(r):.0f}",
+                     f"{r['weights_mib']:.0f}", f"{r['grads_mib']:.1f}", f"{r['optim_mib']:.1f}", f"{_tensors(r):.0f}",
                      *([f"{r['allocator_peak_mib']:.0f}"] if cuda else []),
-                     f"{r['peak_rss_mib']:.0f}", f"{r['peak_rss_mib'] - r['rss_before_mib']:.0f}",
-                     f"{r['step_s']:.2f}", f"{full['step_s'] / r['step_s']:.2f}x"])
+                     f"{r['peak_rss_mib']:.0f}", f"{_above(r):.0f}",
+                     f"{r['step_s']:.2f}", f"{r['step_s'] / full['step_s']:.2f}x"])
     header = ["contender", "trainable parameters", "weights + buffers MiB", "grads MiB", "optimizer MiB",
               "tensor bytes MiB", *(["allocator peak MiB"] if cuda else []), "peak RSS MiB",
-              "peak RSS above Python+torch MiB", "step s (median)", "speed vs full fp32"]
-    q_tensor, q_rss, q_rss_above = (tensors(q) / tensors(full), q["peak_rss_mib"] / full["peak_rss_mib"],
-                                    (q["peak_rss_mib"] - q["rss_before_mib"]) / (full["peak_rss_mib"] - full["rss_before_mib"]))
-    mem_ratio = q["allocator_peak_mib"] / full["allocator_peak_mib"] if cuda else q_tensor
+              "peak RSS above Python+torch MiB", "step s (median)", "step vs full fp32"]
+    mem_ratio = q["allocator_peak_mib"] / full["allocator_peak_mib"] if cuda else _tensors(q) / _tensors(full)
     met = lambda ok: "**met**" if ok else "**not met**"  # noqa: E731
-    lines = [
-        f"## LoRA and QLoRA: memory and step time of training (issue 12)", "",
-        f"`{args.preset}` preset ({full['params'] / 1e6:.1f}M parameters, tied embeddings), one micro-batch of "
-        f"{args.batch} x {args.seq_len} random tokens, AdamW (weight decay 0.1, grad clip 1.0), pretraining's "
-        f"next-token loss through `acorn.train.loop.train_step`; median of {args.steps} steps after a warm-up; "
-        f"each contender in its own process on {full['device']}. LoRA: alpha = 2r on every projection of the "
-        "blocks (all-linear), the embedding and norms frozen. QLoRA: those projections stored as NF4 with "
-        "double-quantized scales (blocks of 64), dequantized to bf16 in the forward; the adapters in fp32.", "",
+    return [
+        f"### `{preset}` ({full['params'] / 1e6:.1f}M parameters) on {full['device']}", "",
         markdown_table(header, rows), "",
-        "- tensor bytes: parameters and buffers (NF4 codes and scales are buffers) + one gradient per trained "
-        "parameter + AdamW's two moments, summed from the tensors" + (
-            "; allocator peak: torch.cuda.max_memory_allocated." if cuda else
-            " (a CPU exposes no allocator peak for torch's buffers; activations and temporaries are not in it, "
-            "they are in the RSS)."),
-        "- peak RSS: getrusage ru_maxrss of the contender's process; 'above Python+torch' subtracts the RSS the "
-        "process had right before building the model.",
-        "",
-        "Goals (issue 12):",
         f"- QLoRA <= 0.35x the memory of full fine-tuning: {met(mem_ratio <= 0.35)} on "
-        f"{'the allocator peak' if cuda else 'tensor bytes'} ({mem_ratio:.2f}x: "
-        f"{tensors(q):.0f} vs {tensors(full):.0f} MiB). On the whole process it is {q_rss_above:.2f}x above "
-        f"Python+torch ({q['peak_rss_mib'] - q['rss_before_mib']:.0f} vs {full['peak_rss_mib'] - full['rss_before_mib']:.0f} MiB) "
-        f"and {q_rss:.2f}x in peak RSS ({q['peak_rss_mib']:.0f} vs {full['peak_rss_mib']:.0f} MiB), where "
-        "activations, temporaries and the runtime count too.",
+        f"{'the allocator peak' if cuda else 'tensor bytes'} ({mem_ratio:.2f}x: {_tensors(q):.0f} vs "
+        f"{_tensors(full):.0f} MiB); {met(_above(q) / _above(full) <= 0.35)} on the process's peak RSS above "
+        f"Python+torch ({_above(q) / _above(full):.2f}x: {_above(q):.0f} vs {_above(full):.0f} MiB), where "
+        f"activations and temporaries count too; whole peak RSS {q['peak_rss_mib'] / full['peak_rss_mib']:.2f}x "
+        f"({q['peak_rss_mib']:.0f} vs {full['peak_rss_mib']:.0f} MiB).",
         f"- LoRA step time <= full fine-tuning's: {met(lo['step_s'] <= full['step_s'])} in fp32 "
         f"({lo['step_s']:.2f}s vs {full['step_s']:.2f}s, {lo['step_s'] / full['step_s']:.2f}x), "
         f"{met(lo16['step_s'] <= full16['step_s'])} under bf16 autocast ({lo16['step_s']:.2f}s vs "
-        f"{full16['step_s']:.2f}s, {lo16['step_s'] / full16['step_s']:.2f}x).",
+        f"{full16['step_s']:.2f}s, {lo16['step_s'] / full16['step_s']:.2f}x).", ""]
+
+
+def figure_memory(args) -> str:
+    presets = [p.strip() for p in args.preset.split(",") if p.strip()]
+    tables = []
+    for preset in presets:
+        tables += _memory_table(preset, _measure(preset, args))
+    cuda = torch.cuda.is_available()
+    lines = [
+        "## LoRA and QLoRA: memory and step time of training (issue 12)", "",
+        f"Each model preset (random weights), one micro-batch of {args.batch} x {args.seq_len} random tokens, AdamW "
+        "(weight decay 0.1, grad clip 1.0), pretraining's next-token loss through `acorn.train.loop.train_step`; "
+        f"median of {args.steps} steps after a warm-up; each contender in its own process. LoRA: r=16, alpha = 2r "
+        "on every projection of the blocks (all-linear), the tied embedding and the norms frozen. QLoRA: those "
+        "projections stored as NF4 with double-quantized scales (blocks of 64), dequantized to bf16 in the "
+        "forward; the adapters in fp32. Goals (issue 12): QLoRA <= 0.35x the memory of full fine-tuning; LoRA's "
+        "step time <= full fine-tuning's.", "",
+        *tables,
+        "- tensor bytes: parameters and buffers (NF4 codes and scales are buffers) + one gradient per trained "
+        "parameter + AdamW's two moments, summed from the tensors" + (
+            "; allocator peak: torch.cuda.max_memory_allocated." if cuda else
+            " (a CPU has no allocator peak torch exposes, and tracemalloc does not see torch's buffers; "
+            "activations and temporaries are not in it, they are in the RSS)."),
+        "- peak RSS: getrusage ru_maxrss of the contender's process; 'above Python+torch' subtracts the RSS the "
+        "process had right before building the model.",
         "",
         "Why LoRA's step is not much faster on a CPU: the frozen base still runs its whole forward, and its "
         "backward still computes the gradient with respect to each layer's input (dL/dx = W^T dL/dy, as many "
         "FLOPs as the forward) so that the adapters below get theirs; LoRA saves only the weight gradients "
-        "(dL/dW = dL/dy x^T, the other third of the FLOPs) and the optimizer update over the frozen weights, "
-        "and adds two thin matmuls per layer and the extra kernel launches of A and B. At this size on 2 cores "
-        "the saved third is most of the difference; the optimizer's pass over every weight (AdamW reads and "
-        "writes four fp32 tensors per weight) is what full fine-tuning pays besides. QLoRA adds the NF4 "
-        "dequantization of every weight in every forward and again for the backward's input gradient.",
+        "(dL/dW = dL/dy x^T, a third of the step's matmul FLOPs) and AdamW's pass over every weight (it reads "
+        "and writes four fp32 tensors per weight), and adds two thin matmuls per adapted layer plus the launches "
+        "of A and B, which on a small model are a visible share. QLoRA pays besides the NF4 dequantization of "
+        "every weight in the forward and again for the backward's input gradient. So a LoRA step saves at most "
+        "about a third of the matmul work plus the optimizer pass, however few parameters it trains; what it "
+        "saves in proportion to them is memory.",
         "",
         f"Command: `{args.memory_command}`  ",
         f"Machine: {machine_description()}  ",
@@ -262,7 +279,7 @@ def _finetune(base: Path, data: Path, out: Path, overrides: dict, lr: float, arg
     return out, seconds, {"cli": "acorn sft " + " ".join(cli), "loss": last.get("loss")}
 
 
-def _reading(before: dict, best: dict) -> list[str]:
+def _reading(before: dict, best: dict, sweep: list[dict]) -> list[str]:
     """What the best-lr rows say about 'LoRA learns less and forgets less' (Biderman et al. 2024),
     worded from the numbers (a difference under 2 points is called no difference: one question
     of the smaller eval set is ~0.4 points, and the runs have one seed)."""
@@ -286,6 +303,17 @@ def _reading(before: dict, best: dict) -> list[str]:
         out.append(f"- {method}: learned {learns} full fine-tuning ({s['new']:.1%} vs {full['new']:.1%}) and forgot "
                    f"{forgets} it on the SFT-asked facts (kept {s['kept_sft']:.1%} vs {full['kept_sft']:.1%}; "
                    f"pretraining-only {s['kept_pretrain']:.1%} vs {full['kept_pretrain']:.1%}).")
+    # The best-lr rows compare runs that learned ~everything at different costs; a fairer cut
+    # is what each method keeps at the sweep point that just reaches a level of new knowledge.
+    level = 0.9
+    kept = {}
+    for s in sweep:
+        if s["new"] >= level:
+            kept[s["method"]] = max(kept.get(s["method"], 0.0), s["kept_sft"])
+    if kept:
+        out.append(f"- At matched learning: the most each method kept of the SFT-asked facts in a sweep run that "
+                   f"learned >= {level:.0%} of the new facts: " + ", ".join(
+                       f"{m} {kept[m]:.1%}" if m in kept else f"{m} (no run reached it)" for m in best) + ".")
     return out
 
 
@@ -309,10 +337,20 @@ def figure_quality(args) -> str:
     before = _evaluate(base, world, limit=args.eval_limit)
     before_nf4 = _evaluate(base, world, nf4=True, limit=args.eval_limit)
     log(f"  before: {before} (eval {time.perf_counter() - t0:.0f}s for both)")
+    # --resume: keep the runs an interrupted sweep finished (same steps and batch), run the rest.
+    done = {}
+    if args.resume and (work / "sweep.json").exists():
+        done = {(s["method"], s["lr"]): s for s in json.loads((work / "sweep.json").read_text())["sweep"]
+                if f"--train.max_steps {args.ft_steps} " in s["cli"]
+                and f"--train.micro_batch {args.ft_micro_batch} " in s["cli"]}
     sweep = []
     methods = {k: v for k, v in QUALITY_METHODS.items() if not args.methods or k in args.methods}
     for method, (overrides, lrs) in methods.items():
         for lr in (lrs[1:2] if args.quick else lrs):
+            if (method, lr) in done:
+                sweep.append(done[(method, lr)])
+                log(f"  {method} lr {lr:g}: kept from {work / 'sweep.json'}")
+                continue
             tag = method.replace(" ", "-").replace("=", "") + f"-lr{lr:g}"
             out, seconds, info = _finetune(base, data, work / tag, overrides, lr, args)
             if overrides:
@@ -351,7 +389,7 @@ def figure_quality(args) -> str:
         f"split `unknown_eval` (never in pretraining or SFT) by fine-tuning on {len(rows)} fact conversations "
         "(`acorn.data.world.knowledge_sft_rows`: sft.jsonl's phrasings, the knowledge base's values), nothing else "
         f"mixed in. Every run: {args.ft_steps} steps of {args.ft_micro_batch} packed rows x 256 tokens, warmup "
-        f"{max(1, args.ft_steps // 10)} steps then cosine to 0, AdamW (weight decay 0.1, clip 1.0), the loop's "
+        f"{max(1, args.ft_steps // 10)} step(s) then cosine to 0, AdamW (weight decay 0.1, clip 1.0), the loop's "
         "default dtype; LoRA on all-linear with alpha = 2r. Scored greedily through the engine "
         "(`acorn.eval.world`, exact match): **new** = the knowledge base's value for each of their "
         f"{before['n_new']} questions (eval/unknown_qa.jsonl, canonical phrasing); **kept** = eval/fact_qa.jsonl's "
@@ -362,7 +400,7 @@ def figure_quality(args) -> str:
         "The whole learning-rate sweep (the same steps and schedule; LoRA usually wants ~10x full fine-tuning's rate):", "",
         markdown_table(["method", "lr", "final train loss", "new", "kept: SFT-asked", "kept: pretraining-only",
                         "train s"], sweep_rows), "",
-        *_reading(before, best), "",
+        *_reading(before, best, sweep), "",
         f"Command: `{args.quality_command}`; one run is, for example, `{example}`  ",
         f"Machine: {machine_description()}  ",
         f"Date: {today()}",
@@ -504,7 +542,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print the sections instead of writing BENCHMARKS.md")
     ap.add_argument("--quick", action="store_true", help="a tiny model / one learning rate each, to try it out")
     # memory
-    ap.add_argument("--preset", default="small")
+    ap.add_argument("--preset", default="small,d12", help="model presets, comma-separated")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3)
@@ -513,8 +551,9 @@ def main() -> None:
     ap.add_argument("--run", default="runs/speedrun", help="a finished `acorn speedrun` directory")
     ap.add_argument("--base-note", default="the cpu preset", help="how the speedrun was made, for the report")
     ap.add_argument("--work", default="benchmarks/.cache/lora-quality")
-    ap.add_argument("--ft-steps", type=int, default=120)
+    ap.add_argument("--ft-steps", type=int, default=300)
     ap.add_argument("--ft-micro-batch", type=int, default=8)
+    ap.add_argument("--resume", action="store_true", help="keep the finished runs of WORK/sweep.json, run the rest")
     ap.add_argument("--eval-limit", type=int, default=None, help="score only the first N rows of each eval file")
     ap.add_argument("--methods", type=lambda s: [m.strip() for m in s.split(",")], default=None,
                     help=f"comma-separated subset of: {', '.join(QUALITY_METHODS)}")
