@@ -107,7 +107,8 @@ def test_anthropic_messages_select_the_adapter_by_model(lora_server, merged):
 
     client = anthropic.Anthropic(base_url=lora_server.url, api_key="x", max_retries=0, timeout=60)
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
-    msg = client.messages.create(model="sql", messages=messages, max_tokens=10, temperature=0)
+    # This SDK no longer names temperature: it travels in extra_body, as any client sends it.
+    msg = client.messages.create(model="sql", messages=messages, max_tokens=10, extra_body={"temperature": 0})
     assert msg.model == "sql"
     assert msg.content[0].text == merged["sql"].chat(messages, **GREEDY).text
     with pytest.raises(anthropic.NotFoundError):
