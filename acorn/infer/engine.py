@@ -812,13 +812,19 @@ class Engine:
                            values=[v.index_select(0, rows) for v in cache.values],
                            mask=cache.mask.index_select(0, rows), positions=cache.positions.index_select(0, rows))
             with eval_mode(self.model):
-                logits = self.model(inp, attention_mask=m, cache=past).logits
-            lp = logits.float().log_softmax(-1)  # (R, w, V): position t predicts the continuation's token t + 1
-            for k, r in enumerate(rest):
-                target = torch.tensor(conts[r][1:], device=dev)
-                n = len(target)
-                totals[r] += float(lp[k, :n].gather(1, target[:, None]).sum())
-                greedy[r] = greedy[r] and bool((lp[k, :n].argmax(-1) == target).all())
+                hidden = self.model(inp, attention_mask=m, cache=past, hidden_only=True).hidden
+                # The vocabulary-sized head only where a continuation token is
+                # predicted, not at the padding: it is most of a small model's cost.
+                lp = self.model.logits(hidden[m.bool()]).float().log_softmax(-1)
+            targets = torch.tensor([t for r in rest for t in conts[r][1:]], device=dev)
+            token_lp = lp.gather(1, targets[:, None])[:, 0]
+            hit = lp.argmax(-1) == targets
+            start = 0
+            for r in rest:
+                n = len(conts[r]) - 1
+                totals[r] += float(token_lp[start:start + n].sum())
+                greedy[r] = greedy[r] and bool(hit[start:start + n].all())
+                start += n
         r = 0
         for (_, cs), out in zip(reqs, outs):
             for _ in cs:
