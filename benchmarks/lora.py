@@ -346,7 +346,8 @@ def figure_quality(args) -> str:
     sweep = []
     methods = {k: v for k, v in QUALITY_METHODS.items() if not args.methods or k in args.methods}
     for method, (overrides, lrs) in methods.items():
-        for lr in (lrs[1:2] if args.quick else lrs):
+        lrs = lrs[1:2] if args.quick else (args.lora_lrs if overrides and args.lora_lrs else lrs)
+        for lr in sorted({*lrs, *(lr for m, lr in done if m == method)}):
             if (method, lr) in done:
                 sweep.append(done[(method, lr)])
                 log(f"  {method} lr {lr:g}: kept from {work / 'sweep.json'}")
@@ -553,6 +554,8 @@ def main() -> None:
     ap.add_argument("--work", default="benchmarks/.cache/lora-quality")
     ap.add_argument("--ft-steps", type=int, default=300)
     ap.add_argument("--ft-micro-batch", type=int, default=8)
+    ap.add_argument("--lora-lrs", type=lambda v: [float(x) for x in v.split(",")], default=None,
+                    help="learning rates to sweep for the LoRA methods (default: each method's own list)")
     ap.add_argument("--resume", action="store_true", help="keep the finished runs of WORK/sweep.json, run the rest")
     ap.add_argument("--eval-limit", type=int, default=None, help="score only the first N rows of each eval file")
     ap.add_argument("--methods", type=lambda s: [m.strip() for m in s.split(",")], default=None,
