@@ -398,7 +398,9 @@ def figure_quality(args) -> str:
         f"({before['n_kept']} questions). Each method at the learning rate of its sweep that taught the most "
         "new facts:", "",
         markdown_table(header, main_rows), "",
-        "The whole learning-rate sweep (the same steps and schedule; LoRA usually wants ~10x full fine-tuning's rate):", "",
+        "The whole learning-rate sweep (the same steps and schedule; LoRA usually wants ~10x full fine-tuning's rate; "
+        "a method's missing rates were not run). 'train s' is wall time on a CPU that other jobs shared during "
+        "most runs: it is not a speed figure (see lora-memory for step times):", "",
         markdown_table(["method", "lr", "final train loss", "new", "kept: SFT-asked", "kept: pretraining-only",
                         "train s"], sweep_rows), "",
         *_reading(before, best, sweep), "",
