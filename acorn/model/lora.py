@@ -38,13 +38,15 @@ scaling[name]), as PEFT's layers do, and `active` picks the one its forward appl
 training uses one. Serving many adapters in one batch (S-LoRA, Sheng et al. 2023; Punica,
 Chen et al. 2023) lets each token pick its own: inside `use_adapters(model, index, names)`
 token i applies adapter names[index[i]] (None: the base alone). Every token shares the base
-matmul; each adapter present in the batch then gathers its tokens, computes its low-rank
-term on them (`delta`) and scatter-adds it back (`LoRALinear.forward`). Punica's SGMV
-kernel does the same for all adapters in one launch; here it is one small loop.
+matmul; the tokens are then sorted by adapter, each adapter present computes its low-rank
+term on its contiguous slice (`delta`), and the terms go back in token order
+(`LoRALinear.forward`). Punica's SGMV kernel does the same for all slices in one launch;
+here it is one small loop.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -152,22 +154,22 @@ class LoRALinear(nn.Module):
         routing = _ROUTING.get().get(id(self))
         if routing is None:  # one adapter for every token
             return y + self.delta(x, self.active).to(y.dtype) if self.applies(self.active) else y
-        # Each token its own adapter (S-LoRA / Punica). Cost: the base matmul is shared by
-        # every token; each adapter present adds a gather of its tokens, two thin matmuls
-        # (r * (in + out) multiply-adds a token, ~2r/d of the base's: 8% at r=16, d=384) and a
-        # scatter-add. The FLOPs are small, but the ops are four per adapter per layer, so with
-        # many adapters and few tokens (a decode step) their fixed cost is what shows; Punica's
-        # SGMV kernel runs every adapter's rows in one launch instead.
-        out = y.reshape(-1, y.shape[-1])
-        flat = x.reshape(-1, x.shape[-1])
-        for name, rows in routing.groups(x.shape[:-1], x.device):
-            if not self.applies(name):
-                continue
-            if rows is None:  # every token has this adapter: no gather or scatter
-                out = out + self.delta(flat, name).to(out.dtype)
-            else:
-                out = out.index_add(0, rows, self.delta(flat.index_select(0, rows), name).to(out.dtype))
-        return out.view(y.shape)
+        # Each token its own adapter (S-LoRA / Punica). The base matmul is shared by every
+        # token. The tokens are then sorted by adapter (one gather), so each adapter's are one
+        # contiguous slice (Punica's segments): per adapter present, two thin matmuls on its
+        # slice (r * (in + out) multiply-adds a token, ~2r/d of the base's: 8% at r=16,
+        # d=512), and one gather puts the terms back in token order. The FLOPs are small, but
+        # the matmuls are two per adapter per layer, so with many adapters and few tokens (a
+        # decode step) their fixed cost is what shows; Punica's SGMV kernel runs every
+        # segment in one launch instead. (A scatter-add per adapter was ~5x slower on CPU.)
+        order, inverse, segments = routing.plan(x.shape[:-1], x.device)
+        if order is None:  # every token has the same adapter: no sorting
+            name = segments[0][0]
+            return y + self.delta(x, name).to(y.dtype) if self.applies(name) else y
+        tokens = x.reshape(-1, x.shape[-1]).index_select(0, order)
+        terms = [self.delta(tokens[a:b], name).to(y.dtype) if self.applies(name) else y.new_zeros(b - a, y.shape[-1])
+                 for name, a, b in segments]
+        return y + torch.cat(terms).index_select(0, inverse).view(y.shape)
 
     # ---- merge / unmerge
     @torch.no_grad()
@@ -322,23 +324,31 @@ class AdapterRouting:
     """Which adapter each token applies: index holds positions in `names` (a None entry: the
     base alone) and broadcasts against a layer input's leading dimensions: (1, N) for the N
     tokens of a flattened step, (B, 1) for one adapter per row of a (B, T) batch. A layer asks
-    for the groups of its input's shape; they are worked out once per shape, on the CPU (no
-    device sync per layer)."""
+    for the plan of its input's shape; it is worked out once per shape, on the CPU (no device
+    sync per layer)."""
 
     def __init__(self, index: Tensor, names: Sequence[str | None]):
         self.index, self.names = index.cpu(), list(names)
-        self._groups: dict[tuple, list[tuple[str, Tensor | None]]] = {}
+        self._plans: dict[tuple, tuple] = {}
 
-    def groups(self, shape: torch.Size, device) -> list[tuple[str, Tensor | None]]:
-        """(adapter, rows of the flattened input that apply it; None: all of them) per adapter present."""
+    def plan(self, shape: torch.Size, device) -> tuple[Tensor | None, Tensor | None, list[tuple[str | None, int, int]]]:
+        """(order, inverse, segments) for the flattened input's tokens: order sorts them by
+        adapter, inverse puts them back, and segments are (adapter, start, end) slices of the
+        sorted tokens. order is None when every token has the same adapter (one segment)."""
         key = (tuple(shape), str(device))
-        if key not in self._groups:
+        if key not in self._plans:
             idx = self.index.expand(shape).reshape(-1)
-            present = idx.unique().tolist()
-            self._groups[key] = [
-                (self.names[i], None if len(present) == 1 else (idx == i).nonzero()[:, 0].to(device))
-                for i in present if self.names[i] is not None]
-        return self._groups[key]
+            counts = torch.bincount(idx, minlength=len(self.names)).tolist()
+            ends = list(itertools.accumulate(counts))
+            segments = [(self.names[i], ends[i] - c, ends[i]) for i, c in enumerate(counts) if c]
+            if len(segments) == 1:
+                self._plans[key] = None, None, segments
+            else:
+                order = torch.argsort(idx, stable=True)
+                inverse = torch.empty_like(order)
+                inverse[order] = torch.arange(len(order))
+                self._plans[key] = order.to(device), inverse.to(device), segments
+        return self._plans[key]
 
 
 # id(LoRALinear) -> its AdapterRouting, inside use_adapters. A context variable, not an
