@@ -30,7 +30,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 STEP_DELAY = 0.02  # seconds added to each engine step
-STORE = "acorn.chat.template.v1"  # the page's localStorage key
+STORE = "acorn.chat.v1"  # the page's localStorage key
 
 
 def _slow(srv):
