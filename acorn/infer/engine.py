@@ -398,6 +398,8 @@ class Engine:
         pieces = sched.schedule()
         if not pieces:
             return []
+        if self.adapters:  # each adapter's tokens one contiguous slice of the step: no sorting in the layers
+            pieces.sort(key=lambda piece: piece[0].state.params.lora or "")
         drafts = self._draft(pieces) if self.speculative is not None else {}
         cfg = self.model.config
         window = cfg.sliding_window if cfg.sliding_window and cfg.sliding_window < cfg.max_seq_len else None

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from acorn.errors import AcornError
@@ -142,8 +143,11 @@ class LoRALinear(nn.Module):
     def delta(self, x: Tensor, name: str) -> Tensor:
         """One adapter's term for every row of x: training and single-adapter inference call
         it once, a batch of many adapters once per adapter on its own rows (forward)."""
-        a = self.lora_A[name]
-        return self.lora_B[name](a(self.lora_dropout[name](x.to(a.weight.dtype)))) * self.scaling[name]
+        a, b = self.lora_A[name].weight, self.lora_B[name].weight
+        x = x.to(a.dtype)
+        if self.training:  # dropout is the identity otherwise: skipping the call saves a serving step ~1k of them
+            x = self.lora_dropout[name](x)
+        return F.linear(F.linear(x, a), b) * self.scaling[name]
 
     def applies(self, name: str | None) -> bool:
         """Whether forward adds adapter `name`: not when this layer lacks it or has it merged."""
@@ -155,21 +159,24 @@ class LoRALinear(nn.Module):
         if routing is None:  # one adapter for every token
             return y + self.delta(x, self.active).to(y.dtype) if self.applies(self.active) else y
         # Each token its own adapter (S-LoRA / Punica). The base matmul is shared by every
-        # token. The tokens are then sorted by adapter (one gather), so each adapter's are one
-        # contiguous slice (Punica's segments): per adapter present, two thin matmuls on its
-        # slice (r * (in + out) multiply-adds a token, ~2r/d of the base's: 8% at r=16,
-        # d=512), and one gather puts the terms back in token order. The FLOPs are small, but
-        # the matmuls are two per adapter per layer, so with many adapters and few tokens (a
-        # decode step) their fixed cost is what shows; Punica's SGMV kernel runs every
-        # segment in one launch instead. (A scatter-add per adapter was ~5x slower on CPU.)
+        # token. Each adapter's tokens are one contiguous slice of the tokens sorted by adapter
+        # (Punica's segments; the engine already orders a step's requests by adapter, so
+        # there is usually nothing to sort): per adapter present, two thin matmuls on its
+        # slice (r * (in + out) multiply-adds a token, ~2r/d of the base's: 6% at r=16,
+        # d=512). The FLOPs are small, but the matmuls are two per adapter per layer, so with
+        # many adapters and few tokens (a decode step) their fixed cost is what shows;
+        # Punica's SGMV kernel runs every segment in one launch instead. (A gather and a
+        # scatter-add per adapter was ~5x slower on CPU.)
         order, inverse, segments = routing.plan(x.shape[:-1], x.device)
-        if order is None:  # every token has the same adapter: no sorting
+        if len(segments) == 1:  # every token has the same adapter
             name = segments[0][0]
             return y + self.delta(x, name).to(y.dtype) if self.applies(name) else y
-        tokens = x.reshape(-1, x.shape[-1]).index_select(0, order)
-        terms = [self.delta(tokens[a:b], name).to(y.dtype) if self.applies(name) else y.new_zeros(b - a, y.shape[-1])
-                 for name, a, b in segments]
-        return y + torch.cat(terms).index_select(0, inverse).view(y.shape)
+        tokens = x.reshape(-1, x.shape[-1])
+        if order is not None:
+            tokens = tokens.index_select(0, order)
+        terms = torch.cat([self.delta(tokens[a:b], name).to(y.dtype) if self.applies(name)
+                           else y.new_zeros(b - a, y.shape[-1]) for name, a, b in segments])
+        return y + (terms if inverse is None else terms.index_select(0, inverse)).view(y.shape)
 
     # ---- merge / unmerge
     @torch.no_grad()
@@ -334,14 +341,14 @@ class AdapterRouting:
     def plan(self, shape: torch.Size, device) -> tuple[Tensor | None, Tensor | None, list[tuple[str | None, int, int]]]:
         """(order, inverse, segments) for the flattened input's tokens: order sorts them by
         adapter, inverse puts them back, and segments are (adapter, start, end) slices of the
-        sorted tokens. order is None when every token has the same adapter (one segment)."""
+        sorted tokens. order and inverse are None when the tokens are in adapter order already."""
         key = (tuple(shape), str(device))
         if key not in self._plans:
             idx = self.index.expand(shape).reshape(-1)
             counts = torch.bincount(idx, minlength=len(self.names)).tolist()
             ends = list(itertools.accumulate(counts))
             segments = [(self.names[i], ends[i] - c, ends[i]) for i, c in enumerate(counts) if c]
-            if len(segments) == 1:
+            if len(segments) == 1 or bool((idx[1:] >= idx[:-1]).all()):
                 self._plans[key] = None, None, segments
             else:
                 order = torch.argsort(idx, stable=True)
