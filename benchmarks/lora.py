@@ -457,7 +457,8 @@ def figure_serving(args) -> str:
     torch.set_flush_denormal(True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    cfg = ModelConfig.from_preset(args.preset)
+    preset = "nano" if args.quick else args.serving_preset
+    cfg = ModelConfig.from_preset(preset)
     base = Transformer(cfg).to(device).eval()
     tok = id_tokenizer(cfg.vocab_size)
     names = [f"a{i}" for i in range(n_adapters)]
@@ -511,7 +512,7 @@ Command: `{args.serving_command}`
 Date: {today()}
 Machine: {machine_description()}, torch threads: {torch.get_num_threads()}, device: {device}
 
-Model: the `{args.preset}` preset's shape, random weights (seed 0), {cfg.num_params():,} parameters, float32.
+Model: the `{preset}` preset's shape, random weights (seed 0), {cfg.num_params():,} parameters, float32.
 {n_adapters} adapters, r={r}, alpha={2 * r}, all-linear (q, k, v, o, gate, up, down of every layer), random
 non-zero B (std 0.02), saved in PEFT's layout and loaded with `Engine(model, tok, lora_adapters={{...}})`.
 {n_requests} requests (random prompts of 16-128 tokens, 16-64 output tokens each, {out_tokens:,} in all, seed 0),
@@ -520,10 +521,10 @@ step), greedy, never stopping early; the prefix cache is reset before every run.
 one untimed warm-up; medians of {n_runs} runs.
 
 - merged single model: adapter a0 folded into the weights (`lora.merge_and_unload`), plain Linear layers.
-- 1 adapter, unmerged: the multi-adapter engine, every request on a0 (one group per layer: no gather or scatter).
+- 1 adapter, unmerged: the multi-adapter engine, every request on a0 (one slice: the plain LoRA forward).
 - {n_adapters} adapters, mixed batch: request i on adapter a(i mod {n_adapters}), so every step mixes all of them:
-  each layer runs the base matmul once for all tokens, then per adapter present a gather of its tokens, two
-  thin matmuls and a scatter-add (`LoRALinear.forward`).
+  each layer runs the base matmul once for all tokens, then per adapter present two thin matmuls on its
+  tokens, which are one contiguous slice (the engine orders a step's requests by adapter; `LoRALinear.forward`).
 
 {markdown_table(["contender", "seconds", "output tokens/s", "vs merged", "runs (s)"], rows, align="lrrrl")}
 
@@ -563,6 +564,7 @@ def main() -> None:
     ap.add_argument("--methods", type=lambda s: [m.strip() for m in s.split(",")], default=None,
                     help=f"comma-separated subset of: {', '.join(QUALITY_METHODS)}")
     # serving
+    ap.add_argument("--serving-preset", default="small", help="the serving figure's model shape")
     ap.add_argument("--serving-adapters", type=int, default=8)
     ap.add_argument("--serving-requests", type=int, default=64)
     ap.add_argument("--serving-runs", type=int, default=3)
