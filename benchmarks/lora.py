@@ -523,8 +523,11 @@ one untimed warm-up; medians of {n_runs} runs.
 - merged single model: adapter a0 folded into the weights (`lora.merge_and_unload`), plain Linear layers.
 - 1 adapter, unmerged: the multi-adapter engine, every request on a0 (one slice: the plain LoRA forward).
 - {n_adapters} adapters, mixed batch: request i on adapter a(i mod {n_adapters}), so every step mixes all of them:
-  each layer runs the base matmul once for all tokens, then per adapter present two thin matmuls on its
-  tokens, which are one contiguous slice (the engine orders a step's requests by adapter; `LoRALinear.forward`).
+  each layer runs the base matmul once for all tokens; the adapters' tokens, one contiguous slice each (the
+  engine orders a step's requests by adapter), are laid out as one row per adapter padded to one length, and
+  every adapter runs in one batched matmul pair (torch.bmm over the adapters' stacked A and B: the one-launch
+  idea of Punica's SGMV; `LoRALinear.forward`, `AdapterRouting.padded`); a step whose segments are too uneven
+  to pad (a long prefill beside a few decodes) runs one thin matmul pair per adapter instead.
 
 {markdown_table(["contender", "seconds", "output tokens/s", "vs merged", "runs (s)"], rows, align="lrrrl")}
 
@@ -532,6 +535,14 @@ Greedy tokens checked in the same run: {agree}/{len(on_first)} of the mixed batc
 {same_one}/{n_requests} of the unmerged single-adapter run equal the merged model's.
 
 Goal {n_adapters} adapters in one mixed batch >= 0.7x the merged single model's output tokens/s: {"met" if ratio >= 0.7 else "not met"} ({ratio:.2f}x).
+
+Reading: what the mixed batch costs beyond the merged model is the adapters' work (r(in + out) multiply-adds
+a token per layer, ~6% of the base's at r=16) and its fixed costs per layer: two gathers, two batched
+matmuls, and Python. Earlier versions on this machine: a gather and a CPU scatter-add per adapter, 0.59x
+(scatter-add dominated); one thin matmul pair per adapter on its slice, 0.61x (~900 small matmuls a step,
+whose launches dominated); the batched pair also needed the per-step Python cut (the stack of adapters and
+the model's LoRA layers are cached, not rebuilt each step) to get here. The one unmerged adapter's 0.8x is
+the floor of an unmerged forward: the merged model runs one matmul per layer, any adapter at least three.
 """
 
 

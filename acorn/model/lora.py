@@ -51,6 +51,7 @@ import json
 import math
 import re
 import shutil
+import weakref
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -110,6 +111,7 @@ class LoRALinear(nn.Module):
         self.rslora: dict[str, bool] = {}
         self.active: str | None = None  # the adapter forward applies; None: the base alone
         self.merged: list[str] = []  # adapters folded into the base weight (forward skips them)
+        self._stack: tuple | None = None  # (key, A, B): a mixed batch's adapters side by side (stacked)
 
     # nn.Linear's attributes, so code that reads a layer's weight (model.dtype) keeps working.
     @property
@@ -133,6 +135,7 @@ class LoRALinear(nn.Module):
         self.lora_dropout[name] = nn.Dropout(dropout) if dropout else nn.Identity()
         self.scaling[name] = scaling(r, alpha, rslora)
         self.alpha[name], self.rslora[name] = alpha, rslora
+        self._stack = None
         if self.active is None:
             self.active = name
 
@@ -161,22 +164,60 @@ class LoRALinear(nn.Module):
         # Each token its own adapter (S-LoRA / Punica). The base matmul is shared by every
         # token. Each adapter's tokens are one contiguous slice of the tokens sorted by adapter
         # (Punica's segments; the engine already orders a step's requests by adapter, so
-        # there is usually nothing to sort): per adapter present, two thin matmuls on its
-        # slice (r * (in + out) multiply-adds a token, ~2r/d of the base's: 6% at r=16,
-        # d=512). The FLOPs are small, but the matmuls are two per adapter per layer, so with
-        # many adapters and few tokens (a decode step) their fixed cost is what shows;
-        # Punica's SGMV kernel runs every segment in one launch instead. (A gather and a
-        # scatter-add per adapter was ~5x slower on CPU.)
+        # there is usually nothing to sort). The adapter terms are r * (in + out)
+        # multiply-adds a token, ~2r/d of the base's (6% at r=16, d=512): small FLOPs, but
+        # two matmuls per adapter per layer make ~900 launches a step for 8 adapters, whose
+        # fixed cost is what shows on a small model. So at inference the segments are laid
+        # out as k rows of one length and run as one batched matmul pair for all adapters
+        # (Punica's SGMV in one launch; AdapterRouting.padded, LoRALinear.stacked); with
+        # autograd on (training), or segments too uneven to pad, one pair per segment.
+        # (A gather and a scatter-add per adapter was ~5x slower on CPU.)
         order, inverse, segments = routing.plan(x.shape[:-1], x.device)
         if len(segments) == 1:  # every token has the same adapter
             name = segments[0][0]
             return y + self.delta(x, name).to(y.dtype) if self.applies(name) else y
+        if not any(self.applies(name) for name, _, _ in segments):
+            return y
+        padded = routing.padded(x.shape[:-1], x.device) if not torch.is_grad_enabled() else None
+        if padded is not None:  # inference: every segment in one batched matmul pair (see stacked)
+            gather, scatter, length = padded
+            a, b = self.stacked([name for name, _, _ in segments])
+            xs = x.reshape(-1, x.shape[-1]).index_select(0, gather).view(len(segments), length, -1)
+            terms = torch.bmm(torch.bmm(xs.to(a.dtype), a.transpose(1, 2)), b.transpose(1, 2))
+            return y + terms.view(-1, y.shape[-1]).index_select(0, scatter).to(y.dtype).view(y.shape)
         tokens = x.reshape(-1, x.shape[-1])
         if order is not None:
             tokens = tokens.index_select(0, order)
         terms = torch.cat([self.delta(tokens[a:b], name).to(y.dtype) if self.applies(name)
                            else y.new_zeros(b - a, y.shape[-1]) for name, a, b in segments])
         return y + (terms if inverse is None else terms.index_select(0, inverse)).view(y.shape)
+
+    def stacked(self, names: Sequence[str | None]) -> tuple[Tensor, Tensor]:
+        """The adapters `names` side by side for a batched matmul: A (k, r, in) and B (k, out, r),
+        B scaled, r the largest rank (a smaller rank is padded with zero rows of A and zero
+        columns of B, which add nothing), zeros for a name this layer does not apply (the base,
+        a merged adapter). Kept until the names or an adapter's weights change (the tensors'
+        version counters are in the key)."""
+        # The key: the names, the merged ones, and the version counter of every weight stacked
+        # (an in-place update, by an optimizer or load_adapter, bumps it). Read off the
+        # tensors kept with the stack: a decode step asks each layer once, so this is cheap.
+        if self._stack is not None and self._stack[0] == (tuple(names), tuple(self.merged)) \
+                and self._stack[3] == tuple(t._version for t in self._stack[4]):
+            return self._stack[1:3]
+        live = [n if self.applies(n) else None for n in names]
+        ranks = [self.lora_A[n].weight.shape[0] for n in live if n]
+        ref = self.lora_A[next(n for n in live if n)].weight  # forward calls this only when one applies
+        r = max(ranks)
+        a = ref.new_zeros(len(names), r, self.in_features)
+        b = ref.new_zeros(len(names), self.out_features, r)
+        for i, n in enumerate(live):
+            if n:
+                rank = self.lora_A[n].weight.shape[0]
+                a[i, :rank] = self.lora_A[n].weight
+                b[i, :, :rank] = self.lora_B[n].weight * self.scaling[n]
+        weights = [t for n in live if n for t in (self.lora_A[n].weight, self.lora_B[n].weight)]
+        self._stack = ((tuple(names), tuple(self.merged)), a, b, tuple(t._version for t in weights), weights)
+        return self._stack[1:3]
 
     # ---- merge / unmerge
     @torch.no_grad()
@@ -248,8 +289,24 @@ def resolve_targets(model: Transformer, targets) -> list[str]:
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    global _STRUCTURE
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, module)
+    _STRUCTURE += 1
+
+
+# Which LoRALinear layers a module holds, for use_adapters (a serving step asks once per
+# step; walking a model's modules is ~14k Python calls). _set bumps the counter whenever a
+# layer is wrapped or unwrapped, which makes every cached list stale.
+_STRUCTURE = 0
+_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (_STRUCTURE, its LoRALinear layers)
+
+
+def _layers_of(module: nn.Module) -> list[LoRALinear]:
+    cached = _LAYERS.get(module)
+    if cached is None or cached[0] != _STRUCTURE:
+        cached = _LAYERS[module] = (_STRUCTURE, [m for m in module.modules() if isinstance(m, LoRALinear)])
+    return cached[1]
 
 
 def _wrap(model: nn.Module, name: str) -> LoRALinear:
@@ -358,6 +415,30 @@ class AdapterRouting:
         return self._plans[key]
 
 
+    def padded(self, shape: torch.Size, device) -> tuple[Tensor, Tensor, int] | None:
+        """The segments laid out as k rows of one length L (the longest segment) for a batched
+        matmul: gather (k * L,) picks the flattened input's tokens into that layout (a short
+        segment repeats its last token as padding), scatter (N,) picks each token's row back
+        out. None when the padding would more than double the rows (uneven segments: a long
+        prefill beside a few decodes), where the per-segment matmuls waste nothing."""
+        key = ("padded", tuple(shape), str(device))
+        if key not in self._plans:
+            order, _, segments = self.plan(shape, device)
+            length = max(end - start for _, start, end in segments)
+            n = segments[-1][2]
+            if len(segments) * length > 2 * n:
+                self._plans[key] = None
+            else:
+                order = torch.arange(n) if order is None else order.cpu()
+                gather = torch.cat([order[torch.arange(start, start + length).clamp(max=end - 1)]
+                                    for _, start, end in segments])
+                scatter = torch.empty(n, dtype=torch.long)
+                for i, (_, start, end) in enumerate(segments):
+                    scatter[order[start:end]] = torch.arange(i * length, i * length + end - start)
+                self._plans[key] = gather.to(device), scatter.to(device), length
+        return self._plans[key]
+
+
 # id(LoRALinear) -> its AdapterRouting, inside use_adapters. A context variable, not an
 # attribute of the layer: each thread has its own, so a server's engine thread routing a
 # mixed batch never reaches a forward pass another thread runs on the same model meanwhile.
@@ -370,7 +451,7 @@ def use_adapters(module: nn.Module, index: Tensor | None, names: Sequence[str | 
     `module` (or the module itself) applies adapter names[index[...]] to each token (see
     AdapterRouting), in place of the active one; a layer without a token's adapter adds
     nothing to it (as with set_active). index None: no change."""
-    layers = [] if index is None else [m for m in module.modules() if isinstance(m, LoRALinear)]
+    layers = [] if index is None else _layers_of(module)
     if not layers:
         yield
         return

@@ -168,3 +168,34 @@ def test_unknown_adapters_and_bad_directories_are_one_line_errors(checkpoint, to
         Engine.from_pretrained(path, device="cpu", lora_adapters={"a": adapters["a"], "x": tmp_path / "missing"})
     with pytest.raises(AcornError, match="no LoRA adapter named 'a'; this engine has none"):
         Engine(acorn.load(path, device="cpu"), tok).generate("The", lora="a")
+
+
+def test_the_stacked_inference_path_equals_the_segment_path_and_sees_weight_updates(checkpoint, adapters):
+    """Without autograd a mixed batch runs every adapter in one stacked matmul pair
+    (LoRALinear.stacked); with it, one pair per adapter on its slice. Both must agree, and
+    the stack must follow an adapter's weights when they change in place."""
+    path, _ = checkpoint
+    model = _multi(path, adapters)
+    ids = torch.randint(0, model.config.vocab_size, (4, 6), generator=torch.Generator().manual_seed(2))
+    index, names = torch.tensor([[1], [3], [0], [2]]), [None, "a", "b", "c"]
+
+    def mixed(grad: bool):
+        with torch.set_grad_enabled(grad), lora.use_adapters(model, index, names):
+            return model(ids).logits.detach()
+
+    torch.testing.assert_close(mixed(False), mixed(True), atol=1e-5, rtol=0)
+    before = mixed(False)
+    _randomize(model, "c", seed=99)  # in place: the stack's key must notice
+    after, want = mixed(False), mixed(True)
+    torch.testing.assert_close(after, want, atol=1e-5, rtol=0)
+    assert (after[1] - before[1]).abs().max() > 1e-3  # row 1 runs "c": it changed
+    torch.testing.assert_close(after[[0, 2, 3]], before[[0, 2, 3]], atol=1e-5, rtol=0)  # the others did not
+
+
+def test_padding_the_segments_is_refused_when_it_would_more_than_double_the_rows():
+    names = [None, "a", "b", "c"]
+    even = lora.AdapterRouting(torch.tensor([[1, 1, 2, 2, 3, 3, 0, 0]]), names)
+    gather, scatter, length = even.padded(torch.Size([1, 8]), "cpu")
+    assert length == 2 and gather[scatter].tolist() == list(range(8))  # every token comes back to its place
+    uneven = lora.AdapterRouting(torch.tensor([[1] * 17 + [2, 3, 0]]), names)  # 4 x 17 rows for 20 tokens
+    assert uneven.padded(torch.Size([1, 20]), "cpu") is None
