@@ -3,7 +3,7 @@ tensor against the checkpoint's weights (Q/K rows put back in order; q8_0 within
 bound) and every metadata key against the config and the tokenizer; the Q/K reordering
 against the two RoPE layouts; Acorn's split patterns against the regexes llama.cpp's
 pre-tokenizers use; refusals and the CLI. Whether llama.cpp itself produces Acorn's
-greedy tokens is checked once by benchmarks/gguf.py (docs/BENCHMARKS.md)."""
+greedy tokens is checked once by benchmarks/gguf_llamacpp.py (docs/BENCHMARKS.md)."""
 
 import random
 

@@ -19,8 +19,8 @@ may fork at a near-tie; the logit difference shows how far the rounding moves.
 llama-cpp-python is not a dependency of Acorn: `pip install llama-cpp-python`
 compiles llama.cpp (about 20 minutes on 2 cores).
 
-    python benchmarks/gguf.py --checkpoint runs/speedrun/sft/model
-    python benchmarks/gguf.py --checkpoint /tmp/sr-tiny/sft/model --no-write
+    python benchmarks/gguf_llamacpp.py --checkpoint runs/speedrun/sft/model
+    python benchmarks/gguf_llamacpp.py --checkpoint /tmp/sr-tiny/sft/model --no-write
 """
 
 from __future__ import annotations
@@ -79,11 +79,28 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--note", default="")
+    ap.add_argument("--repack", action="store_true", help="let llama.cpp repack weights for its AMX kernels "
+                    "(off: that path crashed on this machine)")
     args = ap.parse_args()
     try:
         import llama_cpp
     except ImportError:
         sys.exit("llama-cpp-python is not installed: `pip install llama-cpp-python` (builds llama.cpp, ~20 min on 2 cores)")
+    if not args.repack:
+        # llama.cpp built with GGML_NATIVE on an AMX CPU repacks q8_0 weights for its AMX kernels
+        # ("extra buffer types"); that path segfaulted here on any batch of 2+ tokens (gdb:
+        # ggml_backend_amx_mul_mat), in llama.cpp, whatever the file. The plain CPU kernels read
+        # the same tensors; llama-cpp-python has no keyword for it, so set the default params.
+        import llama_cpp.llama_cpp as llama_c
+
+        defaults = llama_c.llama_model_default_params
+
+        def no_repack():
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        llama_c.llama_model_default_params = no_repack
     ckpt = args.checkpoint or _default_checkpoint()
     if ckpt is None:
         sys.exit("no checkpoint given and no finished speedrun found; pass --checkpoint DIR")
@@ -150,7 +167,7 @@ Machine: {machine_description(("gguf", "llama_cpp_python"))}
 Checkpoint: `{ckpt}` ({model.num_params():,} parameters: {info.n_layer} layers, d_model {info.d_model},
 {info.n_head} heads / {info.n_kv_head} KV heads, vocabulary {info.vocab_size}; tokenizer split pattern -> llama.cpp
 pre-tokenizer `{line.split("pre-tokenizer ")[1].split(",")[0]}`). Each type exported by `acorn export gguf`, loaded by
-llama-cpp-python {llama_cpp.__version__} (llama.cpp built from source, CPU). {len(prompts)} prompts: {len(PROMPTS)}
+llama-cpp-python {llama_cpp.__version__} (llama.cpp built from source, CPU{"" if args.repack else "; weights not repacked for its AMX kernels, which crashed here: see --repack"}). {len(prompts)} prompts: {len(PROMPTS)}
 plain texts (BOS first, as Acorn's engine encodes them) and {len(prompts) - len(PROMPTS)} chat prompts (the rendered
 template, special tokens parsed). "Same ids": llama.cpp's tokenizer gives Acorn's ids. "Max logit diff": the largest
 |difference| of any next-token logit over every prompt position. "Greedy equal": all {args.new_tokens} greedy tokens
