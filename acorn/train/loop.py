@@ -229,7 +229,7 @@ class StopOnInterrupt:
         return bool(flag.item())
 
 
-def _stop_with_checkpoint(run, step: int, saved: int, loader) -> None:
+def _stop_with_checkpoint(run, step: int, saved: int, loader, stage: str) -> None:
     """Save the `step` steps done (unless a checkpoint holds them already), say how to
     go on, and raise KeyboardInterrupt (acorn's command line then exits with 130)."""
     if run.bar is not None:
@@ -242,8 +242,10 @@ def _stop_with_checkpoint(run, step: int, saved: int, loader) -> None:
     else:
         done = "no step had finished: nothing to save"
     if run.dist.main:
-        how = (f"`--resume` (the same command with --resume) continues from step {step}" if step else
-               "run the command again to start")
+        # The run's own config.yaml: the command that continues it, whoever started it (acorn speedrun too).
+        again = f"acorn {stage} --config {run.out / 'config.yaml'} --resume" if stage in ("pretrain", "sft") \
+            else "the same command with --resume"
+        how = f"`{again}` continues from step {step}" if step else "run the command again to start"
         print(f"\ninterrupted at step {step}: {done}; {how}", flush=True)
     raise KeyboardInterrupt
 
@@ -294,7 +296,7 @@ def _fit(cfg, model: nn.Module, loader, loss_fn: LossFn, *, device: torch.device
         # Ctrl-C asks to stop here, between steps, where the weights, the optimizers, the
         # loader and the RNGs all belong to the same step: a checkpoint of them resumes exactly.
         if stop.agreed(dist, device):
-            _stop_with_checkpoint(run, step, saved, loader)
+            _stop_with_checkpoint(run, step, saved, loader, stage)
         t0 = time.perf_counter()
         set_lr(run.optimizers, lr_multiplier(step, train.max_steps, cfg.optim), cfg.optim)
         micro_batches = [next(loader) for _ in range(accum)]
