@@ -210,6 +210,8 @@ def cmd_generate(args) -> None:
 
 
 def cmd_chat(args) -> None:
+    from acorn.infer import GenerationError
+
     params = _sampling(args)
     engine = _engine(args)
     start = [{"role": "system", "content": args.system}] if args.system else []
@@ -239,6 +241,9 @@ def cmd_chat(args) -> None:
                 sys.stdout.write(delta)
                 sys.stdout.flush()
                 reply.append(delta)
+        except GenerationError:  # the model itself fails (non-finite logits): every turn would; stop
+            sys.stdout.write("\n")
+            raise
         except AcornError as e:  # e.g. the conversation outgrew the context: say so, keep the session
             history.pop()
             print(f"\nacorn: error: {e}; /reset starts over", file=sys.stderr)
@@ -267,9 +272,13 @@ def cmd_serve(args) -> None:
     import uvicorn
 
     from acorn.infer import Engine
-    from acorn.serve.app import create_app
+    from acorn.serve.app import check_api_keys, create_app
 
-    keys = args.api_key or [k for k in [os.environ.get("ACORN_API_KEY")] if k]
+    env_key = os.environ.get("ACORN_API_KEY")
+    if args.api_key is None and env_key is not None and not env_key.strip():
+        raise AcornError("ACORN_API_KEY is set but empty; set it to the key, or unset it to serve without keys")
+    # An empty --api-key (an unset variable) is refused here, before the model loads.
+    keys = check_api_keys(args.api_key if args.api_key is not None else [env_key] if env_key else [])
     options = {"kv_cache_memory": args.kv_cache_memory_mb << 20} if args.kv_cache_memory_mb else {}
     name = args.model_name or Path(args.checkpoint).resolve().name
     adapters = _lora_adapters(args.lora or [], name)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +48,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         except FileNotFoundError:
             pass
         raise
+
+
+# What atomic_path (mkstemp) and a checkpoint save (mkdtemp) name their temporaries:
+# ".{target name}.{8 random characters}.tmp".
+_TEMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def remove_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries an interrupted atomic write left in `directory` (a
+    kill -9 skips the cleanup): files and checkpoint directories named like
+    atomic_path's, nothing else. Returns what was removed. Call it only where no
+    other process is writing (a run's own directory as the run starts)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for p in sorted(directory.iterdir()):
+        if not _TEMP_NAME.fullmatch(p.name):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 @contextmanager

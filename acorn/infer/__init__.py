@@ -13,7 +13,7 @@ next token, beam.py beam search, llm.py the vLLM-style acorn.LLM front end.
 
 from acorn.infer.engine import Engine
 from acorn.infer.llm import LLM, RequestOutput
-from acorn.infer.sampling import SamplingParams, sample
+from acorn.infer.sampling import GenerationError, SamplingParams, sample
 from acorn.infer.sequence import Completion, StepOutput
 
-__all__ = ["Completion", "Engine", "LLM", "RequestOutput", "SamplingParams", "StepOutput", "sample"]
+__all__ = ["Completion", "Engine", "GenerationError", "LLM", "RequestOutput", "SamplingParams", "StepOutput", "sample"]

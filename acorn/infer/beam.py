@@ -56,6 +56,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from acorn.errors import AcornError
+from acorn.infer.sampling import NON_FINITE, GenerationError, non_finite_rows
 
 # transformers' stand-in for "impossible" in its score tensors. The rows that
 # start as copies of the prompt get it, so the first step draws its candidates
@@ -127,6 +128,8 @@ def beam_search(model, prompt: list[int], *, num_beams: int, max_new_tokens: int
     for step in range(max_new_tokens):
         length = step + 1  # tokens a candidate of this step has
         last = length == max_new_tokens
+        if bool(non_finite_rows(logits).any()):  # no ranking of NaN: say why, as the engine does
+            raise GenerationError(NON_FINITE)
         logprobs = F.log_softmax(logits.float(), dim=-1)
         if step < min_new_tokens and len(stop):
             # transformers masks log-probabilities, after the softmax: the

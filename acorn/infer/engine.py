@@ -52,7 +52,7 @@ from torch import Tensor
 from acorn import hardware
 from acorn.errors import AcornError
 from acorn.infer.paged import BlockManager, PagedKV
-from acorn.infer.sampling import SamplingParams, sample, token_logprobs
+from acorn.infer.sampling import NON_FINITE, GenerationError, SamplingParams, non_finite_rows, sample, token_logprobs
 from acorn.infer.scheduler import Request, Scheduler
 from acorn.infer.sequence import Completion, SequenceState, StepOutput
 from acorn.model import lora
@@ -300,7 +300,22 @@ class Engine:
     # ------------------------------------------------------------ sampling
     def _sample(self, logits: Tensor, seqs: list[SequenceState]) -> list[str]:
         """One token for each sequence from its logits row (raw model logits,
-        cut to the tokenizer's vocabulary); returns each one's new text."""
+        cut to the tokenizer's vocabulary); returns each one's new text.
+
+        A row that is not finite (NaN weights, an overflow) can give no token:
+        that sequence fails (finish_reason "error") and the others go on."""
+        bad = non_finite_rows(logits)
+        if bool(bad.any()):
+            keep = [i for i, b in enumerate(bad.tolist()) if not b]
+            out = [""] * len(seqs)
+            for i, b in enumerate(bad.tolist()):
+                if b:
+                    seqs[i].fail(NON_FINITE)
+            if keep:
+                texts = self._sample(logits[torch.tensor(keep, device=logits.device)], [seqs[i] for i in keep])
+                for i, text in zip(keep, texts):
+                    out[i] = text
+            return out
         raw = logits
         guided = [i for i, s in enumerate(seqs) if s.constraint is not None]
         if guided:  # structured output: only the tokens that keep the text valid
@@ -458,6 +473,9 @@ class Engine:
 
     def _retire(self, req: Request) -> None:
         req.state.cached_tokens = req.cached_tokens  # every Completion is made from the state
+        if req.state.finish_reason == "error":
+            # Its keys and values may hold NaN: out of the prefix cache, and wiped before reuse.
+            self.kv.clear(self.blocks.forget(req.table))
         self.scheduler.finish(req)
         if self.speculative is not None:
             self.speculative.release(req)
@@ -494,6 +512,9 @@ class Engine:
         from acorn.infer.speculative import verify
 
         seq = req.state
+        if bool(non_finite_rows(logits).any()):
+            seq.fail(NON_FINITE)
+            return ""
         greedy = seq.params.temperature == 0
         target = logits if greedy else sampling_probs(logits.float(), [seq.params] * logits.shape[0])
         tokens, kept = verify(target, draft, greedy, seq.generator)
@@ -607,6 +628,7 @@ class Engine:
         out = []
         for i, (_, p, _) in enumerate(jobs):
             out.extend(beams[i] if i in beams else itertools.islice(completions, p.n))
+        _raise_if_failed(out)
         return out
 
     @staticmethod
@@ -655,6 +677,7 @@ class Engine:
             for (delta,) in self._steps([seq]):
                 if delta:
                     yield delta
+            _raise_if_failed([seq.completion()])
             return seq.completion()
         rid = self.add_request(prompt, params)
         completion = None
@@ -667,6 +690,7 @@ class Engine:
                         completion = out.completion
         finally:
             self.abort(rid)
+        _raise_if_failed([completion])
         return completion
 
     def chat(self, messages: list[dict], params: SamplingParams | None = None, *,
@@ -832,6 +856,16 @@ class Engine:
             for _ in cs:
                 out.append((totals[r], bool(greedy[r])))
                 r += 1
+
+
+def _raise_if_failed(completions) -> None:
+    """The synchronous API (generate, stream, chat) raises where a sample failed:
+    a caller gets the reason, never a Completion that is quietly garbage. The
+    step() loop reports it instead (finish_reason "error" and Completion.error),
+    so a server fails that request alone."""
+    for c in completions:
+        if c is not None and c.finish_reason == "error":
+            raise GenerationError(c.error)
 
 
 def _generation_config_eos(directory: Path) -> list[int]:

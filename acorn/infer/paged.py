@@ -192,6 +192,17 @@ class BlockManager:
                     self.free.append(block)
         table.clear()
 
+    def forget(self, table: list[int]) -> list[int]:
+        """The blocks of `table` that no other request holds, taken out of the
+        prefix cache so no later request reuses them; returns them (for the
+        caller to wipe: a request that failed on non-finite values left NaN in them)."""
+        mine = [b for b in table if self.ref[b] == 1]
+        for b in mine:
+            if self.hash_of[b] is not None:
+                del self.by_hash[self.hash_of[b]]
+                self.hash_of[b] = None
+        return mine
+
     def reset_prefix_cache(self) -> None:
         """Forget every unreferenced cached block."""
         for block in list(self.evictable):
@@ -263,6 +274,18 @@ class PagedKV:
             v_scale = self.value_scales[layer].index_select(0, flat).view(*shape[:-1], 1)
             return (k.to(torch.float32) * k_scale).to(dtype), (v.to(torch.float32) * v_scale).to(dtype)
         return k.to(dtype), v.to(dtype)
+
+    def clear(self, blocks: list[int]) -> None:
+        """Zero these blocks' keys and values in every layer. Attention reads the unused
+        tail of a request's last block under a mask, and a masked NaN left there by an
+        earlier owner would still poison it (0 * NaN = NaN)."""
+        if not blocks:
+            return
+        slots = torch.tensor(blocks, device=self.keys[0].device)[:, None] * self.block_size + \
+            torch.arange(self.block_size, device=self.keys[0].device)
+        slots = slots.reshape(-1)
+        for t in (*self.keys, *self.values, *(self.key_scales or []), *(self.value_scales or [])):
+            t.index_fill_(0, slots, 0)
 
     def copy_block(self, src: int, dst: int, n_tokens: int) -> None:
         a, b = src * self.block_size, dst * self.block_size
@@ -340,8 +363,11 @@ class StepInput:
             lengths_list = [decode_lengths[i] for i in group]
             width = max(lengths_list)
             n_blocks = max(len(decode_tables[i]) for i in group)
-            tables = torch.tensor([decode_tables[i] + [0] * (n_blocks - len(decode_tables[i])) for i in group],
-                                  device=device)
+            # A shorter table is padded with its own first block, not another request's: the
+            # padding is masked, but a masked NaN still poisons attention (0 * NaN = NaN), so
+            # a row reads only keys and values its own request wrote.
+            tables = torch.tensor([decode_tables[i] + decode_tables[i][:1] * (n_blocks - len(decode_tables[i]))
+                                   for i in group], device=device)
             gather = _table_slots(tables, block_size)[:, :width]  # past a row's length: masked
             lengths = torch.tensor(lengths_list, device=device)
             k = torch.arange(width, device=device)[None, :]

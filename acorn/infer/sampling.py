@@ -62,6 +62,26 @@ from torch import Tensor
 from acorn.errors import AcornError
 
 
+class GenerationError(AcornError):
+    """A request that could not be completed although it was valid: the model
+    gave next-token scores that are not finite. The engine fails that request
+    alone (finish_reason "error", Completion.error says why) and goes on serving."""
+
+
+# Why a request failed with non-finite logits, and what to do: one line.
+NON_FINITE = ("the model's next-token scores (logits) are not finite (NaN or infinity), so no token can be chosen: "
+              "its weights hold NaN/inf values or its activations overflowed; check the checkpoint's weights, "
+              "or run in float32 (--dtype float32)")
+
+
+def non_finite_rows(logits: Tensor) -> Tensor:
+    """(B,) bool: the rows of logits (B, V) holding a NaN or an infinity. Softmax of
+    such a row is NaN everywhere: a draw fails, an argmax picks an arbitrary id.
+    Checked through the row's float32 sum (NaN or +-inf iff an element is, for any
+    logits a model gives): one pass over the logits and no (B, V) mask, every step."""
+    return ~torch.isfinite(logits.sum(dim=-1, dtype=torch.float32))
+
+
 @dataclass
 class SamplingParams:
     max_new_tokens: int = 256
@@ -138,6 +158,8 @@ class SamplingParams:
                 problems.append(f"{name} must be a number in [-100, 100] (0 = off), not {getattr(self, name)!r}")
         if any(not s for s in self.stop):
             problems.append("stop strings must not be empty")
+        if self.seed is not None and not (_is_int(self.seed) and -SEED_LIMIT <= self.seed < SEED_LIMIT):
+            problems.append(f"seed must be None or an integer in [-2**63, 2**63 - 1] (64 bits), not {self.seed!r}")
         problems += self._check_new_fields()
         if problems:
             raise AcornError("; ".join(problems))
@@ -213,6 +235,11 @@ class SamplingParams:
             raise AcornError(f"unknown sampling parameter(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(known | set(cls.ALIASES)))}")
         return replace(params or cls(), **overrides)
+
+
+# A seed is a signed 64-bit integer, as the OpenAI API's; torch.Generator.manual_seed takes
+# [-2**63, 2**64), which leaves room for the + sample index the engine adds.
+SEED_LIMIT = 2 ** 63
 
 
 def _is_int(x) -> bool:

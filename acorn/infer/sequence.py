@@ -31,13 +31,15 @@ class Completion:
     prompt_tokens: int
     token_ids: list[int]  # every generated id, including the stop token that ended it
     text: str  # the decoded output, without a stop token and cut before a stop string
-    finish_reason: str  # "stop" (stop token or string) | "length" (max_new_tokens or the context) | "abort"
+    # "stop" (stop token or string) | "length" (max_new_tokens or the context) | "abort" | "error" (see error)
+    finish_reason: str
     tool_calls: list[dict] = field(default_factory=list)  # chat(tools=...): OpenAI-style calls, removed from text
     index: int = 0  # which of the n samples of its prompt
     cached_tokens: int = 0  # prompt tokens served by the prefix cache
     # With SamplingParams.logprobs: per generated token {"token_id", "logprob", "top_logprobs": [(id, logprob), ...]}
     logprobs: list[dict] | None = None
     score: float | None = None  # beam search: the length-penalised log-probability
+    error: str | None = None  # finish_reason "error": why the sample failed (one line: the problem and the fix)
 
 
 @dataclass
@@ -50,7 +52,7 @@ class StepOutput:
     token_ids: list[int]  # sampled in this step: one, or several when speculative drafts were kept
     text: str  # the text that may be shown now (whole characters; a possible stop string held back)
     logprobs: list[dict] | None = None  # with SamplingParams.logprobs: one entry per id in token_ids
-    finish_reason: str | None = None  # set on the sample's last step: "stop" | "length"
+    finish_reason: str | None = None  # set on the sample's last step: "stop" | "length" | "error"
     completion: Completion | None = None  # the whole sample, on its last step
 
     @property
@@ -78,6 +80,7 @@ class SequenceState:
         self.text = ""  # emitted so far
         self.pending = ""  # decoded but held back: it may be the start of a stop string
         self.finish_reason: str | None = None
+        self.error: str | None = None  # why it failed, with finish_reason "error"
         self.logprobs: list[dict] | None = [] if params.logprobs is not None else None
         self.cached_tokens = 0
         self.constraint = None  # structured output: which tokens may come next (acorn.infer.structured)
@@ -110,6 +113,11 @@ class SequenceState:
             return self._emit(len(self.pending))
         return self._emit(len(self.pending) - held_back(self.pending, stop))
 
+    def fail(self, message: str) -> None:
+        """End the sample with an error (no token this step): finish_reason
+        "error", and `message` on its Completion. What was shown stays shown."""
+        self.finish_reason, self.error = "error", message
+
     def push_end(self) -> str:
         """Release the held-back text of a sequence that ends without a stop token."""
         self.pending += self.decoder.flush()
@@ -131,7 +139,7 @@ class SequenceState:
         return Completion(prompt_tokens=len(self.prompt), token_ids=list(self.output), text=self.text,
                           finish_reason=self.finish_reason or "length", index=self.index,
                           cached_tokens=self.cached_tokens,
-                          logprobs=list(self.logprobs) if self.logprobs is not None else None)
+                          logprobs=list(self.logprobs) if self.logprobs is not None else None, error=self.error)
 
     def fork(self, index: int, generator: torch.Generator, decoder) -> "SequenceState":
         """A sibling sample of the same prompt (n > 1), before any output."""

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from acorn.errors import AcornError
 from acorn.hardware import DTYPE_NAMES, DTYPES, resolve_device, resolve_dtype
-from acorn.fileio import UMASK, read_json, write_json
+from acorn.fileio import UMASK, atomic_path, read_json, write_json
 from acorn.model import lora, quant
 from acorn.model.transformer import PRESETS, ModelConfig, Transformer, build
 
@@ -390,16 +390,28 @@ def _ignorable(family: str, cfg: ModelConfig, name: str) -> bool:
 
 # ---------------------------------------------------------------- reading
 def read_safetensors_header(path: Path) -> dict[str, dict]:
-    """name -> {"dtype", "shape", "data_offsets"} from a .safetensors header, without reading the data."""
+    """name -> {"dtype", "shape", "data_offsets"} from a .safetensors header, without reading the data.
+
+    The header also says how long the file must be (8 + header + the last tensor's end):
+    a file of another size is refused here, before any tensor is read, so a truncated
+    copy is named as such (safetensors would fail later, on the first tensor read)."""
     try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
-            if not 2 <= n <= 100_000_000 or n > path.stat().st_size - 8:
+            if not 2 <= n <= 100_000_000 or n > size - 8:
                 raise ValueError("bad header length")
             header = json.loads(f.read(n))
-    except (OSError, ValueError, UnicodeDecodeError) as e:
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        header.pop("__metadata__", None)
+        end = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
+    except (OSError, ValueError, UnicodeDecodeError, TypeError, KeyError, IndexError) as e:
         raise AcornError(f"{path}: not a readable safetensors file ({e}); re-save or re-download it") from None
-    header.pop("__metadata__", None)
+    if size != 8 + n + end:
+        what = "truncated (an interrupted copy or download?)" if size < 8 + n + end else "longer than its header says"
+        raise AcornError(f"{path}: the file is {size:,} bytes but its header describes {8 + n + end:,}: it is "
+                         f"{what}; copy or download it again, or re-save the checkpoint")
     return header
 
 
@@ -641,13 +653,17 @@ def save(model: Transformer, directory, *, tokenizer=None, dtype=None, max_shard
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it 0700; the checkpoint gets a normal directory's mode
     try:
+        # Through atomic_path, like every other file: safetensors creates its files 0600,
+        # atomic_path gives them the mode open() would (the umask's), as config.json has.
         if len(shards) == 1:
-            save_file(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})
+            with atomic_path(tmp / "model.safetensors") as f:
+                save_file(shards[0], f, metadata={"format": "pt"})
         else:
             weight_map = {}
             for k, shard in enumerate(shards, 1):
                 file = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-                save_file(shard, tmp / file, metadata={"format": "pt"})
+                with atomic_path(tmp / file) as f:
+                    save_file(shard, f, metadata={"format": "pt"})
                 weight_map.update(dict.fromkeys(shard, file))
             total = sum(t.numel() * t.element_size() for t in tensors.values())
             write_json(tmp / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})

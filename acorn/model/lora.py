@@ -643,7 +643,7 @@ def save_adapter(model: Transformer, directory, *, base=None, name: str = "defau
     base_model_name_or_path (absolute, so loading it fetches nothing)."""
     from safetensors.torch import save_file
 
-    from acorn.fileio import write_json
+    from acorn.fileio import atomic_path, write_json
 
     base_name = str(Path(base).resolve()) if base is not None and Path(base).exists() else base
     config = adapter_config(model, name, base=None if base_name is None else str(base_name))
@@ -653,9 +653,8 @@ def save_adapter(model: Transformer, directory, *, base=None, name: str = "defau
     if directory.exists() and not directory.is_dir():
         raise AcornError(f"{directory}: is a file; give a directory to save the adapter in")
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{ADAPTER_WEIGHTS}.tmp"
-    save_file(tensors, tmp, metadata={"format": "pt"})
-    tmp.replace(directory / ADAPTER_WEIGHTS)
+    with atomic_path(directory / ADAPTER_WEIGHTS) as tmp:  # the umask's mode, not safetensors' 0600
+        save_file(tensors, tmp, metadata={"format": "pt"})
     write_json(directory / ADAPTER_CONFIG, config)  # last: it marks a complete adapter
     return directory
 
@@ -711,6 +710,9 @@ def load_adapter(model: Transformer, directory, *, name: str = "default", dtype:
             "save_pretrained(safe_serialization=True)" if pickle.exists() else "; the adapter directory is incomplete"))
     from safetensors.torch import load_file
 
+    from acorn.model.checkpoint import read_safetensors_header
+
+    read_safetensors_header(file)  # a truncated copy: one clear line, not safetensors' error
     tensors = load_file(str(file))
     pairs: dict[str, dict[str, Tensor]] = {}
     for key, t in tensors.items():

@@ -63,7 +63,7 @@ from starlette.background import BackgroundTask
 
 from acorn.chat.tools import TOOL_FORMATS, parse_tool_calls, streamable_content, tool_call_grammar
 from acorn.errors import AcornError
-from acorn.infer.sampling import SamplingParams
+from acorn.infer.sampling import GenerationError, SamplingParams
 from acorn.serve.common import ANTHROPIC_TYPES, APIError, ServerState, check_model, check_prompt, get_state
 
 router = APIRouter()
@@ -499,6 +499,8 @@ async def _events(ctx: _Request, stream) -> AsyncIterator[str]:
         # The status line has gone out: the failure travels as an error event, as Anthropic's does.
         if isinstance(e, APIError):
             kind, message = ANTHROPIC_TYPES.get(e.status, "api_error"), e.message
+        elif isinstance(e, GenerationError):  # the model failed this request: a server-side error
+            kind, message = "api_error", str(e)
         elif isinstance(e, AcornError):
             kind, message = "invalid_request_error", str(e)
         else:

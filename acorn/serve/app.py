@@ -17,7 +17,9 @@ directory, loaded in the background so /health can answer 503 meanwhile):
   errors       every failure is answered in the error shape of the API the
                request was made to (common.error_body): APIError as raised,
                invalid fields 400 naming the field (OpenAI answers 400, not
-               FastAPI's 422), AcornError 400, a full queue 429 with
+               FastAPI's 422), AcornError 400, a request the model
+               failed (GenerationError: non-finite logits) 500 with the
+               reason, the server going on, a full queue 429 with
                Retry-After, shutting down 503, anything else 500 without a
                traceback
 
@@ -42,6 +44,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from acorn.errors import AcornError
+from acorn.infer.sampling import GenerationError
 from acorn.serve.async_engine import AsyncEngine, QueueFull, ShuttingDown
 from acorn.serve.common import APIError, ServerState, error_body
 
@@ -50,6 +53,23 @@ log = logging.getLogger("acorn.serve")
 STATIC = Path(__file__).parent / "static"
 OPEN_PATHS = ("/health",)  # answered without an API key (load balancers probe it)
 OPEN_PREFIXES = ("/static/",)  # the chat page; its requests to the API carry the key
+
+
+def check_api_keys(api_keys: Sequence[str]) -> tuple[str, ...]:
+    """The keys to require, refusing an empty one: `--api-key "$KEY"` with KEY unset
+    asks for keys but gives none, and serving everyone then would be the opposite of
+    what was asked."""
+    if isinstance(api_keys, str):
+        api_keys = [api_keys]
+    keys = tuple(api_keys)
+    for k in keys:
+        if not isinstance(k, str) or not k.strip():
+            raise AcornError(f"API key {k!r} is empty (was --api-key given an unset variable?); pass a non-empty "
+                             "key, or no --api-key at all to serve without keys")
+        if k != k.strip():
+            raise AcornError("an API key starts or ends with whitespace, which no client can send in a header; "
+                             "strip it")
+    return keys
 
 
 def create_app(engine_or_path, *, model_name: str | None = None, api_keys: Sequence[str] = (),
@@ -67,7 +87,7 @@ def create_app(engine_or_path, *, model_name: str | None = None, api_keys: Seque
     path = None if _is_engine(engine_or_path) else Path(engine_or_path)
     if model_name is None:
         model_name = path.name if path is not None else "acorn"
-    api_keys = tuple(k for k in api_keys if k)
+    api_keys = check_api_keys(api_keys)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -232,6 +252,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AcornError)
     async def acorn_error(request: Request, e: AcornError):
         return _error(request, 400, str(e))
+
+    @app.exception_handler(GenerationError)  # a valid request the model failed (non-finite logits): ours, not theirs
+    async def generation_error(request: Request, e: GenerationError):
+        return _error(request, 500, str(e))
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, e: QueueFull):

@@ -8,7 +8,10 @@ every request from one asyncio event loop. AsyncEngine connects the two:
     batching: every request in flight advances together) and hands each
     sample's StepOutput (new ids, text, log-probs; the Completion at the end)
     to the event loop (loop.call_soon_threadsafe). It uses only the engine's
-    public API (validate_prompt, add_request, step, abort, stats);
+    public API (validate_prompt, add_request, step, abort, stats). A sample
+    the engine ends with finish_reason "error" (non-finite logits) fails its
+    request alone, with a GenerationError the routes answer 500; the thread
+    goes on serving the others;
   - each HTTP handler calls submit(), which returns a RequestStream to
     `async for` over. Closing it (a client that disconnects) aborts the
     request in the engine thread before its next step, which frees its KV
@@ -31,6 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from acorn.errors import AcornError
+from acorn.infer.sampling import GenerationError
 from acorn.infer.sequence import StepOutput
 
 
@@ -213,6 +217,13 @@ class AsyncEngine:
             new_tokens += len(out.token_ids)
             if rid in self._started:
                 self.ttft.append(now - self._started.pop(rid))
+            if out.finish_reason == "error":
+                # This request failed (non-finite logits): it alone gets the error, its other
+                # samples stop, and the engine goes on with the rest of the batch.
+                self.engine.abort(rid)
+                self._deliver(rid, GenerationError(out.completion.error))
+                self._finish(rid, notify=False)
+                continue
             if out.completion is not None:
                 stream.completions.append(out.completion)
                 stream.cached_tokens = max(stream.cached_tokens, out.completion.cached_tokens)

@@ -11,6 +11,7 @@ the same way); none carries a copy of the loop:
         train_step(model, micro_batches, loss_fn, optimizers)
             # backward each micro-batch's loss; every item weighs the same; NaN guard; clip; update
         log, evaluate, checkpoint               # metrics.jsonl, progress bar, checkpoints/step_N.pt
+        (Ctrl-C: stop at the next step boundary, checkpoint, say from which step --resume goes on)
     run.finish()                                # model/ (Hugging Face format), loss.png, report.md
 
 The loss function: `loss_fn(model, batch) -> LossOutput(loss, weight, metrics)`.
@@ -54,6 +55,9 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +187,69 @@ def to_device(batch, device: torch.device):
     return batch
 
 
+# ------------------------------------------------------------ interrupts
+class StopOnInterrupt:
+    """Ctrl-C (SIGINT) during fit as a request to stop at the next step boundary
+    with a checkpoint, instead of an exception at an arbitrary point (mid-update,
+    mid-write), which would lose everything since the last checkpoint. A second
+    Ctrl-C stops at once, without one. Only the main thread can take signals:
+    elsewhere the default behaviour stays."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "StopOnInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        elif threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # the previous one was not Python's
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        # os.write, not print: the handler may run inside a print (the progress bar's) to the same stream.
+        os.write(2, b"\ninterrupted: finishing this step, then saving a checkpoint (Ctrl-C again to stop at once, "
+                    b"without one)\n")
+
+    def agreed(self, dist: Dist, device: torch.device) -> bool:
+        """Whether any process was interrupted: all processes stop at the same step
+        (a checkpoint is collective under FSDP2, and DDP steps are in lockstep)."""
+        if dist.world == 1:
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=device)
+        tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def _stop_with_checkpoint(run, step: int, saved: int, loader, stage: str) -> None:
+    """Save the `step` steps done (unless a checkpoint holds them already), say how to
+    go on, and raise KeyboardInterrupt (acorn's command line then exits with 130)."""
+    if run.bar is not None:
+        run.bar.close()
+    if step > saved:
+        run.checkpoint(step, loader)
+        done = f"checkpoint saved at step {step} ({run.out / 'checkpoints' / f'step_{step:07d}.pt'})"
+    elif step:
+        done = f"the checkpoint of step {step} holds everything done"
+    else:
+        done = "no step had finished: nothing to save"
+    if run.dist.main:
+        # The run's own config.yaml: the command that continues it, whoever started it (acorn speedrun too).
+        again = f"acorn {stage} --config {run.out / 'config.yaml'} --resume" if stage in ("pretrain", "sft") \
+            else "the same command with --resume"
+        how = f"`{again}` continues from step {step}" if step else "run the command again to start"
+        print(f"\ninterrupted at step {step}: {done}; {how}", flush=True)
+    raise KeyboardInterrupt
+
+
 # ------------------------------------------------------------------ fit
 def fit(cfg, model: nn.Module, loader, loss_fn: LossFn, *, device: torch.device, dist: Dist,
         evaluate: Callable[[nn.Module], dict] | None = None, tokenizer=None, resume: bool = False,
@@ -194,6 +261,14 @@ def fit(cfg, model: nn.Module, loader, loss_fn: LossFn, *, device: torch.device,
         so that a resumed run continues with the batch it would have seen.
     loss_fn, evaluate: see the module docstring. tokenizer: saved with the model.
     """
+    with StopOnInterrupt() as stop:  # Ctrl-C: a checkpoint at the next step boundary (see _fit's loop)
+        return _fit(cfg, model, loader, loss_fn, device=device, dist=dist, evaluate=evaluate, tokenizer=tokenizer,
+                    resume=resume, stage=stage, stop=stop)
+
+
+def _fit(cfg, model: nn.Module, loader, loss_fn: LossFn, *, device: torch.device, dist: Dist,
+         evaluate: Callable[[nn.Module], dict] | None, tokenizer, resume: bool, stage: str,
+         stop: StopOnInterrupt) -> Path:
     run = open_run(cfg, model, loader, dist, resume=resume)
     train = cfg.train
     dtype = hardware.resolve_dtype(train.dtype, device)
@@ -216,7 +291,12 @@ def fit(cfg, model: nn.Module, loader, loss_fn: LossFn, *, device: torch.device,
     run.model.train()
     t_start = time.perf_counter()
     bad_steps = 0
+    saved = run.start_step  # the step of the newest checkpoint on disk
     for step in range(run.start_step, train.max_steps):
+        # Ctrl-C asks to stop here, between steps, where the weights, the optimizers, the
+        # loader and the RNGs all belong to the same step: a checkpoint of them resumes exactly.
+        if stop.agreed(dist, device):
+            _stop_with_checkpoint(run, step, saved, loader, stage)
         t0 = time.perf_counter()
         set_lr(run.optimizers, lr_multiplier(step, train.max_steps, cfg.optim), cfg.optim)
         micro_batches = [next(loader) for _ in range(accum)]
@@ -247,6 +327,7 @@ def fit(cfg, model: nn.Module, loader, loss_fn: LossFn, *, device: torch.device,
         run.log(row)
         if (cfg.eval.checkpoint_every and (step + 1) % cfg.eval.checkpoint_every == 0) or last or out_of_time:
             run.checkpoint(step + 1, loader)
+            saved = step + 1
         if out_of_time:
             if dist.main:
                 print(f"\nstopping at step {step + 1}: --train.max_minutes {train.max_minutes} reached", flush=True)

@@ -10,15 +10,26 @@ gradients and optimizer state) and config.yaml.
 While it runs (`Run.log`, `Run.checkpoint`): metrics.jsonl, the progress bar,
 atomic checkpoints of everything needed to continue exactly, the two newest kept.
 
+Resuming (`--resume`) takes the newest checkpoint that loads; an unreadable one
+(a disk that filled up, a file cut short) is renamed *.unreadable and the one
+before it, kept for this, is used instead, saying so. The checkpoint records the
+run's settings: a model (or LoRA) setting that differs is refused, naming it,
+and any other change (max_steps, the learning rate, ...) is warned about. A run
+started afresh into a directory that holds no checkpoint (killed before its
+first) starts metrics.jsonl afresh too. Temporary files that a kill left behind
+(an atomic write's `.NAME.XXXXXXXX.tmp`) are removed when a run starts.
+
 At the end (`Run.finish`): the model in Hugging Face format, loss.png and
 report.md, the files a person reads. Rank 0 writes every file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +40,7 @@ from torch import nn
 
 from acorn import hardware
 from acorn.errors import AcornError
-from acorn.fileio import atomic_write, write_text
+from acorn.fileio import atomic_write, remove_temp_files, write_text
 from acorn.model import lora
 from acorn.model.transformer import Transformer
 from acorn.train.optim import build_optimizers
@@ -137,7 +148,7 @@ class Run:
         if not self.dist.main:
             return
         save_state(self.out / "checkpoints" / f"step_{step:07d}.pt", model_state, optimizer_states, step, loader,
-                   {"world_size": self.dist.world})
+                   {"world_size": self.dist.world, "config": config_record(self.cfg)})
         # Keep the two newest: enough to survive a crash while writing the next one.
         for old in sorted((self.out / "checkpoints").glob("step_*.pt"))[:-2]:
             old.unlink(missing_ok=True)
@@ -170,15 +181,22 @@ def open_run(cfg, model: nn.Module, loader, dist: Dist, *, resume: bool = False)
     """The run directory, resumed from its newest checkpoint if asked, the model
     wrapped for DDP or sharded by FSDP2, its optimizers, and config.yaml."""
     out = Path(cfg.out)
+    if dist.main:  # a kill -9 during a write leaves its temporary (a whole checkpoint, for step_N.pt)
+        stale = remove_temp_files(out) + remove_temp_files(out / "checkpoints")
+        if stale:
+            print(f"removed {len(stale)} temporary file{'s' if len(stale) > 1 else ''} an interrupted run left in "
+                  f"{out}: {', '.join(p.name for p in stale[:3])}{' ...' if len(stale) > 3 else ''}", flush=True)
     state = None
-    ckpt = latest_checkpoint(out) if resume else None
-    if resume and ckpt is None:
-        raise AcornError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
-    if ckpt is not None:
-        state = load_state(ckpt)
+    if resume:
+        ckpt, state = resume_state(out, rename=dist.main)
+        check_resumed_config(cfg, state, ckpt)
         model.load_state_dict(state["model"])  # full tensors, before any sharding
-    elif dist.main and (out / "checkpoints").exists():
+    elif dist.main and checkpoints(out):
         raise AcornError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    elif dist.main:
+        # No checkpoint: a run killed before its first one starts over, metrics.jsonl too
+        # (appending would log steps 1..k of the dead run, then 1..n of this one).
+        (out / "metrics.jsonl").unlink(missing_ok=True)
 
     raw_model, fsdp = model, cfg.train.fsdp and dist.world > 1
     if fsdp:
@@ -240,9 +258,108 @@ def load_state(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def checkpoints(out: Path) -> list[Path]:
+    """The run's checkpoints/step_N.pt, oldest first."""
+    found = [p for p in (out / "checkpoints").glob("step_*.pt") if p.stem.split("_")[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.stem.split("_")[1]))
+
+
 def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((out / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    ckpts = checkpoints(out)
     return ckpts[-1] if ckpts else None
+
+
+_STATE_KEYS = ("model", "optimizers", "step", "loader", "rng")
+
+
+def resume_state(out: Path, *, rename: bool = True) -> tuple[Path, dict]:
+    """The newest checkpoint that loads, and its state. One that does not (cut
+    short by a full disk, damaged by a copy) is skipped with a warning and, when
+    `rename`, renamed NAME.unreadable, so the next resume does not trip on it and
+    nothing is deleted; the checkpoint before it (two are kept for this) is used."""
+    ckpts = checkpoints(out)
+    if not ckpts:
+        raise AcornError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
+    bad: list[tuple[Path, str]] = []
+    for path in reversed(ckpts):
+        try:
+            state = load_state(path)
+            if not isinstance(state, dict) or any(k not in state for k in _STATE_KEYS):
+                raise ValueError("not a training checkpoint (model, optimizers, step, loader, rng)")
+        except Exception as e:  # torch.load of a damaged file: RuntimeError, EOFError, UnpicklingError, ...
+            reason = (str(e).strip().splitlines() or [""])[0][:200]
+            bad.append((path, f"{type(e).__name__}: {reason}"))
+            continue
+        if bad:
+            moved = []
+            for p, _ in bad:
+                if rename:
+                    p.rename(p.with_name(p.name + ".unreadable"))
+                moved.append(p.name + (".unreadable" if rename else ""))
+            warnings.warn(f"--resume: {bad[0][0]} is unreadable ({bad[0][1]}); resuming from {path.name} (step "
+                          f"{state['step']}), the previous checkpoint, kept for this; the unreadable file"
+                          f"{'s are' if len(bad) > 1 else ' is'} now {', '.join(moved)}", stacklevel=3)
+        return path, state
+    raise AcornError(f"--resume: no checkpoint in {out / 'checkpoints'} is readable ({bad[0][0].name}: {bad[0][1]}); "
+                     "start the run again without --resume, into another --out")
+
+
+def config_record(cfg) -> dict | None:
+    """The run's settings as plain data (for the checkpoint: torch.load(weights_only=True) reads it back)."""
+    if not dataclasses.is_dataclass(cfg):
+        return None
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and k not in ("rope_scaling",):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resumed_config(cfg, state: dict, ckpt: Path) -> None:
+    """Compare the settings a checkpoint was trained with to this run's. The model's
+    (and LoRA's) must match: other shapes cannot load, and other hyper-parameters of
+    the same shapes would silently be another model. Anything else may change (it is
+    how a run is extended), with a warning that says what and what it means."""
+    saved = state.get("config")
+    if saved is None:  # a checkpoint from before settings were recorded: the run's config.yaml
+        try:
+            import yaml
+
+            saved = yaml.safe_load((ckpt.parent.parent / "config.yaml").read_text(encoding="utf-8"))
+        except Exception:  # noqa: BLE001 - nothing to compare with; load_state_dict still checks shapes
+            saved = None
+    now = config_record(cfg)
+    if not isinstance(saved, dict) or now is None:
+        return
+    old, new = _flat(saved), _flat(now)
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k != "out"]
+    fixed = [k for k in changed if k.split(".")[0] in ("model", "lora")]
+    show = lambda k: f"{k} {old.get(k)!r} (now {new.get(k)!r})"  # noqa: E731
+    if fixed:
+        more = f" and {len(fixed) - 4} more" if len(fixed) > 4 else ""
+        raise AcornError(f"--resume: {ckpt} was trained with other model settings: "
+                         f"{', '.join(show(k) for k in fixed[:4])}{more}; resume with the settings the run "
+                         f"started with (see {ckpt.parent.parent / 'config.yaml'}), or start a new run with another --out")
+    step, max_steps = state["step"], new.get("train.max_steps")
+    if isinstance(max_steps, int) and 0 < max_steps < step:
+        raise AcornError(f"--resume: {ckpt.name} is at step {step}, past --train.max_steps {max_steps}; raise "
+                         "--train.max_steps to train on (or use the run's model as it is)")
+    if changed:
+        notes = []
+        for k in changed:
+            note = show(k)
+            if k == "train.max_steps":
+                note += (f": the learning-rate schedule (warmup, decay) is now spread over {max_steps} steps, so "
+                         f"from step {step} on the rate differs from the first run's; allowed, to extend or shorten "
+                         "a run")
+            notes.append(note)
+        warnings.warn(f"--resume: settings changed since {ckpt.name}: {'; '.join(notes)}", stacklevel=3)
 
 
 def load_optimizers(model, optimizers, states: list[dict], fsdp: bool) -> None:
