@@ -169,7 +169,7 @@ def cmd_reward_train(args) -> None:
 def cmd_reward_score(args) -> None:
     from acorn.train.reward import score_file
 
-    r = score_file(args.model, args.data, out=args.out, batch_size=args.batch_size)
+    r = score_file(args.model, args.data, out=args.out, batch_size=args.batch_size, tokenizer=args.tokenizer)
     if args.out is None:
         for row in r["rows_out"]:
             if "score" in row:
@@ -646,6 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("data", help="JSONL(.gz): pairs (chosen/rejected) or rows with text, messages, or prompt+completion")
     s.add_argument("--out", help="write the rows with their scores here (default: print the scores)")
     s.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default: 16)")
+    s.add_argument("--tokenizer", help="refuse unless this tokenizer (e.g. the policy checkpoint's) is the reward "
+                   "model's: scores of another vocabulary's ids mean nothing")
     s.set_defaults(func=cmd_reward_score)
 
     # acorn tokens count

@@ -280,12 +280,12 @@ def fill_reference(reference, items: list, collate, *, batch_size: int, device, 
 # ------------------------------------------------------------ evaluation
 @torch.no_grad()
 def evaluate(model, *, loader, loss_fn, batches: int | None) -> dict:
-    """The loss and every metric of `loss_fn` over held-out batches, as val_loss, val_rewards/accuracies, ...
-    (called by fit in eval mode under autocast)."""
+    """The loss and every metric of `loss_fn` over held-out batches (every held-out item when batches
+    is 0), as val_loss, val_rewards/accuracies, ... (called by fit in eval mode under autocast)."""
     loss = weight = 0.0
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
-    for batch in loader.iter_eval(batches):
+    for batch in loader.iter_eval(batches or None):
         out = loss_fn(model, _to(batch, model))
         loss += float(out.loss)
         weight += float(out.weight)

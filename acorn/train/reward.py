@@ -168,14 +168,19 @@ def load_reward_model(path, *, dtype=None, device="auto") -> RewardModel:
     return RewardModel.from_pretrained(path, dtype=dtype, device=device)
 
 
-def score_file(model_path, data, *, out=None, batch_size: int = 16) -> dict:
+def score_file(model_path, data, *, out=None, batch_size: int = 16, tokenizer=None) -> dict:
     """Score every row of preference or text files: pairs get both sides scored and counted as ranked
     right or not; {"text": ...}, {"messages": [...]} and {"prompt", "completion"} rows get one score.
-    Writes the rows with their scores to `out` (JSONL) when given; returns a summary."""
+    Writes the rows with their scores to `out` (JSONL) when given; returns a summary. tokenizer: a
+    path whose tokenizer (a policy's) must be the reward model's, checked before anything is scored."""
     from acorn.fileio import write_jsonl
     from acorn.train.prefs_data import is_conversation, pair_parts, read_rows
 
     rm = load_reward_model(model_path, device="auto")
+    if tokenizer is not None:
+        from acorn.tokenizer.bpe import Tokenizer
+
+        rm.check_tokenizer(Tokenizer.from_pretrained(tokenizer))
     rows, items, kinds = [], [], []
     for where, row in read_rows([data] if isinstance(data, (str, Path)) else data):
         if isinstance(row, dict) and "chosen" in row and "rejected" in row:
