@@ -39,13 +39,15 @@ from acorn.model.transformer import Transformer
 def sequence_ids(tok, item) -> list[int]:
     """What a reward model reads, as token ids: a conversation (a list of messages) through the
     chat template, a text as BOS + text + EOS (where the tokenizer has them), ids as they are."""
+    if isinstance(item, (list, tuple)) and item and all(isinstance(i, int) and not isinstance(i, bool) for i in item):
+        return list(item)
+    if tok is None:
+        raise AcornError("this reward model has no tokenizer; give token ids, or load it with its tokenizer")
     if isinstance(item, str):
         return ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(item) + (
             [tok.eos_id] if tok.eos_id is not None else [])
     if isinstance(item, (list, tuple)) and item and all(isinstance(m, dict) for m in item):
         return list(tok.apply_chat_template(list(item)))
-    if isinstance(item, (list, tuple)) and item and all(isinstance(i, int) and not isinstance(i, bool) for i in item):
-        return list(item)
     raise AcornError(f"cannot score {type(item).__name__} {str(item)[:60]!r}: give a text, a conversation (a list "
                      "of {'role', 'content'} messages) or a list of token ids")
 
@@ -166,8 +168,6 @@ class RewardModel(nn.Module):
     @torch.no_grad()
     def score(self, items, *, batch_size: int = 16) -> list[float]:
         """One reward per item: a text, a conversation (list of messages) or a list of token ids."""
-        if self.tokenizer is None and any(not isinstance(i, (list, tuple)) or isinstance(i[0], dict) for i in items):
-            raise AcornError("this reward model has no tokenizer; give token ids, or load it with its tokenizer")
         rows = [sequence_ids(self.tokenizer, item) for item in items]
         limit = self.config.max_seq_len
         for i, r in enumerate(rows):

@@ -373,14 +373,19 @@ def unknown_pairs(tiny_world, tmp_path):
     return out
 
 
-def _run(tmp_path, base, tiny_world, loss, *extra):
-    out = tmp_path / loss
+def _args(tmp_path, tiny_world) -> list[str]:
+    """Data and a short schedule for a tiny run (the options other than --loss, --init_from, --out)."""
     train, held_out = unknown_pairs(tiny_world, tmp_path)
-    args = ["dpo", "--loss", loss, "--init_from", str(base), "--data", str(train), "--eval_data", str(held_out),
-            "--out", str(out),
+    return ["--data", str(train), "--eval_data", str(held_out),
             "--train.seq_len", "64", "--train.micro_batch", "8", "--train.batch_tokens", "512",
             "--train.max_steps", "12", "--optim.lr", "3e-3", "--optim.warmup_steps", "1", "--eval.every", "12",
-            "--eval.batches", "0", "--train.dtype", "float32", *extra]
+            "--eval.batches", "0", "--train.dtype", "float32"]
+
+
+def _run(tmp_path, base, tiny_world, loss, *extra):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    out = tmp_path / loss
+    args = ["dpo", "--loss", loss, "--init_from", str(base), "--out", str(out), *_args(tmp_path, tiny_world), *extra]
     assert main(args) == 0
     return out, [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -402,6 +407,46 @@ def test_lora_policy_uses_its_base_as_the_reference(tmp_path, tiny_world, world_
     assert rows[0]["loss"] == pytest.approx(25.0, rel=1e-4)
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert (out / "adapter" / "adapter_config.json").exists() and not (out / "model").exists()
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path, tiny_world, world_tokenizer):
+    """The reference log-probs come from --init_from again, the loader continues where it was."""
+    from safetensors.torch import load_file
+
+    base = _base(tmp_path, world_tokenizer)
+    straight, _ = _run(tmp_path / "a", base, tiny_world, "kto", "--eval.checkpoint_every", "6")
+    out, rows = _run(tmp_path / "b", base, tiny_world, "kto", "--eval.checkpoint_every", "6")
+    # as if killed after step 6: only its checkpoint and metrics remain
+    (out / "checkpoints" / "step_0000012.pt").unlink()
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:6]))
+    import shutil
+
+    shutil.rmtree(out / "model")
+    args = ["dpo", "--resume", "--loss", "kto", "--init_from", str(base), "--out", str(out),
+            *_args(tmp_path / "b", tiny_world)]
+    assert main(args) == 0
+    a, b = load_file(straight / "model" / "model.safetensors"), load_file(out / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 12
+
+
+def test_adapters_off_is_the_base_model(checkpoint, pairs):
+    from acorn.model import lora
+    from acorn.train.prefs import adapters_off, completion_logps
+
+    model = acorn_model(checkpoint).eval()
+    batch = pair_batch(pairs, 0)
+    with torch.no_grad():
+        base = completion_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask)[0]
+        lora.add_lora(model, r=4, alpha=8, targets=["all-linear"])
+        for layer in lora.lora_layers(model).values():
+            torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.5)  # a trained adapter: not zero
+        adapted = completion_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask)[0]
+        with adapters_off(model):
+            off = completion_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask)[0]
+        again = completion_logps(model, batch.input_ids, batch.attention_mask, batch.completion_mask)[0]
+    assert torch.allclose(off, base, atol=1e-5) and not torch.allclose(adapted, base, atol=1e-2)
+    assert torch.equal(again, adapted)  # switched back on afterwards
 
 
 @pytest.mark.parametrize("loss", ["kto", "orpo", "simpo"])
