@@ -490,7 +490,7 @@ def _canonical_names(family: str, names) -> dict[str, str]:
     """Checkpoint name -> the name _to_hf uses. Original GPT-2 files lack the 'transformer.' prefix."""
     if family != "gpt2":
         return {n: n for n in names}
-    return {n: n if n.startswith(("transformer.", "lm_head.")) else "transformer." + n for n in names}
+    return {n: n if n.startswith(("transformer.", "lm_head.", "score.")) else "transformer." + n for n in names}
 
 
 def _check_tensors(family: str, cfg: ModelConfig, weights: _Weights, names: dict[str, str], where: Path,

@@ -146,3 +146,33 @@ def test_another_tokenizer_or_a_language_model_load_is_refused(reward_dir, tok, 
         load(reward_dir)
     with pytest.raises(AcornError, match="outside the reward model's vocabulary"):
         rm.score([[1, 2, 10_000]])
+
+
+@pytest.mark.parametrize("layout,arch", [
+    (dict(positions="learned", norm="layernorm", mlp="gelu_tanh", qkv_bias=True, out_bias=True, mlp_bias=True),
+     "GPT2ForSequenceClassification"),
+    (dict(qkv_bias=True), "Qwen2ForSequenceClassification"),
+    (dict(qk_norm=True), "Qwen3ForSequenceClassification"),
+    (dict(tie_embeddings=False), "LlamaForSequenceClassification"),  # the unused untied LM head is not saved
+    (dict(sliding_window=16), "MistralForSequenceClassification"),
+    (dict(n_experts=4), "MixtralForSequenceClassification"),
+])
+def test_every_family_saves_as_its_sequence_classifier_with_the_same_scores(tok, tmp_path, layout, arch):
+    import transformers
+
+    from acorn.model.transformer import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    rm = RewardModel.from_causal_lm(
+        Transformer(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, d_model=32, n_head=4, max_seq_len=128, **layout)),
+        tok)
+    with torch.no_grad():
+        rm.head.weight.normal_(0, 1)
+    rm.save(tmp_path)
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert type(hf).__name__ == arch and "lm_head" not in str(hf.state_dict().keys())
+    ids, mask = padded([sequence_ids(tok, i) for i in ITEMS], tok.pad_id)
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
+    assert torch.allclose(torch.tensor(rm.score(ITEMS)), theirs, atol=1e-4)
+    assert load_reward_model(tmp_path, device="cpu").score(ITEMS) == pytest.approx(rm.score(ITEMS), abs=1e-5)
