@@ -53,7 +53,7 @@ from acorn.model.lora import LoRAConfig
 from acorn.model.transformer import ModelConfig
 from acorn.train.loop import EvalConfig, LoopConfig, LossOutput, accumulation, fit
 from acorn.train.optim import OptimConfig
-from acorn.train.prefs_data import KTOBatch, PairBatch
+from acorn.train.prefs_data import KTOBatch
 
 METHODS = ("dpo", "ipo", "kto", "orpo", "simpo")
 REFERENCE_FREE = ("orpo", "simpo")
@@ -253,7 +253,6 @@ def fill_reference(reference, items: list, collate, *, batch_size: int, device, 
     """Set each item's reference log-probabilities (pairs: ref_chosen / ref_rejected; KTO examples:
     ref / ref_kl) with `reference`, in eval mode; once, before training."""
     from acorn.train.loop import to_device
-    from acorn.train.prefs_data import KTOBatch
 
     was_training = reference.training
     reference.eval()
@@ -372,13 +371,9 @@ def prefs(cfg: PrefsConfig, *, resume: bool = False) -> Path:
         print(f"{cfg.loss}: {len(train_items):,} {what} ({len(val_items):,} held out{'; ' + extra if extra else ''}); "
               f"beta {cfg.method_beta:g}; "
               f"{'no reference' if cfg.loss in REFERENCE_FREE else 'reference log-probs computed'}; "
-              f"{micro_items(cfg, accum, dist.world)} {what} per step, {cfg.train.max_steps} steps", flush=True)
+              f"{cfg.train.micro_batch * accum * dist.world} {what} per step, {cfg.train.max_steps} steps", flush=True)
     loss_fn = functools.partial(preference_loss, cfg=cfg)
     validate = functools.partial(evaluate, loader=val_loader, loss_fn=loss_fn, batches=cfg.eval.batches) \
         if val_items else None
     return fit(cfg, model, loader, loss_fn, evaluate=validate, device=device, dist=dist, tokenizer=tok,
                resume=resume, stage=cfg.loss)
-
-
-def micro_items(cfg, accum: int, world: int) -> int:
-    return cfg.train.micro_batch * accum * world

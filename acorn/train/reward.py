@@ -84,10 +84,10 @@ def reward_loss(model, batch, *, margin: bool = True, center: float = 0.0) -> Lo
 @torch.no_grad()
 def evaluate(model, *, loader, batches: int | None, margin: bool, center: float) -> dict:
     """Held-out pairs: val_loss and val_accuracy (the share ranked right), over every pair when batches is 0."""
-    loss = n = right = 0.0
-    device = next(model.parameters()).device
     from acorn.train.loop import to_device
 
+    loss = n = right = 0.0
+    device = next(model.parameters()).device
     for batch in loader.iter_eval(batches or None):
         out = reward_loss(model, to_device(batch, device), margin=margin, center=center)
         loss, n, right = loss + float(out.loss), n + out.weight, right + float(out.metrics["accuracy"])
