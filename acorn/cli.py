@@ -152,6 +152,36 @@ def cmd_sft(args) -> None:
     sft(load(SFTConfig, args.config, args.overrides), resume=args.resume)
 
 
+def cmd_dpo(args) -> None:
+    from acorn.config import load
+    from acorn.train.prefs import PrefsConfig, prefs
+
+    prefs(load(PrefsConfig, args.config, args.overrides), resume=args.resume)
+
+
+def cmd_reward_train(args) -> None:
+    from acorn.config import load
+    from acorn.train.reward import RewardConfig, reward_train
+
+    reward_train(load(RewardConfig, args.config, args.overrides), resume=args.resume)
+
+
+def cmd_reward_score(args) -> None:
+    from acorn.train.reward import score_file
+
+    r = score_file(args.model, args.data, out=args.out, batch_size=args.batch_size, tokenizer=args.tokenizer)
+    if args.out is None:
+        for row in r["rows_out"]:
+            if "score" in row:
+                print(f"{row['score']:.4f}")
+            else:
+                print(f"{row['score_chosen']:.4f}\t{row['score_rejected']:.4f}")
+    summary = f"{r['rows']} rows scored, mean score {r['mean_score']:.4f}"
+    if r["pairs"]:
+        summary += f"; {r['pairs']} pairs, chosen scored higher in {r['accuracy']:.1%}"
+    print(summary + (f"; scores -> {args.out}" if args.out else ""), file=sys.stderr)
+
+
 def cmd_speedrun(args) -> None:
     from acorn.speedrun import speedrun
 
@@ -581,6 +611,53 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="YAML file with the run's settings")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.set_defaults(func=cmd_sft, accepts_overrides=True)
+
+    # acorn dpo
+    s = _parser(stages, "dpo", "preference optimisation without a reward model: DPO, cDPO, IPO, KTO, ORPO, SimPO",
+                "acorn dpo --init_from runs/sft/model --data runs/world/preference.jsonl --loss dpo --beta 0.1",
+                description="Tune a chat model on preference pairs (prompt/chosen/rejected JSONL, conversations or "
+                "text,\nexplicit or implicit prompt; KTO also takes prompt/completion/label rows) with one of:\n"
+                "  --loss dpo    Rafailov et al. 2023; --label_smoothing 0.1 makes it conservative DPO (cDPO)\n"
+                "  --loss ipo    Azar et al. 2023 (--beta is its tau)\n"
+                "  --loss kto    Ethayarajh et al. 2024 (--desirable_weight, --undesirable_weight)\n"
+                "  --loss orpo   Hong et al. 2024, no reference model (--beta is its lambda)\n"
+                "  --loss simpo  Meng et al. 2024, no reference model (--simpo_gamma)\n"
+                "The reference log-probabilities are computed once before training (the starting model, the "
+                "base\nwithout adapters under --lora.r, or --reference CKPT). Settings as for `acorn sft`: "
+                "--config FILE and\n--section.key VALUE overrides (data, eval_data, out, init_from, reference, loss, "
+                "beta, label_smoothing,\nsimpo_gamma, desirable_weight, undesirable_weight, epochs, val_fraction, "
+                "optim, train, eval, lora).\nmetrics.jsonl logs TRL's rewards/chosen, rewards/rejected, "
+                "rewards/margins, rewards/accuracies.")
+    s.add_argument("--config", help="YAML file with the run's settings")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.set_defaults(func=cmd_dpo, accepts_overrides=True)
+
+    # acorn reward ...
+    rw = _parser(stages, "reward", "reward models: train one on preference pairs, score texts with one",
+                 "acorn reward train --init_from runs/sft/model --data runs/world/preference.jsonl --out runs/reward")
+    rsub = rw.add_subparsers(dest="cmd", metavar="COMMAND")
+    rsub.required = True
+    s = _parser(rsub, "train", "fit a scalar head on the transformer to preference pairs (Bradley-Terry, optional "
+                "margin); writes a transformers XForSequenceClassification checkpoint and the held-out accuracy",
+                "acorn reward train --init_from runs/sft/model --data runs/world/preference.jsonl --out runs/reward",
+                description="Fit a reward model (the checkpoint's backbone + a linear d_model -> 1 read at the last "
+                "token) to\npreference pairs with the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected - margin) "
+                "(margin from\na row's 'margin' field). RUN/model is a LlamaForSequenceClassification-style "
+                "checkpoint (num_labels 1)\nthat transformers loads with the same scores; report.md gives the "
+                "held-out pair accuracy. Settings:\n--config FILE and --section.key VALUE overrides (data, eval_data, "
+                "out, init_from, margin,\ncenter_rewards_coefficient, epochs, val_fraction, optim, train, eval).")
+    s.add_argument("--config", help="YAML file with the run's settings")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.set_defaults(func=cmd_reward_train, accepts_overrides=True)
+    s = _parser(rsub, "score", "score texts, conversations or preference pairs with a reward model",
+                "acorn reward score runs/reward/model runs/world/eval/preference.jsonl --out scored.jsonl")
+    s.add_argument("model", help="a reward model directory (RUN/model of `acorn reward train`)")
+    s.add_argument("data", help="JSONL(.gz): pairs (chosen/rejected) or rows with text, messages, or prompt+completion")
+    s.add_argument("--out", help="write the rows with their scores here (default: print the scores)")
+    s.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default: 16)")
+    s.add_argument("--tokenizer", help="refuse unless this tokenizer (e.g. the policy checkpoint's) is the reward "
+                   "model's: scores of another vocabulary's ids mean nothing")
+    s.set_defaults(func=cmd_reward_score)
 
     # acorn tokens count
     tc = _parser(stages, "tokens", "count tokens and estimate API cost", "acorn tokens count notes.txt --price-per-million 0.5")

@@ -8,6 +8,7 @@ crash or kill -9 never leaves a half-written file behind.
 from __future__ import annotations
 
 import glob
+import gzip
 import json
 import os
 import re
@@ -105,11 +106,13 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    """Yield the objects of a JSONL file; a bad line is an AcornError naming file and line."""
+    """Yield the objects of a JSONL file (gzip-compressed when it ends in .gz); a bad line is an
+    AcornError naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise AcornError(f"{path}: no such file; check the path")
-    with open(path, encoding="utf-8") as f:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -56,6 +56,12 @@ ARCHITECTURES = {
     "MixtralForCausalLM": "mixtral",
 }
 _FAMILY_ARCH = {family: arch for arch, family in ARCHITECTURES.items()}
+# The same families as sequence classifiers (a reward model): the backbone's tensors, no LM head, and
+# `score.weight` (num_labels x d_model, no bias) read at the last token that is not padding.
+CLASSIFIERS = {"gpt2": "GPT2ForSequenceClassification", "llama": "LlamaForSequenceClassification",
+               "mistral": "MistralForSequenceClassification", "qwen2": "Qwen2ForSequenceClassification",
+               "qwen3": "Qwen3ForSequenceClassification", "mixtral": "MixtralForSequenceClassification"}
+_CLASSIFIER_FAMILY = {arch: family for family, arch in CLASSIFIERS.items()}
 
 # What transformers assumes when config.json leaves a field out (each config class's default).
 _DEFAULTS = {
@@ -93,6 +99,8 @@ def _family(hf: dict, where: str) -> str:
     name = archs[0] if archs else hf.get("model_type")
     if name in ARCHITECTURES:
         return ARCHITECTURES[name]
+    if name in _CLASSIFIER_FAMILY:
+        return _CLASSIFIER_FAMILY[name]
     if not archs and name in _FAMILY_ARCH:
         return name
     raise AcornError(f"{where}: architecture {name!r} is not supported; Acorn loads {', '.join(ARCHITECTURES)}")
@@ -494,12 +502,13 @@ def _canonical_names(family: str, names) -> dict[str, str]:
     """Checkpoint name -> the name _to_hf uses. Original GPT-2 files lack the 'transformer.' prefix."""
     if family != "gpt2":
         return {n: n for n in names}
-    return {n: n if n.startswith(("transformer.", "lm_head.")) else "transformer." + n for n in names}
+    return {n: n if n.startswith(("transformer.", "lm_head.", "score.")) else "transformer." + n for n in names}
 
 
 def _check_tensors(family: str, cfg: ModelConfig, weights: _Weights, names: dict[str, str], where: Path,
-                   model: Transformer | None = None) -> None:
-    expected = _expected_tensors(family, cfg, model)
+                   model: Transformer | None = None, extra: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Every tensor the config implies (and `extra`, a head's), with its shape, and nothing else."""
+    expected = {**_expected_tensors(family, cfg, model), **(extra or {})}
     present = {canon: weights.shapes[disk] for disk, canon in names.items()}
     missing = [n for n in expected if n not in present]
     if missing:
@@ -529,6 +538,12 @@ def _checkpoint_dir(path) -> Path:
     return directory
 
 
+def is_classifier(path) -> bool:
+    """Whether a checkpoint directory holds a sequence classifier (a reward model: CLASSIFIERS)."""
+    hf = read_json(_checkpoint_dir(path) / "config.json")
+    return isinstance(hf, dict) and (hf.get("architectures") or [None])[0] in _CLASSIFIER_FAMILY
+
+
 def load(path, *, dtype=None, device="auto", allow_pickle: bool = False, adapter=None,
          merge: bool = False) -> Transformer:
     """Load a local Hugging Face checkpoint directory (GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral,
@@ -543,10 +558,41 @@ def load(path, *, dtype=None, device="auto", allow_pickle: bool = False, adapter
     if adapter is not None:  # a bad adapter directory fails before the base loads
         lora.read_adapter_config(adapter)
     directory = _checkpoint_dir(path)
+    if is_classifier(directory):
+        raise AcornError(f"{directory}: is a sequence classifier (a reward model: one score, no language-model "
+                         "head); load it with acorn.train.reward.load_reward_model, or give a causal LM checkpoint")
+    model, _ = _load(directory, dtype, device, allow_pickle)
+    if adapter is not None:
+        lora.load_adapter(model, adapter, dtype=quant.float_dtype(model))
+        if merge:
+            lora.merge_and_unload(model)
+    return model.eval()
+
+
+def load_classifier(path, *, dtype=None, device="auto") -> tuple[Transformer, Tensor, dict]:
+    """A sequence classifier checkpoint (CLASSIFIERS, e.g. LlamaForSequenceClassification with
+    num_labels 1): (the backbone as a Transformer whose head is tied to the embedding and unused,
+    score.weight (num_labels, d_model), config.json as a dict). Safetensors only."""
+    directory = _checkpoint_dir(path)
+    if not is_classifier(directory):
+        raise AcornError(f"{directory}: is not a sequence classifier checkpoint (architectures: one of "
+                         f"{', '.join(CLASSIFIERS.values())}); train one with `acorn reward train`")
+    model, heads = _load(directory, dtype, device, False, classifier=True)
+    return model.eval(), heads["score.weight"], read_json(directory / "config.json")
+
+
+def _load(directory: Path, dtype, device, allow_pickle: bool, *, classifier: bool = False):
+    """The weights of a checkpoint directory into a Transformer; with classifier=True the backbone
+    of a sequence classifier (no LM head: the model's head is tied to the embedding) and its score."""
     hf = read_json(directory / "config.json")
     if not isinstance(hf, dict):
         raise AcornError(f"{directory / 'config.json'}: not a JSON object; it is not a transformers config")
     family, cfg = config_from_hf(hf, str(directory / "config.json"))
+    extra = {}
+    if classifier:
+        cfg.tie_embeddings = True  # a classifier has no LM head to load; tying gives the Transformer one for free
+        labels = len(hf.get("id2label") or {}) or hf.get("num_labels") or 2  # transformers' default is 2
+        extra = {"score.weight": (labels, cfg.d_model)}
     if dtype is None:
         saved = hf.get("dtype") or hf.get("torch_dtype")
         dtype = saved if isinstance(saved, str) and saved in DTYPES else "float32"
@@ -557,7 +603,7 @@ def load(path, *, dtype=None, device="auto", allow_pickle: bool = False, adapter
         quant.prepare(model, hf["quantization"], str(directory / "config.json"))
     weights = _Weights(directory, allow_pickle=allow_pickle)
     names = _canonical_names(family, weights.files)
-    _check_tensors(family, cfg, weights, names, directory, model)
+    _check_tensors(family, cfg, weights, names, directory, model, extra)
     disk = {canon: n for n, canon in names.items()}
 
     for name, tensor in _from_hf(family, cfg, lambda n: weights.get(disk[n]), model):
@@ -575,11 +621,7 @@ def load(path, *, dtype=None, device="auto", allow_pickle: bool = False, adapter
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
     if left:  # a bug in the weight maps, not a user error
         raise RuntimeError(f"parameters not loaded: {left[:5]}")
-    if adapter is not None:
-        lora.load_adapter(model, adapter, dtype=quant.float_dtype(model))
-        if merge:
-            lora.merge_and_unload(model)
-    return model.eval()
+    return model, {n: weights.get(disk[n]).to(device=device, dtype=dtype) for n in extra}
 
 
 # ------------------------------------------------------------------- save
@@ -595,13 +637,17 @@ def _parse_size(size) -> int:
 
 
 def save(model: Transformer, directory, *, tokenizer=None, dtype=None, max_shard_size="5GB",
-         generation_config: dict | None = None) -> Path:
+         generation_config: dict | None = None, score: Tensor | None = None, pad_id: int | None = None) -> Path:
     """Write `model` as a Hugging Face checkpoint that transformers' from_pretrained loads.
 
     The architecture is the transformers one that runs the config exactly (see hf_architecture);
     a config with no equivalent is refused with an AcornError naming the feature. dtype: the weights'
     dtype on disk (default: the model's). Files are written to a temporary directory and moved into
     place, so an interrupted save leaves the previous checkpoint (if any) whole.
+
+    score: (num_labels, d_model) to write a sequence classifier instead (CLASSIFIERS: a reward
+    model): the backbone without the LM head, plus score.weight; pad_id (default the tokenizer's)
+    is the config's pad_token_id, which transformers uses to find each row's last real token.
     """
     cfg = model.config
     if lora.lora_layers(model):
@@ -610,6 +656,8 @@ def save(model: Transformer, directory, *, tokenizer=None, dtype=None, max_shard
     arch = hf_architecture(cfg)
     family = ARCHITECTURES[arch]
     quantization = quant.quantization_of(model)
+    if score is not None and quantization is not None:
+        raise AcornError("a quantized sequence classifier cannot be saved; save the float model")
     if quantization is not None and family == "gpt2":
         raise AcornError("a quantized model with GPT-2's layout cannot be saved: its checkpoint fuses q, k and v "
                          "and transposes every matrix, which packed weights cannot follow; quantize a RoPE model")
@@ -625,11 +673,17 @@ def save(model: Transformer, directory, *, tokenizer=None, dtype=None, max_shard
             raise AcornError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
                              f"{cfg.vocab_size}; save with the tokenizer the model was trained with")
         bos, eos, pad = tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id
+    if score is not None and pad_id is not None:
+        pad = pad_id
 
     # safetensors refuses tensors that share memory (a stacked expert's slices, a tied head), and
     # wants them contiguous: give each its own contiguous copy unless it already is one.
     tensors = {}
-    for name, t in _to_hf(family, cfg, model.state_dict()).items():
+    hf_tensors = _to_hf(family, cfg, model.state_dict())
+    if score is not None:  # a classifier: the score instead of the LM head
+        hf_tensors.pop("lm_head.weight", None)
+        hf_tensors["score.weight"] = score
+    for name, t in hf_tensors.items():
         t = t.detach().to(device="cpu", dtype=t.dtype if name in keep else dtype)
         if not t.is_contiguous() or t.untyped_storage().nbytes() != t.numel() * t.element_size():
             t = t.clone(memory_format=torch.contiguous_format)
@@ -670,6 +724,11 @@ def save(model: Transformer, directory, *, tokenizer=None, dtype=None, max_shard
         config = hf_config(cfg, dtype=dtype, bos_id=bos, eos_id=eos, pad_id=pad)
         if quantization:
             config["quantization"] = quantization
+        if score is not None:
+            # transformers counts the labels from id2label (num_labels is not a stored field).
+            labels = range(score.shape[0])
+            config.update(architectures=[CLASSIFIERS[family]], id2label={str(i): f"LABEL_{i}" for i in labels},
+                          label2id={f"LABEL_{i}": i for i in labels})
         write_json(tmp / "config.json", config)
         gen = {k: v for k, v in (("bos_token_id", bos), ("eos_token_id", eos), ("pad_token_id", pad)) if v is not None}
         write_json(tmp / "generation_config.json", {**gen, **(generation_config or {})})
@@ -719,7 +778,8 @@ def model_info(path) -> str:
         if not isinstance(hf, dict):
             raise AcornError(f"{directory / 'config.json'}: not a JSON object; it is not a transformers config")
         family, cfg = config_from_hf(hf, str(directory / "config.json"))
-        arch, title = _FAMILY_ARCH[family], f"{directory}"
+        arch = CLASSIFIERS[family] if is_classifier(directory) else _FAMILY_ARCH[family]
+        title = f"{directory}"
         weights = _Weights(directory, allow_pickle=True, headers_only=True)
         if weights.pickle:
             on_disk = "pickle files (not inspected; pass allow_pickle=True to load)"

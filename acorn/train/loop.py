@@ -27,6 +27,9 @@ already on the device, under autocast. It returns
 - weight: how many items the sum is over (int or 0-dim tensor).
 - metrics: other sums over the same items to log as means, e.g. the number
   of pairs ranked right, logged as an accuracy.
+- metric_weights: for a metric that is a sum over other items than the loss's
+  (KTO's rewards of the desirable examples only), how many: it is logged as
+  its sum over the step divided by theirs.
 The logged `loss` is loss / weight over the whole step. How each trainer fits:
 - pretraining and SFT (`acorn.train.pretrain.next_token_loss`): cross-entropy
   summed over the trained tokens (targets != -100), weight = those tokens.
@@ -110,6 +113,7 @@ class LossOutput:
     loss: Tensor  # sum over the items, with a graph
     weight: Tensor | int  # how many items
     metrics: dict[str, Tensor | float] = field(default_factory=dict)  # more sums over the same items
+    metric_weights: dict[str, Tensor | int] = field(default_factory=dict)  # a metric's own item count, if not weight
 
 
 LossFn = Callable[[nn.Module, Any], LossOutput]
@@ -139,19 +143,21 @@ def train_step(model: nn.Module, micro_batches: list, loss_fn: LossFn, optimizer
        (the caller decides how many in a row it tolerates).
     6. optimizer step.
     """
-    sums, keys = None, []
+    sums, keys, own = None, [], []
     for i, batch in enumerate(micro_batches):
         sync = i == len(micro_batches) - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync():
             with autocast():
                 out = loss_fn(model, to_device(batch, device))
             out.loss.backward()
-        keys = list(out.metrics)
-        row = torch.stack([_scalar(v, device) for v in (out.loss, out.weight, *out.metrics.values())])
+        keys, own = list(out.metrics), list(out.metric_weights)
+        row = torch.stack([_scalar(v, device) for v in (out.loss, out.weight, *out.metrics.values(),
+                                                         *out.metric_weights.values())])
         sums = row if sums is None else sums + row
     if world > 1:
         tdist.all_reduce(sums)
-    loss_sum, weight, *metric_sums = sums.tolist()
+    loss_sum, weight, *rest = sums.tolist()
+    metric_sums, metric_counts = rest[:len(keys)], dict(zip(own, rest[len(keys):]))
     n = max(weight, 1.0)  # a step with no trained item has a zero gradient and loss 0
 
     # DDP and FSDP2 average gradients over processes: undo that, divide by the items instead.
@@ -166,7 +172,10 @@ def train_step(model: nn.Module, micro_batches: list, loss_fn: LossFn, optimizer
             o.step()
     for o in optimizers:
         o.zero_grad(set_to_none=True)
-    return StepOutput(loss, grad_norm, weight, {k: v / n for k, v in zip(keys, metric_sums)}, skipped)
+    # A metric over items of its own that none of this step had is left out (not logged as 0).
+    metrics = {k: v / (metric_counts[k] if k in metric_counts else n) for k, v in zip(keys, metric_sums)
+               if metric_counts.get(k, 1) > 0}
+    return StepOutput(loss, grad_norm, weight, metrics, skipped)
 
 
 def _scalar(value, device) -> Tensor:

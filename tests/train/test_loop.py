@@ -136,3 +136,28 @@ def test_fit_runs_a_pairwise_loss_with_its_own_batches_weights_and_metrics(tmp_p
         after = score(trained, pairs.chosen[:4]) - score(trained, pairs.rejected[:4])
     assert -F.logsigmoid(after).mean() < -F.logsigmoid(margin).mean()
     assert "# Training report: reward" in (out / "report.md").read_text()
+
+
+def test_a_metric_over_its_own_items_is_averaged_over_them():
+    """KTO logs the reward of its desirable examples over those alone: metric_weights."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 64, (4, 8), generator=g)
+
+    def loss_fn(m, batch):
+        good = batch.y[:, 0] % 2 == 0  # which rows count for the metric
+        per_row = m(batch.x).logits[:, -1, 0]
+        return LossOutput(per_row.sum(), len(per_row), {"good": per_row.detach()[good].sum(), "all": per_row.detach().sum()},
+                          {"good": good.sum()})
+
+    y = torch.tensor([[0], [1], [2], [1]]).expand(4, 8)
+    m = model()
+    with torch.no_grad():
+        rows = m(x).logits[:, -1, 0]
+    s = train_step(m, [Batch(x[:2], y[:2]), Batch(x[2:], y[2:])], loss_fn, [torch.optim.SGD(m.parameters(), lr=0.0)],
+                   device=torch.device("cpu"))
+    assert s.metrics["good"] == pytest.approx(rows[[0, 2]].mean().item(), abs=1e-6)
+    assert s.metrics["all"] == pytest.approx(rows.mean().item(), abs=1e-6)
+    # a step where no item counts leaves the metric out rather than logging 0
+    s = train_step(m, [Batch(x[1:2], y[1:2])], loss_fn, [torch.optim.SGD(m.parameters(), lr=0.0)],
+                   device=torch.device("cpu"))
+    assert "good" not in s.metrics and "all" in s.metrics
