@@ -516,7 +516,14 @@ class PPOBatches:
         scores = torch.nan_to_num(r.rewards, nan=0.0)
         kl_coef = self.controller.coef
         r.batch.advantages, r.batch.returns, metrics = ppo_advantages(r.batch, scores, self.settings, kl_coef)
-        self.controller.update(metrics["kl"], len(scores) * self.world)
+        kl = metrics["kl"]
+        if self.world > 1:  # one coefficient for every process: the KL of all their rollouts
+            import torch.distributed as tdist
+
+            total = torch.tensor([kl], dtype=torch.float64, device=self.worker.device)
+            tdist.all_reduce(total)
+            kl = float(total) / self.world
+        self.controller.update(kl, len(scores) * self.world)
         return r.batch, r.metrics | metrics
 
     def state_dict(self) -> dict:

@@ -371,6 +371,27 @@ def test_ppo_logs_its_quantities_adapts_the_kl_coefficient_and_exports_the_polic
     assert "## PPO" in (out / "report.md").read_text()
 
 
+def test_ppo_with_lora_trains_adapters_and_the_value_head_and_writes_a_peft_adapter(checkpoint, tok, tmp_path):
+    """The reference is the base with the adapters off; checkpoints carry the value head, the
+    exported adapter only the policy's adapters, under PEFT's names."""
+    from safetensors.torch import load_file
+
+    from acorn.train.run import load_state
+
+    cfg = PPOConfig(data=_prompts_file(tmp_path / "p.jsonl", tok), out=str(tmp_path / "run"),
+                    init_from=str(checkpoint[0]))
+    cfg.rollout.prompts, cfg.rollout.max_new_tokens, cfg.rollout.epochs = 4, 6, 2
+    cfg.lora.r, cfg.lora.alpha, cfg.ppo.kl_estimator = 4, 8, "k3"
+    cfg.train.micro_batch, cfg.train.max_steps, cfg.train.dtype = 4, 4, "float32"
+    cfg.optim.lr = 1e-2
+    out = rl.ppo(cfg, rewards=[_low_ids_reward])
+    state = load_state(out / "checkpoints" / "step_0000004.pt")["model"]
+    assert state["value_head.weight"].abs().sum() > 0  # trained from its zero start
+    names = list(load_file(out / "adapter" / "adapter_model.safetensors"))
+    assert names and all(n.startswith("base_model.model.model.layers.") and ".lora_" in n for n in names)
+    assert [r["kl"] for r in _rows(out) if "kl" in r][-1] > 0  # adapters moved the policy off the base
+
+
 # ------------------------------------------------------------------ bad input, from the command line
 def test_cli_reward_errors_name_the_prompt_or_are_skipped_when_asked(checkpoint, tok, tmp_path, capsys):
     from acorn.cli import main
