@@ -182,6 +182,56 @@ def cmd_reward_score(args) -> None:
     print(summary + (f"; scores -> {args.out}" if args.out else ""), file=sys.stderr)
 
 
+def _rl_commands(stages) -> None:
+    """`acorn grpo` and `acorn ppo`: RL from rewards (acorn.train.rl), set up like `acorn sft`."""
+
+    def run(args) -> None:
+        from acorn.config import load
+        from acorn.train import rl
+
+        cls, train = (rl.GRPOConfig, rl.grpo) if args.stage == "grpo" else (rl.PPOConfig, rl.ppo)
+        cfg = load(cls, args.config, args.overrides)
+        if args.reward:
+            cfg.rewards = args.reward
+        if args.skip_reward_errors:
+            cfg.skip_reward_errors = True
+        train(cfg, resume=args.resume)
+
+    common = ("Settings as for `acorn sft`: --config FILE and --section.key VALUE overrides (data, eval_data, out,\n"
+              "init_from, rewards, reward_weights, rollout, optim, train, eval, lora). Data: prompt-only JSONL, TRL's\n"
+              "`prompt` column as text or as chat messages; other columns reach the reward functions\n"
+              "(runs/world/rl_arithmetic.jsonl carries `answer`). Rollouts: --rollout.prompts P --rollout.n N\n"
+              "--rollout.max_new_tokens T --rollout.temperature 1 --rollout.epochs E --rollout.minibatches M.\n"
+              "Rewards: arithmetic (exact match with `answer`), json (valid, and fits the row's `schema`),\n"
+              "format (the reply matches the row's `format` regex, else a bare integer), or module:function\n"
+              "(TRL's signature: fn(prompts, completions, completion_ids, **columns) -> list of floats).\n"
+              "LoRA (--lora.r 16): the reference model is the base with the adapters switched off.\n"
+              "Writes metrics.jsonl, rl.png, report.md and the model (or adapter) like the other stages.")
+    for name, help, example, own in [
+        ("grpo", "GRPO with verifiable rewards: n samples per prompt, group-normalised advantages, clipped ratio",
+         "acorn grpo --init_from runs/speedrun/sft/model --data runs/world/rl_arithmetic.jsonl --reward arithmetic "
+         "--out runs/grpo",
+         "GRPO (Shao et al. 2024): --grpo.loss_type dapo|grpo|dr_grpo, --grpo.scale_rewards true|false,\n"
+         "--grpo.epsilon 0.2 (none: no clipping), --grpo.epsilon_high 0.28 (DAPO), --grpo.beta 0.04 (k3 KL to the\n"
+         "reference). scale_rewards false, epsilon none and beta 0 with one epoch is nanochat's REINFORCE."),
+        ("ppo", "PPO with a value head, a KL penalty to the reference and GAE, against a reward function",
+         "acorn ppo --init_from runs/speedrun/sft/model --data runs/world/rl_arithmetic.jsonl --reward arithmetic "
+         "--out runs/ppo",
+         "PPO (Ouyang et al. 2022, Stiennon et al. 2020): --ppo.kl_coef 0.05, --ppo.kl_estimator k1|k3,\n"
+         "--ppo.kl_target 6 (adaptive coefficient), --ppo.gamma 1 --ppo.lam 0.95, --ppo.epsilon 0.2,\n"
+         "--ppo.value_epsilon 0.2, --ppo.vf_coef 0.1, --ppo.whiten_rewards true. A learned reward model plugs\n"
+         "in as a reward function (--reward module:function)."),
+    ]:
+        s = _parser(stages, name, help, example, description=f"{help}.\n\n{own}\n\n{common}")
+        s.add_argument("--config", help="YAML file with the run's settings")
+        s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+        s.add_argument("--reward", action="append", metavar="SPEC", help="a reward function: arithmetic, json, "
+                       "format or module:function (repeatable: the rewards add up, weighted by --reward_weights)")
+        s.add_argument("--skip-reward-errors", action="store_true", help="a reward function that raises leaves "
+                       "that prompt untrained instead of stopping the run (the error names the prompt)")
+        s.set_defaults(func=run, accepts_overrides=True)
+
+
 def cmd_speedrun(args) -> None:
     from acorn.speedrun import speedrun
 
@@ -399,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  acorn tokenizer --help    # the commands of one stage",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--version", action="version", version=f"acorn {_version()}")
+    p.add_argument("--version", action="version", version=f"acorn {_package_version()}")
     stages = p.add_subparsers(dest="stage", metavar="STAGE")
     stages.required = True
 
@@ -659,6 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "model's: scores of another vocabulary's ids mean nothing")
     s.set_defaults(func=cmd_reward_score)
 
+    # acorn grpo, acorn ppo
+    _rl_commands(stages)
+
     # acorn tokens count
     tc = _parser(stages, "tokens", "count tokens and estimate API cost", "acorn tokens count notes.txt --price-per-million 0.5")
     csub = tc.add_subparsers(dest="cmd", metavar="COMMAND")
@@ -708,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _version() -> str:
+def _package_version() -> str:
     try:
         from importlib.metadata import version
 

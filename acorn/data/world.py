@@ -496,6 +496,22 @@ def arithmetic_eval(world: World, cfg: WorldSize, seen: set) -> list[dict]:
     return rows
 
 
+def rl_arithmetic(world: World, cfg: WorldSize, exclude: set) -> list[dict]:
+    """Prompt-only rows for RL with a verifiable reward (GRPO): a question asked
+    without the calculator tool, operands of 1-4 digits, and its `answer` for the
+    reward to check; never a problem of eval/arithmetic.jsonl (`exclude`)."""
+    rng = _rng(world.seed, "rl_arithmetic")
+    rows = []
+    while len(rows) < cfg.n_sft_arithmetic:
+        op, da = rng.choice(OPS), rng.randint(1, 4)
+        a, b = _problem(rng, op, da, rng.randint(1, da))
+        if (a, op, b) in exclude:
+            continue  # the 1-digit space is small; a held-out problem stays held out
+        rows.append({"prompt": [{"role": "user", "content": _question(rng, a, op, b)}],
+                     "answer": str(_apply(a, op, b)), "digits": da, "op": op})
+    return rows
+
+
 def unknown_qa(world: World, kb: list[dict]) -> list[dict]:
     kb_id = {row["person"]: row["id"] for row in kb}
     return [{"question": T.QUESTION_TEMPLATES[a][0].format(name=p.name), "answer": IDK_ANSWER, "person": p.name,
@@ -624,6 +640,8 @@ SCHEMAS: dict[str, dict] = {
                                 "in_sft": _BOOL}),
     "eval/fact_mc.jsonl": _obj({"question": _STR, "choices": {"type": "array", "items": _STR, "minItems": 2},
                                 "gold": _INT, "person": _STR, "attribute": _ATTR, "in_sft": _BOOL}),
+    "rl_arithmetic.jsonl": _obj({"prompt": _MESSAGES, "answer": _STR, "digits": {"type": "integer", "minimum": 1},
+                                 "op": {"enum": list(OPS)}}),
     "eval/arithmetic.jsonl": _obj({"question": _STR, "answer": _STR, "digits": {"type": "integer", "minimum": 1},
                                    "op": {"enum": list(OPS)}, "a": _INT, "b": _INT, "seen_in_training": _BOOL}),
     "eval/icl.jsonl": _obj({"prompt": _STR, "answer": _STR, "labels": {"type": "array", "items": _STR},
@@ -706,6 +724,9 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
         "eval/arithmetic.jsonl": arithmetic_eval(world, cfg, seen), "eval/icl.jsonl": icl_items(world, cfg),
         "eval/unknown_qa.jsonl": unknown_qa(world, kb), "eval/preference.jsonl": pref_eval,
     }
+    # After the eval set, from its own random stream: every other file stays as it was.
+    files["rl_arithmetic.jsonl"] = rl_arithmetic(
+        world, cfg, {(r["a"], r["op"], r["b"]) for r in files["eval/arithmetic.jsonl"]})
     try:
         (out / "eval").mkdir(parents=True, exist_ok=True)
     except OSError as e:

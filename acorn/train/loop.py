@@ -42,9 +42,12 @@ The logged `loss` is loss / weight over the whole step. How each trainer fits:
   -logsigmoid(r_chosen - r_rejected), weight = pairs.
 - distillation: the teacher (closed over, no grad) gives logits; loss = sum
   over tokens of KL(teacher || student), weight = tokens.
-- RL (PPO, GRPO): the loader yields rollouts (tokens, old log-probabilities,
-  advantages) from the current policy; loss = sum over tokens of the clipped
-  policy-gradient term, weight = tokens.
+- RL (PPO, GRPO; acorn.train.rl): the loader generates rollouts with the
+  current policy through the engine and yields them as micro-batches (tokens,
+  old log-probabilities, advantages); loss = sum over tokens (or completions)
+  of the clipped policy-gradient term, weight = their number. A loader with a
+  pop_metrics() method adds what it measured (rewards, KL, rollout time) to
+  the step's row.
 
 The evaluation function: `evaluate(model) -> dict` of metrics for the row of
 that step (`val_loss` is plotted and reported). `fit` calls it on every process
@@ -300,47 +303,53 @@ def _fit(cfg, model: nn.Module, loader, loss_fn: LossFn, *, device: torch.device
     run.model.train()
     t_start = time.perf_counter()
     bad_steps = 0
-    saved = run.start_step  # the step of the newest checkpoint on disk
-    for step in range(run.start_step, train.max_steps):
-        # Ctrl-C asks to stop here, between steps, where the weights, the optimizers, the
-        # loader and the RNGs all belong to the same step: a checkpoint of them resumes exactly.
-        if stop.agreed(dist, device):
-            _stop_with_checkpoint(run, step, saved, loader, stage)
-        t0 = time.perf_counter()
-        set_lr(run.optimizers, lr_multiplier(step, train.max_steps, cfg.optim), cfg.optim)
-        micro_batches = [next(loader) for _ in range(accum)]
-        s = train_step(run.model, micro_batches, loss_fn, run.optimizers, device=device, autocast=autocast,
-                       grad_clip=cfg.optim.grad_clip, world=dist.world)
-        if s.skipped:
-            bad_steps += 1
-            if dist.main:
-                print(f"step {step}: loss {s.loss} / grad norm {s.grad_norm} not finite; step skipped", flush=True)
-            if bad_steps >= train.nan_patience:
-                raise AcornError(
-                    f"{bad_steps} steps in a row had a non-finite loss or gradient (last at step {step}); lower "
-                    f"--optim.lr (now {cfg.optim.lr}), check the data, or use --train.dtype float32"
-                )
-            continue
-        bad_steps = 0
-        tok_s = tokens_per_step / (time.perf_counter() - t0)
-        row = {"step": step + 1, "loss": s.loss, "lr": run.optimizers[-1].param_groups[0]["lr"],
-               "grad_norm": s.grad_norm, "tokens": (step + 1) * tokens_per_step, "tok_s": tok_s,
-               "mfu": flops_per_token * tok_s / (peak * dist.world) if peak else None, **s.metrics}
-        last = step + 1 == train.max_steps
-        out_of_time = train.max_minutes is not None and time.perf_counter() - t_start > 60 * train.max_minutes
-        if evaluate is not None and cfg.eval.every and ((step + 1) % cfg.eval.every == 0 or last or out_of_time):
-            run.model.eval()
-            with torch.no_grad(), autocast():
-                row.update(evaluate(run.model))
-            run.model.train()
-        run.log(row)
-        if (cfg.eval.checkpoint_every and (step + 1) % cfg.eval.checkpoint_every == 0) or last or out_of_time:
-            run.checkpoint(step + 1, loader)
-            saved = step + 1
-        if out_of_time:
-            if dist.main:
-                print(f"\nstopping at step {step + 1}: --train.max_minutes {train.max_minutes} reached", flush=True)
-            break
+    try:
+        saved = run.start_step  # the step of the newest checkpoint on disk
+        for step in range(run.start_step, train.max_steps):
+            # Ctrl-C asks to stop here, between steps, where the weights, the optimizers, the
+            # loader and the RNGs all belong to the same step: a checkpoint of them resumes exactly.
+            if stop.agreed(dist, device):
+                _stop_with_checkpoint(run, step, saved, loader, stage)
+            t0 = time.perf_counter()
+            set_lr(run.optimizers, lr_multiplier(step, train.max_steps, cfg.optim), cfg.optim)
+            micro_batches = [next(loader) for _ in range(accum)]
+            s = train_step(run.model, micro_batches, loss_fn, run.optimizers, device=device, autocast=autocast,
+                           grad_clip=cfg.optim.grad_clip, world=dist.world)
+            if s.skipped:
+                bad_steps += 1
+                if dist.main:
+                    print(f"step {step}: loss {s.loss} / grad norm {s.grad_norm} not finite; step skipped", flush=True)
+                if bad_steps >= train.nan_patience:
+                    raise AcornError(
+                        f"{bad_steps} steps in a row had a non-finite loss or gradient (last at step {step}); lower "
+                        f"--optim.lr (now {cfg.optim.lr}), check the data, or use --train.dtype float32"
+                    )
+                continue
+            bad_steps = 0
+            tok_s = tokens_per_step / (time.perf_counter() - t0)
+            row = {"step": step + 1, "loss": s.loss, "lr": run.optimizers[-1].param_groups[0]["lr"],
+                   "grad_norm": s.grad_norm, "tokens": (step + 1) * tokens_per_step, "tok_s": tok_s,
+                   "mfu": flops_per_token * tok_s / (peak * dist.world) if peak else None, **s.metrics}
+            if hasattr(loader, "pop_metrics"):  # what the loader measured making these batches (RL: rollouts)
+                row.update(loader.pop_metrics())
+            last = step + 1 == train.max_steps
+            out_of_time = train.max_minutes is not None and time.perf_counter() - t_start > 60 * train.max_minutes
+            if evaluate is not None and cfg.eval.every and ((step + 1) % cfg.eval.every == 0 or last or out_of_time):
+                run.model.eval()
+                with torch.no_grad(), autocast():
+                    row.update(evaluate(run.model))
+                run.model.train()
+            run.log(row)
+            if (cfg.eval.checkpoint_every and (step + 1) % cfg.eval.checkpoint_every == 0) or last or out_of_time:
+                run.checkpoint(step + 1, loader)
+                saved = step + 1
+            if out_of_time:
+                if dist.main:
+                    print(f"\nstopping at step {step + 1}: --train.max_minutes {train.max_minutes} reached", flush=True)
+                break
+    except BaseException:
+        run.bar.close()  # the error that follows starts on a line of its own
+        raise
     run.finish(tokenizer, time.perf_counter() - t_start, stage)
     return run.out
 
