@@ -195,6 +195,12 @@ def _setup() -> tuple[str, set[str]]:
     return _PROBED[bwrap]
 
 
+def check() -> None:
+    """Raise the one-line refusal now if code cannot be run here (before a
+    long generation whose programs could then not be scored)."""
+    _setup()
+
+
 def available() -> bool:
     """Whether code can be run here (bwrap installed and able to sandbox)."""
     try:
