@@ -379,14 +379,21 @@ def _code_exec(engine, task, docs, contexts, req: Requests, bar, doc_ids: list[i
 
 def evaluate(model, tasks: list[str | Task], *, num_fewshot: int | None = None, limit: int | None = None,
              data_dir: str | Path | None = None, add_bos: bool | None = None, batch_tokens: int = 8192,
-             progress: bool = True) -> dict:
+             progress: bool = True, decontaminate: list[str | Path] | None = None, ngram: int = 13,
+             tokenizer: str | Path | None = None) -> dict:
     """Evaluate a checkpoint directory (Acorn's or Hugging Face's) or an
     Engine on tasks (names of built-in tasks, task YAML paths or Tasks).
 
     add_bos: start every text with BOS; None: as transformers' tokenizer does
     for the checkpoint (lm-eval's default), or for an Engine as Engine.encode
     does (when its tokenizer has one).
-    Returns {"results": {task: metrics}, "samples": {task: [...]}, "config": {...}}."""
+    decontaminate: training corpora (token shard directories or text files):
+    check every document for `ngram`-gram overlap with them (before the model
+    loads) and report each task's scores on its clean and contaminated
+    documents too (acorn.eval.contamination; tokenizer decodes the shards when
+    meta.json's path is gone).
+    Returns {"results": {task: metrics}, "samples": {task: [...]}, "config": {...}}
+    and, with decontaminate, "contamination": the report with the split scores."""
     from acorn.infer.engine import Engine
 
     # Every task name and data file, and the sandbox code tasks need, is checked before the model loads.
@@ -399,6 +406,12 @@ def evaluate(model, tasks: list[str | Task], *, num_fewshot: int | None = None, 
         from acorn import sandbox
 
         sandbox.check()
+    report = None
+    if decontaminate:
+        from acorn.eval import contamination
+
+        report = contamination.check(loaded, decontaminate, n=ngram, limit=limit, data_dir=data_dir,
+                                     tokenizer=tokenizer)
     rank, world = start_processes()
     checkpoint = None
     if not isinstance(model, Engine):
@@ -417,7 +430,7 @@ def evaluate(model, tasks: list[str | Task], *, num_fewshot: int | None = None, 
             engine, task, num_fewshot=num_fewshot, limit=limit, root=data_dir, add_bos=add_bos,
             batch_tokens=batch_tokens, progress=progress, processes=(rank, world))
         versions[task.task] = task.version
-    return {
+    out = {
         "results": results,
         "samples": samples,
         "config": {"model": checkpoint or getattr(engine.model.config, "name", "engine"), "tasks": list(results),
@@ -427,4 +440,7 @@ def evaluate(model, tasks: list[str | Task], *, num_fewshot: int | None = None, 
                                         if "seed" in t.generation_kwargs},
                    "data_dir": str(find_data_dir(data_dir)), "seconds": round(time.perf_counter() - t0, 2)},
     }
+    if report is not None:
+        contamination.attach(out, report, loaded)
+    return out
 

@@ -30,6 +30,9 @@ from there reads the same:
   filters            {name: {regex, group_select, fallback}}: answer extraction, one
                      exact-match score per filter (lm-eval's filter_list, regex + take_first)
   exact_match        {ignore_case, ignore_punctuation, regexes_to_ignore}
+  doc_to_decontamination_query  the text of a document a contamination check
+                     looks for in a training corpus (default: the prompt and its
+                     answer; acorn.eval.contamination)
   repeats            code_exec: samples per document (lm-eval's key; pass@k needs k <= repeats)
   program            code_exec: Jinja template over the document's fields and
                      `completion` giving the program to run; it passes when it
@@ -92,6 +95,7 @@ class Task:
     generation_kwargs: dict = field(default_factory=dict)
     filters: dict = field(default_factory=dict)
     exact_match: dict = field(default_factory=dict)
+    doc_to_decontamination_query: str | None = None
     repeats: int = 1
     program: str = HUMANEVAL_PROGRAM
     execution: dict = field(default_factory=dict)
