@@ -127,3 +127,24 @@ def test_a_code_task_asks_for_pass_at_k_within_its_samples(tmp_path):
     (tmp_path / "bad.yaml").write_text("task: t\noutput_type: code_exec\ndata: x.yaml\nexecution: {secs: 3}\n")
     with pytest.raises(AcornError, match="bad.yaml:4: execution: unknown key 'secs'"):
         load_task(tmp_path / "bad.yaml")
+
+
+@needs_bwrap
+def test_a_document_s_samples_do_not_depend_on_the_process_that_draws_them(checkpoint, monkeypatch):
+    """Sample j of document i is drawn with seed + repeats * i + j: the
+    second of two processes (documents 1 and 3) samples them exactly as one
+    process does, through the real engine."""
+    from acorn.eval import harness
+    from acorn.eval.tasks import get_task
+    from acorn.infer.engine import Engine
+
+    task = get_task("acorn_code")
+    task = dataclasses.replace(task, repeats=3, metrics=["pass@1"], execution={"seconds": 5},
+                               generation_kwargs={**task.generation_kwargs, "max_gen_toks": 16})
+    engine = Engine.from_pretrained(checkpoint[0])
+    _, one = harness.run_task(engine, task, limit=4, progress=False)
+    monkeypatch.setattr(harness, "gather", lambda samples, world: samples)  # this process's share only
+    _, second = harness.run_task(engine, task, limit=4, progress=False, processes=(1, 2))
+    assert [s["doc_id"] for s in second] == [1, 3]
+    assert [s["output"] for s in second] == [one[1]["output"], one[3]["output"]]
+    assert len(set(one[1]["output"])) == 3  # three different samples, not one repeated
