@@ -239,6 +239,11 @@ def cmd_speedrun(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    if args.checkpoint == "contamination":
+        return _eval_contamination(args)
+    if args.corpus or args.results:
+        raise AcornError("--corpus and --results belong to `acorn eval contamination`; to check a run's tasks "
+                         "while evaluating, pass --decontaminate CORPUS")
     if args.checkpoint == "compare":
         from acorn.eval.results import compare
 
@@ -251,17 +256,67 @@ def cmd_eval(args) -> None:
     if args.dirs:
         raise AcornError(f"unexpected arguments {' '.join(args.dirs)}; one checkpoint per run (compare runs with "
                          "`acorn eval compare DIR_A DIR_B`)")
-    from acorn.eval.harness import evaluate
+    from acorn.eval.harness import current_processes, evaluate
     from acorn.eval.results import bar_chart, save, table
 
     add_bos = {"auto": None, "true": True, "false": False}[args.add_bos]
     out = evaluate(args.checkpoint, [t for t in args.tasks.split(",") if t], num_fewshot=args.num_fewshot,
-                   limit=args.limit, data_dir=args.data_dir, add_bos=add_bos, batch_tokens=args.batch_tokens)
+                   limit=args.limit, data_dir=args.data_dir, add_bos=add_bos, batch_tokens=args.batch_tokens,
+                   decontaminate=args.decontaminate, ngram=args.ngram, tokenizer=args.tokenizer)
+    if current_processes()[0] != 0:  # under torchrun every process holds the gathered results; one reports them
+        return
     print(table({args.checkpoint: out["results"]}))
+    if "contamination" in out:
+        from acorn.eval.contamination import table as contamination_table
+
+        print("\n" + contamination_table(out["contamination"]))
     if args.out:
         d = save(out, args.out)
         bar_chart({args.checkpoint: out["results"]}, d / "results.png")
         print(f"wrote {d}/results.json, results.md, results.png and samples_TASK.jsonl", file=sys.stderr)
+
+
+def _eval_contamination(args) -> None:
+    """`acorn eval contamination`: the check alone, and with --results a
+    finished run's scores split into clean and contaminated documents."""
+    import json
+
+    from acorn.eval import contamination
+    from acorn.eval.tasks import get_task
+    from acorn.fileio import write_json, write_text
+
+    if args.dirs or args.decontaminate:
+        raise AcornError("acorn eval contamination takes --tasks and --corpus (and --results DIR of a run), "
+                         "no checkpoint or --decontaminate")
+    if not args.corpus:
+        raise AcornError("give the training corpus: --corpus DIR_OF_TOKEN_SHARDS or text/jsonl files")
+    tasks = [get_task(t) for t in args.tasks.split(",") if t]
+    report = contamination.check(tasks, args.corpus, n=args.ngram, limit=args.limit, data_dir=args.data_dir,
+                                 tokenizer=args.tokenizer, text_field=args.text_field)
+    if args.results:
+        for task in tasks:
+            path = Path(args.results) / f"samples_{task.task}.jsonl"
+            if not path.is_file():
+                raise AcornError(f"{path}: missing; --results takes a directory written by "
+                                 f"`acorn eval CKPT --tasks {task.task} --out DIR`")
+            samples = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            r = report["tasks"][task.task]
+            if len(samples) != r["documents"]:
+                raise AcornError(f"{path}: the run scored {len(samples)} documents of {task.task}, the check "
+                                 f"{r['documents']}; pass the run's --limit")
+            r["scores"] = contamination.split_scores(task, samples, r["contaminated_ids"])
+    text = contamination.table(report)
+    print(text)
+    for name, r in report["tasks"].items():
+        if r["contaminated"]:
+            shown = ", ".join(map(str, r["contaminated_ids"][:20])) + (" ..." if r["contaminated"] > 20 else "")
+            print(f"{name}: contaminated documents {shown}", file=sys.stderr)
+    if args.out:
+        d = Path(args.out)
+        d.mkdir(parents=True, exist_ok=True)
+        write_json(d / "contamination.json", report)
+        write_text(d / "contamination.md", text + "\n")
+        print(f"wrote {d}/contamination.json and contamination.md", file=sys.stderr)
 
 
 def cmd_generate(args) -> None:
@@ -469,15 +524,21 @@ def build_parser() -> argparse.ArgumentParser:
     # acorn eval
     s = _parser(stages, "eval", "evaluate a checkpoint on benchmark tasks (lm-eval compatible), or compare runs",
                 "acorn eval runs/sft --tasks arc_easy,piqa --num-fewshot 0 --limit 100 --out runs/eval-sft\n"
-                "  acorn eval compare runs/eval-a runs/eval-b --chart compare.png",
+                "  acorn eval compare runs/eval-a runs/eval-b --chart compare.png\n"
+                "  acorn eval contamination --tasks arc_easy,lambada_openai --corpus runs/data\n"
+                "  acorn eval runs/base --tasks lambada_openai --decontaminate runs/data --out runs/eval-base",
                 description="Evaluate an Acorn or Hugging Face checkpoint on tasks defined by YAML files, scored\n"
                 "as lm-evaluation-harness scores them: multiple choice by log-likelihood (acc, acc_norm),\n"
                 "a target's log-likelihood (perplexity, acc), rolling log-likelihood (perplexity per\n"
-                "word and byte, bits per byte), generation with answer extraction (exact match).\n"
-                "Built-in tasks: arc_easy, arc_challenge, piqa, lambada_openai, gsm8k; or the path of a\n"
-                "task YAML (keys documented in acorn/eval/tasks.py). `acorn eval compare DIR...`\n"
-                "prints runs side by side.")
-    s.add_argument("checkpoint", help="checkpoint directory, or `compare` followed by result directories")
+                "word and byte, bits per byte), generation with answer extraction (exact match), code\n"
+                "run against tests in a bubblewrap sandbox (pass@k).\n"
+                "Built-in tasks: arc_easy, arc_challenge, piqa, lambada_openai, gsm8k, acorn_code; or the\n"
+                "path of a task YAML (keys documented in acorn/eval/tasks.py). `acorn eval compare DIR...`\n"
+                "prints runs side by side. `acorn eval contamination --corpus ...` finds the tasks'\n"
+                "documents in a training corpus by 13-gram overlap (and with --results DIR splits a\n"
+                "run's scores into clean and contaminated documents); --decontaminate does both in a run.")
+    s.add_argument("checkpoint", help="checkpoint directory, or `compare` followed by result directories, or "
+                   "`contamination`")
     s.add_argument("dirs", nargs="*", help=argparse.SUPPRESS)
     s.add_argument("--tasks", default="arc_easy,arc_challenge,piqa,lambada_openai",
                    help="comma-separated task names or YAML paths (default: arc_easy,arc_challenge,piqa,lambada_openai)")
@@ -491,6 +552,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "transformers, as lm-eval does)")
     s.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per forward pass (default: 8192)")
     s.add_argument("--chart", help="compare: save a bar chart of the runs here")
+    s.add_argument("--decontaminate", nargs="+", metavar="CORPUS",
+                   help="training corpora (token shard dirs or .txt/.jsonl/.parquet files): also report each task's "
+                   "contaminated documents and its scores without them")
+    s.add_argument("--corpus", nargs="+", help="contamination: the training corpora to look in")
+    s.add_argument("--results", help="contamination: a run's --out directory whose scores to split")
+    s.add_argument("--ngram", type=int, default=13, help="words per n-gram of the contamination check (default 13)")
+    s.add_argument("--tokenizer", help="contamination: decode token shards with this tokenizer (default: the one "
+                   "their meta.json names)")
+    s.add_argument("--text-field", default="text", help="contamination: the text field of .jsonl/.parquet corpora")
     s.set_defaults(func=cmd_eval)
 
     # acorn data ...

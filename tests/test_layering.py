@@ -30,6 +30,7 @@ ACORN = Path(__file__).resolve().parents[1] / "acorn"
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),  # the one user-facing exception type
     ("fileio", "config", "hardware"),  # atomic files, YAML + overrides, device/dtype
+    ("sandbox",),  # untrusted code under bubblewrap (eval's code execution; agents' tools next): errors only
     ("chat",),  # formats and templates; duck-types the tokenizer, never imports it
     ("tokenizer",),  # imports chat (lazily) for Tokenizer.apply_chat_template
     ("model",),

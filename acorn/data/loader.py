@@ -74,6 +74,44 @@ def _packed_starts(bos_positions: np.ndarray, row_len: int, n_tokens: int) -> np
     return np.asarray(starts, dtype=np.int64)
 
 
+def open_shards(data_dir: str | os.PathLike, split: str) -> tuple[dict, list[np.memmap]]:
+    """(meta.json, the split's shards memory-mapped), after checking that
+    preparation finished and every shard has the size meta.json records."""
+    data_dir = Path(data_dir)
+    meta_path = data_dir / "meta.json"
+    if not meta_path.is_file():
+        raise AcornError(f"{data_dir}: no meta.json; make the data dir with "
+                         f"`acorn data prepare INPUTS --tokenizer TOK --out {data_dir}`")
+    meta = read_json(meta_path)
+    if not meta.get("complete"):
+        raise AcornError(f"{data_dir}: preparation did not finish; re-run the same `acorn data prepare` "
+                         "command to complete it")
+    if split not in meta["shards"]:
+        raise AcornError(f"unknown split {split!r}; choose one of {', '.join(meta['shards'])}")
+    dtype = np.dtype(meta["dtype"]).newbyteorder("<")
+    shards = []
+    for rec in meta["shards"][split]:
+        path = data_dir / rec["file"]
+        if not path.is_file() or path.stat().st_size != rec["tokens"] * dtype.itemsize:
+            raise AcornError(f"{path}: missing or not the size meta.json records; re-run `acorn data prepare` "
+                             "with the same arguments to rebuild it")
+        shards.append(np.memmap(path, dtype=dtype, mode="r"))
+    return meta, shards
+
+
+def documents(data_dir: str | os.PathLike, split: str = "train") -> Iterator[np.ndarray]:
+    """The split's documents in order, each the token ids from its BOS (kept)
+    to the next document's BOS. prepare writes every document as [BOS] ids
+    [EOS], closes shards only between documents, and a document cannot hold
+    a BOS of its own, so each BOS starts exactly one document."""
+    meta, shards = open_shards(data_dir, split)
+    bos = meta["tokenizer"]["bos_id"]
+    for shard in shards:
+        starts = np.flatnonzero(shard == bos)
+        for a, b in zip(starts, [*starts[1:], len(shard)]):
+            yield np.asarray(shard[a:b])
+
+
 class TokenLoader:
     """Deterministic, resumable, data-parallel batches over one split of a prepared data dir."""
 
@@ -94,28 +132,11 @@ class TokenLoader:
         if not 0 <= rank < world_size:
             raise AcornError(f"rank {rank} is outside world size {world_size}; ranks run 0..world_size-1")
         self.data_dir = Path(data_dir)
-        meta_path = self.data_dir / "meta.json"
-        if not meta_path.is_file():
-            raise AcornError(f"{self.data_dir}: no meta.json; make the data dir with "
-                             f"`acorn data prepare INPUTS --tokenizer TOK --out {self.data_dir}`")
-        meta = read_json(meta_path)
-        if not meta.get("complete"):
-            raise AcornError(f"{self.data_dir}: preparation did not finish; re-run the same `acorn data prepare` "
-                             "command to complete it")
-        if split not in meta["shards"]:
-            raise AcornError(f"unknown split {split!r}; choose one of {', '.join(meta['shards'])}")
+        meta, self._shards = open_shards(self.data_dir, split)
         self.split, self.batch_size, self.seq_len, self.seed = split, batch_size, seq_len, seed
         self.rank, self.world_size, self.pack_documents = rank, world_size, pack_documents
         self.bos_id = meta["tokenizer"]["bos_id"]
         self.vocab_size = meta["tokenizer"]["vocab_size"]
-        dtype = np.dtype(meta["dtype"]).newbyteorder("<")
-        self._shards = []
-        for rec in meta["shards"][split]:
-            path = self.data_dir / rec["file"]
-            if not path.is_file() or path.stat().st_size != rec["tokens"] * dtype.itemsize:
-                raise AcornError(f"{path}: missing or not the size meta.json records; re-run `acorn data prepare` "
-                                 "with the same arguments to rebuild it")
-            self._shards.append(np.memmap(path, dtype=dtype, mode="r"))
         self._offsets = np.cumsum([0, *(len(s) for s in self._shards)])
         self.num_tokens = int(self._offsets[-1])
 

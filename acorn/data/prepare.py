@@ -219,6 +219,19 @@ def _piece_documents(piece: tuple, text_field: str) -> list[str]:
     return texts
 
 
+def documents(inputs: Sequence[str | os.PathLike], text_field: str = "text") -> Iterator[tuple[Path, str]]:
+    """(file, text) of every document of the inputs, in the order and with the
+    boundaries `prepare` uses (a .txt file whole, or in ~1 MiB pieces past
+    4 MiB; a JSONL line; a Parquet row), empty ones included."""
+    files = expand_inputs(inputs)
+    for f in files:
+        _check_input(f, text_field)
+    for pieces, _ in iter_chunks(files, CHUNK_BYTES_MAX):
+        for piece in pieces:
+            for text in _piece_documents(piece, text_field):
+                yield Path(piece[1]), text
+
+
 # ------------------------------------------------------------- tokenizing
 @dataclass
 class _Spec:

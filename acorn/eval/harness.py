@@ -14,6 +14,11 @@ engine answers:
                          with context_len=1)
   generate_until         a context -> greedy text until a stop string
                          (Engine.generate)
+  code_exec              a context -> `repeats` sampled texts until a stop
+                         string (one Engine.generate with n); each program
+                         (the task's `program` template) runs in the
+                         bubblewrap sandbox (acorn.sandbox); pass@k by Chen et
+                         al.'s unbiased estimator
 
 Tokenisation follows lm-eval's HFLM so the numbers agree on the same model
 (lm_eval/api/model.py TemplateLM._encode_pair, lm_eval/models/huggingface.py):
@@ -24,17 +29,24 @@ text exactly when add_bos says so (by default: when the checkpoint's
 tokenizer adds one in transformers, which is what HFLM gets); a context too
 long for the model is cut from the left (counted in the results as
 `truncated`).
+
+Under torchrun (WORLD_SIZE > 1) each process scores every world-th document
+from its rank (lm-eval's split), and the per-document samples are gathered
+to every process before the metrics, so the numbers are those of one
+process. Sampling seeds depend on the document's index, not on the process
+or batch that generates it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 from acorn.errors import AcornError
 from acorn.eval import metrics
-from acorn.eval.tasks import Task, fewshot_examples, get_task, read_docs, resolve
+from acorn.eval.tasks import Task, fewshot_examples, get_task, read_docs, render, resolve
 from acorn.eval.tasks import data_dir as find_data_dir
 
 
@@ -113,12 +125,64 @@ class Requests:
         return windows
 
 
+def current_processes() -> tuple[int, int]:
+    """(rank, world size): of torch.distributed when it is running, else 1 process."""
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        return tdist.get_rank(), tdist.get_world_size()
+    return 0, 1
+
+
+def start_processes() -> tuple[int, int]:
+    """Join the torchrun group when launched by torchrun (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        from acorn.hardware import resolve_device
+        from acorn.train.run import init_distributed
+
+        init_distributed(resolve_device("auto"))
+    return current_processes()
+
+
+def shard(n_docs: int, rank: int, world: int) -> list[int]:
+    """The documents one process scores: every world-th, from its rank (as
+    lm-eval splits a task across processes)."""
+    return list(range(rank, n_docs, world))
+
+
+def gather(samples: list[dict], world: int) -> list[dict]:
+    """Every process's samples, on every process, in document order."""
+    if world > 1:
+        import torch.distributed as tdist
+
+        parts: list = [None] * world
+        tdist.all_gather_object(parts, samples)
+        samples = [s for part in parts for s in part]
+    return sorted(samples, key=lambda s: s["doc_id"])
+
+
+def summarize(task: Task, samples: list[dict]) -> dict:
+    """A task's metrics from its documents' samples (all of them, or a
+    subset: the clean documents of a contamination check)."""
+    result = {"n": len(samples), "truncated": sum(bool(s["truncated"]) for s in samples)}
+    for m in task.metric_names:
+        values = [s["scores"][m] for s in samples]
+        result[m] = metrics.aggregate(m, values)
+        err = metrics.stderr(m, values)
+        if err is not None:
+            result[f"{m}_stderr"] = err
+    return result
+
+
 def run_task(engine, task: Task, *, num_fewshot: int | None = None, limit: int | None = None,
              root: str | Path | None = None, add_bos: bool = False, batch_tokens: int = 8192,
-             progress: bool = True) -> tuple[dict, list[dict]]:
-    """One task: (its metrics, one sample per document)."""
+             progress: bool = True, processes: tuple[int, int] | None = None) -> tuple[dict, list[dict]]:
+    """One task: (its metrics, one sample per document). processes: (rank,
+    world size) to score this process's share and gather the rest (default:
+    torch.distributed's, or one process)."""
     from tqdm import tqdm
 
+    rank, world = processes or current_processes()
     root = find_data_dir(root)
     path = resolve(task, task.data, root)
     all_docs = read_docs(path)
@@ -129,25 +193,28 @@ def run_task(engine, task: Task, *, num_fewshot: int | None = None, limit: int |
     else:
         fs_path = resolve(task, task.fewshot_data, root)
         pool, same = (all_docs, True) if fs_path == path else (read_docs(fs_path), False)
+    # The few-shot draws run over all documents in order (one seeded RNG), then each process takes its share.
     shots = fewshot_examples(task, docs, pool, k, same)
-    contexts = [task.context(d, s) for d, s in zip(docs, shots)]
+    ids = shard(len(docs), rank, world)
+    mine = [docs[i] for i in ids]
+    contexts = [task.context(docs[i], shots[i]) for i in ids]
     req = Requests(engine, add_bos)
     kind = task.output_type
-    bar = tqdm(desc=task.task, unit="req", disable=not progress, leave=False)
+    bar = tqdm(desc=task.task, unit="req", disable=not progress or rank != 0, leave=False)
     try:
         if kind == "generate_until":
-            samples = _generate(engine, task, docs, contexts, req, bar)
+            samples = _generate(engine, task, mine, contexts, req, bar)
+        elif kind == "code_exec":
+            samples = _code_exec(engine, task, mine, contexts, req, bar, ids)
         else:
-            samples = _loglikelihood(engine, task, docs, contexts, req, bar, batch_tokens)
+            samples = _loglikelihood(engine, task, mine, contexts, req, bar, batch_tokens)
     finally:
         bar.close()
-    scores: dict[str, list] = {m: [s["scores"][m] for s in samples] for m in task.metric_names}
-    result = {"n": len(docs), "num_fewshot": k, "truncated": sum(s["truncated"] for s in samples)}
-    for m, values in scores.items():
-        result[m] = metrics.aggregate(m, values)
-        err = metrics.stderr(m, values)
-        if err is not None:
-            result[f"{m}_stderr"] = err
+    for s, i in zip(samples, ids):
+        s["doc_id"] = i
+    samples = gather(samples, world)
+    result = summarize(task, samples)
+    result = {"n": result.pop("n"), "num_fewshot": k, **result}
     return result, samples
 
 
@@ -207,7 +274,16 @@ def _loglikelihood(engine, task, docs, contexts, req: Requests, bar, batch_token
     return samples
 
 
-def _generate(engine, task, docs, contexts, req: Requests, bar, chunk: int = 32) -> list[dict]:
+def _completions(engine, task, contexts, req: Requests, bar, doc_ids: list[int], n: int = 1,
+                 chunk: int = 32) -> tuple[list[list[str]], list[bool]]:
+    """n generated texts per context, and whether its prompt was cut.
+
+    As HFLM: ending at the tokenizer's EOS only (not at a chat format's
+    end-of-turn tokens) or a stop string; the text is every new token but the
+    special ones, cut before the first stop string. Greedy unless the task's
+    generation_kwargs give a temperature."""
+    from acorn.infer.sampling import SamplingParams
+
     gen = task.generation_kwargs
     until = list(gen.get("until", []))
     max_gen = int(gen.get("max_gen_toks", 256))
@@ -221,23 +297,39 @@ def _generate(engine, task, docs, contexts, req: Requests, bar, chunk: int = 32)
         prompts.append(ids[-room:])
         truncated.append(len(ids) > room)
     bar.total = len(prompts)
-    # As HFLM: greedy, ending at the tokenizer's EOS only (not at a chat
-    # format's end-of-turn tokens) or a stop string; the text is every new
-    # token but the special ones, cut before the first stop string.
     eos = [engine.tokenizer.eos_id] if engine.tokenizer.eos_id is not None else []
-    texts = []
+    params = dict(temperature=0.0, max_new_tokens=max_gen, stop=until, ignore_eos=True, stop_token_ids=eos)
+    params |= {key: gen[key] for key in ("temperature", "top_p", "top_k") if key in gen}
+    if n > 1:
+        params["n"] = n
+    texts: list[list[str]] = []
     for start in range(0, len(prompts), chunk):
-        done = engine.generate(prompts[start:start + chunk], temperature=0.0, max_new_tokens=max_gen, stop=until,
-                               ignore_eos=True, stop_token_ids=eos)
-        for c in done:
-            text = engine.tokenizer.decode(c.token_ids, skip_special=True)
-            for s in until:
-                text = text.split(s)[0] if s else text
-            texts.append(text)
-        bar.update(len(done))
+        batch = prompts[start:start + chunk]
+        if "seed" in gen:
+            # Sample j of document i draws with seed + i * n + j, in whatever chunk or
+            # process i falls: generate adds to a prompt's seed the samples of the prompts
+            # before it in the call (q * n for the q-th), which this takes back out.
+            done = engine.generate(batch, [SamplingParams(**params, seed=int(gen["seed"]) + (doc_ids[start + q] - q) * n)
+                                           for q in range(len(batch))])
+        else:
+            done = engine.generate(batch, **params)
+        for q in range(len(batch)):
+            outs = []
+            for c in done[q * n:(q + 1) * n]:
+                text = engine.tokenizer.decode(c.token_ids, skip_special=True)
+                for stop in until:
+                    text = text.split(stop)[0] if stop else text
+                outs.append(text)
+            texts.append(outs)
+        bar.update(len(batch))
+    return texts, truncated
+
+
+def _generate(engine, task, docs, contexts, req: Requests, bar) -> list[dict]:
+    texts, truncated = _completions(engine, task, contexts, req, bar, list(range(len(docs))))
     em = task.exact_match
     samples = []
-    for i, (doc, ctx, out) in enumerate(zip(docs, contexts, texts)):
+    for i, (doc, ctx, (out,)) in enumerate(zip(docs, contexts, texts)):
         target = task.target_text(doc)
         extracted = {name: metrics.regex_extract(out, f["regex"], f.get("group_select", 0),
                                                  f.get("fallback", "[invalid]"))
@@ -250,24 +342,77 @@ def _generate(engine, task, docs, contexts, req: Requests, bar, chunk: int = 32)
     return samples
 
 
+def _code_exec(engine, task, docs, contexts, req: Requests, bar, doc_ids: list[int]) -> list[dict]:
+    """repeats samples per document; each becomes the task's program and runs
+    in the sandbox; pass@k from how many of them passed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from acorn import sandbox
+
+    sandbox.check()
+    n = task.repeats
+    texts, truncated = _completions(engine, task, contexts, req, bar, doc_ids, n=n)
+    limits = sandbox.Limits(**{key: v for key, v in task.execution.items() if key != "workers"})
+    programs = [render(task.program, {**doc, "completion": t}) for doc, outs in zip(docs, texts) for t in outs]
+    bar.reset(total=len(programs))
+    bar.set_description(f"{task.task} (running)")
+
+    def run(program: str) -> sandbox.Result:
+        result = sandbox.run_python(program, limits=limits)
+        bar.update(1)
+        return result
+
+    workers = int(task.execution.get("workers", min(4, os.cpu_count() or 1)))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(run, programs))
+    ks = [int(m.split("@")[1]) for m in task.metric_names]
+    samples = []
+    for i, (doc, ctx, outs) in enumerate(zip(docs, contexts, texts)):
+        runs = results[i * n:(i + 1) * n]
+        passed = sum(r.ok for r in runs)
+        samples.append({"doc_id": i, "prompt": ctx, "target": task.target_text(doc), "output": outs,
+                        "passed": [r.ok for r in runs], "status": [r.status for r in runs],
+                        "truncated": truncated[i],
+                        "scores": {f"pass@{k}": metrics.pass_at_k(n, passed, k) for k in ks}})
+    return samples
+
+
 def evaluate(model, tasks: list[str | Task], *, num_fewshot: int | None = None, limit: int | None = None,
              data_dir: str | Path | None = None, add_bos: bool | None = None, batch_tokens: int = 8192,
-             progress: bool = True) -> dict:
+             progress: bool = True, decontaminate: list[str | Path] | None = None, ngram: int = 13,
+             tokenizer: str | Path | None = None) -> dict:
     """Evaluate a checkpoint directory (Acorn's or Hugging Face's) or an
     Engine on tasks (names of built-in tasks, task YAML paths or Tasks).
 
     add_bos: start every text with BOS; None: as transformers' tokenizer does
     for the checkpoint (lm-eval's default), or for an Engine as Engine.encode
     does (when its tokenizer has one).
-    Returns {"results": {task: metrics}, "samples": {task: [...]}, "config": {...}}."""
+    decontaminate: training corpora (token shard directories or text files):
+    check every document for `ngram`-gram overlap with them (before the model
+    loads) and report each task's scores on its clean and contaminated
+    documents too (acorn.eval.contamination; tokenizer decodes the shards when
+    meta.json's path is gone).
+    Returns {"results": {task: metrics}, "samples": {task: [...]}, "config": {...}}
+    and, with decontaminate, "contamination": the report with the split scores."""
     from acorn.infer.engine import Engine
 
-    # Every task name and data file is checked before the model loads.
+    # Every task name and data file, and the sandbox code tasks need, is checked before the model loads.
     loaded = [t if isinstance(t, Task) else get_task(t) for t in tasks]
     if not loaded:
         raise AcornError("no tasks given; e.g. --tasks arc_easy,piqa")
     for task in loaded:
         resolve(task, task.data, find_data_dir(data_dir))
+    if any(t.output_type == "code_exec" for t in loaded):
+        from acorn import sandbox
+
+        sandbox.check()
+    report = None
+    if decontaminate:
+        from acorn.eval import contamination
+
+        report = contamination.check(loaded, decontaminate, n=ngram, limit=limit, data_dir=data_dir,
+                                     tokenizer=tokenizer)
+    rank, world = start_processes()
     checkpoint = None
     if not isinstance(model, Engine):
         checkpoint = str(model)
@@ -283,14 +428,19 @@ def evaluate(model, tasks: list[str | Task], *, num_fewshot: int | None = None, 
     for task in loaded:
         results[task.task], samples[task.task] = run_task(
             engine, task, num_fewshot=num_fewshot, limit=limit, root=data_dir, add_bos=add_bos,
-            batch_tokens=batch_tokens, progress=progress)
+            batch_tokens=batch_tokens, progress=progress, processes=(rank, world))
         versions[task.task] = task.version
-    return {
+    out = {
         "results": results,
         "samples": samples,
         "config": {"model": checkpoint or getattr(engine.model.config, "name", "engine"), "tasks": list(results),
                    "versions": versions, "num_fewshot": num_fewshot, "limit": limit, "add_bos": add_bos,
-                   "fewshot_seeds": {t.task: t.fewshot_seed for t in loaded},
+                   "fewshot_seeds": {t.task: t.fewshot_seed for t in loaded}, "processes": world,
+                   "generation_seeds": {t.task: t.generation_kwargs["seed"] for t in loaded
+                                        if "seed" in t.generation_kwargs},
                    "data_dir": str(find_data_dir(data_dir)), "seconds": round(time.perf_counter() - t0, 2)},
     }
+    if report is not None:
+        contamination.attach(out, report, loaded)
+    return out
 

@@ -12,6 +12,10 @@ lm_eval/api/metrics.py, lm_eval/filters/extraction.py), written out.
                     words or bytes); bits_per_byte: -sum ll / sum bytes / ln 2
   generate_until    exact_match of the extracted answer (a regex filter)
                     against the target, after removing ignored patterns
+  code_exec         pass@k: the chance that at least one of k samples drawn
+                    from a document's n passes its tests, estimated without
+                    bias from the c of n that passed (Chen et al. 2021,
+                    "Evaluating Large Language Models Trained on Code", 2.1)
 """
 
 from __future__ import annotations
@@ -54,6 +58,21 @@ def exact_match(prediction: str, reference: str, *, regexes_to_ignore=(), ignore
         table = str.maketrans("", "", string.punctuation)
         prediction, reference = prediction.translate(table), reference.translate(table)
     return float(prediction == reference)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """1 - C(n - c, k) / C(n, k), Chen et al.'s unbiased estimator of pass@k
+    from n samples of which c passed. Computed as their product form,
+    1 - prod_{i = n - c + 1}^{n} (1 - k / i), which never forms the huge
+    binomials (C(200, 100) ~ 1e58) whose ratio loses precision."""
+    if not (0 <= c <= n and 1 <= k <= n):
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:  # every draw of k samples holds a passing one
+        return 1.0
+    miss = 1.0
+    for i in range(n - c + 1, n + 1):
+        miss *= 1.0 - k / i
+    return 1.0 - miss
 
 
 def count_words(text: str) -> int:

@@ -6,6 +6,9 @@ An output directory holds
   samples_TASK.jsonl    one line per document: prompt, target, output
                         (log-likelihoods or text), scores, truncated
   results.md            the metrics as a markdown table
+  (with --decontaminate) results.json's "contamination": per task the
+                        contaminated documents and the scores without them,
+                        also as tables in results.md; samples say "contaminated"
 `compare` reads several such directories into one table and a bar chart.
 """
 
@@ -26,8 +29,14 @@ def save(out: dict, directory: str | Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     for task, samples in out["samples"].items():
         write_jsonl(d / f"samples_{task}.jsonl", samples)
-    write_json(d / "results.json", {"results": out["results"], "config": out["config"]})
-    write_text(d / "results.md", table({out["config"]["model"]: out["results"]}) + "\n")
+    extra = {"contamination": out["contamination"]} if "contamination" in out else {}
+    write_json(d / "results.json", {"results": out["results"], "config": out["config"], **extra})
+    text = table({out["config"]["model"]: out["results"]}) + "\n"
+    if extra:
+        from acorn.eval.contamination import table as contamination_table
+
+        text += "\n" + contamination_table(out["contamination"]) + "\n"
+    write_text(d / "results.md", text)
     return d
 
 

@@ -8,8 +8,10 @@ from there reads the same:
   task               the name (`--tasks NAME`)
   version            recorded in results.json; bump it when the prompt changes
   output_type        multiple_choice | loglikelihood | loglikelihood_rolling | generate_until
-  data               the documents: a .jsonl/.json/.parquet/.csv file, relative
-                     to the data directory (--data-dir) unless absolute
+                     | code_exec (generate, then run the program against tests)
+  data               the documents: a .jsonl/.json/.parquet/.csv file or a YAML
+                     list, relative to the data directory (--data-dir) unless
+                     absolute; ./name or ../name: relative to the task file
   download           where to get the file when it is missing (named in the error)
   fewshot_data       where few-shot examples come from (default: `data`, and
                      then a document is never its own example)
@@ -23,10 +25,21 @@ from there reads the same:
   target_delimiter   between prompt and answer (" ")
   fewshot_delimiter  between examples ("\\n\\n")
   metrics            which of the kind's metrics to report (default: all of them)
-  generation_kwargs  until (stop strings), max_gen_toks (generate_until)
+  generation_kwargs  until (stop strings), max_gen_toks; code_exec also
+                     temperature, top_p, top_k, seed (default greedy)
   filters            {name: {regex, group_select, fallback}}: answer extraction, one
                      exact-match score per filter (lm-eval's filter_list, regex + take_first)
   exact_match        {ignore_case, ignore_punctuation, regexes_to_ignore}
+  doc_to_decontamination_query  the text of a document a contamination check
+                     looks for in a training corpus (default: the prompt and its
+                     answer; acorn.eval.contamination)
+  repeats            code_exec: samples per document (lm-eval's key; pass@k needs k <= repeats)
+  program            code_exec: Jinja template over the document's fields and
+                     `completion` giving the program to run; it passes when it
+                     exits 0 (default HumanEval's: prompt, completion, the tests,
+                     then check(entry_point))
+  execution          code_exec: sandbox limits {seconds, memory_mb, processes}
+                     (acorn.sandbox.Limits) and workers (programs run at once)
 
 A user adds a task by writing such a file and passing its path to `--tasks`;
 no Python. The built-in tasks are the YAML files in acorn/eval/tasks/.
@@ -49,14 +62,17 @@ import yaml
 from acorn.errors import AcornError
 
 BUILTIN_DIR = Path(__file__).parent / "tasks"
-KINDS = ("multiple_choice", "loglikelihood", "loglikelihood_rolling", "generate_until")
+KINDS = ("multiple_choice", "loglikelihood", "loglikelihood_rolling", "generate_until", "code_exec")
 # What each kind can report (lm-eval's process_results for the same output_type).
 METRICS = {
     "multiple_choice": ("acc", "acc_norm"),
     "loglikelihood": ("perplexity", "acc"),
     "loglikelihood_rolling": ("word_perplexity", "byte_perplexity", "bits_per_byte"),
     "generate_until": ("exact_match",),
+    "code_exec": ("pass@1",),  # any pass@k with k <= repeats
 }
+HUMANEVAL_PROGRAM = "{{prompt}}{{completion}}\n\n{{test}}\n\ncheck({{entry_point}})\n"
+EXECUTION_KEYS = ("seconds", "memory_mb", "processes", "output_bytes", "workers")
 
 
 @dataclass
@@ -79,6 +95,10 @@ class Task:
     generation_kwargs: dict = field(default_factory=dict)
     filters: dict = field(default_factory=dict)
     exact_match: dict = field(default_factory=dict)
+    doc_to_decontamination_query: str | None = None
+    repeats: int = 1
+    program: str = HUMANEVAL_PROGRAM
+    execution: dict = field(default_factory=dict)
     source: str = ""  # the YAML file it came from
 
     # ---------------------------------------------------------------- a document
@@ -199,9 +219,19 @@ def load_task(path: str | Path) -> Task:
         if want is not None and not isinstance(value, want):
             raise bad(key, f"expected {known[key].type}, got {type(value).__name__} {value!r}")
     kind = raw["output_type"]
+    if raw.get("repeats", 1) < 1:
+        raise bad("repeats", f"{raw['repeats']} samples per document; give 1 or more")
     for m in raw.get("metrics", []):
-        if m not in METRICS[kind]:
+        if kind == "code_exec":
+            k = re.fullmatch(r"pass@(\d+)", str(m))
+            if not k or not 1 <= int(k.group(1)) <= raw.get("repeats", 1):
+                raise bad("metrics", f"{m!r}: code_exec reports pass@k with 1 <= k <= repeats "
+                                     f"({raw.get('repeats', 1)})")
+        elif m not in METRICS[kind]:
             raise bad("metrics", f"{m!r} is not a metric of {kind} ({', '.join(METRICS[kind])})")
+    for key in raw.get("execution", {}):
+        if key not in EXECUTION_KEYS:
+            raise bad("execution", f"unknown key {key!r}; known: {', '.join(EXECUTION_KEYS)}")
     if kind == "multiple_choice" and not raw.get("doc_to_choice"):
         raise bad("output_type", "multiple_choice needs doc_to_choice")
     if raw.get("fewshot_sampler", "random") not in ("random", "first_n"):
@@ -235,7 +265,7 @@ def resolve(task: Task, name: str, root: Path) -> Path:
 
 
 def read_docs(path: Path) -> list[dict]:
-    """Documents from JSON lines, a JSON list, Parquet or CSV."""
+    """Documents from JSON lines, a JSON list, Parquet, CSV or a YAML list."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
@@ -251,9 +281,14 @@ def read_docs(path: Path) -> list[dict]:
         if suffix == ".csv":
             with path.open(encoding="utf-8", newline="") as f:
                 return list(csv.DictReader(f))
-    except (ValueError, KeyError) as e:
+        if suffix in (".yaml", ".yml"):
+            docs = yaml.safe_load(path.read_text(encoding="utf-8"))
+            if not isinstance(docs, list) or not all(isinstance(d, dict) for d in docs):
+                raise ValueError("a YAML data file is a list of mappings")
+            return docs
+    except (ValueError, KeyError, yaml.YAMLError) as e:
         raise AcornError(f"{path}: cannot read its documents ({e})") from None
-    raise AcornError(f"{path}: unknown data format {suffix!r}; give .jsonl, .json, .parquet or .csv")
+    raise AcornError(f"{path}: unknown data format {suffix!r}; give .jsonl, .json, .parquet, .csv or .yaml")
 
 
 def fewshot_examples(task: Task, docs: list[dict], pool: list[dict], k: int, same_split: bool):
