@@ -203,7 +203,8 @@ def _rl_commands(stages) -> None:
               "(runs/world/rl_arithmetic.jsonl carries `answer`). Rollouts: --rollout.prompts P --rollout.n N\n"
               "--rollout.max_new_tokens T --rollout.temperature 1 --rollout.epochs E --rollout.minibatches M.\n"
               "Rewards: arithmetic (exact match with `answer`), json (valid, and fits the row's `schema`),\n"
-              "format (the reply matches the row's `format` regex, else a bare integer), or module:function\n"
+              "format (the reply matches the row's `format` regex, else a bare integer), model=DIR (a reward model:\n"
+              "`acorn reward train`'s RUN/model scores prompt + reply), or module:function\n"
               "(TRL's signature: fn(prompts, completions, completion_ids, **columns) -> list of floats).\n"
               "LoRA (--lora.r 16): the reference model is the base with the adapters switched off.\n"
               "Writes metrics.jsonl, rl.png, report.md and the model (or adapter) like the other stages.")
@@ -220,7 +221,7 @@ def _rl_commands(stages) -> None:
          "PPO (Ouyang et al. 2022, Stiennon et al. 2020): --ppo.kl_coef 0.05, --ppo.kl_estimator k1|k3,\n"
          "--ppo.kl_target 6 (adaptive coefficient), --ppo.gamma 1 --ppo.lam 0.95, --ppo.epsilon 0.2,\n"
          "--ppo.value_epsilon 0.2, --ppo.vf_coef 0.1, --ppo.whiten_rewards true. A learned reward model plugs\n"
-         "in as a reward function (--reward module:function)."),
+         "in as a reward function (--reward model=RUN/model of `acorn reward train`)."),
     ]:
         s = _parser(stages, name, help, example, description=f"{help}.\n\n{own}\n\n{common}")
         s.add_argument("--config", help="YAML file with the run's settings")

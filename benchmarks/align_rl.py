@@ -159,23 +159,10 @@ def figure_grpo(args) -> str:
 
 # ================================================================== ppo
 def reward_model_reward(path: str):
-    """A learned reward model as a reward function (acorn.train.rewards's signature): each
-    prompt and completion as one conversation, scored by the model.
+    """A learned reward model as a reward function: acorn.train.rewards's `model=DIR`."""
+    from acorn.train.rewards import reward_model
 
-    `acorn.train.reward.load_reward_model(path).score(texts)` is the reward-model half of issue
-    13; the texts given here are the conversations rendered by the policy's chat template
-    (the same template the reward model was trained on for the world's preference pairs)."""
-    from acorn.tokenizer.bpe import Tokenizer
-    from acorn.train.reward import load_reward_model
-
-    model = load_reward_model(path)
-    tok = Tokenizer.from_pretrained(path)
-
-    def reward_model(prompts, completions, **_):
-        texts = [tok.decode(tok.apply_chat_template(p + c)) for p, c in zip(prompts, completions)]
-        return model.score(texts)
-
-    return reward_model
+    return reward_model(path)
 
 
 def ppo_rows(world: Path, name: str) -> list[dict]:

@@ -112,6 +112,28 @@ def format_reward(prompts, completions, format=None, **_) -> list[float]:
             for c, p in zip(completions, patterns)]
 
 
+def reward_model(path) -> RewardFn:
+    """A learned reward model (`acorn reward train`'s RUN/model) as a reward function: each
+    prompt with its completion is one conversation (or one text), scored by the model through
+    its own tokenizer and chat template, so a policy with another vocabulary can still be scored."""
+    from acorn.train.reward import load_reward_model
+
+    if not (Path(path) / "config.json").is_file():
+        raise AcornError(f"reward model={path}: no config.json there; give RUN/model of `acorn reward train`")
+    rm = load_reward_model(path)
+
+    def score(prompts, completions, **_) -> list[float]:
+        items = []
+        for prompt, completion in zip(prompts, completions):
+            if isinstance(prompt, list):
+                items.append([*prompt, {"role": "assistant", "content": completion_text(completion)}])
+            else:
+                items.append(prompt + completion_text(completion))
+        return rm.score(items)
+
+    return score
+
+
 BUILTIN: dict[str, RewardFn] = {"arithmetic": arithmetic_reward, "json": json_reward, "format": format_reward}
 
 
@@ -124,10 +146,12 @@ def load_reward(spec: str | RewardFn | tuple[str, RewardFn]) -> tuple[str, Rewar
         return getattr(spec, "__name__", type(spec).__name__), spec
     if spec in BUILTIN:
         return spec, BUILTIN[spec]
+    if spec.startswith("model="):
+        return "model", reward_model(spec[len("model="):])
     module_name, _, attr = spec.rpartition(":")
     if not module_name or not attr:
-        raise AcornError(f"unknown reward {spec!r}; use one of {', '.join(BUILTIN)} or module:function "
-                         "(e.g. my_rewards:length_penalty)")
+        raise AcornError(f"unknown reward {spec!r}; use one of {', '.join(BUILTIN)}, model=DIR (a reward model) "
+                         "or module:function (e.g. my_rewards:length_penalty)")
     try:
         if module_name.endswith(".py"):
             path = Path(module_name)

@@ -117,3 +117,28 @@ def _operands(question: str) -> tuple[int, str, int]:
     m = re.search(r"(\d+) (\+|-|\*|plus|minus|times) (\d+)", question)
     op = {"plus": "+", "minus": "-", "times": "*"}.get(m[2], m[2])
     return int(m[1]), op, int(m[3])
+
+
+def test_a_reward_model_is_a_reward_function_scoring_prompt_and_reply(tmp_path, checkpoint, tok):
+    """`--reward model=DIR`: the reward model's own score of the conversation, whatever the form."""
+    import torch
+
+    from acorn.model.checkpoint import load
+    from acorn.model.heads import RewardModel
+    from acorn.train.reward import load_reward_model
+
+    torch.manual_seed(0)
+    rm = RewardModel.from_causal_lm(load(checkpoint[0], dtype="float32", device="cpu"), tok)
+    with torch.no_grad():
+        rm.head.weight.normal_(0, 0.5)
+    rm_dir = tmp_path / "rm"
+    rm.save(rm_dir)
+    name, fn = load_reward(f"model={rm_dir}")
+    prompts = [[{"role": "user", "content": "What is 2 + 2?"}], "Plain text prompt "]
+    completions = [[{"role": "assistant", "content": "4"}], "and its continuation"]
+    got = fn(prompts, completions)
+    want = load_reward_model(rm_dir).score([[*prompts[0], {"role": "assistant", "content": "4"}],
+                                            "Plain text prompt and its continuation"])
+    assert name == "model" and got == pytest.approx(want) and got[0] != got[1]
+    with pytest.raises(AcornError, match="no config.json"):
+        load_reward(f"model={tmp_path / 'nowhere'}")
