@@ -1,56 +1,131 @@
 """The `acorn` command: one subcommand per stage of the pipeline.
 
 Thin on purpose: it parses arguments, calls one function per stage, and turns
-an AcornError into one line on stderr with exit status 2. Modules are imported
-inside the handlers so `acorn --help` stays fast.
+an AcornError into one line on stderr with exit status 2, as it does an OSError
+(permission denied, disk full), naming the file. Modules are imported inside
+the handlers so `acorn --help` stays fast; a config-driven command (pretrain,
+sft) imports its config class only to print its settings in --help.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
-from acorn.errors import AcornError
+from acorn.errors import AcornError, NotUTF8
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with usage errors on one line: the problem, then where help is."""
+    """argparse with usage errors on one line: the problem, then where help is.
+
+    settings: "module:Class" of a config dataclass whose `--section.key` settings
+    (acorn.config.describe) the help lists before the example."""
+
+    def __init__(self, *args, settings: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.settings = settings
 
     def error(self, message: str):
         self.exit(2, f"acorn: error: {message}; see `{self.prog} --help`\n")
 
+    def format_help(self) -> str:
+        if not self.settings:
+            return super().format_help()
+        import importlib
 
-def _parser(sub, name: str, help: str, example: str, description: str | None = None) -> argparse.ArgumentParser:
+        from acorn.config import describe
+
+        module, _, name = self.settings.partition(":")
+        example, self.epilog = self.epilog, describe(getattr(importlib.import_module(module), name)) + "\n\n" + self.epilog
+        try:
+            return super().format_help()
+        finally:
+            self.epilog = example
+
+
+def _parser(sub, name: str, help: str, example: str, description: str | None = None,
+            settings: str | None = None) -> argparse.ArgumentParser:
     return sub.add_parser(
         name,
         help=help,
         description=description or help,
         epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        settings=settings,
     )
+
+
+# Argument types that refuse nonsense at parse time, with the flag's name (argparse adds it).
+def _int_at_least(low: int, high: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text.replace("_", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {f'{low} to {high}' if high is not None else f'>= {low}'}, "
+                                             f"not {value}")
+        return value
+
+    parse.__name__ = "integer"  # what argparse names in its own messages
+    return parse
+
+
+def _fraction(low_open: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (0 < value < 1 if low_open else 0 <= value < 1):
+            raise argparse.ArgumentTypeError(f"must be in {'(0' if low_open else '[0'}, 1), not {text}")
+        return value
+
+    parse.__name__ = "fraction"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, not {text}")
+    return value
+
+
+positive_int = _int_at_least(1)
+non_negative_int = _int_at_least(0)
+port = _int_at_least(1, 65535)
+MAX_SAMPLES = 64  # generate -n and --num-beams: all of them decode as one batch, and the output is read by a person
 
 
 # ------------------------------------------------------------------ handlers
 def cmd_data_world(args) -> None:
     from acorn.data.world import generate_world
 
-    generate_world(args.out, seed=args.seed, size=args.size, tokenizer=args.tokenizer)
+    generate_world(args.out, seed=args.seed, size=args.size, tokenizer=args.tokenizer, overwrite=args.overwrite)
 
 
 def cmd_data_prepare(args) -> None:
     from acorn.data.prepare import prepare
 
     prepare(args.inputs, args.tokenizer, args.out, text_field=args.text_field, val_fraction=args.val_fraction,
-            shard_tokens=args.shard_tokens, workers=args.workers, seed=args.seed, overwrite=args.overwrite)
+            shard_tokens=args.shard_tokens, workers=args.workers, seed=args.seed, overwrite=args.overwrite,
+            errors=args.errors)
 
 
 def cmd_tokenizer_train(args) -> None:
     import time
 
+    from acorn.fileio import check_new_output
     from acorn.tokenizer.bpe import Tokenizer
 
     files = _expand_inputs(args.inputs)
+    check_new_output(args.out, args.overwrite)  # before the training, not after it
     t0 = time.perf_counter()
     tok = Tokenizer.train(
         files, args.vocab_size, pattern=args.pattern, chat_format=args.chat_format,
@@ -94,7 +169,8 @@ def cmd_tokenizer_eval(args) -> None:
 
     names = [args.tokenizer, *args.compare]
     toks = [_load_tokenizer(n) for n in names]
-    rows = compare_bytes_per_token(dict(zip(names, toks)), _expand_inputs(args.inputs), errors=args.errors)
+    rows = compare_bytes_per_token(dict(zip(names, toks)), _expand_inputs(args.inputs), errors=args.errors,
+                                   text_field=args.text_field)
     print(format_table(rows))
 
 
@@ -104,7 +180,7 @@ def cmd_tokens_count(args) -> None:
     tok = _load_tokenizer(args.tokenizer)
     total = 0
     for path in _expand_inputs(args.files):
-        n = count_tokens(tok, path, errors=args.errors)
+        n = count_tokens(tok, path, errors=args.errors, text_field=args.text_field)
         total += n
         print(f"{n:>12,}  {path}")
     line = f"{total:>12,}  total ({tok.name}, vocab {tok.vocab_size})"
@@ -123,7 +199,7 @@ def cmd_quantize(args) -> None:
     from acorn.model.checkpoint import quantize_checkpoint
 
     print(quantize_checkpoint(args.checkpoint, args.method, args.out, group_size=args.group_size,
-                              skip=() if args.quantize_head else ("lm_head",)))
+                              skip=() if args.quantize_head else ("lm_head",), overwrite=args.overwrite))
 
 
 def cmd_lora_merge(args) -> None:
@@ -392,7 +468,7 @@ def cmd_watermark_detect(args) -> None:
     from acorn.infer.watermark import detect
     from acorn.tokenizer.text import read_text_file
 
-    text = read_text_file(Path(args.file))
+    text = read_text_file(Path(args.file), args.errors)
     if not text.strip():
         raise AcornError(f"{args.file}: the file is empty; give the text to test")
     d = detect(text, _load_tokenizer(args.tokenizer), args.key, gamma=args.gamma, context=args.context,
@@ -518,8 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/speedrun", help="run directory (default: runs/speedrun)")
     s.add_argument("--preset", default="cpu", choices=["cpu", "tiny", "gpu"], help="how big a run (default: cpu)")
     s.add_argument("--size", choices=["tiny", "small", "default", "large"], help="world size (default: the preset's)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--vocab-size", type=int, help="tokenizer vocabulary (default: the preset's)")
+    s.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seeds the world, the weights and the data order: same seed, same run (default: 0)")
+    s.add_argument("--vocab-size", type=positive_int, help="tokenizer vocabulary (default: the preset's)")
     s.set_defaults(func=cmd_speedrun)
 
     # acorn eval
@@ -543,15 +620,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dirs", nargs="*", help=argparse.SUPPRESS)
     s.add_argument("--tasks", default="arc_easy,arc_challenge,piqa,lambada_openai",
                    help="comma-separated task names or YAML paths (default: arc_easy,arc_challenge,piqa,lambada_openai)")
-    s.add_argument("--num-fewshot", type=int, help="few-shot examples per prompt (default: each task's own)")
-    s.add_argument("--limit", type=int, help="evaluate the first N documents of each task (default: all)")
+    s.add_argument("--num-fewshot", type=non_negative_int, help="few-shot examples per prompt (default: each task's own)")
+    s.add_argument("--limit", type=positive_int, help="evaluate the first N documents of each task (default: all)")
     s.add_argument("--out", help="write results.json, results.md, results.png and samples_TASK.jsonl here")
     s.add_argument("--data-dir", help="directory of the tasks' data files (default: $ACORN_EVAL_DATA, else "
                    "../shared/data/eval beside the repository)")
     s.add_argument("--add-bos", default="auto", choices=["auto", "true", "false"],
                    help="start each text with BOS (default auto: when the checkpoint's tokenizer adds it in "
                    "transformers, as lm-eval does)")
-    s.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per forward pass (default: 8192)")
+    s.add_argument("--batch-tokens", type=positive_int, default=8192, help="padded tokens per forward pass (default: 8192)")
     s.add_argument("--chart", help="compare: save a bar chart of the runs here")
     s.add_argument("--decontaminate", nargs="+", metavar="CORPUS",
                    help="training corpora (token shard dirs or .txt/.jsonl/.parquet files): also report each task's "
@@ -575,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", default="default", choices=["tiny", "small", "default", "large"],
                    help="tiny is for tests; default is what the main job trains on")
     s.add_argument("--tokenizer", help="count sizes in tokens of this tokenizer (default: a BPE fitted to the world)")
+    s.add_argument("--overwrite", action="store_true", help="replace the world already in --out (default: refuse)")
     s.set_defaults(func=cmd_data_world)
     s = _parser(dsub, "prepare", "tokenize text into binary token shards for pretraining (resumable)",
                 "acorn data prepare runs/world/pretrain.jsonl --tokenizer runs/tok --out runs/data")
@@ -582,10 +660,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokenizer", required=True, help="tokenizer directory (or file, or 'gpt2')")
     s.add_argument("--out", required=True, help="directory for train_*.bin, val_*.bin and meta.json")
     s.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text (default: text)")
-    s.add_argument("--val-fraction", type=float, default=0.005, help="share of documents held out (default: 0.005)")
-    s.add_argument("--shard-tokens", type=int, default=10_000_000, help="tokens per shard (default: 10_000_000)")
-    s.add_argument("--workers", type=int, help="tokenizer processes (default: all cores)")
+    s.add_argument("--val-fraction", type=_fraction(), default=0.005, help="share of documents held out (default: 0.005)")
+    s.add_argument("--shard-tokens", type=positive_int, default=10_000_000, help="tokens per shard (default: 10_000_000)")
+    s.add_argument("--workers", type=non_negative_int, help="tokenizer processes (default: all cores; 0: this process)")
     s.add_argument("--seed", type=int, default=0, help="picks the validation documents (default: 0)")
+    s.add_argument("--errors", default="strict", choices=["strict", "replace"],
+                   help="bytes that are not UTF-8: stop with the file and place, or replace them with U+FFFD "
+                   "(default: strict)")
     s.add_argument("--overwrite", action="store_true", help="replace shards prepared with other inputs or settings")
     s.set_defaults(func=cmd_data_prepare)
 
@@ -599,19 +680,22 @@ def build_parser() -> argparse.ArgumentParser:
                 "acorn tokenizer train data/*.txt --vocab-size 32768 --out runs/tok")
     s.add_argument("inputs", nargs="+", help=".txt or .jsonl files, directories or globs")
     s.add_argument("--out", required=True, help="directory for tokenizer.json + tokenizer_config.json")
-    s.add_argument("--vocab-size", type=int, default=8192, help="total vocabulary including special tokens")
+    s.add_argument("--vocab-size", type=positive_int, default=8192, help="total vocabulary including special tokens")
     s.add_argument("--pattern", default="gpt4", help="split regex: gpt4 (default), gpt2, or a regex")
     s.add_argument("--chat-format", default="acorn", choices=["acorn", "chatml", "llama3"],
                    help="reserve this chat format's special tokens and use its template")
     s.add_argument("--special", action="append", default=[], metavar="TOKEN", help="an extra special token (repeatable)")
     s.add_argument("--text-field", default="text", help="field holding the text in .jsonl inputs")
     s.add_argument("--errors", default="strict", choices=["strict", "replace"], help="undecodable bytes: stop or replace")
+    s.add_argument("--overwrite", action="store_true", help="replace a tokenizer already in --out (default: refuse)")
     s.set_defaults(func=cmd_tokenizer_train)
 
     s = _parser(tsub, "encode", "print the ids of a text", "acorn tokenizer encode runs/tok 'Hello world'")
     s.add_argument("tokenizer", help="tokenizer directory or file, or 'gpt2'")
     s.add_argument("text", nargs="?", help="text to encode (default: stdin)")
     s.add_argument("--file", help="encode this file instead")
+    s.add_argument("--errors", default="strict", choices=["strict", "replace"],
+                   help="--file bytes that are not UTF-8: stop, or replace them with U+FFFD (default: strict)")
     s.add_argument("--allow-special", action="store_true", help="turn special-token text into special ids")
     s.add_argument("--show", action="store_true", help="one token per line with its bytes")
     s.set_defaults(func=cmd_tokenizer_encode)
@@ -632,7 +716,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="+", help="text files, directories or globs")
     s.add_argument("--compare", action="append", default=None, metavar="TOKENIZER",
                    help="another tokenizer to compare (repeatable; default: gpt2)")
-    s.add_argument("--errors", default="strict", choices=["strict", "replace"])
+    s.add_argument("--text-field", default="text", help="field holding the text in .jsonl inputs (default: text)")
+    s.add_argument("--errors", default="strict", choices=["strict", "replace"],
+                   help="bytes that are not UTF-8: stop with the file and place, or replace them with U+FFFD "
+                   "(default: strict)")
     s.set_defaults(func=cmd_tokenizer_eval)
 
     # acorn model ...
@@ -650,9 +737,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="a Hugging Face checkpoint directory (its tokenizer files are copied)")
     s.add_argument("--method", required=True, metavar="int8|int4|nf4",
                    help="int8: per output channel; int4: groups, asymmetric; nf4: QLoRA's NormalFloat4")
-    s.add_argument("--group-size", type=int, help="inputs per scale: 32, 64, 128 or 256 (default: 128 for int4, 64 for nf4)")
+    s.add_argument("--group-size", type=positive_int, help="inputs per scale: 32, 64, 128 or 256 (default: 128 for int4, 64 for nf4)")
     s.add_argument("--quantize-head", action="store_true", help="quantize an untied output head too (default: kept float)")
     s.add_argument("--out", required=True, help="directory for the quantized checkpoint")
+    s.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out (default: refuse)")
     s.set_defaults(func=cmd_quantize)
 
     # acorn lora ...
@@ -695,10 +783,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("prompt_text", nargs="?", metavar="PROMPT", help="the text to continue (or --prompt)")
     s.add_argument("--prompt", help="the text to continue")
     _add_inference_flags(s)
-    s.add_argument("-n", type=int, help="samples of the prompt, sharing one prefill (printed one after another)")
-    s.add_argument("--num-beams", type=int, help="beam search with this many beams (with -n: the n best beams)")
+    s.add_argument("-n", type=_int_at_least(1, MAX_SAMPLES), help="samples of the prompt, sharing one prefill "
+                   f"(printed one after another; at most {MAX_SAMPLES})")
+    s.add_argument("--num-beams", type=_int_at_least(1, MAX_SAMPLES),
+                   help=f"beam search with this many beams (with -n: the n best beams; at most {MAX_SAMPLES})")
     s.add_argument("--length-penalty", type=float, help="beam search: score = log-prob / length**this (default: 1)")
-    s.add_argument("--logprobs", type=int, metavar="K",
+    s.add_argument("--logprobs", type=non_negative_int, metavar="K",
                    help="print each token's log-probability and the K most likely alternatives")
     s.set_defaults(func=cmd_generate)
     s = _parser(stages, "chat", "talk with a model in the terminal (/reset forgets, /exit or Ctrl-D quits)",
@@ -713,8 +803,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "acorn pretrain --config configs/micro.yaml --optim.lr 1e-3 --train.max_steps 2000",
                 description="Pretrain a transformer on prepared token shards (next-token prediction).\n\n"
                 "Settings come from the defaults, then --config FILE (YAML), then --section.key VALUE\n"
-                "overrides: sections data, out, seed, init_from, model (preset + fields), optim, train, eval.\n"
-                "The resolved configuration is saved as config.yaml in the run directory.")
+                "overrides (listed below). The resolved configuration is saved as config.yaml in the run\n"
+                "directory. A run directory that holds a run is refused: --resume continues it.",
+                settings="acorn.train.pretrain:PretrainConfig")
     s.add_argument("--config", help="YAML file with the run's settings")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.set_defaults(func=cmd_pretrain, accepts_overrides=True)
@@ -728,7 +819,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "LoRA: --lora.r 16 --lora.alpha 32 --lora.targets all-linear (or q_proj,v_proj,...) trains adapters\n"
                 "on a frozen base and writes RUN/adapter (PEFT's format; merge with `acorn lora merge`);\n"
                 "--lora.quantize nf4 stores the frozen base in 4 bits (QLoRA), --lora.rslora true scales by\n"
-                "alpha/sqrt(r), --lora.dropout 0.05 drops the adapters' inputs.")
+                "alpha/sqrt(r), --lora.dropout 0.05 drops the adapters' inputs.",
+                settings="acorn.train.sft:SFTConfig")
     s.add_argument("--config", help="YAML file with the run's settings")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.set_defaults(func=cmd_sft, accepts_overrides=True)
@@ -791,8 +883,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "acorn tokens count notes.txt --tokenizer gpt2 --price-per-million 0.5")
     s.add_argument("files", nargs="+", help="text files, directories or globs")
     s.add_argument("--tokenizer", default="gpt2", help="tokenizer directory or file (default: the built-in gpt2)")
-    s.add_argument("--price-per-million", type=float, help="price in dollars per million tokens")
-    s.add_argument("--errors", default="strict", choices=["strict", "replace"])
+    s.add_argument("--price-per-million", type=_positive_float, help="price in dollars per million tokens")
+    s.add_argument("--text-field", default="text", help="field holding the text in .jsonl files, which is what "
+                   "is counted (default: text)")
+    s.add_argument("--errors", default="strict", choices=["strict", "replace"],
+                   help="bytes that are not UTF-8: stop with the file and place, or replace them with U+FFFD "
+                   "(default: strict)")
     s.set_defaults(func=cmd_tokens_count)
     # acorn watermark detect
     wm = _parser(stages, "watermark", "detect the green-list watermark (Kirchenbauer et al. 2023) in text",
@@ -804,10 +900,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file", help="UTF-8 text file to test")
     s.add_argument("--tokenizer", required=True, help="tokenizer directory or file, or a checkpoint directory")
     s.add_argument("--key", required=True, help="the watermark's secret key (the Python API's key, as a string)")
-    s.add_argument("--gamma", type=float, default=0.25, help="green fraction used when generating (default: 0.25)")
+    s.add_argument("--gamma", type=_fraction(low_open=True), default=0.25,
+                   help="green fraction used when generating (default: 0.25)")
     s.add_argument("--z", type=float, default=4.0, help="z-score above which the text is watermarked (default: 4)")
-    s.add_argument("--context", type=int, default=1, help="tokens hashed into the seed (default: 1)")
+    s.add_argument("--context", type=positive_int, default=1, help="tokens hashed into the seed (default: 1)")
     s.add_argument("--scheme", default="lefthash", choices=["lefthash", "minhash"], help="seeding scheme for --context > 1")
+    s.add_argument("--errors", default="strict", choices=["strict", "replace"],
+                   help="bytes that are not UTF-8: stop, or replace them with U+FFFD (default: strict)")
     s.set_defaults(func=cmd_watermark_detect)
 
     # acorn serve
@@ -815,15 +914,16 @@ def build_parser() -> argparse.ArgumentParser:
                 "acorn serve runs/sft --port 8000 --api-key SECRET")
     s.add_argument("checkpoint", help="a Hugging Face checkpoint directory with its tokenizer files")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
-    s.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    s.add_argument("--port", type=port, default=8000, help="port, 1 to 65535 (default: 8000)")
     s.add_argument("--model-name", help="the model's name in the API (default: the checkpoint directory's name)")
     s.add_argument("--api-key", action="append", metavar="KEY", help="require this key (repeatable; default: "
                    "$ACORN_API_KEY if set, else no key)")
     s.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="let web pages from this origin call "
                    "the API, e.g. http://localhost:3000 (repeatable)")
-    s.add_argument("--max-tokens-cap", type=int, default=4096, help="most tokens one request may ask for (default: 4096)")
-    s.add_argument("--max-pending", type=int, default=256, help="waiting requests beyond this get 429 (default: 256)")
-    s.add_argument("--kv-cache-memory-mb", type=int, help="memory for the paged KV cache (default: the engine's)")
+    s.add_argument("--max-tokens-cap", type=positive_int, default=4096, help="most tokens one request may ask for (default: 4096)")
+    s.add_argument("--max-pending", type=non_negative_int, default=256,
+                   help="waiting requests beyond this get 429 (default: 256)")
+    s.add_argument("--kv-cache-memory-mb", type=positive_int, help="memory for the paged KV cache (default: the engine's)")
     s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     s.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's)")
     s.add_argument("--lora", action="append", metavar="NAME=DIR", help="also serve this LoRA adapter (a PEFT "
@@ -859,14 +959,41 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except AcornError as e:
-        print(f"acorn: error: {e}", file=sys.stderr)
+        hint = " or pass --errors replace" if isinstance(e, NotUTF8) and getattr(args, "errors", None) == "strict" else ""
+        print(f"acorn: error: {e}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("acorn: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # the machine's answer, not a bug: permission denied, disk full, a read-only disk
+        print(f"acorn: error: {os_error_message(e)}", file=sys.stderr)
+        return 2
     return 0
+
+
+_OS_FIXES = {
+    errno.EACCES: "check its permissions or choose another path",
+    errno.EPERM: "check its permissions or choose another path",
+    errno.ENOSPC: "free some disk space or choose another --out on a disk with room",
+    errno.EIO: "check that the disk has room and works, or choose another --out",
+    errno.EDQUOT: "free some space in your quota or choose another --out",
+    errno.EROFS: "the file system is read-only; choose another path",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a directory; check the path",
+    errno.EISDIR: "it is a directory; give a file",
+    errno.EEXIST: "it is in the way; remove it or choose another path",
+    errno.EMFILE: "too many open files; raise the limit (ulimit -n)",
+    errno.EADDRINUSE: "another process uses that port; choose another --port",
+}
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an OSError: what failed, on which file, and what to do."""
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    what = e.strerror or str(e)
+    return f"{where + ': ' if where else ''}{what}; {_OS_FIXES.get(e.errno, 'check the path and the disk')}"
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ crash or kill -9 never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import errno
 import glob
 import gzip
 import json
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from acorn.errors import AcornError
+from acorn.errors import AcornError, NotUTF8
 
 # The process's umask, read once (os.umask can only be read by setting it): files
 # and directories made in a temporary place get the mode open() and mkdir() would give.
@@ -79,8 +80,21 @@ def remove_temp_files(directory: str | os.PathLike) -> list[Path]:
 @contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
     """Open a temporary file next to `path`; on success rename it over `path`."""
-    with atomic_path(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
-        yield f
+    try:
+        with atomic_path(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+    except OSError as e:
+        if e.filename is None:  # a failed write (disk full) names no file: name the one being written
+            e.filename = str(path)
+        raise
+    except RuntimeError as e:
+        # torch.save reports a write that failed (the disk filled up) as its own RuntimeError from
+        # inline_container.cc ("unexpected pos"), not as the OSError it is.
+        if "inline_container" not in str(e) and "PytorchStreamWriter" not in str(e):
+            raise
+        free = shutil.disk_usage(Path(path).parent).free
+        raise OSError(errno.ENOSPC if free < 64 << 20 else errno.EIO,
+                      f"writing failed ({free / 2**20:,.1f} MiB free on that disk)", str(path)) from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -105,21 +119,48 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     return n
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+def read_jsonl(path: str | os.PathLike, errors: str = "strict") -> Iterator[dict]:
     """Yield the objects of a JSONL file (gzip-compressed when it ends in .gz); a bad line is an
     AcornError naming file and line."""
+    for _, row in read_jsonl_lines(path, errors):
+        yield row
+
+
+def read_jsonl_lines(path: str | os.PathLike, errors: str = "strict") -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line of a JSONL file (see parse_jsonl_line)."""
     path = Path(path)
     if not path.is_file():
         raise AcornError(f"{path}: no such file; check the path")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise AcornError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
+            if lineno == 1:
+                line = line.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark some editors write
+            if line.strip():
+                yield lineno, parse_jsonl_line(line, path, lineno, errors)
+
+
+def parse_jsonl_line(line: bytes, path, lineno: int, errors: str = "strict") -> dict:
+    """One line of a JSONL file -> its object. Every reader of JSONL (tokenizer training,
+    data preparation in worker processes, SFT, token counting) parses lines here, so bytes
+    that are not UTF-8 (errors='strict'; 'replace' substitutes U+FFFD), a line that is
+    not JSON and a value that is not an object all end the same way: an AcornError
+    naming the file and line."""
+    try:
+        text = line.decode("utf-8", errors)
+    except UnicodeDecodeError as e:
+        raise NotUTF8(f"{path}:{lineno}: bytes at column {e.start + 1} are not UTF-8 "
+                      f"({line[e.start:e.start + 4]!r}); convert the file to UTF-8") from None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AcornError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
+    except RecursionError:
+        raise AcornError(f"{path}:{lineno}: JSON nested too deeply; fix or remove that line") from None
+    if not isinstance(row, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(row), "a number")
+        raise AcornError(f"{path}:{lineno}: {kind}, not a JSON object; each line must be one object, "
+                         'e.g. {"text": "..."}')
+    return row
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -130,6 +171,18 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise AcornError(f"{path}: not valid JSON at line {e.lineno} ({e.msg}); fix the file") from None
+
+
+def check_new_output(path: str | os.PathLike, overwrite: bool = False, flag: str = "--out") -> None:
+    """Refuse to write into `path` when something is already there, unless `overwrite`:
+    an existing file, or a directory that is not empty (what `acorn data world`,
+    `tokenizer train` and `quantize` write into; pretraining, SFT and data prepare
+    refuse the same way)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise AcornError(f"{flag} {p} is a file; give a directory path")
+    if not overwrite and p.is_dir() and any(p.iterdir()):
+        raise AcornError(f"{flag} {p} already holds files; choose another {flag} or pass --overwrite to write over them")
 
 
 def expand_inputs(

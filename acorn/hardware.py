@@ -42,9 +42,22 @@ def resolve_device(device="auto") -> torch.device:
         mps = getattr(torch.backends, "mps", None)
         return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise AcornError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    # Asked for a device this machine lacks: say so now, not in a traceback at the first tensor.
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise AcornError(f"device {device!r}: {why}; use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise AcornError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA devices "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); pick one of them")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise AcornError(f"device {device!r}: Apple's MPS is not available here; use --device cpu (or auto)")
+    return dev
 
 
 def resolve_dtype(dtype, device: torch.device | None = None) -> torch.dtype:

@@ -80,7 +80,7 @@ def _fmt_time(seconds: float) -> str:
 def stage_world(out: Path, size: str, seed: int) -> dict:
     from acorn.data.world import generate_world
 
-    return generate_world(out, seed=seed, size=size)
+    return generate_world(out, seed=seed, size=size, overwrite=True)  # a rerun of a stopped speedrun redoes it
 
 
 def stage_tokenizer(world_dir: Path, out: Path, vocab_size: int) -> dict:

@@ -50,9 +50,11 @@ A re-run with anything different is refused (choose a new --out or pass
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -102,7 +104,7 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     return [p.resolve() for p in fileio.expand_inputs(inputs, SUFFIXES, any_file=False)]
 
 
-def _check_input(path: Path, text_field: str) -> None:
+def _check_input(path: Path, text_field: str, errors: str = "strict") -> None:
     """Fail before the work, not an hour into it: empty files, a wrong field or column."""
     if path.stat().st_size == 0:
         raise AcornError(f"{path}: file is empty; remove it from the inputs")
@@ -110,7 +112,7 @@ def _check_input(path: Path, text_field: str) -> None:
         with open(path, "rb") as f:
             for lineno, line in enumerate(f, 1):
                 if line.strip():
-                    _jsonl_text(line, path, lineno, text_field)
+                    _jsonl_text(line.removeprefix(b"\xef\xbb\xbf"), path, lineno, text_field, errors)
                     return
         raise AcornError(f"{path}: no documents (only blank lines); remove it from the inputs")
     if path.suffix == ".parquet":
@@ -130,16 +132,12 @@ def _check_input(path: Path, text_field: str) -> None:
                              "of a string column")
 
 
-def _jsonl_text(line: bytes, path, lineno: int, text_field: str) -> str:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise AcornError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
-    text = row.get(text_field) if isinstance(row, dict) else None
+def _jsonl_text(line: bytes, path, lineno: int, text_field: str, errors: str = "strict") -> str:
+    row = fileio.parse_jsonl_line(line, path, lineno, errors)
+    text = row.get(text_field)
     if not isinstance(text, str):
-        fields = ", ".join(map(str, row)) if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object"
         raise AcornError(f"{path}:{lineno}: no string field {text_field!r}; pass --text-field NAME "
-                         f"(fields there: {fields or 'none'})")
+                         f"(fields there: {', '.join(map(str, row)) or 'none'})")
     return text
 
 
@@ -147,10 +145,10 @@ def _jsonl_text(line: bytes, path, lineno: int, text_field: str) -> str:
 # A piece is what one input contributes to a chunk; a worker turns pieces into
 # documents. ("jsonl", path, first_line, bytes) | ("text", path, str) |
 # ("parquet", path, row_group, first_row).
-def iter_chunks(files: Sequence[Path], chunk_bytes: int) -> Iterator[tuple[list[tuple], int]]:
+def iter_chunks(files: Sequence[Path], chunk_bytes: int, errors: str = "strict") -> Iterator[tuple[list[tuple], int]]:
     """Yield (pieces, input bytes) in order; a chunk closes once it holds chunk_bytes of input."""
     pieces, size = [], 0
-    for piece, n in _iter_pieces(files, chunk_bytes):
+    for piece, n in _iter_pieces(files, chunk_bytes, errors):
         pieces.append(piece)
         size += n
         if size >= chunk_bytes:
@@ -160,15 +158,15 @@ def iter_chunks(files: Sequence[Path], chunk_bytes: int) -> Iterator[tuple[list[
         yield pieces, size
 
 
-def _iter_pieces(files: Sequence[Path], chunk_bytes: int) -> Iterator[tuple[tuple, int]]:
+def _iter_pieces(files: Sequence[Path], chunk_bytes: int, errors: str = "strict") -> Iterator[tuple[tuple, int]]:
     from acorn.tokenizer.text import iter_text_chunks, read_text_file
 
     for path in files:
         if path.suffix == ".txt":
             if path.stat().st_size <= TXT_SPLIT_BYTES:
-                yield ("text", str(path), read_text_file(path)), path.stat().st_size
+                yield ("text", str(path), read_text_file(path, errors)), path.stat().st_size
             else:
-                for text in iter_text_chunks(path, chunk_bytes=TXT_PIECE_BYTES):
+                for text in iter_text_chunks(path, errors, chunk_bytes=TXT_PIECE_BYTES):
                     yield ("text", str(path), text), len(text.encode("utf-8", "surrogatepass"))
         elif path.suffix == ".jsonl":
             yield from _jsonl_pieces(path, chunk_bytes)
@@ -200,13 +198,15 @@ def _jsonl_pieces(path: Path, chunk_bytes: int) -> Iterator[tuple[tuple, int]]:
                 return
 
 
-def _piece_documents(piece: tuple, text_field: str) -> list[str]:
+def _piece_documents(piece: tuple, text_field: str, errors: str = "strict") -> list[str]:
     kind, path = piece[0], piece[1]
     if kind == "text":
         return [piece[2]]
     if kind == "jsonl":
         first, data = piece[2], piece[3]
-        return [_jsonl_text(line, path, first + i, text_field)
+        if first == 1:
+            data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+        return [_jsonl_text(line, path, first + i, text_field, errors)
                 for i, line in enumerate(data.split(b"\n")) if line.strip()]
     import pyarrow.parquet as pq
 
@@ -242,6 +242,7 @@ class _Spec:
     dtype: str
     bos: int
     eos: int | None
+    errors: str = "strict"
 
 
 def is_val(text: str, val_fraction: float, seed: int) -> bool:
@@ -252,7 +253,7 @@ def is_val(text: str, val_fraction: float, seed: int) -> bool:
 
 def tokenize_chunk(tok, pieces: list[tuple], spec: _Spec, num_threads: int | None = 1) -> dict:
     """Documents of a chunk -> {"train": ids, "val": ids, "train_docs": n, "val_docs": n}."""
-    texts = [t for piece in pieces for t in _piece_documents(piece, spec.text_field) if t]
+    texts = [t for piece in pieces for t in _piece_documents(piece, spec.text_field, spec.errors) if t]
     encoded = tok.encode_batch(texts, num_threads=num_threads)
     out: dict[str, list[int]] = {"train": [], "val": []}
     docs = {"train": 0, "val": 0}
@@ -271,10 +272,37 @@ def tokenize_chunk(tok, pieces: list[tuple], spec: _Spec, num_threads: int | Non
 _WORKER: dict = {}
 
 
-def _init_worker(tokenizer_path: str) -> None:
+def _init_worker(tokenizer_path: str, parent: int) -> None:
+    die_with_parent(parent)
     from acorn.tokenizer.bpe import Tokenizer
 
     _WORKER["tok"] = Tokenizer.from_pretrained(tokenizer_path)
+
+
+def die_with_parent(parent: int) -> None:
+    """End this worker when the process that started it dies. A parent killed with
+    kill -9 runs no cleanup, and its pool's workers would otherwise wait on their
+    queue forever (keeping multiprocessing's resource tracker alive with them).
+    On Linux the kernel delivers SIGKILL (prctl PR_SET_PDEATHSIG); elsewhere a
+    daemon thread watches the parent's pid."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            pr_set_pdeathsig = 1
+            if ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent:  # it died before the request took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="acorn-parent-watch").start()
 
 
 def _work(pieces: list[tuple], spec: _Spec) -> dict:
@@ -323,7 +351,10 @@ def _identity(meta: dict) -> dict:
 
 def _existing_meta(out: Path, meta: dict, overwrite: bool) -> dict | None:
     """The meta.json of an earlier run into `out` that this run may resume, or None to start fresh."""
-    ours = [*out.glob("train_*.bin"), *out.glob("val_*.bin"), *out.glob(".*.tmp")]
+    # Temporary files are what a kill left mid-write: never finished data, so removed, never a reason to refuse.
+    for f in [*out.glob(".train_*.tmp"), *out.glob(".val_*.tmp"), *out.glob(".meta.json.*.tmp")]:
+        f.unlink(missing_ok=True)
+    ours = [*out.glob("train_*.bin"), *out.glob("val_*.bin")]
     old_path = out / "meta.json"
     if overwrite:
         for f in [*ours, old_path]:
@@ -334,6 +365,8 @@ def _existing_meta(out: Path, meta: dict, overwrite: bool) -> dict | None:
             raise AcornError(f"{out} holds token shards but no meta.json; choose a new --out or pass --overwrite")
         return None
     old = read_json(old_path)
+    if not ours and isinstance(old, dict) and not any((old.get("shards") or {}).values()):
+        return None  # a run stopped before its first shard: nothing to resume, nothing to protect
     try:
         a, b = _identity(old), _identity(meta)
     except (KeyError, TypeError):
@@ -434,11 +467,15 @@ def prepare(
     seed: int = 0,
     overwrite: bool = False,
     quiet: bool = False,
+    errors: str = "strict",
 ) -> dict:
     """Tokenize `inputs` into shards in `out` (see the module docstring); returns a summary.
 
     workers: tokenizer processes (default: all cores); 0 or 1 tokenizes in this
-        process (on threads). The shards do not depend on it.
+        process (on threads). The shards do not depend on it. Workers end with
+        this process, however it ends.
+    errors: bytes that are not UTF-8 stop with the file and place ('strict') or
+        become U+FFFD ('replace').
     overwrite: delete the shards and meta.json of an earlier run into `out`
         that used other inputs, tokenizer or settings (instead of refusing).
     quiet: no progress bar and no printed summary.
@@ -451,6 +488,11 @@ def prepare(
                          "e.g. --shard-tokens 10_000_000")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise AcornError(f"seed must be a non-negative integer, got {seed!r}; e.g. --seed 0")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise AcornError(f"workers must be a non-negative integer, got {workers!r}; e.g. --workers 4 "
+                         "(0: tokenize in this process)")
+    if errors not in ("strict", "replace"):
+        raise AcornError(f"errors must be 'strict' or 'replace', not {errors!r}")
     files = expand_inputs(inputs)
     tok = load_tokenizer(tokenizer)
     bos = tok.bos_id if tok.bos_id is not None else tok.eos_id
@@ -458,7 +500,7 @@ def prepare(
         raise AcornError(f"tokenizer {tokenizer} has no BOS or EOS token to separate documents; "
                          "use one trained by `acorn tokenizer train`")
     for f in files:
-        _check_input(f, text_field)
+        _check_input(f, text_field, errors)
     dtype = token_dtype(tok.vocab_size)
     chunk_bytes = chunk_bytes_for(shard_tokens)
     out = Path(out)
@@ -471,7 +513,9 @@ def prepare(
                       "bos_id": bos, "eos_id": tok.eos_id},
         "dtype": dtype.name, "byteorder": "little",
         "settings": {"text_field": text_field, "val_fraction": val_fraction, "shard_tokens": shard_tokens,
-                     "seed": seed, "chunk_bytes": chunk_bytes},
+                     "seed": seed, "chunk_bytes": chunk_bytes,
+                     # Recorded only when not the default, so data prepared before the setting existed resumes.
+                     **({"errors": errors} if errors != "strict" else {})},
         "inputs": [{"path": str(f), "bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in files],
         "shards": {"train": [], "val": []},
         "complete": False,
@@ -488,7 +532,7 @@ def prepare(
         return summary
     out.mkdir(parents=True, exist_ok=True)
 
-    spec = _Spec(text_field, val_fraction, seed, dtype.str, bos, tok.eos_id)
+    spec = _Spec(text_field, val_fraction, seed, dtype.str, bos, tok.eos_id, errors)
     writers = {s: _ShardWriter(s, out, shard_tokens, valid[s]) for s in SPLITS}
     workers = (os.cpu_count() or 1) if workers is None else workers
     total_bytes = sum(i["bytes"] for i in meta["inputs"])
@@ -502,14 +546,17 @@ def prepare(
             meta["shard_counts"] = {s: len(w.records) for s, w in writers.items()}
         write_json(out / "meta.json", meta)
 
+    # Recorded before the first shard is written: a run killed while writing it
+    # is then resumed by the next, not refused as a directory of unknown shards.
+    n_chunks = 0
+    save_meta(False)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=True if quiet else None)
     pool = None
     if workers > 1:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(str(tokenizer),))
-    n_chunks = 0
+                                   initializer=_init_worker, initargs=(str(tokenizer), os.getpid()))
     try:
         pending: deque = deque()  # (chunk index, input bytes, future or result or None), in order
 
@@ -524,7 +571,7 @@ def prepare(
                     save_meta(False)
                 bar.update(nbytes)
 
-        for c, (pieces, nbytes) in enumerate(iter_chunks(files, chunk_bytes)):
+        for c, (pieces, nbytes) in enumerate(iter_chunks(files, chunk_bytes, errors)):
             n_chunks = c + 1
             if all(w.covers(c) for w in writers.values()):
                 pending.append((c, nbytes, None))

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from acorn.data import world_text as T
 from acorn.errors import AcornError
-from acorn.fileio import write_json, write_jsonl
+from acorn.fileio import check_new_output, write_json, write_jsonl
 
 WORLD_VERSION = "1"
 # The one refusal every SFT row and eval row uses, so exact match can score it.
@@ -692,11 +692,13 @@ def _fit_tokenizer(pretrain: list[dict]):
         return Tokenizer.train([d["text"] for d in pretrain], 4096)
 
 
-def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, quiet: bool = False) -> dict:
-    """Generate the world into directory `out` (overwriting) and return a summary.
+def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, quiet: bool = False,
+                   overwrite: bool = False) -> dict:
+    """Generate the world into directory `out` and return a summary.
 
     tokenizer: a path for Tokenizer.from_pretrained, used only to report sizes
     in tokens; None fits a 4096-token BPE to the pretraining text instead.
+    overwrite: write into a directory that already holds files (default: refuse).
     """
     if size not in SIZES:
         raise AcornError(f"unknown world size {size!r}; choose one of {', '.join(SIZES)}")
@@ -706,6 +708,7 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     for parent in [out, *out.parents]:
         if parent.exists() and not parent.is_dir():
             raise AcornError(f"{parent} exists and is not a directory; give --out a directory path")
+    check_new_output(out, overwrite)
     tok = _load_tokenizer(tokenizer) if tokenizer is not None else None  # fail before the work, not after
     t0 = time.perf_counter()
     cfg = SIZES[size]

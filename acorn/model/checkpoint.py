@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from acorn.errors import AcornError
 from acorn.hardware import DTYPE_NAMES, DTYPES, resolve_device, resolve_dtype
-from acorn.fileio import UMASK, atomic_path, read_json, write_json
+from acorn.fileio import UMASK, atomic_path, check_new_output, read_json, write_json
 from acorn.model import lora, quant
 from acorn.model.transformer import PRESETS, ModelConfig, Transformer, build
 
@@ -440,9 +440,11 @@ class _Weights:
                                  "model.safetensors.index.json with its shards")
             if not allow_pickle:
                 first = sorted(set(found.values()) if isinstance(found, dict) else found)[0]
-                raise AcornError(f"{first} is a pickle checkpoint, which can run code when loaded; pass "
-                                 "allow_pickle=True to load it with torch.load(weights_only=True), or convert it "
-                                 "to safetensors")
+                # No command has a flag for this: the advice is a conversion, or the Python keyword.
+                raise AcornError(f"{first} is a pickle checkpoint, which can run code when loaded; convert it to "
+                                 "safetensors (transformers: AutoModelForCausalLM.from_pretrained(DIR)"
+                                 ".save_pretrained(NEW_DIR)), or in Python load it with acorn.load(DIR, "
+                                 "allow_pickle=True), which reads it with torch.load(weights_only=True)")
             if headers_only:
                 return
         weight_map = found if isinstance(found, dict) else None
@@ -698,8 +700,6 @@ def save(model: Transformer, directory, *, tokenizer=None, dtype=None, max_shard
         shards[-1][name] = tensors[name]
         size += nbytes
 
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise AcornError(f"{directory}: is a file; give a directory to save the checkpoint in")
@@ -710,14 +710,12 @@ def save(model: Transformer, directory, *, tokenizer=None, dtype=None, max_shard
         # Through atomic_path, like every other file: safetensors creates its files 0600,
         # atomic_path gives them the mode open() would (the umask's), as config.json has.
         if len(shards) == 1:
-            with atomic_path(tmp / "model.safetensors") as f:
-                save_file(shards[0], f, metadata={"format": "pt"})
+            _save_file(shards[0], tmp / "model.safetensors", directory)
         else:
             weight_map = {}
             for k, shard in enumerate(shards, 1):
                 file = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-                with atomic_path(tmp / file) as f:
-                    save_file(shard, f, metadata={"format": "pt"})
+                _save_file(shard, tmp / file, directory)
                 weight_map.update(dict.fromkeys(shard, file))
             total = sum(t.numel() * t.element_size() for t in tensors.values())
             write_json(tmp / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
@@ -738,6 +736,21 @@ def save(model: Transformer, directory, *, tokenizer=None, dtype=None, max_shard
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def _save_file(tensors: dict[str, Tensor], path: Path, directory: Path) -> None:
+    """safetensors' save_file, with an I/O failure (disk full, ...) raised as the OSError it is,
+    naming the checkpoint directory: safetensors reports it as text in a SafetensorError."""
+    from safetensors.torch import save_file
+
+    try:
+        with atomic_path(path) as f:  # safetensors makes its files 0600; atomic_path gives the umask's mode
+            save_file(tensors, f, metadata={"format": "pt"})
+    except Exception as e:
+        code = re.search(r"\(os error (\d+)\)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(directory / path.name)) from None
 
 
 def _move_into(tmp: Path, directory: Path) -> None:
@@ -836,13 +849,16 @@ def model_info(path) -> str:
 
 
 # ------------------------------------------------------------- quantize
-def quantize_checkpoint(path, method: str, out, *, group_size: int | None = None, skip=("lm_head",)) -> str:
+def quantize_checkpoint(path, method: str, out, *, group_size: int | None = None, skip=("lm_head",),
+                        overwrite: bool = False) -> str:
     """`acorn quantize`: load a checkpoint, quantize it, save it to `out` with the source's
-    tokenizer and generation files; returns the summary printed (footprint before/after)."""
+    tokenizer and generation files; returns the summary printed (footprint before/after).
+    An `out` that already holds files is refused unless `overwrite`."""
     quant.check_method(method, group_size)  # bad flags fail before the model loads
     src, dst = Path(path), Path(out)
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
         raise AcornError(f"{dst}: is the checkpoint being quantized; give another --out directory")
+    check_new_output(dst, overwrite)
     model = load(src, device="cpu")
     before = quant.footprint(model)
     quant.quantize(model, method, group_size=group_size, skip=skip)

@@ -56,7 +56,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import ClassVar, Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +86,8 @@ class LoRAConfig:
     targets: list[str] = field(default_factory=lambda: ["all-linear"])  # HF module names, comma-separated on the CLI
     rslora: bool = False  # rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski 2023)
     quantize: Literal["nf4"] | None = None  # QLoRA: store the frozen base as NF4 (double-quantized)
+
+    LIMITS: ClassVar[dict[str, str]] = {"r": ">= 0", "alpha": "> 0", "dropout": "[0, 1)"}
 
 
 def scaling(r: int, alpha: float, rslora: bool) -> float:

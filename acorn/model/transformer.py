@@ -40,12 +40,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Callable, Literal
+from typing import Callable, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from acorn.config import check as check_config
 from acorn.errors import AcornError
 
 _TORCH_VERSION = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
@@ -56,45 +57,55 @@ _SDPA_GQA = _TORCH_VERSION >= (2, 5)
 # ----------------------------------------------------------------- config
 @dataclass
 class ModelConfig:
-    vocab_size: int = 4096
-    n_layer: int = 4
-    d_model: int = 256
-    n_head: int = 4
+    vocab_size: int = 4096  # token ids the embedding holds (at least the tokenizer's vocabulary)
+    n_layer: int = 4  # transformer blocks
+    d_model: int = 256  # width of the residual stream
+    n_head: int = 4  # query heads per attention layer
     n_kv_head: int | None = None  # None: = n_head (MHA); 1: MQA; in between: GQA
     head_dim: int | None = None  # None: d_model // n_head
-    d_ff: int | None = None  # None: derived, see __post_init__
-    max_seq_len: int = 1024
+    d_ff: int | None = None  # MLP hidden width; None: 4 x d_model (2/3 of it for SwiGLU), rounded up to 64
+    max_seq_len: int = 1024  # longest context, in tokens
     # embeddings and positions
-    tie_embeddings: bool = True
-    positions: Literal["rope", "learned", "sinusoidal", "alibi", "none"] = "rope"
-    rope_theta: float = 10000.0
+    tie_embeddings: bool = True  # the output head shares the embedding matrix
+    positions: Literal["rope", "learned", "sinusoidal", "alibi", "none"] = "rope"  # how a token knows where it is
+    rope_theta: float = 10000.0  # RoPE base: larger rotates slower, for longer contexts
     rope_partial: float = 1.0  # fraction of each head's dims that rotate (partial rotary)
     rope_scaling: dict | None = None  # Hugging Face rope_scaling dict (linear, dynamic, yarn, llama3, longrope)
     # attention
-    qkv_bias: bool = False
-    out_bias: bool = False
-    qk_norm: bool = False
-    sliding_window: int | None = None
+    qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2, GPT-2)
+    out_bias: bool = False  # a bias on the attention output projection
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys (Qwen3)
+    sliding_window: int | None = None  # attend to at most this many recent tokens (Mistral); None: all
     # norms and MLP
-    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
-    norm_eps: float = 1e-5
-    mlp: Literal["swiglu", "gelu", "gelu_tanh", "relu2"] = "swiglu"
-    mlp_bias: bool = False
-    logit_softcap: float | None = None
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"  # the normalisation before each sublayer
+    norm_eps: float = 1e-5  # added to the variance inside the norm
+    mlp: Literal["swiglu", "gelu", "gelu_tanh", "relu2"] = "swiglu"  # feed-forward activation
+    mlp_bias: bool = False  # biases in the MLP
+    logit_softcap: float | None = None  # cap logits smoothly at +-this (Gemma 2); None: off
     # mixture of experts (n_experts = 0: a dense MLP)
-    n_experts: int = 0
-    n_experts_per_token: int = 2
+    n_experts: int = 0  # experts per MLP; 0: a dense MLP
+    n_experts_per_token: int = 2  # experts each token is routed to (top-k)
     moe_capacity_factor: float | None = None  # None: no token dropping (Mixtral)
-    moe_aux_loss_coef: float = 0.01
+    moe_aux_loss_coef: float = 0.01  # weight of the load-balancing loss
     moe_renormalize: bool = True  # renormalise the top-k router weights to sum to 1 (Mixtral)
     # training
-    dropout: float = 0.0
-    init_std: float = 0.02
+    dropout: float = 0.0  # dropout probability in training (0 at scale)
+    init_std: float = 0.02  # standard deviation of the initial weights
     # The preset this config was made from, if any: overrides of a config
     # section re-derive from it (head_dim, d_ff follow a changed d_model).
     preset: str | None = field(default=None, compare=False)
 
+    # Ranges, checked before anything is derived or allocated (acorn.config).
+    LIMITS: ClassVar[dict[str, str]] = {
+        "vocab_size": ">= 1", "n_layer": ">= 1", "d_model": ">= 1", "n_head": ">= 1", "n_kv_head": ">= 1",
+        "head_dim": ">= 1", "d_ff": ">= 1", "max_seq_len": ">= 1", "rope_theta": "> 0", "rope_partial": "(0, 1]",
+        "sliding_window": ">= 1", "norm_eps": "> 0", "logit_softcap": "> 0", "n_experts": ">= 0",
+        "n_experts_per_token": ">= 1", "moe_capacity_factor": "> 0", "moe_aux_loss_coef": ">= 0",
+        "dropout": "[0, 1)", "init_std": "> 0",
+    }
+
     def __post_init__(self):
+        check_config(self)
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.head_dim is None:

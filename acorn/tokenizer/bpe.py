@@ -38,7 +38,7 @@ import regex
 import tiktoken
 
 from acorn.errors import AcornError
-from acorn.tokenizer.text import iter_text_chunks, split_for_training
+from acorn.tokenizer.text import iter_file_texts, split_for_training
 
 # GPT-4's (cl100k) split pattern: case-insensitive contractions, letters with
 # an optional leading non-letter, numbers in groups of up to 3 digits (so the
@@ -89,6 +89,10 @@ class Tokenizer:
         chat_format: str | None = None,
         encoding=None,
     ):
+        if "" in special_tokens:
+            # tiktoken's special-token regex would match the empty string everywhere and never advance.
+            raise AcornError(f"special token {special_tokens['']} is empty text, which matches everywhere; "
+                             "a special token needs at least one character (fix the tokenizer's files)")
         self.name = name
         self.pattern = pattern
         self.mergeable_ranks = mergeable_ranks
@@ -139,6 +143,9 @@ class Tokenizer:
         from acorn.chat.formats import get_format
 
         fmt = get_format(chat_format)
+        if any(not isinstance(s, str) or not s for s in special_tokens or []):
+            raise AcornError("a special token cannot be empty (--special ''); give each one some text, "
+                             "e.g. --special '<|tool|>'")
         specials = list(dict.fromkeys([*fmt.special_tokens, *(special_tokens or [])]))
         pat = resolve_pattern(pattern)
         if vocab_size < 256 + len(specials):
@@ -404,19 +411,4 @@ def _looks_like_path(s: str) -> bool:
 
 
 def _file_pieces(path: Path, *, text_field: str, errors: str) -> Iterator[str]:
-    if path.suffix == ".jsonl":
-        from acorn.fileio import read_jsonl
-
-        for i, row in enumerate(read_jsonl(path), 1):
-            if text_field not in row and isinstance(row.get("messages"), list):
-                # A conversation (OpenAI messages): train on what its turns say.
-                yield from (m["content"] for m in row["messages"] if isinstance(m, dict) and isinstance(m.get("content"), str))
-                continue
-            if text_field not in row or not isinstance(row[text_field], str):
-                raise AcornError(
-                    f"{path}: record {i} has no string field {text_field!r}; pass --text-field NAME "
-                    f"(fields there: {', '.join(map(str, row)) or 'none'})"
-                )
-            yield row[text_field]
-    else:
-        yield from iter_text_chunks(path, errors)
+    yield from iter_file_texts(path, text_field, errors)

@@ -14,6 +14,8 @@ hard for a language model and easy for a program. `describe` shows both.
 Counting streams the file: it is read in chunks cut at newlines (where no split
 pattern match can straddle the cut, so the count equals encoding the whole
 text at once), so a multi-gigabyte file costs a few megabytes of memory.
+A .jsonl file counts what training reads from it, the text field of each line
+(acorn.tokenizer.text.iter_file_texts), not the JSON around it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Literal
 
 from acorn.errors import AcornError
 from acorn.tokenizer.bpe import Tokenizer
-from acorn.tokenizer.text import CHUNK_BYTES, iter_text_chunks
+from acorn.tokenizer.text import CHUNK_BYTES, iter_file_texts, iter_text_chunks
 
 Errors = Literal["strict", "replace"]
 
@@ -35,15 +37,17 @@ STRAWBERRY = "strawberry"
 
 # ------------------------------------------------------------------- counting
 def count_tokens(
-    tok: Tokenizer, path: str | os.PathLike, errors: Errors = "strict", *, chunk_bytes: int = CHUNK_BYTES
+    tok: Tokenizer, path: str | os.PathLike, errors: Errors = "strict", *, chunk_bytes: int = CHUNK_BYTES,
+    text_field: str = "text",
 ) -> int:
-    """Number of tokens in a text file (special-token text counts as plain text)."""
-    return _count(tok, path, errors, chunk_bytes)[1]
+    """Number of tokens in a text file, or in the `text_field` of a .jsonl file's
+    lines (special-token text counts as plain text)."""
+    return _count(tok, path, errors, chunk_bytes, text_field)[1]
 
 
-def _count(tok: Tokenizer, path, errors: str, chunk_bytes: int) -> tuple[int, int]:
+def _count(tok: Tokenizer, path, errors: str, chunk_bytes: int, text_field: str = "text") -> tuple[int, int]:
     """(utf-8 bytes of the text, tokens) of one file, streamed."""
-    n_bytes = n_tokens = 0
+    n_bytes = n_tokens = batch_bytes = 0
     batch: list[str] = []
 
     def flush() -> int:
@@ -51,19 +55,25 @@ def _count(tok: Tokenizer, path, errors: str, chunk_bytes: int) -> tuple[int, in
         batch.clear()
         return n
 
-    for piece in iter_text_chunks(path, errors, chunk_bytes):
+    jsonl = str(path).endswith(".jsonl")
+    pieces = iter_file_texts(path, text_field, errors) if jsonl else iter_text_chunks(path, errors, chunk_bytes)
+    for piece in pieces:
         # With errors='replace' the text differs from the file; count the
         # bytes the tokenizer actually saw.
-        n_bytes += len(piece.encode("utf-8"))
+        size = len(piece.encode("utf-8", "surrogatepass"))
+        n_bytes += size
+        batch_bytes += size
         batch.append(piece)
-        if len(batch) >= _BATCH_PIECES:
+        if batch_bytes >= _BATCH_PIECES * chunk_bytes:  # a few pieces of a text file, many short documents
             n_tokens += flush()
+            batch_bytes = 0
     n_tokens += flush()
     return n_bytes, n_tokens
 
 
 def compare_bytes_per_token(
-    tokenizers: dict[str, Tokenizer], paths, errors: Errors = "strict", *, chunk_bytes: int = CHUNK_BYTES
+    tokenizers: dict[str, Tokenizer], paths, errors: Errors = "strict", *, chunk_bytes: int = CHUNK_BYTES,
+    text_field: str = "text",
 ) -> list[dict]:
     """Bytes per token of each tokenizer on the same files (higher compresses better).
 
@@ -79,7 +89,7 @@ def compare_bytes_per_token(
     for name, tok in tokenizers.items():
         n_bytes = n_tokens = 0
         for p in paths:
-            b, t = _count(tok, p, errors, chunk_bytes)
+            b, t = _count(tok, p, errors, chunk_bytes, text_field)
             n_bytes += b
             n_tokens += t
         rows.append({

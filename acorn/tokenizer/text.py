@@ -13,7 +13,7 @@ from typing import Iterator
 
 import regex
 
-from acorn.errors import AcornError
+from acorn.errors import AcornError, NotUTF8
 
 # Long texts are read, trained on and counted in pieces of about 1 MiB: big
 # enough that per-call overhead vanishes, small enough that memory stays flat
@@ -61,6 +61,29 @@ def iter_text_chunks(path: str | os.PathLike, errors: str = "strict", chunk_byte
         yield _decode(buf, path, offset, errors)
 
 
+def iter_file_texts(path: str | os.PathLike, text_field: str = "text", errors: str = "strict") -> Iterator[str]:
+    """The text a training stage reads from a file: a .jsonl's documents (the string in
+    `text_field` of each line, or the turns of a `messages` conversation), otherwise
+    the file's text in safe pieces. What tokenizer training trains on and what token
+    counting counts, so a count is of the text, never of JSON keys, quotes and escapes."""
+    path = Path(path)
+    if path.suffix != ".jsonl":
+        yield from iter_text_chunks(path, errors)
+        return
+    from acorn.fileio import read_jsonl_lines
+
+    for lineno, row in read_jsonl_lines(path, errors):
+        text = row.get(text_field)
+        if isinstance(text, str):
+            yield text
+        elif text_field not in row and isinstance(row.get("messages"), list):
+            # A conversation (OpenAI messages): what its turns say.
+            yield from (m["content"] for m in row["messages"] if isinstance(m, dict) and isinstance(m.get("content"), str))
+        else:
+            raise AcornError(f"{path}:{lineno}: no string field {text_field!r}; pass --text-field NAME "
+                             f"(fields there: {', '.join(map(str, row)) or 'none'})")
+
+
 def _last_safe_cut(buf: bytes, start: int) -> int | None:
     last = None
     for m in _SAFE_CUT_BYTES.finditer(buf, start):
@@ -72,9 +95,9 @@ def _decode(data: bytes, path: Path, offset: int, errors: str) -> str:
     try:
         return data.decode("utf-8", errors=errors)
     except UnicodeDecodeError as e:
-        raise AcornError(
+        raise NotUTF8(
             f"{path}: bytes at offset {offset + e.start} are not UTF-8 ({data[e.start:e.start + 4]!r}); "
-            "convert the file to UTF-8 or pass --errors replace"
+            "convert the file to UTF-8"
         ) from None
 
 

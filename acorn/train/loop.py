@@ -67,7 +67,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 import torch.distributed as tdist
@@ -82,24 +82,30 @@ from acorn.train.run import Dist, open_run, progress
 # ----------------------------------------------------------------- config
 @dataclass
 class LoopConfig:
-    seq_len: int = 256
+    seq_len: int = 256  # tokens per training row (at most model.max_seq_len)
     micro_batch: int = 16  # sequences per forward pass, per process
     batch_tokens: int = 16384  # tokens per optimizer step, all processes: accumulation = this / (micro x seq x world)
-    max_steps: int = 1000
+    max_steps: int = 1000  # optimizer steps; the learning-rate schedule spans them
     max_minutes: float | None = None  # stop early when this much time has passed (the schedule still uses max_steps)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    compile: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # compute precision; auto: bf16 where fast
+    compile: bool = False  # torch.compile the model
     pack_documents: bool = False  # rows start at document boundaries; no attention across documents
     fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2)
     nan_patience: int = 5  # consecutive non-finite steps before giving up
 
+    LIMITS: ClassVar[dict[str, str]] = {"seq_len": ">= 1", "micro_batch": ">= 1", "batch_tokens": ">= 1",
+                                        "max_steps": ">= 0", "max_minutes": "> 0", "nan_patience": ">= 1"}
+
 
 @dataclass
 class EvalConfig:
-    every: int = 100
-    batches: int = 20
-    log_every: int = 10
-    checkpoint_every: int = 250
+    every: int = 100  # evaluate every this many steps (and at the end); 0: never
+    batches: int = 20  # validation micro-batches per evaluation
+    log_every: int = 10  # kept so older config files load; every step is logged to metrics.jsonl
+    checkpoint_every: int = 250  # save a checkpoint every this many steps (and at the end); 0: only at the end
+
+    LIMITS: ClassVar[dict[str, str]] = {"every": ">= 0", "batches": ">= 1", "log_every": ">= 1",
+                                        "checkpoint_every": ">= 0"}
 
 
 def accumulation(batch_tokens: int, micro_batch: int, seq_len: int, world: int = 1) -> int:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -33,18 +33,23 @@ from acorn.errors import AcornError
 
 @dataclass
 class OptimConfig:
-    optimizer: Literal["adamw", "muon"] = "adamw"
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
+    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon on the matrices, AdamW on the rest
+    lr: float = 3e-3  # peak learning rate (AdamW)
+    min_lr_ratio: float = 0.1  # the schedule decays to lr x this
+    weight_decay: float = 0.1  # decoupled weight decay, on matrices only
+    beta1: float = 0.9  # Adam's first-moment decay
+    beta2: float = 0.95  # Adam's second-moment decay
+    eps: float = 1e-8  # Adam's denominator epsilon
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
-    warmup_steps: int = 50
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"  # learning-rate shape after warmup
+    warmup_steps: int = 50  # steps of linear warmup from 0 to lr
     decay_fraction: float = 0.2  # wsd: share of the run spent decaying
     muon_lr: float = 0.02  # Muon's own learning rate for the matrices
+
+    LIMITS: ClassVar[dict[str, str]] = {
+        "lr": "> 0", "min_lr_ratio": "[0, 1]", "weight_decay": ">= 0", "beta1": "[0, 1)", "beta2": "[0, 1)",
+        "eps": "> 0", "grad_clip": ">= 0", "warmup_steps": ">= 0", "decay_fraction": "[0, 1]", "muon_lr": "> 0",
+    }
 
 
 def is_decayed(name: str, p: torch.Tensor) -> bool:

@@ -42,7 +42,7 @@ import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -134,6 +134,11 @@ class PrefsConfig:
                                                                  batch_tokens=4096))
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(every=50, batches=10, checkpoint_every=200))
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # --lora.r 16: the policy as an adapter
+
+    # eval.batches 0: every held-out pair (the accuracy is over all of them)
+    LIMITS: ClassVar[dict[str, str]] = {"seed": ">= 0", "epochs": "> 0", "val_fraction": "[0, 1)", "beta": ">= 0",
+                                        "label_smoothing": "[0, 0.5)", "desirable_weight": "> 0",
+                                        "undesirable_weight": "> 0", "eval.batches": ">= 0"}
 
     @property
     def method_beta(self) -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -33,15 +34,17 @@ from acorn.train.run import build_model, start
 # ----------------------------------------------------------------- config
 @dataclass
 class PretrainConfig:
-    data: str = "runs/data"
-    out: str = "runs/pretrain"
-    seed: int = 0
-    init_from: str | None = None  # a Hugging Face / Acorn checkpoint directory to start from
+    data: str = "runs/data"  # directory of token shards (`acorn data prepare`)
+    out: str = "runs/pretrain"  # run directory: checkpoints, metrics, model/, report.md
+    seed: int = 0  # initial weights and data order
+    init_from: str | None = None  # a Hugging Face / Acorn checkpoint directory to start from (sets model)
     model: ModelConfig = field(default_factory=lambda: ModelConfig.from_preset("micro"))
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # with --init_from: continued pretraining of adapters
+
+    LIMITS: ClassVar[dict[str, str]] = {"seed": ">= 0", "train.max_steps": ">= 1"}
 
 
 # ---------------------------------------------------------------- stage

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import ClassVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,10 @@ class RewardConfig:
     train: LoopConfig = field(default_factory=lambda: LoopConfig(max_steps=0, micro_batch=8, seq_len=256,
                                                                  batch_tokens=4096))
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(every=50, batches=0, checkpoint_every=200))
+
+    # eval.batches 0: every held-out pair (the accuracy is over all of them)
+    LIMITS: ClassVar[dict[str, str]] = {"seed": ">= 0", "epochs": "> 0", "val_fraction": "[0, 1)",
+                                        "center_rewards_coefficient": ">= 0", "eval.batches": ">= 0"}
 
 
 def reward_loss(model, batch, *, margin: bool = True, center: float = 0.0) -> LossOutput:

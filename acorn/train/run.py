@@ -58,6 +58,8 @@ class Dist:
 
 def start(cfg) -> tuple[torch.device, Dist]:
     """Device, processes, seeds: the first thing every training stage does."""
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise AcornError(f"--out {cfg.out} is a file; give a directory for the run")
     device = hardware.resolve_device()
     dist = init_distributed(device)
     hardware.flush_denormals(device)
@@ -80,8 +82,20 @@ def build_model(cfg, device: torch.device, vocab_size: int | None = None) -> Tra
         from acorn.model.checkpoint import load as load_checkpoint
 
         model = load_checkpoint(cfg.init_from, dtype="float32", device=str(device))
+        # --model.* settings would be silently replaced by the checkpoint's. cfg.model may hold the
+        # checkpoint's own settings already (a resumed run's config.yaml; a stage that builds a
+        # policy and then its reference): those are no conflict.
+        if cfg.model not in (type(cfg)().model, model.config):
+            raise AcornError(f"--model.* settings do not apply with --init_from: the model is {cfg.init_from}'s "
+                             "(its config.json); drop the --model settings")
         cfg.model = model.config
     else:
+        from acorn.model.checkpoint import hf_architecture
+
+        try:  # the run ends by saving a Hugging Face checkpoint: refuse now what it could not save then
+            hf_architecture(cfg.model)
+        except AcornError as e:
+            raise AcornError(f"--model settings: {e}; change them before training") from None
         if vocab_size and cfg.model.vocab_size < vocab_size:
             raise AcornError(f"model vocab_size {cfg.model.vocab_size} is smaller than the data's tokenizer "
                              f"({vocab_size}); set --model.vocab_size {vocab_size}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 from acorn.errors import AcornError
@@ -27,18 +28,20 @@ from acorn.train.run import build_model, start
 @dataclass
 class SFTConfig:
     data: str = "runs/world/sft.jsonl"  # JSONL files, directories or globs; several separated by commas
-    out: str = "runs/sft"
+    out: str = "runs/sft"  # run directory: checkpoints, metrics, model/ (or adapter/), report.md
     init_from: str = ""  # the pretrained checkpoint directory (required)
-    seed: int = 0
-    epochs: float = 1.0  # used when train.max_steps is 0
-    val_fraction: float = 0.02
-    model: ModelConfig | None = None  # taken from the checkpoint
+    seed: int = 0  # data order and the validation split
+    epochs: float = 1.0  # passes over the data, used when train.max_steps is 0
+    val_fraction: float = 0.02  # share of conversations held out for validation
+    model: ModelConfig | None = None  # taken from the --init_from checkpoint
     # A fine-tune moves a trained model a little: a lower peak rate, a short warmup.
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4, warmup_steps=20, min_lr_ratio=0.0))
     train: LoopConfig = field(default_factory=lambda: LoopConfig(max_steps=0, micro_batch=8, seq_len=256,
                                                                  batch_tokens=8192))
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(every=50, batches=10, checkpoint_every=200))
     lora: LoRAConfig = field(default_factory=LoRAConfig)  # --lora.r 16: train adapters, write RUN/adapter
+
+    LIMITS: ClassVar[dict[str, str]] = {"seed": ">= 0", "epochs": "> 0", "val_fraction": "[0, 1)"}
 
 
 def sft(cfg: SFTConfig, *, resume: bool = False) -> Path:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from acorn.errors import AcornError
-from acorn.fileio import read_jsonl
+from acorn.fileio import read_jsonl_lines
 
 IGNORE = -100
 
@@ -42,8 +42,8 @@ def load_examples(paths, tok, *, max_len: int) -> tuple[list[Example], int]:
     """Render every conversation; returns the examples and how many were cut to max_len."""
     examples, truncated = [], 0
     for path in paths:
-        for i, row in enumerate(read_jsonl(path), 1):
-            ex = render_example(row, tok, where=f"{path}:{i}")
+        for lineno, row in read_jsonl_lines(path):
+            ex = render_example(row, tok, where=f"{path}:{lineno}")
             if not any(ex.mask):
                 continue  # nothing to learn from (no assistant turn)
             if len(ex.ids) > max_len:
@@ -57,7 +57,10 @@ def load_examples(paths, tok, *, max_len: int) -> tuple[list[Example], int]:
 
 def render_example(row: dict, tok, *, where: str = "") -> Example:
     if "messages" in row:
-        r = tok.apply_chat_template(row["messages"], tools=row.get("tools"), return_assistant_mask=True)
+        try:
+            r = tok.apply_chat_template(row["messages"], tools=row.get("tools"), return_assistant_mask=True)
+        except AcornError as e:  # the template says what is wrong with the conversation; say where it is
+            raise AcornError(f"{where}: {e}" if where else str(e)) from None
         return Example(r["input_ids"], r["assistant_mask"])
     if "prompt" in row and "completion" in row:
         if not isinstance(row["prompt"], str) or not isinstance(row["completion"], str):

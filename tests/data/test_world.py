@@ -269,8 +269,12 @@ def test_cli_writes_the_world(tmp_path, capsys):
     assert "pretrain.jsonl" in printed and "tokens counted with" in printed
     assert json.loads((out / "manifest.json").read_text())["seed"] == 3
     assert (out / "eval" / "fact_qa.jsonl").stat().st_size > 0
-    # Regenerating into the same directory overwrites it.
-    assert main(["data", "world", "--out", str(out), "--size", "tiny", "--seed", "3"]) == 0
+    # Regenerating into the same directory is refused, unless asked for.
+    assert main(["data", "world", "--out", str(out), "--size", "tiny", "--seed", "4"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 3
+    assert main(["data", "world", "--out", str(out), "--size", "tiny", "--seed", "4", "--overwrite"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 4
 
 
 @pytest.mark.parametrize("args", [["--seed", "-1"], ["--out-is-file"], ["--out-under-file"]])

@@ -256,7 +256,7 @@ def test_error_bad_pattern():
 def test_error_undecodable_bytes_names_file_and_offset(tmp_path):
     p = tmp_path / "latin1.txt"
     p.write_bytes(b"hello caf\xe9 world")
-    with pytest.raises(AcornError, match=r"latin1.txt: bytes at offset 9 .*--errors replace"):
+    with pytest.raises(AcornError, match=r"latin1.txt: bytes at offset 9 .*convert the file to UTF-8"):
         Tokenizer.train([p], 300)
     t = Tokenizer.train([p], 300, errors="replace")
     assert t.vocab_size <= 300
