@@ -24,6 +24,13 @@ text exactly when add_bos says so (by default: when the checkpoint's
 tokenizer adds one in transformers, which is what HFLM gets); a context too
 long for the model is cut from the left (counted in the results as
 `truncated`).
+
+A task with `chat: true` (the built-in world's) is asked as a model is used
+as an assistant instead: the prompt is a user's turn through the chat
+template, a multiple-choice continuation is scored after the template's
+assistant header, generation stops at the end of the assistant's turn, and
+a tool call the reply makes is executed and answered once (the registered
+tools of acorn.eval.registry).
 """
 
 from __future__ import annotations
@@ -33,8 +40,8 @@ import time
 from pathlib import Path
 
 from acorn.errors import AcornError
-from acorn.eval import metrics
-from acorn.eval.tasks import Task, fewshot_examples, get_task, read_docs, resolve
+from acorn.eval import metrics, registry
+from acorn.eval.tasks import Task, fewshot_examples, get_tasks, read_docs, resolve
 from acorn.eval.tasks import data_dir as find_data_dir
 
 
@@ -116,7 +123,8 @@ class Requests:
 def run_task(engine, task: Task, *, num_fewshot: int | None = None, limit: int | None = None,
              root: str | Path | None = None, add_bos: bool = False, batch_tokens: int = 8192,
              progress: bool = True) -> tuple[dict, list[dict]]:
-    """One task: (its metrics, one sample per document)."""
+    """One task: (its metrics, one sample per document). With subsets, the
+    metrics per label are under result["subsets"][label]."""
     from tqdm import tqdm
 
     root = find_data_dir(root)
@@ -131,6 +139,8 @@ def run_task(engine, task: Task, *, num_fewshot: int | None = None, limit: int |
         pool, same = (all_docs, True) if fs_path == path else (read_docs(fs_path), False)
     shots = fewshot_examples(task, docs, pool, k, same)
     contexts = [task.context(d, s) for d, s in zip(docs, shots)]
+    if task.add_bos is not None:  # the task's own setting, where the tokenizer has a BOS
+        add_bos = task.add_bos and engine.tokenizer.bos_id is not None
     req = Requests(engine, add_bos)
     kind = task.output_type
     bar = tqdm(desc=task.task, unit="req", disable=not progress, leave=False)
@@ -141,14 +151,41 @@ def run_task(engine, task: Task, *, num_fewshot: int | None = None, limit: int |
             samples = _loglikelihood(engine, task, docs, contexts, req, bar, batch_tokens)
     finally:
         bar.close()
-    scores: dict[str, list] = {m: [s["scores"][m] for s in samples] for m in task.metric_names}
+    names = task.metric_names
+    for doc, sample in zip(docs, samples):  # registered metrics read the document and its sample
+        for m in names:
+            if m not in sample["scores"] and m in registry.METRICS:
+                sample["scores"][m] = registry.METRICS[m](doc, sample)
     result = {"n": len(docs), "num_fewshot": k, "truncated": sum(s["truncated"] for s in samples)}
-    for m, values in scores.items():
-        result[m] = metrics.aggregate(m, values)
+    if task.truncation == "skip":
+        result["skipped"] = sum(s["skipped"] for s in samples)
+    result.update(_aggregate(names, samples))
+    if task.subsets:
+        labels = [task.subset_labels(doc) for doc in docs]
+        groups: dict[str, list[dict]] = {}  # each template's labels in order of appearance, template by template
+        for j in range(len(task.subsets)):
+            for doc_labels, sample in zip(labels, samples):
+                groups.setdefault(doc_labels[j], []).append(sample)
+        result["subsets"] = {label: {"n": len(g), **_aggregate(names, g)} for label, g in groups.items()}
+    return result, samples
+
+
+def _aggregate(names: list[str], samples: list[dict]) -> dict:
+    out = {}
+    for m in names:
+        values = [s["scores"][m] for s in samples]
+        out[m] = metrics.aggregate(m, values)
         err = metrics.stderr(m, values)
         if err is not None:
-            result[f"{m}_stderr"] = err
-    return result, samples
+            out[f"{m}_stderr"] = err
+    return out
+
+
+def _chat_prompt(engine, task: Task, text: str) -> list[int]:
+    """The document as a user's turn, rendered with the chat template (the
+    task's tools in its system prompt), ending at the assistant's header."""
+    schemas = [registry.tool(t).schema for t in task.tools] or None
+    return engine.chat_prompt([{"role": "user", "content": text}], tools=schemas)
 
 
 def _loglikelihood(engine, task, docs, contexts, req: Requests, bar, batch_tokens) -> list[dict]:
@@ -170,8 +207,11 @@ def _loglikelihood(engine, task, docs, contexts, req: Requests, bar, batch_token
             owners += [i] * len(windows)
             continue
         # Choices whose contexts are cut alike share one request (all of them, unless too long).
+        chat_ids = _chat_prompt(engine, task, ctx_text) if task.chat else None
         for cont in conts:
-            ctx, cont_ids = req.pair(ctx_text, cont)
+            # After a chat template the continuation is the reply's own tokens
+            # (Engine.score on a prompt of ids); else tokenised as lm-eval does.
+            ctx, cont_ids = (chat_ids, req.tok.encode(cont)) if task.chat else req.pair(ctx_text, cont)
             ctx, cut = req.fit(ctx, cont_ids)
             truncated[i] |= cut
             if requests and owners[-1] == i and requests[-1][0] == ctx:
@@ -207,7 +247,8 @@ def _loglikelihood(engine, task, docs, contexts, req: Requests, bar, batch_token
     return samples
 
 
-def _generate(engine, task, docs, contexts, req: Requests, bar, chunk: int = 32) -> list[dict]:
+def _generate(engine, task, docs, contexts, req: Requests, bar, chunk: int = 64) -> list[dict]:
+    # chunk: prompts per engine.generate call; 64 fills the engine's default batch (max_num_seqs).
     gen = task.generation_kwargs
     until = list(gen.get("until", []))
     max_gen = int(gen.get("max_gen_toks", 256))
@@ -215,26 +256,19 @@ def _generate(engine, task, docs, contexts, req: Requests, bar, chunk: int = 32)
     if room < 1:
         raise AcornError(f"task {task.task}: max_gen_toks {max_gen} leaves no room for a prompt in the model's "
                          f"context of {req.max_len}")
-    prompts, truncated = [], []
+    prompts, truncated, skipped = [], [], []
     for text in contexts:
-        ids = req.encode(text)
-        prompts.append(ids[-room:])
-        truncated.append(len(ids) > room)
+        ids = _chat_prompt(engine, task, text) if task.chat else req.encode(text)
+        over = len(ids) > room
+        skip = over and task.truncation == "skip"
+        prompts.append(None if skip else ids[-room:])
+        truncated.append(over and not skip)
+        skipped.append(skip)
     bar.total = len(prompts)
-    # As HFLM: greedy, ending at the tokenizer's EOS only (not at a chat
-    # format's end-of-turn tokens) or a stop string; the text is every new
-    # token but the special ones, cut before the first stop string.
-    eos = [engine.tokenizer.eos_id] if engine.tokenizer.eos_id is not None else []
-    texts = []
-    for start in range(0, len(prompts), chunk):
-        done = engine.generate(prompts[start:start + chunk], temperature=0.0, max_new_tokens=max_gen, stop=until,
-                               ignore_eos=True, stop_token_ids=eos)
-        for c in done:
-            text = engine.tokenizer.decode(c.token_ids, skip_special=True)
-            for s in until:
-                text = text.split(s)[0] if s else text
-            texts.append(text)
-        bar.update(len(done))
+    texts = _complete(engine, task, prompts, max_gen, until, chunk, bar)
+    calls: list[list[dict]] = [[] for _ in docs]
+    if task.tools:
+        texts = _tool_round(engine, task, contexts, texts, calls, until, chunk, bar)
     em = task.exact_match
     samples = []
     for i, (doc, ctx, out) in enumerate(zip(docs, contexts, texts)):
@@ -246,8 +280,68 @@ def _generate(engine, task, docs, contexts, req: Requests, bar, chunk: int = 32)
             pred, target, regexes_to_ignore=em.get("regexes_to_ignore", ()), ignore_case=em.get("ignore_case", False),
             ignore_punctuation=em.get("ignore_punctuation", False)) for name, pred in extracted.items()}
         samples.append({"doc_id": i, "prompt": ctx, "target": target, "output": out,
-                        "extracted": extracted if task.filters else None, "truncated": truncated[i], "scores": scores})
+                        "extracted": extracted if task.filters else None, "truncated": truncated[i],
+                        "skipped": skipped[i], "tool_calls": calls[i], "scores": scores})
     return samples
+
+
+def _complete(engine, task: Task, prompts: list, max_gen: int, until: list[str], chunk: int, bar) -> list[str]:
+    """Greedy text for each prompt of ids ("" for None: a prompt skipped)."""
+    texts = [""] * len(prompts)
+    todo = [i for i, p in enumerate(prompts) if p is not None]
+    # stop_at eos is HFLM's: greedy, ending at the tokenizer's EOS only (not at
+    # a chat format's end-of-turn tokens) or a stop string; the text is every
+    # new token but the special ones, cut before the first stop string.
+    # stop_at engine is an application's: the engine's stop tokens, its text.
+    eos = [engine.tokenizer.eos_id] if engine.tokenizer.eos_id is not None else []
+    hflm = {"ignore_eos": True, "stop_token_ids": eos} if task.stop_at == "eos" else {}
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        done = engine.generate([prompts[i] for i in part], temperature=0.0, max_new_tokens=max_gen, stop=until,
+                               **hflm)
+        for i, c in zip(part, done):
+            text = engine.tokenizer.decode(c.token_ids, skip_special=True) if hflm else c.text
+            for s in until:
+                text = text.split(s)[0] if s else text
+            texts[i] = text
+        bar.update(len(done))
+    bar.update(len(prompts) - len(todo))
+    return texts
+
+
+def _tool_round(engine, task: Task, contexts: list[str], texts: list[str], calls: list[list[dict]],
+                until: list[str], chunk: int, bar) -> list[str]:
+    """Execute the first tool call of each reply that makes one and ask again
+    with its result: the final answers (a reply without a call is its own).
+    calls[i] receives reply i's calls, the first with its result."""
+    from acorn.chat.tools import parse_tool_calls
+
+    fmt = engine.tokenizer.chat_format or "acorn"
+    max_gen = int(task.generation_kwargs.get("tool_max_gen_toks", 24))
+    room = engine.model.config.max_seq_len - max_gen
+    schemas = [registry.tool(t).schema for t in task.tools]
+    final, followups = list(texts), {}
+    for i, text in enumerate(texts):
+        content, made = parse_tool_calls(text, fmt)
+        if not made:
+            continue
+        call = made[0]
+        name = call["function"]["name"]
+        result = (registry.tool(name).run(call["function"]["arguments"]) if name in task.tools
+                  else f"error: no tool named {name!r}")
+        calls[i] = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in made]
+        calls[i][0]["result"] = result
+        messages = [{"role": "user", "content": contexts[i]},
+                    {"role": "assistant", "content": content or None, "tool_calls": [call]},
+                    {"role": "tool", "tool_call_id": call["id"], "content": result}]
+        ids = engine.chat_prompt(messages, tools=schemas)
+        followups[i] = None if len(ids) > room and task.truncation == "skip" else ids[-room:]
+    if followups:
+        bar.total += len(followups)
+        answers = _complete(engine, task, list(followups.values()), max_gen, until, chunk, bar)
+        for i, answer in zip(followups, answers):
+            final[i] = answer
+    return final
 
 
 def evaluate(model, tasks: list[str | Task], *, num_fewshot: int | None = None, limit: int | None = None,
@@ -263,7 +357,7 @@ def evaluate(model, tasks: list[str | Task], *, num_fewshot: int | None = None, 
     from acorn.infer.engine import Engine
 
     # Every task name and data file is checked before the model loads.
-    loaded = [t if isinstance(t, Task) else get_task(t) for t in tasks]
+    loaded = [t for name in tasks for t in ([name] if isinstance(name, Task) else get_tasks(name))]
     if not loaded:
         raise AcornError("no tasks given; e.g. --tasks arc_easy,piqa")
     for task in loaded:
@@ -285,10 +379,12 @@ def evaluate(model, tasks: list[str | Task], *, num_fewshot: int | None = None, 
             engine, task, num_fewshot=num_fewshot, limit=limit, root=data_dir, add_bos=add_bos,
             batch_tokens=batch_tokens, progress=progress)
         versions[task.task] = task.version
+        for label, sub in results[task.task].pop("subsets", {}).items():  # a row of their own: task:label
+            results[f"{task.task}:{label}"] = sub
     return {
         "results": results,
         "samples": samples,
-        "config": {"model": checkpoint or getattr(engine.model.config, "name", "engine"), "tasks": list(results),
+        "config": {"model": checkpoint or getattr(engine.model.config, "name", "engine"), "tasks": list(versions),
                    "versions": versions, "num_fewshot": num_fewshot, "limit": limit, "add_bos": add_bos,
                    "fewshot_seeds": {t.task: t.fewshot_seed for t in loaded},
                    "data_dir": str(find_data_dir(data_dir)), "seconds": round(time.perf_counter() - t0, 2)},
