@@ -409,14 +409,14 @@ def run_stages(out: str | Path, names: list[str]) -> Path:
     run = Run(out, preset, p, state["seed"])
     results = [StageResult(s["name"], s["seconds"], s["summary"]) for s in state["stages"]]
     print(f"acorn speedrun -> {out}: stages {', '.join(names)} over the finished run (preset {preset}, seed {run.seed})")
+    done: list[StageResult] = []
     for name in names:
-        new: list[StageResult] = []
-        _stage(STAGES[name].title, STAGES[name].estimate, new, STAGES[name].fn, run, name=name)
+        _stage(STAGES[name].title, STAGES[name].estimate, done, STAGES[name].fn, run, name=name)
         at = next((i for i, r in enumerate(results) if r.name == name), None)
         if at is None:
-            results.append(new[0])
+            results.append(done[-1])
         else:
-            results[at] = new[0]
+            results[at] = done[-1]
     report = _write(run, results, sum(r.seconds for r in results))
     print(f"\nreport: {report}")
     return report

@@ -348,12 +348,13 @@ def evaluate(model, tasks: list[str | Task], *, num_fewshot: int | None = None, 
              data_dir: str | Path | None = None, add_bos: bool | None = None, batch_tokens: int = 8192,
              progress: bool = True) -> dict:
     """Evaluate a checkpoint directory (Acorn's or Hugging Face's) or an
-    Engine on tasks (names of built-in tasks, task YAML paths or Tasks).
+    Engine on tasks (names of built-in tasks or groups, task YAML paths or Tasks).
 
     add_bos: start every text with BOS; None: as transformers' tokenizer does
     for the checkpoint (lm-eval's default), or for an Engine as Engine.encode
     does (when its tokenizer has one).
-    Returns {"results": {task: metrics}, "samples": {task: [...]}, "config": {...}}."""
+    Returns {"results": {task: metrics}, "samples": {task: [...]}, "config": {...}};
+    a task with subsets also has {"task:label": metrics} in results."""
     from acorn.infer.engine import Engine
 
     # Every task name and data file is checked before the model loads.
