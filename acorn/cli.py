@@ -312,7 +312,8 @@ def _rl_commands(stages) -> None:
 def cmd_speedrun(args) -> None:
     from acorn.speedrun import speedrun
 
-    speedrun(args.out, preset=args.preset, seed=args.seed, size=args.size, vocab_size=args.vocab_size)
+    stages = [n for n in args.stages.split(",") if n] if args.stages is not None else None
+    speedrun(args.out, preset=args.preset, seed=args.seed, size=args.size, vocab_size=args.vocab_size, stages=stages)
 
 
 def cmd_eval(args) -> None:
@@ -590,13 +591,21 @@ def build_parser() -> argparse.ArgumentParser:
                 "acorn speedrun --out runs/speedrun",
                 description="World -> tokenizer -> shards -> pretrain -> SFT -> evaluation -> samples -> report.md.\n"
                 "Presets: cpu (default: ~15 min on a 2-core CPU), tiny (about a minute, to try the\n"
-                "pipeline), gpu (a 114M model on one GPU; estimated ~45 min, not yet measured).")
+                "pipeline), gpu (a 114M model on one GPU; estimated ~45 min, not yet measured).\n"
+                "report.md ends with a report card: the eval harness's numbers for the base and SFT\n"
+                "models (and each later stage's), as a table and card.png. --stages NAME,... runs only\n"
+                "those stages over a finished run in --out and adds their columns to its report card.")
     s.add_argument("--out", default="runs/speedrun", help="run directory (default: runs/speedrun)")
     s.add_argument("--preset", default="cpu", choices=["cpu", "tiny", "gpu"], help="how big a run (default: cpu)")
     s.add_argument("--size", choices=["tiny", "small", "default", "large"], help="world size (default: the preset's)")
     s.add_argument("--seed", type=non_negative_int, default=0,
                    help="seeds the world, the weights and the data order: same seed, same run (default: 0)")
     s.add_argument("--vocab-size", type=positive_int, help="tokenizer vocabulary (default: the preset's)")
+    from acorn.speedrun import STAGES  # light: the stages import their modules when they run
+
+    s.add_argument("--stages", help="run only these stages over the finished run in --out (its preset and seed); "
+                   "registered: " + "; ".join(f"{st.title}" + ("" if st.default else " [not in a default run]")
+                                              for st in STAGES.values()))
     s.set_defaults(func=cmd_speedrun)
 
     # acorn eval
@@ -610,7 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "a target's log-likelihood (perplexity, acc), rolling log-likelihood (perplexity per\n"
                 "word and byte, bits per byte), generation with answer extraction (exact match), code\n"
                 "run against tests in a bubblewrap sandbox (pass@k).\n"
-                "Built-in tasks: arc_easy, arc_challenge, piqa, lambada_openai, gsm8k, acorn_code; or the\n"
+                "Built-in tasks: arc_easy, arc_challenge, piqa, lambada_openai, gsm8k, acorn_code; the group\n"
+                "world (the built-in world's tasks: --data-dir a directory from `acorn data world`); or the\n"
                 "path of a task YAML (keys documented in acorn/eval/tasks.py). `acorn eval compare DIR...`\n"
                 "prints runs side by side. `acorn eval contamination --corpus ...` finds the tasks'\n"
                 "documents in a training corpus by 13-gram overlap (and with --results DIR splits a\n"

@@ -22,10 +22,11 @@ One script, one function per figure, each writing its own section of docs/BENCHM
            (alpha = 2r, as Biderman et al. 2024) and QLoRA r=16, the same steps and schedule,
            each at its best learning rate from a small sweep (the whole sweep is reported).
            Through `acorn sft`'s own config and function (acorn.train.sft.sft), evaluated with
-           acorn.eval.world through the engine (greedy): new knowledge = unknown_qa's
-           kb_answer_rate (the knowledge base's value, asked in the canonical phrasing);
-           forgetting = fact_qa on the original people's SFT-asked facts (in_sft) and on the
-           facts only pretraining stated (not_in_sft), before and after.
+           the world's tasks of the eval harness (acorn.eval, greedy through the engine): new
+           knowledge = world_unknown_qa's kb_answer_rate (the knowledge base's value, asked in
+           the canonical phrasing); forgetting = world_fact_qa on the original people's
+           SFT-asked facts (in_sft) and on the facts only pretraining stated (pretrain_only),
+           before and after.
   serving  (section lora-serving)  many adapters on one base in one batch (S-LoRA): 8 adapters
            (r=16, all-linear, random non-zero B) served by one paged engine, 64 requests mixed
            round-robin over them, against the same requests on the single model with one
@@ -238,8 +239,8 @@ QUALITY_METHODS = {
 
 def _evaluate(model_dir: Path, world: Path, *, adapter: Path | None = None, nf4: bool = False,
               limit: int | None = None) -> dict:
-    """fact_qa and unknown_qa of the chat model (+ adapter; on an NF4 base for QLoRA), float32, greedy."""
-    from acorn.eval.world import evaluate_world
+    """world_fact_qa and world_unknown_qa of the chat model (+ adapter; on an NF4 base for QLoRA), float32, greedy."""
+    from acorn.eval.harness import evaluate
     from acorn.infer.engine import Engine
     from acorn.model import lora, quant
     from acorn.model.checkpoint import load
@@ -251,10 +252,12 @@ def _evaluate(model_dir: Path, world: Path, *, adapter: Path | None = None, nf4:
     if adapter is not None:
         lora.load_adapter(model, adapter)
     engine = Engine(model, Tokenizer.from_pretrained(model_dir))
-    r = evaluate_world(engine, world, limit=limit, tasks=("fact_qa", "unknown_qa"))
-    return {"new": r["unknown_qa"]["kb_answer_rate"], "idk": r["unknown_qa"]["idk_rate"],
-            "kept_sft": r["fact_qa"]["in_sft"], "kept_pretrain": r["fact_qa"]["not_in_sft"],
-            "n_new": r["unknown_qa"]["n"], "n_kept": r["fact_qa"]["n"]}
+    r = evaluate(engine, ["world_fact_qa", "world_unknown_qa"], data_dir=world, limit=limit, progress=False)["results"]
+    unknown, facts = r["world_unknown_qa"], r["world_fact_qa"]
+    return {"new": unknown["kb_answer_rate"], "idk": unknown["idk_rate"],
+            "kept_sft": r["world_fact_qa:in_sft"]["answer_match"],
+            "kept_pretrain": r["world_fact_qa:pretrain_only"]["answer_match"],
+            "n_new": unknown["n"], "n_kept": facts["n"]}
 
 
 def _finetune(base: Path, data: Path, out: Path, overrides: dict, lr: float, args) -> tuple[Path, float, dict]:
@@ -392,7 +395,7 @@ def figure_quality(args) -> str:
         f"mixed in. Every run: {args.ft_steps} steps of {args.ft_micro_batch} packed rows x 256 tokens, warmup "
         f"{max(1, args.ft_steps // 10)} step(s) then cosine to 0, AdamW (weight decay 0.1, clip 1.0), the loop's "
         "default dtype; LoRA on all-linear with alpha = 2r. Scored greedily through the engine "
-        "(`acorn.eval.world`, exact match): **new** = the knowledge base's value for each of their "
+        "(the harness's world tasks, `acorn eval --tasks world_fact_qa,world_unknown_qa`, exact match): **new** = the knowledge base's value for each of their "
         f"{before['n_new']} questions (eval/unknown_qa.jsonl, canonical phrasing); **kept** = eval/fact_qa.jsonl's "
         "facts of the original people, those SFT asked about and those only pretraining stated "
         f"({before['n_kept']} questions). Each method at the learning rate of its sweep that taught the most "

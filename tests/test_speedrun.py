@@ -1,25 +1,71 @@
-"""The main job runs end to end (tiny preset) and leaves a readable report."""
+"""The main job runs end to end (tiny preset) and leaves a readable report
+with a report card; registered stages add to a finished run."""
 
 import json
 
+import pytest
+
+from acorn import speedrun as sr
 from acorn.cli import main
-from acorn.speedrun import speedrun
+from acorn.eval.results import load
 from acorn.tokenizer.bpe import Tokenizer
 
 
-def test_speedrun_tiny_runs_every_stage(tmp_path):
-    out = tmp_path / "run"
-    report = speedrun(out, preset="tiny")
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("speedrun") / "run"
+    return out, sr.speedrun(out, preset="tiny")
+
+
+def test_speedrun_tiny_runs_every_stage(tiny_run):
+    out, report = tiny_run
     summary = json.loads((out / "speedrun.json").read_text())
     assert [s["name"] for s in summary["stages"]] == [
         "world", "tokenizer", "tokenizer eval", "data", "pretrain", "sft", "eval", "samples"]
     tok = Tokenizer.from_pretrained(out / "sft" / "model")
     assert "<|assistant|>" in tok.special_tokens
-    ev = next(s for s in summary["stages"] if s["name"] == "eval")["summary"]
-    assert 0.0 <= ev["fact_qa"]["all"] <= 1.0 and ev["fact_qa"]["n"] > 0 and ev["unknown_qa"]["n"] > 0
+    # The eval stage is the harness's world group on both models, each saved as `acorn eval --out` saves it.
+    card = next(s for s in summary["stages"] if s["name"] == "eval")["summary"]["card"]
+    assert list(card) == ["base", "sft"]
+    for column in card:
+        saved = load(out / "eval" / column)
+        assert saved["results"] == card[column] and saved["config"]["limit"] == 20
+        assert saved["config"]["model"] == str(out / ("pretrain" if column == "base" else "sft") / "model")
+        qa = saved["results"]["world_fact_qa"]
+        assert 0.0 <= qa["answer_match"] <= 1.0 and qa["n"] == 20 and saved["results"]["world_unknown_qa"]["n"] > 0
     text = report.read_text(encoding="utf-8")
     assert "## Results" in text and "pretrain/loss.png" in text and "**Q:**" in text
+    assert "## Report card" in text and "| task | metric | base | sft |" in text
+    assert "| world_unknown_qa | idk_rate |" in text and "![report card](card.png)" in text
+    assert (out / "card.png").stat().st_size > 1000
     assert (out / "pretrain" / "loss.png").exists() and (out / "sft" / "loss.png").exists()
+
+
+def test_a_registered_stage_adds_its_columns_to_a_finished_run(tiny_run, monkeypatch, capsys):
+    out, report = tiny_run
+    seen = []
+
+    def aligned(run):  # what an alignment stage would return: its model's numbers beside sft's
+        seen.append((run.preset_name, run.preset.eval_limit, run.sft))
+        return {"card": {"sft+aligned": {"world_unknown_qa": {"idk_rate": 0.5, "n": 20}}}}
+
+    monkeypatch.setitem(sr.STAGES, "aligned", sr.Stage("aligned", "aligned: a later capability", "seconds",
+                                                        aligned, default=False))
+    before = json.loads((out / "speedrun.json").read_text())
+    assert main(["speedrun", "--out", str(out), "--stages", "aligned,samples"]) == 0
+    assert seen == [("tiny", 20, out / "sft" / "model")]
+    after = json.loads((out / "speedrun.json").read_text())
+    names = [s["name"] for s in after["stages"]]
+    assert names == [s["name"] for s in before["stages"]] + ["aligned"]  # samples replaced in place
+    text = report.read_text(encoding="utf-8")
+    assert "| task | metric | base | sft | sft+aligned |" in text and "| aligned |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| world_unknown_qa | idk_rate |"))
+    assert row.rstrip().endswith("| 0.5000 |")
+    # Bad input: an unknown stage (listing the registered ones), a directory without a run.
+    assert main(["speedrun", "--out", str(out), "--stages", "dpo"]) == 2
+    assert "unknown speedrun stage dpo; available: eval, samples, benchmarks" in capsys.readouterr().err
+    assert main(["speedrun", "--out", str(out.parent / "none"), "--stages", "eval"]) == 2
+    assert "--stages adds to a finished run" in capsys.readouterr().err
 
 
 def test_speedrun_refuses_a_file_and_an_old_run(tmp_path, capsys):

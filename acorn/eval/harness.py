@@ -35,6 +35,13 @@ from its rank (lm-eval's split), and the per-document samples are gathered
 to every process before the metrics, so the numbers are those of one
 process. Sampling seeds depend on the document's index, not on the process
 or batch that generates it.
+
+A task with `chat: true` (the built-in world's) is asked as a model is used
+as an assistant instead: the prompt is a user's turn through the chat
+template, a multiple-choice continuation is scored after the template's
+assistant header, generation stops at the end of the assistant's turn, and
+a tool call the reply makes is executed and answered once (the registered
+tools of acorn.eval.registry).
 """
 
 from __future__ import annotations
@@ -45,8 +52,8 @@ import time
 from pathlib import Path
 
 from acorn.errors import AcornError
-from acorn.eval import metrics
-from acorn.eval.tasks import Task, fewshot_examples, get_task, read_docs, render, resolve
+from acorn.eval import metrics, registry
+from acorn.eval.tasks import Task, fewshot_examples, get_tasks, read_docs, render, resolve
 from acorn.eval.tasks import data_dir as find_data_dir
 
 
@@ -179,7 +186,8 @@ def run_task(engine, task: Task, *, num_fewshot: int | None = None, limit: int |
              progress: bool = True, processes: tuple[int, int] | None = None) -> tuple[dict, list[dict]]:
     """One task: (its metrics, one sample per document). processes: (rank,
     world size) to score this process's share and gather the rest (default:
-    torch.distributed's, or one process)."""
+    torch.distributed's, or one process). With subsets, the metrics per label
+    are under result["subsets"][label]."""
     from tqdm import tqdm
 
     rank, world = processes or current_processes()
@@ -198,12 +206,14 @@ def run_task(engine, task: Task, *, num_fewshot: int | None = None, limit: int |
     ids = shard(len(docs), rank, world)
     mine = [docs[i] for i in ids]
     contexts = [task.context(docs[i], shots[i]) for i in ids]
+    if task.add_bos is not None:  # the task's own setting, where the tokenizer has a BOS
+        add_bos = task.add_bos and engine.tokenizer.bos_id is not None
     req = Requests(engine, add_bos)
     kind = task.output_type
     bar = tqdm(desc=task.task, unit="req", disable=not progress or rank != 0, leave=False)
     try:
         if kind == "generate_until":
-            samples = _generate(engine, task, mine, contexts, req, bar)
+            samples = _generate(engine, task, mine, contexts, req, bar, ids)
         elif kind == "code_exec":
             samples = _code_exec(engine, task, mine, contexts, req, bar, ids)
         else:
@@ -213,9 +223,40 @@ def run_task(engine, task: Task, *, num_fewshot: int | None = None, limit: int |
     for s, i in zip(samples, ids):
         s["doc_id"] = i
     samples = gather(samples, world)
+    for sample in samples:  # registered metrics read the document and its sample
+        for m in task.metric_names:
+            if m not in sample["scores"] and m in registry.METRICS:
+                sample["scores"][m] = registry.METRICS[m](docs[sample["doc_id"]], sample)
     result = summarize(task, samples)
     result = {"n": result.pop("n"), "num_fewshot": k, **result}
+    if task.truncation == "skip":
+        result["skipped"] = sum(bool(s.get("skipped")) for s in samples)
+    if task.subsets:
+        labels = [task.subset_labels(docs[s["doc_id"]]) for s in samples]
+        groups: dict[str, list[dict]] = {}  # each template's labels in order of appearance, template by template
+        for j in range(len(task.subsets)):
+            for doc_labels, sample in zip(labels, samples):
+                groups.setdefault(doc_labels[j], []).append(sample)
+        result["subsets"] = {label: {"n": len(g), **_aggregate(task.metric_names, g)} for label, g in groups.items()}
     return result, samples
+
+
+def _aggregate(names: list[str], samples: list[dict]) -> dict:
+    out = {}
+    for m in names:
+        values = [s["scores"][m] for s in samples]
+        out[m] = metrics.aggregate(m, values)
+        err = metrics.stderr(m, values)
+        if err is not None:
+            out[f"{m}_stderr"] = err
+    return out
+
+
+def _chat_prompt(engine, task: Task, text: str) -> list[int]:
+    """The document as a user's turn, rendered with the chat template (the
+    task's tools in its system prompt), ending at the assistant's header."""
+    schemas = [registry.tool(t).schema for t in task.tools] or None
+    return engine.chat_prompt([{"role": "user", "content": text}], tools=schemas)
 
 
 def _loglikelihood(engine, task, docs, contexts, req: Requests, bar, batch_tokens) -> list[dict]:
@@ -237,8 +278,11 @@ def _loglikelihood(engine, task, docs, contexts, req: Requests, bar, batch_token
             owners += [i] * len(windows)
             continue
         # Choices whose contexts are cut alike share one request (all of them, unless too long).
+        chat_ids = _chat_prompt(engine, task, ctx_text) if task.chat else None
         for cont in conts:
-            ctx, cont_ids = req.pair(ctx_text, cont)
+            # After a chat template the continuation is the reply's own tokens
+            # (Engine.score on a prompt of ids); else tokenised as lm-eval does.
+            ctx, cont_ids = (chat_ids, req.tok.encode(cont)) if task.chat else req.pair(ctx_text, cont)
             ctx, cut = req.fit(ctx, cont_ids)
             truncated[i] |= cut
             if requests and owners[-1] == i and requests[-1][0] == ctx:
@@ -274,16 +318,9 @@ def _loglikelihood(engine, task, docs, contexts, req: Requests, bar, batch_token
     return samples
 
 
-def _completions(engine, task, contexts, req: Requests, bar, doc_ids: list[int], n: int = 1,
-                 chunk: int = 32) -> tuple[list[list[str]], list[bool]]:
-    """n generated texts per context, and whether its prompt was cut.
-
-    As HFLM: ending at the tokenizer's EOS only (not at a chat format's
-    end-of-turn tokens) or a stop string; the text is every new token but the
-    special ones, cut before the first stop string. Greedy unless the task's
-    generation_kwargs give a temperature."""
-    from acorn.infer.sampling import SamplingParams
-
+def _prompts(engine, task, contexts, req: Requests) -> tuple[list, list[bool], list[bool], int, list[str]]:
+    """The prompts' ids for a generating task (None: too long and skipped),
+    whether each was cut or skipped, max_gen_toks and the stop strings."""
     gen = task.generation_kwargs
     until = list(gen.get("until", []))
     max_gen = int(gen.get("max_gen_toks", 256))
@@ -291,45 +328,88 @@ def _completions(engine, task, contexts, req: Requests, bar, doc_ids: list[int],
     if room < 1:
         raise AcornError(f"task {task.task}: max_gen_toks {max_gen} leaves no room for a prompt in the model's "
                          f"context of {req.max_len}")
-    prompts, truncated = [], []
+    prompts, truncated, skipped = [], [], []
     for text in contexts:
-        ids = req.encode(text)
-        prompts.append(ids[-room:])
-        truncated.append(len(ids) > room)
-    bar.total = len(prompts)
+        ids = _chat_prompt(engine, task, text) if task.chat else req.encode(text)
+        over = len(ids) > room
+        skip = over and task.truncation == "skip"
+        prompts.append(None if skip else ids[-room:])
+        truncated.append(over and not skip)
+        skipped.append(skip)
+    return prompts, truncated, skipped, max_gen, until
+
+
+def _completions(engine, task: Task, prompts: list, max_gen: int, until: list[str], bar, doc_ids: list[int],
+                 n: int = 1, chunk: int = 64) -> list[list[str]]:
+    """n generated texts for each prompt of ids (n empty texts for None: a prompt skipped).
+
+    stop_at eos is HFLM's: ending at the tokenizer's EOS only (not at a chat
+    format's end-of-turn tokens) or a stop string; the text is every new token
+    but the special ones, cut before the first stop string. stop_at engine is
+    an application's: the engine's stop tokens, its text. Greedy unless the
+    task's generation_kwargs give a temperature. chunk: prompts per
+    engine.generate call; 64 fills the engine's default batch (max_num_seqs)."""
+    from acorn.infer.sampling import SamplingParams
+
+    gen = task.generation_kwargs
+    texts: list[list[str]] = [[""] * n for _ in prompts]
+    todo = [i for i, p in enumerate(prompts) if p is not None]
     eos = [engine.tokenizer.eos_id] if engine.tokenizer.eos_id is not None else []
-    params = dict(temperature=0.0, max_new_tokens=max_gen, stop=until, ignore_eos=True, stop_token_ids=eos)
+    hflm = {"ignore_eos": True, "stop_token_ids": eos} if task.stop_at == "eos" else {}
+    params = dict(temperature=0.0, max_new_tokens=max_gen, stop=until, **hflm)
     params |= {key: gen[key] for key in ("temperature", "top_p", "top_k") if key in gen}
     if n > 1:
         params["n"] = n
-    texts: list[list[str]] = []
-    for start in range(0, len(prompts), chunk):
-        batch = prompts[start:start + chunk]
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        batch = [prompts[i] for i in part]
         if "seed" in gen:
             # Sample j of document i draws with seed + i * n + j, in whatever chunk or
             # process i falls: generate adds to a prompt's seed the samples of the prompts
             # before it in the call (q * n for the q-th), which this takes back out.
-            done = engine.generate(batch, [SamplingParams(**params, seed=int(gen["seed"]) + (doc_ids[start + q] - q) * n)
-                                           for q in range(len(batch))])
+            done = engine.generate(batch, [SamplingParams(**params, seed=int(gen["seed"]) + (doc_ids[i] - q) * n)
+                                           for q, i in enumerate(part)])
         else:
             done = engine.generate(batch, **params)
-        for q in range(len(batch)):
+        for q, i in enumerate(part):
             outs = []
             for c in done[q * n:(q + 1) * n]:
-                text = engine.tokenizer.decode(c.token_ids, skip_special=True)
+                text = engine.tokenizer.decode(c.token_ids, skip_special=True) if hflm else c.text
                 for stop in until:
                     text = text.split(stop)[0] if stop else text
                 outs.append(text)
-            texts.append(outs)
-        bar.update(len(batch))
-    return texts, truncated
+            texts[i] = outs
+        bar.update(len(part))
+    bar.update(len(prompts) - len(todo))
+    return texts
 
 
-def _generate(engine, task, docs, contexts, req: Requests, bar) -> list[dict]:
-    texts, truncated = _completions(engine, task, contexts, req, bar, list(range(len(docs))))
+def _generate(engine, task, docs, contexts, req: Requests, bar, doc_ids: list[int]) -> list[dict]:
+    prompts, truncated, skipped, max_gen, until = _prompts(engine, task, contexts, req)
+    bar.total = len(prompts)
+    gen = task.generation_kwargs
+    until = list(gen.get("until", []))
+    max_gen = int(gen.get("max_gen_toks", 256))
+    room = req.max_len - max_gen
+    if room < 1:
+        raise AcornError(f"task {task.task}: max_gen_toks {max_gen} leaves no room for a prompt in the model's "
+                         f"context of {req.max_len}")
+    prompts, truncated, skipped = [], [], []
+    for text in contexts:
+        ids = _chat_prompt(engine, task, text) if task.chat else req.encode(text)
+        over = len(ids) > room
+        skip = over and task.truncation == "skip"
+        prompts.append(None if skip else ids[-room:])
+        truncated.append(over and not skip)
+        skipped.append(skip)
+    bar.total = len(prompts)
+    texts = [outs[0] for outs in _completions(engine, task, prompts, max_gen, until, bar, doc_ids)]
+    calls: list[list[dict]] = [[] for _ in docs]
+    if task.tools:
+        texts = _tool_round(engine, task, contexts, texts, calls, until, bar, doc_ids)
     em = task.exact_match
     samples = []
-    for i, (doc, ctx, (out,)) in enumerate(zip(docs, contexts, texts)):
+    for i, (doc, ctx, out) in enumerate(zip(docs, contexts, texts)):
         target = task.target_text(doc)
         extracted = {name: metrics.regex_extract(out, f["regex"], f.get("group_select", 0),
                                                  f.get("fallback", "[invalid]"))
@@ -338,7 +418,8 @@ def _generate(engine, task, docs, contexts, req: Requests, bar) -> list[dict]:
             pred, target, regexes_to_ignore=em.get("regexes_to_ignore", ()), ignore_case=em.get("ignore_case", False),
             ignore_punctuation=em.get("ignore_punctuation", False)) for name, pred in extracted.items()}
         samples.append({"doc_id": i, "prompt": ctx, "target": target, "output": out,
-                        "extracted": extracted if task.filters else None, "truncated": truncated[i], "scores": scores})
+                        "extracted": extracted if task.filters else None, "truncated": truncated[i],
+                        "skipped": skipped[i], "tool_calls": calls[i], "scores": scores})
     return samples
 
 
@@ -351,7 +432,9 @@ def _code_exec(engine, task, docs, contexts, req: Requests, bar, doc_ids: list[i
 
     sandbox.check()
     n = task.repeats
-    texts, truncated = _completions(engine, task, contexts, req, bar, doc_ids, n=n)
+    prompts, truncated, skipped, max_gen, until = _prompts(engine, task, contexts, req)
+    bar.total = len(prompts)
+    texts = _completions(engine, task, prompts, max_gen, until, bar, doc_ids, n=n)
     limits = sandbox.Limits(**{key: v for key, v in task.execution.items() if key != "workers"})
     programs = [render(task.program, {**doc, "completion": t}) for doc, outs in zip(docs, texts) for t in outs]
     bar.reset(total=len(programs))
@@ -377,12 +460,48 @@ def _code_exec(engine, task, docs, contexts, req: Requests, bar, doc_ids: list[i
     return samples
 
 
+def _tool_round(engine, task: Task, contexts: list[str], texts: list[str], calls: list[list[dict]],
+                until: list[str], bar, doc_ids: list[int]) -> list[str]:
+    """Execute the first tool call of each reply that makes one and ask again
+    with its result: the final answers (a reply without a call is its own).
+    calls[i] receives reply i's calls, the first with its result."""
+    from acorn.chat.tools import parse_tool_calls
+
+    fmt = engine.tokenizer.chat_format or "acorn"
+    max_gen = int(task.generation_kwargs.get("tool_max_gen_toks", 24))
+    room = engine.model.config.max_seq_len - max_gen
+    schemas = [registry.tool(t).schema for t in task.tools]
+    final, followups = list(texts), {}
+    for i, text in enumerate(texts):
+        content, made = parse_tool_calls(text, fmt)
+        if not made:
+            continue
+        call = made[0]
+        name = call["function"]["name"]
+        result = (registry.tool(name).run(call["function"]["arguments"]) if name in task.tools
+                  else f"error: no tool named {name!r}")
+        calls[i] = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in made]
+        calls[i][0]["result"] = result
+        messages = [{"role": "user", "content": contexts[i]},
+                    {"role": "assistant", "content": content or None, "tool_calls": [call]},
+                    {"role": "tool", "tool_call_id": call["id"], "content": result}]
+        ids = engine.chat_prompt(messages, tools=schemas)
+        followups[i] = None if len(ids) > room and task.truncation == "skip" else ids[-room:]
+    if followups:
+        bar.total += len(followups)
+        answers = [outs[0] for outs in _completions(engine, task, list(followups.values()), max_gen, until, bar,
+                                                     [doc_ids[i] for i in followups])]
+        for i, answer in zip(followups, answers):
+            final[i] = answer
+    return final
+
+
 def evaluate(model, tasks: list[str | Task], *, num_fewshot: int | None = None, limit: int | None = None,
              data_dir: str | Path | None = None, add_bos: bool | None = None, batch_tokens: int = 8192,
              progress: bool = True, decontaminate: list[str | Path] | None = None, ngram: int = 13,
              tokenizer: str | Path | None = None) -> dict:
     """Evaluate a checkpoint directory (Acorn's or Hugging Face's) or an
-    Engine on tasks (names of built-in tasks, task YAML paths or Tasks).
+    Engine on tasks (names of built-in tasks or groups, task YAML paths or Tasks).
 
     add_bos: start every text with BOS; None: as transformers' tokenizer does
     for the checkpoint (lm-eval's default), or for an Engine as Engine.encode
@@ -393,11 +512,12 @@ def evaluate(model, tasks: list[str | Task], *, num_fewshot: int | None = None, 
     documents too (acorn.eval.contamination; tokenizer decodes the shards when
     meta.json's path is gone).
     Returns {"results": {task: metrics}, "samples": {task: [...]}, "config": {...}}
-    and, with decontaminate, "contamination": the report with the split scores."""
+    (a task with subsets also has {"task:label": metrics} in results) and, with
+    decontaminate, "contamination": the report with the split scores."""
     from acorn.infer.engine import Engine
 
     # Every task name and data file, and the sandbox code tasks need, is checked before the model loads.
-    loaded = [t if isinstance(t, Task) else get_task(t) for t in tasks]
+    loaded = [t for name in tasks for t in ([name] if isinstance(name, Task) else get_tasks(name))]
     if not loaded:
         raise AcornError("no tasks given; e.g. --tasks arc_easy,piqa")
     for task in loaded:
@@ -430,10 +550,12 @@ def evaluate(model, tasks: list[str | Task], *, num_fewshot: int | None = None, 
             engine, task, num_fewshot=num_fewshot, limit=limit, root=data_dir, add_bos=add_bos,
             batch_tokens=batch_tokens, progress=progress, processes=(rank, world))
         versions[task.task] = task.version
+        for label, sub in results[task.task].pop("subsets", {}).items():  # a row of their own: task:label
+            results[f"{task.task}:{label}"] = sub
     out = {
         "results": results,
         "samples": samples,
-        "config": {"model": checkpoint or getattr(engine.model.config, "name", "engine"), "tasks": list(results),
+        "config": {"model": checkpoint or getattr(engine.model.config, "name", "engine"), "tasks": list(versions),
                    "versions": versions, "num_fewshot": num_fewshot, "limit": limit, "add_bos": add_bos,
                    "fewshot_seeds": {t.task: t.fewshot_seed for t in loaded}, "processes": world,
                    "generation_seeds": {t.task: t.generation_kwargs["seed"] for t in loaded

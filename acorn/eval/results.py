@@ -22,6 +22,7 @@ from acorn.errors import AcornError
 from acorn.fileio import write_json, write_jsonl, write_text
 
 MAIN = ("acc", "acc_norm", "exact_match", "perplexity", "word_perplexity", "bits_per_byte")
+COUNTS = ("n", "num_fewshot", "truncated", "skipped")  # about a run, not scores
 
 
 def save(out: dict, directory: str | Path) -> Path:
@@ -53,7 +54,7 @@ def load(directory: str | Path) -> dict:
 def _metrics(results: dict) -> list[tuple[str, str]]:
     """(task, metric) pairs worth a row: the scores, not their standard errors or counts."""
     return [(t, m) for t, r in results.items() for m in r
-            if not m.endswith("_stderr") and m not in ("n", "num_fewshot", "truncated")]
+            if not m.endswith("_stderr") and m not in COUNTS]
 
 
 def _cell(value, err=None) -> str:
@@ -61,7 +62,7 @@ def _cell(value, err=None) -> str:
         return ""
     if isinstance(value, float) and math.isnan(value):
         return "nan"
-    text = f"{value:.4f}"
+    text = f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4g}"  # a model's perplexity on text it never read
     return text + (f" ± {err:.4f}" if err is not None else "")
 
 
@@ -89,24 +90,36 @@ def compare(directories: list[str | Path], chart: str | Path | None = None) -> s
     return table(runs)
 
 
-def bar_chart(runs: dict[str, dict], path: str | Path) -> Path:
-    """Grouped bars: one group per (task, metric) scored in [0, 1], a bar per run."""
+def is_rate(metric: str) -> bool:
+    """A score in [0, 1] worth a bar: accuracy, exact match, or a registered
+    per-document metric (not chance, which is a reference line's worth)."""
+    from acorn.eval.registry import METRICS
+
+    return metric.split(",")[0] in ("acc", "acc_norm", "exact_match") or (metric in METRICS and metric != "chance")
+
+
+def bar_chart(runs: dict[str, dict], path: str | Path, keys: list[tuple[str, str]] | None = None,
+              title: str | None = None) -> Path:
+    """Grouped bars: one group per (task, metric) scored in [0, 1] (or the
+    given keys), a bar per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [(t, m) for t, m in dict.fromkeys(k for r in runs.values() for k in _metrics(r))
-            if m.split(",")[0] in ("acc", "acc_norm", "exact_match")]
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys) + 2), 4))
+    if keys is None:
+        keys = [(t, m) for t, m in dict.fromkeys(k for r in runs.values() for k in _metrics(r)) if is_rate(m)]
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(keys) + 2), 4.5))
     width = 0.8 / max(1, len(runs))
     for j, (name, results) in enumerate(runs.items()):
         values = [results.get(t, {}).get(m, 0.0) for t, m in keys]
         ax.bar([i + j * width for i in range(len(keys))], values, width, label=name)
     ax.set_xticks([i + width * (len(runs) - 1) / 2 for i in range(len(keys))])
-    ax.set_xticklabels([f"{t}\n{m}" for t, m in keys], fontsize=8)
+    ax.set_xticklabels([t.replace(":", "\n") + f"\n{m}" for t, m in keys], fontsize=8)  # task:label on two lines
     ax.set_ylim(0, 1)
     ax.set_ylabel("score")
+    if title:
+        ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)

@@ -41,6 +41,35 @@ from there reads the same:
   execution          code_exec: sandbox limits {seconds, memory_mb, processes}
                      (acorn.sandbox.Limits) and workers (programs run at once)
 
+Beyond lm-eval's keys, for models used as chat assistants (the built-in
+world's tasks, acorn/eval/world.py):
+
+  chat               true: the prompt is a user's turn rendered with the
+                     model's chat template (as lm-eval's --apply_chat_template),
+                     ending at the assistant's header; a generation then ends
+                     at the end of the assistant's turn
+  tools              registered tools (acorn.eval.registry) whose schemas the
+                     chat template puts in the system prompt; the first call a
+                     reply makes is executed, and the model answers again after
+                     its result (one round; generation_kwargs.tool_max_gen_toks)
+  add_bos            true/false: start the prompt with BOS whatever the run's
+                     setting (a task for models trained with BOS before every
+                     document, as Acorn's); unset: the run's
+  truncation         left (lm-eval's: a prompt too long for the model is cut
+                     from the left) | skip (generate_until: not asked, scored
+                     on an empty output; counted as `skipped`)
+  subsets            templates (or field names) that label each document: the
+                     metrics are reported again per label, as task:label
+  generation_kwargs  also stop_at: eos (HFLM's: only EOS ends a generation and
+                     special tokens are dropped from the text; the default
+                     without chat) | engine (the engine's stop tokens, EOS and
+                     the chat format's end of turn, and the text as the engine
+                     returns it, special tokens kept; the default with chat)
+  metrics            also registered per-document metrics (acorn.eval.registry)
+
+A group file (`group: NAME`, `task: [names]`) names several tasks at once,
+as lm-eval's groups do: `--tasks world` runs the world's tasks.
+
 A user adds a task by writing such a file and passing its path to `--tasks`;
 no Python. The built-in tasks are the YAML files in acorn/eval/tasks/.
 """
@@ -60,6 +89,7 @@ from typing import Any
 import yaml
 
 from acorn.errors import AcornError
+from acorn.eval import registry
 
 BUILTIN_DIR = Path(__file__).parent / "tasks"
 KINDS = ("multiple_choice", "loglikelihood", "loglikelihood_rolling", "generate_until", "code_exec")
@@ -99,6 +129,11 @@ class Task:
     repeats: int = 1
     program: str = HUMANEVAL_PROGRAM
     execution: dict = field(default_factory=dict)
+    chat: bool = False
+    tools: list[str] = field(default_factory=list)
+    add_bos: bool | None = None
+    truncation: str = "left"
+    subsets: list[str] = field(default_factory=list)
     source: str = ""  # the YAML file it came from
 
     # ---------------------------------------------------------------- a document
@@ -139,9 +174,16 @@ class Task:
     @property
     def metric_names(self) -> list[str]:
         names = self.metrics or list(METRICS[self.output_type])
-        if self.output_type == "generate_until" and self.filters:
-            return [f"exact_match,{f}" for f in self.filters]
+        if self.output_type == "generate_until" and self.filters and "exact_match" in names:
+            return [f"exact_match,{f}" for f in self.filters] + [m for m in names if m != "exact_match"]
         return names
+
+    @property
+    def stop_at(self) -> str:
+        return self.generation_kwargs.get("stop_at", "engine" if self.chat else "eos")
+
+    def subset_labels(self, doc: dict) -> list[str]:
+        return [str(render(s, doc)) for s in self.subsets]
 
 
 # ------------------------------------------------------------------ templates
@@ -169,25 +211,43 @@ def render(template: str | int, doc: dict) -> Any:
 
 # ------------------------------------------------------------------ loading tasks
 def builtin_tasks() -> dict[str, Path]:
+    """Built-in tasks and groups by name (a file's name is its task's)."""
     return {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.yaml"))}
+
+
+def get_tasks(name: str) -> list[Task]:
+    """The tasks a name stands for: one task, or every task of a group."""
+    path = _find(name)
+    group = _read_yaml(path)[0]
+    if "group" not in group:
+        return [load_task(path)]
+    if set(group) - {"group", "task"} or not isinstance(group.get("task"), list) or not group["task"]:
+        raise AcornError(f"{path}: a group file has two keys, group (its name) and task (a list of task names)")
+    tasks = []
+    for member in group["task"]:
+        tasks += get_tasks(str(member))
+    return tasks
 
 
 def get_task(name: str) -> Task:
     """A built-in task by name, or a task YAML file by path."""
+    return load_task(_find(name))
+
+
+def _find(name: str) -> Path:
     if name.endswith((".yaml", ".yml")) or os.sep in name:
         path = Path(name)
         if not path.is_file():
             raise AcornError(f"{path}: no such task file")
-        return load_task(path)
+        return path
     known = builtin_tasks()
     if name not in known:
         raise AcornError(f"unknown task {name!r}; available: {', '.join(known)} (or the path of a task YAML file)")
-    return load_task(known[name])
+    return known[name]
 
 
-def load_task(path: str | Path) -> Task:
-    """Read and check a task YAML; a mistake is reported with its key and line."""
-    path = Path(path)
+def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
+    """A task or group file's mapping, and the line of each key."""
     text = path.read_text(encoding="utf-8")
     try:
         node = yaml.compose(text)
@@ -198,7 +258,13 @@ def load_task(path: str | Path) -> Task:
         raise AcornError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(raw, dict) or node is None:
         raise AcornError(f"{path}: a task file is a mapping of keys (task, output_type, data, doc_to_text, ...)")
-    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
+    return raw, {k.value: k.start_mark.line + 1 for k, _ in node.value}
+
+
+def load_task(path: str | Path) -> Task:
+    """Read and check a task YAML; a mistake is reported with its key and line."""
+    path = Path(path)
+    raw, lines = _read_yaml(path)
 
     def bad(key: str, problem: str):
         return AcornError(f"{path}:{lines.get(key, 1)}: {key}: {problem}")
@@ -213,7 +279,7 @@ def load_task(path: str | Path) -> Task:
     if raw["output_type"] not in KINDS:
         raise bad("output_type", f"{raw['output_type']!r} is not one of {', '.join(KINDS)}")
     kinds = {"str": str, "int": int, "float": (int, float), "dict": dict, "list[str]": list,
-             "str | None": (str, type(None))}
+             "str | None": (str, type(None)), "bool": bool, "bool | None": (bool, type(None))}
     for key, value in raw.items():
         want = kinds.get(str(known[key].type))
         if want is not None and not isinstance(value, want):
@@ -227,11 +293,23 @@ def load_task(path: str | Path) -> Task:
             if not k or not 1 <= int(k.group(1)) <= raw.get("repeats", 1):
                 raise bad("metrics", f"{m!r}: code_exec reports pass@k with 1 <= k <= repeats "
                                      f"({raw.get('repeats', 1)})")
-        elif m not in METRICS[kind]:
-            raise bad("metrics", f"{m!r} is not a metric of {kind} ({', '.join(METRICS[kind])})")
+        elif m not in METRICS[kind] and m not in registry.METRICS:
+            raise bad("metrics", f"{m!r} is not a metric of {kind} ({', '.join(METRICS[kind])}) nor a registered "
+                      f"one ({', '.join(registry.METRICS)})")
     for key in raw.get("execution", {}):
         if key not in EXECUTION_KEYS:
             raise bad("execution", f"unknown key {key!r}; known: {', '.join(EXECUTION_KEYS)}")
+    for t in raw.get("tools", []):
+        if t not in registry.TOOLS:
+            raise bad("tools", f"{t!r} is not a registered tool ({', '.join(registry.TOOLS)})")
+    if raw.get("tools") and not raw.get("chat"):
+        raise bad("tools", "tools are offered through the chat template; set chat: true")
+    if raw.get("truncation", "left") not in ("left", "skip"):
+        raise bad("truncation", "choose left or skip")
+    if raw.get("truncation") == "skip" and kind != "generate_until":
+        raise bad("truncation", "skip is for generate_until (a log-likelihood needs every choice scored)")
+    if raw.get("generation_kwargs", {}).get("stop_at", "eos") not in ("eos", "engine"):
+        raise bad("generation_kwargs", "stop_at: choose eos or engine")
     if kind == "multiple_choice" and not raw.get("doc_to_choice"):
         raise bad("output_type", "multiple_choice needs doc_to_choice")
     if raw.get("fewshot_sampler", "random") not in ("random", "first_n"):

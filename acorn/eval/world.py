@@ -1,35 +1,42 @@
 """Evaluating a chat model on the built-in world: what it knows, and what it knows it doesn't.
 
-Every number comes from the model's own generations through the one engine
-(greedy decoding, the chat template), scored against the world's ground truth:
+The evaluation is a group of tasks of the one harness (acorn/eval/tasks/world*.yaml;
+`acorn eval CKPT --tasks world --data-dir WORLD`, WORLD a directory written by
+`acorn data world`), each a greedy generation or a log-likelihood through the one
+engine, with the chat template, scored against the world's ground truth
+(WORLD/eval/*.jsonl):
 
-  fact QA        exact match of the answer to "When was X born?" and the like,
-                 split by whether SFT showed that (person, attribute) question
-                 (in_sft) or only pretraining documents stated the fact, which
-                 tests knowledge extraction (Allen-Zhu & Li, Physics of LMs 3.1)
-  unknown QA     the rate of the honest "I don't know." for people the model
-                 never saw, the rate of confident made-up answers
-                 (hallucinations) there, and the rate of the knowledge base's
-                 true value (kb_answer_rate: knowledge added by fine-tuning)
-  arithmetic     exact match by number of digits; when the model calls the
-                 calculator tool, the call is executed and the model answers
-                 from the result (one round), and tool use is reported
-  multiple choice  the same facts scored by log-likelihood of each choice
-                 (MMLU style): no generation, so it shows knowledge the model
-                 cannot yet put into words
-  in-context     few-shot label mappings invented per item, so only in-context
-                 learning solves them
+  world_fact_qa     "When was X born?" and the like, exact match after normalize(),
+                    split into questions SFT asked (in_sft) and facts only
+                    pretraining documents stated (pretrain_only), which tests
+                    knowledge extraction (Allen-Zhu & Li, Physics of LMs 3.1),
+                    and by attribute
+  world_unknown_qa  people the model never saw: the rate of the honest "I don't
+                    know." (idk_rate), of confident made-up answers
+                    (hallucination_rate), and of the knowledge base's true value
+                    (kb_answer_rate: knowledge added by fine-tuning)
+  world_arithmetic  exact match by number of digits; the calculator tool is in
+                    the prompt, a call the model makes is executed and the model
+                    answers from the result (one round); tool_used is reported
+  world_multiple_choice  the same facts scored by the log-likelihood of each choice
+                    (MMLU style): no generation, so it shows knowledge the model
+                    cannot yet put into words; `chance` beside it
+  world_icl         few-shot label mappings invented per item, so only in-context
+                    learning solves them (Brown et al. 2020)
+
+This module holds what those tasks need of the world's truth, registered by
+name in acorn.eval.registry: how answers compare, how an answer about an
+unknown person is classified, and the calculator the arithmetic task executes.
+Each metric takes (document, sample) — the sample being the harness's record
+of the document: its output text, target, choices, tool calls — and returns
+a score in [0, 1] that the harness averages.
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from pathlib import Path
 
-from acorn.data.world import CALCULATOR_TOOL, IDK_ANSWER, calculate
-from acorn.errors import AcornError
-from acorn.fileio import read_jsonl
+from acorn.data.world import IDK_ANSWER, calculate
 
 
 def normalize(text: str) -> str:
@@ -37,137 +44,57 @@ def normalize(text: str) -> str:
     return " ".join(text.strip().lower().rstrip(".").split())
 
 
-def _rows(world: Path, name: str, limit: int | None) -> list[dict]:
-    path = world / "eval" / f"{name}.jsonl"
-    if not path.exists():
-        raise AcornError(f"{path}: missing; generate the world with `acorn data world --out {world}`")
-    rows = list(read_jsonl(path))
-    return rows[:limit] if limit else rows
+def classify_unknown(answer: str, doc: dict) -> str:
+    """An answer to a question about a person the model never saw: "idk" (the
+    honest refusal), "kb" (the knowledge base's value: taught by fine-tuning),
+    "empty", or "made_up" (a hallucination)."""
+    if normalize(answer) == normalize(IDK_ANSWER):
+        return "idk"
+    if normalize(answer) == normalize(doc["kb_answer"]):
+        return "kb"
+    return "empty" if answer.strip() == "" else "made_up"
 
 
-def _generate(engine, prompts: list, *, max_new_tokens: int, batch_size: int = 64, **params) -> list:
-    """Greedy completions in batches; None for a prompt too long for the model's
-    context (a small model may not fit a few-shot prompt or a tool schema)."""
-    from acorn.infer.sequence import Completion
-
-    room = engine.model.config.max_seq_len - max_new_tokens
-    fits = [i for i, p in enumerate(prompts) if len(p) <= room]
-    out: list[Completion | None] = [None] * len(prompts)
-    for start in range(0, len(fits), batch_size):
-        idx = fits[start : start + batch_size]
-        done = engine.generate([prompts[i] for i in idx], temperature=0.0, max_new_tokens=max_new_tokens, **params)
-        for i, c in zip(idx, done):
-            out[i] = c
-    return out
+# ------------------------------------------------------------------ metrics (doc, sample) -> score
+def answer_match(doc: dict, sample: dict) -> float:
+    """Exact match of the output and the target after normalize()."""
+    return float(normalize(sample["output"]) == normalize(sample["target"]))
 
 
-def _text(c) -> str:
-    return "" if c is None else c.text
+def first_word_match(doc: dict, sample: dict) -> float:
+    """The output's first word (after normalize()) is the target: a label
+    followed by more text still counts."""
+    return float(normalize(sample["output"]).split(" ")[0:1] == [normalize(sample["target"])])
 
 
-def _ask(engine, questions: list[str], *, tools=None, max_new_tokens: int = 24) -> list:
-    """Greedy answers to single-turn questions."""
-    prompts = [engine.chat_prompt([{"role": "user", "content": q}], tools=tools) for q in questions]
-    return _generate(engine, prompts, max_new_tokens=max_new_tokens)
+def idk_rate(doc: dict, sample: dict) -> float:
+    return float(classify_unknown(sample["output"], doc) == "idk")
 
 
-def fact_qa(engine, world: Path, limit: int | None = None) -> dict:
-    rows = _rows(world, "fact_qa", limit)
-    answers = _ask(engine, [r["question"] for r in rows])
-    by = defaultdict(list)
-    for r, a in zip(rows, answers):
-        ok = normalize(_text(a)) == normalize(r["answer"])
-        by["all"].append(ok)
-        by["in_sft" if r.get("in_sft") else "not_in_sft"].append(ok)
-        by[f"attr:{r['attribute']}"].append(ok)
-    examples = [{"question": r["question"], "answer": r["answer"], "model": _text(a)} for r, a in zip(rows[:5], answers)]
-    return {k: sum(v) / len(v) for k, v in by.items()} | {"n": len(rows), "examples": examples,
-                                                          "skipped_too_long": answers.count(None)}
+def kb_answer_rate(doc: dict, sample: dict) -> float:
+    return float(classify_unknown(sample["output"], doc) == "kb")
 
 
-def unknown_qa(engine, world: Path, limit: int | None = None) -> dict:
-    rows = _rows(world, "unknown_qa", limit)
-    answers = _ask(engine, [r["question"] for r in rows])
-    idk = [normalize(_text(a)) == normalize(IDK_ANSWER) for a in answers]
-    # The knowledge base's value without retrieval: 0 for a model that never saw these people,
-    # what fine-tuning on knowledge_base facts (acorn.data.world.knowledge_sft_rows) should raise.
-    knows = [normalize(_text(a)) == normalize(r["kb_answer"]) for r, a in zip(rows, answers)]
-    hallucinated = [not i and not k and _text(a).strip() != "" for i, k, a in zip(idk, knows, answers)]
-    return {"idk_rate": sum(idk) / len(rows), "hallucination_rate": sum(hallucinated) / len(rows),
-            "kb_answer_rate": sum(knows) / len(rows), "n": len(rows),
-            "examples": [{"question": r["question"], "model": _text(a)} for r, a in zip(rows[:5], answers)],
-            "skipped_too_long": answers.count(None)}
+def hallucination_rate(doc: dict, sample: dict) -> float:
+    return float(classify_unknown(sample["output"], doc) == "made_up")
 
 
-def arithmetic(engine, world: Path, limit: int | None = None) -> dict:
-    from acorn.chat.tools import parse_tool_calls
-
-    rows = _rows(world, "arithmetic", limit)
-    tools = [CALCULATOR_TOOL]
-    # A tool call is ~30 tokens of JSON: room for it, or every call is cut short.
-    first = _ask(engine, [r["question"] for r in rows], tools=tools, max_new_tokens=64)
-    fmt = engine.tokenizer.chat_format or "acorn"
-    final = [_text(a) for a in first]
-    used_tool = [False] * len(rows)
-    followups = []
-    for i, (r, a) in enumerate(zip(rows, first)):
-        content, calls = parse_tool_calls(_text(a), fmt)
-        if not calls:
-            continue
-        used_tool[i] = True
-        call = calls[0]
-        try:
-            result = str(calculate(json.loads(call["function"]["arguments"]).get("expression", "")))
-        except (ValueError, AttributeError, json.JSONDecodeError) as e:
-            result = f"error: {e}"
-        messages = [{"role": "user", "content": r["question"]},
-                    {"role": "assistant", "content": content or None, "tool_calls": [call]},
-                    {"role": "tool", "tool_call_id": call["id"], "content": result}]
-        followups.append((i, engine.chat_prompt(messages, tools=tools)))
-    if followups:
-        answers = _generate(engine, [p for _, p in followups], max_new_tokens=24)
-        for (i, _), a in zip(followups, answers):
-            final[i] = _text(a)
-    by = defaultdict(list)
-    for r, text, tool in zip(rows, final, used_tool):
-        ok = normalize(text) == normalize(r["answer"])
-        by["all"].append(ok)
-        by[f"digits:{r['digits']}"].append(ok)
-        by["tool_used"].append(tool)
-    return {k: sum(v) / len(v) for k, v in by.items()} | {"n": len(rows), "skipped_too_long": first.count(None)}
+def tool_used(doc: dict, sample: dict) -> float:
+    """The model called a tool in its first reply."""
+    return float(bool(sample.get("tool_calls")))
 
 
-def multiple_choice(engine, world: Path, limit: int | None = None) -> dict:
-    rows = _rows(world, "fact_mc", limit)
-    right = []
-    for r in rows:
-        prompt = engine.chat_prompt([{"role": "user", "content": r["question"]}])
-        scores = engine.score(prompt, r["choices"])
-        right.append(max(range(len(scores)), key=scores.__getitem__) == r["gold"])
-    return {"accuracy": sum(right) / len(rows), "chance": sum(1 / len(r["choices"]) for r in rows) / len(rows),
-            "n": len(rows)}
+def chance(doc: dict, sample: dict) -> float:
+    """What guessing scores: 1 / the number of choices (a multiple-choice
+    sample's, else the document's `labels`)."""
+    return 1 / len(sample.get("choices") or doc["labels"])
 
 
-def in_context(engine, world: Path, limit: int | None = None) -> dict:
-    rows = _rows(world, "icl", limit)
-    answers = _generate(engine, [engine.encode(r["prompt"]) for r in rows], max_new_tokens=6, stop=["\n"])
-    right = [normalize(_text(a)).split(" ")[0:1] == [normalize(r["answer"])] for r, a in zip(rows, answers)]
-    return {"accuracy": sum(right) / len(rows), "chance": sum(1 / len(r["labels"]) for r in rows) / len(rows),
-            "n": len(rows), "skipped_too_long": answers.count(None)}
-
-
-def evaluate_world(engine, world: str | Path, *, limit: int | None = None,
-                   tasks=("fact_qa", "unknown_qa", "arithmetic", "multiple_choice", "in_context")) -> dict:
-    world = Path(world)
-    runners = {"fact_qa": fact_qa, "unknown_qa": unknown_qa, "arithmetic": arithmetic,
-               "multiple_choice": multiple_choice, "in_context": in_context}
-    return {t: runners[t](engine, world, limit) for t in tasks}
-
-
-def format_results(results: dict) -> str:
-    lines = ["| task | metric | value |", "|---|---|---:|"]
-    for task, r in results.items():
-        for k, v in r.items():
-            if isinstance(v, float):
-                lines.append(f"| {task} | {k} | {v:.1%} |")
-    return "\n".join(lines)
+# ------------------------------------------------------------------ tools
+def run_calculator(arguments: str) -> str:
+    """The calculator tool on a call's JSON arguments: the result, or the error
+    the model is shown instead (it never raises on the model's input)."""
+    try:
+        return str(calculate(json.loads(arguments).get("expression", "")))
+    except (ValueError, AttributeError, json.JSONDecodeError) as e:
+        return f"error: {e}"
