@@ -153,12 +153,19 @@ def stage_sft(p: SpeedrunPreset, world_dir: Path, base: Path, out: Path, seed: i
     return _last_metrics(out) | {"steps": steps}
 
 
-def stage_eval(model_dir: Path, world_dir: Path, limit: int | None) -> dict:
+def stage_eval(model_dir: Path, world_dir: Path, limit: int | None, base_dir: Path | None = None) -> dict:
     from acorn.eval.world import evaluate_world
     from acorn.infer.engine import Engine
 
     engine = Engine.from_pretrained(model_dir)
     results = evaluate_world(engine, world_dir, limit=limit)
+    if base_dir is not None:
+        # In-context learning is a base-model ability, asked on raw "Input:/Label:" text
+        # (the chat model gets the same raw prompt above, outside its chat format).
+        base = evaluate_world(Engine.from_pretrained(base_dir), world_dir, limit=limit, tasks=("in_context",))
+        results["in_context_base"] = base["in_context"]
+        print(f"   in-context learning, base model: {base['in_context']['accuracy']:.1%} "
+              f"(chance {base['in_context']['chance']:.1%})")
     qa, unk, ar = results["fact_qa"], results["unknown_qa"], results["arithmetic"]
     print(f"   fact QA exact match: {qa['all']:.1%} (asked in SFT {qa.get('in_sft', 0):.1%}, "
           f"only in pretraining {qa.get('not_in_sft', 0):.1%}); \"I don't know\" for unknown people: "
@@ -286,7 +293,7 @@ def speedrun(out: str | Path = "runs/speedrun", *, preset: str = "cpu", seed: in
     _stage("sft: fine-tune on the world's conversations", f"{p.sft_minutes:g} min", results, stage_sft, p, world,
            out / "pretrain" / "model", out / "sft", seed)
     _stage("eval: facts, unknowns, arithmetic, multiple choice, in-context", "a minute or two", results, stage_eval,
-           out / "sft" / "model", world, p.eval_limit)
+           out / "sft" / "model", world, p.eval_limit, out / "pretrain" / "model")
     _stage("samples: a few answers from the chat model", "seconds", results, stage_samples, out / "sft" / "model")
     total = time.perf_counter() - t0
     report = out / "report.md"
@@ -316,7 +323,10 @@ def _report(results: list[StageResult], total: float, preset: str, p: SpeedrunPr
                   f"- Fact questions answered exactly: **{qa['all']:.1%}** (questions SFT asked: {qa.get('in_sft', 0):.1%}; "
                   f"facts only in pretraining documents: {qa.get('not_in_sft', 0):.1%})",
                   f"- \"I don't know\" for people never seen: **{unk['idk_rate']:.1%}** "
-                  f"(made-up answers: {unk['hallucination_rate']:.1%})", "",
+                  f"(made-up answers: {unk['hallucination_rate']:.1%})",
+                  *([f"- In-context learning, base model on raw few-shot prompts: "
+                     f"**{ev['in_context_base']['accuracy']:.1%}** (chance {ev['in_context_base']['chance']:.1%})"]
+                    if "in_context_base" in ev else []), "",
                   format_results(ev), ""]
     for name, title in (("pretrain", "Pretraining"), ("sft", "Supervised fine-tuning")):
         if name in by:

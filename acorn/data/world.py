@@ -113,15 +113,16 @@ class WorldSize:
     n_preference_arithmetic: int
     arithmetic_eval_per_cell: int  # per (digits, op)
     n_icl: int
+    n_icl_docs: int  # pretraining documents of in-context patterns (invented label mappings shown by examples)
 
 
 # default is sized for the CPU speedrun: ~1.5M tokens at a 4k vocabulary, so a
 # 5-20M parameter model sees each fact dozens of times in ~15 minutes.
 SIZES: dict[str, WorldSize] = {
-    "tiny": WorldSize(12, 9, 6, 3, 5, 3, 1, 20, 10, 2, 20, 10, 6, 1, 12),
-    "small": WorldSize(40, 30, 12, 4, 10, 12, 2, 300, 150, 3, 300, 150, 50, 5, 100),
-    "default": WorldSize(200, 150, 24, 6, 24, 60, 5, 6000, 4000, 3, 2000, 1000, 300, 20, 300),
-    "large": WorldSize(2000, 1500, 80, 12, 120, 60, 5, 60000, 40000, 3, 20000, 10000, 3000, 50, 1000),
+    "tiny": WorldSize(12, 9, 6, 3, 5, 3, 1, 20, 10, 2, 20, 10, 6, 1, 12, 10),
+    "small": WorldSize(40, 30, 12, 4, 10, 12, 2, 300, 150, 3, 300, 150, 50, 5, 100, 100),
+    "default": WorldSize(200, 150, 24, 6, 24, 60, 5, 6000, 4000, 3, 2000, 1000, 300, 20, 300, 1500),
+    "large": WorldSize(2000, 1500, 80, 12, 120, 60, 5, 60000, 40000, 3, 20000, 10000, 3000, 50, 1000, 15000),
 }
 
 
@@ -341,6 +342,9 @@ def pretrain_docs(world: World, cfg: WorldSize, seen: set) -> list[dict]:
         docs.append({"text": text, "kind": "reasoning"})
     for _ in range(cfg.n_arithmetic_docs):
         docs.append({"text": arithmetic_doc(rng, seen), "kind": "arithmetic"})
+    # In-context patterns from their own random stream, so the documents above stay as they were.
+    icl_rng, pools = _rng(world.seed, "icl_docs"), icl_pools(world)
+    docs += [{"text": icl_doc(icl_rng, pools), "kind": "icl"} for _ in range(cfg.n_icl_docs)]
     rng.shuffle(docs)  # a loader reading in order sees every kind throughout
     return docs
 
@@ -503,6 +507,62 @@ def unknown_qa(world: World, kb: list[dict]) -> list[dict]:
             for p in world.split("unknown_eval") for a in CORE_ATTRIBUTES]
 
 
+def icl_pools(world: World) -> dict[str, list[str]]:
+    """The categories in-context items draw inputs from: names the world's documents use."""
+    return {"city": [c["name"] for c in world.cities], "company": [c["name"] for c in world.companies],
+            "profession": list(T.PROFESSIONS), "country": list(world.countries),
+            "person": [p.name for p in world.known()]}
+
+
+def icl_episode(rng: random.Random, pools: dict[str, list[str]], ks=(4, 6, 8)) -> dict:
+    """One few-shot item with invented labels (see icl_items): k demonstrations
+    ("Input: x\nLabel: y" lines), a query, and its answer."""
+    task = rng.choice(["category", "induction"])
+    cats = rng.sample(sorted(pools), rng.choice([2, 3]))
+    labels = []
+    while len(labels) < len(cats):
+        word = T.label_word(rng)
+        if word not in labels:
+            labels.append(word)
+    mapping = dict(zip(cats, labels))
+    k = rng.choice(list(ks))
+    # One demonstration per category first, the rest at random. For the
+    # "category" task the query is set aside first so it is always new.
+    qcat = rng.choice(cats)
+    query = rng.choice(pools[qcat])
+    demo_cats = cats + [rng.choice(cats) for _ in range(k - len(cats))]
+    rng.shuffle(demo_cats)
+    # Distinct inputs while a category has them, repeats only once it runs out.
+    bags: dict[str, list[str]] = {c: [] for c in cats}
+    demos = []
+    for c in demo_cats:
+        if not bags[c]:
+            bags[c] = rng.sample([x for x in pools[c] if x != query], len(pools[c]) - (query in pools[c]))
+        demos.append((bags[c].pop(), c))
+    if task == "induction":
+        # Labels per input, at random: nothing but copying from the prompt works.
+        mapping = {x: rng.choice(labels) for x, _ in demos}
+        demos = [(x, x) for x, _ in demos]
+        query = qkey = rng.choice(demos)[0]
+    else:
+        qkey = qcat
+    prompt = "".join(f"Input: {x}\nLabel: {mapping[key]}\n" for x, key in demos) + f"Input: {query}\nLabel:"
+    return {"prompt": prompt, "answer": mapping[qkey], "labels": labels, "mapping": mapping, "task": task, "k": k,
+            "query": query}
+
+
+def icl_doc(rng: random.Random, pools: dict[str, list[str]]) -> str:
+    """A pretraining document with an in-context pattern: an episode of
+    icl_episode with its answer, longer than the eval's (8-12 examples), so
+    every line after a label's first use is predictable only from the
+    examples above it. Its labels are invented here, never the eval's
+    mapping: what the model learns is to follow a mapping shown in context
+    (the induction and in-context-learning behaviour of Olsson et al. 2022),
+    not any mapping itself. The eval items' format, so that is what it learns."""
+    ep = icl_episode(rng, pools, ks=(8, 10, 12))
+    return f"{ep['prompt']} {ep['answer']}"
+
+
 def icl_items(world: World, cfg: WorldSize) -> list[dict]:
     """Few-shot items whose label words are invented per item.
 
@@ -515,44 +575,8 @@ def icl_items(world: World, cfg: WorldSize) -> list[dict]:
     the query repeats a demonstration input, so it is pure copying.
     """
     rng = _rng(world.seed, "icl")
-    pools = {"city": [c["name"] for c in world.cities], "company": [c["name"] for c in world.companies],
-             "profession": list(T.PROFESSIONS), "country": list(world.countries),
-             "person": [p.name for p in world.known()]}
-    rows = []
-    for _ in range(cfg.n_icl):
-        task = rng.choice(["category", "induction"])
-        cats = rng.sample(sorted(pools), rng.choice([2, 3]))
-        labels = []
-        while len(labels) < len(cats):
-            word = T.label_word(rng)
-            if word not in labels:
-                labels.append(word)
-        mapping = dict(zip(cats, labels))
-        k = rng.choice([4, 6, 8])
-        # One demonstration per category first, the rest at random. For the
-        # "category" task the query is set aside first so it is always new.
-        qcat = rng.choice(cats)
-        query = rng.choice(pools[qcat])
-        demo_cats = cats + [rng.choice(cats) for _ in range(k - len(cats))]
-        rng.shuffle(demo_cats)
-        # Distinct inputs while a category has them, repeats only once it runs out.
-        bags: dict[str, list[str]] = {c: [] for c in cats}
-        demos = []
-        for c in demo_cats:
-            if not bags[c]:
-                bags[c] = rng.sample([x for x in pools[c] if x != query], len(pools[c]) - (query in pools[c]))
-            demos.append((bags[c].pop(), c))
-        if task == "induction":
-            # Labels per input, at random: nothing but copying from the prompt works.
-            mapping = {x: rng.choice(labels) for x, _ in demos}
-            demos = [(x, x) for x, _ in demos]
-            query = qkey = rng.choice(demos)[0]
-        else:
-            qkey = qcat
-        prompt = "".join(f"Input: {x}\nLabel: {mapping[key]}\n" for x, key in demos) + f"Input: {query}\nLabel:"
-        rows.append({"prompt": prompt, "answer": mapping[qkey], "labels": labels, "mapping": mapping,
-                     "task": task, "k": k, "query": query})
-    return rows
+    pools = icl_pools(world)
+    return [icl_episode(rng, pools) for _ in range(cfg.n_icl)]
 
 
 def preference_pairs(world: World, rng: random.Random, known: list[Person], unknown: list[Person],
@@ -615,7 +639,7 @@ def _obj(required: dict, optional: dict | None = None) -> dict:
 _PREFERENCE = _obj({"prompt": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES,
                     "kind": {"enum": ["fact", "unknown", "arithmetic"]}}, {"person": _STR, "attribute": _ATTR})
 SCHEMAS: dict[str, dict] = {
-    "pretrain.jsonl": _obj({"text": _STR, "kind": {"enum": ["biography", "story", "arithmetic", "reasoning"]}}),
+    "pretrain.jsonl": _obj({"text": _STR, "kind": {"enum": ["biography", "story", "arithmetic", "reasoning", "icl"]}}),
     "sft.jsonl": _obj({"messages": _MESSAGES, "kind": {"enum": ["fact", "refusal", "arithmetic", "tool"]}},
                       {"person": _STR, "attribute": _ATTR, "tools": {"type": "array"}}),
     "knowledge_base.jsonl": _obj({"id": _STR, "title": _STR, "text": _STR, "person": _STR}),
