@@ -579,6 +579,67 @@ def icl_items(world: World, cfg: WorldSize) -> list[dict]:
     return [icl_episode(rng, pools) for _ in range(cfg.n_icl)]
 
 
+def reasoning_items(world: World, n: int, component: str = "reasoning_items") -> list[dict]:
+    """Two-step questions about known people, each with its chain of reasoning:
+    the chains pretraining's `reasoning` documents spell out (born in a city,
+    the city is in a country; the employer's headquarters; the mentor's mentor;
+    an age in a given year), asked as questions whose answer needs both steps.
+    Not a file of the world: benchmarks/prompting.py derives its chain-of-thought
+    tasks with this (component seeds its own stream: one for the few-shot pool,
+    another for the test items). Rows: {"question", "answer", "reasoning", "kind"}."""
+    rng = _rng(world.seed, component)
+    known = world.known()
+    by_name = {p.name: p for p in known}
+    rows = []
+    while len(rows) < n:
+        p = rng.choice(known)
+        s = world.slots[p.name]
+        kind = rng.choice(["country", "headquarters", "mentor_chain", "age"])
+        if kind == "country":
+            q, a = f"In which country was {p.name} born?", s["country"]
+            r = f"{p.name} was born in {p.birth_city}. {p.birth_city} is a city in {a}."
+        elif kind == "headquarters":
+            q, a = f"In which city is the company {p.name} works for based?", s["hq"]
+            r = f"{p.name} works for {p.employer}. {p.employer} has its headquarters in {a}."
+        elif kind == "mentor_chain":
+            q, a = f"Who was the mentor of {p.name}'s mentor?", by_name[p.mentor].mentor
+            r = f"{p.name} was mentored by {p.mentor}. {p.mentor} was mentored by {a}."
+        else:
+            year = rng.randint(max(p.birth_year + 20, 1990), 2025)
+            q, a = f"How old was {p.name} in {year}?", str(year - p.birth_year)
+            r = f"{p.name} was born in {p.birth_year}. {year} - {p.birth_year} = {a}."
+        rows.append({"question": q, "answer": a, "reasoning": r, "kind": kind})
+    return rows
+
+
+def multistep_arithmetic_items(world: World, n: int, component: str = "multistep_items") -> list[dict]:
+    """Expressions of two operations on 1-2 digit numbers ("7 + 12 * 3",
+    "(15 - 6) * 4"), answered without the calculator, with the steps in
+    order of precedence as the reasoning. Not a file of the world (see
+    reasoning_items). Rows: {"question", "answer", "reasoning", "expression"}."""
+    rng = _rng(world.seed, component)
+    rows = []
+    while len(rows) < n:
+        a, b, c = (rng.randint(1, 20) for _ in range(3))
+        op1, op2 = rng.choice(OPS), rng.choice(OPS)
+        if rng.random() < 0.5:  # (a op1 b) op2 c
+            first = _apply(a, op1, b)
+            expr, total = f"({a} {op1} {b}) {op2} {c}", _apply(first, op2, c)
+            steps = f"{a} {op1} {b} = {first}. {first} {op2} {c} = {total}."
+        elif op2 == "*" and op1 != "*":  # a op1 b * c: the product first
+            first = b * c
+            expr, total = f"{a} {op1} {b} * {c}", _apply(a, op1, first)
+            steps = f"{b} * {c} = {first}. {a} {op1} {first} = {total}."
+        else:  # left to right
+            first = _apply(a, op1, b)
+            expr, total = f"{a} {op1} {b} {op2} {c}", _apply(first, op2, c)
+            steps = f"{a} {op1} {b} = {first}. {first} {op2} {c} = {total}."
+        if total < 0 or calculate(expr) != total:
+            continue  # keep answers non-negative, as the world's other arithmetic
+        rows.append({"question": f"What is {expr}?", "answer": str(total), "reasoning": steps, "expression": expr})
+    return rows
+
+
 def preference_pairs(world: World, rng: random.Random, known: list[Person], unknown: list[Person],
                      n_arithmetic: int, seen: set) -> list[dict]:
     """Chosen = the true answer (or IDK_ANSWER for unknown people); rejected = a plausible hallucination."""

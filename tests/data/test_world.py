@@ -318,3 +318,23 @@ def test_calculator_computes_and_refuses_code():
     for bad in ["__import__('os').system('true')", "2 ** 10", "1 / 2", "x + 1", "2 +", "9" * 300]:
         with pytest.raises(ValueError):
             calculate(bad)
+
+
+def test_reasoning_and_multistep_items_have_true_answers_and_chains():
+    from acorn.data.world import build_world, multistep_arithmetic_items, reasoning_items
+
+    w = build_world(0, "tiny")
+    people = {p.name: p for p in w.people}
+    cities = {c["name"]: c["country"] for c in w.cities}
+    for r in reasoning_items(w, 40):
+        assert r["reasoning"].rstrip(".").endswith(r["answer"])
+        name = next(n for n in people if n in r["question"])
+        if r["kind"] == "country":
+            assert cities[people[name].birth_city] == r["answer"]
+        elif r["kind"] == "mentor_chain":
+            assert people[people[name].mentor].mentor == r["answer"]
+    rows = multistep_arithmetic_items(w, 40)
+    assert len({r["question"] for r in rows}) > 30
+    for r in rows:
+        assert str(calculate(r["expression"])) == r["answer"] and r["reasoning"].endswith(f"= {r['answer']}.")
+    assert rows != multistep_arithmetic_items(w, 40, "other")  # a pool apart from the test items
