@@ -235,7 +235,9 @@ def cmd_prompt(args) -> None:
     common = dict(system=args.system, raw=args.raw, numeric=args.numeric)
     if args.strategy == "tot":
         answer = prompting.tree_of_thoughts(engine, question, examples=shots, branches=args.branches, beam=args.beam,
-                                            depth=args.depth, value=args.value, seed=args.seed or 0, **common)
+                                            depth=args.depth, value=args.value, seed=args.seed or 0,
+                                            temperature=args.temperature or 0.8,
+                                            max_step_tokens=args.max_new_tokens or 48, **common)
     elif args.strategy == "self-consistency":
         fields = {f: getattr(params, f) for f in ("max_new_tokens", "top_k", "top_p", "stop")
                   if getattr(args, f, None) is not None}
@@ -631,7 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=int, help="self-consistency: samples to vote over (default: 5)")
     s.add_argument("--branches", type=int, default=3, help="tot: candidate next steps per partial solution (default: 3)")
     s.add_argument("--beam", type=int, default=2, help="tot: partial solutions kept per level (default: 2)")
-    s.add_argument("--depth", type=int, default=4, help="tot: most steps in a solution (default: 4)")
+    s.add_argument("--depth", type=int, default=4, help="tot: most steps in a solution (default: 4); each step is one sampled line of at most "
+                   "--max-new-tokens tokens (default: 48) at --temperature (default: 0.8)")
     s.add_argument("--value", default="likelihood", choices=["likelihood", "judge"],
                    help="tot: score a partial solution by its mean log-probability, or by the model's yes/no "
                    "judgement of it (default: likelihood)")
