@@ -422,6 +422,60 @@ def cmd_generate(args) -> None:
                 print(f"  {tok.decode([entry['token_id']])!r:>16} {entry['logprob']:8.3f}   {alts}")
 
 
+def cmd_prompt(args) -> None:
+    import json as _json
+
+    from acorn import prompting
+    from acorn.fileio import read_jsonl
+
+    question = args.question if args.question is not None else args.question_text
+    if question is None:
+        raise AcornError("give the question: acorn prompt CHECKPOINT \"What is 12 + 7 * 3?\" --strategy cot")
+    if args.strategy == "few-shot" and not args.examples:
+        raise AcornError("--strategy few-shot needs --examples FILE.jsonl (rows with input and output)")
+    pool = []
+    if args.examples:
+        path = Path(args.examples)
+        if not path.is_file():
+            raise AcornError(f"{path}: no such examples file; give a JSONL file of {{\"input\", \"output\"}} rows")
+        pool = [prompting.Example.from_row(r) for r in read_jsonl(path)]
+    params = _sampling(args)  # bad settings fail before the model loads
+    engine = _engine(args)
+    k = args.k if args.k is not None else min(4, len(pool))
+    embedder = prompting.examples.engine_embedder(engine) if args.select == "similar" else None
+    shots = prompting.choose_examples(pool, question, k, by=args.select, seed=args.seed or 0,
+                                      embedder=embedder) if pool else []
+    common = dict(system=args.system, raw=args.raw, numeric=args.numeric)
+    if args.strategy == "tot":
+        answer = prompting.tree_of_thoughts(engine, question, examples=shots, branches=args.branches, beam=args.beam,
+                                            depth=args.depth, value=args.value, seed=args.seed or 0,
+                                            temperature=args.temperature or 0.8,
+                                            max_step_tokens=args.max_new_tokens or 48, **common)
+    elif args.strategy == "self-consistency":
+        fields = {f: getattr(params, f) for f in ("max_new_tokens", "top_k", "top_p", "stop")
+                  if getattr(args, f, None) is not None}
+        answer = prompting.self_consistency(engine, question, n=args.n or 5, examples=shots, cot=not args.no_cot,
+                                            temperature=args.temperature or 0.7,
+                                            seed=args.seed if args.seed is not None else 0, **common, **fields)
+    else:
+        fn = prompting.STRATEGIES[args.strategy]
+        overrides = {f: getattr(params, f) for f in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop")
+                     if getattr(args, f, None) is not None}
+        answer = fn(engine, question, **({"examples": shots} if args.strategy != "zero-shot" else {}), **common,
+                    **overrides)
+    if answer.skipped:
+        raise AcornError(f"the prompt ({answer.prompt_tokens} tokens) does not fit the model's context of "
+                         f"{engine.model.config.max_seq_len}; use fewer examples (--k) or a shorter question")
+    if args.json:
+        print(_json.dumps({"answer": answer.answer, "text": answer.text, "votes": answer.votes,
+                           "samples": answer.samples, "examples": [e.input for e in shots]}))
+        return
+    print(answer.text)
+    if args.strategy == "self-consistency":
+        print("votes: " + ", ".join(f"{a!r} {n}" for a, n in sorted(answer.votes.items(), key=lambda x: -x[1])))
+    print(f"answer: {answer.answer}")
+
+
 def cmd_chat(args) -> None:
     from acorn.infer import GenerationError
 
@@ -801,6 +855,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--logprobs", type=non_negative_int, metavar="K",
                    help="print each token's log-probability and the K most likely alternatives")
     s.set_defaults(func=cmd_generate)
+    s = _parser(stages, "prompt", "answer a question with a prompting strategy (few-shot, chain of thought, "
+                "self-consistency, tree of thoughts)",
+                "acorn prompt runs/speedrun/sft/model \"What is 12 + 7 * 3?\" --strategy self-consistency -n 8",
+                description="Answer a question with a prompting strategy, every token from the one engine.\n\n"
+                "  zero-shot         the question alone (with --system: a system prompt)\n"
+                "  few-shot          --k solved examples from --examples first, chosen --select random or similar\n"
+                "  cot               chain of thought: worked examples, or \"Let's think step by step.\"\n"
+                "  self-consistency  -n sampled chains of thought, the majority answer\n"
+                "  tot               tree of thoughts: --branches steps per partial solution, the --beam best kept,\n"
+                "                    --depth steps at most, each scored by the model (--value)\n"
+                "Prints the completion and the extracted answer (with self-consistency, the votes).")
+    s.add_argument("checkpoint", help="a Hugging Face checkpoint directory with its tokenizer files")
+    s.add_argument("question_text", nargs="?", metavar="QUESTION", help="the question (or --question)")
+    s.add_argument("--question", help="the question")
+    s.add_argument("--strategy", default="zero-shot", choices=["zero-shot", "few-shot", "cot", "self-consistency", "tot"],
+                   help="the prompting strategy (default: zero-shot)")
+    s.add_argument("--system", help="a system message (role system, through the chat template)")
+    s.add_argument("--examples", metavar="FILE", help="JSONL few-shot pool: {\"input\", \"output\", \"reasoning\"?} rows "
+                   "(also question/answer); used by every strategy but zero-shot")
+    s.add_argument("--k", type=int, help="examples in the prompt (default: 4, or the pool's size)")
+    s.add_argument("--select", default="random", choices=["random", "similar"],
+                   help="choose examples at random (seeded by --seed) or by embedding similarity to the question")
+    s.add_argument("--raw", action="store_true",
+                   help="plain-text Q:/A: prompt for a base model, not the chat template")
+    s.add_argument("--numeric", action="store_true", help="the answer is the last number of the completion")
+    s.add_argument("--no-cot", action="store_true", help="self-consistency over direct answers, not chains of thought")
+    s.add_argument("-n", type=int, help="self-consistency: samples to vote over (default: 5)")
+    s.add_argument("--branches", type=int, default=3, help="tot: candidate next steps per partial solution (default: 3)")
+    s.add_argument("--beam", type=int, default=2, help="tot: partial solutions kept per level (default: 2)")
+    s.add_argument("--depth", type=int, default=4, help="tot: most steps in a solution (default: 4); each step is one sampled line of at most "
+                   "--max-new-tokens tokens (default: 48) at --temperature (default: 0.8)")
+    s.add_argument("--value", default="likelihood", choices=["likelihood", "judge"],
+                   help="tot: score a partial solution by its mean log-probability, or by the model's yes/no "
+                   "judgement of it (default: likelihood)")
+    s.add_argument("--json", action="store_true", help="print one JSON object: answer, text, votes, samples, examples")
+    _add_inference_flags(s)
+    s.set_defaults(func=cmd_prompt)
     s = _parser(stages, "chat", "talk with a model in the terminal (/reset forgets, /exit or Ctrl-D quits)",
                 "acorn chat runs/sft --system \"You are a helpful assistant.\" --temperature 0.7")
     s.add_argument("checkpoint", help="a Hugging Face checkpoint directory with its tokenizer files")

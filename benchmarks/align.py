@@ -55,16 +55,20 @@ METHODS = {
 
 # ===================================================================== pieces
 def _evaluate(model_dir: Path, world: Path, limit: int | None) -> dict:
-    """unknown_qa on never-seen people and fact_qa on the known ones, greedy, through the engine."""
-    from acorn.eval.world import evaluate_world
-    from acorn.infer.engine import Engine
+    """The world's tasks world_unknown_qa (never-seen people) and world_fact_qa (the known
+    ones) through the harness: greedy, the chat template, the one engine."""
+    from acorn.eval.harness import evaluate
 
-    engine = Engine.from_pretrained(model_dir, dtype="float32")
-    r = evaluate_world(engine, world, limit=limit, tasks=("fact_qa", "unknown_qa"))
-    u, f = r["unknown_qa"], r["fact_qa"]
-    return {"made_up": u["hallucination_rate"], "idk": u["idk_rate"], "facts": f["all"],
-            "facts_sft": f.get("in_sft", 0.0), "facts_pretrain": f.get("not_in_sft", 0.0), "n_unknown": u["n"],
-            "n_facts": f["n"], "examples": u["examples"][:3]}
+    out = evaluate(str(model_dir), ["world_unknown_qa", "world_fact_qa"], data_dir=world, limit=limit,
+                   progress=False)
+    r = out["results"]
+    u, f = r["world_unknown_qa"], r["world_fact_qa"]
+    made_up = [{"question": s["prompt"], "answer": s["output"]} for s in out["samples"]["world_unknown_qa"]
+               if s["scores"].get("hallucination_rate")]
+    return {"made_up": u["hallucination_rate"], "idk": u["idk_rate"], "facts": f["answer_match"],
+            "facts_sft": r.get("world_fact_qa:in_sft", {}).get("answer_match", 0.0),
+            "facts_pretrain": r.get("world_fact_qa:pretrain_only", {}).get("answer_match", 0.0),
+            "n_unknown": u["n"], "n_facts": f["n"], "examples": made_up[:3]}
 
 
 def _run(fn, cfg_cls, cli: list[str], out: Path) -> tuple[float, dict, str]:

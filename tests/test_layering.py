@@ -37,6 +37,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("data",),  # the world and shards: reads text through the tokenizer
     ("infer",),
     ("rag",),  # embeddings from the one forward; retrieval that may generate through the engine
+    # Strategies over the engine; similarity-chosen few-shot examples use rag's embeddings.
+    # Below eval, so evaluation tasks and benchmarks can score a strategy.
+    ("prompting",),
     ("train",),  # the one loop: model, data, tokenizer
     ("eval",),  # scores through the engine
     ("serve",),  # routes over the engine

@@ -113,15 +113,16 @@ class WorldSize:
     n_preference_arithmetic: int
     arithmetic_eval_per_cell: int  # per (digits, op)
     n_icl: int
+    n_icl_docs: int  # pretraining documents of in-context patterns (invented label mappings shown by examples)
 
 
 # default is sized for the CPU speedrun: ~1.5M tokens at a 4k vocabulary, so a
 # 5-20M parameter model sees each fact dozens of times in ~15 minutes.
 SIZES: dict[str, WorldSize] = {
-    "tiny": WorldSize(12, 9, 6, 3, 5, 3, 1, 20, 10, 2, 20, 10, 6, 1, 12),
-    "small": WorldSize(40, 30, 12, 4, 10, 12, 2, 300, 150, 3, 300, 150, 50, 5, 100),
-    "default": WorldSize(200, 150, 24, 6, 24, 60, 5, 6000, 4000, 3, 2000, 1000, 300, 20, 300),
-    "large": WorldSize(2000, 1500, 80, 12, 120, 60, 5, 60000, 40000, 3, 20000, 10000, 3000, 50, 1000),
+    "tiny": WorldSize(12, 9, 6, 3, 5, 3, 1, 20, 10, 2, 20, 10, 6, 1, 12, 10),
+    "small": WorldSize(40, 30, 12, 4, 10, 12, 2, 300, 150, 3, 300, 150, 50, 5, 100, 100),
+    "default": WorldSize(200, 150, 24, 6, 24, 60, 5, 6000, 4000, 3, 2000, 1000, 300, 20, 300, 1500),
+    "large": WorldSize(2000, 1500, 80, 12, 120, 60, 5, 60000, 40000, 3, 20000, 10000, 3000, 50, 1000, 15000),
 }
 
 
@@ -341,6 +342,9 @@ def pretrain_docs(world: World, cfg: WorldSize, seen: set) -> list[dict]:
         docs.append({"text": text, "kind": "reasoning"})
     for _ in range(cfg.n_arithmetic_docs):
         docs.append({"text": arithmetic_doc(rng, seen), "kind": "arithmetic"})
+    # In-context patterns from their own random stream, so the documents above stay as they were.
+    icl_rng, pools = _rng(world.seed, "icl_docs"), icl_pools(world)
+    docs += [{"text": icl_doc(icl_rng, pools), "kind": "icl"} for _ in range(cfg.n_icl_docs)]
     rng.shuffle(docs)  # a loader reading in order sees every kind throughout
     return docs
 
@@ -519,6 +523,62 @@ def unknown_qa(world: World, kb: list[dict]) -> list[dict]:
             for p in world.split("unknown_eval") for a in CORE_ATTRIBUTES]
 
 
+def icl_pools(world: World) -> dict[str, list[str]]:
+    """The categories in-context items draw inputs from: names the world's documents use."""
+    return {"city": [c["name"] for c in world.cities], "company": [c["name"] for c in world.companies],
+            "profession": list(T.PROFESSIONS), "country": list(world.countries),
+            "person": [p.name for p in world.known()]}
+
+
+def icl_episode(rng: random.Random, pools: dict[str, list[str]], ks=(4, 6, 8)) -> dict:
+    """One few-shot item with invented labels (see icl_items): k demonstrations
+    ("Input: x\nLabel: y" lines), a query, and its answer."""
+    task = rng.choice(["category", "induction"])
+    cats = rng.sample(sorted(pools), rng.choice([2, 3]))
+    labels = []
+    while len(labels) < len(cats):
+        word = T.label_word(rng)
+        if word not in labels:
+            labels.append(word)
+    mapping = dict(zip(cats, labels))
+    k = rng.choice(list(ks))
+    # One demonstration per category first, the rest at random. For the
+    # "category" task the query is set aside first so it is always new.
+    qcat = rng.choice(cats)
+    query = rng.choice(pools[qcat])
+    demo_cats = cats + [rng.choice(cats) for _ in range(k - len(cats))]
+    rng.shuffle(demo_cats)
+    # Distinct inputs while a category has them, repeats only once it runs out.
+    bags: dict[str, list[str]] = {c: [] for c in cats}
+    demos = []
+    for c in demo_cats:
+        if not bags[c]:
+            bags[c] = rng.sample([x for x in pools[c] if x != query], len(pools[c]) - (query in pools[c]))
+        demos.append((bags[c].pop(), c))
+    if task == "induction":
+        # Labels per input, at random: nothing but copying from the prompt works.
+        mapping = {x: rng.choice(labels) for x, _ in demos}
+        demos = [(x, x) for x, _ in demos]
+        query = qkey = rng.choice(demos)[0]
+    else:
+        qkey = qcat
+    prompt = "".join(f"Input: {x}\nLabel: {mapping[key]}\n" for x, key in demos) + f"Input: {query}\nLabel:"
+    return {"prompt": prompt, "answer": mapping[qkey], "labels": labels, "mapping": mapping, "task": task, "k": k,
+            "query": query}
+
+
+def icl_doc(rng: random.Random, pools: dict[str, list[str]]) -> str:
+    """A pretraining document with an in-context pattern: an episode of
+    icl_episode with its answer, longer than the eval's (8-12 examples), so
+    every line after a label's first use is predictable only from the
+    examples above it. Its labels are invented here, never the eval's
+    mapping: what the model learns is to follow a mapping shown in context
+    (the induction and in-context-learning behaviour of Olsson et al. 2022),
+    not any mapping itself. The eval items' format, so that is what it learns."""
+    ep = icl_episode(rng, pools, ks=(8, 10, 12))
+    return f"{ep['prompt']} {ep['answer']}"
+
+
 def icl_items(world: World, cfg: WorldSize) -> list[dict]:
     """Few-shot items whose label words are invented per item.
 
@@ -531,43 +591,68 @@ def icl_items(world: World, cfg: WorldSize) -> list[dict]:
     the query repeats a demonstration input, so it is pure copying.
     """
     rng = _rng(world.seed, "icl")
-    pools = {"city": [c["name"] for c in world.cities], "company": [c["name"] for c in world.companies],
-             "profession": list(T.PROFESSIONS), "country": list(world.countries),
-             "person": [p.name for p in world.known()]}
+    pools = icl_pools(world)
+    return [icl_episode(rng, pools) for _ in range(cfg.n_icl)]
+
+
+def reasoning_items(world: World, n: int, component: str = "reasoning_items") -> list[dict]:
+    """Two-step questions about known people, each with its chain of reasoning:
+    the chains pretraining's `reasoning` documents spell out (born in a city,
+    the city is in a country; the employer's headquarters; the mentor's mentor;
+    an age in a given year), asked as questions whose answer needs both steps.
+    Not a file of the world: benchmarks/prompting.py derives its chain-of-thought
+    tasks with this (component seeds its own stream: one for the few-shot pool,
+    another for the test items). Rows: {"question", "answer", "reasoning", "kind"}."""
+    rng = _rng(world.seed, component)
+    known = world.known()
+    by_name = {p.name: p for p in known}
     rows = []
-    for _ in range(cfg.n_icl):
-        task = rng.choice(["category", "induction"])
-        cats = rng.sample(sorted(pools), rng.choice([2, 3]))
-        labels = []
-        while len(labels) < len(cats):
-            word = T.label_word(rng)
-            if word not in labels:
-                labels.append(word)
-        mapping = dict(zip(cats, labels))
-        k = rng.choice([4, 6, 8])
-        # One demonstration per category first, the rest at random. For the
-        # "category" task the query is set aside first so it is always new.
-        qcat = rng.choice(cats)
-        query = rng.choice(pools[qcat])
-        demo_cats = cats + [rng.choice(cats) for _ in range(k - len(cats))]
-        rng.shuffle(demo_cats)
-        # Distinct inputs while a category has them, repeats only once it runs out.
-        bags: dict[str, list[str]] = {c: [] for c in cats}
-        demos = []
-        for c in demo_cats:
-            if not bags[c]:
-                bags[c] = rng.sample([x for x in pools[c] if x != query], len(pools[c]) - (query in pools[c]))
-            demos.append((bags[c].pop(), c))
-        if task == "induction":
-            # Labels per input, at random: nothing but copying from the prompt works.
-            mapping = {x: rng.choice(labels) for x, _ in demos}
-            demos = [(x, x) for x, _ in demos]
-            query = qkey = rng.choice(demos)[0]
+    while len(rows) < n:
+        p = rng.choice(known)
+        s = world.slots[p.name]
+        kind = rng.choice(["country", "headquarters", "mentor_chain", "age"])
+        if kind == "country":
+            q, a = f"In which country was {p.name} born?", s["country"]
+            r = f"{p.name} was born in {p.birth_city}. {p.birth_city} is a city in {a}."
+        elif kind == "headquarters":
+            q, a = f"In which city is the company {p.name} works for based?", s["hq"]
+            r = f"{p.name} works for {p.employer}. {p.employer} has its headquarters in {a}."
+        elif kind == "mentor_chain":
+            q, a = f"Who was the mentor of {p.name}'s mentor?", by_name[p.mentor].mentor
+            r = f"{p.name} was mentored by {p.mentor}. {p.mentor} was mentored by {a}."
         else:
-            qkey = qcat
-        prompt = "".join(f"Input: {x}\nLabel: {mapping[key]}\n" for x, key in demos) + f"Input: {query}\nLabel:"
-        rows.append({"prompt": prompt, "answer": mapping[qkey], "labels": labels, "mapping": mapping,
-                     "task": task, "k": k, "query": query})
+            year = rng.randint(max(p.birth_year + 20, 1990), 2025)
+            q, a = f"How old was {p.name} in {year}?", str(year - p.birth_year)
+            r = f"{p.name} was born in {p.birth_year}. {year} - {p.birth_year} = {a}."
+        rows.append({"question": q, "answer": a, "reasoning": r, "kind": kind})
+    return rows
+
+
+def multistep_arithmetic_items(world: World, n: int, component: str = "multistep_items") -> list[dict]:
+    """Expressions of two operations on 1-2 digit numbers ("7 + 12 * 3",
+    "(15 - 6) * 4"), answered without the calculator, with the steps in
+    order of precedence as the reasoning. Not a file of the world (see
+    reasoning_items). Rows: {"question", "answer", "reasoning", "expression"}."""
+    rng = _rng(world.seed, component)
+    rows = []
+    while len(rows) < n:
+        a, b, c = (rng.randint(1, 20) for _ in range(3))
+        op1, op2 = rng.choice(OPS), rng.choice(OPS)
+        if rng.random() < 0.5:  # (a op1 b) op2 c
+            first = _apply(a, op1, b)
+            expr, total = f"({a} {op1} {b}) {op2} {c}", _apply(first, op2, c)
+            steps = f"{a} {op1} {b} = {first}. {first} {op2} {c} = {total}."
+        elif op2 == "*" and op1 != "*":  # a op1 b * c: the product first
+            first = b * c
+            expr, total = f"{a} {op1} {b} * {c}", _apply(a, op1, first)
+            steps = f"{b} * {c} = {first}. {a} {op1} {first} = {total}."
+        else:  # left to right
+            first = _apply(a, op1, b)
+            expr, total = f"{a} {op1} {b} {op2} {c}", _apply(first, op2, c)
+            steps = f"{a} {op1} {b} = {first}. {first} {op2} {c} = {total}."
+        if total < 0 or calculate(expr) != total:
+            continue  # keep answers non-negative, as the world's other arithmetic
+        rows.append({"question": f"What is {expr}?", "answer": str(total), "reasoning": steps, "expression": expr})
     return rows
 
 
@@ -631,7 +716,7 @@ def _obj(required: dict, optional: dict | None = None) -> dict:
 _PREFERENCE = _obj({"prompt": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES,
                     "kind": {"enum": ["fact", "unknown", "arithmetic"]}}, {"person": _STR, "attribute": _ATTR})
 SCHEMAS: dict[str, dict] = {
-    "pretrain.jsonl": _obj({"text": _STR, "kind": {"enum": ["biography", "story", "arithmetic", "reasoning"]}}),
+    "pretrain.jsonl": _obj({"text": _STR, "kind": {"enum": ["biography", "story", "arithmetic", "reasoning", "icl"]}}),
     "sft.jsonl": _obj({"messages": _MESSAGES, "kind": {"enum": ["fact", "refusal", "arithmetic", "tool"]}},
                       {"person": _STR, "attribute": _ATTR, "tools": {"type": "array"}}),
     "knowledge_base.jsonl": _obj({"id": _STR, "title": _STR, "text": _STR, "person": _STR}),

@@ -262,6 +262,25 @@ def test_icl_label_mappings_are_invented_per_item(world):
     assert any(len(labels) > 1 for labels in labels_of_category.values())
 
 
+def test_icl_documents_teach_mappings_shown_only_by_their_examples(world):
+    _, _, data, _ = world
+    docs = [d["text"] for d in data["pretrain.jsonl"] if d["kind"] == "icl"]
+    eval_mappings = {json.dumps(r["mapping"], sort_keys=True) for r in data["eval/icl.jsonl"]}
+    assert len(docs) == 10
+    labels_seen = set()
+    for text in docs:
+        lines = re.findall(r"Input: (.*)\nLabel: (\S+)", text)
+        assert 8 <= len(lines) <= 13 and text.endswith(lines[-1][1])  # demonstrations + the answered query
+        label_of: dict[str, str] = {}
+        for x, label in lines:  # one input, one label: a mapping the document keeps to
+            assert label_of.setdefault(x, label) == label
+        labels = {label for _, label in lines}
+        assert 2 <= len(labels) <= 3
+        labels_seen.add(frozenset(labels))
+        assert not any(all(lab in m for lab in labels) for m in eval_mappings)  # never an eval item's label set
+    assert len(labels_seen) == len(docs)  # invented per document
+
+
 def test_cli_writes_the_world(tmp_path, capsys):
     out = tmp_path / "w"
     assert main(["data", "world", "--out", str(out), "--size", "tiny", "--seed", "3"]) == 0
@@ -303,3 +322,23 @@ def test_calculator_computes_and_refuses_code():
     for bad in ["__import__('os').system('true')", "2 ** 10", "1 / 2", "x + 1", "2 +", "9" * 300]:
         with pytest.raises(ValueError):
             calculate(bad)
+
+
+def test_reasoning_and_multistep_items_have_true_answers_and_chains():
+    from acorn.data.world import build_world, multistep_arithmetic_items, reasoning_items
+
+    w = build_world(0, "tiny")
+    people = {p.name: p for p in w.people}
+    cities = {c["name"]: c["country"] for c in w.cities}
+    for r in reasoning_items(w, 40):
+        assert r["reasoning"].rstrip(".").endswith(r["answer"])
+        name = next(n for n in people if n in r["question"])
+        if r["kind"] == "country":
+            assert cities[people[name].birth_city] == r["answer"]
+        elif r["kind"] == "mentor_chain":
+            assert people[people[name].mentor].mentor == r["answer"]
+    rows = multistep_arithmetic_items(w, 40)
+    assert len({r["question"] for r in rows}) > 30
+    for r in rows:
+        assert str(calculate(r["expression"])) == r["answer"] and r["reasoning"].endswith(f"= {r['answer']}.")
+    assert rows != multistep_arithmetic_items(w, 40, "other")  # a pool apart from the test items
