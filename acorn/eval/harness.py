@@ -387,22 +387,6 @@ def _completions(engine, task: Task, prompts: list, max_gen: int, until: list[st
 def _generate(engine, task, docs, contexts, req: Requests, bar, doc_ids: list[int]) -> list[dict]:
     prompts, truncated, skipped, max_gen, until = _prompts(engine, task, contexts, req)
     bar.total = len(prompts)
-    gen = task.generation_kwargs
-    until = list(gen.get("until", []))
-    max_gen = int(gen.get("max_gen_toks", 256))
-    room = req.max_len - max_gen
-    if room < 1:
-        raise AcornError(f"task {task.task}: max_gen_toks {max_gen} leaves no room for a prompt in the model's "
-                         f"context of {req.max_len}")
-    prompts, truncated, skipped = [], [], []
-    for text in contexts:
-        ids = _chat_prompt(engine, task, text) if task.chat else req.encode(text)
-        over = len(ids) > room
-        skip = over and task.truncation == "skip"
-        prompts.append(None if skip else ids[-room:])
-        truncated.append(over and not skip)
-        skipped.append(skip)
-    bar.total = len(prompts)
     texts = [outs[0] for outs in _completions(engine, task, prompts, max_gen, until, bar, doc_ids)]
     calls: list[list[dict]] = [[] for _ in docs]
     if task.tools:
