@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from common import command_line, log, machine_description, markdown_table, today, write_section  # noqa: E402
+from common import command_line, log, machine_description, markdown_table, today, write_figures  # noqa: E402
 
 # name: (--loss, its beta, learning rates swept, extra overrides). The SFT that made the start ran
 # at 1e-3; preference tuning moves a tuned model less, so the sweep is 30x to 3x below that.
@@ -346,16 +346,7 @@ def main() -> None:
         args.sft_steps, args.epochs, args.eval_limit = min(args.sft_steps, 20), min(args.epochs, 1.0), 20
         args.sft_seq_len, args.micro_batch, args.accumulation = min(args.sft_seq_len, 256), 8, 1
     args.command = command_line()
-    for fig in [f.strip() for f in args.figures.split(",") if f.strip()]:
-        if fig not in FIGURES:
-            raise SystemExit(f"unknown figure {fig!r}; choose from {', '.join(FIGURES)}")
-        section, fn = FIGURES[fig]
-        body = fn(args)
-        if args.no_write:
-            print(body)
-        else:
-            write_section(section, body)
-            log(f"wrote section {section} of docs/BENCHMARKS.md")
+    write_figures(args, FIGURES)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from common import REPO, command_line, log, machine_description, markdown_table, today, write_section  # noqa: E402
+from common import REPO, command_line, log, machine_description, markdown_table, today, write_figures  # noqa: E402
 
 
 # ================================================================== data
@@ -346,16 +346,7 @@ def main() -> None:
     args.command = command_line()
     # The figures' images go beside BENCHMARKS.md; a trial run (--no-write) keeps them in the work directory.
     args.img = Path(args.work) if args.no_write else REPO / "docs" / "img"
-    for fig in [f.strip() for f in args.figures.split(",") if f.strip()]:
-        if fig not in FIGURES:
-            raise SystemExit(f"unknown figure {fig!r}; choose from {', '.join(FIGURES)}")
-        section, fn = FIGURES[fig]
-        body = fn(args)
-        if args.no_write:
-            print(body)
-        else:
-            write_section(section, body)
-            log(f"wrote section {section} of docs/BENCHMARKS.md")
+    write_figures(args, FIGURES)
 
 
 if __name__ == "__main__":

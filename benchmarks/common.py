@@ -174,3 +174,19 @@ def markdown_table(header: list[str], rows: list[list[object]], align: str | Non
     sep = ["---" if a == "l" else "---:" for a in align]
     lines = [header, sep, *[[str(c) for c in r] for r in rows]]
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+def write_figures(args, figures: dict) -> None:
+    """Make each figure named in args.figures (comma-separated keys of figures: name ->
+    (section, function of args returning its markdown)); print it with args.no_write,
+    else write it as its section of docs/BENCHMARKS.md."""
+    for fig in [f.strip() for f in args.figures.split(",") if f.strip()]:
+        if fig not in figures:
+            raise SystemExit(f"unknown figure {fig!r}; choose from {', '.join(figures)}")
+        section, fn = figures[fig]
+        body = fn(args)
+        if args.no_write:
+            print(body)
+        else:
+            write_section(section, body)
+            log(f"wrote section {section} of docs/BENCHMARKS.md")

@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from common import REPO, command_line, log, machine_description, markdown_table, today, write_section  # noqa: E402
+from common import REPO, command_line, log, machine_description, markdown_table, today, write_figures  # noqa: E402
 
 MiB = 1 << 20
 
@@ -590,16 +590,7 @@ def main() -> None:
         args.preset, args.seq_len, args.batch, args.steps = "nano", 64, 2, 2
         args.ft_steps = min(args.ft_steps, 10)
     args.memory_command = args.quality_command = args.serving_command = command_line()
-    for fig in [f.strip() for f in args.figures.split(",") if f.strip()]:
-        if fig not in FIGURES:
-            raise SystemExit(f"unknown figure {fig!r}; choose from {', '.join(FIGURES)}")
-        section, fn = FIGURES[fig]
-        body = fn(args)
-        if args.no_write:
-            print(body)
-        else:
-            write_section(section, body)
-            log(f"wrote section {section} of docs/BENCHMARKS.md")
+    write_figures(args, FIGURES)
 
 
 if __name__ == "__main__":
