@@ -142,7 +142,8 @@ def _held_out_accuracy(model_dir: Path, method_loss: str, beta: float, start: Pa
     from acorn.model.checkpoint import load
     from acorn.tokenizer.bpe import Tokenizer
     from acorn.train.prefs import REFERENCE_FREE, PrefsConfig, evaluate, fill_reference, preference_loss
-    from acorn.train.prefs_data import PrefLoader, load_pairs, pair_batch
+    from acorn.train.prefs_data import load_pairs, pair_batch
+    from acorn.train.sft_data import ItemLoader
 
     tok = Tokenizer.from_pretrained(model_dir)
     pad = next(i for i in (tok.pad_id, tok.eos_id, 0) if i is not None)
@@ -152,7 +153,7 @@ def _held_out_accuracy(model_dir: Path, method_loss: str, beta: float, start: Pa
     if method_loss not in REFERENCE_FREE:
         fill_reference(load(start, dtype="float32", device="cpu"), items, collate, batch_size=16, device="cpu")
     model = load(model_dir, dtype="float32", device="cpu")
-    r = evaluate(model, loader=PrefLoader(items, collate, batch_size=16), batches=None,
+    r = evaluate(model, loader=ItemLoader(items, collate, batch_size=16), batches=None,
                  loss_fn=functools.partial(preference_loss, cfg=cfg))
     return r.get("val_rewards/accuracies", float("nan"))
 

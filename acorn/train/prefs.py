@@ -313,10 +313,10 @@ def prefs(cfg: PrefsConfig, *, resume: bool = False) -> Path:
     from acorn import hardware
     from acorn.fileio import expand_inputs
     from acorn.tokenizer.bpe import Tokenizer
-    from acorn.train.prefs_data import (SUFFIXES, PrefLoader, kto_batch, load_pairs, load_unpaired, pair_batch,
+    from acorn.train.prefs_data import (SUFFIXES, kto_batch, load_pairs, load_unpaired, pair_batch,
                                         pair_for_kl)
     from acorn.train.run import build_model, lora_enabled, start
-    from acorn.train.sft_data import split_examples
+    from acorn.train.sft_data import ItemLoader, split_examples
 
     check(cfg)
     device, dist = start(cfg)
@@ -363,9 +363,9 @@ def prefs(cfg: PrefsConfig, *, resume: bool = False) -> Path:
         if cfg.reference:
             del reference
 
-    loader = PrefLoader(train_items, collate, batch_size=cfg.train.micro_batch, seed=cfg.seed, rank=dist.rank,
+    loader = ItemLoader(train_items, collate, batch_size=cfg.train.micro_batch, seed=cfg.seed, rank=dist.rank,
                         world_size=dist.world)
-    val_loader = PrefLoader(val_items, collate, batch_size=cfg.train.micro_batch, seed=cfg.seed)
+    val_loader = ItemLoader(val_items, collate, batch_size=cfg.train.micro_batch, seed=cfg.seed)
     accum = accumulation(cfg.train.batch_tokens, cfg.train.micro_batch, cfg.train.seq_len, dist.world)
     steps_per_epoch = max(1, len(train_items) // (cfg.train.micro_batch * dist.world * accum))
     if cfg.train.max_steps <= 0:

@@ -104,7 +104,8 @@ def reward_train(cfg: RewardConfig, *, resume: bool = False) -> Path:
     (RUN/model: the sequence classifier, with its tokenizer)."""
     from acorn.fileio import expand_inputs
     from acorn.tokenizer.bpe import Tokenizer
-    from acorn.train.prefs_data import SUFFIXES, PrefLoader, load_pairs, pair_batch
+    from acorn.train.prefs_data import SUFFIXES, load_pairs, pair_batch
+    from acorn.train.sft_data import ItemLoader
     from acorn.train.run import build_model, start
     from acorn.train.sft_data import split_examples
 
@@ -129,9 +130,9 @@ def reward_train(cfg: RewardConfig, *, resume: bool = False) -> Path:
     else:
         train_pairs, val_pairs = split_examples(pairs, cfg.val_fraction, cfg.seed)
     collate = functools.partial(pair_batch, pad_id=model.pad_id if model.pad_id is not None else 0)
-    loader = PrefLoader(train_pairs, collate, batch_size=cfg.train.micro_batch, seed=cfg.seed, rank=dist.rank,
+    loader = ItemLoader(train_pairs, collate, batch_size=cfg.train.micro_batch, seed=cfg.seed, rank=dist.rank,
                         world_size=dist.world)
-    val_loader = PrefLoader(val_pairs, collate, batch_size=cfg.train.micro_batch, seed=cfg.seed)
+    val_loader = ItemLoader(val_pairs, collate, batch_size=cfg.train.micro_batch, seed=cfg.seed)
     accum = accumulation(cfg.train.batch_tokens, cfg.train.micro_batch, cfg.train.seq_len, dist.world)
     if cfg.train.max_steps <= 0:
         per_epoch = max(1, len(train_pairs) // (cfg.train.micro_batch * dist.world * accum))

@@ -47,7 +47,7 @@ class SFTConfig:
 def sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
     from acorn.fileio import expand_inputs
     from acorn.tokenizer.bpe import Tokenizer
-    from acorn.train.sft_data import SFTLoader, load_examples, pack, split_examples
+    from acorn.train.sft_data import ItemLoader, load_examples, pack, split_examples
 
     if not cfg.init_from:
         raise AcornError("sft starts from a pretrained model: pass --init_from CHECKPOINT_DIR")
@@ -63,8 +63,8 @@ def sft(cfg: SFTConfig, *, resume: bool = False) -> Path:
     train_ex, val_ex = split_examples(examples, cfg.val_fraction, cfg.seed)
     pad = tok.pad_id if tok.pad_id is not None else (tok.eos_id or 0)
     rows, val_rows = pack(train_ex, cfg.train.seq_len, pad), pack(val_ex, cfg.train.seq_len, pad)
-    loader = SFTLoader(rows, batch_size=cfg.train.micro_batch, seed=cfg.seed, rank=dist.rank, world_size=dist.world)
-    val_loader = SFTLoader(val_rows, batch_size=cfg.train.micro_batch, seed=cfg.seed)
+    loader = ItemLoader(rows, batch_size=cfg.train.micro_batch, seed=cfg.seed, rank=dist.rank, world_size=dist.world)
+    val_loader = ItemLoader(val_rows, batch_size=cfg.train.micro_batch, seed=cfg.seed)
 
     accum = accumulation(cfg.train.batch_tokens, cfg.train.micro_batch, cfg.train.seq_len, dist.world)
     steps_per_epoch = max(1, len(rows) // (cfg.train.micro_batch * dist.world * accum))

@@ -111,21 +111,24 @@ def to_batch(rows):
     return Batch(x=x, y=y, document_ids=doc[:, :-1])
 
 
-class SFTLoader:
-    """Packed SFT rows in a seeded order, epoch after epoch; resumable exactly.
+class ItemLoader:
+    """Items in micro-batches, in a seeded order, epoch after epoch; resumable exactly. The items
+    are SFT's packed rows (collate: to_batch) or the preference stages' pairs and examples
+    (acorn.train.prefs_data's collate functions).
 
     The same interface as acorn.data.loader.TokenLoader (next(), state_dict(),
-    load_state_dict(), iter_eval()), so the one training loop runs both.
+    load_state_dict(), iter_eval()), so the one training loop runs them all.
     """
 
-    def __init__(self, rows, *, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-        self.rows, self.batch_size, self.seed = rows, batch_size, seed
+    def __init__(self, items: list, collate=to_batch, *, batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        self.items, self.collate, self.batch_size, self.seed = items, collate, batch_size, seed
         self.rank, self.world = rank, world_size
         self.epoch, self.cursor = 0, 0
         self._order = self._permutation()
 
     def _permutation(self) -> list[int]:
-        order = list(range(len(self.rows)))
+        order = list(range(len(self.items)))
         random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
         return order
 
@@ -134,20 +137,22 @@ class SFTLoader:
 
     def __next__(self):
         global_batch = self.batch_size * self.world
-        if len(self.rows) < global_batch:  # checked here: evaluation can work with less
-            raise AcornError(f"only {len(self.rows)} packed rows for a global batch of {global_batch}; "
-                             "lower --train.micro_batch or add data")
+        if len(self.items) < global_batch:  # checked here: evaluation can work with less
+            raise AcornError(f"only {len(self.items)} training items (packed rows, pairs or examples) for a global "
+                             f"batch of {global_batch}; lower --train.micro_batch or add data")
         if self.cursor + global_batch > len(self._order):
             self.epoch, self.cursor = self.epoch + 1, 0
             self._order = self._permutation()
         idx = self._order[self.cursor : self.cursor + global_batch]
         self.cursor += global_batch
         mine = idx[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-        return to_batch([self.rows[i] for i in mine])
+        return self.collate([self.items[i] for i in mine])
 
-    def iter_eval(self, max_batches: int):
-        for start in range(0, min(len(self.rows), max_batches * self.batch_size), self.batch_size):
-            yield to_batch(self.rows[start : start + self.batch_size])
+    def iter_eval(self, max_batches: int | None = None):
+        """The items in their stored order, in batches (all of them when max_batches is None)."""
+        stop = len(self.items) if max_batches is None else min(len(self.items), max_batches * self.batch_size)
+        for start in range(0, stop, self.batch_size):
+            yield self.collate(self.items[start : start + self.batch_size])
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor}
