@@ -134,22 +134,37 @@ class RAG:
     def retrieve(self, questions: list[str], k: int | None = None):
         return retrieve(self.index, self.embedder, questions, k or self.k, self.mode)
 
-    def prompt(self, question: str, hits) -> tuple[list[int], list[dict]]:
-        """The prompt's ids and the passages that fit the model's context."""
-        eng = self.engine
-        room = eng.model.config.max_seq_len - self.max_new_tokens
+    def prompt(self, question: str, hits, engine=None, messages: list[dict] | None = None,
+               max_new_tokens: int | None = None) -> tuple[list[int], list[dict]]:
+        """The prompt's ids and the passages that fit the model's context: the
+        conversation `messages` (default: none) then a user turn with the
+        passages and the question."""
+        eng = engine or self.engine
+        new = max_new_tokens or self.max_new_tokens
+        room = eng.model.config.max_seq_len - new
         passages = [{"number": i + 1, "id": h.chunk.id, "title": h.chunk.title, "source": h.chunk.source,
                      "start": h.chunk.start, "end": h.chunk.end, "text": h.chunk.text, "score": h.score}
                     for i, h in enumerate(hits)]
         while True:
-            ids = eng.chat_prompt([{"role": "user", "content": context_message(question, passages)}])
+            turn = {"role": "user", "content": context_message(question, passages)}
+            ids = eng.chat_prompt([*(messages or []), turn])
             if len(ids) <= room:
                 return ids, passages
             if not passages:
                 raise AcornError(f"the question takes {len(ids)} tokens with the prompt around it; the model's "
-                                 f"context is {eng.model.config.max_seq_len} with {self.max_new_tokens} kept for "
+                                 f"context is {eng.model.config.max_seq_len} with {new} kept for "
                                  "the answer; shorten the question")
             passages = passages[:-1]
+
+    def augment(self, messages: list[dict], engine, max_new_tokens: int) -> tuple[list[int], list[dict]]:
+        """A chat conversation whose last user turn is answered from the index
+        (the server's --rag): (prompt ids, passages in the prompt)."""
+        last = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
+        if last is None or not isinstance(messages[last].get("content"), str) or not messages[last]["content"].strip():
+            raise AcornError("retrieval needs a user message with text to search for")
+        question = messages[last]["content"]
+        (hits,) = self.retrieve([question])
+        return self.prompt(question, hits, engine, messages[:last] + messages[last + 1:], max_new_tokens)
 
     def ask_many(self, questions: list[str]) -> list[RagAnswer]:
         if self.engine is None:
