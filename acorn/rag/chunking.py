@@ -145,9 +145,10 @@ def _char_offsets(text: str, tokenizer) -> list[int]:
     out, b = [0], 0
     for i in ids:
         b += len(tokenizer.token_bytes(i))
-        while b not in byte_to_char:  # mid-character: to the character's end
-            b += 1
-        out.append(byte_to_char[b])
+        snap = b
+        while snap not in byte_to_char:  # mid-character: to the character's end
+            snap += 1
+        out.append(byte_to_char[snap])
     return out
 
 
