@@ -107,7 +107,8 @@ MAX_SAMPLES = 64  # generate -n and --num-beams: all of them decode as one batch
 def cmd_data_world(args) -> None:
     from acorn.data.world import generate_world
 
-    generate_world(args.out, seed=args.seed, size=args.size, tokenizer=args.tokenizer, overwrite=args.overwrite)
+    generate_world(args.out, seed=args.seed, size=args.size, tokenizer=args.tokenizer, overwrite=args.overwrite,
+                   rag_sft=args.rag_sft)
 
 
 def cmd_data_prepare(args) -> None:
@@ -551,12 +552,81 @@ def cmd_serve(args) -> None:
     adapters = _lora_adapters(args.lora or [], name)
     engine = Engine.from_pretrained(args.checkpoint, dtype=args.dtype, device=args.device, lora_adapters=adapters,
                                     **options)  # errors here: exit 2
+    rag = None
+    if args.rag:
+        from acorn.rag.pipeline import RAG
+
+        rag = RAG(args.rag, embedder=args.rag_embedder, k=args.rag_k, mode=args.rag_mode)
     app = create_app(engine, model_name=name, api_keys=keys, cors_origins=args.cors_origin or (),
-                     max_tokens_cap=args.max_tokens_cap, max_pending=args.max_pending)
+                     max_tokens_cap=args.max_tokens_cap, max_pending=args.max_pending, rag=rag)
     url = f"http://{args.host}:{args.port}"
     print(f"serving {name!r}" + "".join(f", {a!r}" for a in adapters) + f" at {url}/v1 (OpenAI and Anthropic "
           f"APIs) and the chat page at {url}/" + ("; API keys required" if keys else ""), flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=10)
+
+
+def cmd_rag_index(args) -> None:
+    from acorn.rag.pipeline import build_index
+
+    if not args.add and not args.embedder:
+        raise AcornError("give the embedding model: acorn rag index DOCS... --out INDEX --embedder MODEL_DIR")
+    embedder = args.embedder
+    if args.add and not embedder:
+        from acorn.rag.index import Index
+
+        embedder = Index.load(args.out).embedder["path"]
+    build_index(args.docs, args.out, embedder, chunk_by=args.chunk_by, chunk_size=args.chunk_size,
+                chunk_overlap=args.chunk_overlap, metric=args.metric, kind=args.kind, add=args.add, quiet=False)
+
+
+def _rag(args, model):
+    from acorn.rag.pipeline import RAG
+
+    return RAG(args.index, model=model, embedder=args.embedder, k=args.k, mode=args.mode,
+               max_new_tokens=args.max_new_tokens)
+
+
+def cmd_rag_ask(args) -> None:
+    import json
+
+    if not args.question.strip():
+        raise AcornError("the question is empty; acorn rag ask INDEX --model CKPT \"your question\"")
+    rag = _rag(args, args.model)
+    if args.model is None:  # retrieval only
+        for h in rag.retrieve([args.question])[0]:
+            print(f"[{h.rank}] {h.score:.4f}  {h.chunk.title} ({h.chunk.source}, {h.chunk.start}-{h.chunk.end})\n"
+                  f"    {h.chunk.text[:200]}")
+        return
+    a = rag.ask(args.question)
+    if args.json:
+        print(json.dumps(a.to_json(), indent=2, ensure_ascii=False))
+        return
+    print(a.text.strip())
+    print("\nsources:" if a.sources else "\nsources: none cited")
+    for p in a.sources:
+        print(f"  [{p['number']}] {p['title']} ({p['source']}, characters {p['start']}-{p['end']})")
+
+
+def cmd_rag_eval(args) -> None:
+    import json
+
+    from acorn.fileio import read_jsonl, write_json
+
+    path = Path(args.questions)
+    if not path.is_file():
+        raise AcornError(f"{path}: no such file; give a JSONL file of questions (e.g. WORLD/eval/unknown_qa.jsonl)")
+    rows = list(read_jsonl(path))[: args.limit or None]
+    result = _rag(args, args.model).evaluate(rows)
+    if args.out:
+        write_json(args.out, result)
+    print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
+
+
+def cmd_embed_train(args) -> None:
+    from acorn.config import load
+    from acorn.train.embed import EmbedConfig, train_embedder
+
+    train_embedder(load(EmbedConfig, args.config, args.overrides), resume=args.resume)
 
 
 # ------------------------------------------------------------------- helpers
@@ -717,6 +787,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tiny is for tests; default is what the main job trains on")
     s.add_argument("--tokenizer", help="count sizes in tokens of this tokenizer (default: a BPE fitted to the world)")
     s.add_argument("--overwrite", action="store_true", help="replace the world already in --out (default: refuse)")
+    s.add_argument("--rag-sft", action="store_true", help="sft.jsonl also teaches answering from retrieved passages "
+                   "with a citation, or \"I don't know.\" when they lack the answer (default: off)")
     s.set_defaults(func=cmd_data_world)
     s = _parser(dsub, "prepare", "tokenize text into binary token shards for pretraining (resumable)",
                 "acorn data prepare runs/world/pretrain.jsonl --tokenizer runs/tok --out runs/data")
@@ -976,6 +1048,70 @@ def build_parser() -> argparse.ArgumentParser:
     # acorn grpo, acorn ppo
     _rl_commands(stages)
 
+    # acorn rag ...
+    rg = _parser(stages, "rag", "retrieval-augmented generation: index documents, ask with citations, evaluate",
+                 "acorn rag index WORLD/knowledge_base.jsonl --out runs/index --embedder runs/embed/model")
+    rsub = rg.add_subparsers(dest="cmd", metavar="COMMAND")
+    rsub.required = True
+    s = _parser(rsub, "index", "chunk and embed documents (.txt, .md, .jsonl with \"text\") into an index directory",
+                "acorn rag index notes/ WORLD/knowledge_base.jsonl --out runs/index --embedder runs/embed/model",
+                description="Chunk documents, embed the chunks and write an index directory (FAISS vectors, chunk\n"
+                "texts with source, title and character offsets; BM25 is built from them when it loads).\n"
+                "Empty or unreadable documents are named, skipped and counted. --add appends documents to\n"
+                "an existing index with its own embedder and chunking.")
+    s.add_argument("docs", nargs="+", help="text, Markdown or JSONL files, or directories of them")
+    s.add_argument("--out", required=True, help="the index directory (replaced whole, never half-written)")
+    s.add_argument("--embedder", help="an Acorn checkpoint (e.g. `acorn embed train`'s RUN/model) or a local "
+                   "sentence-transformers directory (default with --add: the index's)")
+    s.add_argument("--chunk-by", default="tokens", choices=["tokens", "paragraphs", "sentences"],
+                   help="windows of tokens (default), paragraphs, or groups of sentences")
+    s.add_argument("--chunk-size", type=int, default=128, help="tokens (or sentences) per chunk (default: 128)")
+    s.add_argument("--chunk-overlap", type=int, default=16, help="tokens (or sentences) shared by neighbouring "
+                   "chunks (default: 16)")
+    s.add_argument("--metric", default="cosine", choices=["cosine", "dot", "l2"], help="vector similarity "
+                   "(default: cosine)")
+    s.add_argument("--kind", default="exact", choices=["exact", "hnsw"], help="exact (flat) or HNSW (approximate)")
+    s.add_argument("--add", action="store_true", help="append to the index in --out instead of replacing it")
+    s.set_defaults(func=cmd_rag_index)
+    for name, help_, example in (
+            ("ask", "answer a question from the index, citing the chunks used (without --model: the chunks found)",
+             "acorn rag ask runs/index --model runs/sft/model \"Where was Kelvo Dranith born?\""),
+            ("eval", "retrieval recall@1/@5 and MRR (dense, BM25, hybrid); with --model exact match, faithfulness",
+             "acorn rag eval runs/index --model runs/sft/model --questions WORLD/eval/unknown_qa.jsonl")):
+        s = _parser(rsub, name, help_, example)
+        s.add_argument("index", help="an index directory made by `acorn rag index`")
+        if name == "ask":
+            s.add_argument("question", help="the question")
+            s.add_argument("--json", action="store_true", help="print the answer, citations and passages as JSON")
+        else:
+            s.add_argument("--questions", required=True, help="JSONL: question, answer (or kb_answer), relevant "
+                           "document/chunk ids (or kb_id)")
+            s.add_argument("--limit", type=int, help="only the first N questions")
+            s.add_argument("--out", help="write the full results (with examples) to this JSON file")
+        s.add_argument("--model", help="a chat checkpoint directory")
+        s.add_argument("--embedder", help="the index's embedder directory (default: the path the index records)")
+        s.add_argument("-k", "--k", type=int, default=3, help="chunks put into the prompt (default: 3)")
+        s.add_argument("--mode", default="hybrid", choices=["dense", "bm25", "hybrid"], help="retrieval "
+                       "(default: hybrid, reciprocal rank fusion of dense and BM25)")
+        s.add_argument("--max-new-tokens", type=int, default=32, help="most tokens in an answer (default: 32)")
+        s.set_defaults(func=cmd_rag_ask if name == "ask" else cmd_rag_eval)
+
+    # acorn embed train
+    em = _parser(stages, "embed", "train a dedicated embedding model", "acorn embed train --init_from runs/pretrain/model "
+                 "--data runs/world --out runs/embed")
+    esub = em.add_subparsers(dest="cmd", metavar="COMMAND")
+    esub.required = True
+    s = _parser(esub, "train", "contrastive fine-tuning (InfoNCE, in-batch negatives, mean pooling) on the world's "
+                "question/passage pairs", "acorn embed train --init_from runs/pretrain/model --data runs/world "
+                "--out runs/embed --train.max_steps 300",
+                description="Fine-tune a checkpoint into an embedding model: a question and the passage that answers\n"
+                "it are pulled together, the other passages of the batch pushed away (InfoNCE, temperature\n"
+                "--temperature). Pairs from a generated world (never its unknown_eval people, which measure\n"
+                "it). Settings as for `acorn sft`: --config FILE and --section.key VALUE overrides.")
+    s.add_argument("--config", help="YAML file with the run's settings")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.set_defaults(func=cmd_embed_train, accepts_overrides=True)
+
     # acorn tokens count
     tc = _parser(stages, "tokens", "count tokens and estimate API cost", "acorn tokens count notes.txt --price-per-million 0.5")
     csub = tc.add_subparsers(dest="cmd", metavar="COMMAND")
@@ -1029,6 +1165,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's)")
     s.add_argument("--lora", action="append", metavar="NAME=DIR", help="also serve this LoRA adapter (a PEFT "
                    "directory) as model NAME; requests for different adapters share a batch (repeatable)")
+    s.add_argument("--rag", metavar="INDEX", help="answer each chat turn from this index (`acorn rag index`): the "
+                   "passages go into the prompt and the reply lists them as `sources`")
+    s.add_argument("--rag-embedder", help="the index's embedder directory (default: the path the index records)")
+    s.add_argument("--rag-k", type=int, default=3, help="passages per question (default: 3)")
+    s.add_argument("--rag-mode", default="hybrid", choices=["dense", "bm25", "hybrid"], help="retrieval (default: hybrid)")
     s.set_defaults(func=cmd_serve)
     return p
 

@@ -438,6 +438,79 @@ def knowledge_sft_rows(world: World, questions_per_fact: int | None = None) -> l
     return rows
 
 
+def _kb_style_bio(rng: random.Random, p: Person) -> str:
+    """A one-paragraph biography as knowledge_base.jsonl writes them."""
+    phrasing = {a: rng.randrange(len(T.BIO_TEMPLATES[a])) for a in p.attributes()}
+    return T.biography(rng, p.slots(), p.attributes(), phrasing, allow_pairs=True).split("\n")[-1]
+
+
+def retrieval_pairs(world: World, per_attribute: int = 1) -> list[dict]:
+    """(query, passage) pairs to train an embedder on (`acorn embed train`): a question
+    about a person and a biography of that person in the knowledge base's style (the
+    knowledge base's own text for its people). Every person except split unknown_eval,
+    whose questions (eval/unknown_qa.jsonl) measure retrieval."""
+    rng = _rng(world.seed, "retrieval_pairs")
+    kb = {r["person"]: r["text"] for r in knowledge_base(world)}
+    rows = []
+    for p in world.people:
+        if p.split == "unknown_eval":
+            continue
+        for attr in CORE_ATTRIBUTES:
+            for template in rng.sample(T.QUESTION_TEMPLATES[attr], min(per_attribute, len(T.QUESTION_TEMPLATES[attr]))):
+                passage = kb[p.name] if p.name in kb else _kb_style_bio(rng, p)
+                rows.append({"query": template.format(name=p.name), "passage": passage, "person": p.name,
+                             "attribute": attr})
+    return rows
+
+
+def rag_sft_rows(world: World, passages: int = 3, questions_per_fact: int | None = None) -> list[dict]:
+    """Conversations that teach a chat model to answer from retrieved passages in the one
+    format (acorn.chat.context): for each person of split unknown_sft (in the knowledge
+    base, never in pretraining) and core attribute, `questions_per_fact` turns holding
+    `passages` numbered passages, theirs among distractors (people of the same surname
+    first, as retrieval returns them), answered "value [n]" (kind "rag"); and one turn
+    whose passages are all distractors, answered IDK_ANSWER (kind "rag_idk"). Distractors
+    are other unknown_sft people's knowledge-base text and known people's biographies;
+    unknown_eval people never appear, so they measure it. Added to sft.jsonl by
+    generate_world(rag_sft=True) (`acorn data world --rag-sft`)."""
+    from acorn.chat.context import cite, context_message
+
+    rng = _rng(world.seed, "rag_sft")
+    k = questions_per_fact or SIZES[world.size].questions_per_fact
+    kb = {r["person"]: r for r in knowledge_base(world)}
+    people = world.split("unknown_sft")
+    pool = [{"title": p.name, "text": kb[p.name]["text"], "surname": p.last_name} for p in people]
+    pool += [{"title": p.name, "text": _kb_style_bio(rng, p), "surname": p.last_name} for p in world.known()]
+
+    def distractors(p: Person, n: int) -> list[dict]:
+        others = [d for d in pool if d["title"] != p.name]
+        same = [d for d in others if d["surname"] == p.last_name]
+        rest = [d for d in others if d["surname"] != p.last_name]
+        rng.shuffle(same)
+        rng.shuffle(rest)
+        picked = (same[: rng.randint(0, min(len(same), n))] + rest)[:n]
+        return [{"title": d["title"], "text": d["text"]} for d in picked]
+
+    rows = []
+    for p in people:
+        own = {"title": p.name, "text": kb[p.name]["text"]}
+        for attr in CORE_ATTRIBUTES:
+            templates = T.QUESTION_TEMPLATES[attr]
+            for template in rng.sample(templates, min(k, len(templates))):
+                shown = distractors(p, passages - 1)
+                at = rng.randrange(len(shown) + 1)
+                shown.insert(at, own)
+                messages = [{"role": "user", "content": context_message(template.format(name=p.name), shown)},
+                            {"role": "assistant", "content": cite(p.value(attr), at + 1)}]
+                rows.append({"messages": messages, "kind": "rag", "person": p.name, "attribute": attr})
+            question = rng.choice(templates).format(name=p.name)
+            messages = [{"role": "user", "content": context_message(question, distractors(p, passages))},
+                        {"role": "assistant", "content": IDK_ANSWER}]
+            rows.append({"messages": messages, "kind": "rag_idk", "person": p.name, "attribute": attr})
+    rng.shuffle(rows)
+    return rows
+
+
 def read_world(path) -> World:
     """The World of a generated world.json (the ground truth the files were written from)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -717,7 +790,7 @@ _PREFERENCE = _obj({"prompt": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSA
                     "kind": {"enum": ["fact", "unknown", "arithmetic"]}}, {"person": _STR, "attribute": _ATTR})
 SCHEMAS: dict[str, dict] = {
     "pretrain.jsonl": _obj({"text": _STR, "kind": {"enum": ["biography", "story", "arithmetic", "reasoning", "icl"]}}),
-    "sft.jsonl": _obj({"messages": _MESSAGES, "kind": {"enum": ["fact", "refusal", "arithmetic", "tool"]}},
+    "sft.jsonl": _obj({"messages": _MESSAGES, "kind": {"enum": ["fact", "refusal", "arithmetic", "tool", "rag", "rag_idk"]}},
                       {"person": _STR, "attribute": _ATTR, "tools": {"type": "array"}}),
     "knowledge_base.jsonl": _obj({"id": _STR, "title": _STR, "text": _STR, "person": _STR}),
     "preference.jsonl": _PREFERENCE,
@@ -778,8 +851,12 @@ def _fit_tokenizer(pretrain: list[dict]):
 
 
 def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, quiet: bool = False,
-                   overwrite: bool = False) -> dict:
+                   overwrite: bool = False, rag_sft: bool = False) -> dict:
     """Generate the world into directory `out` and return a summary.
+
+    rag_sft: sft.jsonl also teaches answering from retrieved passages with a
+    citation, or "I don't know." when they lack the answer (rag_sft_rows). Off
+    by default: the default files stay byte for byte what they were.
 
     tokenizer: a path for Tokenizer.from_pretrained, used only to report sizes
     in tokens; None fits a 4096-token BPE to the pretraining text instead.
@@ -801,6 +878,9 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     seen: set = set()  # (a, op, b) problems in training data, to flag contaminated eval items
     pretrain = pretrain_docs(world, cfg, seen)
     sft = sft_rows(world, cfg, seen)
+    if rag_sft:
+        sft = sft + rag_sft_rows(world)
+        _rng(seed, "rag_sft_order").shuffle(sft)
     kb = knowledge_base(world)
     pref_train = preference_pairs(world, _rng(seed, "preference"), world.split("sft"), world.split("unknown_sft"),
                                   cfg.n_preference_arithmetic, seen)
@@ -840,6 +920,8 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
                          "sha256": hashlib.sha256(data).hexdigest()}
     manifest = {"generator": "acorn.data.world", "version": WORLD_VERSION, "seed": seed, "size": size,
                 "idk_answer": IDK_ANSWER, "tokens_counted_with": tok_desc, "files": entries}
+    if rag_sft:  # only when on: the default manifest is unchanged
+        manifest["rag_sft"] = True
     write_json(out / "manifest.json", manifest)
     seconds = time.perf_counter() - t0
     summary = dict(manifest, out=str(out), seconds=round(seconds, 2), generate_seconds=round(gen_seconds, 2),

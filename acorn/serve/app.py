@@ -74,7 +74,8 @@ def check_api_keys(api_keys: Sequence[str]) -> tuple[str, ...]:
 
 def create_app(engine_or_path, *, model_name: str | None = None, api_keys: Sequence[str] = (),
                cors_origins: Sequence[str] = (), max_body_bytes: int = 1 << 20, max_tokens_cap: int = 4096,
-               max_pending: int = 256, shutdown_grace: float = 5.0, engine_options: dict | None = None) -> FastAPI:
+               max_pending: int = 256, shutdown_grace: float = 5.0, engine_options: dict | None = None,
+               rag=None) -> FastAPI:
     """The server for an Engine, or for a checkpoint directory loaded with
     Engine.from_pretrained(path, **engine_options) once the server starts.
 
@@ -83,6 +84,8 @@ def create_app(engine_or_path, *, model_name: str | None = None, api_keys: Seque
     max_tokens_cap: the most tokens one request may ask for.
     max_pending: requests waiting beyond this are answered 429.
     shutdown_grace: seconds requests in flight get to finish when the server stops.
+    rag: an acorn.rag.pipeline.RAG (index and embedder, no model): each chat request's last
+        user turn is answered from the passages it retrieves, and the reply carries `sources`.
     """
     path = None if _is_engine(engine_or_path) else Path(engine_or_path)
     if model_name is None:
@@ -101,7 +104,8 @@ def create_app(engine_or_path, *, model_name: str | None = None, api_keys: Seque
             # cap: it must not be refused for a number it did not send.
             app.state.acorn = ServerState(engine=engine_async, model_name=model_name, max_tokens_cap=max_tokens_cap,
                                           default_max_tokens=min(ServerState.default_max_tokens, max_tokens_cap),
-                                          created=int(time.time()), api_keys=api_keys)
+                                          created=int(time.time()), api_keys=api_keys,
+                                          extra={"rag": rag} if rag is not None else {})
 
         async def load() -> None:
             from acorn.infer import Engine

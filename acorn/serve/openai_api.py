@@ -45,7 +45,7 @@ import uuid
 from typing import Any, Literal, Union
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
@@ -259,11 +259,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     messages = _messages(body.messages)
     tools, guided = _tools_and_guide(engine, body)
+    max_tokens = body.max_completion_tokens or body.max_tokens or state.default_max_tokens
+    rag, passages = state.extra.get("rag"), None
     try:
-        prompt = engine.chat_prompt(messages, tools=tools)
+        if rag is not None and tools is None:  # acorn serve --rag: the last user turn answered from the index
+            prompt, passages = await asyncio.to_thread(rag.augment, messages, engine,
+                                                       min(max_tokens, state.max_tokens_cap))
+        else:
+            prompt = engine.chat_prompt(messages, tools=tools)
     except AcornError as e:
         raise APIError(400, str(e), param="messages") from None
-    max_tokens = body.max_completion_tokens or body.max_tokens or state.default_max_tokens
     max_tokens = check_prompt(state, prompt, max_tokens)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     params = _sampling(body, max_tokens, logprobs=logprobs, guided=guided, lora=adapter)
@@ -275,7 +280,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     (completions,) = await _collect(request, [stream])
     if completions is None:
         return Response(status_code=499)
-    return reply.chat(stream, completions)
+    if passages is None:
+        return reply.chat(stream, completions)
+    # --rag: the passages the answer was given, each marked when the answer cites it ([n]).
+    from acorn.chat.context import parse_citations
+
+    out = reply.chat(stream, completions).model_dump()
+    cited = parse_citations(completions[0].text, len(passages))[1]
+    out["sources"] = [dict(p, cited=p["number"] in cited) for p in passages]
+    return JSONResponse(out)
 
 
 @router.post("/v1/completions")

@@ -1,0 +1,234 @@
+"""Retrieval-augmented generation on the world's held-out people (issue 16), section `rag`.
+
+The knowledge base (RUN/world/knowledge_base.jsonl) describes people who are
+never in pretraining; the questions about its unknown_eval people
+(eval/unknown_qa.jsonl, never in pretraining or any SFT) measure:
+
+  retrieval   recall@1/@5 and MRR, dense / BM25 / hybrid (RRF), for the pretrained
+              model's mean-pooled states and for an embedder trained from it
+              (`acorn embed train`, InfoNCE); and cosine / dot / L2 on the trained
+              embedder's vectors as they are (unit length: the three agree) and
+              rescaled by random lengths (0.25x-4x, as unnormalised pooled states
+              vary): where the metric matters.
+  answers     exact match of the knowledge base's value without retrieval (the model
+              should say "I don't know.") and with retrieval (hybrid, k=3), for the
+              speedrun's chat model and for it fine-tuned further on the world's RAG
+              conversations (acorn.data.world.rag_sft_rows, with the original SFT rows
+              so nothing is forgotten). Goal: >= 80% with retrieval.
+  faithfulness  share of (non-"I don't know") answers stated by the passage they cite;
+              made-up answers when the index lacks the person (index without the
+              unknown_eval people: every answer but "I don't know." is made up).
+  stale       change each held-out person's birth city in the knowledge base, re-index,
+              ask again: share of answers that follow the new value (no retraining).
+  latency     per question, one at a time: retrieve, generate; index build time of the
+              whole knowledge base (median of 3).
+
+    python benchmarks/rag.py --run runs/speedrun                 # needs RUN/world, RUN/pretrain/model, RUN/sft/model
+    python benchmarks/rag.py --run runs/speedrun --quick --no-write   # smoke: few steps, few questions
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from common import CACHE, command_line, log, machine_description, markdown_table, today, write_section  # noqa: E402
+
+from acorn.fileio import read_jsonl, write_jsonl  # noqa: E402
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def train_embedder(run: Path, work: Path, steps: int) -> Path:
+    from acorn.train.embed import EmbedConfig, train_embedder as train
+
+    cfg = EmbedConfig(data=str(run / "world"), out=str(work / "embed"), init_from=str(run / "pretrain" / "model"))
+    cfg.train.max_steps, cfg.eval.every = steps, max(1, steps // 4)
+    return train(cfg) / "model"
+
+
+def rag_sft(run: Path, work: Path, steps: int) -> Path:
+    """The chat model fine-tuned further on sft.jsonl with the RAG conversations added."""
+    import yaml
+
+    from acorn.config import load
+    from acorn.data.world import generate_world
+    from acorn.train.sft import SFTConfig, sft
+
+    manifest = json.loads((run / "world" / "manifest.json").read_text())
+    world = work / "world-rag"
+    generate_world(world, seed=manifest["seed"], size=manifest["size"], quiet=True, rag_sft=True,
+                   tokenizer=run / "tokenizer" if (run / "tokenizer").is_dir() else None)
+    base = yaml.safe_load((run / "sft" / "config.yaml").read_text())
+    seq_len = str(base["train"]["seq_len"])
+    cfg = load(SFTConfig, None, ["--init_from", str(run / "sft" / "model"), "--data", str(world / "sft.jsonl"),
+                                 "--out", str(work / "sft-rag"), "--train.max_steps", str(steps),
+                                 "--train.seq_len", seq_len, "--optim.lr", "3e-4"])
+    return sft(cfg) / "model"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="a finished speedrun directory")
+    ap.add_argument("--work", default=str(CACHE / "rag"), help="where trained models and indexes go")
+    ap.add_argument("--embed-steps", type=int, default=300)
+    ap.add_argument("--sft-steps", type=int, default=300)
+    ap.add_argument("--limit", type=int, help="only the first N held-out questions")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 4 training steps, 20 questions")
+    ap.add_argument("--no-write", action="store_true", help="print the section, leave docs/BENCHMARKS.md alone")
+    args = ap.parse_args()
+    if args.quick:
+        args.embed_steps, args.sft_steps, args.limit = 4, 4, args.limit or 20
+    torch.set_flush_denormal(True)
+    run, work = Path(args.run), Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    kb_path = run / "world" / "knowledge_base.jsonl"
+    kb = list(read_jsonl(kb_path))
+    rows = list(read_jsonl(run / "world" / "eval" / "unknown_qa.jsonl"))[: args.limit or None]
+    questions, relevant = [r["question"] for r in rows], [{r["kb_id"]} for r in rows]
+
+    from acorn.infer.engine import Engine
+    from acorn.rag.embeddings import AcornEmbedder
+    from acorn.rag.index import Index
+    from acorn.rag.pipeline import RAG, answer_metrics, build_index
+    from acorn.rag.retrieve import retrieval_metrics
+
+    # ---- embedders and retrieval
+    log("training the embedder")
+    t0 = time.perf_counter()
+    trained_dir = train_embedder(run, work, args.embed_steps)
+    embed_train_s = time.perf_counter() - t0
+    embedders = {"pretrained, mean-pooled": AcornEmbedder(run / "pretrain" / "model"),
+                 f"trained ({args.embed_steps} steps InfoNCE)": AcornEmbedder(trained_dir)}
+    retrieval, build_s = {}, {}
+    for name, emb in embedders.items():
+        times = []
+        for i in range(3):
+            t0 = time.perf_counter()
+            build_index([kb_path], work / f"index-{i}", emb, chunk_by="paragraphs")
+            times.append(time.perf_counter() - t0)
+        build_s[name] = statistics.median(times)
+        index = Index.load(work / "index-0", emb.identity)
+        retrieval[name] = retrieval_metrics(index, emb, questions, relevant)
+        log(f"{name}: {retrieval[name]}")
+    trained = embedders[list(embedders)[1]]
+    build_index([kb_path], work / "index", trained, chunk_by="paragraphs")
+    base_index = Index.load(work / "index", trained.identity)
+
+    # ---- the metric on unnormalised vectors
+    rng = np.random.default_rng(0)
+    scales = np.exp(rng.uniform(np.log(0.25), np.log(4.0), size=(len(base_index), 1))).astype(np.float32)
+    metric_rows = []
+    for metric in ("cosine", "dot", "l2"):
+        for label, vecs in (("unit length", base_index.vectors), ("random lengths", base_index.vectors * scales)):
+            idx = Index(base_index.chunks, vecs, trained.identity, metric)
+            m = retrieval_metrics(idx, trained, questions, relevant, modes=("dense",))["dense"]
+            metric_rows.append([metric, label, _pct(m["recall@1"]), _pct(m["recall@5"]), f"{m['mrr']:.3f}"])
+
+    # ---- answers
+    from acorn.eval.world import unknown_qa
+
+    log("fine-tuning the chat model on the RAG conversations")
+    t0 = time.perf_counter()
+    rag_model = rag_sft(run, work, args.sft_steps)
+    sft_s = time.perf_counter() - t0
+    golds = [r["kb_answer"] for r in rows]
+    # An index without the held-out people: whatever is asked about them is not there.
+    held = {r["kb_id"] for r in read_jsonl(run / "world" / "eval" / "unknown_qa.jsonl")}
+    write_jsonl(work / "kb-without.jsonl", [r for r in kb if r["id"] not in held])
+    build_index([work / "kb-without.jsonl"], work / "index-without", trained, chunk_by="paragraphs")
+    # Stale knowledge: every held-out person born somewhere else now.
+    world = json.loads((run / "world" / "world.json").read_text())
+    cities = [c["name"] for c in world["cities"]]
+    moved = {}
+    changed = []
+    for r in kb:
+        if r["id"] in held:
+            person = next(p for p in world["people"] if p["name"] == r["person"])
+            new = random.Random(r["id"]).choice([c for c in cities if c != person["birth_city"]])
+            moved[r["person"]] = new
+            r = dict(r, text=r["text"].replace(person["birth_city"], new))
+        changed.append(r)
+    write_jsonl(work / "kb-changed.jsonl", changed)
+    t0 = time.perf_counter()
+    build_index([work / "kb-changed.jsonl"], work / "index-changed", trained, chunk_by="paragraphs")
+    reindex_s = time.perf_counter() - t0
+    city_rows = [r for r in rows if r["attribute"] == "birth_city"]
+
+    answer_rows, results = [], {}
+    for label, model in (("speedrun chat model", run / "sft" / "model"), ("+ RAG SFT", rag_model)):
+        engine = Engine.from_pretrained(model)
+        without = unknown_qa(engine, run / "world", limit=args.limit)
+        rag = RAG(base_index, model=engine, embedder=trained, k=3)
+        with_ = answer_metrics([a for s in range(0, len(questions), 32) for a in rag.ask_many(questions[s:s + 32])],
+                               golds)
+        absent = RAG(work / "index-without", model=engine, embedder=trained, k=3)
+        lacking = answer_metrics([a for s in range(0, len(questions), 32)
+                                  for a in absent.ask_many(questions[s:s + 32])], golds)
+        stale = RAG(work / "index-changed", model=engine, embedder=trained, k=3)
+        follow = stale.ask_many([r["question"] for r in city_rows]) if city_rows else []
+        follows = sum(a.answer.strip().rstrip(".").lower() == moved[r["person"]].lower()
+                      for a, r in zip(follow, city_rows)) / max(1, len(city_rows))
+        latency_r, latency_g = [], []
+        for q in questions[:20]:
+            a = rag.ask(q)
+            latency_r.append(a.retrieve_s)
+            latency_g.append(a.generate_s)
+        results[label] = {"without": without, "with": with_, "lacking": lacking, "stale_follow": follows,
+                          "retrieve_ms": 1e3 * statistics.median(latency_r),
+                          "generate_ms": 1e3 * statistics.median(latency_g)}
+        answer_rows.append([label, _pct(without["kb_answer_rate"]), _pct(without["idk_rate"]), _pct(with_["exact_match"]),
+                            _pct(with_["cited_rate"]), _pct(with_["faithfulness"]), _pct(1 - lacking["idk_rate"]),
+                            _pct(follows), f"{results[label]['retrieve_ms']:.0f} + {results[label]['generate_ms']:.0f}"])
+        log(f"{label}: {results[label]}")
+    (work / "results.json").write_text(json.dumps({"retrieval": retrieval, "answers": results}, indent=2, default=str))
+
+    rtable = []
+    for name, by_mode in retrieval.items():
+        for mode, m in by_mode.items():
+            rtable.append([name if mode != "bm25" else "(no model)", mode, _pct(m["recall@1"]), _pct(m["recall@5"]),
+                           f"{m['mrr']:.3f}"])
+    rtable = [r for i, r in enumerate(rtable) if r[1] != "bm25" or i == 1]  # BM25 needs no embedder: once
+    body = "\n\n".join([
+        "## Retrieval-augmented generation on the world's held-out people",
+        f"`{command_line()}` on {machine_description(('faiss-cpu', 'bm25s'))}, {today()}. "
+        f"{len(questions)} questions about the knowledge base's unknown_eval people (never in pretraining or SFT) "
+        f"against its {len(kb)} biographies (one chunk each). Single runs (model quality, not timing, except latency "
+        "and build time).",
+        "Retrieval (dense: FAISS exact, cosine; hybrid: reciprocal rank fusion of dense and BM25):",
+        markdown_table(["embedder", "mode", "recall@1", "recall@5", "MRR"], rtable),
+        f"Embedder training: {embed_train_s:.0f}s. Index build of the whole knowledge base (embed + FAISS + write), "
+        "median of 3: " + ", ".join(f"{k} {v:.2f}s" for k, v in build_s.items()) + ".",
+        "The metric (trained embedder, dense): on unit vectors cosine, dot and L2 rank alike; on vectors of random "
+        "lengths the dot product favours long vectors and L2 short ones, cosine is unchanged:",
+        markdown_table(["metric", "vectors", "recall@1", "recall@5", "MRR"], metric_rows),
+        f"Answers (greedy, k=3 hybrid; RAG SFT: {args.sft_steps} steps on sft.jsonl with the world's RAG "
+        f"conversations, {sft_s:.0f}s). Without retrieval the right answer is \"I don't know.\"; made up = answers "
+        "other than \"I don't know.\" when the index lacks the person; stale = answers following a birth city changed "
+        f"in the knowledge base and re-indexed ({reindex_s:.1f}s), no retraining; latency per question, one at a time:",
+        markdown_table(["chat model", "EM without retrieval", "I don't know without", "EM with retrieval", "cited",
+                        "faithful (cited passage states it)", "made up when absent", "follows the changed fact",
+                        "latency ms (retrieve + generate)"], answer_rows),
+        "Goal (issue 16): >= 80% exact match with retrieval.",
+    ])
+    print(body)
+    if not args.no_write:
+        write_section("rag", body)
+
+
+if __name__ == "__main__":
+    main()
