@@ -140,7 +140,7 @@ def main() -> None:
             metric_rows.append([metric, label, _pct(m["recall@1"]), _pct(m["recall@5"]), f"{m['mrr']:.3f}"])
 
     # ---- answers
-    from acorn.eval.world import unknown_qa
+    from acorn.eval.harness import evaluate
 
     log("fine-tuning the chat model on the RAG conversations")
     t0 = time.perf_counter()
@@ -172,7 +172,8 @@ def main() -> None:
     answer_rows, results = [], {}
     for label, model in (("speedrun chat model", run / "sft" / "model"), ("+ RAG SFT", rag_model)):
         engine = Engine.from_pretrained(model)
-        without = unknown_qa(engine, run / "world", limit=args.limit)
+        without = evaluate(engine, ["world_unknown_qa"], data_dir=run / "world", limit=args.limit,
+                           progress=False)["results"]["world_unknown_qa"]
         rag = RAG(base_index, model=engine, embedder=trained, k=3)
         with_ = answer_metrics([a for s in range(0, len(questions), 32) for a in rag.ask_many(questions[s:s + 32])],
                                golds)
