@@ -60,7 +60,7 @@ class SpeedrunPreset:
     note: str
     # The optional stages over a finished run (`--stages align,grpo`), sized to the preset:
     align_steps: int = 0  # ORPO steps of the align stage; 0: 3 epochs of the world's pairs (~100 on cpu)
-    grpo_steps: int = 40  # GRPO steps of the grpo stage
+    grpo_steps: int = 100  # GRPO steps of the grpo stage (16 prompts x 8 samples each)
 
 
 PRESETS = {
@@ -356,7 +356,7 @@ def stage_grpo(run: Run) -> dict:
 
 register_stage("align", stage_align, estimate="about a minute",
                title="align: ORPO on the world's preference pairs from the SFT model, then the world's tasks on it")
-register_stage("grpo", stage_grpo, estimate="about two minutes",
+register_stage("grpo", stage_grpo, estimate="a minute or two",
                title="grpo: GRPO on the world's arithmetic prompts from the SFT model, then world_arithmetic on it")
 
 
