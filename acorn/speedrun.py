@@ -497,7 +497,9 @@ def run_stages(out: str | Path, names: list[str]) -> Path:
         raise AcornError(f"{saved}: missing; --stages adds to a finished run: first `acorn speedrun --out {out}`")
     state = json.loads(saved.read_text())
     preset = state["preset"]
-    p = SpeedrunPreset(**state["preset_settings"]) if "preset_settings" in state else PRESETS[preset]
+    # Settings a run saved before they existed (the later stages' step counts) come from its named preset.
+    named = asdict(PRESETS[preset]) if preset in PRESETS else {}
+    p = SpeedrunPreset(**{**named, **state["preset_settings"]}) if "preset_settings" in state else PRESETS[preset]
     run = Run(out, preset, p, state["seed"])
     results = [StageResult(s["name"], s["seconds"], s["summary"]) for s in state["stages"]]
     print(f"acorn speedrun -> {out}: stages {', '.join(names)} over the finished run (preset {preset}, seed {run.seed})")
