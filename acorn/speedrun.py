@@ -21,6 +21,13 @@ runs the named ones over an existing run directory, reusing its world and
 models, and adds their columns to the same card. A later capability
 (alignment, retrieval, agents) adds its before/after numbers by registering
 a stage here with register_stage (this module is the layer above them all).
+Two such stages, off by default, train from the run's SFT model:
+
+  align  ORPO (Hong et al. 2024) on the world's preference pairs, the method
+         and settings that measured an effect here (docs/BENCHMARKS.md,
+         align-hallucination); column "align": the world's tasks
+  grpo   GRPO (Shao et al. 2024) on the world's arithmetic prompts with the
+         exact-match reward; column "grpo": world_arithmetic
 """
 
 from __future__ import annotations
@@ -51,6 +58,9 @@ class SpeedrunPreset:
     sft_lr: float
     eval_limit: int | None
     note: str
+    # The optional stages over a finished run (`--stages align,grpo`), sized to the preset:
+    align_steps: int = 0  # ORPO steps of the align stage; 0: 3 epochs of the world's pairs (~100 on cpu)
+    grpo_steps: int = 100  # GRPO steps of the grpo stage (16 prompts x 8 samples each)
 
 
 PRESETS = {
@@ -60,7 +70,8 @@ PRESETS = {
     "cpu": SpeedrunPreset("default", 2048, "nano", 256, 512, 16, 16384, 9.0, 3.5, 3e-3, 1e-3, None,
                           "~15 min on a 2-core CPU, ~1 GB of memory"),
     "tiny": SpeedrunPreset("tiny", 512, "nano", 128, 128, 8, 2048, 0.1, 0.05, 3e-3, 1e-3, 20,
-                           "under a minute; checks the pipeline end to end, not for results"),
+                           "under a minute; checks the pipeline end to end, not for results",
+                           align_steps=2, grpo_steps=2),
     "gpu": SpeedrunPreset("large", 8192, "d12", 1024, 1024, 32, 262144, 30.0, 10.0, 1e-3, 3e-4, None,
                           "a GPT-2-small-class model (114M) on one GPU; estimated ~45 min and ~20 GB, not yet measured"),
 }
@@ -272,6 +283,83 @@ register_stage("benchmarks", stage_benchmarks, estimate="a minute",
                title=f"benchmarks: {', '.join(BENCHMARK_TASKS)} (first {BENCHMARK_LIMIT}) on base and SFT")
 
 
+# Preference optimisation as docs/BENCHMARKS.md (align-hallucination) measured it on this world:
+# of DPO, IPO, KTO, ORPO and SimPO from one chat model, only ORPO (lr 3e-4, beta 0.1, 3 epochs of
+# 32 pairs a step, sequences of 128 tokens) turned made-up answers about never-seen people into
+# "I don't know" and kept most facts. Its pairs: the unknown and fact kinds (arithmetic left out, as there).
+ALIGN_PAIRS = ("unknown", "fact")
+
+
+def stage_align(run: Run) -> dict:
+    import shutil
+
+    from acorn.config import load
+    from acorn.fileio import read_jsonl, write_jsonl
+    from acorn.train.prefs import PrefsConfig, prefs
+
+    train, held_out = run.world / "preference.jsonl", run.world / "eval" / "preference.jsonl"
+    run.need(train, held_out, run.sft)
+    out = run.out / "align"
+    shutil.rmtree(out, ignore_errors=True)  # a rerun replaces the stage's model and numbers
+    out.mkdir(parents=True)
+    files = {}
+    for name, src in (("train", train), ("held_out", held_out)):
+        files[name] = out / f"pairs_{name}.jsonl"
+        write_jsonl(files[name], (r for r in read_jsonl(src) if r.get("kind") in ALIGN_PAIRS))
+    micro_batch, accumulation, seq_len = 16, 2, 128
+    cli = ["--loss", "orpo", "--beta", "0.1", "--init_from", str(run.sft), "--data", str(files["train"]),
+           "--eval_data", str(files["held_out"]), "--out", str(out), "--seed", str(run.seed), "--epochs", "3",
+           "--train.max_steps", str(run.preset.align_steps), "--train.seq_len", str(seq_len),
+           "--train.micro_batch", str(micro_batch), "--train.batch_tokens", str(micro_batch * accumulation * seq_len),
+           "--optim.lr", "3e-4", "--optim.warmup_steps", "5",
+           # held-out pairs scored once, at the last step (the loop always evaluates there), all of them
+           "--eval.every", "1000000", "--eval.batches", "0", "--eval.checkpoint_every", "0"]
+    prefs(load(PrefsConfig, None, cli))
+    last = _metric_rows(out)[-1]  # the last step's row, with the held-out pairs' numbers
+    card = {"align": _evaluate(run, "align", out / "model", ["world"], "align", data_dir=run.world,
+                               limit=run.preset.eval_limit)}
+    r = card["align"]
+    print(f"   align: \"I don't know\" for unknown people {r['world_unknown_qa']['idk_rate']:.1%} (made up "
+          f"{r['world_unknown_qa']['hallucination_rate']:.1%}); fact QA {r['world_fact_qa']['answer_match']:.1%}",
+          flush=True)
+    return {"card": card, "command": "acorn dpo " + " ".join(cli), "steps": last["step"],
+            "train_loss": last["loss"], "held_out_accuracy": last.get("val_rewards/accuracies"),
+            "model": str(out / "model")}
+
+
+# GRPO on the world's arithmetic prompts (no tool offered; reward: exact match with the answer), with the
+# settings of benchmarks/align_rl.py: 16 prompts x 8 samples a step, temperature 1, 12 new tokens,
+# one optimizer step per rollout batch, lr 5e-5 constant. Scored with the harness's world_arithmetic.
+def stage_grpo(run: Run) -> dict:
+    import shutil
+
+    from acorn.config import load
+    from acorn.train.rl import GRPOConfig, grpo
+
+    data = run.world / "rl_arithmetic.jsonl"
+    run.need(data, run.sft)
+    out = run.out / "grpo"
+    shutil.rmtree(out, ignore_errors=True)  # a rerun replaces the stage's model and numbers
+    cli = ["--data", str(data), "--init_from", str(run.sft), "--out", str(out), "--seed", str(run.seed),
+           "--rollout.prompts", "16", "--rollout.n", "8", "--rollout.max_new_tokens", "12",
+           "--rollout.temperature", "1.0", "--train.micro_batch", "64", "--train.max_steps", str(run.preset.grpo_steps),
+           "--optim.lr", "5e-5", "--eval.every", "0", "--eval.checkpoint_every", "0"]
+    grpo(load(GRPOConfig, None, cli))
+    rewards = [r["reward"] for r in _metric_rows(out) if "reward" in r]
+    card = {"grpo": _evaluate(run, "grpo", out / "model", ["world_arithmetic"], "grpo", data_dir=run.world,
+                              limit=run.preset.eval_limit)}
+    print(f"   grpo: training reward {rewards[0]:.2f} -> {rewards[-1]:.2f}; world_arithmetic "
+          f"{card['grpo']['world_arithmetic']['answer_match']:.1%}", flush=True)
+    return {"card": card, "command": "acorn grpo " + " ".join(cli), "steps": len(rewards),
+            "reward_first": rewards[0], "reward_last": rewards[-1], "model": str(out / "model")}
+
+
+register_stage("align", stage_align, estimate="about a minute",
+               title="align: ORPO on the world's preference pairs from the SFT model, then the world's tasks on it")
+register_stage("grpo", stage_grpo, estimate="a minute or two",
+               title="grpo: GRPO on the world's arithmetic prompts from the SFT model, then world_arithmetic on it")
+
+
 def _sample_questions(world: Path) -> list[str]:
     qs = []
     for name, n in (("fact_qa", 3), ("unknown_qa", 2), ("arithmetic", 2)):
@@ -327,8 +415,12 @@ def _steps_for(cfg, minutes: float, init_from: Path | None = None) -> int:
     return max(steps, 10)
 
 
+def _metric_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
 def _last_metrics(out: Path) -> dict:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = _metric_rows(out)
     val = [r for r in rows if "val_loss" in r]
     tok_s = sorted(r["tok_s"] for r in rows)[len(rows) // 2]
     return {"train_loss": rows[-1]["loss"], "val_loss": val[-1]["val_loss"] if val else None,
@@ -405,7 +497,9 @@ def run_stages(out: str | Path, names: list[str]) -> Path:
         raise AcornError(f"{saved}: missing; --stages adds to a finished run: first `acorn speedrun --out {out}`")
     state = json.loads(saved.read_text())
     preset = state["preset"]
-    p = SpeedrunPreset(**state["preset_settings"]) if "preset_settings" in state else PRESETS[preset]
+    # Settings a run saved before they existed (the later stages' step counts) come from its named preset.
+    named = asdict(PRESETS[preset]) if preset in PRESETS else {}
+    p = SpeedrunPreset(**{**named, **state["preset_settings"]}) if "preset_settings" in state else PRESETS[preset]
     run = Run(out, preset, p, state["seed"])
     results = [StageResult(s["name"], s["seconds"], s["summary"]) for s in state["stages"]]
     print(f"acorn speedrun -> {out}: stages {', '.join(names)} over the finished run (preset {preset}, seed {run.seed})")
@@ -506,6 +600,11 @@ def _report(results: list[StageResult], total: float, run: Run, card: dict) -> s
                       f"{s['steps']} steps, {s['tokens']:,} tokens at {s['tok_s']:,.0f} tokens/s; final train loss "
                       f"{s['train_loss']:.3f}" + (f", validation loss {s['val_loss']:.3f}" if s.get("val_loss") else "")
                       + (f", {s['val_bpb']:.3f} bits per byte" if s.get("val_bpb") else "") + ".", ""]
+    trained = [r for r in results if r.name in STAGES and "command" in r.summary]
+    if trained:
+        lines += ["## Stages trained over the run", "",
+                  *[f"- {r.name}: {r.summary.get('steps', '?')} steps, model `{r.summary.get('model', '?')}`; "
+                    f"`{r.summary['command']}`" for r in trained], ""]
     if "tokenizer eval" in by:
         lines += ["## Tokenizer: bytes per token on held-out world prose", "",
                   f"Reproduce with `{by['tokenizer eval'].summary['command']}`.", "", "```",

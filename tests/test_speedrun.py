@@ -63,9 +63,32 @@ def test_a_registered_stage_adds_its_columns_to_a_finished_run(tiny_run, monkeyp
     assert row.rstrip().endswith("| 0.5000 |")
     # Bad input: an unknown stage (listing the registered ones), a directory without a run.
     assert main(["speedrun", "--out", str(out), "--stages", "dpo"]) == 2
-    assert "unknown speedrun stage dpo; available: eval, samples, benchmarks" in capsys.readouterr().err
+    assert "unknown speedrun stage dpo; available: eval, samples, benchmarks, align, grpo" in capsys.readouterr().err
     assert main(["speedrun", "--out", str(out.parent / "none"), "--stages", "eval"]) == 2
     assert "--stages adds to a finished run" in capsys.readouterr().err
+
+
+def test_align_and_grpo_stages_train_from_the_sft_model_and_add_their_columns(tiny_run):
+    out, report = tiny_run
+    assert main(["speedrun", "--out", str(out), "--stages", "align,grpo"]) == 0
+    stages = json.loads((out / "speedrun.json").read_text())["stages"]
+    by = {s["name"]: s["summary"] for s in stages}
+    assert by["align"]["steps"] == 2 and by["grpo"]["steps"] == 2  # the tiny preset's
+    assert "--loss orpo --beta 0.1" in by["align"]["command"] and "--optim.lr 3e-4" in by["align"]["command"]
+    kinds = {json.loads(line)["kind"] for line in (out / "align" / "pairs_train.jsonl").read_text().splitlines()}
+    assert kinds == {"unknown", "fact"}
+    # ORPO's loss always has a gradient: the aligned model is trained from the SFT model, not a copy of it
+    # (the tiny model's arithmetic reward is mostly 0, which gives GRPO none in two steps).
+    weights = [(out / m / "model" / "model.safetensors").read_bytes() for m in ("sft", "align")]
+    assert weights[0] != weights[1] and (out / "grpo" / "model" / "model.safetensors").exists()
+    for stage in ("align", "grpo"):
+        assert load(out / stage / stage)["config"]["model"] == str(out / stage / "model")
+    card = sr.report_card([sr.StageResult(s["name"], s["seconds"], s["summary"]) for s in stages])
+    assert {"world_fact_qa", "world_unknown_qa", "world_arithmetic"} <= set(card["align"])
+    assert "world_arithmetic" in card["grpo"] and all(t.startswith("world_arithmetic") for t in card["grpo"])
+    text = report.read_text(encoding="utf-8")
+    header = next(line for line in text.splitlines() if line.startswith("| task | metric |"))
+    assert header.endswith("| align | grpo |") and "## Stages trained over the run" in text
 
 
 def test_speedrun_refuses_a_file_and_an_old_run(tmp_path, capsys):
