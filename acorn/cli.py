@@ -206,13 +206,13 @@ def cmd_quantize(args) -> None:
 def cmd_lora_merge(args) -> None:
     from acorn.model.lora import merge_checkpoint
 
-    print(merge_checkpoint(args.base, args.adapter, args.out))
+    print(merge_checkpoint(args.base, args.adapter, args.out, overwrite=args.overwrite))
 
 
 def cmd_export_gguf(args) -> None:
     from acorn.model.gguf import export_gguf
 
-    print(export_gguf(args.checkpoint, args.out, type=args.type))
+    print(export_gguf(args.checkpoint, args.out, type=args.type, overwrite=args.overwrite))
 
 
 def cmd_pretrain(args) -> None:
@@ -890,6 +890,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("adapter", help="a PEFT adapter directory (adapter_config.json + adapter_model.safetensors), "
                    "e.g. RUN/adapter of `acorn sft --lora.r 16`, or one peft saved")
     s.add_argument("--out", required=True, help="directory for the merged checkpoint")
+    s.add_argument("--overwrite", action="store_true", help="write over a checkpoint already in --out "
+                   "(default: refuse)")
     s.set_defaults(func=cmd_lora_merge)
 
     # acorn export ...
@@ -906,6 +908,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "(--pattern gpt4,\nthe default of `acorn tokenizer train`) or GPT-2's.")
     s.add_argument("checkpoint", help="a Hugging Face checkpoint directory with its tokenizer files")
     s.add_argument("--out", required=True, help="the .gguf file to write (replaced whole, never half-written)")
+    s.add_argument("--overwrite", action="store_true", help="replace a file already at --out (default: refuse)")
     s.add_argument("--type", default="f16", choices=["f32", "f16", "q8_0"],
                    help="matrix weights as f16 (default; half of f32), f32 (exact), or q8_0 (8-bit blocks of 32 "
                    "with one f16 scale: about a quarter of f32, error at most half a step); norms and biases "

@@ -125,7 +125,7 @@ def main() -> None:
     out_dir = CACHE / "gguf"
     for type_ in args.types:
         path = out_dir / f"{ckpt.resolve().name}-{type_}.gguf"
-        line = export_gguf(ckpt, path, type=type_)
+        line = export_gguf(ckpt, path, type=type_, overwrite=True)
         log(line)
         llm = llama_cpp.Llama(str(path), n_ctx=cfg.max_seq_len, n_threads=args.threads, n_batch=cfg.max_seq_len,
                               logits_all=True, verbose=False, seed=0)

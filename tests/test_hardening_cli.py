@@ -75,6 +75,8 @@ CASES = [
     ("quantize-overwrite", ["quantize", "{ckpt}", "--method", "int8", "--out", "{tmp}/full"], "pass --overwrite", None),
     ("tokenizer-overwrite", ["tokenizer", "train", "{tmp}/bad.txt", "--errors", "replace", "--out", "{tmp}/full"],
      "pass --overwrite", None),
+    ("gguf-overwrite", ["export", "gguf", "{ckpt}", "--out", "{tmp}/a_file"], "pass --overwrite", None),
+    ("gguf-out-directory", ["export", "gguf", "{ckpt}", "--out", "{tmp}/full"], "is a directory", None),
     # 7: bytes that are not UTF-8, and rows that are not objects, in .jsonl files
     ("train-utf8", ["tokenizer", "train", "{tmp}/bad.jsonl", "--out", "{tmp}/t"],
      "bad.jsonl:2: bytes at column 14 are not UTF-8", None),
@@ -163,7 +165,8 @@ def test_overwrite_replaces_and_is_documented(tmp_path, capsys):
             "--out", str(tmp_path / "full")]
     assert run([*argv, "--overwrite"], capsys)[0] == 0
     assert (tmp_path / "full" / "tokenizer.json").is_file()
-    for cmd in (["data", "world"], ["quantize"], ["tokenizer", "train"], ["data", "prepare"]):
+    for cmd in (["data", "world"], ["quantize"], ["tokenizer", "train"], ["data", "prepare"], ["lora", "merge"],
+                ["export", "gguf"]):
         with pytest.raises(SystemExit):
             main([*cmd, "--help"])
         assert "--overwrite" in capsys.readouterr().out

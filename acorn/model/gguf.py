@@ -311,14 +311,19 @@ def _add(w, key: str, value) -> None:
         w.add_array(key, list(value))
 
 
-def export_gguf(checkpoint, out, *, type: str = "f16") -> str:
-    """`acorn export gguf`: load a checkpoint and its tokenizer, write `out`; returns the line printed."""
+def export_gguf(checkpoint, out, *, type: str = "f16", overwrite: bool = False) -> str:
+    """`acorn export gguf`: load a checkpoint and its tokenizer, write `out` (refused where a file
+    is already there, unless overwrite); returns the line printed."""
     from acorn.fileio import read_json
     from acorn.model.checkpoint import load
     from acorn.tokenizer.bpe import Tokenizer
 
     if type not in TYPES:  # bad flags fail before the model loads
         raise AcornError(f"unknown GGUF type {type!r}; choose one of {', '.join(TYPES)}")
+    if Path(out).is_dir():
+        raise AcornError(f"--out {out} is a directory; give the path of the .gguf file to write")
+    if Path(out).exists() and not overwrite:
+        raise AcornError(f"--out {out} already exists; choose another --out or pass --overwrite to replace it")
     src = Path(checkpoint)
     config = src / "config.json"
     if config.is_file() and read_json(config).get("quantization") is not None:

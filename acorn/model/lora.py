@@ -765,9 +765,11 @@ def load_adapter(model: Transformer, directory, *, name: str = "default", dtype:
     return [p[0] for p in plan]
 
 
-def merge_checkpoint(base, adapter, out) -> str:
+def merge_checkpoint(base, adapter, out, *, overwrite: bool = False) -> str:
     """`acorn lora merge`: base + adapter -> a plain Hugging Face checkpoint in `out`, with the
-    base's tokenizer and generation files. Returns the summary printed."""
+    base's tokenizer and generation files (refused where `out` already holds files, unless
+    overwrite). Returns the summary printed."""
+    from acorn.fileio import check_new_output
     from acorn.model.checkpoint import load, save
 
     src, dst, adapter = Path(base), Path(out), Path(adapter)
@@ -775,6 +777,7 @@ def merge_checkpoint(base, adapter, out) -> str:
     for p in (src, adapter):
         if dst.exists() and p.exists() and dst.resolve() == p.resolve():
             raise AcornError(f"{dst}: is an input of the merge; give another --out directory")
+    check_new_output(dst, overwrite)
     model = load(src, device="cpu")
     names = load_adapter(model, adapter, dtype=quant.float_dtype(model))
     merge_and_unload(model)

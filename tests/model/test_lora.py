@@ -223,6 +223,9 @@ def test_a_peft_adapter_loads_in_acorn_and_merges_like_peft(name, tmp_path):
     theirs = merged.state_dict()
     for k, v in ours_merged.state_dict().items():
         assert torch.allclose(v, theirs[k], atol=1e-6), k
+    # a second merge into the same directory is refused (it holds a checkpoint) unless --overwrite
+    again = ["lora", "merge", str(path), str(tmp_path / "adapter"), "--out", str(tmp_path / "merged")]
+    assert main(again) == 2 and main([*again, "--overwrite"]) == 0
 
 
 def test_an_acorn_gpt2_adapter_on_c_attn_loads_in_peft(tmp_path):
