@@ -300,7 +300,8 @@ def _rl_commands(stages) -> None:
          "--ppo.value_epsilon 0.2, --ppo.vf_coef 0.1, --ppo.whiten_rewards true. A learned reward model plugs\n"
          "in as a reward function (--reward model=RUN/model of `acorn reward train`)."),
     ]:
-        s = _parser(stages, name, help, example, description=f"{help}.\n\n{own}\n\n{common}")
+        s = _parser(stages, name, help, example, description=f"{help}.\n\n{own}\n\n{common}",
+                    settings=f"acorn.train.rl:{'GRPOConfig' if name == 'grpo' else 'PPOConfig'}")
         s.add_argument("--config", help="YAML file with the run's settings")
         s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
         s.add_argument("--reward", action="append", metavar="SPEC", help="a reward function: arithmetic, json, "
@@ -1016,7 +1017,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "--config FILE and\n--section.key VALUE overrides (data, eval_data, out, init_from, reference, loss, "
                 "beta, label_smoothing,\nsimpo_gamma, desirable_weight, undesirable_weight, epochs, val_fraction, "
                 "optim, train, eval, lora).\nmetrics.jsonl logs TRL's rewards/chosen, rewards/rejected, "
-                "rewards/margins, rewards/accuracies.")
+                "rewards/margins, rewards/accuracies.",
+                settings="acorn.train.prefs:PrefsConfig")
     s.add_argument("--config", help="YAML file with the run's settings")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.set_defaults(func=cmd_dpo, accepts_overrides=True)
@@ -1034,7 +1036,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "(margin from\na row's 'margin' field). RUN/model is a LlamaForSequenceClassification-style "
                 "checkpoint (num_labels 1)\nthat transformers loads with the same scores; report.md gives the "
                 "held-out pair accuracy. Settings:\n--config FILE and --section.key VALUE overrides (data, eval_data, "
-                "out, init_from, margin,\ncenter_rewards_coefficient, epochs, val_fraction, optim, train, eval).")
+                "out, init_from, margin,\ncenter_rewards_coefficient, epochs, val_fraction, optim, train, eval).",
+                settings="acorn.train.reward:RewardConfig")
     s.add_argument("--config", help="YAML file with the run's settings")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.set_defaults(func=cmd_reward_train, accepts_overrides=True)
@@ -1110,7 +1113,8 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Fine-tune a checkpoint into an embedding model: a question and the passage that answers\n"
                 "it are pulled together, the other passages of the batch pushed away (InfoNCE, temperature\n"
                 "--temperature). Pairs from a generated world (never its unknown_eval people, which measure\n"
-                "it). Settings as for `acorn sft`: --config FILE and --section.key VALUE overrides.")
+                "it). Settings as for `acorn sft`: --config FILE and --section.key VALUE overrides.",
+                settings="acorn.train.embed:EmbedConfig")
     s.add_argument("--config", help="YAML file with the run's settings")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.set_defaults(func=cmd_embed_train, accepts_overrides=True)
