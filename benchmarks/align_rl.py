@@ -273,8 +273,6 @@ def _plot(curves: dict[str, list[tuple[int, float]]], path: Path, title: str, xl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from acorn.fileio import atomic_write
-
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, pts in curves.items():
         ax.plot([x for x, _ in pts], [y for _, y in pts], label=label, lw=1)
@@ -283,6 +281,14 @@ def _plot(curves: dict[str, list[tuple[int, float]]], path: Path, title: str, xl
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    _save_png(fig, path)
+
+
+def _save_png(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from acorn.fileio import atomic_write
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "wb") as f:
@@ -297,8 +303,6 @@ def _plot_ppo(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from acorn.fileio import atomic_write
-
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for label, pts in curves.items():
         ax = right if "KL to" in label else left
@@ -310,11 +314,7 @@ def _plot_ppo(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    _save_png(fig, path)
 
 
 # ================================================================== main

@@ -39,6 +39,7 @@ from common import CACHE, command_line, log, machine_description, markdown_table
 from acorn.infer.engine import Engine  # noqa: E402
 from acorn.infer.sampling import SamplingParams  # noqa: E402
 from acorn.model.gguf import export_gguf  # noqa: E402
+from acorn.train.prefs_data import common_prefix  # noqa: E402
 
 PROMPTS = ["The capital of", "Once upon a time, there was", "Q: What is 12 + 30?\nA:",
            "  indented  text,\n\nnumbers 1234567 and punctuation!?"]
@@ -60,15 +61,6 @@ def _greedy_llama_cpp(llm, ids: list[int], n: int) -> list[int]:
         if len(out) == n:
             break
     return out
-
-
-def _agree(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def main() -> None:
@@ -144,7 +136,7 @@ def main() -> None:
             max_diff = max(max_diff, diff)
             llm.reset()
             got = _greedy_llama_cpp(llm, ids, args.new_tokens)
-            agree = _agree(got, want)
+            agree = common_prefix(got, want)
             same_greedy += agree == args.new_tokens
             detail.append([type_, label, "yes" if theirs == ids else f"**no** ({len(theirs)} vs {len(ids)})",
                            f"{diff:.2e}", f"{agree}/{args.new_tokens}"])

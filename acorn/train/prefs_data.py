@@ -124,7 +124,8 @@ def read_rows(paths):
 
 
 # --------------------------------------------------------------- rendering
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading items a and b share."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -204,7 +205,7 @@ def load_pairs(paths, tok, *, max_len: int) -> tuple[list[Pair], LoadStats]:
         tools = row.get("tools")
         p_ids, c_ids, c_mask = render(tok, prompt, chosen, tools)
         _, r_ids, r_mask = render(tok, prompt, rejected, tools)
-        n = min(_common_prefix(p_ids, c_ids), _common_prefix(p_ids, r_ids))
+        n = min(common_prefix(p_ids, c_ids), common_prefix(p_ids, r_ids))
         if n >= max_len:
             stats.prompt_too_long += 1
             continue
@@ -239,7 +240,7 @@ def load_unpaired(paths, tok, *, max_len: int) -> tuple[list[Unpaired], LoadStat
             continue
         for prompt, completion, label in unpaired_parts(row, where):
             p_ids, ids, mask = render(tok, prompt, completion, row.get("tools"))
-            n = _common_prefix(p_ids, ids)
+            n = common_prefix(p_ids, ids)
             if n >= max_len:
                 stats.prompt_too_long += 1
                 continue

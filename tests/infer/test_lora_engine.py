@@ -173,7 +173,8 @@ def test_unknown_adapters_and_bad_directories_are_one_line_errors(checkpoint, to
 def test_the_stacked_inference_path_equals_the_segment_path_and_sees_weight_updates(checkpoint, adapters):
     """Without autograd a mixed batch runs every adapter in one stacked matmul pair
     (LoRALinear.stacked); with it, one pair per adapter on its slice. Both must agree, and
-    the stack must follow an adapter's weights when they change in place."""
+    the stack must follow an adapter's weights when they change in place. (1e-4: bmm and mm
+    round float32 sums in different orders; an adapter's effect is > 1e-3.)"""
     path, _ = checkpoint
     model = _multi(path, adapters)
     ids = torch.randint(0, model.config.vocab_size, (4, 6), generator=torch.Generator().manual_seed(2))
@@ -183,13 +184,13 @@ def test_the_stacked_inference_path_equals_the_segment_path_and_sees_weight_upda
         with torch.set_grad_enabled(grad), lora.use_adapters(model, index, names):
             return model(ids).logits.detach()
 
-    torch.testing.assert_close(mixed(False), mixed(True), atol=1e-5, rtol=0)
+    torch.testing.assert_close(mixed(False), mixed(True), atol=1e-4, rtol=0)
     before = mixed(False)
     _randomize(model, "c", seed=99)  # in place: the stack's key must notice
     after, want = mixed(False), mixed(True)
-    torch.testing.assert_close(after, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(after, want, atol=1e-4, rtol=0)
     assert (after[1] - before[1]).abs().max() > 1e-3  # row 1 runs "c": it changed
-    torch.testing.assert_close(after[[0, 2, 3]], before[[0, 2, 3]], atol=1e-5, rtol=0)  # the others did not
+    torch.testing.assert_close(after[[0, 2, 3]], before[[0, 2, 3]], atol=1e-4, rtol=0)  # the others did not
 
 
 def test_padding_the_segments_is_refused_when_it_would_more_than_double_the_rows():
