@@ -421,7 +421,7 @@ def figure_dpo_margins(args) -> str:
     _plot_margins(runs, args.img / "align-dpo-margins.png")
 
     def traj(e):
-        (s0, c0, r0), (s1, c1, r1) = e[0], e[-1]
+        (_, c0, r0), (_, c1, r1) = e[0], e[-1]
         return f"{c0:.2f} -> {c1:.2f}", f"{r0:.2f} -> {r1:.2f}", f"{c0 - r0:+.2f} -> {c1 - r1:+.2f}"
 
     table = [["start (SFT without refusals)", f"{at_start['chosen']:.2f}", f"{at_start['rejected']:.2f}",
@@ -429,14 +429,14 @@ def figure_dpo_margins(args) -> str:
               f"{start_kinds['idk']:.1%}", f"{start_kinds['dot']:.1%}", f"{start_kinds['other']:.1%}"]]
     for name, r in runs.items():
         c, rej, gap = traj(r["evals"])
-        (s0, c0, r0), (s1, c1, r1) = r["evals"][0], r["evals"][-1]
+        _, c1, r1 = r["evals"][-1]
         margin = (c1 - at_start["chosen"]) - (r1 - at_start["rejected"])
         k = r["kinds"]
         table.append([name, c, rej, gap, f"{margin:+.2f}", f"{k['idk']:.1%}", f"{k['dot']:.1%}", f"{k['other']:.1%}"])
     common = "; ".join(f"{name}: " + ", ".join(f"{t!r} x{n}" for t, n in r["kinds"]["common"]) for name, r in runs.items())
     reading = []
     for name, r in runs.items():
-        s1, c1, r1 = r["evals"][-1]
+        _, c1, r1 = r["evals"][-1]
         below = "still BELOW" if c1 < r1 else "now above"
         reading.append(f"{name}: \"I don't know.\" {at_start['chosen']:.2f} -> {c1:.2f} nats, the start's greedy "
                        f"made-up answer {at_start['rejected']:.2f} -> {r1:.2f} ({below} it); greedy replies "

@@ -128,7 +128,7 @@ GRPO_RUNS = {  # name: (run directory, scale_rewards, beta)
 def grpo_config(args, data: str, out: Path, scale: bool, beta: float):
     from acorn.train.rl import GRPOConfig
 
-    cfg = GRPOConfig(data=data, out=str(out), init_from=str(args.run / "sft" / "model"), seed=0,
+    cfg = GRPOConfig(data=data, out=str(out), init_from=str(args.sft), seed=0,
                      rewards=["arithmetic"])
     cfg.rollout.prompts, cfg.rollout.n, cfg.rollout.max_new_tokens = args.grpo_prompts, args.grpo_n, 12
     cfg.rollout.temperature = 1.0
@@ -148,7 +148,7 @@ def figure_grpo(args) -> str:
     data = write_rows(work / "rl_arithmetic.jsonl", rl_arithmetic_rows(args.run / "world"))
     eval_rows = list(read_jsonl(args.run / "world" / "eval" / "arithmetic.jsonl"))[:args.eval_limit]
     log(f"grpo: scoring the start on {len(eval_rows)} held-out problems")
-    before = arithmetic_by_digits(args.run / "sft" / "model", eval_rows)
+    before = arithmetic_by_digits(args.sft, eval_rows)
     results, curves = {}, {}
     for name, (slug, scale, beta) in GRPO_RUNS.items():
         out = _fresh(work / slug)
@@ -167,7 +167,7 @@ def figure_grpo(args) -> str:
     first_last = ", ".join(f"{n}: {c[0][1]:.2f} -> {c[-1][1]:.2f}" for n, c in curves.items() if c)
     return "\n".join([
         "## GRPO on arithmetic without the calculator (issue 13)", "",
-        f"The speedrun's chat model (`{args.run}/sft/model`) trained with `acorn.train.rl.grpo` on the world's "
+        f"The chat model `{args.sft}` trained with `acorn.train.rl.grpo` on the world's "
         "rl_arithmetic prompts (1-4 digit operands, + - *, none an eval problem; a chat turn without tools), reward "
         f"= exact match with the answer. Each run: {args.grpo_steps} steps, {args.grpo_prompts} prompts x "
         f"{args.grpo_n} samples per step (temperature 1, at most 12 new tokens), one optimizer step per rollout "
@@ -201,7 +201,7 @@ def exact_reward_ascent(args, data: str, out: Path) -> list[tuple[int, float]]:
     from acorn.train.optim import OptimConfig, build_optimizers
     from acorn.train.rollouts import RolloutLoader, load_prompts, pad_batch, policy_forward
 
-    start = args.run / "sft" / "model"
+    start = args.sft
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tok = Tokenizer.from_pretrained(start)
     model = load(start, dtype="float32", device=device).train()
@@ -268,7 +268,7 @@ def figure_grpo_diagnosis(args) -> str:
                 "greedy_sampled_rows": arithmetic_by_digits(model_dir, sampled_rows)}
 
     log(f"grpo-diagnosis: the start on {len(eval_rows)} held-out and {len(train_eval)} training problems")
-    results = {"start (SFT)": measure(args.run / "sft" / "model")}
+    results = {"start (SFT)": measure(args.sft)}
     curves = {}
     for name, (slug, temperature) in DIAGNOSIS_RUNS.items():
         out = _fresh(work / slug)
@@ -302,11 +302,12 @@ def figure_grpo_diagnosis(args) -> str:
         "problems, lower held-out accuracy at this scale? The first is tested exactly on small problems "
         "(`tests/train/test_rl_exact.py`: on every completion of a tiny vocabulary and length, and through the "
         "engine's rollouts at temperature 0.7 on the tiny checkpoint, GRPO's gradient has cosine 0.98-0.999 with "
-        "the exact gradient of the expected reward). The second is measured here: from the speedrun's chat model, "
+        "the exact gradient of the expected reward). The second is measured here: "
+        f"from the chat model `{args.sft}`, "
         f"{args.grpo_steps} steps of {args.grpo_prompts} prompts of the world's rl_arithmetic.jsonl, the same "
         "prompts in the same order for every run, AdamW lr "
-        f"{args.grpo_lr:g} constant ({len(served)} distinct problems trained on): GRPO (std scaling, {args.grpo_n} samples, dapo) with rollouts at temperature "
-        "1 and at 0.7, and gradient ascent on the EXACT expected reward of each step's prompts (no sampling: the "
+        f"{args.grpo_lr:g} constant ({len(served)} distinct problems trained on): GRPO (std scaling, "
+        f"{args.grpo_n} samples, dapo) with rollouts at temperature 1 and at 0.7, and gradient ascent on the EXACT expected reward of each step's prompts (no sampling: the "
         "probability of the answer's reply, the completion exact match rewards; `exact_reward_ascent`). Scored "
         f"greedily on {len(eval_rows)} held-out problems (eval/arithmetic.jsonl) and on {len(train_eval)} of the "
         f"training problems, and by the mean reward of 8 samples per problem at temperature 1 and 0.7 on "
@@ -387,7 +388,7 @@ def figure_ppo(args) -> str:
     for name, coef, target in parse_kl(args.ppo_kl):
         slug = name.replace(" ", "-").replace(",", "").replace(".", "")
         out = _fresh(work / "ppo" / slug)
-        cfg = PPOConfig(data=data, eval_data=held, out=str(out), init_from=str(args.run / "sft" / "model"), seed=0,
+        cfg = PPOConfig(data=data, eval_data=held, out=str(out), init_from=str(args.sft), seed=0,
                         reward_weights=[1.0, 0.0])
         cfg.rollout.prompts, cfg.rollout.n, cfg.rollout.max_new_tokens = args.ppo_prompts, 1, 16
         cfg.rollout.epochs = 4
@@ -428,7 +429,7 @@ def figure_ppo(args) -> str:
                        f"{mean(acc):.3f}, KL {mean(kl):.2f} nats")
     return "\n".join([
         "## PPO against a learned reward model: the KL penalty against reward hacking (issue 13)", "",
-        f"The speedrun's chat model trained with `acorn.train.rl.ppo` against `{score_name}` on the prompts of the "
+        f"The chat model `{args.sft}` trained with `acorn.train.rl.ppo` against `{score_name}` on the prompts of the "
         "world's preference.jsonl (facts, unknown people, arithmetic); the true accuracy is exact match with the "
         "answer the world knows (the pair's chosen reply), carried as a second reward of weight 0: logged, never "
         f"trained on. Each run: {args.ppo_steps} steps, {args.ppo_prompts} prompts per rollout, 4 PPO epochs, "
@@ -541,6 +542,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--figures", default="grpo,time", help=f"comma-separated, of {', '.join(FIGURES)}")
     ap.add_argument("--run", type=Path, default=Path("runs/speedrun"), help="a finished `acorn speedrun` directory")
+    ap.add_argument("--sft", type=Path, help="the chat model to start from (default: RUN/sft/model)")
     ap.add_argument("--work", default="benchmarks/.cache/align-rl", help="where runs are trained (cleared per run)")
     ap.add_argument("--no-write", action="store_true", help="print the sections instead of writing BENCHMARKS.md")
     ap.add_argument("--quick", action="store_true", help="a few steps and problems each, to try it out")
@@ -567,6 +569,7 @@ def main() -> None:
         args.ppo_steps, args.ppo_prompts = 8, 8
         args.eval_limit = args.eval_limit or 24
         args.train_limit, args.sample_limit = args.train_limit or 24, min(args.sample_limit, 8)
+    args.sft = args.sft or args.run / "sft" / "model"
     args.command = command_line()
     # The figures' images go beside BENCHMARKS.md; a trial run (--no-write) keeps them in the work directory.
     args.img = Path(args.work) if args.no_write else REPO / "docs" / "img"
