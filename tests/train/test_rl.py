@@ -371,6 +371,30 @@ def test_ppo_logs_its_quantities_adapts_the_kl_coefficient_and_exports_the_polic
     assert "## PPO" in (out / "report.md").read_text()
 
 
+def test_ppo_resumes_exactly_with_its_adaptive_kl_coefficient(checkpoint, tok, tmp_path):
+    """A checkpoint inside a rollout batch's epochs: the resumed run restores the unused micro-batches, the
+    value head and the adaptive controller's coefficient, and ends with the same losses and weights."""
+    cfg = PPOConfig(data=_prompts_file(tmp_path / "p.jsonl", tok), out=str(tmp_path / "a"),
+                    init_from=str(checkpoint[0]))
+    cfg.rollout.prompts, cfg.rollout.max_new_tokens, cfg.rollout.epochs = 4, 6, 2
+    cfg.ppo.kl_coef, cfg.ppo.kl_target, cfg.ppo.kl_horizon = 0.1, 1e-6, 10
+    cfg.train.micro_batch, cfg.train.max_steps, cfg.train.dtype = 4, 5, "float32"
+    cfg.optim.lr = 1e-2
+    cfg.eval.checkpoint_every = 3
+    a = rl.ppo(cfg, rewards=[_low_ids_reward])
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    (b / "checkpoints" / "step_0000005.pt").unlink()
+    shutil.rmtree(b / "model")
+    cfg.out = str(b)
+    rl.ppo(cfg, resume=True, rewards=[_low_ids_reward])
+    rows_a, rows_b = _rows(a), _rows(b)
+    assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
+    coefs = [r["kl_coef"] for r in rows_b if "kl_coef" in r]
+    assert len(set(coefs)) == 3  # it moved twice: the resumed run went on from the saved coefficient
+    assert (a / "model" / "model.safetensors").read_bytes() == (b / "model" / "model.safetensors").read_bytes()
+
+
 def test_ppo_with_lora_trains_adapters_and_the_value_head_and_writes_a_peft_adapter(checkpoint, tok, tmp_path):
     """The reference is the base with the adapters off; checkpoints carry the value head, the
     exported adapter only the policy's adapters, under PEFT's names."""
