@@ -234,20 +234,23 @@ class RolloutWorker:
         self.cfg, self.micro_batch, self.device, self.autocast = cfg, micro_batch, device, autocast
         self.seed, self.rank, self.needs_old_logprobs = seed, rank, needs_old_logprobs
 
-    def sampling_params(self, iteration: int):
+    def sampling_params(self, iteration: int, prompts: int = 0):
         from acorn.infer.sampling import SamplingParams
 
         c = self.cfg
-        # A seed per (run seed, rank, iteration): rollouts are a function of the weights and the step,
-        # so a resumed run samples what the uninterrupted one did.
-        seed = hash((self.seed, self.rank, iteration)) % 2**62
+        # A seed per (run seed, iteration): rollouts are a function of the weights and the step, so a
+        # resumed run samples what the uninterrupted one did. The engine draws sample j of prompt i with
+        # seed + i * n + j; rank r's prompts come after the `prompts` of each rank before it in the step's
+        # global batch, so they start r * prompts * n further on: the samples are those one process with
+        # every rank's prompts would draw (torchrun with k processes trains on the same rollouts as one).
+        seed = hash((self.seed, iteration)) % 2**62 + self.rank * prompts * c.n
         return SamplingParams(n=c.n, max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_k=c.top_k,
                               top_p=c.top_p, seed=seed, logprobs=0)
 
     def __call__(self, prompts: list[Prompt], iteration: int) -> Rollout:
         t0 = time.perf_counter()
         self.engine.reset_prefix_cache()  # the weights changed since these blocks were computed
-        completions = self.engine.generate([p.ids for p in prompts], self.sampling_params(iteration))
+        completions = self.engine.generate([p.ids for p in prompts], self.sampling_params(iteration, len(prompts)))
         t1 = time.perf_counter()
         each = [p for p in prompts for _ in range(self.cfg.n)]
         scores = score_completions(each, completions, self.rewards, self.reward_weights, group=self.cfg.n,

@@ -371,6 +371,30 @@ def test_ppo_logs_its_quantities_adapts_the_kl_coefficient_and_exports_the_polic
     assert "## PPO" in (out / "report.md").read_text()
 
 
+def test_ppo_resumes_exactly_with_its_adaptive_kl_coefficient(checkpoint, tok, tmp_path):
+    """A checkpoint inside a rollout batch's epochs: the resumed run restores the unused micro-batches, the
+    value head and the adaptive controller's coefficient, and ends with the same losses and weights."""
+    cfg = PPOConfig(data=_prompts_file(tmp_path / "p.jsonl", tok), out=str(tmp_path / "a"),
+                    init_from=str(checkpoint[0]))
+    cfg.rollout.prompts, cfg.rollout.max_new_tokens, cfg.rollout.epochs = 4, 6, 2
+    cfg.ppo.kl_coef, cfg.ppo.kl_target, cfg.ppo.kl_horizon = 0.1, 1e-6, 10
+    cfg.train.micro_batch, cfg.train.max_steps, cfg.train.dtype = 4, 5, "float32"
+    cfg.optim.lr = 1e-2
+    cfg.eval.checkpoint_every = 3
+    a = rl.ppo(cfg, rewards=[_low_ids_reward])
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    (b / "checkpoints" / "step_0000005.pt").unlink()
+    shutil.rmtree(b / "model")
+    cfg.out = str(b)
+    rl.ppo(cfg, resume=True, rewards=[_low_ids_reward])
+    rows_a, rows_b = _rows(a), _rows(b)
+    assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
+    coefs = [r["kl_coef"] for r in rows_b if "kl_coef" in r]
+    assert len(set(coefs)) == 3  # it moved twice: the resumed run went on from the saved coefficient
+    assert (a / "model" / "model.safetensors").read_bytes() == (b / "model" / "model.safetensors").read_bytes()
+
+
 def test_ppo_with_lora_trains_adapters_and_the_value_head_and_writes_a_peft_adapter(checkpoint, tok, tmp_path):
     """The reference is the base with the adapters off; checkpoints carry the value head, the
     exported adapter only the policy's adapters, under PEFT's names."""
@@ -390,6 +414,42 @@ def test_ppo_with_lora_trains_adapters_and_the_value_head_and_writes_a_peft_adap
     names = list(load_file(out / "adapter" / "adapter_model.safetensors"))
     assert names and all(n.startswith("base_model.model.model.layers.") and ".lora_" in n for n in names)
     assert [r["kl"] for r in _rows(out) if "kl" in r][-1] > 0  # adapters moved the policy off the base
+
+
+def test_grpo_under_torchrun_with_two_processes_equals_one(checkpoint, tok, tmp_path):
+    """Two gloo processes with 2 prompts each generate, score and train on the rollouts one process with
+    the 4 prompts does (the sampling seed counts the prompts of the ranks before), so the run is the same:
+    rewards, losses and weights after two steps."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    (tmp_path / "low_ids.py").write_text(
+        "def low(prompts, completions, completion_ids, **kw):\n"
+        "    return [sum(i < 100 for i in ids) / len(ids) for ids in completion_ids]\n")
+    common = ["--init_from", str(checkpoint[0]), "--data", _prompts_file(tmp_path / "p.jsonl", tok),
+              "--reward", f"{tmp_path}/low_ids.py:low", "--rollout.n", "4", "--rollout.max_new_tokens", "4",
+              "--train.micro_batch", "4", "--train.max_steps", "2", "--train.dtype", "float32", "--optim.lr", "1e-2",
+              "--eval.checkpoint_every", "0"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+           "-m", "acorn", "grpo", *common, "--rollout.prompts", "2", "--out", str(tmp_path / "ddp")]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    from acorn.cli import main
+
+    assert main(["grpo", *common, "--rollout.prompts", "4", "--out", str(tmp_path / "one")]) == 0
+    ddp, one = _rows(tmp_path / "ddp"), _rows(tmp_path / "one")
+    for key in ("reward", "loss", "completion_tokens"):
+        assert [row[key] for row in ddp] == pytest.approx([row[key] for row in one], abs=1e-5), key
+    assert ddp[0]["reward"] != ddp[1]["reward"] or ddp[0]["loss"] != ddp[1]["loss"]  # two different steps
+    wa, wb = (load_file(tmp_path / d / "model" / "model.safetensors") for d in ("ddp", "one"))
+    start = load_file(checkpoint[0] / "model.safetensors")
+    assert max(float((wa[k] - start[k]).abs().max()) for k in wa) > 1e-2  # two AdamW steps of lr 1e-2
+    # Equal to float32 summation order: AdamW divides by sqrt(v), which magnifies rounding where a gradient is ~0.
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
 
 
 # ------------------------------------------------------------------ bad input, from the command line
