@@ -584,7 +584,7 @@ def _rag(args, model):
     from acorn.rag.pipeline import RAG
 
     return RAG(args.index, model=model, embedder=args.embedder, k=args.k, mode=args.mode,
-               max_new_tokens=args.max_new_tokens)
+               max_new_tokens=args.max_new_tokens, rerank=args.rerank, rerank_method=args.rerank_method)
 
 
 def cmd_rag_ask(args) -> None:
@@ -1104,6 +1104,11 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--mode", default="hybrid", choices=["dense", "bm25", "hybrid"], help="retrieval "
                        "(default: hybrid, reciprocal rank fusion of dense and BM25)")
         s.add_argument("--max-new-tokens", type=int, default=32, help="most tokens in an answer (default: 32)")
+        s.add_argument("--rerank", type=non_negative_int, default=0, metavar="N", help="retrieve N chunks and "
+                       "reorder them by the chat model's judgement before keeping k (needs --model; default: 0, off)")
+        s.add_argument("--rerank-method", default="yes", choices=["yes", "likelihood"], help="the reranking "
+                       "score: log-odds of \"yes\" to \"does the passage answer the question?\" (default), or "
+                       "the question's log-likelihood after the passage")
         s.set_defaults(func=cmd_rag_ask if name == "ask" else cmd_rag_eval)
 
     # acorn embed train
