@@ -153,34 +153,29 @@ def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
     cpt_s = time.perf_counter() - t0
     world = read_world(run / "world" / "world.json")
     base_sft = list(read_jsonl(run / "world" / "sft.jsonl"))
-    variants = {"one-passage RAG rows (1 I-don't-know per fact)": 1,
-                "+ 3 namesake I-don't-know per fact": 4}
-    models, sft_s, counts = {}, {}, {}
-    for i, (label, idk) in enumerate(variants.items()):
-        extra = rag_sft_rows(world, passages=1, idk_per_fact=idk)
-        counts[label] = (sum(r["kind"] == "rag" for r in extra), sum(r["kind"] == "rag_idk" for r in extra))
-        data = work / f"sft-chain-{i}.jsonl"
-        mixed = base_sft + extra
-        random.Random(i).shuffle(mixed)
-        write_jsonl(data, mixed)
-        log(f"SFT {label}: {len(mixed)} rows, {args.chain_sft_steps} steps")
-        t0 = time.perf_counter()
-        models[label] = _sft(cpt, data, work / f"sft-chain-{i}", args.chain_sft_steps, args.chain_sft_lr,
-                             args.chain_sft_batch_tokens)
-        sft_s[label] = time.perf_counter() - t0
-    # The anchor: the same SFT without the reading stage (from the speedrun's base model as it is).
-    log("SFT without the reading stage (anchor)")
-    t0 = time.perf_counter()
-    label0 = "no reading stage, one-passage RAG rows (1 per fact)"
-    models = {label0: _sft(run / "pretrain" / "model", work / "sft-chain-0.jsonl", work / "sft-anchor",
-                           args.chain_sft_steps, args.chain_sft_lr, args.chain_sft_batch_tokens)} | models
-    sft_s[label0] = time.perf_counter() - t0
+    # (label, starting model, "I don't know." turns per fact); the last is the anchor: the same SFT
+    # without the reading stage (from the speedrun's base model as it is).
+    variants = [("reading stage + one-passage RAG rows (1 I-don't-know per fact)", cpt, 1),
+                ("reading stage + one-passage RAG rows, + 3 namesake I-don't-know per fact", cpt, 4),
+                ("no reading stage, one-passage RAG rows (1 per fact)", run / "pretrain" / "model", 1)]
 
     def ask(rag, qs):
         return [a for s in range(0, len(qs), 32) for a in rag.ask_many(qs[s:s + 32])]
 
-    table, results = [], {}
-    for label, model in models.items():
+    table, results, sft_s, counts = [], {}, {}, {}
+    for i, (label, init, idk) in enumerate(variants):
+        extra = rag_sft_rows(world, passages=1, idk_per_fact=idk)
+        counts[idk] = (sum(r["kind"] == "rag" for r in extra), sum(r["kind"] == "rag_idk" for r in extra))
+        data = work / f"sft-chain-{idk}.jsonl"
+        if not data.exists():
+            mixed = base_sft + extra
+            random.Random(idk).shuffle(mixed)
+            write_jsonl(data, mixed)
+        log(f"SFT {label}: {args.chain_sft_steps} steps")
+        t0 = time.perf_counter()
+        model = _sft(init, data, work / f"sft-chain-{i}", args.chain_sft_steps, args.chain_sft_lr,
+                     args.chain_sft_batch_tokens)
+        sft_s[label] = time.perf_counter() - t0
         engine = Engine.from_pretrained(model)
         r = {}
         for k in (1, 3):
@@ -189,8 +184,9 @@ def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
             absent = ask(RAG(work / "index-without", model=engine, mode="bm25", k=k), questions)
             r[f"absent_k{k}"] = answer_metrics(absent, golds)
             r[f"examples_k{k}"] = [(a.question, a.text, g) for a, g in zip(answers[:3], golds)]
+            r[f"absent_examples_k{k}"] = [(a.question, a.text) for a in absent[:3]]
         results[label] = r
-        log(f"{label}: {json.dumps({k: v for k, v in r.items() if not k.startswith('examples')})}")
+        log(f"{label}: {json.dumps(r, default=str)}")
         table.append([label, _pct(r["k1"]["exact_match"]), _pct(r["k1"]["idk_rate"]), _pct(r["k1"]["faithfulness"]),
                       _pct(1 - r["absent_k1"]["idk_rate"]), _pct(r["k3"]["exact_match"]), _pct(r["k3"]["idk_rate"]),
                       _pct(1 - r["absent_k3"]["idk_rate"])])
@@ -205,8 +201,8 @@ def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
         f"about invented people, then questions answered from them with a citation) and {mix['replay']:,} of the "
         f"world's pretraining documents ({cpt_s / 60:.0f} min). SFT: {args.chain_sft_steps} steps of "
         f"{args.chain_sft_batch_tokens:,} tokens at lr {args.chain_sft_lr:g} on sft.jsonl plus one-passage RAG "
-        "conversations (answered / \"I don't know.\" rows: " + ", ".join(f"{k}: {a:,} / {b:,}" for k, (a, b) in
-                                                                      counts.items()) + ").",
+        "conversations (answered / \"I don't know.\" rows: " + ", ".join(f"{a:,} / {b:,} with {k} per fact"
+                                                                      for k, (a, b) in counts.items()) + ").",
         markdown_table(["model", "EM k=1", "I don't know k=1", "faithful k=1", "made up when absent k=1", "EM k=3",
                         "I don't know k=3", "made up when absent k=3"], table),
         "Goal (issue 16): >= 80% exact match with retrieval. Made up = share of answers other than \"I don't know.\" "
