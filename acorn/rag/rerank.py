@@ -60,13 +60,18 @@ def relevance_scores(engine, question: str, hits: list[Hit], method: str = "yes"
     requests = []
     if method == "yes":
         words = [tok.encode(w) for w in YES + NO]
+        room = limit - max(map(len, words)) + 1
         for h in hits:
-            ctx = engine.chat_prompt([{"role": "user", "content": JUDGE.format(passage=_passage(h),
-                                                                                question=question)}])
-            if len(ctx) + max(map(len, words)) - 1 > limit:  # the passage is cut, the question kept
-                keep = max(1, len(_passage(h)) * (limit - 64) // max(1, len(ctx)))
-                ctx = engine.chat_prompt([{"role": "user", "content": JUDGE.format(
-                    passage=_passage(h)[:keep], question=question)}])
+            passage = _passage(h)
+            while True:  # a passage too long for the context is cut from its end; the question is kept
+                ctx = engine.chat_prompt([{"role": "user", "content": JUDGE.format(passage=passage,
+                                                                                    question=question)}])
+                if len(ctx) <= room:
+                    break
+                if not passage:
+                    raise AcornError(f"the question takes {len(ctx)} tokens with the reranking prompt, more than "
+                                     f"the model's context of {limit}; shorten the question")
+                passage = passage[:len(passage) * 3 // 4]
             requests.append((ctx, words))
         out = []
         for lps in engine.loglikelihood(requests):

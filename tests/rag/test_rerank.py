@@ -94,3 +94,17 @@ def test_cli_rerank(setup, checkpoint, capsys):
     assert main(["rag", "ask", str(d / "idx"), "--model", str(path), "--mode", "bm25", "--rerank", "3", "-k", "1",
                  "--max-new-tokens", "2", "--json", "fox"]) == 0
     assert len(__import__("json").loads(capsys.readouterr().out)["passages"]) <= 1
+
+
+def test_long_passages_are_cut_and_long_questions_refused(setup):
+    from acorn.rag.index import Hit
+    from acorn.rag.rerank import relevance_scores
+
+    _, engine, _, rag = setup
+    (hit,) = rag.retrieve(["fox"], k=1)[0][:1]
+    long = Hit(type(hit.chunk)(**{**hit.chunk.__dict__, "text": "The fox is quick. " * 60}), 0.0, 1)
+    for method in ("yes", "likelihood"):
+        (score,) = relevance_scores(engine, "Is the fox quick?", [long], method)  # fits the context of 128
+        assert score == score and abs(score) < float("inf")
+        with pytest.raises(AcornError, match="shorten the question"):
+            relevance_scores(engine, "fox " * 200, [hit], method)
