@@ -108,7 +108,7 @@ def cmd_data_world(args) -> None:
     from acorn.data.world import generate_world
 
     generate_world(args.out, seed=args.seed, size=args.size, tokenizer=args.tokenizer, overwrite=args.overwrite,
-                   rag_sft=args.rag_sft)
+                   rag_sft=args.rag_sft, reading_docs=args.reading_docs)
 
 
 def cmd_data_prepare(args) -> None:
@@ -584,7 +584,7 @@ def _rag(args, model):
     from acorn.rag.pipeline import RAG
 
     return RAG(args.index, model=model, embedder=args.embedder, k=args.k, mode=args.mode,
-               max_new_tokens=args.max_new_tokens)
+               max_new_tokens=args.max_new_tokens, rerank=args.rerank, rerank_method=args.rerank_method)
 
 
 def cmd_rag_ask(args) -> None:
@@ -790,6 +790,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace the world already in --out (default: refuse)")
     s.add_argument("--rag-sft", action="store_true", help="sft.jsonl also teaches answering from retrieved passages "
                    "with a citation, or \"I don't know.\" when they lack the answer (default: off)")
+    s.add_argument("--reading-docs", type=non_negative_int, default=0, metavar="N",
+                   help="pretrain.jsonl also holds N reading documents: passages about invented people, then "
+                   "questions answered from them with a citation, which teach a base model to copy a value "
+                   "from its context (default: 0, none)")
     s.set_defaults(func=cmd_data_world)
     s = _parser(dsub, "prepare", "tokenize text into binary token shards for pretraining (resumable)",
                 "acorn data prepare runs/world/pretrain.jsonl --tokenizer runs/tok --out runs/data")
@@ -1100,6 +1104,11 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--mode", default="hybrid", choices=["dense", "bm25", "hybrid"], help="retrieval "
                        "(default: hybrid, reciprocal rank fusion of dense and BM25)")
         s.add_argument("--max-new-tokens", type=int, default=32, help="most tokens in an answer (default: 32)")
+        s.add_argument("--rerank", type=non_negative_int, default=0, metavar="N", help="retrieve N chunks and "
+                       "reorder them by the chat model's judgement before keeping k (needs --model; default: 0, off)")
+        s.add_argument("--rerank-method", default="yes", choices=["yes", "likelihood"], help="the reranking "
+                       "score: log-odds of \"yes\" to \"does the passage answer the question?\" (default), or "
+                       "the question's log-likelihood after the passage")
         s.set_defaults(func=cmd_rag_ask if name == "ask" else cmd_rag_eval)
 
     # acorn embed train

@@ -25,6 +25,21 @@ never in pretraining; the questions about its unknown_eval people
 
     python benchmarks/rag.py --run runs/speedrun                 # needs RUN/world, RUN/pretrain/model, RUN/sft/model
     python benchmarks/rag.py --run runs/speedrun --quick --no-write   # smoke: few steps, few questions
+
+--figures answers-chain (section `rag-chain`): answering from context, in two stages
+from the speedrun's *base* model: (1) continued pretraining on reading documents
+(acorn.data.world.reading_doc: passages about invented people, then questions
+answered from them with a citation), mixed with as many of the world's own
+pretraining documents (replay); (2) SFT on the world's sft.jsonl plus one-passage
+RAG conversations (rag_sft_rows(passages=1)), in two variants: as --rag-sft writes
+them (one "I don't know." turn per fact) and with three more "I don't know." turns
+per fact whose passage is about a namesake (idk_per_fact=4), the fix tried for
+made-up answers. Answers are measured with BM25 retrieval (recall@1 100% here) at
+k=1 and k=3, and with an index that lacks the held-out people (made-up answers).
+
+--figures rerank (section `rag-rerank`): recall@1/@5 and MRR of dense (the
+pretrained model's mean-pooled states), BM25 and hybrid retrieval, then of their
+top --rerank N reordered by the chat model (acorn.rag.rerank, both scores).
 """
 
 from __future__ import annotations
@@ -80,6 +95,164 @@ def rag_sft(run: Path, work: Path, steps: int) -> Path:
     return sft(cfg) / "model"
 
 
+def _sft(init: Path, data: Path, out: Path, steps: int, lr: float, batch_tokens: int, seq_len: int = 512) -> Path:
+    from acorn.config import load
+    from acorn.train.sft import SFTConfig, sft
+
+    cfg = load(SFTConfig, None, ["--init_from", str(init), "--data", str(data), "--out", str(out),
+                                 "--train.max_steps", str(steps), "--train.seq_len", str(seq_len),
+                                 "--train.batch_tokens", str(batch_tokens), "--optim.lr", str(lr),
+                                 "--eval.every", str(max(1, steps // 2)), "--eval.checkpoint_every", "0"])
+    return sft(cfg) / "model"
+
+
+def reading_cpt(run: Path, work: Path, n_docs: int, steps: int, lr: float, batch_tokens: int) -> tuple[Path, dict]:
+    """The base model's continued pretraining on reading documents plus as many of the
+    world's own pretraining documents (replay, so nothing else is forgotten)."""
+    import yaml
+
+    from acorn.config import load
+    from acorn.data.prepare import prepare
+    from acorn.data.world import read_world, reading_documents
+    from acorn.train.pretrain import PretrainConfig, pretrain
+
+    world = read_world(run / "world" / "world.json")
+    docs = reading_documents(world, n_docs)
+    replay = list(read_jsonl(run / "world" / "pretrain.jsonl"))
+    random.Random(0).shuffle(replay)
+    write_jsonl(work / "reading.jsonl", docs + replay[:n_docs])
+    prepare([work / "reading.jsonl"], run / "tokenizer", work / "data-reading", quiet=True, overwrite=True)
+    base = yaml.safe_load((run / "pretrain" / "config.yaml").read_text())
+    cfg = load(PretrainConfig, None, [
+        "--init_from", str(run / "pretrain" / "model"), "--data", str(work / "data-reading"),
+        "--out", str(work / "cpt"), "--train.max_steps", str(steps), "--train.seq_len", str(base["train"]["seq_len"]),
+        "--train.batch_tokens", str(batch_tokens), "--train.micro_batch", "16",
+        "--optim.lr", str(lr), "--optim.warmup_steps", str(max(1, steps // 20)),
+        "--eval.every", str(max(1, steps // 2)), "--eval.checkpoint_every", "0"])
+    out = pretrain(cfg)
+    return out / "model", {"docs": len(docs), "replay": min(n_docs, len(replay))}
+
+
+def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
+    from acorn.data.world import read_world, rag_sft_rows
+    from acorn.infer.engine import Engine
+    from acorn.rag.pipeline import RAG, answer_metrics, build_index
+
+    kb_path = run / "world" / "knowledge_base.jsonl"
+    kb = list(read_jsonl(kb_path))
+    held = {r["kb_id"] for r in read_jsonl(run / "world" / "eval" / "unknown_qa.jsonl")}
+    write_jsonl(work / "kb-without.jsonl", [r for r in kb if r["id"] not in held])
+    embedder = run / "pretrain" / "model"  # the index needs one; retrieval here is BM25
+    build_index([kb_path], work / "index", str(embedder), chunk_by="paragraphs")
+    build_index([work / "kb-without.jsonl"], work / "index-without", str(embedder), chunk_by="paragraphs")
+    questions, golds = [r["question"] for r in rows], [r["kb_answer"] for r in rows]
+
+    t0 = time.perf_counter()
+    log(f"continued pretraining on {args.reading_docs} reading documents, {args.cpt_steps} steps")
+    cpt, mix = reading_cpt(run, work, args.reading_docs, args.cpt_steps, args.cpt_lr, args.cpt_batch_tokens)
+    cpt_s = time.perf_counter() - t0
+    world = read_world(run / "world" / "world.json")
+    base_sft = list(read_jsonl(run / "world" / "sft.jsonl"))
+    # (label, starting model, "I don't know." turns per fact); the last is the anchor: the same SFT
+    # without the reading stage (from the speedrun's base model as it is).
+    variants = [("reading stage + one-passage RAG rows (1 I-don't-know per fact)", cpt, 1),
+                ("reading stage + one-passage RAG rows, + 3 namesake I-don't-know per fact", cpt, 4),
+                ("no reading stage, one-passage RAG rows (1 per fact)", run / "pretrain" / "model", 1)]
+
+    def ask(rag, qs):
+        return [a for s in range(0, len(qs), 32) for a in rag.ask_many(qs[s:s + 32])]
+
+    table, results, sft_s, counts = [], {}, {}, {}
+    for i, (label, init, idk) in enumerate(variants):
+        extra = rag_sft_rows(world, passages=1, idk_per_fact=idk)
+        counts[idk] = (sum(r["kind"] == "rag" for r in extra), sum(r["kind"] == "rag_idk" for r in extra))
+        data = work / f"sft-chain-{idk}.jsonl"
+        if not data.exists():
+            mixed = base_sft + extra
+            random.Random(idk).shuffle(mixed)
+            write_jsonl(data, mixed)
+        log(f"SFT {label}: {args.chain_sft_steps} steps")
+        t0 = time.perf_counter()
+        model = _sft(init, data, work / f"sft-chain-{i}", args.chain_sft_steps, args.chain_sft_lr,
+                     args.chain_sft_batch_tokens)
+        sft_s[label] = time.perf_counter() - t0
+        engine = Engine.from_pretrained(model)
+        r = {}
+        for k in (1, 3):
+            answers = ask(RAG(work / "index", model=engine, mode="bm25", k=k), questions)
+            r[f"k{k}"] = answer_metrics(answers, golds)
+            absent = ask(RAG(work / "index-without", model=engine, mode="bm25", k=k), questions)
+            r[f"absent_k{k}"] = answer_metrics(absent, golds)
+            r[f"examples_k{k}"] = [(a.question, a.text, g) for a, g in zip(answers[:3], golds)]
+            r[f"absent_examples_k{k}"] = [(a.question, a.text) for a in absent[:3]]
+        results[label] = r
+        log(f"{label}: {json.dumps(r, default=str)}")
+        table.append([label, _pct(r["k1"]["exact_match"]), _pct(r["k1"]["idk_rate"]), _pct(r["k1"]["faithfulness"]),
+                      _pct(1 - r["absent_k1"]["idk_rate"]), _pct(r["k3"]["exact_match"]), _pct(r["k3"]["idk_rate"]),
+                      _pct(1 - r["absent_k3"]["idk_rate"])])
+    (work / "chain-results.json").write_text(json.dumps(results, indent=2, default=str))
+    return "\n\n".join([
+        "## RAG answers from context: a reading stage, then SFT",
+        f"`{command_line()}` on {machine_description(('faiss-cpu', 'bm25s'))}, {today()}; measured with other jobs "
+        f"running (timings are not comparable). {len(questions)} questions about the knowledge base's unknown_eval "
+        "people; BM25 retrieval (recall@1 100% on these questions, see `rag`), greedy answers. Single runs.",
+        f"Reading stage: the speedrun's base model, {args.cpt_steps} steps of {args.cpt_batch_tokens:,} tokens at "
+        f"lr {args.cpt_lr:g} on {mix['docs']:,} reading documents (`acorn data world --reading-docs`: passages "
+        f"about invented people, then questions answered from them with a citation) and {mix['replay']:,} of the "
+        f"world's pretraining documents ({cpt_s / 60:.0f} min). SFT: {args.chain_sft_steps} steps of "
+        f"{args.chain_sft_batch_tokens:,} tokens at lr {args.chain_sft_lr:g} on sft.jsonl plus one-passage RAG "
+        "conversations (answered / \"I don't know.\" rows: " + ", ".join(f"{a:,} / {b:,} with {k} per fact"
+                                                                      for k, (a, b) in counts.items()) + ").",
+        markdown_table(["model", "EM k=1", "I don't know k=1", "faithful k=1", "made up when absent k=1", "EM k=3",
+                        "I don't know k=3", "made up when absent k=3"], table),
+        "Goal (issue 16): >= 80% exact match with retrieval. Made up = share of answers other than \"I don't know.\" "
+        "when the index lacks the person (retrieval then brings other people, often namesakes).",
+    ])
+
+
+def rerank_figures(args, run: Path, work: Path, rows: list[dict]) -> str:
+    from acorn.infer.engine import Engine
+    from acorn.rag.embeddings import AcornEmbedder
+    from acorn.rag.index import Index
+    from acorn.rag.pipeline import build_index
+    from acorn.rag.rerank import rerank
+    from acorn.rag.retrieve import reciprocal_rank, recall_at_k, retrieve
+
+    kb_path = run / "world" / "knowledge_base.jsonl"
+    emb = AcornEmbedder(run / "pretrain" / "model")
+    build_index([kb_path], work / "index", emb, chunk_by="paragraphs")
+    index = Index.load(work / "index", emb.identity)
+    questions, relevant = [r["question"] for r in rows], [{r["kb_id"]} for r in rows]
+    model = Path(args.rerank_model) if args.rerank_model else run / "sft" / "model"
+    engine = Engine.from_pretrained(model)
+
+    def metrics(hits):
+        n = len(hits)
+        return [_pct(sum(recall_at_k(h, r, 1) for h, r in zip(hits, relevant)) / n),
+                _pct(sum(recall_at_k(h, r, 5) for h, r in zip(hits, relevant)) / n),
+                f"{sum(reciprocal_rank(h, r) for h, r in zip(hits, relevant)) / n:.3f}"]
+
+    table = []
+    for mode in ("dense", "bm25", "hybrid"):
+        hits = retrieve(index, emb if mode != "bm25" else None, questions, args.rerank, mode)
+        table.append([mode, "-", *metrics(hits), "-"])
+        for method in ("yes", "likelihood"):
+            t0 = time.perf_counter()
+            reranked = [rerank(engine, q, h, method=method) for q, h in zip(questions, hits)]
+            ms = 1e3 * (time.perf_counter() - t0) / len(questions)
+            table.append([mode, method, *metrics(reranked), f"{ms:.0f}"])
+            log(f"{mode} {method}: {table[-1]}")
+    return "\n\n".join([
+        "## RAG reranking by the chat model",
+        f"`{command_line()}` on {machine_description(('faiss-cpu', 'bm25s'))}, {today()}; measured with other jobs "
+        f"running. {len(questions)} questions about the knowledge base's unknown_eval people; the top {args.rerank} "
+        f"of each retriever (dense: the pretrained model's mean-pooled states, no embedder training) reordered by "
+        f"{model.name if model.name != 'model' else model.parent.name}/model's score (acorn.rag.rerank): `yes` = "
+        "log-odds of \"yes\" to \"does the passage answer the question?\", `likelihood` = log P(question | passage).",
+        markdown_table(["retrieval", "rerank", "recall@1", "recall@5", "MRR", "rerank ms / question"], table),
+    ])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="a finished speedrun directory")
@@ -89,13 +262,36 @@ def main() -> None:
     ap.add_argument("--limit", type=int, help="only the first N held-out questions")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 4 training steps, 20 questions")
     ap.add_argument("--no-write", action="store_true", help="print the section, leave docs/BENCHMARKS.md alone")
+    ap.add_argument("--figures", default="main", choices=["main", "answers-chain", "rerank"],
+                    help="main: section rag (default); answers-chain: section rag-chain; rerank: section rag-rerank")
+    ap.add_argument("--reading-docs", type=int, default=4000, help="answers-chain: reading documents")
+    ap.add_argument("--cpt-steps", type=int, default=200, help="answers-chain: continued pretraining steps")
+    ap.add_argument("--cpt-lr", type=float, default=1e-3)
+    ap.add_argument("--cpt-batch-tokens", type=int, default=4096)
+    ap.add_argument("--chain-sft-steps", type=int, default=150)
+    ap.add_argument("--chain-sft-lr", type=float, default=1e-3)
+    ap.add_argument("--chain-sft-batch-tokens", type=int, default=4096)
+    ap.add_argument("--rerank", type=int, default=10, help="rerank: candidates reordered per question")
+    ap.add_argument("--rerank-model", help="rerank: the chat model that scores (default: RUN/sft/model)")
     args = ap.parse_args()
     if args.quick:
         args.embed_steps, args.sft_steps, args.limit = 4, 4, args.limit or 20
+        args.cpt_steps, args.chain_sft_steps, args.reading_docs, args.rerank = 4, 4, 100, 3
     torch.set_flush_denormal(True)
     run, work = Path(args.run), Path(args.work)
+    if args.figures != "main":
+        work = work.parent / f"{work.name}-{args.figures}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    if args.figures != "main":
+        rows = list(read_jsonl(run / "world" / "eval" / "unknown_qa.jsonl"))[: args.limit or None]
+        fn, section = {"answers-chain": (answers_chain, "rag-chain"), "rerank": (rerank_figures, "rag-rerank")}[
+            args.figures]
+        body = fn(args, run, work, rows)
+        print(body)
+        if not args.no_write:
+            write_section(section, body)
+        return
     kb_path = run / "world" / "knowledge_base.jsonl"
     kb = list(read_jsonl(kb_path))
     rows = list(read_jsonl(run / "world" / "eval" / "unknown_qa.jsonl"))[: args.limit or None]

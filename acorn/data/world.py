@@ -463,7 +463,8 @@ def retrieval_pairs(world: World, per_attribute: int = 1) -> list[dict]:
     return rows
 
 
-def rag_sft_rows(world: World, passages: int = 3, questions_per_fact: int | None = None) -> list[dict]:
+def rag_sft_rows(world: World, passages: int = 3, questions_per_fact: int | None = None, *,
+                 people: list[Person] | None = None, idk_per_fact: int = 1, component: str = "rag_sft") -> list[dict]:
     """Conversations that teach a chat model to answer from retrieved passages in the one
     format (acorn.chat.context): for each person of split unknown_sft (in the knowledge
     base, never in pretraining) and core attribute, `questions_per_fact` turns holding
@@ -472,14 +473,27 @@ def rag_sft_rows(world: World, passages: int = 3, questions_per_fact: int | None
     whose passages are all distractors, answered IDK_ANSWER (kind "rag_idk"). Distractors
     are other unknown_sft people's knowledge-base text and known people's biographies;
     unknown_eval people never appear, so they measure it. Added to sft.jsonl by
-    generate_world(rag_sft=True) (`acorn data world --rag-sft`)."""
+    generate_world(rag_sft=True) (`acorn data world --rag-sft`).
+
+    people: whom to ask about instead of unknown_sft (e.g. reading_people's invented
+    people; their passages are written in the knowledge base's style), the distractor
+    pool growing with them; idk_per_fact: "I don't know." turns per (person, attribute),
+    the extra ones (beyond the first) always showing a passage about someone of the
+    same surname where there is one, the hard case retrieval brings; component: the
+    random stream (another one gives other rows). The defaults give the rows
+    --rag-sft writes, byte for byte."""
     from acorn.chat.context import cite, context_message
 
-    rng = _rng(world.seed, "rag_sft")
+    rng = _rng(world.seed, component)
     k = questions_per_fact or SIZES[world.size].questions_per_fact
     kb = {r["person"]: r for r in knowledge_base(world)}
-    people = world.split("unknown_sft")
-    pool = [{"title": p.name, "text": kb[p.name]["text"], "surname": p.last_name} for p in people]
+    if people is None:
+        people = world.split("unknown_sft")
+    if any(p.split == "unknown_eval" for p in people):
+        raise AcornError("rag_sft_rows: unknown_eval people measure RAG; they cannot be in its training rows")
+    pool = [{"title": p.name, "text": kb[p.name]["text"] if p.name in kb else _kb_style_bio(rng, p),
+             "surname": p.last_name} for p in people]
+    text_of = {d["title"]: d["text"] for d in pool}
     pool += [{"title": p.name, "text": _kb_style_bio(rng, p), "surname": p.last_name} for p in world.known()]
 
     def distractors(p: Person, n: int) -> list[dict]:
@@ -493,7 +507,7 @@ def rag_sft_rows(world: World, passages: int = 3, questions_per_fact: int | None
 
     rows = []
     for p in people:
-        own = {"title": p.name, "text": kb[p.name]["text"]}
+        own = {"title": p.name, "text": text_of[p.name]}
         for attr in CORE_ATTRIBUTES:
             templates = T.QUESTION_TEMPLATES[attr]
             for template in rng.sample(templates, min(k, len(templates))):
@@ -507,8 +521,92 @@ def rag_sft_rows(world: World, passages: int = 3, questions_per_fact: int | None
             messages = [{"role": "user", "content": context_message(question, distractors(p, passages))},
                         {"role": "assistant", "content": IDK_ANSWER}]
             rows.append({"messages": messages, "kind": "rag_idk", "person": p.name, "attribute": attr})
+            for _ in range(idk_per_fact - 1):  # namesakes first: "Mira Dranith" is not "Kelvo Dranith"
+                same = [d for d in pool if d["surname"] == p.last_name and d["title"] != p.name]
+                shown = distractors(p, passages)
+                if same:
+                    shown[rng.randrange(len(shown))] = {k_: v for k_, v in rng.choice(same).items()
+                                                        if k_ != "surname"}
+                question = rng.choice(templates).format(name=p.name)
+                messages = [{"role": "user", "content": context_message(question, shown)},
+                            {"role": "assistant", "content": IDK_ANSWER}]
+                rows.append({"messages": messages, "kind": "rag_idk", "person": p.name, "attribute": attr})
     rng.shuffle(rows)
     return rows
+
+
+# ------------------------------------------------- reading (copy from context)
+def reading_people(world: World, n: int, component: str = "reading_people") -> list[Person]:
+    """n invented people for reading documents and RAG drills: names no one in the
+    world has (so never an evaluated person), facts drawn at random from the world's
+    pools, so nothing about them can be known beforehand: only the passage tells.
+    Surnames repeat (about three people each), as in the world, so a passage
+    about a namesake is the usual distractor."""
+    rng = _rng(world.seed, component)
+    taken = {p.name.lower() for p in world.people} | {p.last_name.lower() for p in world.people}
+    surnames: list[str] = []
+    while len(surnames) < max(1, n // 3):
+        s = T.last_name(rng)
+        if s.lower() not in taken and s not in surnames:
+            surnames.append(s)
+    mentors = [p.name for p in world.known()]
+    out, names = [], set()
+    while len(out) < n:
+        first, last = T.first_name(rng), rng.choice(surnames)
+        if f"{first} {last}" in names:
+            continue
+        names.add(f"{first} {last}")
+        out.append(Person(name=f"{first} {last}", first_name=first, last_name=last, birth_year=rng.randint(1930, 1999),
+                          birth_city=rng.choice(world.cities)["name"], profession=rng.choice(T.PROFESSIONS),
+                          employer=rng.choice(world.companies)["name"], mentor=rng.choice(mentors), spouse=None,
+                          split="reading"))
+    return out
+
+
+def reading_doc(rng: random.Random, people: list[Person], passages=(1, 3), questions: int = 4,
+                p_absent: float = 0.2) -> str:
+    """A pretraining document that can only be continued by reading it: numbered
+    passages about invented people (the knowledge base's style, in the RAG prompt's
+    layout, acorn.chat.context), namesakes among them, then questions, each answered
+    with the value a passage states and its number ("1957 [2]"), or "I don't know."
+    for someone no passage is about. What a base model learns here is to find the
+    passage about the person asked for and copy a value from it: what answering from
+    retrieved passages needs, which facts learned by heart cannot give."""
+    from acorn.chat.context import cite
+
+    n = rng.randint(*passages)
+    first = rng.choice(people)
+    namesakes = [p for p in people if p.last_name == first.last_name and p is not first]
+    shown = [first] + rng.sample(namesakes, min(len(namesakes), rng.randint(0, n - 1)))
+    while len(shown) < n:
+        p = rng.choice(people)
+        if p not in shown:
+            shown.append(p)
+    rng.shuffle(shown)
+    lines = ["Passages:"] + [f"[{i}] {p.name}: {_kb_style_bio(rng, p)}" for i, p in enumerate(shown, 1)] + [""]
+    for _ in range(questions):
+        if rng.random() < p_absent:
+            p = rng.choice(namesakes + people)
+            if p in shown:
+                continue
+            answer = IDK_ANSWER
+        else:
+            i = rng.randrange(len(shown))
+            p = shown[i]
+        attr = rng.choice(CORE_ATTRIBUTES)
+        if p in shown:
+            answer = cite(p.value(attr), shown.index(p) + 1)
+        lines += [f"Question: {rng.choice(T.QUESTION_TEMPLATES[attr]).format(name=p.name)}", f"Answer: {answer}"]
+    return "\n".join(lines)
+
+
+def reading_documents(world: World, n: int, people: int | None = None, component: str = "reading_docs") -> list[dict]:
+    """n reading documents (reading_doc) over `people` invented people (default:
+    one per document), each its own random stream: pretrain.jsonl's kind "reading"
+    (generate_world(reading_docs=n), `acorn data world --reading-docs N`)."""
+    cast = reading_people(world, people or max(3, n))
+    rng = _rng(world.seed, component)
+    return [{"text": reading_doc(rng, cast), "kind": "reading"} for _ in range(n)]
 
 
 def read_world(path) -> World:
@@ -789,7 +887,7 @@ def _obj(required: dict, optional: dict | None = None) -> dict:
 _PREFERENCE = _obj({"prompt": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES,
                     "kind": {"enum": ["fact", "unknown", "arithmetic"]}}, {"person": _STR, "attribute": _ATTR})
 SCHEMAS: dict[str, dict] = {
-    "pretrain.jsonl": _obj({"text": _STR, "kind": {"enum": ["biography", "story", "arithmetic", "reasoning", "icl"]}}),
+    "pretrain.jsonl": _obj({"text": _STR, "kind": {"enum": ["biography", "story", "arithmetic", "reasoning", "icl", "reading"]}}),
     "sft.jsonl": _obj({"messages": _MESSAGES, "kind": {"enum": ["fact", "refusal", "arithmetic", "tool", "rag", "rag_idk"]}},
                       {"person": _STR, "attribute": _ATTR, "tools": {"type": "array"}}),
     "knowledge_base.jsonl": _obj({"id": _STR, "title": _STR, "text": _STR, "person": _STR}),
@@ -851,12 +949,15 @@ def _fit_tokenizer(pretrain: list[dict]):
 
 
 def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, quiet: bool = False,
-                   overwrite: bool = False, rag_sft: bool = False) -> dict:
+                   overwrite: bool = False, rag_sft: bool = False, reading_docs: int = 0) -> dict:
     """Generate the world into directory `out` and return a summary.
 
     rag_sft: sft.jsonl also teaches answering from retrieved passages with a
     citation, or "I don't know." when they lack the answer (rag_sft_rows). Off
     by default: the default files stay byte for byte what they were.
+    reading_docs: pretrain.jsonl also holds this many reading documents (reading_doc:
+    passages, then questions answered from them with a citation), which teach a base
+    model to copy a value from its context. 0 (the default): none, files unchanged.
 
     tokenizer: a path for Tokenizer.from_pretrained, used only to report sizes
     in tokens; None fits a 4096-token BPE to the pretraining text instead.
@@ -877,6 +978,11 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     world = build_world(seed, size)
     seen: set = set()  # (a, op, b) problems in training data, to flag contaminated eval items
     pretrain = pretrain_docs(world, cfg, seen)
+    if reading_docs:
+        if isinstance(reading_docs, bool) or not isinstance(reading_docs, int) or reading_docs < 0:
+            raise AcornError(f"reading_docs must be a non-negative integer, got {reading_docs!r}")
+        pretrain = pretrain + reading_documents(world, reading_docs)
+        _rng(seed, "reading_order").shuffle(pretrain)
     sft = sft_rows(world, cfg, seen)
     if rag_sft:
         sft = sft + rag_sft_rows(world)
@@ -922,6 +1028,8 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
                 "idk_answer": IDK_ANSWER, "tokens_counted_with": tok_desc, "files": entries}
     if rag_sft:  # only when on: the default manifest is unchanged
         manifest["rag_sft"] = True
+    if reading_docs:
+        manifest["reading_docs"] = reading_docs
     write_json(out / "manifest.json", manifest)
     seconds = time.perf_counter() - t0
     summary = dict(manifest, out=str(out), seconds=round(seconds, 2), generate_seconds=round(gen_seconds, 2),

@@ -25,7 +25,9 @@ from acorn.errors import AcornError
 from acorn.rag.chunking import chunk_documents, read_documents
 from acorn.rag.embeddings import load_embedder
 from acorn.rag.index import Index
-from acorn.rag.retrieve import retrieve, retrieval_metrics
+from acorn.rag.rerank import METHODS as RERANK_METHODS
+from acorn.rag.rerank import rerank
+from acorn.rag.retrieve import reciprocal_rank, recall_at_k, retrieve, retrieval_metrics
 
 IDK = "I don't know."
 
@@ -107,7 +109,9 @@ class RagAnswer:
 class RAG:
     """An index, its embedder and a chat model. index: a directory or an Index;
     model: a checkpoint directory or an Engine (None: retrieval only);
-    embedder: a directory or embedder (default: the one the index records)."""
+    embedder: a directory or embedder (default: the one the index records).
+    rerank: retrieve this many chunks and reorder them by the chat model's judgement
+    (acorn.rag.rerank, rerank_method "yes" or "likelihood") before keeping k; 0: off."""
 
     index: Index | str | Path
     model: object = None
@@ -115,9 +119,16 @@ class RAG:
     k: int = 3
     mode: str = "hybrid"
     max_new_tokens: int = 32
+    rerank: int = 0
+    rerank_method: str = "yes"
     engine: object = field(init=False, default=None)
 
     def __post_init__(self):
+        if isinstance(self.rerank, bool) or not isinstance(self.rerank, int) or self.rerank < 0:
+            raise AcornError(f"rerank must be a number of chunks >= 0 (0: off), not {self.rerank!r}")
+        if self.rerank_method not in RERANK_METHODS:
+            raise AcornError(f"unknown rerank method {self.rerank_method!r}; choose one of "
+                             f"{', '.join(RERANK_METHODS)}")
         if isinstance(self.embedder, (str, Path)):
             self.embedder = load_embedder(self.embedder)
         if not isinstance(self.index, Index):
@@ -132,7 +143,14 @@ class RAG:
             self.engine = self.model if isinstance(self.model, Engine) else Engine.from_pretrained(self.model)
 
     def retrieve(self, questions: list[str], k: int | None = None):
-        return retrieve(self.index, self.embedder, questions, k or self.k, self.mode)
+        k = k or self.k
+        if not self.rerank:
+            return retrieve(self.index, self.embedder, questions, k, self.mode)
+        if self.engine is None:
+            raise AcornError("reranking reads the chunks with the chat model; pass --model CHECKPOINT "
+                             "(or leave out --rerank)")
+        pool = retrieve(self.index, self.embedder, questions, max(k, self.rerank), self.mode)
+        return [rerank(self.engine, q, hits, k, self.rerank_method) for q, hits in zip(questions, pool)]
 
     def prompt(self, question: str, hits, engine=None, messages: list[dict] | None = None,
                max_new_tokens: int | None = None) -> tuple[list[int], list[dict]]:
@@ -202,6 +220,13 @@ class RAG:
         if all(r is not None for r in relevant):
             modes = ("bm25",) if self.embedder is None else ("dense", "bm25", "hybrid")
             result["retrieval"] = retrieval_metrics(self.index, self.embedder, questions, relevant, modes)
+            if self.rerank and self.engine is not None:  # the mode's top `rerank`, reordered by the model
+                hits = self.retrieve(questions, k=self.rerank)
+                row = {f"recall@{k}": sum(recall_at_k(h, r, k) for h, r in zip(hits, relevant)) / len(rows)
+                       for k in (1, 5)}
+                row |= {"mrr": sum(reciprocal_rank(h, r) for h, r in zip(hits, relevant)) / len(rows),
+                        "n": len(rows)}
+                result["retrieval"][f"{self.mode}+rerank {self.rerank} ({self.rerank_method})"] = row
         golds = [r.get("kb_answer", r.get("answer")) for r in rows]
         if self.engine is not None and all(g is not None for g in golds):
             answers = []

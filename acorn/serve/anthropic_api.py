@@ -45,7 +45,17 @@ text, with the stop string that matched. Under a grammar (a forced tool call,
 an output format) stop sequences do not apply: the grammar decides the end,
 and a stop string inside the JSON would break it.
 
-POST /v1/messages/count_tokens answers the prompt's length for the same fields.
+Retrieval (acorn serve --rag INDEX): a request that shows the model no tools
+and prefills nothing has its last user turn answered from the passages
+retrieved for it (acorn.rag.pipeline.RAG.augment, as the OpenAI route). The
+text block cites the passages the answer names ([n]) in `citations`, one
+search_result_location each (Anthropic's shape for cited search results; the
+SDK accumulates them), streamed as citations_delta events before the block
+stops; the message (non-streamed) or its message_delta event (streamed)
+carries `sources`: every passage in the prompt, marked `cited` or not.
+
+POST /v1/messages/count_tokens answers the prompt's length for the same fields
+(without retrieval).
 """
 
 from __future__ import annotations
@@ -64,7 +74,8 @@ from starlette.background import BackgroundTask
 from acorn.chat.tools import TOOL_FORMATS, parse_tool_calls, streamable_content, tool_call_grammar
 from acorn.errors import AcornError
 from acorn.infer.sampling import GenerationError, SamplingParams
-from acorn.serve.common import ANTHROPIC_TYPES, APIError, ServerState, check_model, check_prompt, get_state
+from acorn.serve.common import (ANTHROPIC_TYPES, APIError, ServerState, check_model, check_prompt, get_state,
+                                rag_sources)
 
 router = APIRouter()
 log = logging.getLogger("acorn.serve")
@@ -259,8 +270,10 @@ def _openai_tools(tools: list[Tool]) -> list[dict]:
     return [{"type": "function", "function": {k: v for k, v in fn.items() if v is not None}} for fn in fns]
 
 
-def _prompt(state: ServerState, req) -> tuple[list[int], str | None]:
-    """Prompt ids, and the prefill text (already in the ids) if any."""
+def _prompt(state: ServerState, req, rag=None, max_tokens: int = 1) -> tuple[list[int], str | None, list[dict] | None]:
+    """Prompt ids, the prefill text (already in the ids) if any, and under acorn
+    serve --rag (`rag`, when the model is shown no tools and nothing is prefilled)
+    the passages retrieved for the last user turn and put into it (else None)."""
     messages, prefill = chat_messages(req)
     choice = req.tool_choice.type if req.tool_choice else "auto"
     names = [t.name for t in req.tools or ()]
@@ -270,10 +283,16 @@ def _prompt(state: ServerState, req) -> tuple[list[int], str | None]:
     tools = _openai_tools(req.tools) if req.tools and choice != "none" else None
     if not messages:
         raise APIError(400, "messages: give at least one user message before a final assistant message")
+    if rag is not None and tools is None and not prefill:
+        try:
+            ids, passages = rag.augment(messages, state.engine.engine, max_tokens)
+        except AcornError as e:
+            raise APIError(400, str(e)) from None
+        return ids, None, passages
     ids = state.engine.engine.chat_prompt(messages, tools=tools)
     if prefill:
         ids = ids + state.tokenizer.encode(prefill)
-    return ids, prefill
+    return ids, prefill, None
 
 
 # ------------------------------------------------------------------ forced tool calls
@@ -318,7 +337,8 @@ class _Request:
         self.forced = choice in ("any", "tool")
         self.warm_only = req.max_tokens == 0  # fill the prefix cache: one token is generated, none returned
         grammar = _forced_tools(state, req)
-        self.prompt_ids, prefill = _prompt(state, req)
+        self.prompt_ids, prefill, self.passages = _prompt(state, req, state.extra.get("rag"),
+                                                          min(max(req.max_tokens, 1), state.max_tokens_cap))
         guided = {"grammar": grammar} if grammar is not None else None
         fmt = req.output_config.format if req.output_config else None
         if fmt is not None:
@@ -386,6 +406,16 @@ class _Request:
         cut -= len(sent)
         return unsent[:cut], unsent[cut:], calling
 
+    def sources(self, text: str) -> tuple[list[dict], list[dict]]:
+        """acorn serve --rag: (the passages in the prompt, each marked `cited`; the
+        citations of the text block, one search_result_location per cited passage,
+        as Anthropic's API cites search results)."""
+        sources = rag_sources(self.passages, text)
+        citations = [{"type": "search_result_location", "source": p["source"], "title": p["title"],
+                      "cited_text": p["text"], "search_result_index": p["number"] - 1, "start_block_index": 0,
+                      "end_block_index": 1} for p in sources if p["cited"]]
+        return sources, citations
+
     def usage(self, stream, c) -> dict:
         cached = min(c.cached_tokens, stream.prompt_tokens)
         output = 0 if self.warm_only else len(c.token_ids)
@@ -395,7 +425,9 @@ class _Request:
 
 @router.post("/v1/messages")
 async def create_message(body: MessagesRequest, request: Request):
-    ctx = _Request(get_state(request), body)
+    state = get_state(request)
+    # With --rag the prompt needs a retrieval (the question embedded): off the event loop.
+    ctx = await asyncio.to_thread(_Request, state, body) if "rag" in state.extra else _Request(state, body)
     stream = ctx.state.engine.submit(ctx.prompt_ids, ctx.params)  # QueueFull/ShuttingDown/AcornError: the app's
     headers = {"request-id": ctx.id}
     if body.stream:
@@ -407,9 +439,14 @@ async def create_message(body: MessagesRequest, request: Request):
     c = await _collect(request, stream)
     text, calls, reason, stop = ctx.finish(c)
     content = ([{"type": "text", "text": text}] if text else []) + calls
+    extra = {}
+    if ctx.passages is not None:  # --rag: the cited passages as citations, all of them as sources
+        extra["sources"], citations = ctx.sources(text)
+        if text and citations:
+            content[0]["citations"] = citations
     return JSONResponse({"id": ctx.id, "type": "message", "role": "assistant", "model": ctx.model,
                          "content": content, "stop_reason": reason, "stop_sequence": stop,
-                         "usage": ctx.usage(stream, c)}, headers=headers)
+                         "usage": ctx.usage(stream, c), **extra}, headers=headers)
 
 
 async def _collect(request: Request, stream):
@@ -434,7 +471,7 @@ async def count_tokens(body: _Prompt, request: Request):
     """The prompt's length in tokens, as POST /v1/messages would render it."""
     state = get_state(request)
     check_model(state, body.model)
-    ids, _ = _prompt(state, body)
+    ids, _, _ = _prompt(state, body)
     return {"input_tokens": len(ids)}
 
 
@@ -482,6 +519,12 @@ async def _events(ctx: _Request, stream) -> AsyncIterator[str]:
         rest = text[len(sent):] if text.startswith(sent) else ""
         for event in send_text(rest):
             yield event
+        extra = {}
+        if ctx.passages is not None:  # --rag: citations close the text block, the sources ride on message_delta
+            extra["sources"], citations = ctx.sources(text)
+            for citation in citations if text_open else []:
+                yield _sse("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                   "delta": {"type": "citations_delta", "citation": citation}})
         if text_open:
             yield _sse("content_block_stop", {"type": "content_block_stop", "index": index})
             index += 1
@@ -493,7 +536,7 @@ async def _events(ctx: _Request, stream) -> AsyncIterator[str]:
             yield _sse("content_block_stop", {"type": "content_block_stop", "index": index})
             index += 1
         yield _sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": stop},
-                                     "usage": ctx.usage(stream, c)})
+                                     "usage": ctx.usage(stream, c), **extra})
         yield _sse("message_stop", {"type": "message_stop"})
     except Exception as e:
         # The status line has gone out: the failure travels as an error event, as Anthropic's does.

@@ -85,7 +85,9 @@ def create_app(engine_or_path, *, model_name: str | None = None, api_keys: Seque
     max_pending: requests waiting beyond this are answered 429.
     shutdown_grace: seconds requests in flight get to finish when the server stops.
     rag: an acorn.rag.pipeline.RAG (index and embedder, no model): each chat request's last
-        user turn is answered from the passages it retrieves, and the reply carries `sources`.
+        user turn is answered from the passages it retrieves, and the reply carries `sources`
+        (streamed: on the chunk that ends it); on /v1/messages the cited passages are also the
+        text block's `citations`. The chat page shows them under the answer.
     """
     path = None if _is_engine(engine_or_path) else Path(engine_or_path)
     if model_name is None:

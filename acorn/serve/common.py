@@ -106,3 +106,12 @@ def check_prompt(state: ServerState, prompt_ids: list[int], max_tokens: int) -> 
         raise APIError(400, f"max_tokens is {max_tokens} but this server allows at most {state.max_tokens_cap}",
                        param="max_tokens")
     return min(max_tokens, context - len(prompt_ids))
+
+
+def rag_sources(passages: list[dict], text: str) -> list[dict]:
+    """acorn serve --rag: the passages a reply was given, each marked `cited` when
+    the reply's text cites it ([n], acorn.chat.context)."""
+    from acorn.chat.context import parse_citations
+
+    cited = parse_citations(text, len(passages))[1]
+    return [dict(p, cited=p["number"] in cited) for p in passages]

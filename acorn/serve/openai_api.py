@@ -20,7 +20,8 @@ repetition_penalty, min_tokens, ignore_eos, stop_token_ids.
 Streaming answers with server-sent events, `data: {chunk}\\n\\n`: for chat a
 first chunk with the role, then the text as the engine produces it (never a
 stop string: the engine holds back any text that might start one), a chunk
-with each choice's finish_reason, a usage chunk with no choices when
+with each choice's finish_reason (under acorn serve --rag the last of them
+also carries `sources`, as the non-streamed reply does), a usage chunk with no choices when
 stream_options.include_usage, and `data: [DONE]`. A client that goes away
 aborts its request, which frees its KV blocks before the next engine step.
 
@@ -54,7 +55,7 @@ from acorn.errors import AcornError
 from acorn.infer.sampling import SamplingParams
 from acorn.model import lora
 from acorn.rag.embeddings import embed
-from acorn.serve.common import APIError, ServerState, check_model, check_prompt, get_state
+from acorn.serve.common import APIError, ServerState, check_model, check_prompt, get_state, rag_sources
 
 router = APIRouter()
 
@@ -274,6 +275,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     params = _sampling(body, max_tokens, logprobs=logprobs, guided=guided, lora=adapter)
     stream = state.engine.submit(prompt, params)
     reply = _Reply(state, "chatcmpl-", engine, params, parse_tools=tools is not None)
+    reply.passages = passages
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return _event_stream(reply.chat_events(request, stream, include_usage), [stream])
@@ -282,12 +284,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         return Response(status_code=499)
     if passages is None:
         return reply.chat(stream, completions)
-    # --rag: the passages the answer was given, each marked when the answer cites it ([n]).
-    from acorn.chat.context import parse_citations
-
+    # --rag: the passages the answer was given, each marked when the (first) answer cites it ([n]).
     out = reply.chat(stream, completions).model_dump()
-    cited = parse_citations(completions[0].text, len(passages))[1]
-    out["sources"] = [dict(p, cited=p["number"] in cited) for p in passages]
+    out["sources"] = rag_sources(passages, completions[0].text)
     return JSONResponse(out)
 
 
@@ -508,6 +507,7 @@ class _Reply:
         self.id = prefix + uuid.uuid4().hex
         self.created = int(time.time())
         self.parse_tools = parse_tools and engine.chat_format is not None
+        self.passages: list[dict] | None = None  # acorn serve --rag: the passages in the prompt
         stops = set(params.stop_token_ids)
         if not params.ignore_eos:
             stops |= set(engine.stop_token_ids)
@@ -600,17 +600,19 @@ class _Reply:
                               usage=self._usage(streams, all_completions))
 
     # ---------------------------------------------------------- streams
-    def _chunk(self, obj: str, choices: list, usage: Usage | None = None, include_usage: bool = False) -> str:
+    def _chunk(self, obj: str, choices: list, usage: Usage | None = None, include_usage: bool = False,
+               extra: dict | None = None) -> str:
         chunk = {"id": self.id, "object": obj, "created": self.created, "model": self.model,
                  "system_fingerprint": None, "choices": choices}
         if include_usage:
             chunk["usage"] = usage.model_dump() if usage is not None else None
-        return _sse(chunk)
+        return _sse(chunk | (extra or {}))
 
     async def chat_events(self, request: Request, stream, include_usage: bool):
         obj = "chat.completion.chunk"
         n = self.params.n
         holds = [_ToolHold(self.engine.chat_format) if self.parse_tools else None for _ in range(n)]
+        texts, finished = [""] * n, 0  # --rag: the sources ride on the chunk that ends the last choice
         try:
             for i in range(n):
                 yield self._chunk(obj, [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
@@ -619,6 +621,7 @@ class _Reply:
                 i, hold = delta.index, holds[delta.index]
                 last = delta.finish_reason is not None
                 text = hold.push(delta.text) if hold is not None else delta.text
+                texts[i] += delta.text
                 logprobs = None
                 if delta.logprobs is not None:
                     entries = self._shown(delta.logprobs, delta.finish_reason, last)
@@ -639,8 +642,12 @@ class _Reply:
                         tool_calls = [{"index": k, **call} for k, call in enumerate(calls)]
                         yield self._chunk(obj, [{"index": i, "delta": {"tool_calls": tool_calls}, "logprobs": None,
                                                  "finish_reason": None}], include_usage=include_usage)
+                finished += 1
+                extra = None
+                if self.passages is not None and finished == n:  # the first choice's citations mark them
+                    extra = {"sources": rag_sources(self.passages, texts[0])}
                 yield self._chunk(obj, [{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish}],
-                                  include_usage=include_usage)
+                                  include_usage=include_usage, extra=extra)
             if include_usage:
                 yield self._chunk(obj, [], self._usage([stream], stream.completions), include_usage=True)
             yield "data: [DONE]\n\n"

@@ -6,6 +6,11 @@
  * from the fetch body. Stop aborts the fetch; the server sees the disconnect
  * and stops generating, which frees the request's KV blocks.
  *
+ * A server started with --rag answers from retrieved passages; the chunk that
+ * ends the reply carries them as `sources` ({number, title, source, text,
+ * cited}), shown under the answer (as text: a passage is never HTML) and kept
+ * with it in the conversation.
+ *
  * Paths are relative ("v1/models", not "/v1/models") so the page also works
  * behind a proxy that serves it under a prefix.
  */
@@ -251,6 +256,7 @@
     } else {
       body.textContent = msg.content; // user text and errors are shown as typed
     }
+    fillSources(node, msg.sources);
     var note = node.querySelector(".note");
     if (msg.note) {
       if (!note) {
@@ -262,6 +268,52 @@
     } else if (note) {
       note.remove();
     }
+  }
+
+  // The passages a --rag reply was given, under it: the cited ones marked.
+  function fillSources(node, sources) {
+    var box = node.querySelector(".sources");
+    if (!Array.isArray(sources) || !sources.length) { if (box) box.remove(); return; }
+    if (!box) {
+      box = document.createElement("details");
+      box.className = "sources";
+      box.open = true;
+      node.querySelector(".body").after(box);
+    }
+    box.textContent = "";
+    var summary = document.createElement("summary");
+    var cited = sources.filter(function (s) { return s && s.cited; }).length;
+    summary.textContent = "Sources (" + sources.length + (cited ? ", " + cited + " cited" : "") + ")";
+    box.appendChild(summary);
+    var list = document.createElement("ol");
+    sources.forEach(function (s) {
+      if (!s || typeof s !== "object") return;
+      var item = document.createElement("li");
+      item.className = "source" + (s.cited ? " cited" : "");
+      item.value = s.number;
+      var title = document.createElement("strong");
+      title.textContent = String(s.title || s.source || "passage " + s.number);
+      item.appendChild(title);
+      if (s.cited) {
+        var mark = document.createElement("span");
+        mark.className = "badge";
+        mark.textContent = "cited";
+        item.appendChild(document.createTextNode(" "));
+        item.appendChild(mark);
+      }
+      if (s.source) {
+        var where = document.createElement("span");
+        where.className = "where";
+        where.textContent = " " + s.source;
+        item.appendChild(where);
+      }
+      var text = document.createElement("p");
+      text.className = "passage";
+      text.textContent = String(s.text || "");
+      item.appendChild(text);
+      list.appendChild(item);
+    });
+    box.appendChild(list);
   }
 
   function addCopyButtons(body) {
@@ -406,6 +458,7 @@
           if (!frame) frame = requestAnimationFrame(paint);
         }
         if (choice.finish_reason === "length") reply.note = "Stopped at the max tokens limit.";
+        if (Array.isArray(chunk.sources)) reply.sources = chunk.sources;
       }
     } catch (e) {
       if (e.name === "AbortError") {
