@@ -141,7 +141,7 @@ def lookup_tool(world) -> Tool:
 
     if not hasattr(world, "people"):
         path = Path(world)
-        path = path / "world.json" if path.is_dir() else path
+        path = path if path.suffix == ".json" else path / "world.json"
         if not path.is_file():
             raise AcornError(f"{path}: no world.json here; give the directory `acorn data world --out` wrote")
         world = read_world(path)
