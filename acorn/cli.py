@@ -548,6 +548,11 @@ def cmd_serve(args) -> None:
         raise AcornError("ACORN_API_KEY is set but empty; set it to the key, or unset it to serve without keys")
     # An empty --api-key (an unset variable) is refused here, before the model loads.
     keys = check_api_keys(args.api_key if args.api_key is not None else [env_key] if env_key else [])
+    tools = None  # before the model loads: a bad tool name costs nothing
+    if args.tools:
+        from acorn.agent.builtins import make_tools
+
+        tools = make_tools(args.tools, index=args.tools_index, world=args.tools_world)
     options = {"kv_cache_memory": args.kv_cache_memory_mb << 20} if args.kv_cache_memory_mb else {}
     name = args.model_name or Path(args.checkpoint).resolve().name
     adapters = _lora_adapters(args.lora or [], name)
@@ -559,7 +564,7 @@ def cmd_serve(args) -> None:
 
         rag = RAG(args.rag, embedder=args.rag_embedder, k=args.rag_k, mode=args.rag_mode)
     app = create_app(engine, model_name=name, api_keys=keys, cors_origins=args.cors_origin or (),
-                     max_tokens_cap=args.max_tokens_cap, max_pending=args.max_pending, rag=rag)
+                     max_tokens_cap=args.max_tokens_cap, max_pending=args.max_pending, rag=rag, tools=tools)
     url = f"http://{args.host}:{args.port}"
     print(f"serving {name!r}" + "".join(f", {a!r}" for a in adapters) + f" at {url}/v1 (OpenAI and Anthropic "
           f"APIs) and the chat page at {url}/" + ("; API keys required" if keys else ""), flush=True)
@@ -1257,6 +1262,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rag-embedder", help="the index's embedder directory (default: the path the index records)")
     s.add_argument("--rag-k", type=int, default=3, help="passages per question (default: 3)")
     s.add_argument("--rag-mode", default="hybrid", choices=["dense", "bm25", "hybrid"], help="retrieval (default: hybrid)")
+    s.add_argument("--tools", help="run these built-in tools for POST /v1/agent and the chat page's tools switch: "
+                   "comma-separated, of calculator, python, search, lookup (default: none)")
+    s.add_argument("--tools-index", metavar="INDEX", help="the search tool's index (from `acorn rag index`)")
+    s.add_argument("--tools-world", metavar="DIR", help="the lookup tool's world (from `acorn data world`)")
     s.set_defaults(func=cmd_serve)
     _add_agent_parser(stages)
     return p
