@@ -82,13 +82,17 @@ def calculate(expression: str) -> int | float:
 
 
 def calculator_tool() -> Tool:
+    """The calculator, described exactly as the world's SFT conversations show it
+    (acorn.data.world.CALCULATOR_TOOL), so a model tuned on them sees the schema
+    it learned; it evaluates more than the description promises (/ // % **)."""
+    from acorn.data.world import CALCULATOR_TOOL
+
     def run(expression: str) -> str:
         value = calculate(expression)
         return str(value) if isinstance(value, int) else format(value, ".12g")
 
-    return Tool("calculator", "Evaluate an arithmetic expression with + - * / // % ** and parentheses.",
-                {"type": "object", "properties": {"expression": {"type": "string", "description": "for example 123*45"}},
-                 "required": ["expression"]}, run)
+    spec = CALCULATOR_TOOL["function"]
+    return Tool(spec["name"], spec["description"], spec["parameters"], run)
 
 
 # ------------------------------------------------------------------ python
