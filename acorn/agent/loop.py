@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from acorn.agent.tools import ToolRegistry, ToolResult
+from acorn.chat.tools import TOOL_FORMATS, parse_tool_calls, tool_call_grammar, tool_syntax
 from acorn.errors import AcornError
 
 STOPS = ("answer", "step_limit", "token_budget", "invalid_calls", "invalid_output", "context")
@@ -153,8 +154,6 @@ class Agent:
         self._generate = generate or (lambda ids, params: engine.generate([ids], params)[0])
         self.trace = trace
         self.chat_format = getattr(engine, "chat_format", None)
-        from acorn.chat.tools import TOOL_FORMATS, tool_call_grammar, tool_syntax
-
         if self.allow and self.chat_format not in TOOL_FORMATS:
             raise AcornError("this model's tokenizer has no chat format with a tool-call syntax, so it cannot call "
                              f"tools; use a chat model whose format is one of {', '.join(TOOL_FORMATS)}")
@@ -254,8 +253,6 @@ class Agent:
             completion = self._generate(ids, self._params(room))
             if completion.finish_reason == "error":
                 raise AcornError(f"generation failed: {completion.error}")
-            from acorn.chat.tools import parse_tool_calls
-
             content, calls = parse_tool_calls(completion.text, self.chat_format)
             completion.text = content
             used += len(completion.token_ids)
