@@ -108,7 +108,7 @@ def cmd_data_world(args) -> None:
     from acorn.data.world import generate_world
 
     generate_world(args.out, seed=args.seed, size=args.size, tokenizer=args.tokenizer, overwrite=args.overwrite,
-                   rag_sft=args.rag_sft, reading_docs=args.reading_docs)
+                   rag_sft=args.rag_sft, reading_docs=args.reading_docs, tool_sft=args.tool_sft)
 
 
 def cmd_data_prepare(args) -> None:
@@ -548,6 +548,11 @@ def cmd_serve(args) -> None:
         raise AcornError("ACORN_API_KEY is set but empty; set it to the key, or unset it to serve without keys")
     # An empty --api-key (an unset variable) is refused here, before the model loads.
     keys = check_api_keys(args.api_key if args.api_key is not None else [env_key] if env_key else [])
+    tools = None  # before the model loads: a bad tool name costs nothing
+    if args.tools:
+        from acorn.agent.builtins import make_tools
+
+        tools = make_tools(args.tools, index=args.tools_index, world=args.tools_world)
     options = {"kv_cache_memory": args.kv_cache_memory_mb << 20} if args.kv_cache_memory_mb else {}
     name = args.model_name or Path(args.checkpoint).resolve().name
     adapters = _lora_adapters(args.lora or [], name)
@@ -559,7 +564,7 @@ def cmd_serve(args) -> None:
 
         rag = RAG(args.rag, embedder=args.rag_embedder, k=args.rag_k, mode=args.rag_mode)
     app = create_app(engine, model_name=name, api_keys=keys, cors_origins=args.cors_origin or (),
-                     max_tokens_cap=args.max_tokens_cap, max_pending=args.max_pending, rag=rag)
+                     max_tokens_cap=args.max_tokens_cap, max_pending=args.max_pending, rag=rag, tools=tools)
     url = f"http://{args.host}:{args.port}"
     print(f"serving {name!r}" + "".join(f", {a!r}" for a in adapters) + f" at {url}/v1 (OpenAI and Anthropic "
           f"APIs) and the chat page at {url}/" + ("; API keys required" if keys else ""), flush=True)
@@ -698,6 +703,84 @@ def _expand_inputs(inputs: list[str]) -> list[Path]:
     return expand_inputs(inputs)
 
 
+# ------------------------------------------------------------------ acorn agent
+def _ask_confirmation(call: dict) -> bool:
+    """The CLI's confirm hook: ask on the terminal before a tool with side effects runs."""
+    import json
+
+    if not sys.stdin.isatty():
+        print(f"acorn: refused {call['name']} (it has side effects and there is no terminal to confirm on; "
+              "run without --confirm to allow it)", file=sys.stderr)
+        return False
+    answer = input(f"run {call['name']}({json.dumps(call['arguments'], ensure_ascii=False)})? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def cmd_agent(args) -> None:
+    import json
+
+    from acorn.agent.builtins import make_tools, parse_tool_names
+    from acorn.agent.loop import Agent, format_transcript
+
+    task = sys.stdin.read() if args.task == "-" else args.task
+    if not task.strip():
+        raise AcornError('the task is empty; acorn agent CKPT "What is 123 * 45?" --tools calculator')
+    names = parse_tool_names(args.tools)  # before the model loads: a typo costs nothing
+    allow = parse_tool_names(args.allow) if args.allow else None
+    tools = make_tools(names, index=args.index, embedder=args.embedder, world=args.world)
+    agent = Agent(_engine(args), tools, allow=allow,
+                  system=args.system, max_steps=args.max_steps, token_budget=args.token_budget,
+                  max_new_tokens=args.max_new_tokens, max_observation_tokens=args.max_observation_tokens,
+                  max_retries=args.max_retries, constrained=not args.unconstrained, temperature=args.temperature,
+                  seed=args.seed, confirm=_ask_confirmation if args.confirm else None, trace=args.trace)
+    result = agent.run(task)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+    else:
+        print(format_transcript(result))
+
+
+def _add_agent_parser(stages) -> None:
+    s = _parser(stages, "agent", "run a task with tools: the model calls them and reads their results (ReAct)",
+                'acorn agent runs/speedrun/sft/model "What is 123 * 45?" --tools calculator --trace trace.jsonl',
+                description="The ReAct loop: the chat model answers or calls a tool; each call is validated\n"
+                "against the tool's JSON Schema and run, its result goes back to the model, until\n"
+                "it answers or a limit is reached. The transcript is printed; --trace saves every\n"
+                "turn, call and result as JSONL. Tools: calculator (arithmetic, never eval),\n"
+                "python (only inside the bubblewrap sandbox; refused where it cannot run),\n"
+                "search (a RAG index: --index), lookup (the world's facts: --world).")
+    s.add_argument("checkpoint", help="a chat model directory (its chat format must have a tool-call syntax)")
+    s.add_argument("task", help="what to do (a user message); - reads it from stdin")
+    s.add_argument("--tools", default="calculator", help="comma-separated built-in tools: calculator, python, "
+                   "search, lookup (default: calculator)")
+    s.add_argument("--allow", help="the allowlist: of --tools, only these may be called (default: all of them)")
+    s.add_argument("--index", help="the search tool's index directory (from `acorn rag index`)")
+    s.add_argument("--embedder", help="the index's embedder (default: the one the index records)")
+    s.add_argument("--world", help="the lookup tool's world directory (from `acorn data world`)")
+    s.add_argument("--system", help="a system prompt (default: none)")
+    s.add_argument("--max-steps", type=positive_int, default=6, help="most model turns (default: 6)")
+    s.add_argument("--token-budget", type=positive_int, default=1024,
+                   help="most tokens generated over all turns (default: 1024)")
+    s.add_argument("--max-new-tokens", type=positive_int, default=128, help="most tokens of one turn (default: 128)")
+    s.add_argument("--max-observation-tokens", type=_int_at_least(16), default=200,
+                   help="a tool result longer than this is cut, and the cut said (default: 200)")
+    s.add_argument("--max-retries", type=non_negative_int, default=2,
+                   help="invalid turns in a row (malformed or invalid calls, rejected answers) before giving up "
+                   "(default: 2)")
+    s.add_argument("--unconstrained", action="store_true", help="do not constrain calls with the grammar (default: "
+                   "constrained: the model writes text or a well-formed, schema-valid call)")
+    s.add_argument("--confirm", action="store_true", help="ask on the terminal before each call of a tool with "
+                   "side effects (python)")
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the sampler (default: 0)")
+    s.add_argument("--trace", metavar="FILE", help="write the run as JSONL: start, each model turn, each tool "
+                   "call and result, end")
+    s.add_argument("--json", action="store_true", help="print the result as JSON instead of the transcript")
+    s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    s.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's)")
+    s.set_defaults(func=cmd_agent)
+
+
 # -------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
@@ -794,6 +877,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pretrain.jsonl also holds N reading documents: passages about invented people, then "
                    "questions answered from them with a citation, which teach a base model to copy a value "
                    "from its context (default: 0, none)")
+    s.add_argument("--tool-sft", action="store_true", help="sft.jsonl also teaches calling the calculator at every "
+                   "size, 1 to 6 digits, with the question's own numbers and operator (default: off)")
     s.set_defaults(func=cmd_data_world)
     s = _parser(dsub, "prepare", "tokenize text into binary token shards for pretraining (resumable)",
                 "acorn data prepare runs/world/pretrain.jsonl --tokenizer runs/tok --out runs/data")
@@ -1186,7 +1271,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rag-embedder", help="the index's embedder directory (default: the path the index records)")
     s.add_argument("--rag-k", type=int, default=3, help="passages per question (default: 3)")
     s.add_argument("--rag-mode", default="hybrid", choices=["dense", "bm25", "hybrid"], help="retrieval (default: hybrid)")
+    s.add_argument("--tools", help="run these built-in tools for POST /v1/agent and the chat page's tools switch: "
+                   "comma-separated, of calculator, python, search, lookup (default: none)")
+    s.add_argument("--tools-index", metavar="INDEX", help="the search tool's index (from `acorn rag index`)")
+    s.add_argument("--tools-world", metavar="DIR", help="the lookup tool's world (from `acorn data world`)")
     s.set_defaults(func=cmd_serve)
+    _add_agent_parser(stages)
     return p
 
 

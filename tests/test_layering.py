@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, ...]] = [
     # Strategies over the engine; similarity-chosen few-shot examples use rag's embeddings.
     # Below eval, so evaluation tasks and benchmarks can score a strategy.
     ("prompting",),
+    ("agent",),  # tools and the ReAct loop over the engine; rag for search, the sandbox for Python
     ("train",),  # the one loop: model, data, tokenizer
     ("eval",),  # scores through the engine
     ("serve",),  # routes over the engine

@@ -16,7 +16,9 @@ the template are derived from it here:
                        acorn.infer.structured) whose every match is one or more
                        calls written exactly as the template writes them, with
                        arguments valid against each tool's JSON Schema; the
-                       server uses it for tool_choice "required" / a named tool
+                       server uses it for tool_choice "required" / a named tool;
+                       with allow_text, for "auto": text, or well-formed calls
+                       (the agent loop, acorn.agent.loop, decodes under it)
 
 The grammar is text built from the table, so it lives here with the syntax it
 spells; acorn.infer.structured compiles any grammar and knows no chat format.
@@ -193,13 +195,21 @@ _JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separa
 
 
 def tool_call_grammar(tokenizer, chat_format: str | None, functions: list[tuple[str, dict | None]], *,
-                      parallel: bool = True) -> str:
+                      parallel: bool = True, allow_text: bool = False) -> str:
     """A Lark grammar (llguidance's dialect) for replies that are only tool
     calls, in the chat format's own syntax: one call (parallel=False) or
     one or more, each a call of one of `functions` (name, JSON Schema of its
     arguments) whose arguments match the schema (%json). Special tokens of
     the syntax are named by id (<[id]>), so the model must emit the special
-    token itself, as it learned to, not its text spelled out in pieces."""
+    token itself, as it learned to, not its text spelled out in pieces.
+
+    allow_text: tool_choice "auto" — the reply may also be plain text, or
+    text followed by calls. The text can hold no special token (a regex
+    never matches one), so it cannot open a call: once the model starts a
+    call, the call is well formed and schema-valid, and a reply is never a
+    broken call left in the content. In a format whose bare calls need no
+    opening tag (Llama 3.1), text may not begin with `{` either, since that
+    is how a bare call begins."""
     syntax = tool_syntax(chat_format)
     if syntax is None:
         raise AcornError(f"chat format {chat_format!r} has no tool-call syntax, so a tool call cannot be forced; "
@@ -218,8 +228,14 @@ def tool_call_grammar(tokenizer, chat_format: str | None, functions: list[tuple[
     call = _sequence(_lark_text(syntax.call_open, tokenizer), "(" + " | ".join(alternatives) + ")",
                      _lark_text(syntax.call_close, tokenizer))
     more = "(" + _sequence(_lark_text(syntax.separator, tokenizer), "call") + ")*" if parallel else ""
-    start = _sequence("start:", _lark_text(syntax.begin, tokenizer), "call", more)
-    return "\n".join([start, f"call: {call}", *lines])
+    calls = _sequence(_lark_text(syntax.begin, tokenizer), "call", more)
+    if not allow_text:
+        return "\n".join([f"start: {calls}", f"call: {call}", *lines])
+    # Text, or calls, or text then calls (with what the template writes between them).
+    after = _lark_text(syntax.after_content, tokenizer)
+    text = r"/\s*[^\s{](.|\n)*|\s+/" if syntax.bare else r"/(.|\n)+/"
+    start = f"start: TEXT? | calls | TEXT {after} calls".replace("  ", " ")
+    return "\n".join([start, f"calls: {calls}", f"call: {call}", *lines, f"TEXT: {text}"])
 
 
 def _sequence(*parts: str) -> str:

@@ -413,6 +413,28 @@ def sft_rows(world: World, cfg: WorldSize, seen: set) -> list[dict]:
     return rows
 
 
+def tool_sft_rows(world: World, n: int | None = None, exclude: set | None = None) -> list[dict]:
+    """Conversations that teach calling the calculator correctly at every size
+    (generate_world(tool_sft=True), `acorn data world --tool-sft`): a question
+    of 1 to 6 digits, the call with the question's own numbers and operator
+    written without spaces (`6 + 6` is called as `6+6`, never `6*6`), the
+    result, and the result as the answer. The default rows call the tool only
+    for large problems (needs_calculator); a small model then copies the
+    call's shape with the wrong operator or numbers on the problems it never
+    saw called. `n` rows (default: 3x the size's tool rows), never a problem
+    of `exclude` (the eval set), from their own random stream."""
+    cfg = SIZES[world.size]
+    rng = _rng(world.seed, "tool_sft")
+    rows: list[dict] = []
+    while len(rows) < (3 * cfg.n_sft_tool if n is None else n):
+        op, da = rng.choice(OPS), rng.randint(1, 6)
+        a, b = _problem(rng, op, da, da if rng.random() < 0.5 else rng.randint(1, da))
+        if exclude and (a, op, b) in exclude:
+            continue
+        rows.append(tool_conversation(rng, a, op, b))
+    return rows
+
+
 # ----------------------------------------------------- knowledge base (RAG)
 def knowledge_base(world: World) -> list[dict]:
     rng = _rng(world.seed, "knowledge_base")
@@ -949,7 +971,8 @@ def _fit_tokenizer(pretrain: list[dict]):
 
 
 def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, quiet: bool = False,
-                   overwrite: bool = False, rag_sft: bool = False, reading_docs: int = 0) -> dict:
+                   overwrite: bool = False, rag_sft: bool = False, reading_docs: int = 0,
+                   tool_sft: bool = False) -> dict:
     """Generate the world into directory `out` and return a summary.
 
     rag_sft: sft.jsonl also teaches answering from retrieved passages with a
@@ -958,6 +981,8 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     reading_docs: pretrain.jsonl also holds this many reading documents (reading_doc:
     passages, then questions answered from them with a citation), which teach a base
     model to copy a value from its context. 0 (the default): none, files unchanged.
+    tool_sft: sft.jsonl also teaches calling the calculator at every size
+    (tool_sft_rows, never an eval problem). Off by default, likewise.
 
     tokenizer: a path for Tokenizer.from_pretrained, used only to report sizes
     in tokens; None fits a 4096-token BPE to the pretraining text instead.
@@ -1001,6 +1026,10 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     # After the eval set, from its own random stream: every other file stays as it was.
     files["rl_arithmetic.jsonl"] = rl_arithmetic(
         world, cfg, {(r["a"], r["op"], r["b"]) for r in files["eval/arithmetic.jsonl"]})
+    if tool_sft:  # after the eval set, so it is the same problems with the flag or without
+        evals = {(r["a"], r["op"], r["b"]) for r in files["eval/arithmetic.jsonl"]}
+        files["sft.jsonl"] = sft = sft + tool_sft_rows(world, exclude=evals)
+        _rng(seed, "tool_sft_order").shuffle(sft)
     try:
         (out / "eval").mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -1030,6 +1059,8 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
         manifest["rag_sft"] = True
     if reading_docs:
         manifest["reading_docs"] = reading_docs
+    if tool_sft:
+        manifest["tool_sft"] = True
     write_json(out / "manifest.json", manifest)
     seconds = time.perf_counter() - t0
     summary = dict(manifest, out=str(out), seconds=round(seconds, 2), generate_seconds=round(gen_seconds, 2),

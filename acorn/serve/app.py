@@ -9,7 +9,8 @@ directory, loaded in the background so /health can answer 503 meanwhile):
                `shutdown_grace` seconds to finish, then are aborted
   routes       /v1/chat/completions, /v1/completions, /v1/models,
                /v1/embeddings (acorn.serve.openai_api); /v1/messages
-               (acorn.serve.anthropic_api); GET /health; GET /metrics
+               (acorn.serve.anthropic_api); /v1/agent and /v1/agent/tools
+               (acorn.serve.agent_api); GET /health; GET /metrics
                (Prometheus text); GET / and /static/* (the chat page)
   middleware   CORS for the configured origins; API keys (Authorization:
                Bearer KEY or x-api-key: KEY; /health and the page are open);
@@ -75,7 +76,7 @@ def check_api_keys(api_keys: Sequence[str]) -> tuple[str, ...]:
 def create_app(engine_or_path, *, model_name: str | None = None, api_keys: Sequence[str] = (),
                cors_origins: Sequence[str] = (), max_body_bytes: int = 1 << 20, max_tokens_cap: int = 4096,
                max_pending: int = 256, shutdown_grace: float = 5.0, engine_options: dict | None = None,
-               rag=None) -> FastAPI:
+               rag=None, tools=None) -> FastAPI:
     """The server for an Engine, or for a checkpoint directory loaded with
     Engine.from_pretrained(path, **engine_options) once the server starts.
 
@@ -88,6 +89,8 @@ def create_app(engine_or_path, *, model_name: str | None = None, api_keys: Seque
         user turn is answered from the passages it retrieves, and the reply carries `sources`
         (streamed: on the chunk that ends it); on /v1/messages the cited passages are also the
         text block's `citations`. The chat page shows them under the answer.
+    tools: an acorn.agent.tools.ToolRegistry: POST /v1/agent runs the agent loop with them
+        (acorn.serve.agent_api), and the chat page shows its tools switch.
     """
     path = None if _is_engine(engine_or_path) else Path(engine_or_path)
     if model_name is None:
@@ -107,7 +110,8 @@ def create_app(engine_or_path, *, model_name: str | None = None, api_keys: Seque
             app.state.acorn = ServerState(engine=engine_async, model_name=model_name, max_tokens_cap=max_tokens_cap,
                                           default_max_tokens=min(ServerState.default_max_tokens, max_tokens_cap),
                                           created=int(time.time()), api_keys=api_keys,
-                                          extra={"rag": rag} if rag is not None else {})
+                                          extra=({"rag": rag} if rag is not None else {})
+                                          | ({"tools": tools} if tools is not None else {}))
 
         async def load() -> None:
             from acorn.infer import Engine
@@ -143,6 +147,9 @@ def create_app(engine_or_path, *, model_name: str | None = None, api_keys: Seque
 
     app.include_router(openai_router)
     app.include_router(anthropic_router)
+    from acorn.serve.agent_api import router as agent_router
+
+    app.include_router(agent_router)
 
     @app.get("/health")
     async def health(request: Request):

@@ -203,10 +203,10 @@
   // ------------------------------------------------------------ state
   var STORE = "acorn.chat.v1";
   var KEY_STORE = "acorn.apiKey"; // sessionStorage: a secret should not outlive the tab
-  var DEFAULTS = { system: "", temperature: 0.7, top_p: 1, max_tokens: 256, model: "" };
+  var DEFAULTS = { system: "", temperature: 0.7, top_p: 1, max_tokens: 256, model: "", tools: false };
 
   var state = {
-    messages: [], // {role: "user"|"assistant"|"error", content, note?}
+    messages: [], // {role: "user"|"assistant"|"error"|"tool", content, note?}; "tool": a call and its result
     settings: Object.assign({}, DEFAULTS),
     controller: null,
     busy: false,
@@ -216,7 +216,7 @@
     try {
       var saved = JSON.parse(localStorage.getItem(STORE) || "null");
       if (saved && Array.isArray(saved.messages)) state.messages = saved.messages.filter(function (m) {
-        return m && typeof m.content === "string" && /^(user|assistant|error)$/.test(m.role);
+        return m && typeof m.content === "string" && /^(user|assistant|error|tool)$/.test(m.role);
       });
       if (saved && saved.settings) Object.assign(state.settings, saved.settings);
     } catch (e) { /* a broken entry starts a fresh chat */ }
@@ -238,7 +238,8 @@
     node.dataset.index = index;
     var who = document.createElement("h3");
     who.className = "who";
-    who.textContent = msg.role === "user" ? "You" : msg.role === "assistant" ? "Assistant" : "Error";
+    who.textContent = msg.role === "user" ? "You" : msg.role === "assistant" ? "Assistant" :
+      msg.role === "tool" ? "Tool" : "Error";
     var body = document.createElement("div");
     body.className = "body";
     if (msg.role === "error") body.setAttribute("role", "alert");
@@ -418,9 +419,66 @@
     return body;
   }
 
+  // With the tools switch on: the agent answers (POST v1/agent, not streamed);
+  // each call and its result become a "tool" message before the answer.
+  async function loadTools() {
+    try {
+      var res = await fetch("v1/agent/tools", { headers: headers() });
+      if (!res.ok) return;
+      var names = ((await res.json()).data || []).map(function (t) { return t.function.name; });
+      if (!names.length) return;
+      el.toolsNames.textContent = "(" + names.join(", ") + ")";
+      el.toolsField.hidden = false;
+    } catch (e) { /* a server without the agent route: no switch */ }
+  }
+
+  function push(msg) {
+    state.messages.push(msg);
+    el.log.appendChild(messageNode(msg, state.messages.length - 1));
+  }
+
+  async function completeWithTools() {
+    var controller = new AbortController();
+    state.controller = controller;
+    state.busy = true;
+    updateControls();
+    el.empty.hidden = true;
+    announce("The agent is working");
+    var s = state.settings;
+    try {
+      var res = await fetch("v1/agent", {
+        method: "POST", headers: headers(), signal: controller.signal,
+        body: JSON.stringify({ messages: requestBody().messages, temperature: s.temperature,
+                               max_new_tokens: s.max_tokens }),
+      });
+      if (!res.ok) throw new Error(await errorMessage(res));
+      var result = await res.json();
+      (result.steps || []).forEach(function (step) {
+        step.tool_calls.forEach(function (call, i) {
+          var r = step.results[i] || {};
+          push({ role: "tool", content: call.function.name + "(" + call.function.arguments + ") → " + (r.content || "") });
+        });
+      });
+      var reply = { role: "assistant", content: result.answer || "" };
+      if (result.stopped !== "answer") reply.note = "The agent stopped: " + result.stopped.replace(/_/g, " ") + ".";
+      push(reply);
+      announce("Reply finished");
+    } catch (e) {
+      if (e.name === "AbortError") announce("Reply stopped");
+      else { showError(e.message); announce("Error: " + e.message); }
+    } finally {
+      state.controller = null;
+      state.busy = false;
+      save();
+      updateControls();
+      scrollToEnd(true);
+    }
+  }
+
   // Ask for a reply to the conversation as it stands, streaming it into a new
   // assistant message.
   async function complete() {
+    if (state.settings.tools && !el.toolsField.hidden) return completeWithTools();
     var reply = { role: "assistant", content: "" };
     state.messages.push(reply);
     var index = state.messages.length - 1;
@@ -590,8 +648,15 @@
       if (navigator.clipboard) navigator.clipboard.writeText(code.textContent).then(done, function () {});
     });
 
+    el.toolsField = $("tools-field");
+    el.toolsNames = $("tools-names");
+    var useTools = $("use-tools");
+    useTools.checked = !!state.settings.tools;
+    useTools.addEventListener("change", function () { state.settings.tools = useTools.checked; save(); });
+
     renderAll();
     loadModels();
+    loadTools();
   }
 
   // For tests and the console: the renderer and the stream reader are plain functions.

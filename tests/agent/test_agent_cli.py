@@ -1,0 +1,40 @@
+"""`acorn agent`: the transcript, the trace, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from acorn.cli import main
+
+
+def test_acorn_agent_prints_the_transcript_and_writes_the_trace(agent_checkpoint, tmp_path, capsys):
+    trace = tmp_path / "trace.jsonl"
+    code = main(["agent", str(agent_checkpoint), "What is 6 + 6?", "--tools", "calculator", "--max-steps", "2",
+                 "--max-new-tokens", "24", "--trace", str(trace)])
+    out = capsys.readouterr().out
+    assert code == 0 and out.startswith("user: What is 6 + 6?") and "[stopped: " in out.splitlines()[-1]
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert events[0]["event"] == "start" and events[0]["tools"] == ["calculator"] and events[0]["constrained"]
+    assert events[-1]["event"] == "end" and events[-1]["steps"] == sum(e["event"] == "model" for e in events)
+    assert main(["agent", str(agent_checkpoint), "2+2", "--max-steps", "1", "--max-new-tokens", "8", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["stopped"] in ("answer", "step_limit", "invalid_calls") and len(result["steps"]) == 1
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--tools", "calculator,shell"], "unknown tool 'shell'; the built-in tools are: calculator, python, search, lookup"),
+    (["--tools", "search"], "the search tool needs an index: pass --index INDEX"),
+    (["--tools", "lookup", "--world", "/nonexistent"], "/nonexistent/world.json: no world.json here"),
+    (["--tools", "calculator", "--allow", "python"], "the allowlist names 'python'"),
+])
+def test_bad_tool_options_are_one_line_errors(agent_checkpoint, capsys, argv, message):
+    assert main(["agent", str(agent_checkpoint), "task", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("acorn: error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_empty_task_is_refused(agent_checkpoint, capsys):
+    assert main(["agent", str(agent_checkpoint), "  "]) == 2
+    assert "the task is empty" in capsys.readouterr().err
