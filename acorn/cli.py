@@ -372,10 +372,12 @@ def _eval_injection(args) -> None:
 
 
 def _add_eval_injection_args(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--layout", default="user", choices=["user", "tool"], help="injection: the passages in the user "
-                   "turn, or in a tool-role message (role separation) (default: user)")
-    s.add_argument("--spotlight", default="off", choices=["off", "delimit", "datamark"], help="injection: mark the "
-                   "passages as data: << >> around each, or ^ between its words (default: off)")
+    s.add_argument("--layout", default="user", choices=["user", "tool"], help="the passages in the user turn, or in "
+                   "a tool-role message apart from the question (role separation, against prompt injection) "
+                   "(default: user)")
+    s.add_argument("--spotlight", default="off", choices=["off", "delimit", "datamark"], help="mark the passages "
+                   "as data (spotlighting, against prompt injection): << >> around each, or ^ between its words "
+                   "(default: off)")
 
 
 def _eval_contamination(args) -> None:
@@ -606,7 +608,7 @@ def _rag(args, model):
     from acorn.rag.pipeline import RAG
 
     return RAG(args.index, model=model, embedder=args.embedder, k=args.k, mode=args.mode,
-               max_new_tokens=args.max_new_tokens)
+               max_new_tokens=args.max_new_tokens, spotlight=args.spotlight, layout=args.layout)
 
 
 def cmd_rag_ask(args) -> None:
@@ -1124,6 +1126,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--mode", default="hybrid", choices=["dense", "bm25", "hybrid"], help="retrieval "
                        "(default: hybrid, reciprocal rank fusion of dense and BM25)")
         s.add_argument("--max-new-tokens", type=int, default=32, help="most tokens in an answer (default: 32)")
+        _add_eval_injection_args(s)  # --layout, --spotlight: the prompt-injection defences of the prompt
         s.set_defaults(func=cmd_rag_ask if name == "ask" else cmd_rag_eval)
 
     # acorn embed train

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acorn.chat.context import context_message, parse_citations
+from acorn.chat.context import check_options, context_messages, parse_citations
 from acorn.errors import AcornError
 from acorn.rag.chunking import chunk_documents, read_documents
 from acorn.rag.embeddings import load_embedder
@@ -115,9 +115,12 @@ class RAG:
     k: int = 3
     mode: str = "hybrid"
     max_new_tokens: int = 32
+    spotlight: str = "off"  # mark the passages as data (acorn.chat.context: "delimit", "datamark")
+    layout: str = "user"  # "tool": the passages in a tool-role message, apart from the question (role separation)
     engine: object = field(init=False, default=None)
 
     def __post_init__(self):
+        check_options(self.spotlight, self.layout)
         if isinstance(self.embedder, (str, Path)):
             self.embedder = load_embedder(self.embedder)
         if not isinstance(self.index, Index):
@@ -146,8 +149,8 @@ class RAG:
                      "start": h.chunk.start, "end": h.chunk.end, "text": h.chunk.text, "score": h.score}
                     for i, h in enumerate(hits)]
         while True:
-            turn = {"role": "user", "content": context_message(question, passages)}
-            ids = eng.chat_prompt([*(messages or []), turn])
+            turns = context_messages(question, passages, self.spotlight, self.layout)
+            ids = eng.chat_prompt([*(messages or []), *turns])
             if len(ids) <= room:
                 return ids, passages
             if not passages:
