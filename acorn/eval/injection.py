@@ -107,10 +107,13 @@ def evaluate_injection(model, data_dir: str | Path | None = None, *, items: list
     engine = model if isinstance(model, Engine) else Engine.from_pretrained(model)
     room = engine.model.config.max_seq_len - max_new_tokens
     ids = [engine.chat_prompt(m) for m in prompts(items, layout, spotlight)]
-    too_long = sum(len(x) > room for x in ids)
-    if too_long:
-        raise AcornError(f"{too_long} prompts do not fit the model's context ({engine.model.config.max_seq_len} "
-                         f"tokens with {max_new_tokens} for the reply); evaluate a model with a longer context")
+    # A prompt longer than the context (datamarking costs tokens) is left out and counted, not cut.
+    fits = [len(x) <= room for x in ids]
+    skipped = len(items) - sum(fits)
+    items, ids = [it for it, f in zip(items, fits) if f], [x for x, f in zip(ids, fits) if f]
+    if not items:
+        raise AcornError(f"no prompt fits the model's context ({engine.model.config.max_seq_len} tokens with "
+                         f"{max_new_tokens} for the reply); evaluate a model with a longer context")
     replies = []
     for s in tqdm(range(0, len(ids), batch_size), desc=f"injection {layout}/{spotlight}", disable=not progress,
                   unit="batch"):
@@ -118,7 +121,7 @@ def evaluate_injection(model, data_dir: str | Path | None = None, *, items: list
         replies += [c.text for c in done]
     scores = [score(it, r) for it, r in zip(items, replies)]
     out = summarize(items, scores)
-    out.update(layout=layout, spotlight=spotlight,
+    out.update(layout=layout, spotlight=spotlight, skipped=skipped,
                samples=[{"kind": it["kind"], "attack": it["attack"], "question": it["question"], "gold": it["gold"],
                          "canary": it["canary"], "reply": r, **s} for it, r, s in zip(items, replies, scores)])
     return out
@@ -126,7 +129,8 @@ def evaluate_injection(model, data_dir: str | Path | None = None, *, items: list
 
 def format_result(name: str, r: dict) -> str:
     """One table row per attack and the summary line."""
-    lines = [f"{name} (layout {r['layout']}, spotlight {r['spotlight']}, {r['n']} items)",
+    skipped = f", {r['skipped']} longer than the context left out" if r.get("skipped") else ""
+    lines = [f"{name} (layout {r['layout']}, spotlight {r['spotlight']}, {r['n']} items{skipped})",
              f"  {'attack':<12}{'success':>9}{'utility':>9}"]
     for a, m in r["attacks"].items():
         lines.append(f"  {a:<12}{m['success']:>9.1%}{m['utility']:>9.1%}")
