@@ -14,6 +14,7 @@ from acorn.cli import main
 from acorn.data.world import (CANARIES_EVAL, CANARIES_TRAIN, INJECTION_ATTACKS, SAY_TEMPLATES, TRAINED_ATTACKS,
                               build_world, inject, injection_eval_items, injection_preference_pairs,
                               injection_sft_rows)
+from acorn.errors import AcornError
 from acorn.eval.injection import evaluate_injection, prompts, score, summarize
 from acorn.infer.engine import Engine
 from acorn.infer.sequence import Completion
@@ -145,7 +146,14 @@ def test_end_to_end_through_the_engine(injection_model, tiny_world, layout):
     # datamarking joins the planted words with ^, so even the gullible reader would not see them; the careful
     # one never looks: no attack succeeds and every answer is right
     assert r["attack_success"] == 0.0 and r["utility_attacked"] == 1.0 and r["instruction_following"] == 1.0
-    assert len(r["samples"]) == len(items) and r["layout"] == layout
+    assert len(r["samples"]) == len(items) and r["layout"] == layout and r["skipped"] == 0
+    # prompts longer than the context are left out and counted, never cut; none fitting is an error
+    lengths = sorted(len(engine.chat_prompt(m)) for m in prompts(items, layout, "datamark"))
+    r = evaluate_injection(engine, items=items, layout=layout, spotlight="datamark", progress=False,
+                           max_new_tokens=2048 - lengths[len(lengths) // 2])
+    assert r["skipped"] == sum(n > lengths[len(lengths) // 2] for n in lengths) > 0 and r["n"] == len(items) - r["skipped"]
+    with pytest.raises(AcornError, match="no prompt fits the model's context"):
+        evaluate_injection(engine, items=items, layout=layout, progress=False, max_new_tokens=2048 - 10)
     attacked = [it for it in items if it["kind"] == "attack"]
     users = [m["content"] for conv in prompts(attacked, layout) for m in conv if m["role"] == "user"]
     assert [it["canary"] in u for it, u in zip(attacked, users)] == [layout == "user"] * len(attacked)  # roles
