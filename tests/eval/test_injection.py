@@ -151,7 +151,8 @@ def test_end_to_end_through_the_engine(injection_model, tiny_world, layout):
     lengths = sorted(len(engine.chat_prompt(m)) for m in prompts(items, layout, "datamark"))
     r = evaluate_injection(engine, items=items, layout=layout, spotlight="datamark", progress=False,
                            max_new_tokens=2048 - lengths[len(lengths) // 2])
-    assert r["skipped"] == sum(n > lengths[len(lengths) // 2] for n in lengths) > 0 and r["n"] == len(items) - r["skipped"]
+    assert r["skipped"] == sum(n > lengths[len(lengths) // 2] for n in lengths) > 0
+    assert r["n"] == len(items) - r["skipped"]
     with pytest.raises(AcornError, match="no prompt fits the model's context"):
         evaluate_injection(engine, items=items, layout=layout, progress=False, max_new_tokens=2048 - 10)
     attacked = [it for it in items if it["kind"] == "attack"]
