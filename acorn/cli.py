@@ -321,6 +321,8 @@ def cmd_speedrun(args) -> None:
 def cmd_eval(args) -> None:
     if args.checkpoint == "contamination":
         return _eval_contamination(args)
+    if args.checkpoint == "injection":
+        return _eval_injection(args)
     if args.corpus or args.results:
         raise AcornError("--corpus and --results belong to `acorn eval contamination`; to check a run's tasks "
                          "while evaluating, pass --decontaminate CORPUS")
@@ -354,6 +356,28 @@ def cmd_eval(args) -> None:
         d = save(out, args.out)
         bar_chart({args.checkpoint: out["results"]}, d / "results.png")
         print(f"wrote {d}/results.json, results.md, results.png and samples_TASK.jsonl", file=sys.stderr)
+
+
+def _eval_injection(args) -> None:
+    """`acorn eval injection CKPT --data-dir WORLD`: the prompt-injection attack suite."""
+    from acorn.eval.injection import evaluate_injection, format_result, save
+
+    if len(args.dirs) != 1:
+        raise AcornError("give one checkpoint: acorn eval injection CKPT --data-dir WORLD")
+    r = evaluate_injection(args.dirs[0], args.data_dir, layout=args.layout, spotlight=args.spotlight,
+                           limit=args.limit)
+    print(format_result(args.dirs[0], r))
+    if args.out:
+        print(f"wrote {save(r, args.out)}/injection.json and samples_injection.jsonl", file=sys.stderr)
+
+
+def _add_eval_injection_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--layout", default="user", choices=["user", "tool"], help="the passages in the user turn, or in "
+                   "a tool-role message apart from the question (role separation, against prompt injection) "
+                   "(default: user)")
+    s.add_argument("--spotlight", default="off", choices=["off", "delimit", "datamark"], help="mark the passages "
+                   "as data (spotlighting, against prompt injection): << >> around each, or ^ between its words "
+                   "(default: off)")
 
 
 def _eval_contamination(args) -> None:
@@ -589,7 +613,8 @@ def _rag(args, model):
     from acorn.rag.pipeline import RAG
 
     return RAG(args.index, model=model, embedder=args.embedder, k=args.k, mode=args.mode,
-               max_new_tokens=args.max_new_tokens, rerank=args.rerank, rerank_method=args.rerank_method)
+               max_new_tokens=args.max_new_tokens, rerank=args.rerank, rerank_method=args.rerank_method,
+               spotlight=args.spotlight, layout=args.layout)
 
 
 def cmd_rag_ask(args) -> None:
@@ -834,7 +859,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "documents in a training corpus by 13-gram overlap (and with --results DIR splits a\n"
                 "run's scores into clean and contaminated documents); --decontaminate does both in a run.")
     s.add_argument("checkpoint", help="checkpoint directory, or `compare` followed by result directories, or "
-                   "`contamination`")
+                   "`contamination`, or `injection` followed by a checkpoint (the prompt-injection attack suite "
+                   "on the world of --data-dir: attack success rate and utility)")
     s.add_argument("dirs", nargs="*", help=argparse.SUPPRESS)
     s.add_argument("--tasks", default="arc_easy,arc_challenge,piqa,lambada_openai",
                    help="comma-separated task names or YAML paths (default: arc_easy,arc_challenge,piqa,lambada_openai)")
@@ -857,6 +883,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokenizer", help="contamination: decode token shards with this tokenizer (default: the one "
                    "their meta.json names)")
     s.add_argument("--text-field", default="text", help="contamination: the text field of .jsonl/.parquet corpora")
+    _add_eval_injection_args(s)
     s.set_defaults(func=cmd_eval)
 
     # acorn data ...
@@ -1194,6 +1221,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--rerank-method", default="yes", choices=["yes", "likelihood"], help="the reranking "
                        "score: log-odds of \"yes\" to \"does the passage answer the question?\" (default), or "
                        "the question's log-likelihood after the passage")
+        _add_eval_injection_args(s)  # --layout, --spotlight: the prompt-injection defences of the prompt
         s.set_defaults(func=cmd_rag_ask if name == "ask" else cmd_rag_eval)
 
     # acorn embed train

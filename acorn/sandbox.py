@@ -11,7 +11,19 @@ directly. Each run gets
                   the interpreter's prefix, nothing else of the host (no home,
                   no /etc, no project); the program's files read-only under
                   /sandbox; a private, size-capped tmpfs at /tmp as the only
-                  writable place (and the working directory); fresh /proc, /dev
+                  writable place (and the working directory); fresh /proc; a
+                  fresh /dev, read-only (its device nodes still work)
+  a syscall filter seccomp (via libseccomp's Python binding, pyseccomp), loaded
+                  by bwrap just before the program starts: the system calls
+                  that are the usual ways out of a container fail with EPERM
+                  (ptrace and process_vm_*, mount and the new mount API,
+                  unshare/setns and clone with namespace flags, bpf,
+                  perf_event_open, userfaultfd, io_uring, keyrings, modules,
+                  kexec, reboot, TIOCSTI...); socket() of any family but
+                  AF_UNIX fails (no network even if a namespace were missing);
+                  clone3, whose flags a filter cannot read, says ENOSYS so the
+                  C library falls back to clone; any other ABI (i386, x32)
+                  kills the process
   limits          set by a launcher inside the sandbox before the program
                   starts (setrlimit): address space (RLIMIT_AS), processes
                   (RLIMIT_NPROC: a fork bomb stops at the cap), CPU seconds,
@@ -21,8 +33,10 @@ directly. Each run gets
   a user          when the caller is root, bwrap runs as `nobody`: root is
                   exempt from RLIMIT_NPROC, and nothing of root's is readable
 
-If bwrap is missing or cannot create namespaces here, `run` refuses with one
-line saying how to install or allow it. There is no unsandboxed fallback.
+If bwrap or the seccomp library is missing, or bwrap cannot create
+namespaces here, `run` refuses with one line saying how to install or allow
+it. There is no unsandboxed and no "best effort" fallback: every layer above
+is there on every run, or nothing runs.
 
 The API: `run(argv, files=..., stdin=..., limits=Limits(...)) -> Result` for
 any program, and `run_python(code, ...)` for a Python source text.
@@ -30,6 +44,7 @@ any program, and `run_python(code, ...)` for a Python source text.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pwd
@@ -45,6 +60,8 @@ from pathlib import Path
 
 from acorn.errors import AcornError
 
+SECCOMP_INSTALL = ("install libseccomp and its Python binding (apt-get install libseccomp2; pip install pyseccomp); "
+                   "code is never run without the syscall filter")
 INSTALL = ("install bubblewrap (apt-get install bubblewrap; dnf install bubblewrap; pacman -S bubblewrap); "
            "code is never run outside the sandbox")
 SANDBOX_DIR = "/sandbox"  # the program's files, read-only
@@ -99,6 +116,70 @@ for name, value in (("AS", lim["memory_mb"] * mb), ("NPROC", lim["processes"]), 
     resource.setrlimit(getattr(resource, "RLIMIT_" + name), (value, value))
 os.execv(sys.argv[2], sys.argv[2:])
 """
+
+
+# ------------------------------------------------------------------ the syscall filter
+# Denied with EPERM: nothing a program that computes needs, and each a known
+# way out of or around a container (escalation through the kernel's larger
+# attack surfaces, tracing other processes, new namespaces, new mounts).
+DENIED_SYSCALLS = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
+    "mount", "umount2", "pivot_root", "chroot", "fsopen", "fsconfig", "fsmount", "fspick", "move_mount",
+    "open_tree", "mount_setattr", "open_by_handle_at", "name_to_handle_at",
+    "unshare", "setns", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter",
+    "io_uring_register", "keyctl", "add_key", "request_key", "init_module", "finit_module", "delete_module",
+    "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff", "acct", "syslog", "quotactl",
+    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "iopl", "ioperm", "personality", "vhangup",
+    "lookup_dcookie", "nfsservctl", "uselib",
+)
+_CLONE_NAMESPACES = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
+# CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
+_AF_UNIX = 1
+_TIOCSTI = 0x5412  # pushes characters into the terminal's input: typed commands for the caller's shell
+
+_FILTER: list[bytes] = []
+
+
+def seccomp_filter() -> bytes:
+    """The compiled BPF program (built once per process), or the one-line
+    refusal when libseccomp or pyseccomp is missing."""
+    if not _FILTER:
+        try:
+            import pyseccomp as sc
+
+            f = sc.SyscallFilter(sc.ALLOW)  # the native ABI only: any other kills (libseccomp's bad-arch action)
+            deny = sc.ERRNO(errno.EPERM)
+            for name in DENIED_SYSCALLS:
+                try:
+                    f.add_rule(deny, name)
+                except (ValueError, RuntimeError, OSError):  # not a syscall of this architecture
+                    continue
+            for flag in _CLONE_NAMESPACES:
+                f.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+            f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+            f.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), "socket", sc.Arg(0, sc.NE, _AF_UNIX))
+            f.add_rule(deny, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, _TIOCSTI))
+            fd = os.memfd_create("seccomp")
+            try:
+                f.export_bpf(_Fd(fd))
+                size = os.lseek(fd, 0, os.SEEK_END)
+                _FILTER.append(os.pread(fd, size, 0))
+            finally:
+                os.close(fd)
+        except (ImportError, OSError, RuntimeError, ValueError) as e:
+            why = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+            raise AcornError(f"the sandbox's seccomp filter cannot be built ({why}); {SECCOMP_INSTALL}") from None
+    return _FILTER[0]
+
+
+class _Fd:
+    """A file descriptor where pyseccomp wants a file object."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
 
 
 # ------------------------------------------------------------------ finding bwrap
@@ -176,23 +257,37 @@ _PROBED: dict[str, tuple[str, set[str]]] = {}
 
 def _setup() -> tuple[str, set[str]]:
     """bwrap and its optional flags, once per process, after checking that it
-    can make a sandbox here (user namespaces may be off, e.g. in containers)."""
+    can make a sandbox here (user namespaces may be off, e.g. in containers)
+    with the syscall filter loaded."""
     bwrap = bwrap_path()
+    seccomp_filter()
     if bwrap not in _PROBED:
         features = _features(bwrap)
+        sfd = _filter_fd()
         probe = _command(bwrap, features, ["/bin/true" if os.path.exists("/bin/true") else "/usr/bin/true"],
-                         python_executable(), Limits(), files={})
+                         python_executable(), Limits(), files={}, seccomp_fd=sfd)
         try:
-            r = subprocess.run(probe, capture_output=True, text=True, env=_ENV, timeout=30, **_as_user())
+            r = subprocess.run(probe, capture_output=True, text=True, env=_ENV, timeout=30, pass_fds=[sfd],
+                               **_as_user())
             code, why = r.returncode, (r.stderr.strip().splitlines() or ["no message"])[-1]
         except (OSError, subprocess.TimeoutExpired) as e:
             code, why = -1, f"{type(e).__name__}: {e}"
+        finally:
+            os.close(sfd)
         if code != 0:
             raise AcornError(f"bwrap cannot create a sandbox here ({why}); allow unprivileged user namespaces "
                              "(sysctl kernel.unprivileged_userns_clone=1, or run the container with "
                              f"--security-opt seccomp=unconfined) or {INSTALL}")
         _PROBED[bwrap] = (bwrap, features)
     return _PROBED[bwrap]
+
+
+def _filter_fd() -> int:
+    """A memfd holding the BPF program, at offset 0, for bwrap's --seccomp (it reads it to the end)."""
+    fd = os.memfd_create("seccomp")
+    os.write(fd, seccomp_filter())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def check() -> None:
@@ -222,9 +317,10 @@ def _as_user() -> dict:
 
 
 def _command(bwrap: str, features: set[str], argv: list[str], python: str, limits: Limits,
-             files: dict[str, int]) -> list[str]:
+             files: dict[str, int], seccomp_fd: int) -> list[str]:
     cmd = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-           "--hostname", "sandbox", *_binds(python), "--proc", "/proc", "--dev", "/dev"]
+           "--hostname", "sandbox", *_binds(python), "--proc", "/proc", "--dev", "/dev",
+           "--seccomp", str(seccomp_fd)]
     if "--disable-userns" in features:
         cmd += ["--disable-userns"]
     # Writable places are tmpfs, that is memory outside RLIMIT_AS: each gets the size cap.
@@ -232,7 +328,7 @@ def _command(bwrap: str, features: set[str], argv: list[str], python: str, limit
         if "--size" in features:
             cmd += ["--size", str(limits.tmp_mb << 20)]
         cmd += ["--tmpfs", where]
-    cmd += ["--chdir", "/tmp"]
+    cmd += ["--remount-ro", "/dev", "--chdir", "/tmp"]  # after /dev/shm, its own mount, stays writable
     for name, fd in files.items():
         cmd += ["--ro-bind-data", str(fd), f"{SANDBOX_DIR}/{name}"]
     cmd += ["--remount-ro", "/"]  # the root bwrap built (a tmpfs holding the mount points) read-only too
@@ -247,6 +343,7 @@ def run(argv: list[str], *, files: dict[str, str | bytes] | None = None, stdin: 
     bwrap, features = _setup()
     python = python_executable()
     fds = {}
+    sfd = _filter_fd()
     try:
         for name, content in (files or {}).items():
             if "/" in name or name in ("", ".", ".."):
@@ -255,10 +352,10 @@ def run(argv: list[str], *, files: dict[str, str | bytes] | None = None, stdin: 
             os.write(fd, content.encode() if isinstance(content, str) else content)
             os.lseek(fd, 0, os.SEEK_SET)
             fds[name] = fd
-        cmd = _command(bwrap, features, argv, python, limits, fds)
-        return _supervise(cmd, list(fds.values()), stdin.encode() if isinstance(stdin, str) else stdin, limits)
+        cmd = _command(bwrap, features, argv, python, limits, fds, sfd)
+        return _supervise(cmd, [*fds.values(), sfd], stdin.encode() if isinstance(stdin, str) else stdin, limits)
     finally:
-        for fd in fds.values():
+        for fd in [*fds.values(), sfd]:
             os.close(fd)
 
 

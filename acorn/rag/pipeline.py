@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acorn.chat.context import context_message, parse_citations
+from acorn.chat.context import check_options, context_messages, parse_citations
 from acorn.errors import AcornError
 from acorn.rag.chunking import chunk_documents, read_documents
 from acorn.rag.embeddings import load_embedder
@@ -121,6 +121,8 @@ class RAG:
     max_new_tokens: int = 32
     rerank: int = 0
     rerank_method: str = "yes"
+    spotlight: str = "off"  # mark the passages as data (acorn.chat.context: "delimit", "datamark")
+    layout: str = "user"  # "tool": the passages in a tool-role message, apart from the question (role separation)
     engine: object = field(init=False, default=None)
 
     def __post_init__(self):
@@ -129,6 +131,7 @@ class RAG:
         if self.rerank_method not in RERANK_METHODS:
             raise AcornError(f"unknown rerank method {self.rerank_method!r}; choose one of "
                              f"{', '.join(RERANK_METHODS)}")
+        check_options(self.spotlight, self.layout)
         if isinstance(self.embedder, (str, Path)):
             self.embedder = load_embedder(self.embedder)
         if not isinstance(self.index, Index):
@@ -164,8 +167,8 @@ class RAG:
                      "start": h.chunk.start, "end": h.chunk.end, "text": h.chunk.text, "score": h.score}
                     for i, h in enumerate(hits)]
         while True:
-            turn = {"role": "user", "content": context_message(question, passages)}
-            ids = eng.chat_prompt([*(messages or []), turn])
+            turns = context_messages(question, passages, self.spotlight, self.layout)
+            ids = eng.chat_prompt([*(messages or []), *turns])
             if len(ids) <= room:
                 return ids, passages
             if not passages:

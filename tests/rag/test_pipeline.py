@@ -115,3 +115,23 @@ def test_build_ask_add_and_refuse(tmp_path, docs, checkpoint, capsys):
     assert main(["rag", "index", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "i2"),
                  "--embedder", str(path)]) == 2
     assert main(["rag", "ask", str(tmp_path), "q"]) == 2  # not an index directory
+
+
+def test_ask_can_spotlight_and_separate_the_passages(tmp_path, docs, checkpoint):
+    """RAG(spotlight=..., layout=...) builds its prompt with acorn.chat.context's
+    defences; the default prompt is the plain one."""
+    from acorn.rag.pipeline import RAG, build_index
+
+    path, _ = checkpoint
+    build_index([docs], tmp_path / "idx", str(path), chunk_by="paragraphs")
+    plain = RAG(tmp_path / "idx", model=str(path), k=1, max_new_tokens=4)
+    (hits,) = plain.retrieve(["acorn oak"])
+    plain.engine.model.config.max_seq_len = 1024  # this engine only builds prompts here; the tiny model has 128
+    text = lambda rag: rag.engine.tokenizer.decode(rag.prompt("acorn oak", hits)[0])
+    assert "<<" not in text(plain) and "<|tool_output|>" not in text(plain)
+    marked = RAG(tmp_path / "idx", model=plain.engine, k=1, max_new_tokens=4, spotlight="delimit", layout="tool")
+    t = text(marked)
+    assert f"<|tool_output|>Passages:\n[1] {hits[0].chunk.title}: <<{hits[0].chunk.text}>>" in t
+    assert t.index("Question: acorn oak") < t.index("<|tool_output|>")
+    with pytest.raises(AcornError, match="unknown spotlight mode"):
+        RAG(tmp_path / "idx", spotlight="loud")
