@@ -108,7 +108,7 @@ def cmd_data_world(args) -> None:
     from acorn.data.world import generate_world
 
     generate_world(args.out, seed=args.seed, size=args.size, tokenizer=args.tokenizer, overwrite=args.overwrite,
-                   rag_sft=args.rag_sft)
+                   rag_sft=args.rag_sft, mixed_qa=args.mixed_qa)
 
 
 def cmd_data_prepare(args) -> None:
@@ -790,6 +790,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace the world already in --out (default: refuse)")
     s.add_argument("--rag-sft", action="store_true", help="sft.jsonl also teaches answering from retrieved passages "
                    "with a citation, or \"I don't know.\" when they lack the answer (default: off)")
+    s.add_argument("--mixed-qa", type=non_negative_int, default=0, metavar="N",
+                   help="mixed training: N question-answer pairs per fact of each SFT person among the pretraining "
+                   "documents (\"Question: ...\\nAnswer: ...\"); the held-out people get none and measure transfer "
+                   "(default: 0, off)")
     s.set_defaults(func=cmd_data_world)
     s = _parser(dsub, "prepare", "tokenize text into binary token shards for pretraining (resumable)",
                 "acorn data prepare runs/world/pretrain.jsonl --tokenizer runs/tok --out runs/data")
