@@ -315,7 +315,14 @@ def cmd_speedrun(args) -> None:
     from acorn.speedrun import speedrun
 
     stages = [n for n in args.stages.split(",") if n] if args.stages is not None else None
-    speedrun(args.out, preset=args.preset, seed=args.seed, size=args.size, vocab_size=args.vocab_size, stages=stages)
+    recipe = {k: v for k, v in (("mixed_qa", args.mixed_qa), ("compile", args.compile or None)) if v is not None}
+    if args.estimate:
+        from acorn.speedrun import estimate, format_estimate
+
+        print(format_estimate(estimate(args.preset, args.vocab_size, **recipe)))
+        return
+    speedrun(args.out, preset=args.preset, seed=args.seed, size=args.size, vocab_size=args.vocab_size, stages=stages,
+             **recipe)
 
 
 def cmd_eval(args) -> None:
@@ -726,6 +733,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=non_negative_int, default=0,
                    help="seeds the world, the weights and the data order: same seed, same run (default: 0)")
     s.add_argument("--vocab-size", type=positive_int, help="tokenizer vocabulary (default: the preset's)")
+    s.add_argument("--mixed-qa", type=non_negative_int, metavar="N", help="mixed training: N question-answer pairs "
+                   "per fact of the SFT people among the pretraining documents (`acorn data world --mixed-qa`; "
+                   "default: the preset's, 0)")
+    s.add_argument("--compile", action="store_true", help="torch.compile the model for pretraining and SFT "
+                   "(compilation is paid out of the time budgets; default: the preset's, off)")
+    s.add_argument("--estimate", action="store_true", help="print how long the run would take here (a throughput "
+                   "probe of a few training steps) and exit")
     from acorn.speedrun import STAGES  # light: the stages import their modules when they run
 
     s.add_argument("--stages", help="run only these stages over the finished run in --out (its preset and seed); "
