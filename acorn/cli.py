@@ -108,7 +108,8 @@ def cmd_data_world(args) -> None:
     from acorn.data.world import generate_world
 
     generate_world(args.out, seed=args.seed, size=args.size, tokenizer=args.tokenizer, overwrite=args.overwrite,
-                   rag_sft=args.rag_sft, reading_docs=args.reading_docs, tool_sft=args.tool_sft)
+                   rag_sft=args.rag_sft, reading_docs=args.reading_docs, tool_sft=args.tool_sft,
+                   mixed_qa=args.mixed_qa)
 
 
 def cmd_data_prepare(args) -> None:
@@ -315,7 +316,14 @@ def cmd_speedrun(args) -> None:
     from acorn.speedrun import speedrun
 
     stages = [n for n in args.stages.split(",") if n] if args.stages is not None else None
-    speedrun(args.out, preset=args.preset, seed=args.seed, size=args.size, vocab_size=args.vocab_size, stages=stages)
+    recipe = {k: v for k, v in (("mixed_qa", args.mixed_qa), ("compile", args.compile or None)) if v is not None}
+    if args.estimate:
+        from acorn.speedrun import estimate, format_estimate
+
+        print(format_estimate(estimate(args.preset, args.vocab_size, **recipe)))
+        return
+    speedrun(args.out, preset=args.preset, seed=args.seed, size=args.size, vocab_size=args.vocab_size, stages=stages,
+             **recipe)
 
 
 def cmd_eval(args) -> None:
@@ -834,6 +842,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=non_negative_int, default=0,
                    help="seeds the world, the weights and the data order: same seed, same run (default: 0)")
     s.add_argument("--vocab-size", type=positive_int, help="tokenizer vocabulary (default: the preset's)")
+    s.add_argument("--mixed-qa", type=non_negative_int, metavar="N", help="mixed training: N question-answer pairs "
+                   "per fact of the SFT people among the pretraining documents (`acorn data world --mixed-qa`; "
+                   "default: the preset's, 0)")
+    s.add_argument("--compile", action="store_true", help="torch.compile the model for pretraining and SFT "
+                   "(compilation is paid out of the time budgets; default: the preset's, off)")
+    s.add_argument("--estimate", action="store_true", help="print how long the run would take here (a throughput "
+                   "probe of a few training steps) and exit")
     from acorn.speedrun import STAGES  # light: the stages import their modules when they run
 
     s.add_argument("--stages", help="run only these stages over the finished run in --out (its preset and seed); "
@@ -906,6 +921,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "from its context (default: 0, none)")
     s.add_argument("--tool-sft", action="store_true", help="sft.jsonl also teaches calling the calculator at every "
                    "size, 1 to 6 digits, with the question's own numbers and operator (default: off)")
+    s.add_argument("--mixed-qa", type=non_negative_int, default=0, metavar="N",
+                   help="mixed training: N question-answer pairs per fact of each SFT person among the pretraining "
+                   "documents (\"Question: ...\\nAnswer: ...\"); the held-out people get none and measure transfer "
+                   "(default: 0, off)")
     s.set_defaults(func=cmd_data_world)
     s = _parser(dsub, "prepare", "tokenize text into binary token shards for pretraining (resumable)",
                 "acorn data prepare runs/world/pretrain.jsonl --tokenizer runs/tok --out runs/data")

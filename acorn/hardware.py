@@ -10,7 +10,9 @@ One home for the questions every stage asks before it computes anything:
   flushing them to zero changes nothing visible.
 - `autocast(device, dtype)`: mixed precision for a 16-bit dtype, nothing for float32.
 - `peak_flops(device, dtype)`: the dense tensor-core peak for MFU; None where unknown,
-  rather than a figure against the wrong peak.
+  rather than a figure against the wrong peak. On a CPU, `cpu_peak_flops`: the
+  vector or matrix units' FLOP per cycle for the dtype (from the CPU's flags)
+  x the clock x the cores torch computes on.
 """
 
 from __future__ import annotations
@@ -97,7 +99,65 @@ def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device.type, dtype=dtype)
 
 
+# Dense FLOP per cycle per core of x86 units, best first for each dtype: (cpu flag, FLOP/cycle).
+# AMX's tile unit: 1,024 bf16 (or fp16) multiply-adds counted as 2 FLOP per 2 elements, i.e.
+# 16x32 x 32x16 tiles at 16 cycles (Intel's figure: 1,024 FLOP/cycle/core). AVX-512: two 512-bit
+# FMA ports x 16 fp32 lanes x 2 (multiply + add) = 64; VDPBF16PS / AVX512-FP16 twice that per port.
+# AVX2 + FMA: two 256-bit ports x 8 lanes x 2 = 32. Server cores have two FMA ports; a client core
+# with one reaches half, so these are upper bounds, as peaks are.
+CPU_FLOP_PER_CYCLE = {
+    torch.float32: (("avx512f", 64), ("avx2", 32)),
+    torch.bfloat16: (("amx_bf16", 1024), ("avx512_bf16", 128)),
+    torch.float16: (("amx_fp16", 1024), ("avx512_fp16", 128)),
+}
+
+
+def cpu_info() -> tuple[set[str], float | None]:
+    """This CPU's feature flags and its clock in GHz (the maximum lscpu reports where it
+    reports one, else /proc/cpuinfo's current "cpu MHz", which a VM pins to the nominal clock)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set(), None
+    flags, mhz = set(), None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "flags" and not flags:
+            flags = set(value.split())
+        elif key == "cpu MHz" and mhz is None:
+            try:
+                mhz = float(value)
+            except ValueError:
+                pass
+    try:  # the maximum (turbo) clock, where the kernel exposes it
+        mhz = max(mhz or 0.0, int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1e3)
+    except (OSError, ValueError):
+        pass
+    return flags, (mhz / 1e3 if mhz else None)
+
+
+def cpu_peak_flops(dtype: torch.dtype, *, flags: set[str] | None = None, ghz: float | None = None,
+                   cores: int | None = None) -> float | None:
+    """The CPU's dense peak FLOP/s for `dtype`: FLOP per cycle of its best unit for the dtype
+    (AMX tiles for bf16/fp16, AVX-512 or AVX2 FMAs for float32) x the clock x `cores` (default:
+    the threads torch computes on, one per core). None where the flags show no unit for the
+    dtype (bf16 without AMX or AVX512-BF16 is emulated: no meaningful peak) or the clock is
+    unknown. Arguments left out are read from this machine."""
+    if flags is None or ghz is None:
+        own_flags, own_ghz = cpu_info()
+        flags = own_flags if flags is None else flags
+        ghz = own_ghz if ghz is None else ghz
+    cores = torch.get_num_threads() if cores is None else cores
+    per_cycle = next((n for flag, n in CPU_FLOP_PER_CYCLE.get(dtype, ()) if flag in flags), None)
+    if per_cycle is None or not ghz or cores < 1:
+        return None
+    return per_cycle * ghz * 1e9 * cores
+
+
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    if device.type == "cpu":
+        return cpu_peak_flops(dtype)
     if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
         return None
     name = torch.cuda.get_device_name(device)

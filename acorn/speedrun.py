@@ -28,6 +28,17 @@ Two such stages, off by default, train from the run's SFT model:
          align-hallucination); column "align": the world's tasks
   grpo   GRPO (Shao et al. 2024) on the world's arithmetic prompts with the
          exact-match reward; column "grpo": world_arithmetic
+
+Before the first stage the run prints a time estimate (`estimate`): the
+training stages are time budgets, and the rest is scaled from a reference
+machine by a throughput probe of a few real training steps; the probe also
+says how many tokens pretraining will see here. The report says which recipe
+made it (a "Recipe" section: world, tokenizer, model shape, batch, optimizer,
+schedule, precision, compile, fused AdamW, mixed QA) and the pretraining MFU
+against this machine's peak (acorn.hardware.peak_flops; on a CPU its AMX/AVX-512
+peak). The recipe's knobs are preset fields; benchmarks/speedrun_ablations.py
+measures each change on the report card and keeps the default only where the
+numbers say so.
 """
 
 from __future__ import annotations
@@ -61,6 +72,10 @@ class SpeedrunPreset:
     # The optional stages over a finished run (`--stages align,grpo`), sized to the preset:
     align_steps: int = 0  # ORPO steps of the align stage; 0: 3 epochs of the world's pairs (~100 on cpu)
     grpo_steps: int = 100  # GRPO steps of the grpo stage (16 prompts x 8 samples each)
+    # Recipe knobs (docs/BENCHMARKS.md, speedrun-ablations: measured before any became a default):
+    mixed_qa: int = 0  # world --mixed-qa: QA pairs per fact of the SFT people among the pretraining documents
+    compile: bool = False  # torch.compile the model for pretraining and SFT (the probe pays and counts the compile)
+    fused_adamw: bool = False  # AdamW as one fused kernel
 
 
 PRESETS = {
@@ -75,6 +90,14 @@ PRESETS = {
     "gpu": SpeedrunPreset("large", 8192, "d12", 1024, 1024, 32, 262144, 30.0, 10.0, 1e-3, 3e-4, None,
                           "a GPT-2-small-class model (114M) on one GPU; estimated ~45 min and ~20 GB, not yet measured"),
 }
+
+
+# The stages around training (world, tokenizer, data, the throughput probes, eval, samples, saving)
+# on a reference machine, at the pretraining throughput its probe measured there: (seconds,
+# tokens/s). cpu: the idle 2-core Xeon of docs/BENCHMARKS.md (speedrun section): 11.7-12.4 min in
+# all, of which ~20 s outside the two training budgets, at ~20,000 tokens/s. The estimate scales
+# them by the probe's tokens/s here; presets without a measured reference leave them out (and say so).
+REFERENCE_OTHER_STAGES = {"cpu": (20.0, 20000.0)}
 
 
 @dataclass
@@ -100,10 +123,11 @@ def _fmt_time(seconds: float) -> str:
 
 
 # ------------------------------------------------------------------ stages
-def stage_world(out: Path, size: str, seed: int) -> dict:
+def stage_world(out: Path, size: str, seed: int, mixed_qa: int = 0) -> dict:
     from acorn.data.world import generate_world
 
-    return generate_world(out, seed=seed, size=size, overwrite=True)  # a rerun of a stopped speedrun redoes it
+    # overwrite: a rerun of a stopped speedrun redoes it
+    return generate_world(out, seed=seed, size=size, overwrite=True, mixed_qa=mixed_qa)
 
 
 def stage_tokenizer(world_dir: Path, out: Path, vocab_size: int) -> dict:
@@ -142,17 +166,28 @@ def stage_prepare(world_dir: Path, tok_dir: Path, out: Path) -> dict:
     return prepare([world_dir / "pretrain.jsonl"], tok_dir, out, val_fraction=0.01, quiet=True)
 
 
-def stage_pretrain(p: SpeedrunPreset, data: Path, out: Path, vocab_size: int, seed: int) -> dict:
+def _recipe_args(p: SpeedrunPreset) -> list[str]:
+    """The training settings every stage's command line shares: compile and the fused optimizer."""
+    return ["--train.compile", str(p.compile).lower(), "--optim.fused", str(p.fused_adamw).lower()]
+
+
+def pretrain_config(p: SpeedrunPreset, data: Path, out: Path, vocab_size: int, seed: int):
     from acorn.config import load
-    from acorn.train.pretrain import PretrainConfig, pretrain
+    from acorn.train.pretrain import PretrainConfig
 
     args = ["--data", str(data), "--out", str(out), "--seed", str(seed), "--model.preset", p.model,
             "--model.vocab_size", str(vocab_size), "--model.max_seq_len", str(max(p.seq_len, p.sft_seq_len)),
             "--train.seq_len", str(p.seq_len), "--train.micro_batch", str(p.micro_batch),
             "--train.batch_tokens", str(p.batch_tokens), "--optim.lr", str(p.lr),
             "--train.max_minutes", str(p.pretrain_minutes * 1.1), "--eval.every", "100", "--eval.batches", "10",
-            "--eval.checkpoint_every", "0"]
-    cfg = load(PretrainConfig, None, args)
+            "--eval.checkpoint_every", "0", *_recipe_args(p)]
+    return load(PretrainConfig, None, args)
+
+
+def stage_pretrain(p: SpeedrunPreset, data: Path, out: Path, vocab_size: int, seed: int) -> dict:
+    from acorn.train.pretrain import pretrain
+
+    cfg = pretrain_config(p, data, out, vocab_size, seed)
     steps = _steps_for(cfg, p.pretrain_minutes)
     cfg.train.max_steps = steps
     cfg.optim.warmup_steps = max(10, steps // 20)
@@ -168,7 +203,7 @@ def stage_sft(p: SpeedrunPreset, world_dir: Path, base: Path, out: Path, seed: i
             "--train.seq_len", str(p.sft_seq_len), "--train.micro_batch", str(max(1, p.micro_batch * p.seq_len // p.sft_seq_len)),
             "--train.batch_tokens", str(p.batch_tokens // 2), "--optim.lr", str(p.sft_lr),
             "--train.max_minutes", str(p.sft_minutes * 1.1), "--eval.every", "50", "--eval.batches", "10",
-            "--eval.checkpoint_every", "0"]
+            "--eval.checkpoint_every", "0", *_recipe_args(p)]
     cfg = load(SFTConfig, None, args)
     steps = _steps_for(cfg, p.sft_minutes, init_from=base)
     cfg.train.max_steps = steps
@@ -373,7 +408,25 @@ def _sample_questions(world: Path) -> list[str]:
 # ----------------------------------------------------------------- helpers
 def _steps_for(cfg, minutes: float, init_from: Path | None = None) -> int:
     """Optimizer steps that fit in `minutes`, from the timing of a few real steps
-    (the loop's own train_step, one micro-batch each, on random tokens)."""
+    (the loop's own train_step, one micro-batch each, on random tokens); a
+    compiled run's compilation is paid out of the same minutes."""
+    from acorn.train.loop import accumulation
+
+    per_micro, compile_s = probe(cfg, init_from)
+    accum = accumulation(cfg.train.batch_tokens, cfg.train.micro_batch, cfg.train.seq_len)
+    # ~8% of the time goes to evaluation, data and logging around the steps.
+    steps = int(max(0.0, minutes * 60 * 0.92 - compile_s) / (per_micro * accum))
+    tok_s = cfg.train.micro_batch * cfg.train.seq_len / per_micro
+    print(f"   measured {tok_s:,.0f} tokens/s" + (f" (compiled in {compile_s:.0f}s)" if cfg.train.compile else "")
+          + f" -> {steps} steps of {accum * cfg.train.micro_batch * cfg.train.seq_len:,} tokens in {minutes:g} min",
+          flush=True)
+    return max(steps, 10)
+
+
+def probe(cfg, init_from: Path | None = None, steps: int = 10) -> tuple[float, float]:
+    """(seconds per micro-batch step, seconds of compilation) of the loop's own
+    train_step on random tokens, for a training config (the model as
+    cfg.train.compile makes it); the median of the steps after warm-up."""
     import functools
 
     import torch
@@ -395,24 +448,59 @@ def _steps_for(cfg, minutes: float, init_from: Path | None = None) -> int:
     dtype = hardware.resolve_dtype(cfg.train.dtype, device)
     autocast = functools.partial(hardware.autocast, device, dtype)
     optimizers = build_optimizers(model, cfg.optim)
+    stepped = torch.compile(model) if cfg.train.compile else model
     x = torch.randint(0, model.config.vocab_size, (cfg.train.micro_batch, cfg.train.seq_len), device=device)
     hardware.flush_denormals(device)
     times = []
-    for _ in range(10):
+    for _ in range(max(steps, 6)):
         t0 = time.perf_counter()
-        train_step(model, [Batch(x, x)], next_token_loss, optimizers, device=device, autocast=autocast,
+        train_step(stepped, [Batch(x, x)], next_token_loss, optimizers, device=device, autocast=autocast,
                    grad_clip=cfg.optim.grad_clip)
         times.append(time.perf_counter() - t0)
     # The first steps are slow while kernels and memory warm up: the median of the later ones.
-    per_micro = sorted(times[4:])[len(times[4:]) // 2]
+    later = sorted(times[4:])
+    per_micro = later[len(later) // 2]
+    compile_s = max(0.0, times[0] - per_micro) if cfg.train.compile else 0.0
+    del model, optimizers, stepped
+    return per_micro, compile_s
+
+
+def estimate(preset: str = "cpu", vocab_size: int | None = None, **recipe) -> dict:
+    """What a run of the preset will take here, before it starts: the training stages are
+    time budgets (pretraining and SFT stop at them), and the stages around them are the
+    reference machine's seconds (REFERENCE_OTHER_STAGES) scaled by a throughput probe of
+    pretraining's own step here (a second or two). Returns {"seconds", "stages" (name ->
+    seconds), "tok_s", "pretrain_steps", "pretrain_tokens", "reference" (False where the
+    other stages' time is unknown)}."""
+    import tempfile
+
+    from acorn.train.loop import accumulation
+
+    p = resolve_preset(preset, vocab_size=vocab_size, **recipe)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = pretrain_config(p, Path(tmp), Path(tmp), p.vocab_size, 0)
+    per_micro, compile_s = probe(cfg, steps=8)
     accum = accumulation(cfg.train.batch_tokens, cfg.train.micro_batch, cfg.train.seq_len)
-    # ~8% of the time goes to evaluation, data and logging around the steps.
-    steps = int(minutes * 60 * 0.92 / (per_micro * accum))
     tok_s = cfg.train.micro_batch * cfg.train.seq_len / per_micro
-    print(f"   measured {tok_s:,.0f} tokens/s -> {steps} steps of {accum * cfg.train.micro_batch * cfg.train.seq_len:,} "
-          f"tokens in {minutes:g} min", flush=True)
-    del model, optimizers
-    return max(steps, 10)
+    steps = max(10, int(max(0.0, p.pretrain_minutes * 60 * 0.92 - compile_s) / (per_micro * accum)))
+    ref = REFERENCE_OTHER_STAGES.get(preset)
+    other = ref[0] * ref[1] / tok_s if ref else 0.0
+    stages = {"pretrain": p.pretrain_minutes * 60, "sft": p.sft_minutes * 60, "other stages": other}
+    return {"seconds": sum(stages.values()), "stages": stages, "tok_s": tok_s, "pretrain_steps": steps,
+            "pretrain_tokens": steps * accum * cfg.train.micro_batch * cfg.train.seq_len, "reference": ref is not None,
+            "slower": ref[1] / tok_s if ref else None, "compile_seconds": compile_s}
+
+
+def format_estimate(e: dict) -> str:
+    other = (f"the other stages ~{_fmt_time(e['stages']['other stages'])}" if e["reference"]
+             else "plus the other stages (not yet measured for this preset)")
+    return (f"estimate: ~{_fmt_time(e['seconds'])} here (pretraining {_fmt_time(e['stages']['pretrain'])} and SFT "
+            f"{_fmt_time(e['stages']['sft'])} are time budgets; {other}); the probe measured "
+            f"{e['tok_s']:,.0f} training tokens/s, so pretraining will see ~{e['pretrain_tokens'] / 1e6:.1f}M tokens "
+            f"({e['pretrain_steps']} steps)"
+            + (f"; that is {e['slower']:.1f}x slower than the reference machine (other programs using the CPU?): "
+               "the budgets stay the same, so the model sees fewer tokens and scores lower"
+               if e.get("slower") and e["slower"] > 1.5 else ""))
 
 
 def _metric_rows(out: Path) -> list[dict]:
@@ -423,9 +511,10 @@ def _last_metrics(out: Path) -> dict:
     rows = _metric_rows(out)
     val = [r for r in rows if "val_loss" in r]
     tok_s = sorted(r["tok_s"] for r in rows)[len(rows) // 2]
+    mfu = sorted(r["mfu"] for r in rows if r.get("mfu"))
     return {"train_loss": rows[-1]["loss"], "val_loss": val[-1]["val_loss"] if val else None,
             "val_bpb": val[-1].get("val_bpb") if val else None, "tokens": rows[-1]["tokens"], "tok_s": tok_s,
-            "loss_plot": str(out / "loss.png")}
+            "mfu": mfu[len(mfu) // 2] if mfu else None, "loss_plot": str(out / "loss.png")}
 
 
 def _jsonl_texts(paths: list[Path]):
@@ -442,17 +531,36 @@ def _jsonl_texts(paths: list[Path]):
 
 
 # ----------------------------------------------------------------- the run
+def resolve_preset(preset: str = "cpu", *, size: str | None = None, vocab_size: int | None = None,
+                   **recipe) -> SpeedrunPreset:
+    """A named preset with some of its fields changed (the world size, the vocabulary, recipe knobs)."""
+    if preset not in PRESETS:
+        raise AcornError(f"unknown speedrun preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    fields = SpeedrunPreset.__dataclass_fields__
+    unknown = sorted(set(recipe) - set(fields))
+    if unknown:
+        raise AcornError(f"unknown speedrun setting {', '.join(unknown)}; settable: {', '.join(fields)}")
+    if isinstance(recipe.get("mixed_qa", 0), bool) or not isinstance(recipe.get("mixed_qa", 0), int) \
+            or recipe.get("mixed_qa", 0) < 0:
+        raise AcornError(f"mixed_qa must be a non-negative integer, got {recipe['mixed_qa']!r}")
+    changes = {k: v for k, v in (("world", size), ("vocab_size", vocab_size)) if v} | recipe
+    return SpeedrunPreset(**{**asdict(PRESETS[preset]), **changes})
+
+
 def speedrun(out: str | Path = "runs/speedrun", *, preset: str = "cpu", seed: int = 0,
-             size: str | None = None, vocab_size: int | None = None, stages: list[str] | None = None) -> Path:
+             size: str | None = None, vocab_size: int | None = None, stages: list[str] | None = None,
+             **recipe) -> Path:
     """The whole pipeline into `out`; with stages, only those registered
-    stages over the finished run in `out` (its preset and seed)."""
+    stages over the finished run in `out` (its preset and seed). `recipe`:
+    preset fields to change for this run (mixed_qa=4, compile=True, ...)."""
     if stages is not None:
+        if recipe:
+            raise AcornError(f"{', '.join(recipe)}: recipe settings make a new run; --stages adds to a finished "
+                             "one with its own recipe (drop them, or start a new run in another --out)")
         return run_stages(out, stages)
     if preset not in PRESETS:
         raise AcornError(f"unknown speedrun preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    p = PRESETS[preset]
-    if size or vocab_size:
-        p = SpeedrunPreset(**{**p.__dict__, "world": size or p.world, "vocab_size": vocab_size or p.vocab_size})
+    p = resolve_preset(preset, size=size, vocab_size=vocab_size, **recipe)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise AcornError(f"{out} is a file; give --out a directory")
@@ -461,10 +569,13 @@ def speedrun(out: str | Path = "runs/speedrun", *, preset: str = "cpu", seed: in
                          f"(or add stages to it: --stages {','.join(STAGES)})")
     out.mkdir(parents=True, exist_ok=True)
     print(f"acorn speedrun -> {out}: preset {preset} ({p.note}), world {p.world}, seed {seed}")
+    guess = estimate(preset, **{k: v for k, v in asdict(p).items() if k != "world"})
+    print(format_estimate(guess), flush=True)
     t0 = time.perf_counter()
     results: list[StageResult] = []
     world, tok, data = out / "world", out / "tokenizer", out / "data"
-    _stage("world: generate the built-in synthetic world", "seconds", results, stage_world, world, p.world, seed)
+    _stage("world: generate the built-in synthetic world", "seconds", results, stage_world, world, p.world, seed,
+           p.mixed_qa)
     tok_summary = _stage(f"tokenizer: train byte-level BPE, vocab {p.vocab_size}", "seconds", results,
                          stage_tokenizer, world, tok, p.vocab_size)
     _stage("tokenizer eval: bytes per token against GPT-2", "seconds", results, stage_tokenizer_eval, world, tok,
@@ -479,7 +590,7 @@ def speedrun(out: str | Path = "runs/speedrun", *, preset: str = "cpu", seed: in
         if stage.default:
             _stage(stage.title, stage.estimate, results, stage.fn, run, name=stage.name)
     total = time.perf_counter() - t0
-    report = _write(run, results, total)
+    report = _write(run, results, total, estimated=guess["seconds"])
     print(f"\nfinished in {_fmt_time(total)}; report: {report}; chat with it: acorn chat {run.sft}")
     return report
 
@@ -516,8 +627,11 @@ def run_stages(out: str | Path, names: list[str]) -> Path:
     return report
 
 
-def _write(run: Run, results: list[StageResult], total: float) -> Path:
+def _write(run: Run, results: list[StageResult], total: float, estimated: float | None = None) -> Path:
     """speedrun.json, the report card's chart, and report.md."""
+    saved = run.out / "speedrun.json"
+    if estimated is None and saved.is_file():  # --stages over a finished run: keep the run's own estimate
+        estimated = json.loads(saved.read_text()).get("estimated_seconds")
     card = report_card(results)
     if card:
         from acorn.eval.results import bar_chart
@@ -525,9 +639,9 @@ def _write(run: Run, results: list[StageResult], total: float) -> Path:
         bar_chart(card, run.out / "card.png", keys=_card_keys(card),
                   title="report card: the eval harness's numbers per model (acorn eval)")
     report = run.out / "report.md"
-    write_text(report, _report(results, total, run, card))
+    write_text(report, _report(results, total, run, card, estimated))
     write_json(run.out / "speedrun.json", {"preset": run.preset_name, "preset_settings": asdict(run.preset),
-                                           "seed": run.seed, "seconds": total,
+                                           "seed": run.seed, "seconds": total, "estimated_seconds": estimated,
                                            "stages": [{"name": r.name, "seconds": r.seconds, "summary": r.summary}
                                                       for r in results]})
     return report
@@ -561,7 +675,7 @@ def _get(results: dict, task: str, metric: str) -> float:
     return results.get(task, {}).get(metric, float("nan"))
 
 
-def _report(results: list[StageResult], total: float, run: Run, card: dict) -> str:
+def _report(results: list[StageResult], total: float, run: Run, card: dict, estimated: float | None = None) -> str:
     from acorn.eval.results import table
     from acorn.tokenizer.counting import format_table
 
@@ -570,7 +684,8 @@ def _report(results: list[StageResult], total: float, run: Run, card: dict) -> s
     lines = [
         "# Acorn speedrun report", "",
         f"Preset `{run.preset_name}` ({p.note}): world `{p.world}`, model preset `{p.model}`, seed {run.seed}; "
-        f"{platform.machine()}, Python {platform.python_version()}; total {_fmt_time(total)}.", "",
+        f"{platform.machine()}, Python {platform.python_version()}; total {_fmt_time(total)}"
+        + (f" (estimated {_fmt_time(estimated)} before it started)" if estimated else "") + ".", "",
         "| stage | time |", "|---|---:|", *[f"| {r.name} | {_fmt_time(r.seconds)} |" for r in results], "",
     ]
     sft = card.get("sft", {})
@@ -593,11 +708,14 @@ def _report(results: list[StageResult], total: float, run: Run, card: dict) -> s
                   f"`acorn eval {run.sft}{limit} --tasks world --data-dir {run.world}`; compare columns with "
                   f"`acorn eval compare {run.out / 'eval' / 'base'} {run.out / 'eval' / 'sft'}`.", "",
                   "![report card](card.png)", "", table(card), ""]
+    lines += recipe_section(run)
     for name, title in (("pretrain", "Pretraining"), ("sft", "Supervised fine-tuning")):
         if name in by:
             s = by[name].summary
+            mfu = (f" (MFU {s['mfu']:.2%} of this machine's peak for its precision, acorn.hardware.peak_flops)"
+                   if s.get("mfu") else "")
             lines += [f"## {title}", "", f"![{name} loss]({name}/loss.png)", "",
-                      f"{s['steps']} steps, {s['tokens']:,} tokens at {s['tok_s']:,.0f} tokens/s; final train loss "
+                      f"{s['steps']} steps, {s['tokens']:,} tokens at {s['tok_s']:,.0f} tokens/s{mfu}; final train loss "
                       f"{s['train_loss']:.3f}" + (f", validation loss {s['val_loss']:.3f}" if s.get("val_loss") else "")
                       + (f", {s['val_bpb']:.3f} bits per byte" if s.get("val_bpb") else "") + ".", ""]
     trained = [r for r in results if r.name in STAGES and "command" in r.summary]
@@ -614,3 +732,40 @@ def _report(results: list[StageResult], total: float, run: Run, card: dict) -> s
         lines += [f"- **Q:** {s['question']}  \n  **A:** {s['answer']}" for s in by["samples"].summary["samples"]]
         lines.append("")
     return "\n".join(lines)
+
+
+def recipe_section(run: Run) -> list[str]:
+    """The "Recipe" section: what made this run, from the preset and the stages' own
+    config.yaml (the settings the loop actually used)."""
+    import yaml
+
+    p = run.preset
+
+    def config(stage: str) -> dict:
+        path = run.out / stage / "config.yaml"
+        return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    pre, sft = config("pretrain"), config("sft")
+    rows = [("world", f"`{p.world}`, seed {run.seed}" + (f", {p.mixed_qa} QA pairs per fact of the SFT people mixed "
+                                                        "into pretraining (--mixed-qa)" if p.mixed_qa else
+                                                        ", no QA in pretraining"))]
+    rows.append(("tokenizer", f"byte-level BPE, vocabulary {p.vocab_size:,}"))
+    m = pre.get("model") or {}
+    if m:
+        rows.append(("model", f"preset `{p.model}`: {m['n_layer']} layers, width {m['d_model']}, {m['n_head']} heads "
+                              f"({m['n_kv_head']} KV), MLP {m['d_ff']} ({m['mlp']}), {m['positions']} positions, "
+                              f"vocabulary {m['vocab_size']:,}"))
+    for name, c in (("pretraining", pre), ("SFT", sft)):
+        if not c:
+            continue
+        o, t = c["optim"], c["train"]
+        opt = (f"Muon (lr {o['muon_lr']:g}) + AdamW" if o["optimizer"] == "muon" else "AdamW") + \
+            (" (fused)" if o.get("fused") else "")
+        rows.append((name, f"{t['max_steps']} steps of {t['batch_tokens']:,} tokens (rows of {t['seq_len']}, "
+                           f"micro-batch {t['micro_batch']}); {opt} lr {o['lr']:g}, betas {o['beta1']:g}/{o['beta2']:g}, "
+                           f"weight decay {o['weight_decay']:g}; {o['schedule']} schedule, {o['warmup_steps']} warmup "
+                           f"steps, to {o['min_lr_ratio']:g} x lr; dtype {t['dtype']}, "
+                           f"{'torch.compile' if t.get('compile') else 'eager'}"))
+    return ["## Recipe", "", f"Preset `{run.preset_name}`" + (" with changes" if p != PRESETS.get(run.preset_name)
+                                                             else "") + "; every setting in RUN/STAGE/config.yaml.", "",
+            "| part | setting |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]

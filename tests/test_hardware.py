@@ -42,5 +42,22 @@ def test_autocast_casts_only_for_16_bit_dtypes():
         assert (a @ a).dtype == torch.float32
 
 
-def test_no_peak_flops_for_a_cpu_or_float32():
-    assert hardware.peak_flops(torch.device("cpu"), torch.bfloat16) is None
+def test_cpu_peak_flops_from_the_flags_the_clock_and_the_cores():
+    amx = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+    # a 2-core 2.6 GHz Sapphire Rapids: AMX 1,024 bf16 FLOP/cycle/core, AVX-512 64 fp32 FLOP/cycle/core
+    assert hardware.cpu_peak_flops(torch.bfloat16, flags=amx, ghz=2.6, cores=2) == pytest.approx(5.3248e12)
+    assert hardware.cpu_peak_flops(torch.float32, flags=amx, ghz=2.6, cores=2) == pytest.approx(332.8e9)
+    # without AMX, AVX512-BF16's dot products; without either, bf16 is emulated: no peak
+    assert hardware.cpu_peak_flops(torch.bfloat16, flags={"avx512f", "avx512_bf16"}, ghz=2.0, cores=1) == 256e9
+    assert hardware.cpu_peak_flops(torch.bfloat16, flags={"avx2"}, ghz=3.0, cores=4) is None
+    assert hardware.cpu_peak_flops(torch.float32, flags={"avx2"}, ghz=3.0, cores=4) == pytest.approx(384e9)
+    assert hardware.cpu_peak_flops(torch.float32, flags={"sse2"}, ghz=3.0, cores=4) is None
+    assert hardware.cpu_peak_flops(torch.float32, flags={"avx2"}, ghz=0.0, cores=4) is None  # unknown clock
+
+
+def test_peak_flops_on_this_cpu_is_the_cpu_peak():
+    cpu = torch.device("cpu")
+    flags, ghz = hardware.cpu_info()
+    assert hardware.peak_flops(cpu, torch.bfloat16) == hardware.cpu_peak_flops(torch.bfloat16)
+    if "avx512f" in flags and ghz:  # this machine: MFU is reported on the CPU too
+        assert hardware.peak_flops(cpu, torch.float32) == pytest.approx(64 * ghz * 1e9 * torch.get_num_threads())

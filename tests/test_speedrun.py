@@ -7,6 +7,7 @@ import pytest
 
 from acorn import speedrun as sr
 from acorn.cli import main
+from acorn.errors import AcornError
 from acorn.eval.results import load
 from acorn.tokenizer.bpe import Tokenizer
 
@@ -39,6 +40,10 @@ def test_speedrun_tiny_runs_every_stage(tiny_run):
     assert "| world_unknown_qa | idk_rate |" in text and "![report card](card.png)" in text
     assert (out / "card.png").stat().st_size > 1000
     assert (out / "pretrain" / "loss.png").exists() and (out / "sft" / "loss.png").exists()
+    # The recipe that made it, from the stages' own config.yaml, and the estimate made before it started.
+    assert "## Recipe" in text and "| model | preset `nano`: 4 layers, width 128" in text
+    assert "| world | `tiny`, seed 0, no QA in pretraining |" in text and "AdamW lr 0.003" in text and "eager" in text
+    assert summary["estimated_seconds"] > 0 and "(estimated " in text
 
 
 def test_a_registered_stage_adds_its_columns_to_a_finished_run(tiny_run, monkeypatch, capsys):
@@ -100,3 +105,55 @@ def test_speedrun_refuses_a_file_and_an_old_run(tmp_path, capsys):
     (tmp_path / "old" / "pretrain" / "metrics.jsonl").write_text("{}\n")
     assert main(["speedrun", "--out", str(tmp_path / "old")]) == 2
     assert "already holds a speedrun" in capsys.readouterr().err
+
+
+def test_estimate_adds_the_budgets_and_scales_the_other_stages_by_the_probe(monkeypatch):
+    monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10: (0.1, 0.0))  # 0.1 s per micro-batch
+    e = sr.estimate("cpu")
+    p = sr.PRESETS["cpu"]
+    tok_s = p.micro_batch * p.seq_len / 0.1  # 40,960
+    assert e["tok_s"] == pytest.approx(tok_s)
+    ref_seconds, ref_tok_s = sr.REFERENCE_OTHER_STAGES["cpu"]
+    assert e["stages"] == pytest.approx({"pretrain": 540.0, "sft": 210.0, "other stages": ref_seconds * ref_tok_s / tok_s})
+    accum = p.batch_tokens // (p.micro_batch * p.seq_len)
+    assert e["pretrain_steps"] == int(540 * 0.92 / (0.1 * accum)) and e["pretrain_tokens"] == e["pretrain_steps"] * p.batch_tokens
+    assert e["seconds"] == pytest.approx(sum(e["stages"].values())) and "slower" not in sr.format_estimate(e)
+    # a machine 10x slower than the reference says what that costs
+    monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10: (2.048, 0.0))
+    slow = sr.format_estimate(sr.estimate("cpu"))
+    assert "10.0x slower than the reference machine" in slow and "pretraining will see" in slow
+    # no measured reference for the gpu preset: said, not guessed
+    assert "not yet measured" in sr.format_estimate(sr.estimate("gpu"))
+    # compilation is paid out of the pretraining budget
+    monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10: (0.1, 30.0 if cfg.train.compile else 0.0))
+    assert sr.estimate("cpu", compile=True)["pretrain_steps"] == int((540 * 0.92 - 30) / (0.1 * accum))
+
+
+def test_estimate_from_the_command_line_and_recipe_settings(monkeypatch, capsys, tmp_path):
+    seen = []
+    monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10: seen.append(cfg) or (0.1, 0.0))
+    assert main(["speedrun", "--estimate", "--compile", "--mixed-qa", "2"]) == 0
+    assert capsys.readouterr().out.startswith("estimate: ~")
+    assert seen[-1].train.compile is True and seen[-1].model.preset == "nano"  # the preset's own pretraining config
+    p = sr.resolve_preset("cpu", mixed_qa=2, fused_adamw=True)
+    assert (p.mixed_qa, p.fused_adamw, p.lr) == (2, True, sr.PRESETS["cpu"].lr)
+    cfg = sr.pretrain_config(p, tmp_path, tmp_path, 2048, 0)
+    assert cfg.optim.fused is True and cfg.train.compile is False
+    with pytest.raises(AcornError, match="unknown speedrun setting warp; settable: world"):
+        sr.resolve_preset("cpu", warp=9)
+    with pytest.raises(AcornError, match="mixed_qa must be a non-negative integer"):
+        sr.resolve_preset("cpu", mixed_qa=-1)
+    with pytest.raises(AcornError, match="recipe settings make a new run"):
+        sr.speedrun(tmp_path, stages=["eval"], mixed_qa=2)
+    with pytest.raises(SystemExit) as e:  # argparse's own check, one line
+        main(["speedrun", "--estimate", "--mixed-qa", "-2"])
+    assert e.value.code == 2 and "--mixed-qa: must be >= 0" in capsys.readouterr().err
+
+
+def test_the_world_stage_mixes_qa_into_pretraining_when_the_recipe_asks(tmp_path):
+    sr.stage_world(tmp_path / "w", "tiny", 0, mixed_qa=1)
+    kinds = [json.loads(line)["kind"] for line in (tmp_path / "w" / "pretrain.jsonl").read_text().splitlines()]
+    assert "qa" in kinds
+    run = sr.Run(tmp_path, "tiny", sr.resolve_preset("tiny", mixed_qa=1), 0)
+    text = "\n".join(sr.recipe_section(run))
+    assert "1 QA pairs per fact of the SFT people mixed into pretraining" in text and "with changes" in text

@@ -349,6 +349,33 @@ def pretrain_docs(world: World, cfg: WorldSize, seen: set) -> list[dict]:
     return docs
 
 
+# Mixed training (Allen-Zhu & Li 2023, Part 3.1): question-answer pairs of
+# some people among the pretraining documents, so that the model learns, while
+# it stores the biographies, to store them in a form a question can reach. The
+# pairs are of the people SFT asks about (split "sft"); the "heldout" people
+# get none, so their facts (pretrain_only in eval/fact_qa.jsonl) still measure
+# transfer: a question about a fact only a biography stated.
+MIXED_QA_FORMAT = "Question: {question}\nAnswer: {answer}"
+
+
+def mixed_qa_docs(world: World, n: int) -> list[dict]:
+    """`n` question phrasings per fact of each SFT person, one pair per
+    document in MIXED_QA_FORMAT (the SFT set's question templates, answers
+    as SFT gives them), from their own random stream; [] for n = 0."""
+    if n <= 0:
+        return []
+    rng = _rng(world.seed, "mixed_qa")
+    docs = []
+    for p in world.split("sft"):
+        for attr in p.attributes():
+            templates = T.QUESTION_TEMPLATES[attr]
+            for template in rng.sample(templates, min(n, len(templates))):
+                docs.append({"text": MIXED_QA_FORMAT.format(question=template.format(name=p.name),
+                                                            answer=p.value(attr)),
+                             "kind": "qa", "person": p.name, "attribute": attr})
+    return docs
+
+
 # ---------------------------------------------------------- instruction data
 def needs_calculator(a: int, op: str, b: int) -> bool:
     """The SFT tool policy: answer small problems directly, call the calculator for large ones."""
@@ -1063,7 +1090,9 @@ def _obj(required: dict, optional: dict | None = None) -> dict:
 _PREFERENCE = _obj({"prompt": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES,
                     "kind": {"enum": ["fact", "unknown", "arithmetic"]}}, {"person": _STR, "attribute": _ATTR})
 SCHEMAS: dict[str, dict] = {
-    "pretrain.jsonl": _obj({"text": _STR, "kind": {"enum": ["biography", "story", "arithmetic", "reasoning", "icl", "reading"]}}),
+    "pretrain.jsonl": _obj({"text": _STR, "kind": {"enum": ["biography", "story", "arithmetic", "reasoning", "icl",
+                                                              "reading", "qa"]}},
+                           {"person": _STR, "attribute": _ATTR}),  # qa (--mixed-qa): whose fact it asks
     "sft.jsonl": _obj({"messages": _MESSAGES, "kind": {"enum": ["fact", "refusal", "arithmetic", "tool", "rag", "rag_idk"]}},
                       {"person": _STR, "attribute": _ATTR, "tools": {"type": "array"}}),
     "knowledge_base.jsonl": _obj({"id": _STR, "title": _STR, "text": _STR, "person": _STR}),
@@ -1126,7 +1155,7 @@ def _fit_tokenizer(pretrain: list[dict]):
 
 def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, quiet: bool = False,
                    overwrite: bool = False, rag_sft: bool = False, reading_docs: int = 0,
-                   tool_sft: bool = False) -> dict:
+                   tool_sft: bool = False, mixed_qa: int = 0) -> dict:
     """Generate the world into directory `out` and return a summary.
 
     rag_sft: sft.jsonl also teaches answering from retrieved passages with a
@@ -1137,6 +1166,10 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     model to copy a value from its context. 0 (the default): none, files unchanged.
     tool_sft: sft.jsonl also teaches calling the calculator at every size
     (tool_sft_rows, never an eval problem). Off by default, likewise.
+
+    mixed_qa: N > 0 mixes N question-answer pairs per fact of each SFT person
+    into pretrain.jsonl (mixed_qa_docs; the held-out people get none, so
+    their facts still measure transfer). Off (0) by default, same bytes.
 
     tokenizer: a path for Tokenizer.from_pretrained, used only to report sizes
     in tokens; None fits a 4096-token BPE to the pretraining text instead.
@@ -1156,12 +1189,17 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     cfg = SIZES[size]
     world = build_world(seed, size)
     seen: set = set()  # (a, op, b) problems in training data, to flag contaminated eval items
+    if isinstance(mixed_qa, bool) or not isinstance(mixed_qa, int) or mixed_qa < 0:
+        raise AcornError(f"mixed_qa must be a non-negative integer (question phrasings per fact), got {mixed_qa!r}")
     pretrain = pretrain_docs(world, cfg, seen)
     if reading_docs:
         if isinstance(reading_docs, bool) or not isinstance(reading_docs, int) or reading_docs < 0:
             raise AcornError(f"reading_docs must be a non-negative integer, got {reading_docs!r}")
         pretrain = pretrain + reading_documents(world, reading_docs)
         _rng(seed, "reading_order").shuffle(pretrain)
+    if mixed_qa:
+        pretrain = pretrain + mixed_qa_docs(world, mixed_qa)
+        _rng(seed, "mixed_qa_order").shuffle(pretrain)
     sft = sft_rows(world, cfg, seen)
     if rag_sft:
         sft = sft + rag_sft_rows(world)
@@ -1215,6 +1253,8 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
         manifest["reading_docs"] = reading_docs
     if tool_sft:
         manifest["tool_sft"] = True
+    if mixed_qa:  # only when on, as rag_sft
+        manifest["mixed_qa"] = mixed_qa
     write_json(out / "manifest.json", manifest)
     seconds = time.perf_counter() - t0
     summary = dict(manifest, out=str(out), seconds=round(seconds, 2), generate_seconds=round(gen_seconds, 2),

@@ -48,3 +48,24 @@ def test_wsd_schedule_shape():
     assert lrs[10:80] == [1.0] * 70  # stable
     assert lrs[80] < 1.0 and lrs[99] == pytest.approx(0.0)
     assert all(a > b for a, b in zip(lrs[80:], lrs[81:]))  # linear decay
+
+
+def test_fused_adamw_takes_the_same_steps_as_the_default():
+    # torch's default (foreach) AdamW is the oracle: --optim.fused changes the kernel, not the update
+    def trained(fused: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        torch.manual_seed(0)
+        m = Transformer(ModelConfig(vocab_size=50, n_layer=1, d_model=32, n_head=2, max_seq_len=16))
+        start = [p.detach().clone() for p in m.parameters()]
+        (opt,) = build_optimizers(m, OptimConfig(fused=fused))
+        assert bool(opt.defaults["fused"]) is fused
+        x = torch.randint(0, 50, (2, 8))
+        for _ in range(3):
+            m(x).logits.float().square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        return start, [p.detach().clone() for p in m.parameters()]
+
+    start, fused = trained(True)
+    _, plain = trained(False)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(fused, plain))
+    assert not all(torch.equal(a, b) for a, b in zip(start, fused))  # the steps did move the weights

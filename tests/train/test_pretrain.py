@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from acorn import hardware
 from acorn.cli import main
 from acorn.config import load
 from acorn.errors import AcornError
@@ -132,7 +133,11 @@ def test_outputs_and_cli(data, tmp_path, capsys):
     assert 0 < v["val_bpb"] < v["val_loss"] / 0.693  # bytes per token > 1 on this text
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     report = (out / "report.md").read_text()
-    assert "validation bits per byte" in report and "MFU | unknown" in report
+    assert "validation bits per byte" in report
+    # MFU against this CPU's peak where its flags give one (acorn.hardware.cpu_peak_flops)
+    peak = hardware.peak_flops(torch.device("cpu"), hardware.resolve_dtype("auto"))
+    assert ("median MFU" in report) == (peak is not None) and ("MFU | unknown" in report) == (peak is None)
+    assert all((r["mfu"] is not None) == (peak is not None) for r in rows)
     assert load(PretrainConfig, out / "config.yaml").train.max_steps == 6  # the resolved config is saved
     from transformers import AutoModelForCausalLM
 

@@ -1,0 +1,340 @@
+"""The speedrun's recipe, one change at a time: kept or dropped on the numbers (issue 19).
+
+Two kinds of change, two measurements, both written to the section
+`speedrun-ablations` of docs/BENCHMARKS.md (negative results included):
+
+  throughput   changes that should only make a step faster (torch.compile of
+               the model, fused AdamW, float32 attention under bf16 autocast):
+               tokens/s of the speedrun's own pretraining step (the cpu
+               preset's model, micro-batch, sequence length and accumulation;
+               the loop's train_step) for each variant, taking turns A B C A B C
+               (median of --rounds rounds of --steps steps each), so a load
+               that drifts is spread over all of them. Compilation time is
+               measured on its own. MFU against this CPU's bf16 (AMX) and fp32
+               (AVX-512) peaks (acorn.hardware.cpu_peak_flops).
+
+  transfer     a change of the data (mixed training: --mixed-qa) measured on
+               the report card's fact questions at equal steps (equal wall time:
+               the data change leaves the step's cost as it was): a control and a
+               mixed world, the same tokenizer, model, steps and seed; then SFT
+               as the speedrun does it (and shorter, to see whether SFT loses what
+               pretraining gained); then the world's fact and "I don't know"
+               tasks (chat template) and the same fact questions as plain text
+               ("Question: ...\\nAnswer:", the mixed documents' format) on the base
+               and the SFT models.
+
+    python benchmarks/speedrun_ablations.py throughput            # ~5 min on 2 idle cores
+    python benchmarks/speedrun_ablations.py transfer              # small world: ~15 min on 2 idle cores
+    python benchmarks/speedrun_ablations.py transfer --size default --steps 667 --batch-tokens 16384
+                                                                  # the speedrun's own size (~40 min idle)
+    python benchmarks/speedrun_ablations.py write                 # the section from the cached results
+
+Results are cached in benchmarks/.cache/speedrun_ablations/*.json; every
+command rewrites the section from all cached results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
+from common import CACHE, command_line, log, machine_description, markdown_table, today, write_section  # noqa: E402
+
+OUT = CACHE / "speedrun_ablations"
+SECTION = "speedrun-ablations"
+
+
+# ------------------------------------------------------------------ throughput
+def _fp32_attention():
+    """scaled_dot_product_attention in float32 under bf16 autocast (q, k, v cast up, the output back)."""
+    import torch
+
+    from acorn.model import transformer
+
+    original = transformer.sdpa
+
+    def sdpa32(q, k, v, mask=None, is_causal=False, dropout=0.0):
+        with torch.autocast("cpu", enabled=False):
+            out = original(q.float(), k.float(), v.float(), None if mask is None else mask, is_causal, dropout)
+        return out.to(q.dtype)
+
+    @contextlib.contextmanager
+    def patched():
+        transformer.sdpa = sdpa32
+        try:
+            yield
+        finally:
+            transformer.sdpa = original
+
+    return patched
+
+
+def throughput(args) -> dict:
+    import torch
+
+    from acorn import hardware, speedrun
+    from acorn.data.loader import Batch
+    from acorn.model.transformer import Transformer
+    from acorn.train.loop import accumulation, train_step
+    from acorn.train.optim import build_optimizers
+    from acorn.train.pretrain import next_token_loss
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    p = speedrun.PRESETS["cpu"]
+    cfg = speedrun.pretrain_config(p, OUT, OUT, p.vocab_size, 0)
+    device = torch.device("cpu")
+    dtype = hardware.resolve_dtype("auto", device)
+    hardware.flush_denormals(device)
+    accum = accumulation(cfg.train.batch_tokens, cfg.train.micro_batch, cfg.train.seq_len)
+    tokens = accum * cfg.train.micro_batch * cfg.train.seq_len
+    g = torch.Generator().manual_seed(0)
+    batches = [Batch(x, x) for x in torch.randint(0, p.vocab_size, (accum, cfg.train.micro_batch, cfg.train.seq_len),
+                                                   generator=g)]
+    fp32_attention = _fp32_attention()
+
+    def variant(name, *, compile=False, fused=False, attn32=False, dt=dtype):
+        torch.manual_seed(0)
+        model = Transformer(cfg.model)
+        cfg.optim.fused = fused
+        optimizers = build_optimizers(model, cfg.optim)
+        stepped = torch.compile(model) if compile else model
+        autocast = functools.partial(hardware.autocast, device, dt)
+        context = fp32_attention if attn32 else contextlib.nullcontext
+
+        def step():
+            with context():
+                train_step(stepped, batches, next_token_loss, optimizers, device=device, autocast=autocast,
+                           grad_clip=cfg.optim.grad_clip)
+
+        t0 = time.perf_counter()
+        step()  # the first step: compilation (compiled), allocation and kernel warm-up (all)
+        first = time.perf_counter() - t0
+        return name, step, first
+
+    variants = [variant("eager (the default)"), variant("torch.compile", compile=True),
+                variant("fused AdamW", fused=True), variant("float32 attention", attn32=True),
+                variant("float32 everywhere (no autocast)", dt=torch.float32)]
+    firsts = {name: first for name, _, first in variants}
+    log(f"first steps (compilation, warm-up): {firsts}")
+    times = {name: [] for name, _, _ in variants}
+    for r in range(args.rounds):
+        for name, step, _ in variants:
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            times[name].append((time.perf_counter() - t0) / args.steps)
+        log(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {tokens / times[n][-1]:,.0f}" for n in times))
+    flops = cfg.model.flops_per_token(cfg.train.seq_len)
+    peaks = {"bf16": hardware.cpu_peak_flops(torch.bfloat16), "fp32": hardware.cpu_peak_flops(torch.float32)}
+    # Compilation's one-off cost, beyond an eager first step: what a budget pays for it.
+    compile_s = firsts["torch.compile"] - firsts["eager (the default)"]
+    rows = []
+    base = tokens / statistics.median(times["eager (the default)"])
+    for name in times:
+        tok_s = tokens / statistics.median(times[name])
+        rows.append({"variant": name, "tok_s": tok_s, "ratio": tok_s / base,
+                     "tok_s_all": [tokens / t for t in times[name]],
+                     "mfu_bf16": flops * tok_s / peaks["bf16"] if peaks["bf16"] else None,
+                     "mfu_fp32": flops * tok_s / peaks["fp32"] if peaks["fp32"] else None})
+    gained = next(r for r in rows if r["variant"] == "torch.compile")["ratio"]
+    budget = p.pretrain_minutes * 60
+    # Tokens in the pretraining budget compiled vs eager: (budget - compile) * gained vs budget.
+    budget_ratio = max(0.0, budget - compile_s) * gained / budget
+    return {"command": command_line(), "machine": machine_description(), "date": today(),
+            "threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS"),
+            "load": os.getloadavg(), "rounds": args.rounds, "steps": args.steps, "tokens_per_step": tokens,
+            "dtype": str(dtype), "flops_per_token": flops, "peaks": peaks, "first_step_s": firsts,
+            "compile_s": compile_s, "compile_budget_ratio": budget_ratio, "rows": rows, "note": args.note}
+
+
+# ------------------------------------------------------------------ transfer
+PLAIN_QA_TASK = """task: fact_qa_plain
+output_type: generate_until
+data: eval/fact_qa.jsonl
+doc_to_text: "Question: {{ question }}\\nAnswer:"
+doc_to_target: answer
+add_bos: true
+truncation: skip
+generation_kwargs: {until: ["\\n"], max_gen_toks: 24, stop_at: engine}
+metrics: [answer_match]
+subsets: ["{{ 'in_sft' if in_sft else 'pretrain_only' }}"]
+"""
+
+
+def transfer(args) -> dict:
+    from acorn import speedrun
+    from acorn.config import load
+    from acorn.data.prepare import prepare
+    from acorn.eval.harness import evaluate
+    from acorn.fileio import write_text
+    from acorn.train.pretrain import PretrainConfig, pretrain
+    from acorn.train.sft import SFTConfig, sft
+
+    root = OUT / f"transfer-{args.size}-{args.steps}x{args.batch_tokens}-qa{args.mixed_qa}"
+    root.mkdir(parents=True, exist_ok=True)
+    p = speedrun.PRESETS["cpu"]
+    arms = {"control": 0, "mixed": args.mixed_qa}
+    worlds = {}
+    for arm, n in arms.items():
+        worlds[arm] = root / arm / "world"
+        if not (worlds[arm] / "manifest.json").exists():
+            speedrun.stage_world(worlds[arm], args.size, args.seed, n)
+    tok = root / "tokenizer"
+    if not (tok / "tokenizer.json").exists():  # one tokenizer for both arms, from the control world (as the speedrun)
+        speedrun.stage_tokenizer(worlds["control"], tok, p.vocab_size)
+    task = root / "fact_qa_plain.yaml"
+    write_text(task, PLAIN_QA_TASK)
+    results = {}
+    for arm in arms:
+        data, base = root / arm / "data", root / arm / "pretrain"
+        if not (data / "meta.json").exists():
+            prepare([worlds[arm] / "pretrain.jsonl"], tok, data, val_fraction=0.01, quiet=True)
+        if not (base / "model" / "config.json").exists():
+            log(f"{arm}: pretraining {args.steps} steps of {args.batch_tokens:,} tokens")
+            cli = ["--data", str(data), "--out", str(base), "--seed", str(args.seed), "--model.preset", p.model,
+                   "--model.vocab_size", "2048", "--model.max_seq_len", str(p.sft_seq_len),
+                   "--train.seq_len", str(p.seq_len), "--train.micro_batch", str(p.micro_batch),
+                   "--train.batch_tokens", str(args.batch_tokens), "--optim.lr", str(p.lr),
+                   "--train.max_steps", str(args.steps), "--optim.warmup_steps", str(max(10, args.steps // 20)),
+                   "--eval.every", str(max(1, args.steps // 4)), "--eval.batches", "10", "--eval.checkpoint_every", "0"]
+            pretrain(load(PretrainConfig, None, cli))
+        columns = {"base": base / "model"}
+        for epochs in args.sft_epochs:
+            out = root / arm / f"sft-{epochs:g}"
+            if not (out / "model" / "config.json").exists():
+                log(f"{arm}: SFT for {epochs:g} epochs")
+                cli = ["--data", str(worlds[arm] / "sft.jsonl"), "--init_from", str(base / "model"), "--out", str(out),
+                       "--seed", str(args.seed), "--epochs", str(epochs), "--train.max_steps", "0",
+                       "--train.seq_len", str(p.sft_seq_len), "--train.micro_batch",
+                       str(max(1, p.micro_batch * p.seq_len // p.sft_seq_len)),
+                       "--train.batch_tokens", str(args.batch_tokens // 2), "--optim.lr", str(p.sft_lr),
+                       "--eval.every", "0", "--eval.checkpoint_every", "0"]
+                sft(load(SFTConfig, None, cli))
+            columns[f"sft {epochs:g} epochs"] = out / "model"
+        for column, model in columns.items():
+            key = f"{arm} / {column}"
+            log(f"evaluating {key}")
+            chat = evaluate(model, ["world_fact_qa", "world_unknown_qa"], data_dir=worlds[arm], progress=False)
+            plain = evaluate(model, [str(task)], data_dir=worlds[arm], progress=False)
+            r, q = chat["results"], plain["results"]
+            results[key] = {
+                "chat_pretrain_only": r["world_fact_qa:pretrain_only"]["answer_match"],
+                "chat_in_sft": r["world_fact_qa:in_sft"]["answer_match"],
+                "idk": r["world_unknown_qa"]["idk_rate"],
+                "plain_pretrain_only": q["fact_qa_plain:pretrain_only"]["answer_match"],
+                "plain_in_sft": q["fact_qa_plain:in_sft"]["answer_match"],
+                "n_pretrain_only": r["world_fact_qa:pretrain_only"]["n"], "n_in_sft": r["world_fact_qa:in_sft"]["n"],
+            }
+            log(f"  {key}: {results[key]}")
+    people = json.loads((worlds["control"] / "world.json").read_text())["people"]
+    manifest = {arm: json.loads((worlds[arm] / "manifest.json").read_text()) for arm in arms}
+    return {"command": command_line(), "machine": machine_description(), "date": today(), "size": args.size,
+            "steps": args.steps, "batch_tokens": args.batch_tokens, "mixed_qa": args.mixed_qa, "seed": args.seed,
+            "sft_epochs": args.sft_epochs, "load": os.getloadavg(), "note": args.note,
+            "people": {s: sum(q["split"] == s for q in people) for s in ("sft", "heldout")},
+            "pretrain_tokens": {arm: manifest[arm]["files"]["pretrain.jsonl"]["tokens"] for arm in arms},
+            "results": results}
+
+
+# ------------------------------------------------------------------ the section
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def section() -> str:
+    parts = ["## Speedrun ablations: the recipe, one change at a time (issue 19)", ""]
+    tp_path, tr_paths = OUT / "throughput.json", sorted(OUT.glob("transfer-*.json"))
+    if tp_path.exists():
+        t = json.loads(tp_path.read_text())
+        load = ", ".join(f"{x:.1f}" for x in t["load"])
+        parts += ["### Throughput of the pretraining step", "",
+                  f"Command: `{t['command']}`  ", f"Date: {t['date']}  ", f"Machine: {t['machine']}  ",
+                  f"Threads: {t['threads']} (OMP_NUM_THREADS={t['omp']}); load average at the end {load}"
+                  + (f"; {t['note']}" if t.get("note") else ""), "",
+                  f"The cpu preset's optimizer step ({t['tokens_per_step']:,} tokens: the nano model, micro-batches "
+                  f"of 16 x 256, {t['dtype']} autocast), each variant its own model and optimizer, taking turns "
+                  f"round by round ({t['rounds']} rounds of {t['steps']} steps; median tokens/s). MFU: "
+                  f"{t['flops_per_token'] / 1e6:.2f} MFLOP per token (6 per weight + attention) x tokens/s over this "
+                  f"CPU's peak: bf16 (AMX) {t['peaks']['bf16'] / 1e12:.2f} TFLOP/s, fp32 (AVX-512) "
+                  f"{t['peaks']['fp32'] / 1e9:.0f} GFLOP/s at {t['threads']} cores.", "",
+                  markdown_table(["variant", "tokens/s (median)", "vs eager", "MFU of bf16 peak", "MFU of fp32 peak",
+                                  "all rounds"],
+                                 [[r["variant"], f"{r['tok_s']:,.0f}", f"{r['ratio']:.2f}x", _pct(r["mfu_bf16"]),
+                                   _pct(r["mfu_fp32"]), " / ".join(f"{x:,.0f}" for x in r["tok_s_all"])]
+                                  for r in t["rows"]]), "",
+                  f"torch.compile's first step took {t['first_step_s']['torch.compile']:.1f} s against eager's "
+                  f"{t['first_step_s']['eager (the default)']:.1f} s: compilation costs ~{t['compile_s']:.0f} s of the "
+                  f"9-minute pretraining budget, so a compiled run trains {t['compile_budget_ratio']:.2f}x the eager "
+                  "run's tokens in the same budget (before SFT compiles again).", ""]
+    for path in tr_paths:
+        t = json.loads(path.read_text())
+        load = ", ".join(f"{x:.1f}" for x in t["load"])
+        res = t["results"]
+        parts += [f"### Mixed training (--mixed-qa {t['mixed_qa']}) and knowledge transfer, world `{t['size']}`", "",
+                  f"Command: `{t['command']}`  ", f"Date: {t['date']}  ", f"Machine: {t['machine']}  ",
+                  f"Load average at the end: {load}" + (f"; {t['note']}" if t.get("note") else ""), "",
+                  f"World `{t['size']}` (seed {t['seed']}: {t['people']['sft']} people whose facts SFT asks, "
+                  f"{t['people']['heldout']} held out), pretraining {t['steps']} steps of {t['batch_tokens']:,} tokens "
+                  f"for both arms (control: {t['pretrain_tokens']['control']:,} world tokens; mixed: "
+                  f"{t['pretrain_tokens']['mixed']:,}, the difference being {t['mixed_qa']} QA documents per fact of the "
+                  "SFT people), the cpu preset's model and settings otherwise, one tokenizer; SFT as the speedrun "
+                  "(lr 1e-3, rows of 512) for the epochs shown. Fact questions exact match: `chat` is the report "
+                  "card's world_fact_qa (the chat template), `plain` the same questions as \"Question: ...\\nAnswer:\" "
+                  "text after BOS; `held out` = facts only biographies stated (pretrain_only), `SFT people` = in_sft "
+                  f"({next(iter(res.values()))['n_pretrain_only']} and {next(iter(res.values()))['n_in_sft']} "
+                  "questions).", "",
+                  markdown_table(["model", "held out, chat", "held out, plain", "SFT people, chat", "SFT people, plain",
+                                  "\"I don't know\""],
+                                 [[k, _pct(v["chat_pretrain_only"]), _pct(v["plain_pretrain_only"]),
+                                   _pct(v["chat_in_sft"]), _pct(v["plain_in_sft"]), _pct(v["idk"])]
+                                  for k, v in res.items()]), ""]
+    notes = OUT / "notes.md"
+    if notes.exists():
+        parts += [notes.read_text().strip(), ""]
+    return "\n".join(parts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("throughput", help="tokens/s of the pretraining step per variant, side by side")
+    a.add_argument("--rounds", type=int, default=7, help="rounds of turns (default: 7)")
+    a.add_argument("--steps", type=int, default=3, help="optimizer steps per variant per round (default: 3)")
+    a.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    b = sub.add_parser("transfer", help="mixed QA vs control at equal steps: fact questions, chat and plain")
+    b.add_argument("--size", default="small", help="world size (default: small)")
+    b.add_argument("--steps", type=int, default=250, help="pretraining steps (default: 250)")
+    b.add_argument("--batch-tokens", type=int, default=8192, help="pretraining tokens per step (default: 8192)")
+    b.add_argument("--mixed-qa", type=int, default=4, help="QA pairs per fact of the SFT people (default: 4)")
+    b.add_argument("--sft-epochs", type=lambda s: [float(x) for x in s.split(",")], default=[6.6, 1.5],
+                   help="SFT lengths to try, comma-separated (default: 6.6,1.5; 6.6 is the cpu speedrun's)")
+    b.add_argument("--seed", type=int, default=0)
+    for s in (a, b):
+        s.add_argument("--note", default="", help="a remark for the report (e.g. 'measured with other jobs running')")
+    sub.add_parser("write", help="rewrite the section from the cached results")
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    if args.what == "throughput":
+        result = throughput(args)
+        (OUT / "throughput.json").write_text(json.dumps(result, indent=1))
+    elif args.what == "transfer":
+        result = transfer(args)
+        name = f"transfer-{args.size}-{args.steps}x{args.batch_tokens}-qa{args.mixed_qa}.json"
+        (OUT / name).write_text(json.dumps(result, indent=1))
+    write_section(SECTION, section())
+    log(f"wrote section {SECTION} of docs/BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
