@@ -66,8 +66,15 @@ def mkldnn_bf16() -> bool:
     return _MKLDNN_BF16
 
 
-def _tensors(module: nn.Module) -> list[Tensor]:
-    return [t for t in (*module._parameters.values(), *module._buffers.values()) if t is not None]
+def _watched(modules) -> list[tuple[dict, str, Tensor, int, int]]:
+    """Every tensor of `modules` as (the dict holding it, its name, it, its version, its storage)."""
+    out = []
+    for m in modules:
+        for store in (m._parameters, m._buffers):
+            for name, t in store.items():
+                if t is not None:
+                    out.append((store, name, t, t._version, t.data_ptr()))
+    return out
 
 
 class Pack:
@@ -78,24 +85,33 @@ class Pack:
     def __init__(self, owner: nn.Module, names: tuple[str, ...]):
         self.owner, self.names = owner, names
         self.sources = tuple(getattr(owner, n) for n in names)
-        self.sizes = [0] * len(names)  # each layer's out_features: where to split the output
-        self._key = None
+        self._watch = None  # what the packed copy was made from; None: not built
         self._run = None
 
-    def _current_key(self):
-        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for m in self.sources for t in _tensors(m))
+    def _valid(self) -> bool:
+        """The source layers are still the owner's, and their tensors the same objects,
+        storage and version as when the pack was built (an in-place update bumps the
+        version; .to() or a new Parameter changes the object or the storage)."""
+        if self._watch is None:
+            return False
+        modules = self.owner._modules
+        for name, src in zip(self.names, self.sources):
+            if modules.get(name) is not src:
+                return False
+        for store, name, t, version, ptr in self._watch:
+            if store.get(name) is not t or t._version != version or t.data_ptr() != ptr:
+                return False
+        return True
 
     def __call__(self, x: Tensor) -> Tensor | None:
         if torch.is_grad_enabled():
             return None
-        owner = self.owner
-        for name, src in zip(self.names, self.sources):
-            if getattr(owner, name) is not src:  # replaced (LoRA, quantization): not ours to fuse any more
-                return None
-        key = self._current_key()
-        if key != self._key:
+        if not self._valid():
+            modules = self.owner._modules
+            if any(modules.get(n) is not s for n, s in zip(self.names, self.sources)):
+                return None  # replaced (LoRA, quantization): not ours to fuse any more
             self._run = self._build(x)
-            self._key = key
+            self._watch = _watched(self.sources)
         return None if self._run is None else self._run(x)
 
     def _build(self, x: Tensor):
@@ -103,7 +119,6 @@ class Pack:
         from acorn.model import quant
 
         mods = self.sources
-        self.sizes = [m.out_features for m in mods]
         kinds = {type(m) for m in mods}
         if len(kinds) != 1:
             return None
@@ -141,7 +156,7 @@ class Pack:
     def _restore(state) -> "Pack":
         new = Pack.__new__(Pack)
         new.owner, new.names, new.sources = state["owner"], state["names"], state["sources"]
-        new.sizes, new._key, new._run = [0] * len(new.names), None, None
+        new._watch, new._run = None, None
         return new
 
 

@@ -287,8 +287,15 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
+_FUSED_RMS_NORM = hasattr(F, "rms_norm")  # torch >= 2.4
+
+
 class RMSNorm(nn.Module):
-    """x / rms(x) * weight, computed in float32 whatever the input dtype."""
+    """x / rms(x) * weight, computed in float32 whatever the input dtype.
+
+    torch's fused F.rms_norm where there is one: one kernel instead of six (a decode step
+    runs two norms per layer), the same float32 numbers; for a 16-bit input it rounds once,
+    after the weight, where transformers' Llama rounds before it (a last-bit difference)."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -296,6 +303,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if _FUSED_RMS_NORM and x.dtype == self.weight.dtype:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
