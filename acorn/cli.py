@@ -1045,10 +1045,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="a Hugging Face checkpoint directory with its tokenizer files")
     s.add_argument("--out", required=True, help="the .gguf file to write (replaced whole, never half-written)")
     s.add_argument("--overwrite", action="store_true", help="replace a file already at --out (default: refuse)")
-    s.add_argument("--type", default="f16", choices=["f32", "f16", "q8_0"],
-                   help="matrix weights as f16 (default; half of f32), f32 (exact), or q8_0 (8-bit blocks of 32 "
-                   "with one f16 scale: about a quarter of f32, error at most half a step); norms and biases "
-                   "stay f32")
+    s.add_argument("--type", default="f16", choices=["f32", "f16", "bf16", "q8_0", "q4_0"],
+                   help="matrix weights as f16 (default; half of f32), f32 (exact), bf16 (half of f32, f32's "
+                   "range), q8_0 (8-bit blocks of 32 with one f16 scale: about a quarter of f32, error at most "
+                   "half a step) or q4_0 (4-bit blocks of 32 with one f16 scale, about an eighth of f32; the "
+                   "embedding and head stay q8_0); norms and biases stay f32")
     s.set_defaults(func=cmd_export_gguf)
 
     # acorn generate / chat

@@ -145,12 +145,17 @@ class Engine:
         adapters run in the same batch, each token applying its own. A request
         without one runs the model as it is (the base, or its active adapter).
         The prefix cache never shares blocks across adapters (cache_salt).
+    pack_weights: lay the model's linear weights out for fast inference
+        (acorn.model.packed: q/k/v and gate/up fused into one matmul each,
+        bf16 weights pre-packed for oneDNN's AMX/AVX512-BF16 kernels on CPU).
+        The packed copies are a cache beside the weights, rebuilt when they
+        change (a training step); False leaves the model as it is.
     """
 
     def __init__(self, model, tokenizer, *, device=None, stop_token_ids: Sequence[int] = (), paged: bool = True,
                  kv_cache_memory: int | None = None, block_size: int = 16, max_num_seqs: int = 64,
                  max_num_batched_tokens: int = 512, prefix_caching: bool = True, kv_cache_dtype: str = "auto",
-                 speculative=None, lora_adapters: dict | None = None):
+                 speculative=None, lora_adapters: dict | None = None, pack_weights: bool = True):
         if device is not None:
             model = model.to(device)
         if lora_adapters:
@@ -162,6 +167,10 @@ class Engine:
             for name, directory in lora_adapters.items():
                 lora.load_adapter(model, directory, name=name, dtype=quant.float_dtype(model))
             lora.set_active(model, active)
+        if pack_weights:
+            from acorn.model import packed
+
+            packed.pack(model)
         self.adapters = lora.adapter_names(model)  # what SamplingParams.lora may name
         self.model = model  # its training flag is left alone: see eval_mode()
         self.tokenizer = tokenizer

@@ -405,6 +405,13 @@ class PagedAttention:
             # CPU attention kernels are several times slower in 16-bit than in
             # float32 (measured: 7x for a decode step); the cache stays 16-bit.
             q = q.float()
+        if len(step.decodes) == 1 and not step.prefills and q.shape[2] == 1:
+            # Batch 1 decoding (one row, one token): its context straight into attention,
+            # none of the row indexing that batches need.
+            _, gather, mask = step.decodes[0]
+            kd, vd = kv.read(layer, gather[0], q.dtype)  # (S, Hkv, D)
+            out = sdpa(q, kd.transpose(0, 1)[None], vd.transpose(0, 1)[None], mask)
+            return out.to(out_dtype)
         q = q[0].transpose(0, 1)  # (N, H, D)
         out = torch.empty_like(q)
         for rows, gather, mask in step.decodes:

@@ -551,7 +551,8 @@ def load(path, *, dtype=None, device="auto", allow_pickle: bool = False, adapter
     """Load a local Hugging Face checkpoint directory (GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral,
     or one Acorn saved) as an Acorn Transformer, in eval mode.
 
-    dtype: None (the config's dtype when it is float32/bfloat16/float16, else float32) or a name/torch dtype.
+    dtype: None (the config's dtype when it is float32/bfloat16/float16, else float32; a quantized
+        checkpoint on a CPU with bf16 instructions: bfloat16, see acorn.model.quant) or a name/torch dtype.
     device: "auto" picks cuda, then mps, then cpu.
     allow_pickle: also read *.bin/*.pt files, via torch.load(weights_only=True). Never fetches anything.
     adapter: a PEFT LoRA adapter directory (acorn.model.lora) to add to the base, unmerged (LoRALinear
@@ -598,6 +599,8 @@ def _load(directory: Path, dtype, device, allow_pickle: bool, *, classifier: boo
     if dtype is None:
         saved = hf.get("dtype") or hf.get("torch_dtype")
         dtype = saved if isinstance(saved, str) and saved in DTYPES else "float32"
+        if hf.get("quantization") is not None:  # int8/int4 kernels want bf16 activations on CPU
+            dtype = quant.default_load_dtype(dtype, resolve_device(device))
     dtype, device = resolve_dtype(dtype), resolve_device(device)
 
     model = build(cfg, device="meta")

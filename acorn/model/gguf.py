@@ -23,8 +23,12 @@ names and keys themselves come from the `gguf` package, llama.cpp's own):
                 within each head (row 2i <- i, row 2i+1 <- i + d/2), which gives the same
                 attention scores. qwen2 and qwen3 run NeoX's layout: no reordering.
   types         1-D tensors (norms, biases, RoPE factors) stay float32; matrices are
-                f32, f16 or q8_0 (blocks of 32 weights: one f16 scale, 32 int8s; a
-                matrix whose rows are not a multiple of 32 falls back to f16).
+                f32, f16, bf16, q8_0 (blocks of 32 weights: one f16 scale, 32 int8s)
+                or q4_0 (blocks of 32: one f16 scale d, 32 4-bit codes q, w = (q - 8) d).
+                In q4_0 the embedding and the output head are q8_0, as llama.cpp's own
+                quantizer keeps them at more bits in its 4-bit mixes (Acorn's int4 keeps
+                them in floating point). A matrix whose rows are not a multiple of 32
+                falls back to f16.
   tokenizer     tokenizer.ggml.model "gpt2" means byte-level BPE: the tokens as GPT-2's
                 printable byte characters, the merges "a b" in rank order, token types
                 (1 normal, 3 control = special, 5 unused = a hole in the ids), bos/eos/
@@ -48,7 +52,7 @@ from acorn.errors import AcornError
 from acorn.model.transformer import ModelConfig, Transformer
 from acorn.tokenizer.bpe import GPT2_PATTERN, GPT4_PATTERN
 
-TYPES = ("f32", "f16", "q8_0")
+TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 
 # Split pattern -> the tokenizer.ggml.pre name whose splitter is the same regex. In
 # llama-vocab.cpp, "llama-bpe" selects LLAMA_VOCAB_PRE_TYPE_LLAMA3, whose regex is
@@ -182,8 +186,11 @@ def encode_tensor(t: Tensor, type: str):
     Q = gguf.GGMLQuantizationType
     if a.ndim == 1 or type == "f32":
         return a, Q.F32
-    if type == "q8_0" and a.shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0] == 0:
-        return gguf.quants.quantize(a, Q.Q8_0), Q.Q8_0
+    if type == "bf16":
+        return gguf.quants.quantize(a, Q.BF16), Q.BF16
+    block = {"q8_0": Q.Q8_0, "q4_0": Q.Q4_0}.get(type)
+    if block is not None and a.shape[-1] % gguf.GGML_QUANT_SIZES[block][0] == 0:
+        return gguf.quants.quantize(a, block), block
     return a.astype(np.float16), Q.F16
 
 
@@ -275,7 +282,8 @@ def write_gguf(model: Transformer, tokenizer, out, *, type: str = "f16", name: s
         raise AcornError(f"{out}: is a directory; give the .gguf file to write, e.g. --out {out / 'model.gguf'}")
 
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[type]
+                 "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+                 "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[type]
     counts: dict[str, int] = {}
     with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(tmp, arch)
@@ -285,7 +293,9 @@ def write_gguf(model: Transformer, tokenizer, out, *, type: str = "f16", name: s
         for key, value in {**model_metadata(cfg, arch), **tok_meta}.items():
             _add(w, key, value)
         for tname, t in gguf_tensors(model, arch).items():
-            data, qtype = encode_tensor(t, type)
+            # 4-bit mixes keep the embedding and the head at 8 bits (llama.cpp's quantizer does too).
+            big = type == "q4_0" and tname in ("token_embd.weight", "output.weight")
+            data, qtype = encode_tensor(t, "q8_0" if big else type)
             w.add_tensor(tname, data, raw_dtype=qtype)
             counts[qtype.name] = counts.get(qtype.name, 0) + 1
         w.write_header_to_file()

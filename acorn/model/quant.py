@@ -41,8 +41,9 @@ through the input (LoRA on a quantized base) takes the fallback. NF4 always dequ
 to the input's dtype and calls F.linear, as bitsandbytes does for its CPU path.
 On the CPU measured (benchmarks/quant.py) torch's int8/int4 kernels are fast only with
 bfloat16 activations (0.4-0.5x the time of a bf16 F.linear at 1024 x 1024); with float32
-activations they are 5-12x slower than an fp32 F.linear, so on CPU load quantized
-checkpoints with dtype="bfloat16".
+activations they are 5-12x slower than an fp32 F.linear, so on a CPU with bf16
+instructions acorn.load loads a quantized checkpoint in bfloat16 unless given a dtype
+(default_load_dtype; pass dtype="float32" for float32 activations).
 
 What is quantized. Every nn.Linear of the blocks (q/k/v/o_proj, gate/up/down_proj).
 The embeddings and the output head stay in floating point by default, as llama.cpp
@@ -564,6 +565,15 @@ def footprint(model: nn.Module) -> int:
         seen.add(key)
         total += t.numel() * t.element_size()
     return total
+
+
+def default_load_dtype(saved, device: torch.device):
+    """The float dtype a quantized checkpoint loads in when none is asked for: bfloat16 on a
+    CPU with bf16 instructions (AMX, AVX512-BF16), where torch's int8/int4 kernels are fast
+    only with bf16 activations (see the module docstring), else `saved` (the config's)."""
+    from acorn.hardware import cpu_has_bf16
+
+    return "bfloat16" if device.type == "cpu" and cpu_has_bf16() else saved
 
 
 def float_dtype(model: nn.Module) -> torch.dtype:

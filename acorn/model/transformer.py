@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from acorn.config import check as check_config
 from acorn.errors import AcornError
+from acorn.model import packed
 
 _TORCH_VERSION = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
 # scaled_dot_product_attention broadcasts grouped KV heads itself from torch 2.5.
@@ -286,8 +287,15 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
+_FUSED_RMS_NORM = hasattr(F, "rms_norm")  # torch >= 2.4
+
+
 class RMSNorm(nn.Module):
-    """x / rms(x) * weight, computed in float32 whatever the input dtype."""
+    """x / rms(x) * weight, computed in float32 whatever the input dtype.
+
+    torch's fused F.rms_norm where there is one: one kernel instead of six (a decode step
+    runs two norms per layer), the same float32 numbers; for a 16-bit input it rounds once,
+    after the weight, where transformers' Llama rounds before it (a last-bit difference)."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -295,6 +303,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if _FUSED_RMS_NORM and x.dtype == self.weight.dtype:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
@@ -316,8 +326,14 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == "swiglu":
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-        return self.down_proj(activation(self.kind, self.up_proj(x)))
+            # Gate and up in one matmul where the layers are packed (acorn.model.packed).
+            fused = self.__dict__.get(packed.GATE_UP)
+            gu = fused(x) if fused is not None else None
+            if gu is not None:
+                gate, up = gu.chunk(2, dim=-1)
+                return packed.linear(self, "down_proj", F.silu(gate) * up)
+            return packed.linear(self, "down_proj", F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return packed.linear(self, "down_proj", activation(self.kind, self.up_proj(x)))
 
 
 def activation(kind: str, x: Tensor) -> Tensor:
@@ -421,6 +437,23 @@ class Attention(nn.Module):
         """Queries, keys and values (B, heads, T, head_dim), normed and rotated:
         what goes into attention and, for k and v, into a KV cache."""
         b, t, _ = x.shape
+        fused = self.__dict__.get(packed.QKV)
+        y = fused(x) if fused is not None else None
+        if y is not None:  # q, k and v from one matmul (acorn.model.packed), and q and k rotated in one op
+            from acorn.model.rope import apply_rope
+
+            h, hkv = self.n_head, self.n_kv_head
+            y = y.view(b, t, h + 2 * hkv, self.head_dim).transpose(1, 2)
+            if self.cfg.qk_norm:
+                q, k, v = y.split([h, hkv, hkv], dim=1)
+                q, k = self.q_norm(q), self.k_norm(k)
+                if rope is not None:
+                    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+                return q, k, v
+            qk, v = y[:, :h + hkv], y[:, h + hkv:]
+            if rope is not None:
+                qk = apply_rope(qk, *rope)
+            return qk[:, :h], qk[:, h:], v
         q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
@@ -436,7 +469,7 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         q, k, v = self.qkv(x, rope)
         y = attention(self.layer, q, k, v)
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+        return packed.linear(self, "o_proj", y.transpose(1, 2).reshape(b, t, -1))
 
 
 class Block(nn.Module):
@@ -612,7 +645,7 @@ class Transformer(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         """Next-token scores from final hidden states: the head, soft-capped
         (Gemma 2: c * tanh(logits / c)) when the config asks for it."""
-        logits = self.lm_head(hidden)
+        logits = packed.linear(self, "lm_head", hidden)
         cap = self.config.logit_softcap
         return cap * torch.tanh(logits / cap) if cap else logits
 

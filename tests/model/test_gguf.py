@@ -41,7 +41,7 @@ def _unpair(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 def _float(t) -> np.ndarray:
     """A tensor as float32 in torch's (out, in) shape, dequantized if it is q8_0."""
-    data = gguf.quants.dequantize(t.data, t.tensor_type) if t.tensor_type == Q.Q8_0 else t.data
+    data = gguf.quants.dequantize(t.data, t.tensor_type) if t.tensor_type in (Q.Q8_0, Q.Q4_0, Q.BF16) else t.data
     return np.asarray(data, dtype=np.float32).reshape(tuple(int(n) for n in reversed(t.shape)))
 
 
@@ -151,6 +151,39 @@ def test_llama_q8_0_within_its_bound(checkpoint, tmp_path):
     export_gguf(path, f32, type="f32")
     _check_tensors(f32, model, "llama", "f32")
     assert out.stat().st_size < 0.5 * f32.stat().st_size
+
+
+def test_llama_bf16_rounds_as_torch_and_q4_0_within_its_bound(checkpoint, tmp_path):
+    path, _ = checkpoint
+    model = load(path, dtype="float32", device="cpu")
+    want = _expected_tensors(model, "llama")
+    for type_, file_type in (("bf16", 32), ("q4_0", 2)):
+        out = tmp_path / f"{type_}.gguf"
+        export_gguf(path, out, type=type_)
+        fields, tensors = _read(out)
+        assert fields["general.file_type"] == file_type
+        for name, w in want.items():
+            t = tensors[name]
+            got = _float(t)
+            if name.split(".")[-2] in ("attn_q", "attn_k"):
+                got = _unpair(got, model.config.n_head if ".attn_q." in name else model.config.n_kv_head)
+            if w.ndim == 1:
+                assert t.tensor_type == Q.F32 and np.array_equal(got, w), name
+            elif type_ == "bf16":  # round to nearest even, as torch rounds
+                assert t.tensor_type == Q.BF16, name
+                assert np.array_equal(got, torch.from_numpy(w).bfloat16().float().numpy()), name
+            elif name in ("token_embd.weight", "output.weight"):  # the 4-bit mix keeps these at 8 bits
+                assert t.tensor_type == Q.Q8_0, name
+            else:
+                # Blocks of 32: d = (the weight of largest magnitude) / -8, code = round(w / d) + 8 in 0..15;
+                # |error| <= |d| / 2, or |d| for a weight at -that magnitude (code 16 clipped to 15), plus
+                # the f16 rounding of d (at most 8 |d| 2^-11).
+                assert t.tensor_type == Q.Q4_0, name
+                blocks = w.reshape(-1, 32)
+                d = np.abs(blocks).max(axis=1, keepdims=True) / 8
+                err = np.abs(got.reshape(-1, 32) - blocks)
+                assert (err <= d * (1 + 8 * 2.0 ** -11) + 1e-12).all(), name
+                assert np.median(err / np.maximum(d, 1e-12)) < 0.5 and err.max() > 0, name
 
 
 def test_q8_0_falls_back_to_f16_for_rows_that_are_not_whole_blocks(tok, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from acorn.hardware import cpu_has_bf16
 from acorn.model import quant
 from acorn.model.checkpoint import load, save
 from acorn.cli import main
@@ -317,7 +318,11 @@ def test_round_trip_save_load_generate(method, group_size, float_checkpoint, tok
     assert spec["method"] == method and spec["group_size"] == group_size and spec["modules"] == LAYERS
     assert (tmp_path / "model.safetensors").stat().st_size < 0.5 * (float_checkpoint / "model.safetensors").stat().st_size
 
-    loaded = load(tmp_path, device="cpu")
+    # With no dtype a quantized checkpoint loads in bf16 where the CPU computes bf16 (its kernels' fast
+    # path); float32 pinned here, to compare with the model that was saved.
+    by_default = quant.float_dtype(load(tmp_path, device="cpu"))
+    assert by_default == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
+    loaded = load(tmp_path, dtype="float32", device="cpu")
     assert type(loaded.model.layers[1].mlp.down_proj) is quant.MODULES[method]
     original, reloaded = model.state_dict(), loaded.state_dict()
     assert original.keys() == reloaded.keys()
@@ -328,7 +333,7 @@ def test_round_trip_save_load_generate(method, group_size, float_checkpoint, tok
         assert torch.allclose(logits, model(torch.tensor([[1, 2, 3, 4]])).logits, atol=1e-5)
     assert not torch.allclose(logits, reference_logits, atol=1e-3)  # it is not the float model
 
-    engine = Engine.from_pretrained(tmp_path, device="cpu")
+    engine = Engine.from_pretrained(tmp_path, dtype="float32", device="cpu")
     prompt = engine.encode("The quick brown")
     out = engine.generate(prompt, SamplingParams(max_new_tokens=12, temperature=0.0))[0]
     assert len(out.token_ids) >= 4 and prompt + out.token_ids == _greedy(model, prompt, len(out.token_ids))
@@ -356,7 +361,7 @@ def test_cli_quantize(float_checkpoint, tmp_path, capsys):
     out = tmp_path / "q"
     assert main(["quantize", str(float_checkpoint), "--method", "int4", "--group-size", "64", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    model = load(out, device="cpu")
+    model = load(out, dtype="float32", device="cpu")  # as saved (float32 embeddings)
     assert quant.quantization_of(model)["group_size"] == 64
     before, after = quant.footprint(load(float_checkpoint, device="cpu")), quant.footprint(model)
     assert "quantized 14 linear layers to int4, group size 64" in printed

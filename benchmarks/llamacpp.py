@@ -1,0 +1,450 @@
+"""CPU inference against llama.cpp, side by side: batch-1 decode, time to first token,
+and batched throughput, for Acorn, llama.cpp (llama-cpp-python) and transformers.
+
+Models: random weights (seed 0; speed does not depend on the values) in two shapes,
+  50m  Llama, 6 layers, d_model 512, 8 heads / 4 KV heads, d_ff 1408, vocabulary 32,000,
+       untied head (50.5M parameters)
+  1b   Llama-3.2-1B's shape (Acorn's `1b` preset: 16 layers, d_model 2048, 32 / 8 heads,
+       d_ff 8192, vocabulary 128,256, tied head; 1.24B parameters)
+saved as a Hugging Face checkpoint with the speedrun's tokenizer (its ids are all the
+prompts use; the model's vocabulary is larger, as llama.cpp's padded GGUF vocabulary is)
+and exported with Acorn's GGUF export (acorn.model.gguf, `acorn export gguf --type`).
+
+Precisions, each contender at the same one:
+  f32   Acorn float32 | llama.cpp F32 | transformers float32
+  bf16  Acorn bfloat16 | llama.cpp BF16 | transformers bfloat16
+  int8  Acorn int8 (per-channel, acorn.model.quant, bf16 activations) | llama.cpp Q8_0
+  int4  Acorn int4 (group 128; bf16 activations) | llama.cpp Q4_0 (embedding/head Q8_0)
+(transformers has no CPU int8/int4 kernel of its own: not run there.)
+
+Batch 1: greedy decode of --new-tokens tokens after a --prompt-tokens prompt (ignore
+EOS); time to first token (TTFT) is the prompt's forward pass and the first token,
+decode speed is (new tokens - 1) / (total time - TTFT). Batched: --requests requests
+at once (prompts of 16-64 tokens, outputs of 32-128 tokens, seeded), all submitted at
+t=0: Acorn's engine (continuous batching, paged KV), llama.cpp's parallel sequences
+(one llama_decode per step over every live sequence, as its `parallel` example does),
+and transformers generate() one request after another (the way a plain script serves
+them; its rate does not depend on how many are queued, so it is measured once on the
+first 16 requests).
+
+Each contender runs in its own process (this script with --worker), one after another
+for each setting; in each, a warm-up run, then --runs timed runs, the median reported.
+Every contender gets the same --threads (torch.set_num_threads / llama.cpp n_threads).
+
+    python benchmarks/llamacpp.py --size 50m --threads 1
+    python benchmarks/llamacpp.py --size 1b --threads 1 --new-tokens 64 --no-batched
+    python benchmarks/llamacpp.py --size 50m --precisions bf16 --no-write       # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
+from common import CACHE, command_line, log, machine_description, markdown_table, today, write_section  # noqa: E402
+
+SIZES = {
+    "50m": dict(vocab_size=32000, n_layer=6, d_model=512, n_head=8, n_kv_head=4, d_ff=1408, max_seq_len=1024,
+                tie_embeddings=False),
+    "1b": "1b",  # Acorn's preset: Llama-3.2-1B's shape
+}
+PRECISIONS = ("f32", "bf16", "int8", "int4")
+GGUF_TYPE = {"f32": "f32", "bf16": "bf16", "int8": "q8_0", "int4": "q4_0"}
+TORCH_DTYPE = {"f32": "float32", "bf16": "bfloat16", "int8": "bfloat16", "int4": "bfloat16"}
+TOKENIZER = Path("/tmp/sr/run/tokenizer")
+
+
+# ------------------------------------------------------------------ models
+def model_dir(size: str) -> Path:
+    return CACHE / "llamacpp" / size
+
+
+def prepare(size: str, precisions) -> Path:
+    """The HF checkpoint (bf16 on disk for 1b, float32 for 50m) and the GGUF files, made once."""
+    import torch
+
+    from acorn.model.checkpoint import save
+    from acorn.model.gguf import write_gguf
+    from acorn.model.transformer import ModelConfig, Transformer
+    from acorn.tokenizer.bpe import Tokenizer
+
+    d = model_dir(size)
+    tok = Tokenizer.from_pretrained(tokenizer_path())
+    ckpt = d / "hf"
+    model = None
+
+    def get_model():
+        nonlocal model
+        if model is None:
+            torch.manual_seed(0)
+            spec = SIZES[size]
+            cfg = ModelConfig.from_preset(spec) if isinstance(spec, str) else ModelConfig(**spec)
+            model = Transformer(cfg).eval()
+        return model
+
+    if not (ckpt / "config.json").is_file():
+        log(f"saving the {size} checkpoint")
+        save(get_model(), ckpt, tokenizer=tok, dtype=torch.bfloat16 if size == "1b" else torch.float32)
+    for p in precisions:
+        path = d / f"model-{GGUF_TYPE[p]}.gguf"
+        if not path.is_file():
+            log(f"exporting {path.name}")
+            write_gguf(get_model(), tok, path, type=GGUF_TYPE[p], name=f"acorn-{size}")
+    return d
+
+
+def tokenizer_path() -> Path:
+    if (TOKENIZER / "tokenizer.json").is_file():
+        return TOKENIZER
+    fallback = Path("runs/speedrun/tokenizer")
+    if (fallback / "tokenizer.json").is_file():
+        return fallback
+    sys.exit(f"no tokenizer at {TOKENIZER} or {fallback}: run the speedrun (or `acorn tokenizer train`) first")
+
+
+def prompt_ids(n: int, vocab: int, seed: int = 0) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(3, vocab) for _ in range(n)]
+
+
+def workload(n_requests: int, vocab: int, seed: int = 1) -> list[tuple[list[int], int]]:
+    """(prompt ids, output tokens) per request: prompts of 16-64 tokens, outputs of 32-128."""
+    rng = random.Random(seed)
+    return [([rng.randrange(3, vocab) for _ in range(rng.randint(16, 64))], rng.randint(32, 128))
+            for _ in range(n_requests)]
+
+
+# ------------------------------------------------------------------ workers
+def timed(fn, runs: int, warmup=None) -> list[float]:
+    (warmup or fn)()
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+class AcornRunner:
+    def __init__(self, d: Path, precision: str, pack: bool):
+        import torch
+
+        from acorn.infer.engine import Engine
+        from acorn.model import quant
+        from acorn.model.checkpoint import load
+        from acorn.tokenizer.bpe import Tokenizer
+
+        model = load(d / "hf", dtype="float32" if precision != "bf16" else "bfloat16", device="cpu")
+        if precision in ("int8", "int4"):
+            quant.quantize(model, precision)  # the head stays float (acorn.model.quant)
+            model.to(torch.bfloat16)  # bf16 activations: what a quantized checkpoint loads in here
+        self.engine = Engine(model, Tokenizer.from_pretrained(d / "hf"), max_num_seqs=64, pack_weights=pack)
+        self.vocab = self.engine.tokenizer.vocab_size
+
+    def generate(self, prompts: list[list[int]], lengths: list[int]) -> int:
+        from acorn.infer.sampling import SamplingParams
+
+        self.engine.reset_prefix_cache()  # every run computes its prompts
+        params = [SamplingParams(max_new_tokens=n, min_new_tokens=n, temperature=0.0, ignore_eos=True)
+                  for n in lengths]
+        outs = self.engine.generate(prompts, params)
+        return sum(len(c.token_ids) for c in outs)
+
+
+class LlamaCppRunner:
+    def __init__(self, d: Path, precision: str, threads: int, n_seq: int):
+        import llama_cpp
+        import llama_cpp.llama_cpp as C
+
+        _no_repack(C)
+        self.C = C
+        path = str(d / f"model-{GGUF_TYPE[precision]}.gguf")
+        self.n_seq = n_seq
+        if n_seq == 1:
+            self.llm = llama_cpp.Llama(path, n_ctx=512, n_batch=512, n_threads=threads, n_threads_batch=threads,
+                                       verbose=False, seed=0)
+            self.vocab = self.llm.n_vocab()
+        else:
+            C.llama_backend_init()
+            self.model = C.llama_model_load_from_file(path.encode(), C.llama_model_default_params())
+            p = C.llama_context_default_params()
+            p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = 256 * n_seq, 512, 512, n_seq
+            p.n_threads = p.n_threads_batch = threads
+            self.ctx = C.llama_init_from_model(self.model, p)
+            self.vocab = C.llama_vocab_n_tokens(C.llama_model_get_vocab(self.model))
+            self.batch = C.llama_batch_init(512, 0, 1)
+
+    def generate_one(self, prompt: list[int], n: int) -> int:
+        out = 0
+        self.llm.reset()  # else generate() reuses the KV of the matching prefix: the prompt must be computed
+        for _ in self.llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0,
+                                   reset=True):
+            out += 1
+            if out == n:
+                break
+        return out
+
+    def generate_parallel(self, prompts: list[list[int]], lengths: list[int]) -> int:
+        """Every request a sequence of one context: prompts prefilled in batches of up to 512
+        tokens, then one llama_decode per step over every live sequence; greedy (argmax)."""
+        import numpy as np
+
+        C, ctx, batch = self.C, self.ctx, self.batch
+        C.llama_memory_clear(C.llama_get_memory(ctx), True)
+        last = {}  # seq -> its last token
+        pos = {s: 0 for s in range(len(prompts))}
+        made = {s: 0 for s in range(len(prompts))}
+
+        def run(entries):
+            """entries: (seq, token, wants logits); decode them as one batch, return seq -> argmax."""
+            batch.n_tokens = len(entries)
+            for i, (s, t, want) in enumerate(entries):
+                batch.token[i], batch.pos[i] = t, pos[s]
+                batch.n_seq_id[i], batch.seq_id[i][0] = 1, s
+                batch.logits[i] = want
+                pos[s] += 1
+            if C.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+            got = {}
+            for i, (s, _, want) in enumerate(entries):
+                if want:
+                    logits = np.ctypeslib.as_array(C.llama_get_logits_ith(ctx, i), shape=(self.vocab,))
+                    got[s] = int(logits.argmax())
+            return got
+
+        pending = [(s, t, j == len(p) - 1) for s, p in enumerate(prompts) for j, t in enumerate(p)]
+        for i in range(0, len(pending), 512):
+            for s, t in run(pending[i:i + 512]).items():
+                last[s], made[s] = t, 1
+        live = [s for s in last if made[s] < lengths[s]]
+        while live:
+            for s, t in run([(s, last[s], True) for s in live]).items():
+                last[s] = t
+                made[s] += 1
+            done = [s for s in live if made[s] >= lengths[s]]
+            for s in done:
+                C.llama_memory_seq_rm(C.llama_get_memory(ctx), s, -1, -1)
+            live = [s for s in live if made[s] < lengths[s]]
+        return sum(made.values())
+
+
+def _no_repack(C) -> None:
+    """llama.cpp built with GGML_NATIVE on an AMX CPU repacks weights for its AMX kernels;
+    that path segfaulted here on batches of 2+ tokens (benchmarks/gguf_llamacpp.py). The
+    plain CPU kernels read the same tensors; llama-cpp-python has no keyword for it."""
+    defaults = C.llama_model_default_params
+    if getattr(defaults, "_acorn_no_repack", False):
+        return
+
+    def no_repack():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    no_repack._acorn_no_repack = True
+    C.llama_model_default_params = no_repack
+
+
+class HFRunner:
+    def __init__(self, d: Path, precision: str):
+        import torch
+        from transformers import AutoModelForCausalLM, GenerationConfig
+
+        self.torch = torch
+        self.model = AutoModelForCausalLM.from_pretrained(d / "hf", dtype=getattr(torch, TORCH_DTYPE[precision])).eval()
+        self.model.generation_config = GenerationConfig(do_sample=False, pad_token_id=0, eos_token_id=None,
+                                                        bos_token_id=None)
+        self.vocab = 2048
+
+    def generate_one(self, prompt: list[int], n: int) -> int:
+        torch = self.torch
+        x = torch.tensor([prompt])
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=n,
+                                      min_new_tokens=n)
+        return out.shape[1] - len(prompt)
+
+
+def worker(args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    d = model_dir(args.size)
+    from acorn.tokenizer.bpe import Tokenizer
+
+    vocab = Tokenizer.from_pretrained(d / "hf").vocab_size
+    c, p = args.worker, args.precision
+    n_req = args.requests
+    if c in ("acorn", "acorn-unpacked"):
+        r = AcornRunner(d, p, pack=c == "acorn")
+        one = lambda prompt, n: r.generate([prompt], [n])  # noqa: E731
+        many = r.generate
+    elif c == "llamacpp":
+        r = LlamaCppRunner(d, p, args.threads, 1 if not n_req else n_req)
+        one, many = r.generate_one if not n_req else None, r.generate_parallel
+    else:
+        r = HFRunner(d, p)
+        one = r.generate_one
+
+        def many(prompts, lengths):
+            return sum(r.generate_one(q, n) for q, n in zip(prompts, lengths))
+    if not n_req:  # batch 1
+        prompt = prompt_ids(args.prompt_tokens, vocab)
+        ttft = timed(lambda: one(prompt, 1), args.runs)
+        total = timed(lambda: one(prompt, args.new_tokens), args.runs)
+        t1, tn = statistics.median(ttft), statistics.median(total)
+        return {"ttft_s": t1, "total_s": tn, "decode_tok_s": (args.new_tokens - 1) / (tn - t1),
+                "ttft_runs": ttft, "total_runs": total}
+    work = workload(n_req, vocab)
+    if c == "hf":
+        work = work[:16]  # one by one: its rate does not depend on the queue (module docstring)
+    prompts, lengths = [w[0] for w in work], [w[1] for w in work]
+    warm = (lambda: one(prompts[0], 8)) if c == "hf" else None  # one by one: one short request warms it up
+    runs = timed(lambda: many(prompts, lengths), args.runs if c != "hf" else 1, warm)
+    t = statistics.median(runs)
+    return {"tokens": sum(lengths), "total_s": t, "tok_s": sum(lengths) / t, "runs": runs}
+
+
+def spawn(args, contender: str, precision: str, requests: int = 0) -> dict | None:
+    cmd = [sys.executable, __file__, "--worker", contender, "--size", args.size, "--precision", precision,
+           "--threads", str(args.threads), "--runs", str(args.runs), "--new-tokens", str(args.new_tokens),
+           "--prompt-tokens", str(args.prompt_tokens), "--requests", str(requests)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    log(f"  {contender} {precision} {'batch 1' if not requests else f'{requests} requests'}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        log(f"    failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:] or proc.stdout[-300:]}")
+        return None
+    out = json.loads(lines[-1][7:])
+    log(f"    {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in out.items() if 'runs' not in k})}")
+    return out
+
+
+# ------------------------------------------------------------------ report
+def fmt(x, digits=1):
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def ratio(a, b):
+    return "—" if a is None or b is None else f"{a / b:.2f}x"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", choices=list(SIZES), default="50m", help="model shape (module docstring)")
+    ap.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+                    help="precisions to run batch 1 in")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads, the same for every contender")
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median reported)")
+    ap.add_argument("--new-tokens", type=int, default=128, help="tokens generated at batch 1")
+    ap.add_argument("--prompt-tokens", type=int, default=32, help="prompt length at batch 1")
+    ap.add_argument("--batched", nargs="*", type=int, default=[16, 64], help="request counts for throughput")
+    ap.add_argument("--no-batched", action="store_true", help="skip the batched throughput")
+    ap.add_argument("--batched-precision", choices=PRECISIONS, default="bf16", help="precision of the batched runs")
+    ap.add_argument("--no-hf", action="store_true", help="leave transformers out")
+    ap.add_argument("--no-write", action="store_true", help="print the section instead of writing docs/BENCHMARKS.md")
+    ap.add_argument("--note", default="", help="a line added to the section (e.g. the machine's load)")
+    # worker mode (one contender, one setting, in its own process)
+    ap.add_argument("--worker", choices=["acorn", "acorn-unpacked", "llamacpp", "hf"], help=argparse.SUPPRESS)
+    ap.add_argument("--precision", choices=PRECISIONS, help=argparse.SUPPRESS)
+    ap.add_argument("--requests", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args)), flush=True)
+        return
+    try:
+        import llama_cpp
+    except ImportError:
+        sys.exit("llama-cpp-python is not installed: `pip install llama-cpp-python` (builds llama.cpp, ~20 min on "
+                 "2 cores); this benchmark needs it")
+    precisions = list(dict.fromkeys([*args.precisions, *([] if args.no_batched else [args.batched_precision])]))
+    prepare(args.size, precisions)
+
+    rows, res = [], {}
+    contenders = ["llamacpp", "acorn", *(["acorn-unpacked"] if args.size == "50m" else []),
+                  *([] if args.no_hf else ["hf"])]
+    for i, p in enumerate(args.precisions):
+        order = contenders[i % len(contenders):] + contenders[:i % len(contenders)]  # who goes first rotates
+        for c in order:
+            if c == "hf" and p in ("int8", "int4"):
+                continue
+            res[c, p] = spawn(args, c, p)
+    for p in args.precisions:
+        ll, ac = res.get(("llamacpp", p)), res.get(("acorn", p))
+        un, hf = res.get(("acorn-unpacked", p)), res.get(("hf", p))
+        g = lambda r, k: None if r is None else r[k]  # noqa: E731
+        rows.append([p, fmt(g(ll, "decode_tok_s")), fmt(g(ac, "decode_tok_s")),
+                     fmt(g(un, "decode_tok_s")) if args.size == "50m" else "",
+                     fmt(g(hf, "decode_tok_s")), f"**{ratio(g(ac, 'decode_tok_s'), g(ll, 'decode_tok_s'))}**",
+                     ratio(g(ac, "decode_tok_s"), g(hf, "decode_tok_s")),
+                     f"{fmt(g(ll, 'ttft_s') and g(ll, 'ttft_s') * 1e3, 0)} / {fmt(g(ac, 'ttft_s') and g(ac, 'ttft_s') * 1e3, 0)}"
+                     f" / {fmt(g(hf, 'ttft_s') and g(hf, 'ttft_s') * 1e3, 0)}"])
+    brows = []
+    if not args.no_batched:
+        p = args.batched_precision
+        for n in args.batched:
+            got = {c: spawn(args, c, p, n) for c in ["llamacpp", "acorn", *([] if args.no_hf else ["hf"])]}
+            ll, ac, hf = (got.get(c) and got[c]["tok_s"] for c in ("llamacpp", "acorn", "hf"))
+            brows.append([n, got["acorn"] and got["acorn"]["tokens"], fmt(ll), fmt(ac), fmt(hf),
+                          f"**{ratio(ac, ll)}**", f"**{ratio(ac, hf)}**"])
+            res[f"batched{n}"] = got
+    (CACHE / "llamacpp").mkdir(parents=True, exist_ok=True)
+    (CACHE / "llamacpp" / f"results-{args.size}.json").write_text(
+        json.dumps({f"{k[0]}|{k[1]}" if isinstance(k, tuple) else k: v for k, v in res.items()}, indent=1))
+
+    from acorn.model.transformer import ModelConfig
+
+    spec = SIZES[args.size]
+    cfg = ModelConfig.from_preset(spec) if isinstance(spec, str) else ModelConfig(**spec)
+    body = f"""### {args.size}: {cfg.num_params() / 1e6:,.1f}M parameters ({cfg.n_layer} layers, d_model {cfg.d_model}, {cfg.n_head} / {cfg.n_kv_head} heads, d_ff {cfg.d_ff}, vocabulary {cfg.vocab_size:,}, {"tied" if cfg.tie_embeddings else "untied"} head; random weights)
+
+Command: `{command_line()}`
+Date: {today()}
+Machine: {machine_description(("llama_cpp_python", "transformers"))}
+{args.note}
+
+Batch 1: greedy decode of {args.new_tokens} tokens after a {args.prompt_tokens}-token prompt, {args.threads} thread(s) for every
+contender, each in its own process, median of {args.runs} after a warm-up. tok/s is decode speed after the first
+token; TTFT in ms (llama.cpp / Acorn / transformers). "Acorn unpacked" is the engine with pack_weights=False
+(the layout before this work: no fused projections, no pre-packed bf16).
+
+{markdown_table(["precision", "llama.cpp tok/s", "Acorn tok/s", "Acorn unpacked", "transformers tok/s",
+                 "Acorn / llama.cpp", "Acorn / transformers", "TTFT ms"], rows)}
+"""
+    if brows:
+        body += f"""
+Batched ({args.batched_precision}): all requests at once (prompts 16-64 tokens, outputs 32-128, seeded), tokens
+generated per second of wall time; llama.cpp with one sequence per request (one llama_decode per step over all
+live sequences); Acorn's engine (continuous batching, paged KV); transformers one request after another
+(measured once, on the first 16 requests).
+
+{markdown_table(["requests", "tokens", "llama.cpp tok/s", "Acorn tok/s", "transformers 1-by-1 tok/s",
+                 "Acorn / llama.cpp", "Acorn / transformers"], brows)}
+"""
+    out = CACHE / "llamacpp" / f"section-{args.size}.md"
+    out.write_text(body)
+    if args.no_write:
+        print(body)
+        return
+    parts = [(CACHE / "llamacpp" / f"section-{s}.md") for s in SIZES]
+    text = "\n".join(p.read_text() for p in parts if p.is_file())
+    intro = (CACHE / "llamacpp" / "intro.md")
+    write_section("llamacpp", (intro.read_text() if intro.is_file() else
+                               "## CPU inference against llama.cpp\n\n") + text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
