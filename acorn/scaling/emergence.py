@@ -100,37 +100,44 @@ def _split(engine, prompt: str, answer: str) -> tuple[list[int], list[int]]:
     return ctx, cont
 
 
-def evaluate(engine, items: dict[str, list[dict]], progress: bool = False) -> dict:
-    """Every item scored by every metric; returns {task: {"overall": {...}, "groups": {g: {...}}}}."""
+def score(engine, rows: list[dict]) -> list[dict]:
+    """Every item's metrics (exact_match, logprob, edit_distance; brier where it has labels)."""
     from acorn.infer.sampling import SamplingParams
 
     ctx_len = engine.model.config.max_seq_len
+    reqs = []
+    for row in rows:
+        ctx, cont = _split(engine, row["prompt"], row["answer"])
+        ctx = ctx[-(ctx_len - len(cont)):]  # the most recent context, if an item is longer than the model's
+        conts = [cont]
+        if "labels" in row:
+            conts += [_split(engine, row["prompt"], " " + lab)[1] for lab in row["labels"]]
+        reqs.append((ctx, conts))
+    lls = engine.loglikelihood(reqs)
+    # Greedy outputs as long as the answers, for the edit distance (an exact match's is 0).
+    todo = [i for i, ll in enumerate(lls) if not ll[0][1]]
+    gens = engine.generate([reqs[i][0] for i in todo],
+                           [SamplingParams(temperature=0.0, max_new_tokens=len(reqs[i][1][0]), ignore_eos=True)
+                            for i in todo]) if todo else []
+    greedy = {i: g.token_ids[:len(reqs[i][1][0])] for i, g in zip(todo, gens)}
+    scored = []
+    for i, (row, (ctx, conts), ll) in enumerate(zip(rows, reqs, lls)):
+        s = {"exact_match": float(ll[0][1]), "logprob": ll[0][0],
+             "edit_distance": float(edit_distance(greedy[i], conts[0])) if i in greedy else 0.0}
+        if "labels" in row:
+            s["brier"] = brier([x for x, _ in ll[1:]], row["labels"].index(row["answer"].strip()))
+        scored.append(s)
+    return scored
+
+
+def evaluate(engine, items: dict[str, list[dict]]) -> dict:
+    """Every task's means: {task: {"overall": {metric: mean}, "n", "groups": {group: {metric: mean}}}}."""
     out = {}
     for task, rows in items.items():
-        reqs, scored = [], []
-        for row in rows:
-            ctx, cont = _split(engine, row["prompt"], row["answer"])
-            ctx = ctx[-(ctx_len - len(cont)):]  # the most recent context, if an item is longer than the model's
-            conts = [cont]
-            if "labels" in row:
-                conts += [_split(engine, row["prompt"], " " + lab)[1] for lab in row["labels"]]
-            reqs.append((ctx, conts))
-        lls = engine.loglikelihood(reqs)
-        # Greedy outputs, as long as the answers, for the edit distance (exact matches need none).
-        todo = [i for i, ll in enumerate(lls) if not ll[0][1]]
-        gens = engine.generate([reqs[i][0] for i in todo],
-                               [SamplingParams(temperature=0.0, max_new_tokens=len(reqs[i][1][0]), ignore_eos=True)
-                                for i in todo]) if todo else []
-        greedy = {i: g.token_ids[:len(reqs[i][1][0])] for i, g in zip(todo, gens)}
-        for i, (row, (ctx, conts), ll) in enumerate(zip(rows, reqs, lls)):
-            s = {"exact_match": float(ll[0][1]), "logprob": ll[0][0],
-                 "edit_distance": float(edit_distance(greedy[i], conts[0])) if i in greedy else 0.0}
-            if "labels" in row:
-                s["brier"] = brier([x for x, _ in ll[1:]], row["labels"].index(row["answer"].strip()))
-            scored.append((row["group"], s))
-        out[task] = {"overall": _mean([s for _, s in scored]), "n": len(scored),
-                     "groups": {str(g): _mean([s for gg, s in scored if gg == g])
-                                for g in sorted({g for g, _ in scored}, key=lambda x: (str(type(x)), x))}}
+        scored = score(engine, rows)
+        groups = sorted({row["group"] for row in rows}, key=lambda g: (str(type(g)), g))
+        out[task] = {"overall": _mean(scored), "n": len(scored),
+                     "groups": {str(g): _mean([s for row, s in zip(rows, scored) if row["group"] == g]) for g in groups}}
     return out
 
 

@@ -226,7 +226,7 @@ class PowerLaws:
         return asdict(self)
 
 
-def _vertex(x: np.ndarray, y: np.ndarray) -> tuple[list[float], float, float] | None:
+def vertex(x: np.ndarray, y: np.ndarray) -> tuple[list[float], float, float] | None:
     """The parabola through (x, y) by least squares and its vertex (x*, y*); None if it opens downwards."""
     c = np.polyfit(x, y, 2)
     if c[0] <= 0:
@@ -244,7 +244,7 @@ def isoflop_fit(budgets, n, d, loss) -> PowerLaws:
         if m.sum() < 3:
             left_out.append(f"{c:.3g}: {int(m.sum())} runs; a parabola needs 3")
             continue
-        vn, vd = _vertex(np.log(n[m]), loss[m]), _vertex(np.log(d[m]), loss[m])
+        vn, vd = vertex(np.log(n[m]), loss[m]), vertex(np.log(d[m]), loss[m])
         if vn is None or vd is None:
             left_out.append(f"{c:.3g}: the losses do not curve upwards around a minimum")
             continue

@@ -14,23 +14,6 @@ from acorn.scaling import sweep as S
 TINY = S.PRESETS["tiny"]
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory, tiny_world, world_tokenizer):
-    from acorn.data.prepare import prepare
-
-    out = tmp_path_factory.mktemp("scaling-data")
-    prepare([tiny_world / "pretrain.jsonl"], world_tokenizer, out, val_fraction=0.2, quiet=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def whole(tmp_path_factory, shards):
-    """An uninterrupted sweep: the reference the others must equal."""
-    out = tmp_path_factory.mktemp("sweep-whole")
-    S.sweep(out, TINY, data=str(shards), quiet=True)
-    return out
-
-
 def _losses(out) -> dict[str, float]:
     return {r["name"]: r["val_loss"] for r in S.load_results(out)}
 
