@@ -1325,6 +1325,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tools-world", metavar="DIR", help="the lookup tool's world (from `acorn data world`)")
     s.set_defaults(func=cmd_serve)
     _add_agent_parser(stages)
+    _add_scaling_parser(stages)
     return p
 
 
@@ -1390,6 +1391,111 @@ def os_error_message(e: OSError) -> str:
     where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
     what = e.strerror or str(e)
     return f"{where + ': ' if where else ''}{what}; {_OS_FIXES.get(e.errno, 'check the path and the disk')}"
+
+
+# -------------------------------------------------------------------- acorn scaling
+def _add_scaling_parser(stages) -> None:
+    sc = _parser(stages, "scaling", "scaling laws and emergence: IsoFLOP sweeps, Chinchilla fits, held-out prediction",
+                 "acorn scaling sweep --out runs/scaling && acorn scaling fit runs/scaling && "
+                 "acorn scaling emergence runs/scaling")
+    ssub = sc.add_subparsers(dest="cmd", metavar="COMMAND")
+    ssub.required = True
+    s = _parser(ssub, "sweep", "train a grid of model sizes (one depth dial) at several compute budgets (IsoFLOP)",
+                "acorn scaling sweep --out runs/scaling --preset cpu --shard 0/2",
+                description="Train every (budget, size) of an IsoFLOP grid as an ordinary pretraining run in\n"
+                "OUT/runs/NAME. Sizes are depths; width, heads and learning rate are derived from the\n"
+                "depth. Each run trains on D = C / (6 N) tokens (N: total parameters; non-embedding N is\n"
+                "recorded too) with a cosine schedule spanning exactly those tokens. Runs outside the\n"
+                "preset's tokens-per-parameter window, or repeating the data too often, are left out and\n"
+                "listed in OUT/sweep.json. A killed sweep continues where it stopped when run again.\n"
+                "Presets: cpu (13 runs on the default world, <= 30 min on 2 cores as two shards),\n"
+                "gpu (one GPU, the large world; not yet measured).")
+    s.add_argument("--out", required=True, help="the sweep directory (sweep.json, runs/NAME/)")
+    s.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"], help="grid, shapes and batch (default: cpu)")
+    s.add_argument("--data", help="prepared token shards (`acorn data prepare`; default: make the preset's world, "
+                   "tokenizer and shards in OUT)")
+    s.add_argument("--budgets", help="comma-separated compute budgets in FLOPs, e.g. 1e12,3e12 (default: the preset's)")
+    s.add_argument("--sizes", help="comma-separated depths, e.g. 1,2,3,4 (default: the preset's)")
+    s.add_argument("--shard", default="0/1", help="i/n: train only the i-th of n balanced shares of the runs, so n "
+                   "processes or machines split the sweep (default: 0/1, all)")
+    s.add_argument("--seed", type=non_negative_int, default=0, help="weights and data order of every run (default: 0)")
+    s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="compute precision (default: auto, bf16 where fast)")
+    s.set_defaults(func=cmd_scaling_sweep)
+    s = _parser(ssub, "fit", "fit scaling laws to a sweep: Approach 2 (IsoFLOP parabolas) and 3 (L = E + A/N^a + B/D^b)",
+                "acorn scaling fit runs/scaling --n total",
+                description="Approach 2: a parabola in log N per budget, whose minima give N*(C), D*(C) and\n"
+                "tokens per parameter as power laws. Approach 3: L(N, D) = E + A/N^alpha + B/D^beta fitted\n"
+                "by L-BFGS on the Huber loss (delta 1e-3) of log residuals from a grid of starts, with\n"
+                "bootstrap intervals (Besiroglu et al. 2024). The largest budget is held out and its\n"
+                "losses predicted. Writes OUT/fit.json and the plots OUT/scaling-*.png.")
+    s.add_argument("sweep", help="a sweep directory")
+    s.add_argument("--n", default="total", choices=["total", "non_embedding"],
+                   help="count parameters with or without the embeddings (default: total)")
+    s.add_argument("--bootstrap", type=non_negative_int, default=200, help="bootstrap resamples (default: 200)")
+    s.add_argument("--no-holdout", action="store_true", help="fit every budget (default: hold out the largest)")
+    s.set_defaults(func=cmd_scaling_fit)
+    s = _parser(ssub, "predict", "compute-optimal and inference-aware model sizes from a sweep's fit",
+                "acorn scaling predict runs/scaling --compute 1e15 --inference-tokens 1e10",
+                description="From OUT/fit.json (Approach 3): the compute-optimal N and D for a budget and their\n"
+                "loss; with --inference-tokens, the model that reaches the same loss at the least total\n"
+                "cost of training (6ND) and serving (2N per token; Sardana et al. 2023).")
+    s.add_argument("sweep", help="a sweep directory that `acorn scaling fit` has fitted")
+    s.add_argument("--compute", type=_positive_float, required=True, help="training budget in FLOPs (6ND)")
+    s.add_argument("--inference-tokens", type=_positive_float, help="tokens the model will serve in its lifetime")
+    s.add_argument("--n", default="total", choices=["total", "non_embedding"], help="which fit (default: total)")
+    s.set_defaults(func=cmd_scaling_predict)
+    s = _parser(ssub, "emergence", "every sweep model on the world's tasks under sharp and smooth metrics",
+                "acorn scaling emergence runs/scaling --world runs/scaling/world",
+                description="Each finished run's model answers the world's arithmetic (by digits), fact cloze\n"
+                "and in-context-learning items. Scored by exact match (sharp) and by the answer's\n"
+                "log-probability, token edit distance and, for ICL, the Brier score (smooth), against\n"
+                "compute. Writes OUT/emergence.json and OUT/scaling-emergence.png.")
+    s.add_argument("sweep", help="a sweep directory")
+    s.add_argument("--world", help="the world the sweep trained on (default: the one its data was prepared from)")
+    s.add_argument("--limit", type=positive_int, help="items per task (default: all)")
+    s.set_defaults(func=cmd_scaling_emergence)
+
+
+def _csv_numbers(text: str | None, flag: str, kind=float) -> list | None:
+    if text is None:
+        return None
+    try:
+        values = [kind(float(x)) if kind is int else kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise AcornError(f"{flag} {text!r}: give comma-separated numbers, e.g. "
+                         f"{'1,2,3' if kind is int else '1e12,3e12'}") from None
+    if not values:
+        raise AcornError(f"{flag}: give at least one value")
+    return values
+
+
+def cmd_scaling_sweep(args) -> None:
+    from acorn.scaling.sweep import parse_shard, sweep
+
+    res = sweep(args.out, args.preset, data=args.data, budgets=_csv_numbers(args.budgets, "--budgets"),
+                depths=_csv_numbers(args.sizes, "--sizes", int), shard=parse_shard(args.shard), seed=args.seed,
+                dtype=args.dtype)
+    print(f"sweep: trained {len(res.ran)} runs in {res.seconds / 60:.1f} min"
+          + (f"; {len(res.skipped_done)} had finished before" if res.skipped_done else "") + f"; next: acorn scaling fit {args.out}")
+
+
+def cmd_scaling_fit(args) -> None:
+    from acorn.scaling.report import fit_sweep
+
+    print(fit_sweep(args.sweep, n_key=args.n, bootstrap=args.bootstrap, holdout=not args.no_holdout))
+
+
+def cmd_scaling_predict(args) -> None:
+    from acorn.scaling.predict import predict_from_sweep
+
+    print(predict_from_sweep(args.sweep, args.compute, inference_tokens=args.inference_tokens, n_key=args.n))
+
+
+def cmd_scaling_emergence(args) -> None:
+    from acorn.scaling.report import emergence_sweep
+
+    print(emergence_sweep(args.sweep, world=args.world, limit=args.limit))
 
 
 if __name__ == "__main__":

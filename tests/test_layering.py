@@ -43,6 +43,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("agent",),  # tools and the ReAct loop over the engine; rag for search, the sandbox for Python
     ("train",),  # the one loop: model, data, tokenizer
     ("eval",),  # scores through the engine
+    ("scaling",),  # sweeps of ordinary pretraining runs, their fits, and their models on eval's world tasks
     ("serve",),  # routes over the engine
     ("speedrun",),  # the whole pipeline, stage by stage
     ("cli",),
