@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("prompting",),
     ("train",),  # the one loop: model, data, tokenizer
     ("eval",),  # scores through the engine
+    ("synth",),  # synthetic data: constitutional AI, distillation, collapse, Q-A (generates, trains, checks eval sets)
     ("serve",),  # routes over the engine
     ("speedrun",),  # the whole pipeline, stage by stage
     ("cli",),
