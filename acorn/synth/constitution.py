@@ -286,20 +286,24 @@ class ModelCritic:
         return [{"critique": cr, "revision": rv.text.strip(), "tool_calls": [m for m in conv[1:-2]]}
                 for cr, rv, (conv, _) in zip(critiques, revisions, convs)]
 
-    def prefer_a(self, rows: list[dict], pairs: list[tuple[str, str]], principles: list[Principle]) -> list[float]:
-        """P(A is better), averaged over both orders of the two answers."""
+    def prefer_a(self, rows: list[dict], pairs: list[tuple[str, str]], principles: list[Principle]) -> list[float | None]:
+        """P(A is better), averaged over both orders of the two answers (None: the question
+        does not fit the model's context)."""
         import math
 
         out = []
+        context = self.engine.model.config.max_seq_len
         for row, (a, b), p in zip(rows, pairs, principles):
             probs = []
             for first, second, flip in ((a, b, False), (b, a, True)):
                 prompt = self.engine.chat_prompt([{"role": "user", "content": comparison_request(
                     _question(row), first, second, p.as_dict())}])
+                if len(prompt) + 4 > context:
+                    break
                 la, lb = self.engine.score(prompt, ["A", "B"])
                 pa = 1 / (1 + math.exp(lb - la))
                 probs.append(1 - pa if flip else pa)
-            out.append(sum(probs) / 2)
+            out.append(sum(probs) / 2 if len(probs) == 2 else None)
         return out
 
 
