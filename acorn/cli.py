@@ -109,7 +109,7 @@ def cmd_data_world(args) -> None:
 
     generate_world(args.out, seed=args.seed, size=args.size, tokenizer=args.tokenizer, overwrite=args.overwrite,
                    rag_sft=args.rag_sft, reading_docs=args.reading_docs, tool_sft=args.tool_sft,
-                   mixed_qa=args.mixed_qa)
+                   mixed_qa=args.mixed_qa, critique_sft=args.critique_sft)
 
 
 def cmd_data_prepare(args) -> None:
@@ -668,6 +668,154 @@ def cmd_embed_train(args) -> None:
     train_embedder(load(EmbedConfig, args.config, args.overrides), resume=args.resume)
 
 
+# ------------------------------------------------------------------- synth (issue 18)
+def cmd_synth_constitutional(args) -> None:
+    from acorn.synth.constitution import constitutional
+
+    constitutional(args.model, args.prompts, args.out, principles=args.principles, critic=args.critic,
+                   world=args.world, phases=args.phases, seed=args.seed, temperature=args.temperature,
+                   max_new_tokens=args.max_new_tokens, limit=args.limit, keep_unflagged=args.keep_unflagged,
+                   overwrite=args.overwrite, quiet=False)
+
+
+def cmd_synth_generate(args) -> None:
+    from acorn.synth.distill import generate
+
+    r = generate(args.model, args.out, prompts=args.prompts, samples=args.samples, n=args.n,
+                 temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                 limit=args.limit, overwrite=args.overwrite)
+    print(f"{r['written']:,} generations -> {r['out']}")
+
+
+def cmd_synth_distill(args) -> None:
+    from acorn.config import load
+    from acorn.synth.distill import DistillConfig, distill
+
+    distill(load(DistillConfig, args.config, args.overrides), resume=args.resume)
+
+
+def cmd_synth_collapse(args) -> None:
+    import json
+
+    from acorn.config import load
+    from acorn.synth.collapse import CollapseConfig, collapse
+
+    rows = collapse(load(CollapseConfig, args.config, args.overrides))
+    print(json.dumps([{k: v for k, v in r.items() if k != "example"} for r in rows], indent=1))
+
+
+def cmd_synth_qa(args) -> None:
+    import json
+
+    from acorn.synth.qa import synth_qa
+
+    tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
+    s = synth_qa(args.world, args.out, docs=args.docs, model=args.model, per_doc=args.per_doc, ngram=args.ngram,
+                 tasks=tasks, decontaminate=args.decontaminate, seed=args.seed, limit=args.limit,
+                 overwrite=args.overwrite)
+    print(json.dumps({k: v for k, v in s.items() if k != "run"}, indent=2))
+
+
+def _add_synth_parser(stages) -> None:
+    """acorn synth constitutional | generate | distill | collapse | qa (acorn.synth)."""
+    sy = _parser(stages, "synth", "synthetic data: constitutional AI, distillation, model collapse, synthetic Q-A",
+                 "acorn synth constitutional --model runs/sft/model --prompts prompts.jsonl --out runs/cai")
+    ssub = sy.add_subparsers(dest="cmd", metavar="COMMAND")
+    ssub.required = True
+
+    s = _parser(ssub, "constitutional", "the model critiques and revises its answers under written principles "
+                "(SFT data) and picks the better of two (preference pairs for DPO)",
+                "acorn synth constitutional --model runs/sft/model --prompts prompts.jsonl "
+                "--principles runs/world/principles.md --out runs/cai",
+                description="Constitutional AI (Bai et al. 2022). Supervised phase: per prompt, sample an answer,\n"
+                "critique it under a principle drawn at random, revise it: OUT/sft.jsonl (prompt + revision)\n"
+                "and OUT/traces.jsonl. AI-feedback phase: sample two answers, ask which follows a principle\n"
+                "better (P(A) vs P(B), both orders): OUT/preference.jsonl in TRL's format for `acorn dpo`.\n"
+                "The world teaches the formats: `acorn data world --critique-sft`.")
+    s.add_argument("--model", required=True, help="the chat model's checkpoint directory (answers and, with "
+                   "--critic model, judges)")
+    s.add_argument("--prompts", required=True, help="JSONL: `prompt` or `question` (text or messages) per line; "
+                   "`kind`, `person` are used by the oracle critic")
+    s.add_argument("--principles", help="principles file, .md (## name / critique: / revision: / applies:) or "
+                   ".yaml (default: the built-in world's)")
+    s.add_argument("--out", required=True, help="output directory (refused if it holds another run)")
+    s.add_argument("--critic", default="model", choices=["model", "oracle"], help="who critiques and compares: "
+                   "the model itself, or the world's labels (needs --world) (default: model)")
+    s.add_argument("--world", help="a world directory (`acorn data world`): the oracle critic's truth")
+    s.add_argument("--phases", default="both", choices=["both", "supervised", "feedback"],
+                   help="supervised (critique + revision), feedback (AI preference pairs) or both (default: both)")
+    s.add_argument("--seed", type=int, default=0, help="principle draws and sampling (default: 0)")
+    s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the answers (default: 1)")
+    s.add_argument("--max-new-tokens", type=positive_int, default=48, help="most tokens per answer, critique or "
+                   "revision (default: 48)")
+    s.add_argument("--limit", type=positive_int, help="use only the first N prompts")
+    s.add_argument("--keep-unflagged", action="store_true", help="where the critique finds no violation, train "
+                   "on the original answer instead of the revision (default: always the revision, as Bai et al.)")
+    s.add_argument("--overwrite", action="store_true", help="write into --out even if it holds another run")
+    s.set_defaults(func=cmd_synth_constitutional)
+
+    s = _parser(ssub, "generate", "a model's generations as training data (sequence-level distillation)",
+                "acorn synth generate --model runs/teacher/model --samples 2000 --out runs/teacher_text.jsonl",
+                description="Teacher generations through the one engine (Kim & Rush 2016). With --prompts: replies\n"
+                "as conversations for `acorn sft`. With --samples N: documents from the BOS token as\n"
+                "{\"text\"} rows for `acorn data prepare` and `acorn pretrain`.")
+    s.add_argument("--model", required=True, help="the teacher's checkpoint directory")
+    s.add_argument("--out", required=True, help="output .jsonl file")
+    s.add_argument("--prompts", help="JSONL prompts (as for constitutional); replies are written as conversations")
+    s.add_argument("--samples", type=non_negative_int, default=0, help="without --prompts: this many documents "
+                   "from scratch")
+    s.add_argument("--n", type=positive_int, default=1, help="replies per prompt (default: 1)")
+    s.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1)")
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: 1 = off)")
+    s.add_argument("--max-new-tokens", type=positive_int, default=128, help="most tokens per generation "
+                   "(default: 128)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the sampler (default: 0)")
+    s.add_argument("--limit", type=positive_int, help="use only the first N prompts")
+    s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    s.set_defaults(func=cmd_synth_generate)
+
+    s = _parser(ssub, "distill", "token-level distillation: a student trained on a teacher's next-token "
+                "distributions (forward KL, reverse KL or JS at a temperature) mixed with the data's next token",
+                "acorn synth distill --teacher runs/pretrain/model --data runs/data --out runs/student "
+                "--model.n_layer 2 --train.max_steps 300",
+                description="Hinton et al. 2015 on the one training loop: loss per token = alpha T^2 D(teacher,\n"
+                "student) + (1 - alpha) CE. The data: token shards from `acorn data prepare` made with the\n"
+                "teacher's tokenizer (another tokenizer is refused). Settings as for `acorn pretrain`.",
+                settings="acorn.synth.distill:DistillConfig")
+    s.add_argument("--config", help="YAML file with the run's settings")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.set_defaults(func=cmd_synth_distill, accepts_overrides=True)
+
+    s = _parser(ssub, "collapse", "model collapse: generation after generation trained on the previous one's "
+                "samples (replace, mix or accumulate), measured on real held-out text",
+                "acorn synth collapse --data runs/world/pretrain.jsonl --tokenizer runs/tok --out runs/collapse "
+                "--mode replace",
+                description="Shumailov et al. 2024 (replace) vs Gerstgrasser et al. 2024 (accumulate). Per\n"
+                "generation: the loss on real held-out text, on its rarest tokens, and the samples'\n"
+                "distinct-n and vocabulary; OUT/generations.jsonl and OUT/collapse.png.",
+                settings="acorn.synth.collapse:CollapseConfig")
+    s.add_argument("--config", help="YAML file with the run's settings")
+    s.set_defaults(func=cmd_synth_collapse, accepts_overrides=True)
+
+    s = _parser(ssub, "qa", "synthetic question-answer pairs from the world's documents, filtered "
+                "(deduplicated, verifiable), checked for contamination against the eval sets",
+                "acorn synth qa --world runs/world --out runs/qa --model runs/sft/model")
+    s.add_argument("--world", required=True, help="a world directory (`acorn data world`): people and eval sets")
+    s.add_argument("--out", required=True, help="output directory: qa.jsonl and summary.json")
+    s.add_argument("--docs", help="JSONL documents with `text` and `person` (default: WORLD/knowledge_base.jsonl)")
+    s.add_argument("--model", help="a chat model answers from each document (default: the world's values)")
+    s.add_argument("--per-doc", type=positive_int, default=5, help="questions per document (default: 5)")
+    s.add_argument("--ngram", type=positive_int, default=5, help="words per n-gram of the contamination check "
+                   "(default: 5; world questions are short)")
+    s.add_argument("--tasks", help="eval tasks to check against, comma-separated (default: world_fact_qa, "
+                   "world_unknown_qa, world_multiple_choice)")
+    s.add_argument("--decontaminate", action="store_true", help="drop the pairs that overlap an eval document")
+    s.add_argument("--seed", type=int, default=0, help="question phrasings drawn (default: 0)")
+    s.add_argument("--limit", type=positive_int, help="use only the first N documents")
+    s.add_argument("--overwrite", action="store_true", help="write into --out even if it holds another run")
+    s.set_defaults(func=cmd_synth_qa)
+
+
 # ------------------------------------------------------------------- helpers
 def _lora_adapters(specs: list[str], base_name: str) -> dict[str, str]:
     """--lora NAME=DIR ... -> {name: directory}; each name a `model` of its own."""
@@ -925,6 +1073,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed training: N question-answer pairs per fact of each SFT person among the pretraining "
                    "documents (\"Question: ...\\nAnswer: ...\"); the held-out people get none and measure transfer "
                    "(default: 0, off)")
+    s.add_argument("--critique-sft", action="store_true", help="sft.jsonl also teaches critiques and revisions "
+                   "under the world's principles (written to principles.md) and A/B comparisons, the format "
+                   "`acorn synth constitutional` uses (default: off)")
     s.set_defaults(func=cmd_data_world)
     s = _parser(dsub, "prepare", "tokenize text into binary token shards for pretraining (resumable)",
                 "acorn data prepare runs/world/pretrain.jsonl --tokenizer runs/tok --out runs/data")
@@ -1326,6 +1477,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
     _add_agent_parser(stages)
     _add_scaling_parser(stages)
+    _add_synth_parser(stages)
     return p
 
 

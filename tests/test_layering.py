@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("train",),  # the one loop: model, data, tokenizer
     ("eval",),  # scores through the engine
     ("scaling",),  # sweeps of ordinary pretraining runs, their fits, and their models on eval's world tasks
+    ("synth",),  # synthetic data: constitutional AI, distillation, collapse, Q-A (generates, trains, checks eval sets)
     ("serve",),  # routes over the engine
     ("speedrun",),  # the whole pipeline, stage by stage
     ("cli",),

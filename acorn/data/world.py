@@ -46,7 +46,7 @@ from pathlib import Path
 
 from acorn.data import world_text as T
 from acorn.errors import AcornError
-from acorn.fileio import check_new_output, write_json, write_jsonl
+from acorn.fileio import check_new_output, write_json, write_jsonl, write_text
 
 WORLD_VERSION = "1"
 # The one refusal every SFT row and eval row uses, so exact match can score it.
@@ -1064,6 +1064,136 @@ def preference_pairs(world: World, rng: random.Random, known: list[Person], unkn
     return rows
 
 
+# ------------------------------------------- constitutional AI: critique and revision
+# Principles the world's truth can check (Bai et al. 2022, "Constitutional AI"): a
+# critique request and a revision request each, and the questions it is about.
+# `acorn data world --critique-sft` writes them to principles.md (the file format of
+# acorn.synth.constitution) and teaches the format below with critique_sft_rows.
+WORLD_PRINCIPLES: list[dict] = [
+    {"name": "no-made-up-facts", "applies": "fact",
+     "critique": "Identify any fact the answer states about a person you were not told about.",
+     "revision": "Rewrite the answer so that it states no fact about a person you were not told about."},
+    {"name": "calculator", "applies": "arithmetic",
+     "critique": "Check the arithmetic of the answer with the calculator tool.",
+     "revision": "Rewrite the answer with the result the calculator gave."},
+]
+CRITIQUE_KINDS = ("critique", "comparison")
+CRITIQUE_OK = "The answer follows the principle."
+
+
+def critique_request(question: str, answer: str, principle: dict) -> str:
+    """The user turn asking for a critique: the answer is quoted, so a row never trains
+    the model to give a bad answer, only to judge one."""
+    return f"Question: {question}\nAnswer: {answer}\nCritique request: {principle['critique']}"
+
+
+def revision_request(principle: dict) -> str:
+    return f"Revision request: {principle['revision']}"
+
+
+def comparison_request(question: str, a: str, b: str, principle: dict) -> str:
+    """The AI-feedback question (RLAIF): which of two answers follows the principle; the reply is A or B."""
+    return (f"Question: {question}\nAnswer (A): {a}\nAnswer (B): {b}\n"
+            f"Which answer follows the principle better? {principle['critique']} Reply A or B.")
+
+
+def fact_critique(name: str, known: bool, answer: str) -> str:
+    """The world's verdict under no-made-up-facts: only a fact about an unknown person breaks it."""
+    if known or answer.strip() == IDK_ANSWER:
+        return CRITIQUE_OK
+    return f"The answer states a fact about {name}, a person I was not told about."
+
+
+def arithmetic_critique(answer: str, result: int) -> str:
+    return CRITIQUE_OK if answer.strip() == str(result) else f"The answer is wrong: the calculator gives {result}."
+
+
+def _slip(rng: random.Random, c: int) -> int:
+    """A typical arithmetic slip: one digit off by one (a dropped or extra carry)."""
+    return c + rng.choice([-1, 1]) * 10 ** rng.randrange(len(str(abs(c))))
+
+
+def critique_sft_rows(world: World) -> list[dict]:
+    """Conversations that teach the constitutional format on the world (kinds "critique" and
+    "comparison"), with WORLD_PRINCIPLES and the world's truth as the critic:
+
+    - a fact question with an answer quoted: a known person (split sft) and the true value
+      (follows the principle; the revision repeats it), or an unknown person (split
+      unknown_sft) and a made-up value (breaks it; the revision is IDK_ANSWER) or
+      IDK_ANSWER (follows it). Known and unknown people in equal numbers, so "I don't know"
+      is not the answer to everything.
+    - an arithmetic question with a right or slipped result quoted: the critique calls the
+      calculator, then says whether the answer is right; the revision is the true result.
+    - comparisons of two answers (one breaks the principle, one does not; order random),
+      answered A or B: the AI-feedback phase asks the model exactly this.
+    """
+    rng = _rng(world.seed, "critique_sft")
+    facts, arith = WORLD_PRINCIPLES
+    rows = []
+
+    def critique_row(question, answer, critique, revision, tool_messages=(), **extra):
+        messages = [{"role": "user", "content": critique_request(question, answer, extra.pop("principle"))},
+                    *tool_messages, {"role": "assistant", "content": critique},
+                    {"role": "user", "content": revision_request(extra.pop("principle2"))},
+                    {"role": "assistant", "content": revision}]
+        rows.append({"messages": messages, "kind": "critique", **extra})
+
+    known, unknown = world.split("sft"), world.split("unknown_sft")
+    for people, is_known in ((known, True), (unknown, False)):
+        for p in people:
+            for attr in rng.sample(list(CORE_ATTRIBUTES), 2):
+                q = rng.choice(T.QUESTION_TEMPLATES[attr]).format(name=p.name)
+                answer = p.value(attr) if is_known else (
+                    _wrong_value(rng, world, p, attr) if rng.random() < 0.75 else IDK_ANSWER)
+                revision = answer if is_known else IDK_ANSWER
+                critique_row(q, answer, fact_critique(p.name, is_known, answer), revision, principle=facts,
+                             principle2=facts, person=p.name, attribute=attr)
+            if not is_known:
+                attr = rng.choice(list(CORE_ATTRIBUTES))
+                q = rng.choice(T.QUESTION_TEMPLATES[attr]).format(name=p.name)
+                pair = [IDK_ANSWER, _wrong_value(rng, world, p, attr)]
+                rng.shuffle(pair)
+                rows.append({"messages": [
+                    {"role": "user", "content": comparison_request(q, pair[0], pair[1], facts)},
+                    {"role": "assistant", "content": "A" if pair[0] == IDK_ANSWER else "B"}],
+                    "kind": "comparison", "person": p.name, "attribute": attr})
+    n = max(2, len(known) + len(unknown))
+    for i in range(n):
+        op = rng.choice(OPS)
+        da = rng.randint(1, 4)
+        a, b = _problem(rng, op, da, rng.randint(1, da))
+        c = _apply(a, op, b)
+        q = _question(rng, a, op, b)
+        if i % 2:  # every other one: a comparison of the right result and a slip
+            pair = [str(c), str(_slip(rng, c))]
+            rng.shuffle(pair)
+            rows.append({"messages": [
+                {"role": "user", "content": comparison_request(q, pair[0], pair[1], arith)},
+                {"role": "assistant", "content": "A" if pair[0] == str(c) else "B"}], "kind": "comparison"})
+            continue
+        answer = str(c) if rng.random() < 0.5 else str(_slip(rng, c))
+        call = [{"role": "assistant", "content": None, "tool_calls": [{
+                    "id": "call_0", "type": "function",
+                    "function": {"name": "calculator", "arguments": json.dumps({"expression": f"{a}{op}{b}"})}}]},
+                {"role": "tool", "tool_call_id": "call_0", "content": str(c)}]
+        critique_row(q, answer, arithmetic_critique(answer, c), str(c), call, principle=arith, principle2=arith,
+                     tools=[CALCULATOR_TOOL])
+    rng.shuffle(rows)
+    return rows
+
+
+def principles_markdown(principles: list[dict] | None = None) -> str:
+    """Principles as the Markdown file acorn.synth.constitution reads (one `## name` section each)."""
+    lines = ["# Principles", "",
+             "One section per principle: its name, the questions it applies to (fact, arithmetic or all),",
+             "the critique request and the revision request. Edit freely; `acorn synth constitutional",
+             "--principles FILE` samples one principle per answer.", ""]
+    for p in principles or WORLD_PRINCIPLES:
+        lines += [f"## {p['name']}", f"applies: {p.get('applies', 'all')}", f"critique: {p['critique']}",
+                  f"revision: {p['revision']}", ""]
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------ schemas
 # JSON Schemas of every file (docs/DATA.md shows them with examples). Tests
 # validate every row against them; consumers can too.
@@ -1093,7 +1223,8 @@ SCHEMAS: dict[str, dict] = {
     "pretrain.jsonl": _obj({"text": _STR, "kind": {"enum": ["biography", "story", "arithmetic", "reasoning", "icl",
                                                               "reading", "qa"]}},
                            {"person": _STR, "attribute": _ATTR}),  # qa (--mixed-qa): whose fact it asks
-    "sft.jsonl": _obj({"messages": _MESSAGES, "kind": {"enum": ["fact", "refusal", "arithmetic", "tool", "rag", "rag_idk"]}},
+    "sft.jsonl": _obj({"messages": _MESSAGES, "kind": {"enum": ["fact", "refusal", "arithmetic", "tool", "rag", "rag_idk",
+                                                                 *CRITIQUE_KINDS]}},
                       {"person": _STR, "attribute": _ATTR, "tools": {"type": "array"}}),
     "knowledge_base.jsonl": _obj({"id": _STR, "title": _STR, "text": _STR, "person": _STR}),
     "preference.jsonl": _PREFERENCE,
@@ -1155,7 +1286,7 @@ def _fit_tokenizer(pretrain: list[dict]):
 
 def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, quiet: bool = False,
                    overwrite: bool = False, rag_sft: bool = False, reading_docs: int = 0,
-                   tool_sft: bool = False, mixed_qa: int = 0) -> dict:
+                   tool_sft: bool = False, mixed_qa: int = 0, critique_sft: bool = False) -> dict:
     """Generate the world into directory `out` and return a summary.
 
     rag_sft: sft.jsonl also teaches answering from retrieved passages with a
@@ -1170,6 +1301,9 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     mixed_qa: N > 0 mixes N question-answer pairs per fact of each SFT person
     into pretrain.jsonl (mixed_qa_docs; the held-out people get none, so
     their facts still measure transfer). Off (0) by default, same bytes.
+    critique_sft: sft.jsonl also teaches the constitutional format (critique_sft_rows:
+    critiques under the world's principles, revisions, comparisons of two answers),
+    and the world writes those principles to principles.md. Off by default too.
 
     tokenizer: a path for Tokenizer.from_pretrained, used only to report sizes
     in tokens; None fits a 4096-token BPE to the pretraining text instead.
@@ -1204,6 +1338,9 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     if rag_sft:
         sft = sft + rag_sft_rows(world)
         _rng(seed, "rag_sft_order").shuffle(sft)
+    if critique_sft:
+        sft = sft + critique_sft_rows(world)
+        _rng(seed, "critique_sft_order").shuffle(sft)
     kb = knowledge_base(world)
     pref_train = preference_pairs(world, _rng(seed, "preference"), world.split("sft"), world.split("unknown_sft"),
                                   cfg.n_preference_arithmetic, seen)
@@ -1229,6 +1366,8 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     for name, rows in files.items():
         write_jsonl(out / name, rows)
     write_json(out / "world.json", world.to_json())
+    if critique_sft:
+        write_text(out / "principles.md", principles_markdown())
     gen_seconds = time.perf_counter() - t0
 
     if tok is None:
@@ -1255,6 +1394,8 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
         manifest["tool_sft"] = True
     if mixed_qa:  # only when on, as rag_sft
         manifest["mixed_qa"] = mixed_qa
+    if critique_sft:
+        manifest["critique_sft"] = True
     write_json(out / "manifest.json", manifest)
     seconds = time.perf_counter() - t0
     summary = dict(manifest, out=str(out), seconds=round(seconds, 2), generate_seconds=round(gen_seconds, 2),
