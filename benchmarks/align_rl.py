@@ -271,20 +271,28 @@ def figure_grpo_diagnosis(args) -> str:
     results = {"start (SFT)": measure(args.sft)}
     curves = {}
     for name, (slug, temperature) in DIAGNOSIS_RUNS.items():
-        out = _fresh(work / slug)
-        log(f"grpo-diagnosis: {name}: {args.grpo_steps} steps")
-        if temperature is None:
-            curves[name] = exact_reward_ascent(args, data, out)
+        out = work / slug
+        curve_file = out / "curve.json"
+        if args.resume and curve_file.exists() and (out / "model" / "config.json").exists():
+            log(f"grpo-diagnosis: {name}: kept {out} (--resume)")
+            curves[name] = [tuple(x) for x in json.loads(curve_file.read_text())]
         else:
-            cfg = grpo_config(args, data, out, True, 0.0)
-            cfg.rollout.temperature = temperature
-            grpo(cfg)
-            curves[name] = [(r["step"], r["reward"]) for r in _metrics(out) if "reward" in r]
+            _fresh(out)
+            log(f"grpo-diagnosis: {name}: {args.grpo_steps} steps")
+            if temperature is None:
+                curves[name] = exact_reward_ascent(args, data, out)
+            else:
+                cfg = grpo_config(args, data, out, True, 0.0)
+                cfg.rollout.temperature = temperature
+                grpo(cfg)
+                curves[name] = [(r["step"], r["reward"]) for r in _metrics(out) if "reward" in r]
+            curve_file.write_text(json.dumps(curves[name]))
         _keep(args, out / "model", slug)
         results[name] = measure(out / "model")
     _plot({f"{k} ({'exact J' if v is None else 'sampled reward'})": curves[k]
            for k, (_, v) in DIAGNOSIS_RUNS.items()}, args.img / "align-grpo-diagnosis.png",
-          "GRPO diagnosis: training objective per step", "step", "mean reward / exact J")
+          "GRPO diagnosis: training objective per step (mean of the last 10 steps)", "step",
+          "mean sampled reward / exact J", smooth=10)
 
     def pct(x):
         return f"{x:.1%}"
@@ -325,14 +333,26 @@ def figure_grpo_diagnosis(args) -> str:
 
 
 def diagnosis_reading(results: dict, start: dict) -> str:
-    """One sentence per run: held-out and trained-problem accuracy against the start."""
-    parts = []
+    """What the table says, worded from its numbers: each run against the start, in problems as well as
+    points, beside the binomial noise of the held-out 1-digit column (the only one off the floor)."""
+    import math
+
+    held_n = round(start["held"]["n"] / max(1, len([k for k in start["held"] if isinstance(k, int)])))
+    p1 = start["held"].get(1, 0.0)
+    se = math.sqrt(max(p1 * (1 - p1), 1e-9) / max(held_n, 1))
+    parts = [f"one held-out 1-digit problem is {1 / max(held_n, 1):.1%} points and the binomial standard error of "
+             f"the start's {p1:.1%} on {held_n} problems is {se:.1%} points"]
     for name, r in results.items():
         if name == "start (SFT)":
             continue
-        parts.append(f"{name}: held-out {start['held']['all']:.1%} -> {r['held']['all']:.1%}, trained problems "
-                     f"{start['train']['all']:.1%} -> {r['train']['all']:.1%}, sampled reward (T=1) "
-                     f"{start['sampled_t1']['all']:.1%} -> {r['sampled_t1']['all']:.1%}")
+        d_held = r["held"].get(1, 0.0) - p1
+        parts.append(
+            f"{name}: held-out {start['held']['all']:.1%} -> {r['held']['all']:.1%} (1 digit {d_held:+.1%}, "
+            f"{'within' if abs(d_held) <= 2 * se else 'beyond'} two standard errors), trained problems "
+            f"{start['train']['all']:.1%} -> {r['train']['all']:.1%} (1 digit {start['train'].get(1, 0.0):.1%} -> "
+            f"{r['train'].get(1, 0.0):.1%}), on the sampled rows greedy {start['greedy_sampled_rows']['all']:.1%} -> "
+            f"{r['greedy_sampled_rows']['all']:.1%} and sampled at T=1 {start['sampled_t1']['all']:.1%} -> "
+            f"{r['sampled_t1']['all']:.1%}")
     return "; ".join(parts) + "."
 
 
@@ -483,7 +503,8 @@ def figure_time(args) -> str:
 
 
 # ================================================================== plots
-def _plot(curves: dict[str, list[tuple[int, float]]], path: Path, title: str, xlabel: str, ylabel: str) -> None:
+def _plot(curves: dict[str, list[tuple[int, float]]], path: Path, title: str, xlabel: str, ylabel: str,
+          smooth: int = 1) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -491,7 +512,9 @@ def _plot(curves: dict[str, list[tuple[int, float]]], path: Path, title: str, xl
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, pts in curves.items():
-        ax.plot([x for x, _ in pts], [y for _, y in pts], label=label, lw=1)
+        ys = [y for _, y in pts]
+        ys = [sum(ys[max(0, i - smooth + 1):i + 1]) / len(ys[max(0, i - smooth + 1):i + 1]) for i in range(len(ys))]
+        ax.plot([x for x, _ in pts], ys, label=label, lw=1)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -551,6 +574,8 @@ def main() -> None:
                     help="grpo-diagnosis: score greedily only the first N training problems (default all)")
     ap.add_argument("--sample-limit", type=int, default=400,
                     help="grpo-diagnosis: training problems whose sampled reward (8 samples each) is measured")
+    ap.add_argument("--resume", action="store_true",
+                    help="grpo-diagnosis: keep runs already trained in WORK (their model and curve.json); measure again")
     ap.add_argument("--keep", help="copy each trained policy to DIR/<run> (the work directory is reused)")
     ap.add_argument("--grpo-steps", type=int, default=150)
     ap.add_argument("--grpo-prompts", type=int, default=16)
