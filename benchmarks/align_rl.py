@@ -167,7 +167,7 @@ def figure_grpo(args) -> str:
     first_last = ", ".join(f"{n}: {c[0][1]:.2f} -> {c[-1][1]:.2f}" for n, c in curves.items() if c)
     return "\n".join([
         "## GRPO on arithmetic without the calculator (issue 13)", "",
-        f"The chat model `{args.sft}` trained with `acorn.train.rl.grpo` on the world's "
+        f"The chat model `{args.sft}`{args.start_note} trained with `acorn.train.rl.grpo` on the world's "
         "rl_arithmetic prompts (1-4 digit operands, + - *, none an eval problem; a chat turn without tools), reward "
         f"= exact match with the answer. Each run: {args.grpo_steps} steps, {args.grpo_prompts} prompts x "
         f"{args.grpo_n} samples per step (temperature 1, at most 12 new tokens), one optimizer step per rollout "
@@ -311,7 +311,7 @@ def figure_grpo_diagnosis(args) -> str:
         "(`tests/train/test_rl_exact.py`: on every completion of a tiny vocabulary and length, and through the "
         "engine's rollouts at temperature 0.7 on the tiny checkpoint, GRPO's gradient has cosine 0.98-0.999 with "
         "the exact gradient of the expected reward). The second is measured here: "
-        f"from the chat model `{args.sft}`, "
+        f"from the chat model `{args.sft}`{args.start_note}, "
         f"{args.grpo_steps} steps of {args.grpo_prompts} prompts of the world's rl_arithmetic.jsonl, the same "
         "prompts in the same order for every run, AdamW lr "
         f"{args.grpo_lr:g} constant ({len(served)} distinct problems trained on): GRPO (std scaling, "
@@ -449,7 +449,7 @@ def figure_ppo(args) -> str:
                        f"{mean(acc):.3f}, KL {mean(kl):.2f} nats")
     return "\n".join([
         "## PPO against a learned reward model: the KL penalty against reward hacking (issue 13)", "",
-        f"The chat model `{args.sft}` trained with `acorn.train.rl.ppo` against `{score_name}` on the prompts of the "
+        f"The chat model `{args.sft}`{args.start_note} trained with `acorn.train.rl.ppo` against `{score_name}` on the prompts of the "
         "world's preference.jsonl (facts, unknown people, arithmetic); the true accuracy is exact match with the "
         "answer the world knows (the pair's chosen reply), carried as a second reward of weight 0: logged, never "
         f"trained on. Each run: {args.ppo_steps} steps, {args.ppo_prompts} prompts per rollout, 4 PPO epochs, "
@@ -566,6 +566,7 @@ def main() -> None:
     ap.add_argument("--figures", default="grpo,time", help=f"comma-separated, of {', '.join(FIGURES)}")
     ap.add_argument("--run", type=Path, default=Path("runs/speedrun"), help="a finished `acorn speedrun` directory")
     ap.add_argument("--sft", type=Path, help="the chat model to start from (default: RUN/sft/model)")
+    ap.add_argument("--start-note", default="", help="how the start model was made, for the sections' prose")
     ap.add_argument("--work", default="benchmarks/.cache/align-rl", help="where runs are trained (cleared per run)")
     ap.add_argument("--no-write", action="store_true", help="print the sections instead of writing BENCHMARKS.md")
     ap.add_argument("--quick", action="store_true", help="a few steps and problems each, to try it out")
@@ -595,6 +596,7 @@ def main() -> None:
         args.eval_limit = args.eval_limit or 24
         args.train_limit, args.sample_limit = args.train_limit or 24, min(args.sample_limit, 8)
     args.sft = args.sft or args.run / "sft" / "model"
+    args.start_note = f" ({args.start_note})" if args.start_note else ""
     args.command = command_line()
     # The figures' images go beside BENCHMARKS.md; a trial run (--no-write) keeps them in the work directory.
     args.img = Path(args.work) if args.no_write else REPO / "docs" / "img"
