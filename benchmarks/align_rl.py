@@ -353,6 +353,14 @@ def diagnosis_reading(results: dict, start: dict) -> str:
             f"{r['train'].get(1, 0.0):.1%}), on the sampled rows greedy {start['greedy_sampled_rows']['all']:.1%} -> "
             f"{r['greedy_sampled_rows']['all']:.1%} and sampled at T=1 {start['sampled_t1']['all']:.1%} -> "
             f"{r['sampled_t1']['all']:.1%}")
+    runs = {k: v for k, v in results.items() if k != "start (SFT)"}
+    within = all(abs(r["held"].get(1, 0.0) - p1) <= 2 * se for r in runs.values())
+    best = max(runs, key=lambda k: runs[k]["train"]["all"])
+    parts.append(
+        f"So: {'no run moved held-out accuracy beyond two standard errors' if within else 'held-out accuracy moved beyond the noise in some run'}; "
+        f"the run that raised accuracy on the problems trained on the most is {best} "
+        f"({start['train']['all']:.1%} -> {runs[best]['train']['all']:.1%}), and the GRPO runs raised the sampled "
+        "reward they optimise more than the greedy accuracy they are scored by")
     return "; ".join(parts) + "."
 
 
