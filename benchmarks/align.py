@@ -319,10 +319,11 @@ def _section(args, before, rm, sweep, pair_info, world: Path, pretrained: Path) 
 
 
 # ============================================================ dpo margins
-MARGIN_RUNS = {  # name: (--loss, beta)
-    "DPO, beta 0.1": ("dpo", 0.1),
-    "IPO, beta 0.5": ("ipo", 0.5),
-    "DPO, beta 0.01": ("dpo", 0.01),
+MARGIN_RUNS = {  # name: (--loss, beta, learning rate; None: --margins-lr)
+    "DPO, beta 0.1": ("dpo", 0.1, None),
+    "DPO, beta 0.1, lr 3e-5": ("dpo", 0.1, 3e-5),  # the rate the hallucination table shows DPO at
+    "IPO, beta 0.5": ("ipo", 0.5, None),
+    "DPO, beta 0.01": ("dpo", 0.01, None),
 }
 
 
@@ -362,15 +363,19 @@ def _pair_logps(model_dir: Path, pairs_file: Path) -> dict:
 
 
 def _reply_kinds(replies: list[str]) -> dict:
+    """Greedy replies to questions about unknown people, sorted: "I don't know." exactly; only punctuation
+    (".", "...", nothing); a piece of "I don't know." ("know."); anything else (a made-up answer)."""
+    import re
     from collections import Counter
 
     from acorn.data.world import IDK_ANSWER
 
     norm = lambda t: " ".join(t.strip().lower().split())  # noqa: E731
-    idk = sum(norm(r) == norm(IDK_ANSWER) for r in replies) / len(replies)
-    dot = sum(r.strip() in (".", "") for r in replies) / len(replies)
-    return {"idk": idk, "dot": dot, "other": 1 - idk - dot,
-            "common": Counter(r.strip() for r in replies).most_common(3)}
+    idk = norm(IDK_ANSWER)
+    kinds = Counter("idk" if norm(r) == idk else "punct" if re.fullmatch(r"[\W_]*", r) else
+                    "piece" if norm(r) in idk else "other" for r in replies)
+    return {k: kinds[k] / len(replies) for k in ("idk", "punct", "piece", "other")} | {
+        "common": Counter(r.strip() for r in replies).most_common(3)}
 
 
 def figure_dpo_margins(args) -> str:
@@ -382,6 +387,7 @@ def figure_dpo_margins(args) -> str:
     world = Path(args.world) if args.world else pretrained.parent.parent / "world"
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    reuse_runs = args.resume  # --resume: keep the margins runs already in WORK
     args.resume = True  # the start model of the hallucination figure is reused when it is there
     start, sft_info = _sft_without_refusals(args, world, work)
     train, _, pair_info = _pairs(args, world, work)
@@ -400,67 +406,81 @@ def figure_dpo_margins(args) -> str:
     log(f"probe: {len(rows)} held-out unknown questions; start replies {start_kinds}")
 
     runs = {}
-    for name, (loss, beta) in MARGIN_RUNS.items():
-        out = work / f"margins-{loss}-beta{beta:g}"
+    for name, (loss, beta, lr) in MARGIN_RUNS.items():
+        lr = lr or args.margins_lr
+        out = work / f"margins-{loss}-beta{beta:g}-lr{lr:g}"
         cli = ["--loss", loss, "--beta", str(beta), "--init_from", str(start), "--data", str(train), "--eval_data",
                str(probe), "--out", str(out), "--seed", "0", "--epochs", str(args.epochs), "--train.seq_len", "128",
                "--train.micro_batch", str(args.micro_batch),
                "--train.batch_tokens", str(args.micro_batch * 128 * args.accumulation),
-               "--optim.lr", str(args.margins_lr), "--optim.warmup_steps", "5", "--eval.every",
+               "--optim.lr", str(lr), "--optim.warmup_steps", "5", "--eval.every",
                str(args.margins_every), "--eval.batches", "0", "--eval.checkpoint_every", "0"]
-        log(f"margins: {name}")
-        seconds, _, cmd = _run(prefs, PrefsConfig, cli, out)
+        if reuse_runs and (out / "model" / "config.json").exists() and (out / "run.json").exists():
+            log(f"margins: {name}: kept {out} (--resume)")
+            seconds, cmd = json.loads((out / "run.json").read_text())
+        else:
+            log(f"margins: {name}")
+            seconds, _, cmd = _run(prefs, PrefsConfig, cli, out)
+            (out / "run.json").write_text(json.dumps([seconds, cmd]))
         metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
         evals = [(0, at_start["chosen"], at_start["rejected"])] + [
             (m["step"], m["val_logps/chosen"], m["val_logps/rejected"]) for m in metrics if "val_logps/chosen" in m]
-        train_rows = [(m["step"], m["logps/chosen"], m["logps/rejected"], m["rewards/margins"] / beta)
-                      for m in metrics if "logps/chosen" in m]
         replies = _greedy_replies(out / "model", [r["prompt"] for r in rows])
-        runs[name] = {"evals": evals, "train": train_rows, "kinds": _reply_kinds(replies), "cli": "acorn dpo " + cmd,
-                      "seconds": seconds}
+        # The trained model's own greedy replies as the rejected side: how far "I don't know." is from winning.
+        own = out / "own_greedy.jsonl"
+        own.write_text("".join(json.dumps({"prompt": r["prompt"], "chosen": r["chosen"],
+                                           "rejected": [{"role": "assistant", "content": g}]}) + "\n"
+                               for r, g in zip(rows, replies)), encoding="utf-8")
+        runs[name] = {"evals": evals, "kinds": _reply_kinds(replies), "cli": "acorn dpo " + cmd, "seconds": seconds,
+                      "own": _pair_logps(out / "model", own)["rejected"]}
     _plot_margins(runs, args.img / "align-dpo-margins.png")
 
     def traj(e):
         (_, c0, r0), (_, c1, r1) = e[0], e[-1]
         return f"{c0:.2f} -> {c1:.2f}", f"{r0:.2f} -> {r1:.2f}", f"{c0 - r0:+.2f} -> {c1 - r1:+.2f}"
 
+    kind_cols = lambda k: [f"{k['idk']:.1%}", f"{k['punct']:.1%}", f"{k['piece']:.1%}", f"{k['other']:.1%}"]  # noqa: E731
     table = [["start (SFT without refusals)", f"{at_start['chosen']:.2f}", f"{at_start['rejected']:.2f}",
-              f"{at_start['chosen'] - at_start['rejected']:+.2f}", "0.00",
-              f"{start_kinds['idk']:.1%}", f"{start_kinds['dot']:.1%}", f"{start_kinds['other']:.1%}"]]
+              f"{at_start['chosen'] - at_start['rejected']:+.2f}", "0.00", f"{at_start['rejected']:.2f}",
+              *kind_cols(start_kinds)]]
     for name, r in runs.items():
         c, rej, gap = traj(r["evals"])
         _, c1, r1 = r["evals"][-1]
         margin = (c1 - at_start["chosen"]) - (r1 - at_start["rejected"])
-        k = r["kinds"]
-        table.append([name, c, rej, gap, f"{margin:+.2f}", f"{k['idk']:.1%}", f"{k['dot']:.1%}", f"{k['other']:.1%}"])
+        table.append([name, c, rej, gap, f"{margin:+.2f}", f"{r['own']:.2f}", *kind_cols(r["kinds"])])
     common = "; ".join(f"{name}: " + ", ".join(f"{t!r} x{n}" for t, n in r["kinds"]["common"]) for name, r in runs.items())
     reading = []
     for name, r in runs.items():
         _, c1, r1 = r["evals"][-1]
-        below = "still BELOW" if c1 < r1 else "now above"
-        reading.append(f"{name}: \"I don't know.\" {at_start['chosen']:.2f} -> {c1:.2f} nats, the start's greedy "
-                       f"made-up answer {at_start['rejected']:.2f} -> {r1:.2f} ({below} it); greedy replies "
-                       f"\"I don't know\" {r['kinds']['idk']:.1%}, \".\" or empty {r['kinds']['dot']:.1%}")
+        dc, dr = c1 - at_start["chosen"], r1 - at_start["rejected"]
+        k = r["kinds"]
+        reading.append(
+            f"{name}: the margin grew {dc - dr:+.1f} nats, \"I don't know.\" {'up' if dc > 0 else 'down'} "
+            f"{abs(dc):.1f} and the start's greedy made-up answer {'up' if dr > 0 else 'down'} {abs(dr):.1f}; "
+            f"\"I don't know.\" ends {'below' if c1 < r1 else 'above'} that answer ({c1:.1f} vs {r1:.1f}) and "
+            f"{'below' if c1 < r['own'] else 'above'} the model's own greedy reply ({r['own']:.1f}), which is "
+            f"\"I don't know\" {k['idk']:.0%}, punctuation {k['punct']:.0%}, a piece of \"I don't know.\" "
+            f"{k['piece']:.0%}, made up {k['other']:.0%}")
     return "\n".join([
         "## DPO and IPO margins: why pair accuracy does not move generation (issue 13)", "",
         "The hallucination figure's DPO and IPO rank 73-76% of held-out pairs right yet make up as many answers as "
         "before. Here are the log-probabilities behind that, through training, from the same start (the pretrained "
         f"model fine-tuned without refusals) on the same {pair_info['train']} pairs, {args.epochs:g} epochs, lr "
-        f"{args.margins_lr:g}: on {len(rows)} held-out questions about unknown people (eval/preference.jsonl), the "
+        f"{args.margins_lr:g} unless named: on {len(rows)} held-out questions about unknown people (eval/preference.jsonl), the "
         "summed log-probability of the chosen reply (\"I don't know.\") and of the rejected one, which here is the "
         "made-up answer the START model gives greedily (what generation actually produces, not the pair's random "
         "wrong answer), logged every "
-        f"{args.margins_every} steps (`val_logps/*`); the margin is their difference, and the DPO margin is "
-        "its change from the start (the log-ratio difference h the losses push up). Last columns: what each "
-        "model then replies greedily to those questions.", "",
+        f"{args.margins_every} steps (`val_logps/*`); the gap is their difference, and the DPO margin h its change "
+        "from the start (the log-ratio difference the losses push up). Then what each trained model replies greedily "
+        "to those questions, and that reply's own log-probability.", "",
         markdown_table(["model", "log p(\"I don't know.\")", "log p(start's greedy reply)", "gap (chosen - rejected)",
-                        "DPO margin h (nats)", "greedy: \"I don't know\"", "greedy: \".\" or empty",
-                        "greedy: other (made up)"], table), "",
+                        "DPO margin h (nats)", "log p(own greedy reply)", "greedy: \"I don't know.\"",
+                        "greedy: punctuation only", "greedy: a piece of it", "greedy: made up"], table), "",
         f"Most common greedy replies after training: {common}.", "",
-        "Reading: " + "; ".join(reading) + ". The margin h grows in every run, but mostly by lowering the rejected "
-        "reply, not by raising the chosen one: DPO's loss depends only on the difference, so both may fall. "
-        "Generation follows the absolute probabilities, and while \"I don't know.\" stays below the greedy made-up "
-        "answer the reply does not change.", "",
+        "Reading: " + "; ".join(reading) + ". The losses see only the difference of the two log-ratios; greedy "
+        "generation follows whole replies' absolute probabilities, token by token, and \"I don't know.\" must beat "
+        "every other reply, not only the rejected one: where the margin is won, probability moves to replies that are "
+        "neither (punctuation, a piece of the chosen reply) rather than to the chosen reply itself.", "",
         "![DPO margins](img/align-dpo-margins.png)", "",
         f"Command: `{args.command}`; one run: `{next(iter(runs.values()))['cli']}`  ",
         f"Machine: {machine_description(('trl',))} (measured with other jobs running)  ",

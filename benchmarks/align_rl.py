@@ -167,7 +167,7 @@ def figure_grpo(args) -> str:
     first_last = ", ".join(f"{n}: {c[0][1]:.2f} -> {c[-1][1]:.2f}" for n, c in curves.items() if c)
     return "\n".join([
         "## GRPO on arithmetic without the calculator (issue 13)", "",
-        f"The chat model `{args.sft}` trained with `acorn.train.rl.grpo` on the world's "
+        f"The chat model `{args.sft}`{args.start_note} trained with `acorn.train.rl.grpo` on the world's "
         "rl_arithmetic prompts (1-4 digit operands, + - *, none an eval problem; a chat turn without tools), reward "
         f"= exact match with the answer. Each run: {args.grpo_steps} steps, {args.grpo_prompts} prompts x "
         f"{args.grpo_n} samples per step (temperature 1, at most 12 new tokens), one optimizer step per rollout "
@@ -271,20 +271,28 @@ def figure_grpo_diagnosis(args) -> str:
     results = {"start (SFT)": measure(args.sft)}
     curves = {}
     for name, (slug, temperature) in DIAGNOSIS_RUNS.items():
-        out = _fresh(work / slug)
-        log(f"grpo-diagnosis: {name}: {args.grpo_steps} steps")
-        if temperature is None:
-            curves[name] = exact_reward_ascent(args, data, out)
+        out = work / slug
+        curve_file = out / "curve.json"
+        if args.resume and curve_file.exists() and (out / "model" / "config.json").exists():
+            log(f"grpo-diagnosis: {name}: kept {out} (--resume)")
+            curves[name] = [tuple(x) for x in json.loads(curve_file.read_text())]
         else:
-            cfg = grpo_config(args, data, out, True, 0.0)
-            cfg.rollout.temperature = temperature
-            grpo(cfg)
-            curves[name] = [(r["step"], r["reward"]) for r in _metrics(out) if "reward" in r]
+            _fresh(out)
+            log(f"grpo-diagnosis: {name}: {args.grpo_steps} steps")
+            if temperature is None:
+                curves[name] = exact_reward_ascent(args, data, out)
+            else:
+                cfg = grpo_config(args, data, out, True, 0.0)
+                cfg.rollout.temperature = temperature
+                grpo(cfg)
+                curves[name] = [(r["step"], r["reward"]) for r in _metrics(out) if "reward" in r]
+            curve_file.write_text(json.dumps(curves[name]))
         _keep(args, out / "model", slug)
         results[name] = measure(out / "model")
     _plot({f"{k} ({'exact J' if v is None else 'sampled reward'})": curves[k]
            for k, (_, v) in DIAGNOSIS_RUNS.items()}, args.img / "align-grpo-diagnosis.png",
-          "GRPO diagnosis: training objective per step", "step", "mean reward / exact J")
+          "GRPO diagnosis: training objective per step (mean of the last 10 steps)", "step",
+          "mean sampled reward / exact J", smooth=10)
 
     def pct(x):
         return f"{x:.1%}"
@@ -303,7 +311,7 @@ def figure_grpo_diagnosis(args) -> str:
         "(`tests/train/test_rl_exact.py`: on every completion of a tiny vocabulary and length, and through the "
         "engine's rollouts at temperature 0.7 on the tiny checkpoint, GRPO's gradient has cosine 0.98-0.999 with "
         "the exact gradient of the expected reward). The second is measured here: "
-        f"from the chat model `{args.sft}`, "
+        f"from the chat model `{args.sft}`{args.start_note}, "
         f"{args.grpo_steps} steps of {args.grpo_prompts} prompts of the world's rl_arithmetic.jsonl, the same "
         "prompts in the same order for every run, AdamW lr "
         f"{args.grpo_lr:g} constant ({len(served)} distinct problems trained on): GRPO (std scaling, "
@@ -325,14 +333,34 @@ def figure_grpo_diagnosis(args) -> str:
 
 
 def diagnosis_reading(results: dict, start: dict) -> str:
-    """One sentence per run: held-out and trained-problem accuracy against the start."""
-    parts = []
+    """What the table says, worded from its numbers: each run against the start, in problems as well as
+    points, beside the binomial noise of the held-out 1-digit column (the only one off the floor)."""
+    import math
+
+    held_n = round(start["held"]["n"] / max(1, len([k for k in start["held"] if isinstance(k, int)])))
+    p1 = start["held"].get(1, 0.0)
+    se = math.sqrt(max(p1 * (1 - p1), 1e-9) / max(held_n, 1))
+    parts = [f"one held-out 1-digit problem is {1 / max(held_n, 1):.1%} points and the binomial standard error of "
+             f"the start's {p1:.1%} on {held_n} problems is {se:.1%} points"]
     for name, r in results.items():
         if name == "start (SFT)":
             continue
-        parts.append(f"{name}: held-out {start['held']['all']:.1%} -> {r['held']['all']:.1%}, trained problems "
-                     f"{start['train']['all']:.1%} -> {r['train']['all']:.1%}, sampled reward (T=1) "
-                     f"{start['sampled_t1']['all']:.1%} -> {r['sampled_t1']['all']:.1%}")
+        d_held = r["held"].get(1, 0.0) - p1
+        parts.append(
+            f"{name}: held-out {start['held']['all']:.1%} -> {r['held']['all']:.1%} (1 digit {d_held:+.1%}, "
+            f"{'within' if abs(d_held) <= 2 * se else 'beyond'} two standard errors), trained problems "
+            f"{start['train']['all']:.1%} -> {r['train']['all']:.1%} (1 digit {start['train'].get(1, 0.0):.1%} -> "
+            f"{r['train'].get(1, 0.0):.1%}), on the sampled rows greedy {start['greedy_sampled_rows']['all']:.1%} -> "
+            f"{r['greedy_sampled_rows']['all']:.1%} and sampled at T=1 {start['sampled_t1']['all']:.1%} -> "
+            f"{r['sampled_t1']['all']:.1%}")
+    runs = {k: v for k, v in results.items() if k != "start (SFT)"}
+    within = all(abs(r["held"].get(1, 0.0) - p1) <= 2 * se for r in runs.values())
+    best = max(runs, key=lambda k: runs[k]["train"]["all"])
+    parts.append(
+        f"So: {'no run moved held-out accuracy beyond two standard errors' if within else 'held-out accuracy moved beyond the noise in some run'}; "
+        f"the run that raised accuracy on the problems trained on the most is {best} "
+        f"({start['train']['all']:.1%} -> {runs[best]['train']['all']:.1%}), and the GRPO runs raised the sampled "
+        "reward they optimise more than the greedy accuracy they are scored by")
     return "; ".join(parts) + "."
 
 
@@ -429,7 +457,7 @@ def figure_ppo(args) -> str:
                        f"{mean(acc):.3f}, KL {mean(kl):.2f} nats")
     return "\n".join([
         "## PPO against a learned reward model: the KL penalty against reward hacking (issue 13)", "",
-        f"The chat model `{args.sft}` trained with `acorn.train.rl.ppo` against `{score_name}` on the prompts of the "
+        f"The chat model `{args.sft}`{args.start_note} trained with `acorn.train.rl.ppo` against `{score_name}` on the prompts of the "
         "world's preference.jsonl (facts, unknown people, arithmetic); the true accuracy is exact match with the "
         "answer the world knows (the pair's chosen reply), carried as a second reward of weight 0: logged, never "
         f"trained on. Each run: {args.ppo_steps} steps, {args.ppo_prompts} prompts per rollout, 4 PPO epochs, "
@@ -483,7 +511,8 @@ def figure_time(args) -> str:
 
 
 # ================================================================== plots
-def _plot(curves: dict[str, list[tuple[int, float]]], path: Path, title: str, xlabel: str, ylabel: str) -> None:
+def _plot(curves: dict[str, list[tuple[int, float]]], path: Path, title: str, xlabel: str, ylabel: str,
+          smooth: int = 1) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -491,7 +520,9 @@ def _plot(curves: dict[str, list[tuple[int, float]]], path: Path, title: str, xl
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, pts in curves.items():
-        ax.plot([x for x, _ in pts], [y for _, y in pts], label=label, lw=1)
+        ys = [y for _, y in pts]
+        ys = [sum(ys[max(0, i - smooth + 1):i + 1]) / len(ys[max(0, i - smooth + 1):i + 1]) for i in range(len(ys))]
+        ax.plot([x for x, _ in pts], ys, label=label, lw=1)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -543,6 +574,7 @@ def main() -> None:
     ap.add_argument("--figures", default="grpo,time", help=f"comma-separated, of {', '.join(FIGURES)}")
     ap.add_argument("--run", type=Path, default=Path("runs/speedrun"), help="a finished `acorn speedrun` directory")
     ap.add_argument("--sft", type=Path, help="the chat model to start from (default: RUN/sft/model)")
+    ap.add_argument("--start-note", default="", help="how the start model was made, for the sections' prose")
     ap.add_argument("--work", default="benchmarks/.cache/align-rl", help="where runs are trained (cleared per run)")
     ap.add_argument("--no-write", action="store_true", help="print the sections instead of writing BENCHMARKS.md")
     ap.add_argument("--quick", action="store_true", help="a few steps and problems each, to try it out")
@@ -551,6 +583,8 @@ def main() -> None:
                     help="grpo-diagnosis: score greedily only the first N training problems (default all)")
     ap.add_argument("--sample-limit", type=int, default=400,
                     help="grpo-diagnosis: training problems whose sampled reward (8 samples each) is measured")
+    ap.add_argument("--resume", action="store_true",
+                    help="grpo-diagnosis: keep runs already trained in WORK (their model and curve.json); measure again")
     ap.add_argument("--keep", help="copy each trained policy to DIR/<run> (the work directory is reused)")
     ap.add_argument("--grpo-steps", type=int, default=150)
     ap.add_argument("--grpo-prompts", type=int, default=16)
@@ -570,6 +604,7 @@ def main() -> None:
         args.eval_limit = args.eval_limit or 24
         args.train_limit, args.sample_limit = args.train_limit or 24, min(args.sample_limit, 8)
     args.sft = args.sft or args.run / "sft" / "model"
+    args.start_note = f" ({args.start_note})" if args.start_note else ""
     args.command = command_line()
     # The figures' images go beside BENCHMARKS.md; a trial run (--no-write) keeps them in the work directory.
     args.img = Path(args.work) if args.no_write else REPO / "docs" / "img"
