@@ -53,7 +53,9 @@ class SweepPreset:
     head_dim: int = 32  # width of one attention head; n_head = d_model / head_dim
     seq_len: int = 128  # tokens per training row
     micro_batch: int = 16  # rows per forward pass
-    batch_tokens: int = 2048  # tokens per optimizer step (the same for every run)
+    batch_tokens: int = 2048  # tokens per optimizer step, at most (runs too short for target_steps get fewer)
+    target_steps: int = 250  # a run with fewer steps at batch_tokens halves its batch until it has them
+    min_batch_rows: int = 4  # ... down to this many rows
     base_lr: float = 3e-3  # AdamW peak learning rate at base_width
     base_width: int = 128
     tokens_per_param: tuple[float, float] = (0.3, 80.0)  # runs outside this D / N_total window are not planned
@@ -115,6 +117,21 @@ def learning_rate(d_model: int, p: SweepPreset) -> float:
 
 
 # ------------------------------------------------------------------ the plan
+def batch_for(tokens: float, p: SweepPreset) -> int:
+    """Tokens per step for a run of `tokens`: the preset's batch, halved while the run would
+    have fewer than target_steps steps (down to min_batch_rows rows).
+
+    Why: the law models a loss that depends on N and D alone, which holds while the batch is
+    below the critical batch size (McCandlish et al. 2018; Kaplan et al. 2020, section 5): then
+    a token is worth the same in any batch. A large model on a small budget at a fixed batch
+    gets a few dozen steps, is limited by its number of updates rather than by its tokens, and
+    lands far above the law (a depth-3 model at 62 steps: loss 4.08, against 2.30 at 154)."""
+    batch = p.batch_tokens
+    while tokens / batch < p.target_steps and batch // 2 >= p.min_batch_rows * p.seq_len:
+        batch //= 2
+    return batch
+
+
 @dataclass
 class RunSpec:
     name: str
@@ -127,6 +144,7 @@ class RunSpec:
     n_nonembedding: int
     steps: int
     warmup_steps: int
+    batch_tokens: int  # tokens per optimizer step
     tokens: int  # steps x batch_tokens: what the run trains on
     compute_total: float  # 6 N_total D, with D the tokens actually trained on
     compute_nonembedding: float  # 6 N_nonembedding D
@@ -150,13 +168,14 @@ def plan(p: SweepPreset, vocab_size: int, data_tokens: int, *, budgets=None, dep
         for depth in depths:
             cfg = model_for_depth(depth, p, vocab_size)
             n = cfg.num_params()
-            steps = round(b / (6 * n) / p.batch_tokens)
-            tokens = steps * p.batch_tokens
+            batch = batch_for(b / (6 * n), p)
+            steps = round(b / (6 * n) / batch)
+            tokens = steps * batch
             ratio, epochs = tokens / n, tokens / max(1, data_tokens)
             name = run_name(b, depth)
             lo, hi = p.tokens_per_param
             if steps < p.min_steps:
-                here.append(f"{name}: {steps} steps of {p.batch_tokens} tokens, fewer than {p.min_steps}")
+                here.append(f"{name}: {steps} steps of {batch} tokens, fewer than {p.min_steps}")
             elif not lo <= ratio <= hi:
                 here.append(f"{name}: {ratio:.2g} tokens per parameter, outside {lo:g}-{hi:g}")
             elif epochs > p.max_epochs:
@@ -167,7 +186,7 @@ def plan(p: SweepPreset, vocab_size: int, data_tokens: int, *, budgets=None, dep
                 warmup = max(1, round(0.05 * steps))
                 n_ne = cfg.num_params(embeddings=False)
                 runs.append(RunSpec(name, depth, cfg.d_model, cfg.n_head, learning_rate(cfg.d_model, p), b, n, n_ne,
-                                    steps, warmup, tokens, 6.0 * n * tokens, 6.0 * n_ne * tokens, epochs))
+                                    steps, warmup, batch, tokens, 6.0 * n * tokens, 6.0 * n_ne * tokens, epochs))
         if len(here) == len(depths):
             raise AcornError(f"--budgets {b:g}: no size in --sizes {','.join(map(str, depths))} fits it "
                              f"({'; '.join(here)}); give a budget that fits the sizes and the data, or other --sizes")
@@ -184,7 +203,7 @@ def check_memory(depths, p: SweepPreset, vocab_size: int, device_type: str = "cp
         return
     for depth in sorted(set(depths or p.depths)):
         cfg = model_for_depth(depth, p, vocab_size)
-        acts = p.micro_batch * p.seq_len * (34 * cfg.d_model * depth + 8 * vocab_size)
+        acts = p.micro_batch * p.seq_len * (34 * cfg.d_model * depth + 8 * vocab_size)  # the largest micro-batch
         need = 16 * cfg.num_params() + acts
         if need > 0.8 * avail:
             raise AcornError(f"--sizes: depth {depth} ({cfg.num_params() / 1e6:,.0f}M parameters) needs ~{need / 2**30:,.1f} "
@@ -339,7 +358,8 @@ def pretrain_config(r: RunSpec, p: SweepPreset, run_dir: Path, data_dir: Path, v
         # The cosine schedule spans exactly this run's steps and ends at a tenth of the peak, as
         # Hoffmann et al. found necessary: a schedule longer than the run leaves its loss too high.
         optim=OptimConfig(lr=r.lr, warmup_steps=r.warmup_steps, min_lr_ratio=0.1, schedule="cosine"),
-        train=LoopConfig(seq_len=p.seq_len, micro_batch=p.micro_batch, batch_tokens=p.batch_tokens,
+        train=LoopConfig(seq_len=p.seq_len, micro_batch=min(p.micro_batch, r.batch_tokens // p.seq_len),
+                         batch_tokens=r.batch_tokens,
                          max_steps=r.steps, dtype=dtype),
         # Validated once, at the end, on the whole validation split: every run measured on the
         # same tokens, so the runs' losses differ by the model, not by the sample.
