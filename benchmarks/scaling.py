@@ -58,6 +58,16 @@ def run(args) -> dict:
     return {"out": out, "ran": res.ran, "sweep_s": sweep_s, "fit_s": fit_s, "emergence_s": em_s}
 
 
+def step_seconds(run_dir: Path) -> float:
+    """The run's training time from its metrics (each step's tokens / its tokens per second): the same
+    whether the run went in one process or was resumed (a resumed run's own wall time counts only its
+    second part)."""
+    import json
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return sum(r["tokens"] / r["step"] / r["tok_s"] for r in rows)
+
+
 def section(args, timing: dict) -> str:
     from acorn.scaling.report import frontier_runs, sizing_table
     from acorn.scaling.sweep import load_results
@@ -67,7 +77,9 @@ def section(args, timing: dict) -> str:
     results = load_results(out)
     fit = read_json(out / "fit.json")
     em = read_json(out / "emergence.json")
-    train_min = sum(r["seconds"] for r in results) / 60
+    for r in results:
+        r["train_s"] = step_seconds(out / "runs" / r["name"])
+    train_min = sum(r["train_s"] for r in results) / 60
     held = fit["fits"]["total"]["held_out_budget"]
     lines = [
         "## Scaling laws and emergence (issue 15)", "",
@@ -77,7 +89,7 @@ def section(args, timing: dict) -> str:
         f"machine. Data: `{plan['settings']['data']}` ({plan['settings']['data_tokens']:,} training tokens, vocabulary "
         f"{plan['settings']['vocab_size']:,}).", "",
         f"- sweep ({args.preset} preset): {len(results)} runs, {sum(r['compute_total'] for r in results):.2e} FLOPs of "
-        f"6ND, {train_min:.1f} min of training (the runs' own wall times; this invocation trained "
+        f"6ND, {train_min:.1f} min of training steps (summed from the runs' metrics; this invocation trained "
         f"{len(timing['ran'])} of them in {timing['sweep_s'] / 60:.1f} min, the rest earlier into the same directory); "
         f"fit {timing['fit_s']:.0f} s ({fit['bootstrap']} bootstrap resamples, both parameter counts); emergence "
         f"{timing['emergence_s']:.0f} s; total {train_min + (timing['fit_s'] + timing['emergence_s']) / 60:.1f} min "
@@ -85,10 +97,11 @@ def section(args, timing: dict) -> str:
         f"- left out of the plan by the preset's window: {'; '.join(plan['left_out']) or 'none'}.", "",
         "### Runs", "",
         markdown_table(["run", "depth", "width", "N total", "N non-emb.", "tokens", "tokens/N", "epochs", "lr",
-                        "C = 6ND", "val loss", "min"],
+                        "batch", "steps", "C = 6ND", "val loss", "min"],
                        [[r["name"], r["depth"], r["d_model"], f"{r['n_total']:,}", f"{r['n_nonembedding']:,}",
                          f"{r['tokens']:,}", f"{r['tokens'] / r['n_total']:.1f}", f"{r['epochs']:.2f}", f"{r['lr']:.2g}",
-                         f"{r['compute_total']:.2e}", f"{r['val_loss']:.4f}", f"{r['seconds'] / 60:.1f}"]
+                         f"{r.get('batch_tokens', 2048):,}", r["steps"], f"{r['compute_total']:.2e}",
+                         f"{r['val_loss']:.4f}", f"{r['train_s'] / 60:.1f}"]
                         for r in results]), "",
         "### Fits (the largest budget held out)", "",
     ]
@@ -165,7 +178,7 @@ def main() -> None:
     p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"])
     p.add_argument("--data", help="prepared token shards (default: the preset's world, made in OUT)")
     p.add_argument("--bootstrap", type=int, default=200)
-    p.add_argument("--limit", type=int, help="emergence items per task (default: all)")
+    p.add_argument("--limit", type=int, default=120, help="emergence items per task, spread over each file (default: 120)")
     p.add_argument("--inference-tokens", type=float, default=1e12, help="tokens served, for the inference-aware sizes")
     p.add_argument("--note", help="a paragraph added to the section (not part of the command line)")
     p.add_argument("--no-write", action="store_true", help="print the section instead of writing it")
