@@ -45,7 +45,7 @@ def run(args) -> dict:
 
     out = Path(args.out)
     t0 = time.perf_counter()
-    res = sweep(out, args.preset, data=args.data)
+    ran = [] if args.skip_sweep else sweep(out, args.preset, data=args.data).ran
     sweep_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     fit_text = fit_sweep(out, bootstrap=args.bootstrap)
@@ -55,7 +55,7 @@ def run(args) -> dict:
     em_text = emergence_sweep(out, limit=args.limit)
     em_s = time.perf_counter() - t0
     log(em_text)
-    return {"out": out, "ran": res.ran, "sweep_s": sweep_s, "fit_s": fit_s, "emergence_s": em_s}
+    return {"out": out, "ran": ran, "sweep_s": sweep_s, "fit_s": fit_s, "emergence_s": em_s}
 
 
 def step_seconds(run_dir: Path) -> float:
@@ -80,6 +80,7 @@ def section(args, timing: dict) -> str:
     for r in results:
         r["train_s"] = step_seconds(out / "runs" / r["name"])
     train_min = sum(r["train_s"] for r in results) / 60
+    missing = [r["name"] for r in plan["runs"] if r["name"] not in {x["name"] for x in results}]
     held = fit["fits"]["total"]["held_out_budget"]
     lines = [
         "## Scaling laws and emergence (issue 15)", "",
@@ -94,7 +95,9 @@ def section(args, timing: dict) -> str:
         f"fit {timing['fit_s']:.0f} s ({fit['bootstrap']} bootstrap resamples, both parameter counts); emergence "
         f"{timing['emergence_s']:.0f} s; total {train_min + (timing['fit_s'] + timing['emergence_s']) / 60:.1f} min "
         "(goal: <= 30 min on 2 cores).",
-        f"- left out of the plan by the preset's window: {'; '.join(plan['left_out']) or 'none'}.", "",
+        f"- left out of the plan by the preset's window: {'; '.join(plan['left_out']) or 'none'}.",
+        f"- planned but not finished when this was written: {', '.join(missing) or 'none'}"
+        + (" (the fits use the finished runs only)." if missing else "."), "",
         "### Runs", "",
         markdown_table(["run", "depth", "width", "N total", "N non-emb.", "tokens", "tokens/N", "epochs", "lr",
                         "batch", "steps", "C = 6ND", "val loss", "min"],
@@ -177,7 +180,8 @@ def main() -> None:
     p.add_argument("--out", required=True, help="the sweep directory (reused if it holds finished runs)")
     p.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"])
     p.add_argument("--data", help="prepared token shards (default: the preset's world, made in OUT)")
-    p.add_argument("--bootstrap", type=int, default=200)
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of the Approach 3 fit")
+    p.add_argument("--skip-sweep", action="store_true", help="train nothing: fit and evaluate the runs that finished")
     p.add_argument("--limit", type=int, default=120, help="emergence items per task, spread over each file (default: 120)")
     p.add_argument("--inference-tokens", type=float, default=1e12, help="tokens served, for the inference-aware sizes")
     p.add_argument("--note", help="a paragraph added to the section (not part of the command line)")
