@@ -325,7 +325,11 @@ def sweep(out: str | os.PathLike, preset: str | SweepPreset = "cpu", *, data: st
         if before.get("settings") != settings or [r["name"] for r in before.get("runs", [])] != [r.name for r in runs]:
             raise AcornError(f"{out} holds a sweep with other settings (its sweep.json); continue it with the "
                              "same --preset, --budgets, --sizes, --data and --seed, or choose another --out")
-    write_json(old, {"settings": settings, "runs": [asdict(r) for r in runs], "left_out": skipped})
+    # Under torchrun every process runs every run of its shard (as one data-parallel job); the
+    # first process writes the sweep's own files.
+    main = int(os.environ.get("RANK", 0)) == 0
+    if main:
+        write_json(old, {"settings": settings, "runs": [asdict(r) for r in runs], "left_out": skipped})
     mine = shard_of(runs, *shard)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     say(f"sweep: {len(runs)} runs, {sum(r.compute_total for r in runs):.2e} FLOPs (6ND); this shard "
@@ -342,7 +346,8 @@ def sweep(out: str | os.PathLike, preset: str | SweepPreset = "cpu", *, data: st
             f"per parameter, {r.epochs:.1f} epochs), {r.steps} steps, lr {r.lr:.2g}")
         t = time.perf_counter()
         train_run(r, p, run_dir, data_dir, vocab, seed=seed, dtype=dtype, resume=bool(checkpoints(run_dir)))
-        write_result(r, run_dir, time.perf_counter() - t)
+        if main:
+            write_result(r, run_dir, time.perf_counter() - t)
         res.ran.append(r.name)
     res.seconds = time.perf_counter() - t0
     return res
