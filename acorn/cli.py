@@ -1557,11 +1557,12 @@ def _add_scaling_parser(stages) -> None:
                 description="Train every (budget, size) of an IsoFLOP grid as an ordinary pretraining run in\n"
                 "OUT/runs/NAME. Sizes are depths; width, heads and learning rate are derived from the\n"
                 "depth. Each run trains on D = C / (6 N) tokens (N: total parameters; non-embedding N is\n"
-                "recorded too) with a cosine schedule spanning exactly those tokens. Runs outside the\n"
-                "preset's tokens-per-parameter window, or repeating the data too often, are left out and\n"
-                "listed in OUT/sweep.json. A killed sweep continues where it stopped when run again.\n"
-                "Presets: cpu (13 runs on the default world, <= 30 min on 2 cores as two shards),\n"
-                "gpu (one GPU, the large world; not yet measured).")
+                "recorded too) with a cosine schedule spanning exactly those tokens; a run too short for\n"
+                "the preset's batch gets a smaller one. Runs outside the preset's tokens-per-parameter\n"
+                "window, or repeating the data too often, are left out and listed in OUT/sweep.json.\n"
+                "A killed sweep continues where it stopped when run again.\n"
+                "Presets: cpu (12 runs on the default world; ~13 min of training on one idle core,\n"
+                "~7 as two shards), gpu (14 runs on the large world, one GPU; not yet measured).")
     s.add_argument("--out", required=True, help="the sweep directory (sweep.json, runs/NAME/)")
     s.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"], help="grid, shapes and batch (default: cpu)")
     s.add_argument("--data", help="prepared token shards (`acorn data prepare`; default: make the preset's world, "

@@ -40,7 +40,8 @@ METRICS = ("exact_match", "logprob", "edit_distance", "brier")
 
 # ------------------------------------------------------------------ items
 def world_items(world: str | Path, limit: int | None = None) -> dict[str, list[dict]]:
-    """{task: [{"prompt", "answer" (with its leading space), "group", "labels"?}]} from a world directory."""
+    """{task: [{"prompt", "answer" (with its leading space), "group", "labels"?}]} from a world directory;
+    at most `limit` items per task, spread evenly over its file."""
     from acorn.data.world import FACT_ATTRIBUTES, read_world
     from acorn.data.world_text import BIO_TEMPLATES
 
@@ -66,7 +67,9 @@ def world_items(world: str | Path, limit: int | None = None) -> dict[str, list[d
     icl = [{"prompt": r["prompt"], "answer": " " + r["answer"], "group": r["k"], "labels": r["labels"]}
            for r in _jsonl(world / "eval" / "icl.jsonl")]
     tasks = {"arithmetic": arithmetic, "facts": facts, "icl": icl}
-    return {k: v[:limit] if limit else v for k, v in tasks.items()}
+    # A limit takes every k-th item, not the first ones: the files are ordered (arithmetic by
+    # digits, facts by person), and a sample should span every group.
+    return {k: v[::max(1, -(-len(v) // limit))][:limit] if limit else v for k, v in tasks.items()}
 
 
 def _jsonl(path: Path) -> list[dict]:

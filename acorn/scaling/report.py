@@ -114,6 +114,14 @@ def _plt():
     return plt
 
 
+def _log_x(ax) -> None:
+    """A log compute or size axis labelled at its decades only (the minor labels overlap)."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _save(fig, path: Path) -> None:
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
@@ -145,7 +153,7 @@ def plot_isoflop(results: list[dict], fit: dict, path: Path) -> None:
         held = b == fit["held_out_budget"]
         ax.plot([r[nk] for r in rs], [r["val_loss"] for r in rs], "o", color=color[b], mfc="none" if held else color[b],
                 label=f"C = {b:.2g}" + (" (held out)" if held else ""))
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel(f"parameters N ({fit['n_key'].replace('_', '-')})")
     ax.set_ylabel("final validation loss")
     ax.set_title("IsoFLOP curves: a parabola in log N per budget, its minimum (*)")
@@ -176,7 +184,7 @@ def plot_frontier(results: list[dict], fit: dict, path: Path) -> None:
     ax.plot(cs, [compute_optimal(law, c)["loss"] for c in cs], color="tab:red", lw=1.5,
             label=f"Approach 3, compute-optimal (fitted without C = {fit['held_out_budget']:.2g})"
             if fit["held_out_budget"] else "Approach 3, compute-optimal")
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel(f"compute C = 6ND (FLOPs, N {fit['n_key'].replace('_', '-')})")
     ax.set_ylabel("final validation loss")
     ax.set_title("Loss against compute")
@@ -208,7 +216,7 @@ def plot_holdout(results: list[dict], fit: dict, path: Path) -> None:
                 ax.plot(r[nk], p, "x", color=color[b], ms=9)
                 ax.annotate(f"{p / r['val_loss'] - 1:+.1%}", (r[nk], r["val_loss"]), textcoords="offset points",
                             xytext=(5, -12), fontsize=8)
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel(f"parameters N ({fit['n_key'].replace('_', '-')})")
     ax.set_ylabel("final validation loss")
     ax.set_title("L(N, D) = E + A/N^a + B/D^b fitted without the largest budget")
@@ -293,7 +301,7 @@ def plot_emergence(rows: list[dict], path: Path) -> None:
                     ax.plot([r["compute_total"] for r in fr], [r["tasks"][task]["groups"][g][metric] for r in fr], "-",
                             lw=1, color=cmap(g_i / max(1, len(groups) - 1) * 0.9),
                             label=(f"{g} digits" if task == "arithmetic" else f"k={g}" if task == "icl" else g))
-            ax.set_xscale("log")
+            _log_x(ax)
             ax.grid(alpha=0.3, which="both")
             if i == 0 or task == "icl":
                 ax.set_title(title, fontsize=9)
@@ -329,8 +337,14 @@ def write_report(sweep_dir: Path) -> None:
     write_text(sweep_dir / "report.md", "\n".join(lines) + "\n")
 
 
-def sizing_table(fit: dict, budgets: list[float], inference_tokens: float) -> list[dict]:
-    """Compute-optimal and inference-aware sizes at several budgets (for the benchmark's table)."""
+def sizing_table(fit: dict, budgets: list[float], serve_multiple: float) -> list[dict]:
+    """Compute-optimal and inference-aware sizes at several budgets (for the benchmark's table),
+    the model serving serve_multiple times the compute-optimal model's training tokens."""
     law = _law(fit)
-    return [{"compute": c, **{f"opt_{k}": v for k, v in compute_optimal(law, c).items() if k != "compute"},
-             **{f"inf_{k}": v for k, v in inference_aware(law, c, inference_tokens).items()}} for c in budgets]
+    rows = []
+    for c in budgets:
+        opt = compute_optimal(law, c)
+        inf = inference_aware(law, c, serve_multiple * opt["d"])
+        rows.append({"compute": c, **{f"opt_{k}": v for k, v in opt.items() if k != "compute"},
+                     **{f"inf_{k}": v for k, v in inf.items()}})
+    return rows

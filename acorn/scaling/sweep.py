@@ -53,7 +53,9 @@ class SweepPreset:
     head_dim: int = 32  # width of one attention head; n_head = d_model / head_dim
     seq_len: int = 128  # tokens per training row
     micro_batch: int = 16  # rows per forward pass
-    batch_tokens: int = 2048  # tokens per optimizer step (the same for every run)
+    batch_tokens: int = 2048  # tokens per optimizer step, at most (runs too short for target_steps get fewer)
+    target_steps: int = 250  # a run with fewer steps at batch_tokens halves its batch until it has them
+    min_batch_rows: int = 4  # ... down to this many rows
     base_lr: float = 3e-3  # AdamW peak learning rate at base_width
     base_width: int = 128
     tokens_per_param: tuple[float, float] = (0.3, 80.0)  # runs outside this D / N_total window are not planned
@@ -66,19 +68,21 @@ class SweepPreset:
 
 
 PRESETS: dict[str, SweepPreset] = {
-    # 12 runs, 2.8e13 FLOPs of 6ND on the default world's 1.6M tokens: sized for <= 30 minutes
-    # (sweep + fit + emergence) on 2 CPU cores. Aspect 32 rather than nanochat's 64 gives more
-    # than one size below 1M parameters, where the 2048-token embedding is most of a model; the
-    # budgets (x2.5 apart) put each curve's minimum among the sizes, and the window keeps 3
-    # sizes per budget without runs that spend most of a budget on a model far from its optimum.
-    "cpu": SweepPreset(depths=(1, 2, 3, 4), budgets=(4e11, 1e12, 2.5e12, 6e12), tokens_per_param=(0.2, 40.0),
+    # 12 runs, 2.2e13 FLOPs of 6ND on the default world's 1.6M tokens: sized for <= 30 minutes
+    # (sweep + fit + emergence) on 2 CPU cores (~13 min of training on one idle core, measured
+    # per size). Aspect 32 rather than nanochat's 64 gives more than one size below 1M
+    # parameters, where the 2048-token embedding is most of a model; the budgets put each
+    # curve's minimum among the sizes, and the window keeps 3 sizes per budget without runs that
+    # spend a budget on a model far from its optimum. The largest budget is the held-out one.
+    "cpu": SweepPreset(depths=(1, 2, 3, 4), budgets=(4e11, 1e12, 2.5e12, 4e12), tokens_per_param=(0.2, 40.0),
                        note="12 runs of 82K-1.1M parameters; <= 30 min on 2 CPU cores"),
-    # The same recipe a thousand times larger on one GPU: nanochat's aspect (64) and 128-wide
-    # heads, 1k-token rows, the large world (~16M tokens). Not yet run.
-    "gpu": SweepPreset(depths=(4, 6, 8, 10, 12), budgets=(3e15, 1e16, 3e16, 1e17), aspect=64, head_dim=64,
+    # The same recipe on one GPU: nanochat's aspect (64), 64-wide heads, 1k-token rows, the large
+    # world (~16M tokens at this vocabulary), which bounds the budgets: at 4 passes over it the
+    # largest runs already repeat their data. About 400 times the cpu preset's compute. Not yet run.
+    "gpu": SweepPreset(depths=(2, 3, 4, 5, 6, 8), budgets=(1e14, 3e14, 1e15, 3e15), aspect=64, head_dim=64,
                        seq_len=1024, micro_batch=32, batch_tokens=65536, base_lr=1e-3, base_width=768,
-                       tokens_per_param=(1.0, 100.0), max_epochs=8.0, checkpoint_every=500, world="large",
-                       vocab_size=8192, note="~20 runs of 10-140M parameters on one GPU; estimated ~1 h, not yet measured"),
+                       tokens_per_param=(0.5, 100.0), max_epochs=4.0, checkpoint_every=200, world="large",
+                       vocab_size=8192, note="~13 runs of 1.5-30M parameters on one GPU; not yet measured"),
     # For tests: two budgets, seconds on a CPU.
     "tiny": SweepPreset(depths=(1, 2), budgets=(1.5e8, 3e8), aspect=16, head_dim=16, seq_len=32, micro_batch=4,
                         batch_tokens=128, tokens_per_param=(0.01, 1000.0), max_epochs=1000.0, min_steps=2,
@@ -114,6 +118,21 @@ def learning_rate(d_model: int, p: SweepPreset) -> float:
 
 
 # ------------------------------------------------------------------ the plan
+def batch_for(tokens: float, p: SweepPreset) -> int:
+    """Tokens per step for a run of `tokens`: the preset's batch, halved while the run would
+    have fewer than target_steps steps (down to min_batch_rows rows).
+
+    Why: the law models a loss that depends on N and D alone, which holds while the batch is
+    below the critical batch size (McCandlish et al. 2018; Kaplan et al. 2020, section 5): then
+    a token is worth the same in any batch. A large model on a small budget at a fixed batch
+    gets a few dozen steps, is limited by its number of updates rather than by its tokens, and
+    lands far above the law (a depth-3 model at 62 steps: loss 4.08, against 2.30 at 154)."""
+    batch = p.batch_tokens
+    while tokens / batch < p.target_steps and batch // 2 >= p.min_batch_rows * p.seq_len:
+        batch //= 2
+    return batch
+
+
 @dataclass
 class RunSpec:
     name: str
@@ -126,6 +145,7 @@ class RunSpec:
     n_nonembedding: int
     steps: int
     warmup_steps: int
+    batch_tokens: int  # tokens per optimizer step
     tokens: int  # steps x batch_tokens: what the run trains on
     compute_total: float  # 6 N_total D, with D the tokens actually trained on
     compute_nonembedding: float  # 6 N_nonembedding D
@@ -149,13 +169,14 @@ def plan(p: SweepPreset, vocab_size: int, data_tokens: int, *, budgets=None, dep
         for depth in depths:
             cfg = model_for_depth(depth, p, vocab_size)
             n = cfg.num_params()
-            steps = round(b / (6 * n) / p.batch_tokens)
-            tokens = steps * p.batch_tokens
+            batch = batch_for(b / (6 * n), p)
+            steps = round(b / (6 * n) / batch)
+            tokens = steps * batch
             ratio, epochs = tokens / n, tokens / max(1, data_tokens)
             name = run_name(b, depth)
             lo, hi = p.tokens_per_param
             if steps < p.min_steps:
-                here.append(f"{name}: {steps} steps of {p.batch_tokens} tokens, fewer than {p.min_steps}")
+                here.append(f"{name}: {steps} steps of {batch} tokens, fewer than {p.min_steps}")
             elif not lo <= ratio <= hi:
                 here.append(f"{name}: {ratio:.2g} tokens per parameter, outside {lo:g}-{hi:g}")
             elif epochs > p.max_epochs:
@@ -166,7 +187,7 @@ def plan(p: SweepPreset, vocab_size: int, data_tokens: int, *, budgets=None, dep
                 warmup = max(1, round(0.05 * steps))
                 n_ne = cfg.num_params(embeddings=False)
                 runs.append(RunSpec(name, depth, cfg.d_model, cfg.n_head, learning_rate(cfg.d_model, p), b, n, n_ne,
-                                    steps, warmup, tokens, 6.0 * n * tokens, 6.0 * n_ne * tokens, epochs))
+                                    steps, warmup, batch, tokens, 6.0 * n * tokens, 6.0 * n_ne * tokens, epochs))
         if len(here) == len(depths):
             raise AcornError(f"--budgets {b:g}: no size in --sizes {','.join(map(str, depths))} fits it "
                              f"({'; '.join(here)}); give a budget that fits the sizes and the data, or other --sizes")
@@ -183,7 +204,7 @@ def check_memory(depths, p: SweepPreset, vocab_size: int, device_type: str = "cp
         return
     for depth in sorted(set(depths or p.depths)):
         cfg = model_for_depth(depth, p, vocab_size)
-        acts = p.micro_batch * p.seq_len * (34 * cfg.d_model * depth + 8 * vocab_size)
+        acts = p.micro_batch * p.seq_len * (34 * cfg.d_model * depth + 8 * vocab_size)  # the largest micro-batch
         need = 16 * cfg.num_params() + acts
         if need > 0.8 * avail:
             raise AcornError(f"--sizes: depth {depth} ({cfg.num_params() / 1e6:,.0f}M parameters) needs ~{need / 2**30:,.1f} "
@@ -304,7 +325,11 @@ def sweep(out: str | os.PathLike, preset: str | SweepPreset = "cpu", *, data: st
         if before.get("settings") != settings or [r["name"] for r in before.get("runs", [])] != [r.name for r in runs]:
             raise AcornError(f"{out} holds a sweep with other settings (its sweep.json); continue it with the "
                              "same --preset, --budgets, --sizes, --data and --seed, or choose another --out")
-    write_json(old, {"settings": settings, "runs": [asdict(r) for r in runs], "left_out": skipped})
+    # Under torchrun every process runs every run of its shard (as one data-parallel job); the
+    # first process writes the sweep's own files.
+    main = int(os.environ.get("RANK", 0)) == 0
+    if main:
+        write_json(old, {"settings": settings, "runs": [asdict(r) for r in runs], "left_out": skipped})
     mine = shard_of(runs, *shard)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     say(f"sweep: {len(runs)} runs, {sum(r.compute_total for r in runs):.2e} FLOPs (6ND); this shard "
@@ -321,7 +346,8 @@ def sweep(out: str | os.PathLike, preset: str | SweepPreset = "cpu", *, data: st
             f"per parameter, {r.epochs:.1f} epochs), {r.steps} steps, lr {r.lr:.2g}")
         t = time.perf_counter()
         train_run(r, p, run_dir, data_dir, vocab, seed=seed, dtype=dtype, resume=bool(checkpoints(run_dir)))
-        write_result(r, run_dir, time.perf_counter() - t)
+        if main:
+            write_result(r, run_dir, time.perf_counter() - t)
         res.ran.append(r.name)
     res.seconds = time.perf_counter() - t0
     return res
@@ -338,7 +364,8 @@ def pretrain_config(r: RunSpec, p: SweepPreset, run_dir: Path, data_dir: Path, v
         # The cosine schedule spans exactly this run's steps and ends at a tenth of the peak, as
         # Hoffmann et al. found necessary: a schedule longer than the run leaves its loss too high.
         optim=OptimConfig(lr=r.lr, warmup_steps=r.warmup_steps, min_lr_ratio=0.1, schedule="cosine"),
-        train=LoopConfig(seq_len=p.seq_len, micro_batch=p.micro_batch, batch_tokens=p.batch_tokens,
+        train=LoopConfig(seq_len=p.seq_len, micro_batch=min(p.micro_batch, r.batch_tokens // p.seq_len),
+                         batch_tokens=r.batch_tokens,
                          max_steps=r.steps, dtype=dtype),
         # Validated once, at the end, on the whole validation split: every run measured on the
         # same tokens, so the runs' losses differ by the model, not by the sample.

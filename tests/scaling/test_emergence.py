@@ -27,7 +27,9 @@ def test_items_are_the_worlds_truth_in_its_documents_words(tiny_world):
         a, op, b, eq = item["prompt"].split(" ")
         assert eq == "=" and int(item["answer"]) == {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
     assert all(i["answer"].strip() in i["labels"] for i in items["icl"])
-    assert [len(v) for v in M.world_items(tiny_world, limit=3).values()] == [3, 3, 3]
+    some = M.world_items(tiny_world, limit=6)
+    assert [len(v) for v in some.values()] == [6, 6, 6]
+    assert len({i["group"] for i in some["arithmetic"]}) > 1  # spread over the digits, not the first six
 
 
 def test_edit_distance_and_brier():
