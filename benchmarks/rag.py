@@ -106,7 +106,25 @@ def _sft(init: Path, data: Path, out: Path, steps: int, lr: float, batch_tokens:
     return sft(cfg) / "model"
 
 
-def reading_cpt(run: Path, work: Path, n_docs: int, steps: int, lr: float, batch_tokens: int) -> tuple[Path, dict]:
+def copy_rate(model, run: Path, rows: list[dict]) -> float:
+    """Share of held-out questions a model answers right after one passage in the reading
+    documents' plain-text layout ("Passages:\n[1] ...\n\nQuestion: q\nAnswer:"): whether a
+    base model copies a value from its context at all."""
+    from acorn.infer.engine import Engine
+
+    kb = {r["id"]: r for r in read_jsonl(run / "world" / "knowledge_base.jsonl")}
+    engine = Engine.from_pretrained(model)
+    prompts = [engine.encode(f"Passages:\n[1] {kb[r['kb_id']]['title']}: {kb[r['kb_id']]['text']}\n\n"
+                             f"Question: {r['question']}\nAnswer:") for r in rows]
+    out = engine.generate(prompts, temperature=0.0, max_new_tokens=16)
+    from acorn.chat.context import parse_citations
+
+    return sum(parse_citations(c.text.split("\n")[0])[0].strip().rstrip(".").lower() == r["kb_answer"].lower()
+               for r, c in zip(rows, out)) / len(rows)
+
+
+def reading_cpt(run: Path, work: Path, n_docs: int, steps: int, lr: float, batch_tokens: int,
+                questions: int = 4) -> tuple[Path, dict]:
     """The base model's continued pretraining on reading documents plus as many of the
     world's own pretraining documents (replay, so nothing else is forgotten)."""
     import yaml
@@ -117,7 +135,7 @@ def reading_cpt(run: Path, work: Path, n_docs: int, steps: int, lr: float, batch
     from acorn.train.pretrain import PretrainConfig, pretrain
 
     world = read_world(run / "world" / "world.json")
-    docs = reading_documents(world, n_docs)
+    docs = reading_documents(world, n_docs, questions=questions)
     replay = list(read_jsonl(run / "world" / "pretrain.jsonl"))
     random.Random(0).shuffle(replay)
     write_jsonl(work / "reading.jsonl", docs + replay[:n_docs])
@@ -129,6 +147,8 @@ def reading_cpt(run: Path, work: Path, n_docs: int, steps: int, lr: float, batch
         "--train.batch_tokens", str(batch_tokens), "--train.micro_batch", "16",
         "--optim.lr", str(lr), "--optim.warmup_steps", str(max(1, steps // 20)),
         "--eval.every", str(max(1, steps // 2)), "--eval.checkpoint_every", "0"])
+    if (work / "cpt" / "model").is_dir():  # --keep-work: trained already
+        return work / "cpt" / "model", {"docs": len(docs), "replay": min(n_docs, len(replay))}
     out = pretrain(cfg)
     return out / "model", {"docs": len(docs), "replay": min(n_docs, len(replay))}
 
@@ -149,8 +169,14 @@ def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
 
     t0 = time.perf_counter()
     log(f"continued pretraining on {args.reading_docs} reading documents, {args.cpt_steps} steps")
-    cpt, mix = reading_cpt(run, work, args.reading_docs, args.cpt_steps, args.cpt_lr, args.cpt_batch_tokens)
+    cpt, mix = reading_cpt(run, work, args.reading_docs, args.cpt_steps, args.cpt_lr, args.cpt_batch_tokens,
+                           args.reading_questions)
     cpt_s = time.perf_counter() - t0
+    copies = {"the speedrun's base model": copy_rate(run / "pretrain" / "model", run, rows),
+              "after the reading stage": copy_rate(cpt, run, rows)}
+    log(f"copy rate from one passage: {copies}")
+    if args.copy_only:
+        return "copy rate from one passage: " + json.dumps(copies)
     world = read_world(run / "world" / "world.json")
     base_sft = list(read_jsonl(run / "world" / "sft.jsonl"))
     # (label, starting model, "I don't know." turns per fact); the last is the anchor: the same SFT
@@ -173,8 +199,11 @@ def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
             write_jsonl(data, mixed)
         log(f"SFT {label}: {args.chain_sft_steps} steps")
         t0 = time.perf_counter()
-        model = _sft(init, data, work / f"sft-chain-{i}", args.chain_sft_steps, args.chain_sft_lr,
-                     args.chain_sft_batch_tokens)
+        if (work / f"sft-chain-{i}" / "model").is_dir():  # --keep-work: trained already
+            model = work / f"sft-chain-{i}" / "model"
+        else:
+            model = _sft(init, data, work / f"sft-chain-{i}", args.chain_sft_steps, args.chain_sft_lr,
+                         args.chain_sft_batch_tokens)
         sft_s[label] = time.perf_counter() - t0
         engine = Engine.from_pretrained(model)
         r = {}
@@ -199,7 +228,10 @@ def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
         f"Reading stage: the speedrun's base model, {args.cpt_steps} steps of {args.cpt_batch_tokens:,} tokens at "
         f"lr {args.cpt_lr:g} on {mix['docs']:,} reading documents (`acorn data world --reading-docs`: passages "
         f"about invented people, then questions answered from them with a citation) and {mix['replay']:,} of the "
-        f"world's pretraining documents ({cpt_s / 60:.0f} min). SFT: {args.chain_sft_steps} steps of "
+        f"world's pretraining documents ({cpt_s / 60:.0f} min; {args.reading_questions} questions a document). "
+        "The base model's answers after one passage in the reading documents' plain-text layout (exact match, "
+        "the first " + f"{len(rows)} questions): " + ", ".join(f"{k} {_pct(v)}" for k, v in copies.items()) + ". "
+        f"SFT: {args.chain_sft_steps} steps of "
         f"{args.chain_sft_batch_tokens:,} tokens at lr {args.chain_sft_lr:g} on sft.jsonl plus one-passage RAG "
         "conversations (answered / \"I don't know.\" rows: " + ", ".join(f"{a:,} / {b:,} with {k} per fact"
                                                                       for k, (a, b) in counts.items()) + ").",
@@ -266,6 +298,9 @@ def main() -> None:
                     help="main: section rag (default); answers-chain: section rag-chain; rerank: section rag-rerank")
     ap.add_argument("--reading-docs", type=int, default=4000, help="answers-chain: reading documents")
     ap.add_argument("--cpt-steps", type=int, default=200, help="answers-chain: continued pretraining steps")
+    ap.add_argument("--reading-questions", type=int, default=4, help="answers-chain: questions per reading document")
+    ap.add_argument("--copy-only", action="store_true", help="answers-chain: stop after the reading stage's copy rate")
+    ap.add_argument("--keep-work", action="store_true", help="reuse the models already trained in the work directory")
     ap.add_argument("--cpt-lr", type=float, default=1e-3)
     ap.add_argument("--cpt-batch-tokens", type=int, default=4096)
     ap.add_argument("--chain-sft-steps", type=int, default=150)
@@ -281,8 +316,9 @@ def main() -> None:
     run, work = Path(args.run), Path(args.work)
     if args.figures != "main":
         work = work.parent / f"{work.name}-{args.figures}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if not args.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     if args.figures != "main":
         rows = list(read_jsonl(run / "world" / "eval" / "unknown_qa.jsonl"))[: args.limit or None]
         fn, section = {"answers-chain": (answers_chain, "rag-chain"), "rerank": (rerank_figures, "rag-rerank")}[
