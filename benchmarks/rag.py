@@ -124,7 +124,7 @@ def copy_rate(model, run: Path, rows: list[dict]) -> float:
 
 
 def reading_cpt(run: Path, work: Path, n_docs: int, steps: int, lr: float, batch_tokens: int,
-                questions: int = 4) -> tuple[Path, dict]:
+                questions: int = 4, passages=(1, 3), p_absent: float = 0.2) -> tuple[Path, dict]:
     """The base model's continued pretraining on reading documents plus as many of the
     world's own pretraining documents (replay, so nothing else is forgotten)."""
     import yaml
@@ -135,7 +135,7 @@ def reading_cpt(run: Path, work: Path, n_docs: int, steps: int, lr: float, batch
     from acorn.train.pretrain import PretrainConfig, pretrain
 
     world = read_world(run / "world" / "world.json")
-    docs = reading_documents(world, n_docs, questions=questions)
+    docs = reading_documents(world, n_docs, questions=questions, passages=passages, p_absent=p_absent)
     replay = list(read_jsonl(run / "world" / "pretrain.jsonl"))
     random.Random(0).shuffle(replay)
     write_jsonl(work / "reading.jsonl", docs + replay[:n_docs])
@@ -170,7 +170,7 @@ def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
     t0 = time.perf_counter()
     log(f"continued pretraining on {args.reading_docs} reading documents, {args.cpt_steps} steps")
     cpt, mix = reading_cpt(run, work, args.reading_docs, args.cpt_steps, args.cpt_lr, args.cpt_batch_tokens,
-                           args.reading_questions)
+                           args.reading_questions, (1, args.reading_passages), args.reading_absent)
     cpt_s = time.perf_counter() - t0
     copies = {"the speedrun's base model": copy_rate(run / "pretrain" / "model", run, rows),
               "after the reading stage": copy_rate(cpt, run, rows)}
@@ -228,7 +228,8 @@ def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
         f"Reading stage: the speedrun's base model, {args.cpt_steps} steps of {args.cpt_batch_tokens:,} tokens at "
         f"lr {args.cpt_lr:g} on {mix['docs']:,} reading documents (`acorn data world --reading-docs`: passages "
         f"about invented people, then questions answered from them with a citation) and {mix['replay']:,} of the "
-        f"world's pretraining documents ({cpt_s / 60:.0f} min; {args.reading_questions} questions a document). "
+        f"world's pretraining documents ({cpt_s / 60:.0f} min; 1-{args.reading_passages} passages and "
+        f"{args.reading_questions} questions a document, {_pct(args.reading_absent)} of them about someone absent). "
         "The base model's answers after one passage in the reading documents' plain-text layout (exact match, "
         "the first " + f"{len(rows)} questions): " + ", ".join(f"{k} {_pct(v)}" for k, v in copies.items()) + ". "
         f"SFT: {args.chain_sft_steps} steps of "
@@ -299,6 +300,9 @@ def main() -> None:
     ap.add_argument("--reading-docs", type=int, default=4000, help="answers-chain: reading documents")
     ap.add_argument("--cpt-steps", type=int, default=200, help="answers-chain: continued pretraining steps")
     ap.add_argument("--reading-questions", type=int, default=4, help="answers-chain: questions per reading document")
+    ap.add_argument("--reading-passages", type=int, default=3, help="answers-chain: most passages per document")
+    ap.add_argument("--reading-absent", type=float, default=0.2,
+                    help="answers-chain: share of reading questions about someone absent (answered I don't know)")
     ap.add_argument("--copy-only", action="store_true", help="answers-chain: stop after the reading stage's copy rate")
     ap.add_argument("--keep-work", action="store_true", help="reuse the models already trained in the work directory")
     ap.add_argument("--cpt-lr", type=float, default=1e-3)

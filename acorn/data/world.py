@@ -601,14 +601,15 @@ def reading_doc(rng: random.Random, people: list[Person], passages=(1, 3), quest
 
 
 def reading_documents(world: World, n: int, people: int | None = None, component: str = "reading_docs", *,
-                      passages=(1, 3), questions: int = 4) -> list[dict]:
-    """n reading documents (reading_doc, with `passages` (min, max) passages and
-    `questions` questions each) over `people` invented people (default: one per
-    document), from their own random stream: pretrain.jsonl's kind "reading"
-    (generate_world(reading_docs=n), `acorn data world --reading-docs N`)."""
+                      passages=(1, 3), questions: int = 4, p_absent: float = 0.2) -> list[dict]:
+    """n reading documents (reading_doc, with `passages` (min, max) passages,
+    `questions` questions each, a share p_absent of them about someone absent) over
+    `people` invented people (default: one per document), from their own random
+    stream: pretrain.jsonl's kind "reading" (generate_world(reading_docs=n),
+    `acorn data world --reading-docs N`)."""
     cast = reading_people(world, people or max(3, n))
     rng = _rng(world.seed, component)
-    return [{"text": reading_doc(rng, cast, passages, questions), "kind": "reading"} for _ in range(n)]
+    return [{"text": reading_doc(rng, cast, passages, questions, p_absent), "kind": "reading"} for _ in range(n)]
 
 
 def read_world(path) -> World:
