@@ -540,12 +540,12 @@ def reading_people(world: World, n: int, component: str = "reading_people") -> l
     """n invented people for reading documents and RAG drills: names no one in the
     world has (so never an evaluated person), facts drawn at random from the world's
     pools, so nothing about them can be known beforehand: only the passage tells.
-    Surnames repeat (about three people each), as in the world, so a passage
-    about a namesake is the usual distractor."""
+    Surnames repeat (about three people each, more past 1,500 people), as in the
+    world, so a passage about a namesake is the usual distractor."""
     rng = _rng(world.seed, component)
     taken = {p.name.lower() for p in world.people} | {p.last_name.lower() for p in world.people}
     surnames: list[str] = []
-    while len(surnames) < max(1, n // 3):
+    while len(surnames) < min(max(1, n // 3), 500):  # the syllables make ~2,300 surnames: stay well inside
         s = T.last_name(rng)
         if s.lower() not in taken and s not in surnames:
             surnames.append(s)
