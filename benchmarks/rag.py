@@ -154,7 +154,7 @@ def reading_cpt(run: Path, work: Path, n_docs: int, steps: int, lr: float, batch
 
 
 def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
-    from acorn.data.world import read_world, rag_sft_rows
+    from acorn.data.world import rag_sft_rows, read_world, reading_people
     from acorn.infer.engine import Engine
     from acorn.rag.pipeline import RAG, answer_metrics, build_index
 
@@ -181,20 +181,26 @@ def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
     base_sft = list(read_jsonl(run / "world" / "sft.jsonl"))
     # (label, starting model, "I don't know." turns per fact); the last is the anchor: the same SFT
     # without the reading stage (from the speedrun's base model as it is).
+    # A fourth: the RAG rows alone (no sft.jsonl, whose refusals teach "I don't know." for every person of
+    # the knowledge base's surname pool without passages), over unknown_sft and 300 invented people.
     variants = [("reading stage + one-passage RAG rows (1 I-don't-know per fact)", cpt, 1),
                 ("reading stage + one-passage RAG rows, + 3 namesake I-don't-know per fact", cpt, 4),
-                ("no reading stage, one-passage RAG rows (1 per fact)", run / "pretrain" / "model", 1)]
+                ("no reading stage, one-passage RAG rows (1 per fact)", run / "pretrain" / "model", 1),
+                ("reading stage + one-passage RAG rows only (no sft.jsonl), + 300 invented people", cpt, 0)]
 
     def ask(rag, qs):
         return [a for s in range(0, len(qs), 32) for a in rag.ask_many(qs[s:s + 32])]
 
     table, results, sft_s, counts = [], {}, {}, {}
     for i, (label, init, idk) in enumerate(variants):
-        extra = rag_sft_rows(world, passages=1, idk_per_fact=idk)
+        extra = rag_sft_rows(world, passages=1, idk_per_fact=max(1, idk))
+        if idk == 0:
+            extra += rag_sft_rows(world, passages=1, people=reading_people(world, 300, "sft_people"),
+                                  component="rag_sft_invented")
         counts[idk] = (sum(r["kind"] == "rag" for r in extra), sum(r["kind"] == "rag_idk" for r in extra))
         data = work / f"sft-chain-{idk}.jsonl"
         if not data.exists():
-            mixed = base_sft + extra
+            mixed = (base_sft if idk else []) + extra
             random.Random(idk).shuffle(mixed)
             write_jsonl(data, mixed)
         log(f"SFT {label}: {args.chain_sft_steps} steps")
@@ -234,7 +240,9 @@ def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
         "the first " + f"{len(rows)} questions): " + ", ".join(f"{k} {_pct(v)}" for k, v in copies.items()) + ". "
         f"SFT: {args.chain_sft_steps} steps of "
         f"{args.chain_sft_batch_tokens:,} tokens at lr {args.chain_sft_lr:g} on sft.jsonl plus one-passage RAG "
-        "conversations (answered / \"I don't know.\" rows: " + ", ".join(f"{a:,} / {b:,} with {k} per fact"
+        "conversations (answered / \"I don't know.\" rows: " + ", ".join(f"{a:,} / {b:,} with {max(1, k)} per fact"
+                                                                      + (" and invented people, without sft.jsonl"
+                                                                         if k == 0 else "")
                                                                       for k, (a, b) in counts.items()) + ").",
         markdown_table(["model", "EM k=1", "I don't know k=1", "faithful k=1", "made up when absent k=1", "EM k=3",
                         "I don't know k=3", "made up when absent k=3"], table),
