@@ -172,6 +172,7 @@ def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
     cpt, mix = reading_cpt(run, work, args.reading_docs, args.cpt_steps, args.cpt_lr, args.cpt_batch_tokens,
                            args.reading_questions, (1, args.reading_passages), args.reading_absent)
     cpt_s = time.perf_counter() - t0
+    took = "reused from an earlier run, --keep-work" if cpt_s < 120 else f"{cpt_s / 60:.0f} min"
     copies = {"the speedrun's base model": copy_rate(run / "pretrain" / "model", run, rows),
               "after the reading stage": copy_rate(cpt, run, rows)}
     log(f"copy rate from one passage: {copies}")
@@ -234,7 +235,7 @@ def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
         f"Reading stage: the speedrun's base model, {args.cpt_steps} steps of {args.cpt_batch_tokens:,} tokens at "
         f"lr {args.cpt_lr:g} on {mix['docs']:,} reading documents (`acorn data world --reading-docs`: passages "
         f"about invented people, then questions answered from them with a citation) and {mix['replay']:,} of the "
-        f"world's pretraining documents ({cpt_s / 60:.0f} min; 1-{args.reading_passages} passages and "
+        f"world's pretraining documents ({took}; 1-{args.reading_passages} passages and "
         f"{args.reading_questions} questions a document, {_pct(args.reading_absent)} of them about someone absent). "
         "The base model's answers after one passage in the reading documents' plain-text layout (exact match, "
         "the first " + f"{len(rows)} questions): " + ", ".join(f"{k} {_pct(v)}" for k, v in copies.items()) + ". "
