@@ -106,7 +106,25 @@ def _sft(init: Path, data: Path, out: Path, steps: int, lr: float, batch_tokens:
     return sft(cfg) / "model"
 
 
-def reading_cpt(run: Path, work: Path, n_docs: int, steps: int, lr: float, batch_tokens: int) -> tuple[Path, dict]:
+def copy_rate(model, run: Path, rows: list[dict]) -> float:
+    """Share of held-out questions a model answers right after one passage in the reading
+    documents' plain-text layout ("Passages:\n[1] ...\n\nQuestion: q\nAnswer:"): whether a
+    base model copies a value from its context at all."""
+    from acorn.infer.engine import Engine
+
+    kb = {r["id"]: r for r in read_jsonl(run / "world" / "knowledge_base.jsonl")}
+    engine = Engine.from_pretrained(model)
+    prompts = [engine.encode(f"Passages:\n[1] {kb[r['kb_id']]['title']}: {kb[r['kb_id']]['text']}\n\n"
+                             f"Question: {r['question']}\nAnswer:") for r in rows]
+    out = engine.generate(prompts, temperature=0.0, max_new_tokens=16)
+    from acorn.chat.context import parse_citations
+
+    return sum(parse_citations(c.text.split("\n")[0])[0].strip().rstrip(".").lower() == r["kb_answer"].lower()
+               for r, c in zip(rows, out)) / len(rows)
+
+
+def reading_cpt(run: Path, work: Path, n_docs: int, steps: int, lr: float, batch_tokens: int,
+                questions: int = 4, passages=(1, 3), p_absent: float = 0.2) -> tuple[Path, dict]:
     """The base model's continued pretraining on reading documents plus as many of the
     world's own pretraining documents (replay, so nothing else is forgotten)."""
     import yaml
@@ -117,7 +135,7 @@ def reading_cpt(run: Path, work: Path, n_docs: int, steps: int, lr: float, batch
     from acorn.train.pretrain import PretrainConfig, pretrain
 
     world = read_world(run / "world" / "world.json")
-    docs = reading_documents(world, n_docs)
+    docs = reading_documents(world, n_docs, questions=questions, passages=passages, p_absent=p_absent)
     replay = list(read_jsonl(run / "world" / "pretrain.jsonl"))
     random.Random(0).shuffle(replay)
     write_jsonl(work / "reading.jsonl", docs + replay[:n_docs])
@@ -129,12 +147,14 @@ def reading_cpt(run: Path, work: Path, n_docs: int, steps: int, lr: float, batch
         "--train.batch_tokens", str(batch_tokens), "--train.micro_batch", "16",
         "--optim.lr", str(lr), "--optim.warmup_steps", str(max(1, steps // 20)),
         "--eval.every", str(max(1, steps // 2)), "--eval.checkpoint_every", "0"])
+    if (work / "cpt" / "model").is_dir():  # --keep-work: trained already
+        return work / "cpt" / "model", {"docs": len(docs), "replay": min(n_docs, len(replay))}
     out = pretrain(cfg)
     return out / "model", {"docs": len(docs), "replay": min(n_docs, len(replay))}
 
 
 def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
-    from acorn.data.world import read_world, rag_sft_rows
+    from acorn.data.world import rag_sft_rows, read_world, reading_people
     from acorn.infer.engine import Engine
     from acorn.rag.pipeline import RAG, answer_metrics, build_index
 
@@ -149,32 +169,48 @@ def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
 
     t0 = time.perf_counter()
     log(f"continued pretraining on {args.reading_docs} reading documents, {args.cpt_steps} steps")
-    cpt, mix = reading_cpt(run, work, args.reading_docs, args.cpt_steps, args.cpt_lr, args.cpt_batch_tokens)
+    cpt, mix = reading_cpt(run, work, args.reading_docs, args.cpt_steps, args.cpt_lr, args.cpt_batch_tokens,
+                           args.reading_questions, (1, args.reading_passages), args.reading_absent)
     cpt_s = time.perf_counter() - t0
+    took = "reused from an earlier run, --keep-work" if cpt_s < 120 else f"{cpt_s / 60:.0f} min"
+    copies = {"the speedrun's base model": copy_rate(run / "pretrain" / "model", run, rows),
+              "after the reading stage": copy_rate(cpt, run, rows)}
+    log(f"copy rate from one passage: {copies}")
+    if args.copy_only:
+        return "copy rate from one passage: " + json.dumps(copies)
     world = read_world(run / "world" / "world.json")
     base_sft = list(read_jsonl(run / "world" / "sft.jsonl"))
     # (label, starting model, "I don't know." turns per fact); the last is the anchor: the same SFT
     # without the reading stage (from the speedrun's base model as it is).
+    # A fourth: the RAG rows alone (no sft.jsonl, whose refusals teach "I don't know." for every person of
+    # the knowledge base's surname pool without passages), over unknown_sft and 300 invented people.
     variants = [("reading stage + one-passage RAG rows (1 I-don't-know per fact)", cpt, 1),
                 ("reading stage + one-passage RAG rows, + 3 namesake I-don't-know per fact", cpt, 4),
-                ("no reading stage, one-passage RAG rows (1 per fact)", run / "pretrain" / "model", 1)]
+                ("no reading stage, one-passage RAG rows (1 per fact)", run / "pretrain" / "model", 1),
+                ("reading stage + one-passage RAG rows only (no sft.jsonl), + 300 invented people", cpt, 0)]
 
     def ask(rag, qs):
         return [a for s in range(0, len(qs), 32) for a in rag.ask_many(qs[s:s + 32])]
 
     table, results, sft_s, counts = [], {}, {}, {}
     for i, (label, init, idk) in enumerate(variants):
-        extra = rag_sft_rows(world, passages=1, idk_per_fact=idk)
+        extra = rag_sft_rows(world, passages=1, idk_per_fact=max(1, idk))
+        if idk == 0:
+            extra += rag_sft_rows(world, passages=1, people=reading_people(world, 300, "sft_people"),
+                                  component="rag_sft_invented")
         counts[idk] = (sum(r["kind"] == "rag" for r in extra), sum(r["kind"] == "rag_idk" for r in extra))
         data = work / f"sft-chain-{idk}.jsonl"
         if not data.exists():
-            mixed = base_sft + extra
+            mixed = (base_sft if idk else []) + extra
             random.Random(idk).shuffle(mixed)
             write_jsonl(data, mixed)
         log(f"SFT {label}: {args.chain_sft_steps} steps")
         t0 = time.perf_counter()
-        model = _sft(init, data, work / f"sft-chain-{i}", args.chain_sft_steps, args.chain_sft_lr,
-                     args.chain_sft_batch_tokens)
+        if (work / f"sft-chain-{i}" / "model").is_dir():  # --keep-work: trained already
+            model = work / f"sft-chain-{i}" / "model"
+        else:
+            model = _sft(init, data, work / f"sft-chain-{i}", args.chain_sft_steps, args.chain_sft_lr,
+                         args.chain_sft_batch_tokens)
         sft_s[label] = time.perf_counter() - t0
         engine = Engine.from_pretrained(model)
         r = {}
@@ -199,9 +235,15 @@ def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
         f"Reading stage: the speedrun's base model, {args.cpt_steps} steps of {args.cpt_batch_tokens:,} tokens at "
         f"lr {args.cpt_lr:g} on {mix['docs']:,} reading documents (`acorn data world --reading-docs`: passages "
         f"about invented people, then questions answered from them with a citation) and {mix['replay']:,} of the "
-        f"world's pretraining documents ({cpt_s / 60:.0f} min). SFT: {args.chain_sft_steps} steps of "
+        f"world's pretraining documents ({took}; 1-{args.reading_passages} passages and "
+        f"{args.reading_questions} questions a document, {_pct(args.reading_absent)} of them about someone absent). "
+        "The base model's answers after one passage in the reading documents' plain-text layout (exact match, "
+        "the first " + f"{len(rows)} questions): " + ", ".join(f"{k} {_pct(v)}" for k, v in copies.items()) + ". "
+        f"SFT: {args.chain_sft_steps} steps of "
         f"{args.chain_sft_batch_tokens:,} tokens at lr {args.chain_sft_lr:g} on sft.jsonl plus one-passage RAG "
-        "conversations (answered / \"I don't know.\" rows: " + ", ".join(f"{a:,} / {b:,} with {k} per fact"
+        "conversations (answered / \"I don't know.\" rows: " + ", ".join(f"{a:,} / {b:,} with {max(1, k)} per fact"
+                                                                      + (" and invented people, without sft.jsonl"
+                                                                         if k == 0 else "")
                                                                       for k, (a, b) in counts.items()) + ").",
         markdown_table(["model", "EM k=1", "I don't know k=1", "faithful k=1", "made up when absent k=1", "EM k=3",
                         "I don't know k=3", "made up when absent k=3"], table),
@@ -250,6 +292,10 @@ def rerank_figures(args, run: Path, work: Path, rows: list[dict]) -> str:
         f"{model.name if model.name != 'model' else model.parent.name}/model's score (acorn.rag.rerank): `yes` = "
         "log-odds of \"yes\" to \"does the passage answer the question?\", `likelihood` = log P(question | passage).",
         markdown_table(["retrieval", "rerank", "recall@1", "recall@5", "MRR", "rerank ms / question"], table),
+        f"A random order of the {args.rerank} candidates would give recall@1 = recall@{args.rerank} / "
+        f"{args.rerank}. Reranking helps only where the retriever is near chance (dense from untrained states) and "
+        "lowers recall wherever the retriever is good: this chat model (1M parameters) cannot judge relevance, "
+        "so a retriever that names the person (BM25 matches the unique name) beats it.",
     ])
 
 
@@ -266,6 +312,12 @@ def main() -> None:
                     help="main: section rag (default); answers-chain: section rag-chain; rerank: section rag-rerank")
     ap.add_argument("--reading-docs", type=int, default=4000, help="answers-chain: reading documents")
     ap.add_argument("--cpt-steps", type=int, default=200, help="answers-chain: continued pretraining steps")
+    ap.add_argument("--reading-questions", type=int, default=4, help="answers-chain: questions per reading document")
+    ap.add_argument("--reading-passages", type=int, default=3, help="answers-chain: most passages per document")
+    ap.add_argument("--reading-absent", type=float, default=0.2,
+                    help="answers-chain: share of reading questions about someone absent (answered I don't know)")
+    ap.add_argument("--copy-only", action="store_true", help="answers-chain: stop after the reading stage's copy rate")
+    ap.add_argument("--keep-work", action="store_true", help="reuse the models already trained in the work directory")
     ap.add_argument("--cpt-lr", type=float, default=1e-3)
     ap.add_argument("--cpt-batch-tokens", type=int, default=4096)
     ap.add_argument("--chain-sft-steps", type=int, default=150)
@@ -281,8 +333,9 @@ def main() -> None:
     run, work = Path(args.run), Path(args.work)
     if args.figures != "main":
         work = work.parent / f"{work.name}-{args.figures}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if not args.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     if args.figures != "main":
         rows = list(read_jsonl(run / "world" / "eval" / "unknown_qa.jsonl"))[: args.limit or None]
         fn, section = {"answers-chain": (answers_chain, "rag-chain"), "rerank": (rerank_figures, "rag-rerank")}[

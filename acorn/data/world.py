@@ -589,12 +589,12 @@ def reading_people(world: World, n: int, component: str = "reading_people") -> l
     """n invented people for reading documents and RAG drills: names no one in the
     world has (so never an evaluated person), facts drawn at random from the world's
     pools, so nothing about them can be known beforehand: only the passage tells.
-    Surnames repeat (about three people each), as in the world, so a passage
-    about a namesake is the usual distractor."""
+    Surnames repeat (about three people each, more past 1,500 people), as in the
+    world, so a passage about a namesake is the usual distractor."""
     rng = _rng(world.seed, component)
     taken = {p.name.lower() for p in world.people} | {p.last_name.lower() for p in world.people}
     surnames: list[str] = []
-    while len(surnames) < max(1, n // 3):
+    while len(surnames) < min(max(1, n // 3), 500):  # the syllables make ~2,300 surnames: stay well inside
         s = T.last_name(rng)
         if s.lower() not in taken and s not in surnames:
             surnames.append(s)
@@ -649,13 +649,16 @@ def reading_doc(rng: random.Random, people: list[Person], passages=(1, 3), quest
     return "\n".join(lines)
 
 
-def reading_documents(world: World, n: int, people: int | None = None, component: str = "reading_docs") -> list[dict]:
-    """n reading documents (reading_doc) over `people` invented people (default:
-    one per document), each its own random stream: pretrain.jsonl's kind "reading"
-    (generate_world(reading_docs=n), `acorn data world --reading-docs N`)."""
+def reading_documents(world: World, n: int, people: int | None = None, component: str = "reading_docs", *,
+                      passages=(1, 3), questions: int = 4, p_absent: float = 0.2) -> list[dict]:
+    """n reading documents (reading_doc, with `passages` (min, max) passages,
+    `questions` questions each, a share p_absent of them about someone absent) over
+    `people` invented people (default: one per document), from their own random
+    stream: pretrain.jsonl's kind "reading" (generate_world(reading_docs=n),
+    `acorn data world --reading-docs N`)."""
     cast = reading_people(world, people or max(3, n))
     rng = _rng(world.seed, component)
-    return [{"text": reading_doc(rng, cast), "kind": "reading"} for _ in range(n)]
+    return [{"text": reading_doc(rng, cast, passages, questions, p_absent), "kind": "reading"} for _ in range(n)]
 # ----------------------------------------------------- prompt injection
 # Indirect prompt injection (Greshake et al. 2023) on the world's RAG task: an
 # instruction planted in a retrieved passage. The model under attack must be
