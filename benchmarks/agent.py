@@ -83,7 +83,7 @@ def with_calculator(engine, rows: list[dict], constrained: bool) -> list[dict]:
                     exprs.append(re.sub(r"\s+", "", str(res.arguments.get("expression", ""))))
         out.append({"answer": result.answer or "", "called": result.tool_calls > 0,
                     "malformed": result.malformed_calls > 0, "invalid": result.invalid_calls > 0,
-                    "calls": len(exprs), "wrong_expression": sum(e != own for e in exprs),
+                    "calls": len(exprs), "wrong_expression": sum(e != own for e in exprs), "own_call": own in exprs,
                     "steps": len(result.steps), "stopped": result.stopped})
         if (i + 1) % 50 == 0:
             log(f"    {i + 1}/{len(rows)}")
@@ -106,6 +106,10 @@ def score(rows: list[dict], outs: list[dict]) -> dict:
               "invalid": sum(o["invalid"] for o in outs) / n,
               "wrong_expression": sum(o["wrong_expression"] for o in outs) / calls if calls else float("nan"),
               "steps": sum(o["steps"] for o in outs) / n}
+        # Of the questions where the model called the calculator with the question's own expression
+        # (so the tool's output was the answer): how often its final answer repeated that output.
+        own = [normalize(o["answer"]) == normalize(r["answer"]) for r, o in zip(rows, outs) if o["own_call"]]
+        s["copied"] = sum(own) / len(own) if own else float("nan")
     return s
 
 
@@ -138,7 +142,7 @@ def main() -> None:
             table.append([name, mode, *[_pct(s.get(d, float("nan"))) for d in DIGITS], _pct(s["all"])])
             if "called" in s:
                 diag.append([name, mode, _pct(s["called"]), _pct(s["malformed"]), _pct(s["invalid"]),
-                             _pct(s["wrong_expression"]), f"{s['steps']:.2f}", f"{per_q:.2f}"])
+                             _pct(s["wrong_expression"]), _pct(s["copied"]), f"{s['steps']:.2f}", f"{per_q:.2f}"])
             log(f"  all {_pct(s['all'])}" + (f", malformed {_pct(s['malformed'])}" if "malformed" in s else ""))
     n_cell = len(rows) // (len(DIGITS) * 3)
     body = [f"`{command_line()}` on {machine_description(('llguidance',))}, {today()}. Measured with other jobs "
@@ -151,9 +155,10 @@ def main() -> None:
                            "ll" + "r" * 7), "",
             "The loop's calls: share of questions where the model called the tool, had a malformed call (unreadable "
             "or cut off) or an invalid one (bad JSON, failing the schema); share of calls whose expression is not "
-            "the question's own `a op b`; turns per question; seconds per question.", "",
-            markdown_table(["model", "mode", "called", "malformed", "invalid", "wrong expression", "turns", "s/q"],
-                           diag, "ll" + "r" * 6), "",
+            "the question's own `a op b`; \"answer = result\": of the questions where a call was the question's own, "
+            "the share whose final answer is the tool's result; turns per question; seconds per question.", "",
+            markdown_table(["model", "mode", "called", "malformed", "invalid", "wrong expression", "answer = result",
+                            "turns", "s/q"], diag, "ll" + "r" * 7), "",
             f"Whole benchmark: {time.perf_counter() - t_start:.0f}s."]
     text = "\n".join(["## Agents: arithmetic with and without the calculator", "", *body])
     print(text)

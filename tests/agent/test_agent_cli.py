@@ -38,3 +38,9 @@ def test_bad_tool_options_are_one_line_errors(agent_checkpoint, capsys, argv, me
 def test_an_empty_task_is_refused(agent_checkpoint, capsys):
     assert main(["agent", str(agent_checkpoint), "  "]) == 2
     assert "the task is empty" in capsys.readouterr().err
+
+
+def test_acorn_serve_refuses_unknown_tools_before_loading(tmp_path, capsys):
+    # The checkpoint does not exist: the tool name is checked first, so its error is the one shown.
+    assert main(["serve", str(tmp_path / "no-model"), "--tools", "calculator,shell"]) == 2
+    assert "unknown tool 'shell'" in capsys.readouterr().err
