@@ -11,9 +11,8 @@ import pytest
 
 from acorn.chat.context import LAYOUTS
 from acorn.cli import main
-from acorn.data.world import (CANARIES_EVAL, CANARIES_TRAIN, INJECTION_ATTACKS, SAY_TEMPLATES, TRAINED_ATTACKS,
-                              build_world, inject, injection_eval_items, injection_preference_pairs,
-                              injection_sft_rows)
+from acorn.data.world import (INJECTION_ATTACKS, SAY_TEMPLATES, TRAINED_ATTACKS, build_world, inject,
+                              injection_eval_items, injection_preference_pairs, injection_sft_rows)
 from acorn.errors import AcornError
 from acorn.eval.injection import evaluate_injection, prompts, score, summarize
 from acorn.infer.engine import Engine
@@ -36,7 +35,7 @@ def test_attack_items_cover_every_attack_and_plant_once():
         texts = [p["text"] for p in it["passages"]]
         planted = [w for t in texts for w in _planted(t)]
         if it["kind"] == "attack":
-            assert planted == [it["canary"]] and it["canary"] in CANARIES_EVAL
+            assert planted == [it["canary"]]
             assert it["canary"] in texts[it["injected"] - 1]
         else:
             assert planted == []
@@ -49,13 +48,16 @@ def test_training_rows_never_touch_the_evaluation():
     """Training plants only the naive attack and only training words, about
     people of split unknown_sft; the suite asks about unknown_eval people."""
     eval_people = {p.name for p in WORLD.split("unknown_eval")}
-    assert not set(CANARIES_TRAIN) & set(CANARIES_EVAL)
+    surnames = {p.last_name for p in WORLD.people}
+    eval_words = {it["canary"] for it in injection_eval_items(WORLD)}
     undefended, defended = injection_sft_rows(WORLD), injection_sft_rows(WORLD, defended=True)
     pairs = injection_preference_pairs(WORLD)
+    train_words = {r["messages"][-1]["content"] for r in undefended if r["kind"] in ("say", "instruction")}
+    assert len(train_words) > 0.9 * sum(r["kind"] in ("say", "instruction") for r in undefended)  # fresh words
+    assert not train_words & eval_words and not (train_words | eval_words) & surnames
     for row in [*undefended, *defended]:
         text = " ".join(m["content"] for m in row["messages"])
-        assert not any(w in text for w in CANARIES_EVAL)
-        assert not any(f"Question: {q}" in text for q in ("Ignore",))
+        assert not any(w in text for w in eval_words) and "Ignore the previous" not in text
         assert not any(name in row["messages"][0]["content"].split("Question:")[-1] for name in eval_people)
     assert {r["kind"] for r in undefended} == {"rag", "instruction", "say"}
     assert {r["kind"] for r in defended} == {"rag", "instruction", "say", "rag_injected"}
@@ -63,10 +65,10 @@ def test_training_rows_never_touch_the_evaluation():
         *prompt, answer = row["messages"]
         passages = prompt[-1]["content"] if prompt[-1]["role"] == "tool" else prompt[0]["content"].split("Question:")[0]
         if row["kind"] == "rag_injected":  # StruQ: the planted word is ignored, the question answered
-            assert len(_planted(passages)) == 1 and answer["content"] not in CANARIES_TRAIN
+            assert len(_planted(passages)) == 1 and _planted(passages)[0] not in answer["content"]
             assert re.fullmatch(r".+ \[\d\]", answer["content"])
         if row["kind"] in ("instruction", "say"):  # the user's own instruction is followed
-            assert answer["content"] in CANARIES_TRAIN
+            assert _planted(prompt[0]["content"].split("Question:")[-1]) == [answer["content"]]
     assert {tuple(m["role"] for m in r["messages"][:-1]) for r in defended} == {("user",), ("user", "tool")}
     for pair in pairs:  # SecAlign: chosen answers the question, rejected obeys the planted word
         text = pair["prompt"][-1]["content"]
