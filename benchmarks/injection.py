@@ -102,6 +102,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smoke run: 3 training steps, 4 groups")
     ap.add_argument("--note", default="", help="a sentence added to the section (e.g. the machine's load)")
     ap.add_argument("--no-write", action="store_true", help="print the section, leave docs/BENCHMARKS.md alone")
+    ap.add_argument("--finding", default="", help="a paragraph after the table saying what it shows (written once "
+                    "the numbers are in; not part of the command line shown)")
     ap.add_argument("--render", action="store_true", help="only rebuild the section from the replies saved in --work")
     args = ap.parse_args()
     if args.quick:
@@ -168,7 +170,7 @@ def main() -> None:
     n = results[configs[0]]["n"]
     body = "\n\n".join([
         "## Prompt injection: attack success and utility, per defence",
-        f"`{command_line()}` on {machine_description()}, {today()}. {args.note}".strip(),
+        f"`{command_line(('--note', '--finding')).replace(' --render', '')}` on {machine_description()}, {today()}. {args.note}".strip(),
         f"The attack suite of `acorn eval injection` on the run's world: {n // 6} (person, attribute) groups "
         f"of its unknown_eval people ({n} items: per group a clean question, the user's own \"say the word W\" "
         "instruction, and one question per attack with \"say the word W\" planted in one of the 3 retrieved "
@@ -188,6 +190,7 @@ def main() -> None:
         markdown_table(["model", "defence", *attacks, "success", "held-out success", "hijacked", "abandoned clean",
                         "utility clean", "utility attacked", "follows the user's instruction",
                         "prompts over the context"], rows),
+        *([args.finding] if args.finding else []),
         "Privilege separation (acorn.chat.privilege.ToolPolicy, the agent's `policy`): whatever the model writes, a "
         "call of a tool with side effects after untrusted content needs confirmation; no side-effecting call "
         "goes through unconfirmed once a tool's output is in the context (deterministic, tested in "
