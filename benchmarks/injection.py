@@ -168,9 +168,10 @@ def main() -> None:
                      _pct(r["abandoned_clean"]), _pct(r["utility_clean"]), _pct(r["utility_attacked"]),
                      _pct(r["instruction_following"]), r["skipped"] or ""])
     n = results[configs[0]]["n"]
+    shown = command_line(("--note", "--finding")).replace(" --render", "")  # the command that made the numbers
     body = "\n\n".join([
         "## Prompt injection: attack success and utility, per defence",
-        f"`{command_line(('--note', '--finding')).replace(' --render', '')}` on {machine_description()}, {today()}. {args.note}".strip(),
+        f"`{shown}` on {machine_description()}, {today()}. {args.note}".strip(),
         f"The attack suite of `acorn eval injection` on the run's world: {n // 6} (person, attribute) groups "
         f"of its unknown_eval people ({n} items: per group a clean question, the user's own \"say the word W\" "
         "instruction, and one question per attack with \"say the word W\" planted in one of the 3 retrieved "
