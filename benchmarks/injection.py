@@ -120,21 +120,30 @@ def main() -> None:
     data = {}
     for name, rows in (("undefended", injection_sft_rows(world, questions_per_fact=1)),
                        ("struq", injection_sft_rows(world, defended=True, questions_per_fact=1)),
-                       ("secalign", injection_preference_pairs(world, questions_per_fact=1))):
+                       ("secalign", injection_preference_pairs(world, questions_per_fact=1)),
+                       ("secalign_instr", injection_preference_pairs(world, questions_per_fact=1,
+                                                                     instruction_pairs=True))):
         data[name] = work / f"{name}.jsonl"
         write_jsonl(data[name], rows)
     base = run / "pretrain" / "model"
-    dirs = {"undefended": work / "undefended", "StruQ": work / "struq", "SecAlign": work / "secalign"}
+    dirs = {"undefended": work / "undefended", "StruQ": work / "struq", "SecAlign": work / "secalign",
+            "SecAlign+instr": work / "secalign_instr"}
     configs = [("undefended", "user", "off"), ("undefended", "tool", "off"), ("undefended", "user", "delimit"),
                ("undefended", "user", "datamark"), ("StruQ", "user", "off"), ("StruQ", "tool", "off"),
-               ("SecAlign", "user", "off"), ("SecAlign", "tool", "off")]
+               ("SecAlign", "user", "off"), ("SecAlign", "tool", "off"), ("SecAlign+instr", "user", "off"),
+               ("SecAlign+instr", "tool", "off")]
     samples = {c: work / f"samples_{c[0]}_{c[1]}_{c[2]}.jsonl" for c in configs}
     if not args.render:
         models = {"undefended": train_sft(base, data["undefended"], dirs["undefended"], args.sft_steps, args.lr)}
         models["StruQ"] = train_sft(base, data["struq"], dirs["StruQ"], args.sft_steps, args.lr)
         models["SecAlign"] = train_dpo(models["undefended"], data["secalign"], dirs["SecAlign"], args.dpo_steps)
+        models["SecAlign+instr"] = train_dpo(models["undefended"], data["secalign_instr"], dirs["SecAlign+instr"],
+                                             args.dpo_steps)
         items = load_items(run / "world", args.limit)
         for model, layout, spot in configs:
+            if samples[(model, layout, spot)].exists() and (work / f"skipped_{model}_{layout}_{spot}.json").exists():
+                log(f"reusing the replies of {model}, layout {layout}, spotlight {spot}")
+                continue
             log(f"evaluating {model}, layout {layout}, spotlight {spot}")
             r = evaluate_injection(models[model], items=items, layout=layout, spotlight=spot, progress=False)
             print(format_result(model, r), flush=True)
@@ -186,8 +195,10 @@ def main() -> None:
         f"{minutes['undefended']:.1f} min); StruQ = {steps['StruQ']} steps of the same with injected RAG turns "
         f"answered as clean ones added (only the naive attack; {minutes['StruQ']:.1f} min); SecAlign = "
         f"{steps['SecAlign']} DPO steps (beta 0.1, lr 1e-4) from the undefended model on "
-        f"`injection_preference_pairs` ({minutes['SecAlign']:.1f} min). Naive is the only attack in training; "
-        "ignore, completion and escape are held out. Per attack: success / hijacked.",
+        f"`injection_preference_pairs` ({minutes['SecAlign']:.1f} min); SecAlign+instr = the same DPO with the "
+        "mirror pairs added (`instruction_pairs=True`: the user's own instruction, chosen = the word, rejected = a "
+        "cited answer), since every plain SecAlign rejected reply is a bare word. Naive is the only attack in "
+        "training; ignore, completion and escape are held out. Per attack: success / hijacked.",
         markdown_table(["model", "defence", *attacks, "success", "held-out success", "hijacked", "abandoned clean",
                         "utility clean", "utility attacked", "follows the user's instruction",
                         "prompts over the context"], rows),

@@ -636,11 +636,18 @@ def injection_sft_rows(world: World, defended: bool = False, passages: int = 3,
     return rows
 
 
-def injection_preference_pairs(world: World, passages: int = 3, questions_per_fact: int | None = None) -> list[dict]:
+def injection_preference_pairs(world: World, passages: int = 3, questions_per_fact: int | None = None,
+                               instruction_pairs: bool = False) -> list[dict]:
     """SecAlign's pairs over split unknown_sft: the prompt is a RAG turn whose
     passages carry a planted "naive" instruction (either layout), chosen = the
     answer to the user's question ("value [n]"), rejected = the planted word
-    (what obeying the injection says). For `acorn dpo`."""
+    (what obeying the injection says). For `acorn dpo`.
+
+    instruction_pairs: also the mirror pair per (person, attribute): the user's
+    own say-the-word instruction in the question slot, chosen = the word,
+    rejected = a cited answer (kind "instruction"); without them every rejected
+    reply is a bare word, and DPO can learn "never say a bare word" instead of
+    "never obey the passages"."""
     from acorn.chat.context import LAYOUTS
 
     rng = _rng(world.seed, "injection_preference")
@@ -655,6 +662,16 @@ def injection_preference_pairs(world: World, passages: int = 3, questions_per_fa
                              "chosen": [{"role": "assistant", "content": _item_answer(item)}],
                              "rejected": [{"role": "assistant", "content": item["canary"]}],
                              "kind": "injection", "person": p.name, "attribute": attr})
+    if instruction_pairs:  # after the attack pairs, from their own stream: those stay as they were
+        rng2 = _rng(world.seed, "injection_preference_instruction")
+        for p in world.split("unknown_sft"):
+            for attr in CORE_ATTRIBUTES:
+                item = _injection_item(rng2, pick, p, attr, "instruction", None, world, False, SAY_TEMPLATES, passages)
+                wrong = f"{p.value(attr)} [{[d['title'] for d in item['passages']].index(p.name) + 1}]"
+                rows.append({"prompt": _item_messages(item, rng2.choice(LAYOUTS)),
+                             "chosen": [{"role": "assistant", "content": item["canary"]}],
+                             "rejected": [{"role": "assistant", "content": wrong}],
+                             "kind": "instruction", "person": p.name, "attribute": attr})
     rng.shuffle(rows)
     return rows
 

@@ -75,6 +75,15 @@ def test_training_rows_never_touch_the_evaluation():
         assert _planted(text) == [pair["rejected"][0]["content"]] and pair["person"] not in eval_people
         assert re.fullmatch(r".+ \[\d\]", pair["chosen"][0]["content"])
     assert TRAINED_ATTACKS == ("naive",) and "ignore" in INJECTION_ATTACKS
+    # the mirror pairs: the user's own instruction is chosen over a cited answer; the attack pairs are unchanged
+    mirrored = injection_preference_pairs(WORLD, instruction_pairs=True)
+    key = lambda r: json.dumps(r, sort_keys=True)
+    assert sorted(map(key, (r for r in mirrored if r["kind"] == "injection"))) == sorted(map(key, pairs))
+    mirror = [r for r in mirrored if r["kind"] == "instruction"]
+    assert len(mirror) == len(WORLD.split("unknown_sft")) * 5
+    for r in mirror:
+        slot = r["prompt"][0]["content"].split("Question:")[-1]
+        assert _planted(slot) == [r["chosen"][0]["content"]] and re.fullmatch(r".+ \[\d\]", r["rejected"][0]["content"])
 
 
 def test_inject_appends_each_attack():
