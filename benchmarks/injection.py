@@ -95,7 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="a speedrun directory with world/ and pretrain/model")
     ap.add_argument("--work", default=str(CACHE / "injection"), help="where the trained models go (reused if there)")
-    ap.add_argument("--sft-steps", type=int, default=250)
+    ap.add_argument("--sft-steps", type=int, default=600)
     ap.add_argument("--dpo-steps", type=int, default=60)
     ap.add_argument("--lr", type=float, default=2e-3, help="SFT peak learning rate")
     ap.add_argument("--limit", type=int, default=100, help="(person, attribute) groups of the suite (6 items each)")
