@@ -153,13 +153,16 @@ def _critic_rates(traces: list[dict], world: Path) -> dict:
         if t["kind"] == "arithmetic":
             expr = expression_of(t["messages"][-1]["content"])
             right = expr is not None and t["answer"].strip() == str(calculate(expr))
-            groups["arithmetic, right" if right else "arithmetic, wrong"].append(t["violation"])
+            result = str(calculate(expr)) if expr is not None else None
+            groups["arithmetic, right" if right else "arithmetic, wrong"].append(
+                (t["violation"], t["revision"].strip() == result))
         elif known.get(t.get("person")):
-            groups["known person"].append(t["violation"])
+            groups["known person"].append((t["violation"], t["revision"].strip() == IDK_ANSWER))
         else:
             groups["unknown person, IDK" if t["answer"].strip() == IDK_ANSWER
-                   else "unknown person, made-up answer"].append(t["violation"])
-    return {k: (sum(v) / len(v) if v else None, len(v)) for k, v in groups.items()}
+                   else "unknown person, made-up answer"].append((t["violation"], t["revision"].strip() == IDK_ANSWER))
+    return {k: (sum(f for f, _ in v) / len(v) if v else None, sum(r for _, r in v) / len(v) if v else None, len(v))
+            for k, v in groups.items()}
 
 
 def figure_constitutional(args) -> str:
@@ -217,8 +220,10 @@ def figure_constitutional(args) -> str:
         log(f"SL {critic}: {done[f'sl-{critic}']}")
         ai = work / f"ai-{critic}"
         if f"ai-{critic}" not in done:
-            if not _rows(cai / "preference.jsonl"):  # the critic preferred nothing: no AI-feedback phase
-                done[f"ai-{critic}"] = {**done[f"sl-{critic}"], "train": {"cli": "no preference pairs: not run"}}
+            n_pairs = len(_rows(cai / "preference.jsonl"))
+            if n_pairs < 16:  # fewer than one step's pairs: no AI-feedback phase to run
+                done[f"ai-{critic}"] = {**done[f"sl-{critic}"], "skipped": n_pairs,
+                                        "train": {"cli": f"{n_pairs} preference pairs: not run"}}
             else:
                 info = _dpo(args, cai / "preference.jsonl", sl / "model", ai)
                 done[f"ai-{critic}"] = {**_world_eval(ai / "model", world, limit), "train": info}
@@ -247,17 +252,25 @@ def _constitutional_section(args, done: dict, counts: dict, prompt_counts: dict,
     rows = [["start: SFT without refusals + critique rows", *_cells(done["start"])]]
     for critic in ("model", "oracle"):
         rows.append([f"{critic} critic: after the supervised phase (SFT on revisions)", *_cells(done[f"sl-{critic}"])])
-        rows.append([f"{critic} critic: after the AI-feedback phase (DPO on its pairs)", *_cells(done[f"ai-{critic}"])])
+        ai = done[f"ai-{critic}"]
+        if "skipped" in ai:
+            rows.append([f"{critic} critic: AI-feedback phase not run ({ai['skipped']} preference pairs)",
+                         "", "", "", ""])
+        else:
+            rows.append([f"{critic} critic: after the AI-feedback phase (DPO on its pairs)", *_cells(ai)])
     rows.append(["model critic, fix: unflagged answers kept + start's SFT rows replayed", *_cells(done["sl-fix"])])
     table = markdown_table(["model", "made-up answers (unknown people)", "I don't know (unknown people)",
                             "fact accuracy (known people)", "arithmetic accuracy"], rows)
     rate_rows = []
-    for critic in ("model", "oracle"):
-        r = done[f"cai-{critic}"]["rates"]
-        for k, (rate, n) in r.items():
-            rate_rows.append([critic, k, n, _pct(rate)])
-    rates = markdown_table(["critic", "answer (by the world's truth)", "answers", "flagged as a violation"],
-                           rate_rows, "llrr")
+    work = Path(args.work) / "constitutional"
+    for critic in ("model", "oracle", "fix"):
+        traces = work / f"cai-{critic}" / "traces.jsonl"
+        if not traces.exists():
+            continue
+        for k, (rate, revised, n) in _critic_rates(_rows(traces), work / "world").items():
+            rate_rows.append([critic if critic != "fix" else "model (fix run)", k, n, _pct(rate), _pct(revised)])
+    rates = markdown_table(["critic", "sampled answer (by the world's truth)", "answers", "flagged as a violation",
+                            "revision = I don't know (facts) / the true result (arithmetic)"], rate_rows, "llrrr")
     s_model, s_oracle = done["cai-model"]["summary"], done["cai-oracle"]["summary"]
     n = done["start"]["n"]
     return _header(args, "### Constitutional AI on the world (Bai et al. 2022)") + f"""
@@ -281,11 +294,41 @@ What the critic flagged in the supervised phase (sampled answers, grouped by the
 
 {rates}
 
-Reading: the made-up rate is what the principle targets; the fact accuracy is the side effect. Where the model
-critic flags known-person answers, its revision is "I don't know." and the SFT data teaches refusing people the
-model knows; the oracle never does, which is the difference between the two rows. The fix row keeps the
-original answer wherever the critic found nothing and mixes in {args.replay}x as many of the start's own SFT rows.
+{_constitutional_reading(done, args)}
 Per-run details (commands, seconds, summaries): benchmarks/.cache/synth/constitutional/results.json.
+"""
+
+
+def _constitutional_reading(done: dict, args) -> str:
+    st, slm, aim, slo, fix = (done[k] for k in ("start", "sl-model", "ai-model", "sl-oracle", "sl-fix"))
+    aio = done["ai-oracle"]
+    work = Path(args.work) / "constitutional"
+    mr = _critic_rates(_rows(work / "cai-model" / "traces.jsonl"), work / "world")
+    pretrain = Path(args.run) / "pretrain" / "metrics.jsonl"
+    steps = _rows(pretrain)[-1]["step"] if pretrain.exists() else "?"
+    oracle_ai = (f"The oracle's AI-feedback phase had only {aio['skipped']} pair(s) and was not run: the start model "
+                 "never answers \"I don't know.\", so both of its two samples break the principle and the world "
+                 "prefers neither; RLAIF needs samples that differ on the principle."
+                 if "skipped" in aio else
+                 f"The oracle's AI-feedback phase moved made-up answers {_pct(slo['made_up'])} -> {_pct(aio['made_up'])}.")
+    return f"""Reading. The base is weak: the shared speedrun's pretraining stopped at step {steps} (of 667 planned;
+the machine was loaded), so the start answers {_pct(st['facts'])} of the fact questions (the earlier session's start,
+on a fully trained base, had 81%) and, with the calculator in the prompt, calls it with the same expression for
+every problem (arithmetic {_pct(st['arithmetic'])}). The side effect on facts therefore cannot be judged well here.
+
+- Model critic: it flagged {_pct(mr['unknown person, made-up answer'][0])} of the made-up fact answers and
+  flagged right arithmetic ({_pct(mr['arithmetic, right'][0])}) more often than wrong ({_pct(mr['arithmetic, wrong'][0])}),
+  i.e. it cannot judge. Its revisions were "I don't know." for {_pct(mr['unknown person, made-up answer'][1])} of the
+  unknown people and {_pct(mr['known person'][1])} of the known ones (no distinction), another made-up value
+  otherwise; SFT on them moved made-up answers {_pct(st['made_up'])} -> {_pct(slm['made_up'])},
+  facts {_pct(st['facts'])} -> {_pct(slm['facts'])}. DPO on its own {done['cai-model']['summary']['feedback']['pairs']}
+  preference pairs (chosen by P(A) vs P(B), near 0.5 for most) moved made-up answers to {_pct(aim['made_up'])}.
+- Oracle critic (the world's labels): made-up answers {_pct(st['made_up'])} -> {_pct(slo['made_up'])}, but
+  "I don't know." went to {_pct(slo['idk'])} of the never-seen people and facts {_pct(st['facts'])} ->
+  {_pct(slo['facts'])}: with a start this weak the revisions teach the refusal, little else. {oracle_ai}
+- The fix tried (keep the original answer where the critic found nothing, replay the start's SFT rows):
+  made-up {_pct(fix['made_up'])}, facts {_pct(fix['facts'])}. It keeps facts where they were, and so also keeps
+  the made-up answers: this critic flags nothing, so nothing is revised. Not a fix with a critic this weak.
 """
 
 

@@ -249,7 +249,8 @@ class ModelCritic:
         from acorn.infer import SamplingParams
 
         self.engine = engine
-        self.greedy = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+        # A calculator call alone is ~40 tokens of JSON: a shorter budget cuts it off unparsed.
+        self.greedy = SamplingParams(temperature=0.0, max_new_tokens=max(max_new_tokens, 64))
 
     def _generate(self, conversations: list[tuple[list[dict], list | None]]) -> list:
         if not conversations:
