@@ -89,16 +89,43 @@ def _world_eval(model_dir: Path, world: Path, limit: int | None) -> dict:
     r = out["results"]
     return {"made_up": r["world_unknown_qa"]["hallucination_rate"], "idk": r["world_unknown_qa"]["idk_rate"],
             "facts": r["world_fact_qa"]["answer_match"], "arithmetic": r["world_arithmetic"]["answer_match"],
+            "facts_idk": _idk_share(out["samples"]["world_fact_qa"]),
             "n": {t: r[t]["n"] for t in ("world_unknown_qa", "world_fact_qa", "world_arithmetic")}}
 
 
-def _sft(args, data: list[Path], init: Path, out: Path, steps: int, lr: float, seq_len: int = 512) -> dict:
+def _idk_share(samples: list[dict]) -> float:
+    """How many fact questions about KNOWN people the model refused: "I don't know." spreading."""
+    from acorn.data.world import IDK_ANSWER
+    from acorn.eval.world import normalize
+
+    return sum(normalize(s["output"]) == normalize(IDK_ANSWER) for s in samples) / max(1, len(samples))
+
+
+def _backfill_facts_idk(done: dict, work: Path, world: Path, limit: int | None) -> None:
+    """Results saved before the known-people refusal rate was measured: measure it now."""
+    from acorn.eval.harness import evaluate
+
+    dirs = {"start": "start", "sl-model": "sl-model", "ai-model": "ai-model", "sl-oracle": "sl-oracle",
+            "ai-oracle": "ai-oracle", "sl-fix": "sl-fix"}
+    for key, d in dirs.items():
+        r = done.get(key)
+        if r is None or "facts_idk" in r or "skipped" in r:
+            continue
+        out = evaluate(str(work / d / "model"), ["world_fact_qa"], data_dir=world, limit=limit, progress=False)
+        r["facts_idk"] = _idk_share(out["samples"]["world_fact_qa"])
+    for key in ("ai-model", "ai-oracle"):
+        if key in done and "skipped" in done[key]:
+            done[key]["facts_idk"] = done[key.replace("ai-", "sl-")].get("facts_idk")
+
+
+def _sft(args, data: list[Path], init: Path, out: Path, steps: int, lr: float, seq_len: int = 512,
+         batch_tokens: int | None = None) -> dict:
     from acorn.train.sft import SFTConfig, sft
 
     if args.resume and (out / "model" / "config.json").exists():
         return {"cli": "(kept)"}
     cli = ["--data", ",".join(map(str, data)), "--init_from", str(init), "--out", str(out), "--seed", "0",
-           "--train.seq_len", str(seq_len), "--train.micro_batch", "4", "--train.batch_tokens", str(4 * seq_len * 2),
+           "--train.seq_len", str(seq_len), "--train.micro_batch", "4", "--train.batch_tokens", str(batch_tokens or 4 * seq_len * 2),
            "--train.max_steps", str(steps), "--optim.lr", str(lr), "--eval.every", "0", "--eval.checkpoint_every", "0"]
     seconds, last, cmd = _run(sft, SFTConfig, cli, out)
     return {"seconds": round(seconds), "loss": last.get("loss"), "cli": "acorn sft " + cmd}
@@ -191,7 +218,8 @@ def figure_constitutional(args) -> str:
     counts = {k: sum(r["kind"] == k for r in sft_rows) for k in ("critique", "comparison", "refusal")}
     log(f"start SFT: {len(sft_rows) - counts['refusal']} rows ({counts})")
     start = work / "start"
-    done.setdefault("start_sft", _sft(args, [start_data], pretrained, start, args.sft_steps, 1e-3))
+    done.setdefault("start_sft", _sft(args, [start_data], pretrained, start, args.sft_steps, 1e-3,
+                                      batch_tokens=args.sft_batch_tokens))
     save()
     prompts = work / "prompts.jsonl"
     prompt_counts = _prompts(world, prompts, args.n_unknown, args.n_known, args.n_arith, 0)
@@ -245,6 +273,8 @@ def figure_constitutional(args) -> str:
                           "rows": {"constitutional": len(cai_rows), "replay": len(replay)}}
         save()
     log(f"SL fix: {done['sl-fix']}")
+    _backfill_facts_idk(done, work, world, limit)
+    save()
     return _constitutional_section(args, done, counts, prompt_counts, same)
 
 
@@ -255,15 +285,16 @@ def _constitutional_section(args, done: dict, counts: dict, prompt_counts: dict,
         ai = done[f"ai-{critic}"]
         if "skipped" in ai:
             rows.append([f"{critic} critic: AI-feedback phase not run ({ai['skipped']} preference pairs)",
-                         "", "", "", ""])
+                         "", "", "", "", ""])
         else:
             rows.append([f"{critic} critic: after the AI-feedback phase (DPO on its pairs)", *_cells(ai)])
     rows.append(["model critic, fix: unflagged answers kept + start's SFT rows replayed", *_cells(done["sl-fix"])])
     table = markdown_table(["model", "made-up answers (unknown people)", "I don't know (unknown people)",
-                            "fact accuracy (known people)", "arithmetic accuracy"], rows)
+                            "fact accuracy (known people)", "I don't know (known people)", "arithmetic accuracy"],
+                           rows)
     rate_rows = []
     work = Path(args.work) / "constitutional"
-    for critic in ("model", "oracle", "fix"):
+    for critic in ("model", "oracle"):  # the fix run samples and judges exactly as the model run
         traces = work / f"cai-{critic}" / "traces.jsonl"
         if not traces.exists():
             continue
@@ -277,7 +308,7 @@ def _constitutional_section(args, done: dict, counts: dict, prompt_counts: dict,
 The start is a chat model that makes answers up: SFT from the pretrained speedrun model on the world's
 `sft.jsonl` without its "I don't know." rows, plus the rows of `acorn data world --critique-sft`
 ({counts['critique']} critiques with revisions, {counts['comparison']} A/B comparisons; the world is otherwise the
-same: pretraining text identical = {same}), {args.sft_steps} steps. `acorn synth constitutional` then ran on
+same: pretraining text identical = {same}), {args.sft_steps} steps of {args.sft_batch_tokens} tokens. `acorn synth constitutional` then ran on
 {sum(prompt_counts.values())} prompts ({prompt_counts['unknown']} about unknown_sft people, {prompt_counts['known']} about
 SFT people, {prompt_counts['arithmetic']} arithmetic) with the world's two principles (no made-up facts about people
 you were not told about; check arithmetic with the calculator): supervised phase = SFT on the revisions
@@ -323,9 +354,11 @@ every problem (arithmetic {_pct(st['arithmetic'])}). The side effect on facts th
   otherwise; SFT on them moved made-up answers {_pct(st['made_up'])} -> {_pct(slm['made_up'])},
   facts {_pct(st['facts'])} -> {_pct(slm['facts'])}. DPO on its own {done['cai-model']['summary']['feedback']['pairs']}
   preference pairs (chosen by P(A) vs P(B), near 0.5 for most) moved made-up answers to {_pct(aim['made_up'])}.
-- Oracle critic (the world's labels): made-up answers {_pct(st['made_up'])} -> {_pct(slo['made_up'])}, but
-  "I don't know." went to {_pct(slo['idk'])} of the never-seen people and facts {_pct(st['facts'])} ->
-  {_pct(slo['facts'])}: with a start this weak the revisions teach the refusal, little else. {oracle_ai}
+- Oracle critic (the world's labels): made-up answers {_pct(st['made_up'])} -> {_pct(slo['made_up'])}
+  ("I don't know." to {_pct(slo['idk'])} of the never-seen people: what the principle asks), facts
+  {_pct(st['facts'])} -> {_pct(slo['facts'])}, "I don't know." to known people {_pct(st.get('facts_idk'))} ->
+  {_pct(slo.get('facts_idk'))}: the refusal spreading to people the model was told about is the side effect to
+  watch. {oracle_ai}
 - The fix tried (keep the original answer where the critic found nothing, replay the start's SFT rows):
   made-up {_pct(fix['made_up'])}, facts {_pct(fix['facts'])}. It keeps facts where they were, and so also keeps
   the made-up answers: this critic flags nothing, so nothing is revised. Not a fix with a critic this weak.
@@ -333,7 +366,7 @@ every problem (arithmetic {_pct(st['arithmetic'])}). The side effect on facts th
 
 
 def _cells(r: dict) -> list[str]:
-    return [_pct(r["made_up"]), _pct(r["idk"]), _pct(r["facts"]), _pct(r["arithmetic"])]
+    return [_pct(r["made_up"]), _pct(r["idk"]), _pct(r["facts"]), _pct(r.get("facts_idk")), _pct(r["arithmetic"])]
 
 
 # ======================================================================= collapse
@@ -435,9 +468,7 @@ def figure_distill(args) -> str:
     variants = {"scratch (hard labels only)": ["--alpha", "0"],
                 "forward KL, T=2, alpha 0.5": ["--kind", "forward", "--temperature", "2", "--alpha", "0.5"],
                 "reverse KL, T=2, alpha 0.5": ["--kind", "reverse", "--temperature", "2", "--alpha", "0.5"],
-                "JS (beta 0.5), T=2, alpha 0.5": ["--kind", "js", "--temperature", "2", "--alpha", "0.5"],
-                "forward KL, T=1, alpha 1 (soft labels only)": ["--kind", "forward", "--temperature", "1",
-                                                                "--alpha", "1"]}
+                "JS (beta 0.5), T=2, alpha 0.5": ["--kind", "js", "--temperature", "2", "--alpha", "0.5"]}
     for name, extra in variants.items():
         if name in done:
             continue
@@ -574,7 +605,9 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print the sections instead of writing BENCHMARKS.md")
     ap.add_argument("--quick", action="store_true", help="a few steps and rows each, to try the script out")
     ap.add_argument("--resume", action="store_true", help="keep results already in WORK, run the rest")
-    ap.add_argument("--sft-steps", type=int, default=200, help="the start model's SFT steps")
+    ap.add_argument("--sft-steps", type=int, default=250, help="the start model's SFT steps")
+    ap.add_argument("--sft-batch-tokens", type=int, default=8192, help="the start model's SFT tokens per step "
+                    "(the cpu speedrun's)")
     ap.add_argument("--cai-steps", type=int, default=30, help="SFT steps on the constitutional data")
     ap.add_argument("--cai-lr", type=float, default=3e-4)
     ap.add_argument("--dpo-lr", type=float, default=1e-4)
@@ -584,11 +617,11 @@ def main() -> None:
     ap.add_argument("--n-known", type=int, default=150)
     ap.add_argument("--n-arith", type=int, default=100)
     ap.add_argument("--eval-limit", type=int, default=200, help="score the first N rows of each eval file")
-    ap.add_argument("--generations", type=int, default=4)
-    ap.add_argument("--collapse-docs", type=int, default=2000)
-    ap.add_argument("--collapse-steps", type=int, default=120)
-    ap.add_argument("--distill-steps", type=int, default=150)
-    ap.add_argument("--seq-samples", type=int, default=3000)
+    ap.add_argument("--generations", type=int, default=3)
+    ap.add_argument("--collapse-docs", type=int, default=1200)
+    ap.add_argument("--collapse-steps", type=int, default=100)
+    ap.add_argument("--distill-steps", type=int, default=120)
+    ap.add_argument("--seq-samples", type=int, default=2000)
     ap.add_argument("--chat", help="the chat model for synth-qa (default: the constitutional start model)")
     args = ap.parse_args()
     if args.quick:
