@@ -342,26 +342,35 @@ def _constitutional_reading(done: dict, args) -> str:
                  "prefers neither; RLAIF needs samples that differ on the principle."
                  if "skipped" in aio else
                  f"The oracle's AI-feedback phase moved made-up answers {_pct(slo['made_up'])} -> {_pct(aio['made_up'])}.")
-    return f"""Reading. The base is weak: the shared speedrun's pretraining stopped at step {steps} (of 667 planned;
-the machine was loaded), so the start answers {_pct(st['facts'])} of the fact questions (the earlier session's start,
-on a fully trained base, had 81%) and, with the calculator in the prompt, calls it with the same expression for
-every problem (arithmetic {_pct(st['arithmetic'])}). The side effect on facts therefore cannot be judged well here.
+    known = {p.name: p.known for p in __import__("acorn.data.world", fromlist=["read_world"]).read_world(
+        work / "world" / "world.json").people}
+    kt = [t for t in _rows(work / "cai-model" / "traces.jsonl") if t["kind"] == "fact" and known.get(t.get("person"))]
+    unflagged = [t for t in kt if not t["violation"]]
+    kept = sum(t["revision"].strip() == t["answer"].strip() for t in unflagged)
+    return f"""Reading. The base is weak: the shared speedrun's pretraining stopped at step {steps} of 667 (the machine
+was loaded), so the start answers {_pct(st['facts'])} of the fact questions (the earlier session's start had 81%; the
+speedrun's own SFT of this base, with refusals, 41%) and, with the calculator in the prompt, calls it with one
+expression for every problem (arithmetic {_pct(st['arithmetic'])}): the arithmetic principle has nothing to work with.
 
-- Model critic: it flagged {_pct(mr['unknown person, made-up answer'][0])} of the made-up fact answers and
-  flagged right arithmetic ({_pct(mr['arithmetic, right'][0])}) more often than wrong ({_pct(mr['arithmetic, wrong'][0])}),
-  i.e. it cannot judge. Its revisions were "I don't know." for {_pct(mr['unknown person, made-up answer'][1])} of the
-  unknown people and {_pct(mr['known person'][1])} of the known ones (no distinction), another made-up value
-  otherwise; SFT on them moved made-up answers {_pct(st['made_up'])} -> {_pct(slm['made_up'])},
-  facts {_pct(st['facts'])} -> {_pct(slm['facts'])}. DPO on its own {done['cai-model']['summary']['feedback']['pairs']}
-  preference pairs (chosen by P(A) vs P(B), near 0.5 for most) moved made-up answers to {_pct(aim['made_up'])}.
-- Oracle critic (the world's labels): made-up answers {_pct(st['made_up'])} -> {_pct(slo['made_up'])}
-  ("I don't know." to {_pct(slo['idk'])} of the never-seen people: what the principle asks), facts
-  {_pct(st['facts'])} -> {_pct(slo['facts'])}, "I don't know." to known people {_pct(st.get('facts_idk'))} ->
-  {_pct(slo.get('facts_idk'))}: the refusal spreading to people the model was told about is the side effect to
-  watch. {oracle_ai}
-- The fix tried (keep the original answer where the critic found nothing, replay the start's SFT rows):
-  made-up {_pct(fix['made_up'])}, facts {_pct(fix['facts'])}. It keeps facts where they were, and so also keeps
-  the made-up answers: this critic flags nothing, so nothing is revised. Not a fix with a critic this weak.
+- Model critic, supervised phase: made-up answers {_pct(st['made_up'])} -> {_pct(slm['made_up'])}, but facts
+  {_pct(st['facts'])} -> {_pct(slm['facts'])} (the earlier session's 81% -> 12.8%, reproduced in direction). The
+  critic is poor (it flagged {_pct(mr['unknown person, made-up answer'][0])} of the made-up answers and
+  {_pct(mr['known person'][0])} of the known-person ones), but the larger cause is the revision step: of the
+  {len(unflagged)} known-person answers the critic found nothing wrong with, the revision repeated the answer only
+  {kept} times; it wrote "I don't know." or another value instead, and SFT on the revisions teaches those. So
+  the side effect is only partly "I don't know." spreading (known people refused {_pct(st.get('facts_idk'))} ->
+  {_pct(slm.get('facts_idk'))}); mostly the revisions re-draw the facts.
+- AI-feedback phase: DPO on the model's own {done['cai-model']['summary']['feedback']['pairs']} pairs (P(A) vs P(B)
+  mostly near 0.5) made it worse: made-up {_pct(slm['made_up'])} -> {_pct(aim['made_up'])}, facts
+  {_pct(aim['facts'])}, as in the earlier session (it never helped).
+- Oracle critic (the world's labels): made-up {_pct(st['made_up'])} -> {_pct(slo['made_up'])} ("I don't know." to
+  {_pct(slo['idk'])} of the never-seen people, as the principle asks), facts {_pct(st['facts'])} ->
+  {_pct(slo['facts'])}, known people refused {_pct(slo.get('facts_idk'))}: facts fall here too because the
+  rows for known people repeat the model's own answers sampled at temperature 1, mostly wrong. {oracle_ai}
+- The fix (measured): keep the original answer wherever the critic found nothing, and replay as many of the
+  start's own SFT rows: made-up {_pct(fix['made_up'])}, facts {_pct(fix['facts'])}, known people refused
+  {_pct(fix.get('facts_idk'))}: it keeps most of the gain on made-up answers and most of the facts; the rest
+  of the loss is the known-person answers the critic flagged (revised to "I don't know.") and the sampled answers.
 """
 
 
