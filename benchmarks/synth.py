@@ -527,7 +527,22 @@ Equal student compute: the teacher's forward passes are extra (seconds include t
 
 {markdown_table(["model", "val loss", "fact multiple choice", "seconds"], rows)}
 
+{_distill_reading(done, variants)}
 Per-run commands: benchmarks/.cache/synth/distill/results.json.
+"""
+
+
+def _distill_reading(done: dict, variants: dict) -> str:
+    names = list(variants)
+    scratch = done[names[0]]["val_loss"]
+    diffs = ", ".join(f"{n.split(',')[0]} {done[n]['val_loss'] - scratch:+.3f}" for n in names[1:])
+    best = min(names[1:], key=lambda n: done[n]["val_loss"])
+    return f"""Reading: against the scratch student at the same steps, the validation loss moved {diffs}. The best,
+{best.split(',')[0]}, is {scratch - done[best]['val_loss']:.3f} nats better in one seed each: too small to claim an
+effect without more seeds; the KL variants are worse (reverse KL most; it is mode-seeking, a plausible reason,
+not tested). Fact multiple choice is near chance for every model, the teacher included
+({_pct(done['teacher']['fact_mc'])}): this base has little factual knowledge to pass on. The earlier session also
+found no effect of token-level distillation at equal compute; T and alpha were not tuned (one setting each).
 """
 
 
@@ -573,6 +588,11 @@ synth-distill was pretrained {args.distill_steps} steps of 4,096 tokens on them,
 steps on the real shards. Both measured on the real validation split.
 
 {markdown_table(["model", "val loss on real text", "fact multiple choice"], rows)}
+
+Reading: training on the teacher's text instead of the real text costs
+{done["teacher's generations (sequence-level distillation)"]['val_loss_real'] - done['real text (scratch)']['val_loss_real']:+.3f}
+nats on real text at the same steps: no gain (the earlier session found none either). The teacher's samples are a
+noisier copy of the same distribution (it is itself at 1.34 nats), and the student is far from fitting either.
 """
 
 
@@ -584,7 +604,7 @@ def figure_qa(args) -> str:
     world = run / "world"
     chat = Path(args.chat) if args.chat else Path(args.work) / "constitutional" / "start" / "model"
     results = {}
-    for name, model in (("world's values", None), (f"chat model ({chat.name if chat else ''})", chat)):
+    for name, model in (("world's values", None), (f"chat model ({chat.parent.name}/{chat.name})", chat)):
         out = work / ("world" if model is None else "model")
         if model is not None and not (model / "config.json").exists():
             continue
@@ -604,8 +624,8 @@ def figure_qa(args) -> str:
 `acorn synth qa --world RUN/world [--model CHAT]`: 5 questions per knowledge-base document (the world's own
 phrasings), answered with the world's value or by the chat model reading the document; then filtered
 (empty or "I don't know." answers, duplicate questions, answers not found in the document) and checked for
-5-gram overlap against the world's eval sets. The chat model is the constitutional section's start model
-(never trained on answering from a passage).
+5-gram overlap against the world's eval sets. The chat model: {chat} (never trained on answering from a
+passage: the world's `--rag-sft` rows teach that).
 
 {markdown_table(["answers by", "candidates", "no answer", "duplicate", "unverifiable", "kept", "kept and correct",
                  "kept pairs overlapping an eval set"], rows)}
@@ -614,10 +634,29 @@ Eval documents a training run on the kept pairs would contaminate:
 
 {markdown_table(["answers by", "eval task", "documents", "contaminated", "fraction", "examples"], crows, "llrrrl")}
 
-The knowledge base holds the people that world_unknown_qa asks about, so Q-A pairs made from it contaminate that
-eval set even though no eval text was copied: the questions share the eval's phrasing and the person's name.
-`--decontaminate` drops those pairs (tested in tests/synth/test_collapse_qa.py).
+{_qa_reading(results)}
 """
+
+
+def _qa_reading(results: dict) -> str:
+    w = results.get("world's values")
+    m = next((v for k, v in results.items() if k.startswith("chat model")), None)
+    lines = []
+    if w:
+        u, f = w["contamination"]["tasks"]["world_unknown_qa"], w["contamination"]["tasks"]["world_fact_qa"]
+        lines.append(f"""Reading. The pairs from the knowledge base are all kept (the world's answers are in their
+documents by construction), and {w['filters']['contaminated']} of them overlap an eval set: the knowledge base
+holds the people world_unknown_qa asks about, so {u['contaminated']} of its {u['documents']} questions
+({_pct(u['fraction'])}) would be in the training data although no eval text was copied (same phrasing, same name;
+at 5 words a question is nearly all name and phrasing). The {f['contaminated']} world_fact_qa hits are false
+positives of a short n-gram: a company name shared by many people ("{f['examples'][0] if f['examples'] else ''}").
+`--decontaminate` drops the overlapping pairs (tests/synth/test_collapse_qa.py).""")
+    if m:
+        mf = m["filters"]
+        lines.append(f"""The chat model's answers: {mf['kept']} of {mf['candidates']} kept ({mf['unverifiable']}
+not found in the document, {mf['no_answer']} "I don't know." or empty), {mf['correct']} of the kept equal to the
+world's value: a model not taught to read passages gives no usable synthetic data, and the filter is what says so.""")
+    return "\n\n".join(lines)
 
 
 FIGURES = {"constitutional": ("synth-constitutional", figure_constitutional),
