@@ -315,9 +315,10 @@ you were not told about; check arithmetic with the calculator): supervised phase
 ({args.cai_steps} steps, lr {args.cai_lr:g}); AI-feedback phase = DPO (beta 0.1, lr {args.dpo_lr:g},
 {args.dpo_epochs:g} epochs) on the critic's preference pairs ({s_model['feedback']['pairs']} pairs from the model
 critic, {s_oracle['feedback']['pairs']} from the oracle). The oracle is the same pipeline with the world's labels
-as the critic. Evaluated greedily on people and problems in no training prompt: world_unknown_qa
-({n['world_unknown_qa']} questions about never-seen people), world_fact_qa ({n['world_fact_qa']} questions),
-world_arithmetic ({n['world_arithmetic']} problems, calculator available).
+as the critic. Evaluated greedily (the first {args.eval_limit} rows of each eval file): world_unknown_qa
+({n['world_unknown_qa']} questions about never-seen people, in no training data), world_fact_qa
+({n['world_fact_qa']} questions about known people, SFT-asked and pretraining-only facts), world_arithmetic
+({n['world_arithmetic']} problems of 1-4 digits, calculator available).
 
 {table}
 
@@ -349,7 +350,7 @@ def _constitutional_reading(done: dict, args) -> str:
     kept = sum(t["revision"].strip() == t["answer"].strip() for t in unflagged)
     return f"""Reading. The base is weak: the shared speedrun's pretraining stopped at step {steps} of 667 (the machine
 was loaded), so the start answers {_pct(st['facts'])} of the fact questions (the earlier session's start had 81%; the
-speedrun's own SFT of this base, with refusals, 41%) and, with the calculator in the prompt, calls it with one
+speedrun's own SFT of this base, with refusals and 4x the SFT tokens, 41% on all 1,080 questions) and, with the calculator in the prompt, calls it with one
 expression for every problem (arithmetic {_pct(st['arithmetic'])}): the arithmetic principle has nothing to work with.
 
 - Model critic, supervised phase: made-up answers {_pct(st['made_up'])} -> {_pct(slm['made_up'])}, but facts
