@@ -259,6 +259,7 @@ def plot(runs: list[list[dict]], path: str | Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from acorn.fileio import atomic_path
 
@@ -270,6 +271,7 @@ def plot(runs: list[list[dict]], path: str | Path) -> None:
             ax.plot([r["generation"] for r in rows], [r[key] for r in rows], marker="o", label=rows[0]["mode"])
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("generation")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.tight_layout()

@@ -249,13 +249,20 @@ class ModelCritic:
         from acorn.infer import SamplingParams
 
         self.engine = engine
-        self.greedy = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+        # A calculator call alone is ~40 tokens of JSON: a shorter budget cuts it off unparsed.
+        self.greedy = SamplingParams(temperature=0.0, max_new_tokens=max(max_new_tokens, 64))
 
     def _generate(self, conversations: list[tuple[list[dict], list | None]]) -> list:
         if not conversations:
             return []
+        from acorn.infer.sequence import Completion
+
         prompts = [self.engine.chat_prompt(m, tools=t) for m, t in conversations]
-        completions = self.engine.generate(prompts, self.greedy)
+        # A conversation past the model's context (a long critique quoted back) gets an empty
+        # reply, which gives no training row, instead of stopping the whole run.
+        fits = [i for i, p in enumerate(prompts) if len(p) < self.engine.model.config.max_seq_len]
+        done = dict(zip(fits, self.engine.generate([prompts[i] for i in fits], self.greedy) if fits else []))
+        completions = [done.get(i) or Completion(len(p), [], "", "length") for i, p in enumerate(prompts)]
         for (_, tools), c in zip(conversations, completions):
             if tools:
                 self.engine.parse_tools(c)

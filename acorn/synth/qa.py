@@ -13,8 +13,9 @@ Filters, in this order, each counted:
   1. empty or "I don't know." answers dropped;
   2. duplicates dropped: the same question after normalising case, punctuation and
      spaces (the first kept);
-  3. unverifiable answers dropped: the answer must occur in its document (normalised
-     the same way), so the pair says nothing the source does not.
+  3. unverifiable answers dropped: the answer must occur in its document as whole words
+     (normalised the same way) and be longer than one character, so the pair says nothing
+     the source does not.
 
 Contamination (acorn.eval.contamination's n-grams of words, lm-eval's normalisation):
 the pairs against the evaluation sets, both ways round — per task, the eval documents
@@ -98,7 +99,8 @@ def filter_pairs(rows: list[dict]) -> tuple[list[dict], dict]:
             counts["duplicate"] += 1
             continue
         seen.add(q)
-        if f" {norm(a)} " not in f" {norm(r['document'])} ":
+        # Whole words of the document; one letter ("a", "I") is in almost every document and verifies nothing.
+        if len(norm(a)) < 2 or f" {norm(a)} " not in f" {norm(r['document'])} ":
             counts["unverifiable"] += 1
             continue
         kept.append(r)

@@ -64,10 +64,11 @@ def test_filters_drop_unanswered_duplicate_and_unverifiable_pairs():
             {"question": "When was Ana Bell born?", "answer": "I don't know.", "document": doc},
             {"question": "Who employs Ana Bell?", "answer": "Quil Labs", "document": doc},  # not in the document
             {"question": "In which year was Ana Bell born?", "answer": "1950", "document": doc},
-            {"question": "Born?", "answer": "195", "document": doc}]  # a part of a word does not count
+            {"question": "Born?", "answer": "195", "document": doc},  # a part of a word does not count
+            {"question": "Who?", "answer": "A", "document": doc + " A city."}]  # one letter verifies nothing
     kept, counts = filter_pairs(rows)
     assert [r["answer"] for r in kept] == ["Velmora", "1950"]
-    assert counts == {"candidates": 6, "no_answer": 1, "duplicate": 1, "unverifiable": 2, "kept": 2}
+    assert counts == {"candidates": 7, "no_answer": 1, "duplicate": 1, "unverifiable": 3, "kept": 2}
 
 
 def test_world_qa_is_contaminated_by_the_knowledge_base_and_decontaminated(tiny_world, tmp_path):

@@ -207,3 +207,25 @@ def test_bad_input_is_one_line_exit_2(chat_model, cworld, tmp_path, capsys):
         assert main(base + extra) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err
+
+
+def test_sft_rows_train_on_the_revision_or_keep_unflagged_answers():
+    from acorn.synth.constitution import sft_rows
+
+    q = [{"role": "user", "content": "Where was Ana Bell born?"}]
+    traces = [{"messages": q, "kind": "fact", "principle": "p", "answer": "Velmora", "violation": False,
+               "revision": "Velmora, a city"},
+              {"messages": q, "kind": "fact", "principle": "p", "answer": "Osmora", "violation": True,
+               "revision": IDK_ANSWER},
+              {"messages": q, "kind": "fact", "principle": "p", "answer": "x", "violation": True, "revision": ""}]
+    assert [r["messages"][-1]["content"] for r in sft_rows(traces)] == ["Velmora, a city", IDK_ANSWER]
+    assert [r["messages"][-1]["content"] for r in sft_rows(traces, keep_unflagged=True)] == ["Velmora", IDK_ANSWER]
+
+
+@pytest.mark.parametrize("question, expr", [("What is 12 + 5?", "12+5"), ("Compute 7 times 8.", "7*8"),
+                                             ("12 - 30 = ?", "12-30"), ("Who employs Ana Bell?", None)])
+def test_arithmetic_expressions_of_world_questions(question, expr):
+    from acorn.synth.constitution import expression_of, prompt_kind
+
+    assert expression_of(question) == expr
+    assert prompt_kind({}, question) == ("arithmetic" if expr else "fact")

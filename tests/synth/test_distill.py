@@ -151,3 +151,16 @@ def test_generate_replies_and_documents(checkpoint, tmp_path, capsys):
     assert main(["synth", "generate", "--model", str(checkpoint[0]), "--samples", "3", "--out", str(docs)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(["synth", "generate", "--model", str(checkpoint[0]), "--out", str(tmp_path / "x.jsonl")]) == 2
+
+
+def test_bad_settings_are_one_line_errors(tmp_path, capsys):
+    from acorn.errors import AcornError
+
+    with pytest.raises(AcornError, match="unknown distillation divergence"):
+        divergence(_logits(0), _logits(1), "kl")
+    with pytest.raises(AcornError, match="use kind forward"):
+        divergence(_logits(0), _logits(1), "js", beta=0.0)
+    assert main(["synth", "distill", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "needs a teacher" in capsys.readouterr().err
+    assert main(["synth", "distill", "--teacher", str(tmp_path), "--data", str(tmp_path), "--alpha", "2"]) == 2
+    assert "alpha" in capsys.readouterr().err
