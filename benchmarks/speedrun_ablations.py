@@ -210,18 +210,19 @@ def transfer(args) -> dict:
                    "--eval.every", str(max(1, args.steps // 4)), "--eval.batches", "10", "--eval.checkpoint_every", "0"]
             pretrain(load(PretrainConfig, None, cli))
         columns = {"base": base / "model"}
-        for epochs in args.sft_epochs:
-            out = root / arm / f"sft-{epochs:g}"
+        for epochs, lr in args.sft:
+            default_lr = lr == p.sft_lr
+            out = root / arm / (f"sft-{epochs:g}" + ("" if default_lr else f"-lr{lr:g}"))
             if not (out / "model" / "config.json").exists():
-                log(f"{arm}: SFT for {epochs:g} epochs")
+                log(f"{arm}: SFT for {epochs:g} epochs at lr {lr:g}")
                 cli = ["--data", str(worlds[arm] / "sft.jsonl"), "--init_from", str(base / "model"), "--out", str(out),
                        "--seed", str(args.seed), "--epochs", str(epochs), "--train.max_steps", "0",
                        "--train.seq_len", str(p.sft_seq_len), "--train.micro_batch",
                        str(max(1, p.micro_batch * p.seq_len // p.sft_seq_len)),
-                       "--train.batch_tokens", str(args.batch_tokens // 2), "--optim.lr", str(p.sft_lr),
+                       "--train.batch_tokens", str(args.batch_tokens // 2), "--optim.lr", str(lr),
                        "--eval.every", "0", "--eval.checkpoint_every", "0"]
                 sft(load(SFTConfig, None, cli))
-            columns[f"sft {epochs:g} epochs"] = out / "model"
+            columns[f"sft {epochs:g} epochs" + ("" if default_lr else f", lr {lr:g}")] = out / "model"
         for column, model in columns.items():
             key = f"{arm} / {column}"
             log(f"evaluating {key}")
@@ -241,7 +242,7 @@ def transfer(args) -> dict:
     manifest = {arm: json.loads((worlds[arm] / "manifest.json").read_text()) for arm in arms}
     return {"command": command_line(), "machine": machine_description(), "date": today(), "size": args.size,
             "steps": args.steps, "batch_tokens": args.batch_tokens, "mixed_qa": args.mixed_qa, "seed": args.seed,
-            "sft_epochs": args.sft_epochs, "load": os.getloadavg(), "note": args.note,
+            "sft": args.sft, "load": os.getloadavg(), "note": args.note,
             "people": {s: sum(q["split"] == s for q in people) for s in ("sft", "heldout")},
             "pretrain_tokens": {arm: manifest[arm]["files"]["pretrain.jsonl"]["tokens"] for arm in arms},
             "results": results}
@@ -289,7 +290,7 @@ def section() -> str:
                   f"for both arms (control: {t['pretrain_tokens']['control']:,} world tokens; mixed: "
                   f"{t['pretrain_tokens']['mixed']:,}, the difference being {t['mixed_qa']} QA documents per fact of the "
                   "SFT people), the cpu preset's model and settings otherwise, one tokenizer; SFT as the speedrun "
-                  "(lr 1e-3, rows of 512) for the epochs shown. Fact questions exact match: `chat` is the report "
+                  "(rows of 512) for the epochs shown, at its lr 1e-3 unless the row says another. Fact questions exact match: `chat` is the report "
                   "card's world_fact_qa (the chat template), `plain` the same questions as \"Question: ...\\nAnswer:\" "
                   "text after BOS; `held out` = facts only biographies stated (pretrain_only), `SFT people` = in_sft "
                   f"({next(iter(res.values()))['n_pretrain_only']} and {next(iter(res.values()))['n_in_sft']} "
@@ -305,6 +306,10 @@ def section() -> str:
     return "\n".join(parts)
 
 
+def _sft_variants(text: str) -> list[tuple[float, float]]:
+    return [(float(e), float(lr)) for e, lr in (v.split("@") for v in text.split(","))]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
@@ -317,8 +322,9 @@ def main() -> None:
     b.add_argument("--steps", type=int, default=250, help="pretraining steps (default: 250)")
     b.add_argument("--batch-tokens", type=int, default=8192, help="pretraining tokens per step (default: 8192)")
     b.add_argument("--mixed-qa", type=int, default=4, help="QA pairs per fact of the SFT people (default: 4)")
-    b.add_argument("--sft-epochs", type=lambda s: [float(x) for x in s.split(",")], default=[6.6, 1.5],
-                   help="SFT lengths to try, comma-separated (default: 6.6,1.5; 6.6 is the cpu speedrun's)")
+    b.add_argument("--sft", type=_sft_variants, default=_sft_variants("6.6@1e-3,1.5@1e-3"),
+                   help="SFT variants to try, EPOCHS@LR comma-separated (default: 6.6@1e-3,1.5@1e-3; 6.6 epochs "
+                   "at 1e-3 is the cpu speedrun's SFT)")
     b.add_argument("--seed", type=int, default=0)
     for s in (a, b):
         s.add_argument("--note", default="", help="a remark for the report (e.g. 'measured with other jobs running')")
