@@ -154,7 +154,8 @@ def throughput(args) -> dict:
     gained = next(r for r in rows if r["variant"] == "torch.compile")["ratio"]
     budget = p.pretrain_minutes * 60
     # Tokens in the pretraining budget compiled vs eager: (budget - compile) * gained vs budget.
-    budget_ratio = max(0.0, budget - compile_s) * gained / budget
+    # (The speedrun's stages plan steps for 92% of a budget and pay the probe's compilation out of it.)
+    budget_ratio = max(0.0, 0.92 * budget - compile_s) * gained / (0.92 * budget)
     return {"command": command_line(), "machine": machine_description(), "date": today(),
             "threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS"),
             "load": os.getloadavg(), "rounds": args.rounds, "steps": args.steps, "tokens_per_step": tokens,
@@ -322,8 +323,9 @@ def section() -> str:
                                   for r in t["rows"]]), "",
                   f"torch.compile's first step took {t['first_step_s']['torch.compile']:.1f} s against eager's "
                   f"{t['first_step_s']['eager (the default)']:.1f} s: compilation costs ~{t['compile_s']:.0f} s of the "
-                  f"9-minute pretraining budget, so a compiled run trains {t['compile_budget_ratio']:.2f}x the eager "
-                  "run's tokens in the same budget (before SFT compiles again).", ""]
+                  "9-minute pretraining budget (the stage plans steps for 92% of it and pays its probe's compilation "
+                  f"out of that), so a compiled run trains {max(0.0, 0.92 * 540 - t['compile_s']) * next(r['ratio'] for r in t['rows'] if r['variant'] == 'torch.compile') / (0.92 * 540):.2f}x the eager run's tokens in the "
+                  "same budget (before SFT compiles again).", ""]
     c_path = OUT / "compile.json"
     if c_path.exists():
         c = json.loads(c_path.read_text())
