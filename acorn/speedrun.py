@@ -434,7 +434,7 @@ def probe(cfg, init_from: Path | None = None, steps: int = 10) -> tuple[float, f
     from acorn import hardware
     from acorn.data.loader import Batch
     from acorn.model.transformer import Transformer
-    from acorn.train.loop import accumulation, train_step
+    from acorn.train.loop import train_step
     from acorn.train.optim import build_optimizers
     from acorn.train.pretrain import next_token_loss
 
