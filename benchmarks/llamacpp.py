@@ -137,17 +137,16 @@ def timed(fn, runs: int, warmup=None) -> list[float]:
 
 class AcornRunner:
     def __init__(self, d: Path, precision: str, pack: bool):
-        import torch
-
         from acorn.infer.engine import Engine
         from acorn.model import quant
         from acorn.model.checkpoint import load
         from acorn.tokenizer.bpe import Tokenizer
 
-        model = load(d / "hf", dtype="float32" if precision != "bf16" else "bfloat16", device="cpu")
+        # Quantized: from the bf16 weights, run with bf16 activations (what a quantized checkpoint
+        # loads in on a CPU with bf16 instructions); the head stays float (acorn.model.quant).
+        model = load(d / "hf", dtype="float32" if precision == "f32" else "bfloat16", device="cpu")
         if precision in ("int8", "int4"):
-            quant.quantize(model, precision)  # the head stays float (acorn.model.quant)
-            model.to(torch.bfloat16)  # bf16 activations: what a quantized checkpoint loads in here
+            quant.quantize(model, precision)
         self.engine = Engine(model, Tokenizer.from_pretrained(d / "hf"), max_num_seqs=64, pack_weights=pack)
         self.vocab = self.engine.tokenizer.vocab_size
 
