@@ -31,6 +31,11 @@ quantization) or when its layers are of kinds it does not fuse. So `pack(model)`
 speeds up inference and changes nothing else: the engine calls it (Engine's
 pack_weights=True, the default), `unpack(model)` takes the caches away.
 
+Quantized models: q/k/v and gate/up of int8 (int4) layers fuse into one int8 (int4) layer,
+their codes and scales concatenated. The output head, which quantization leaves in floating
+point, runs from an int8 copy where the activations are bf16 (pack's int8_head): at batch 1
+it is the largest matrix read per token, and llama.cpp's 8- and 4-bit mixes keep it at 8 bits.
+
 Memory: a packed bf16 copy holds the weights a second time (the model's own stay for
 the backward pass and saving); float32 fusion and the quantized fusion hold the fused
 groups (q/k/v, gate/up) a second time.
@@ -82,9 +87,10 @@ class Pack:
     in the fastest layout this device and dtype have. Calling it returns None where the
     caller must run its plain layers instead (see the module docstring)."""
 
-    def __init__(self, owner: nn.Module, names: tuple[str, ...]):
+    def __init__(self, owner: nn.Module, names: tuple[str, ...], int8: bool = False):
         self.owner, self.names = owner, names
         self.sources = tuple(getattr(owner, n) for n in names)
+        self.int8 = int8  # an int8 copy of a float layer (the head of a quantized model): see pack()
         self._watch = None  # what the packed copy was made from; None: not built
         self._run = None
 
@@ -123,6 +129,9 @@ class Pack:
         if len(kinds) != 1:
             return None
         kind = kinds.pop()
+        if kind is nn.Linear and self.int8 and len(mods) == 1 and x.device.type == "cpu" \
+                and x.dtype == torch.bfloat16 and quant._probe("int8", x.device, x.dtype):
+            return quant.Int8Linear.from_linear(mods[0])
         if kind is nn.Linear:
             w = mods[0].weight
             bias = None if mods[0].bias is None else torch.cat([m.bias.detach() for m in mods])
@@ -147,7 +156,7 @@ class Pack:
         return Pack._restore(copy.deepcopy(self.__getstate__(), memo))
 
     def __getstate__(self):
-        return {"owner": self.owner, "names": self.names, "sources": self.sources}
+        return {"owner": self.owner, "names": self.names, "sources": self.sources, "int8": self.int8}
 
     def __setstate__(self, state):
         self.__dict__.update(Pack._restore(state).__dict__)
@@ -156,6 +165,7 @@ class Pack:
     def _restore(state) -> "Pack":
         new = Pack.__new__(Pack)
         new.owner, new.names, new.sources = state["owner"], state["names"], state["sources"]
+        new.int8 = state.get("int8", False)
         new._watch, new._run = None, None
         return new
 
@@ -183,9 +193,16 @@ def _fuse_quantized(mods) -> nn.Module:
 QKV, GATE_UP, OUT, DOWN, HEAD = "packed_qkv", "packed_gate_up", "packed_o", "packed_down", "packed_head"
 
 
-def pack(model: nn.Module) -> nn.Module:
+def pack(model: nn.Module, *, int8_head: bool | None = None) -> nn.Module:
     """Attach packs to a Transformer's layers (idempotent); returns the model. The model's
-    forward uses them under torch.no_grad / inference_mode, and only while valid."""
+    forward uses them under torch.no_grad / inference_mode, and only while valid.
+
+    int8_head: run the float output head from an int8 copy (one scale per row, as
+    acorn.model.quant's int8) where the activations are bf16 on CPU. None (default): for
+    quantized models only, whose blocks already run int8/int4: the head, which stays float
+    (a tied head must: it is the embedding), is then the largest read of every decode
+    step (at 50M, twice the int8 blocks), and llama.cpp's Q8_0 / Q4_0 mixes keep it at 8
+    bits too. The embedding itself is untouched."""
     from acorn.model.transformer import MLP, Attention, Transformer
 
     for module in model.modules():
@@ -197,7 +214,11 @@ def pack(model: nn.Module) -> nn.Module:
                 module.__dict__[GATE_UP] = Pack(module, ("gate_proj", "up_proj"))
             module.__dict__[DOWN] = Pack(module, ("down_proj",))
     if isinstance(model, Transformer) and HEAD not in model.__dict__:
-        model.__dict__[HEAD] = Pack(model, ("lm_head",))
+        if int8_head is None:
+            from acorn.model import quant
+
+            int8_head = quant.quantization_of(model) is not None
+        model.__dict__[HEAD] = Pack(model, ("lm_head",), int8=int8_head)
     return model
 
 
