@@ -460,71 +460,96 @@ def main() -> None:
     precisions = list(dict.fromkeys([*args.precisions, *([] if args.no_batched else [args.batched_precision])]))
     prepare(args.size, precisions)
 
-    rows, res = [], {}
+    res = {}
     for p in args.precisions:
         contenders = ["llamacpp", "acorn", *(["acorn-unpacked"] if args.size == "50m" else []),
                       *([] if args.no_hf or p in ("int8", "int4") else ["hf"])]
         log(f"{args.size} {p}, batch 1: {', '.join(contenders)}")
         for c, r in measure(args, contenders, p).items():
-            res[c, p] = r
-    for p in args.precisions:
-        ll, ac = res.get(("llamacpp", p)), res.get(("acorn", p))
-        un, hf = res.get(("acorn-unpacked", p)), res.get(("hf", p))
-        g = lambda r, k: None if r is None else r[k]  # noqa: E731
-        ms = lambda r: fmt(g(r, "ttft") and g(r, "ttft") * 1e3, 0)  # noqa: E731
-        rows.append([p, fmt(g(ll, "decode_tok_s")), fmt(g(ac, "decode_tok_s")),
-                     fmt(g(un, "decode_tok_s")) if args.size == "50m" else "",
-                     fmt(g(hf, "decode_tok_s")), f"**{ratio(g(ac, 'decode_tok_s'), g(ll, 'decode_tok_s'))}**",
-                     ratio(g(ac, "decode_tok_s"), g(hf, "decode_tok_s")), f"{ms(ll)} / {ms(ac)} / {ms(hf)}"])
-    brows = []
+            res[f"{c}|{p}"] = r
     if not args.no_batched:
         p = args.batched_precision
         for n in args.batched:
             log(f"{args.size} {p}, {n} requests")
-            got = measure(args, ["llamacpp", "acorn", *([] if args.no_hf else ["hf"])], p, n)
-            ll, ac, hf = (got[c]["tok_s"] if c in got else None for c in ("llamacpp", "acorn", "hf"))
-            tokens = next(iter(got.values()))["tokens"] if got else None
-            brows.append([n, tokens, fmt(ll), fmt(ac), fmt(hf), f"**{ratio(ac, ll)}**", f"**{ratio(ac, hf)}**"])
-            res[f"batched{n}"] = got
-    (CACHE / "llamacpp").mkdir(parents=True, exist_ok=True)
-    (CACHE / "llamacpp" / f"results-{args.size}.json").write_text(
-        json.dumps({f"{k[0]}|{k[1]}" if isinstance(k, tuple) else k: v for k, v in res.items()}, indent=1))
+            res[f"batched{n}"] = measure(args, ["llamacpp", "acorn", *([] if args.no_hf else ["hf"])], p, n)
+    # Merged into what earlier runs at this size measured (a rerun of some precisions
+    # replaces only their rows); each result keeps the command that produced it.
+    path = CACHE / "llamacpp" / f"results-{args.size}.json"
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    if merged and "raw" not in merged:  # the first format: the results alone
+        merged = {"raw": merged, "by": {k: "" for k in merged}, "runs": {}}
+    run = {"command": command_line(), "date": today(), "note": args.note, "new_tokens": args.new_tokens,
+           "prompt_tokens": args.prompt_tokens, "threads": args.threads, "runs": args.runs,
+           "sequential": args.sequential, "batched_precision": args.batched_precision}
+    merged.setdefault("raw", {}).update(res)
+    merged.setdefault("by", {}).update({k: run["command"] for k in res})
+    merged.setdefault("runs", {})[run["command"]] = run
+    merged["machine"] = machine_description(("llama_cpp_python", "transformers"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=1))
+    body = size_section(args.size, merged)
+    if args.no_write:
+        print(body)
+        return
+    write_report()
 
+
+def size_section(size: str, merged: dict) -> str:
+    """One size's part of the section, from its merged results."""
     from acorn.model.transformer import ModelConfig
 
-    spec = SIZES[args.size]
+    raw = merged["raw"]
+    spec = SIZES[size]
     cfg = ModelConfig.from_preset(spec) if isinstance(spec, str) else ModelConfig(**spec)
-    body = f"""### {args.size}: {cfg.num_params() / 1e6:,.1f}M parameters ({cfg.n_layer} layers, d_model {cfg.d_model}, {cfg.n_head} / {cfg.n_kv_head} heads, d_ff {cfg.d_ff}, vocabulary {cfg.vocab_size:,}, {"tied" if cfg.tie_embeddings else "untied"} head; random weights)
+    g = lambda r, k: None if r is None else r[k]  # noqa: E731
+    ms = lambda r: fmt(g(r, "ttft") and g(r, "ttft") * 1e3, 0)  # noqa: E731
+    rows = []
+    for p in PRECISIONS:
+        ll, ac = raw.get(f"llamacpp|{p}"), raw.get(f"acorn|{p}")
+        un, hf = raw.get(f"acorn-unpacked|{p}"), raw.get(f"hf|{p}")
+        if ll is None and ac is None:
+            continue
+        rows.append([p, fmt(g(ll, "decode_tok_s")), fmt(g(ac, "decode_tok_s")), fmt(g(un, "decode_tok_s")),
+                     fmt(g(hf, "decode_tok_s")), f"**{ratio(g(ac, 'decode_tok_s'), g(ll, 'decode_tok_s'))}**",
+                     ratio(g(ac, "decode_tok_s"), g(hf, "decode_tok_s")), f"{ms(ll)} / {ms(ac)} / {ms(hf)}"])
+    brows = []
+    for key in sorted((k for k in raw if k.startswith("batched")), key=lambda k: int(k[7:])):
+        got = raw[key]
+        ll, ac, hf = (got[c]["tok_s"] if c in got else None for c in ("llamacpp", "acorn", "hf"))
+        tokens = next(iter(got.values()))["tokens"] if got else None
+        brows.append([key[7:], tokens, fmt(ll), fmt(ac), fmt(hf), f"**{ratio(ac, ll)}**", f"**{ratio(ac, hf)}**"])
+    runs = [r for c, r in merged.get("runs", {}).items() if c in set(merged["by"].values())]
+    lines = []
+    for r in runs:
+        keys = [k.split("|")[-1] if "|" in k else k for k, c in merged["by"].items() if c == r["command"]]
+        lines.append(f"- `{r['command']}` ({r['date']}; {', '.join(dict.fromkeys(keys))}): batch 1 decodes "
+                     f"{r['new_tokens']} tokens after a {r['prompt_tokens']}-token prompt, {r['threads']} thread(s) "
+                     f"for every contender, median of {r['runs']} after a warm-up, "
+                     f"{'one process after another' if r['sequential'] else 'runs interleaved across the processes'}."
+                     f" {r['note']}")
+    body = f"""### {size}: {cfg.num_params() / 1e6:,.1f}M parameters ({cfg.n_layer} layers, d_model {cfg.d_model}, {cfg.n_head} / {cfg.n_kv_head} heads, d_ff {cfg.d_ff}, vocabulary {cfg.vocab_size:,}, {"tied" if cfg.tie_embeddings else "untied"} head; random weights)
 
-Command: `{command_line()}`
-Date: {today()}
-Machine: {machine_description(("llama_cpp_python", "transformers"))}
-{args.note}
+Machine: {merged.get("machine", "")}
 
-Batch 1: greedy decode of {args.new_tokens} tokens after a {args.prompt_tokens}-token prompt, {args.threads} thread(s) for every
-contender, each in its own process, median of {args.runs} after a warm-up ({"one process after another" if args.sequential else "runs interleaved across the contenders' processes"}). tok/s is decode speed after the first
-token; TTFT in ms (llama.cpp / Acorn / transformers). "Acorn unpacked" is the engine with pack_weights=False
-(the layout before this work: no fused projections, no pre-packed bf16).
+{chr(10).join(lines)}
+
+tok/s is decode speed after the first token; TTFT in ms (llama.cpp / Acorn / transformers). "Acorn unpacked" is
+the engine with pack_weights=False (no fused projections, no pre-packed bf16, no int8 head).
 
 {markdown_table(["precision", "llama.cpp tok/s", "Acorn tok/s", "Acorn unpacked", "transformers tok/s",
                  "Acorn / llama.cpp", "Acorn / transformers", "TTFT ms"], rows)}
 """
     if brows:
         body += f"""
-Batched ({args.batched_precision}): all requests at once (prompts 16-64 tokens, outputs 32-128, seeded), tokens
-generated per second of wall time; llama.cpp with one sequence per request (one llama_decode per step over all
-live sequences); Acorn's engine (continuous batching, paged KV); transformers one request after another
+Batched (bf16): all requests at once (prompts 16-64 tokens, outputs 32-128, seeded), tokens generated per
+second of wall time; llama.cpp with one sequence per request (one llama_decode per step over all live
+sequences); Acorn's engine (continuous batching, paged KV); transformers one request after another
 (measured once, on the first 16 requests).
 
 {markdown_table(["requests", "tokens", "llama.cpp tok/s", "Acorn tok/s", "transformers 1-by-1 tok/s",
                  "Acorn / llama.cpp", "Acorn / transformers"], brows)}
 """
-    out = CACHE / "llamacpp" / f"section-{args.size}.md"
-    out.write_text(body)
-    if args.no_write:
-        print(body)
-        return
-    write_report()
+    return body
 
 
 INTRO = """## CPU inference against llama.cpp
@@ -548,7 +573,8 @@ def goals() -> str:
     """The issue's goals, from the cached results of both sizes."""
     def load(size):
         f = CACHE / "llamacpp" / f"results-{size}.json"
-        return json.loads(f.read_text()) if f.is_file() else {}
+        merged = json.loads(f.read_text()) if f.is_file() else {}
+        return merged.get("raw", merged)
 
     lines = []
     for size, bar in (("1b", 1.0), ("50m", 0.8)):
@@ -585,8 +611,15 @@ ANALYSIS_FILE = Path(__file__).resolve().parent / "llamacpp_analysis.md"
 def write_report() -> None:
     """The docs/BENCHMARKS.md section from the cached per-size sections and results, and
     the analysis written beside this script (benchmarks/llamacpp_analysis.md)."""
-    parts = [(CACHE / "llamacpp" / f"section-{s}.md") for s in SIZES]
-    text = "\n".join(p.read_text() for p in parts if p.is_file())
+    parts = []
+    for size in SIZES:
+        f = CACHE / "llamacpp" / f"results-{size}.json"
+        if f.is_file():
+            merged = json.loads(f.read_text())
+            if "raw" not in merged:
+                merged = {"raw": merged, "by": {}, "runs": {}}
+            parts.append(size_section(size, merged))
+    text = "\n".join(parts)
     analysis = ANALYSIS_FILE.read_text() if ANALYSIS_FILE.is_file() else ""
     body = f"{INTRO}\n{text}\n### Goals\n\n{goals()}\n\n{analysis}"
     write_section("llamacpp", body)
