@@ -147,8 +147,7 @@ class Engine:
         The prefix cache never shares blocks across adapters (cache_salt).
     pack_weights: lay the model's linear weights out for fast inference
         (acorn.model.packed: q/k/v and gate/up fused into one matmul each,
-        bf16 weights pre-packed for oneDNN's AMX/AVX512-BF16 kernels on CPU;
-        for a quantized model in bf16, the float head from an int8 copy).
+        bf16 weights pre-packed for oneDNN's AMX/AVX512-BF16 kernels on CPU).
         The packed copies are a cache beside the weights, rebuilt when they
         change (a training step); False leaves the model as it is.
     """

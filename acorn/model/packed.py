@@ -33,8 +33,8 @@ pack_weights=True, the default), `unpack(model)` takes the caches away.
 
 Quantized models: q/k/v and gate/up of int8 (int4) layers fuse into one int8 (int4) layer,
 their codes and scales concatenated. The output head, which quantization leaves in floating
-point, runs from an int8 copy where the activations are bf16 (pack's int8_head): at batch 1
-it is the largest matrix read per token, and llama.cpp's 8- and 4-bit mixes keep it at 8 bits.
+point, can run from an int8 copy where the activations are bf16 (pack's int8_head, off by
+default: see pack).
 
 Memory: a packed bf16 copy holds the weights a second time (the model's own stay for
 the backward pass and saving); float32 fusion and the quantized fusion hold the fused
@@ -193,16 +193,16 @@ def _fuse_quantized(mods) -> nn.Module:
 QKV, GATE_UP, OUT, DOWN, HEAD = "packed_qkv", "packed_gate_up", "packed_o", "packed_down", "packed_head"
 
 
-def pack(model: nn.Module, *, int8_head: bool | None = None) -> nn.Module:
+def pack(model: nn.Module, *, int8_head: bool = False) -> nn.Module:
     """Attach packs to a Transformer's layers (idempotent); returns the model. The model's
     forward uses them under torch.no_grad / inference_mode, and only while valid.
 
     int8_head: run the float output head from an int8 copy (one scale per row, as
-    acorn.model.quant's int8) where the activations are bf16 on CPU. None (default): for
-    quantized models only, whose blocks already run int8/int4: the head, which stays float
-    (a tied head must: it is the embedding), is then the largest read of every decode
-    step (at 50M, twice the int8 blocks), and llama.cpp's Q8_0 / Q4_0 mixes keep it at 8
-    bits too. The embedding itself is untouched."""
+    acorn.model.quant's int8) where the activations are bf16 on CPU, as llama.cpp's Q8_0 /
+    Q4_0 mixes keep their head at 8 bits; the embedding itself is untouched. Off by default:
+    it changes the logits, and measured here it did not pay (torch's int8 kernel at batch 1
+    is compute-bound: for the 50M model's 32,000 x 512 head it took about the time of the
+    packed bf16 matmul, though it reads half the bytes; benchmarks/llamacpp.py)."""
     from acorn.model.transformer import MLP, Attention, Transformer
 
     for module in model.modules():
@@ -214,10 +214,6 @@ def pack(model: nn.Module, *, int8_head: bool | None = None) -> nn.Module:
                 module.__dict__[GATE_UP] = Pack(module, ("gate_proj", "up_proj"))
             module.__dict__[DOWN] = Pack(module, ("down_proj",))
     if isinstance(model, Transformer) and HEAD not in model.__dict__:
-        if int8_head is None:
-            from acorn.model import quant
-
-            int8_head = quant.quantization_of(model) is not None
         model.__dict__[HEAD] = Pack(model, ("lm_head",), int8=int8_head)
     return model
 

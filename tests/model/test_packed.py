@@ -123,7 +123,7 @@ def test_a_quantized_models_float_head_runs_from_an_int8_copy_in_bf16(tied):
     model = quant.quantize(_model(tie_embeddings=tied), "int8").to(torch.bfloat16)
     twin = copy.deepcopy(model)
     twin.lm_head = quant.Int8Linear.from_linear(twin.lm_head)  # the head quantized for real
-    packed.pack(model)  # int8_head defaults to True for a quantized model
+    packed.pack(model, int8_head=True)
     packed.pack(twin)
     got = _logits(model)
     head = model.__dict__[packed.HEAD]
@@ -132,4 +132,4 @@ def test_a_quantized_models_float_head_runs_from_an_int8_copy_in_bf16(tied):
         torch.testing.assert_close(got, _logits(twin))
     assert type(model.lm_head) is torch.nn.Linear and model.lm_head.weight.dtype == torch.bfloat16
     assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied  # the embedding is untouched
-    assert packed.pack(_model(torch.bfloat16)).__dict__[packed.HEAD].int8 is False  # float models: a float head
+    assert packed.pack(_model(torch.bfloat16)).__dict__[packed.HEAD].int8 is False  # by default: the head as it is
