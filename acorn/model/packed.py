@@ -71,14 +71,12 @@ def mkldnn_bf16() -> bool:
     return _MKLDNN_BF16
 
 
-def _watched(modules) -> list[tuple[dict, str, Tensor, int, int]]:
-    """Every tensor of `modules` as (the dict holding it, its name, it, its version, its storage)."""
+def _watched(modules) -> list[tuple[nn.Module, str, Tensor, int, int]]:
+    """Every tensor of `modules` as (its module, its name, it, its version, its storage)."""
     out = []
     for m in modules:
-        for store in (m._parameters, m._buffers):
-            for name, t in store.items():
-                if t is not None:
-                    out.append((store, name, t, t._version, t.data_ptr()))
+        for name, t in (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)):
+            out.append((m, name, t, t._version, t.data_ptr()))
     return out
 
 
@@ -104,8 +102,8 @@ class Pack:
         for name, src in zip(self.names, self.sources):
             if modules.get(name) is not src:
                 return False
-        for store, name, t, version, ptr in self._watch:
-            if store.get(name) is not t or t._version != version or t.data_ptr() != ptr:
+        for module, name, t, version, ptr in self._watch:
+            if getattr(module, name) is not t or t._version != version or t.data_ptr() != ptr:
                 return False
         return True
 
@@ -130,7 +128,7 @@ class Pack:
             return None
         kind = kinds.pop()
         if kind is nn.Linear and self.int8 and len(mods) == 1 and x.device.type == "cpu" \
-                and x.dtype == torch.bfloat16 and quant._probe("int8", x.device, x.dtype):
+                and x.dtype == torch.bfloat16 and quant.kernel_path("int8", x.device, x.dtype) != quant.FALLBACK:
             return quant.Int8Linear.from_linear(mods[0])
         if kind is nn.Linear:
             w = mods[0].weight
