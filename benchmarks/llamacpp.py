@@ -415,7 +415,9 @@ def measure(args, contenders: list[str], precision: str, requests: int = 0) -> d
 
 # ------------------------------------------------------------------ report
 def fmt(x, digits=1):
-    return "—" if x is None else f"{x:.{digits}f}"
+    if x is None:
+        return "—"
+    return f"{x:.{digits + 1}f}" if digits and abs(x) < 10 else f"{x:.{digits}f}"  # 1b's few tok/s
 
 
 def ratio(a, b):
