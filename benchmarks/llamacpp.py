@@ -27,8 +27,10 @@ and transformers generate() one request after another (the way a plain script se
 them; its rate does not depend on how many are queued, so it is measured once on the
 first 16 requests).
 
-Each contender runs in its own process (this script with --worker), one after another
-for each setting; in each, a warm-up run, then --runs timed runs, the median reported.
+Each contender runs in its own process (this script with --worker): for each setting all
+of them load, warm up, then take turns, run i of every contender before run i + 1 of any
+(so a change in the machine's load falls on all of them), the median of --runs reported;
+with --sequential (the 1b model, which fits in memory once) one process at a time.
 Every contender gets the same --threads (torch.set_num_threads / llama.cpp n_threads).
 
     python benchmarks/llamacpp.py --size 50m --threads 1
@@ -137,17 +139,16 @@ def timed(fn, runs: int, warmup=None) -> list[float]:
 
 class AcornRunner:
     def __init__(self, d: Path, precision: str, pack: bool):
-        import torch
-
         from acorn.infer.engine import Engine
         from acorn.model import quant
         from acorn.model.checkpoint import load
         from acorn.tokenizer.bpe import Tokenizer
 
-        model = load(d / "hf", dtype="float32" if precision != "bf16" else "bfloat16", device="cpu")
+        # Quantized: from the bf16 weights, run with bf16 activations (what a quantized checkpoint
+        # loads in on a CPU with bf16 instructions); the head stays float (acorn.model.quant).
+        model = load(d / "hf", dtype="float32" if precision == "f32" else "bfloat16", device="cpu")
         if precision in ("int8", "int4"):
-            quant.quantize(model, precision)  # the head stays float (acorn.model.quant)
-            model.to(torch.bfloat16)  # bf16 activations: what a quantized checkpoint loads in here
+            quant.quantize(model, precision)
         self.engine = Engine(model, Tokenizer.from_pretrained(d / "hf"), max_num_seqs=64, pack_weights=pack)
         self.vocab = self.engine.tokenizer.vocab_size
 
@@ -275,7 +276,9 @@ class HFRunner:
         return out.shape[1] - len(prompt)
 
 
-def worker(args) -> dict:
+def serve(args) -> None:
+    """Worker: load one contender at one setting, then answer commands on stdin, one line
+    each: warm, ttft, total (batch 1), batch (batched); each answered RESULT <seconds>."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -284,57 +287,137 @@ def worker(args) -> dict:
     from acorn.tokenizer.bpe import Tokenizer
 
     vocab = Tokenizer.from_pretrained(d / "hf").vocab_size
-    c, p = args.worker, args.precision
-    n_req = args.requests
+    c, p, n_req = args.worker, args.precision, args.requests
     if c in ("acorn", "acorn-unpacked"):
         r = AcornRunner(d, p, pack=c == "acorn")
         one = lambda prompt, n: r.generate([prompt], [n])  # noqa: E731
         many = r.generate
     elif c == "llamacpp":
         r = LlamaCppRunner(d, p, args.threads, 1 if not n_req else n_req)
-        one, many = r.generate_one if not n_req else None, r.generate_parallel
+        one, many = (r.generate_one if not n_req else None), r.generate_parallel
     else:
         r = HFRunner(d, p)
         one = r.generate_one
 
         def many(prompts, lengths):
             return sum(r.generate_one(q, n) for q, n in zip(prompts, lengths))
-    if not n_req:  # batch 1
-        prompt = prompt_ids(args.prompt_tokens, vocab)
-        ttft = timed(lambda: one(prompt, 1), args.runs)
-        total = timed(lambda: one(prompt, args.new_tokens), args.runs)
-        t1, tn = statistics.median(ttft), statistics.median(total)
-        return {"ttft_s": t1, "total_s": tn, "decode_tok_s": (args.new_tokens - 1) / (tn - t1),
-                "ttft_runs": ttft, "total_runs": total}
+    prompt = prompt_ids(args.prompt_tokens, vocab)
     work = workload(n_req, vocab)
     if c == "hf":
         work = work[:16]  # one by one: its rate does not depend on the queue (module docstring)
     prompts, lengths = [w[0] for w in work], [w[1] for w in work]
-    warm = (lambda: one(prompts[0], 8)) if c == "hf" else None  # one by one: one short request warms it up
-    runs = timed(lambda: many(prompts, lengths), args.runs if c != "hf" else 1, warm)
-    t = statistics.median(runs)
-    return {"tokens": sum(lengths), "total_s": t, "tok_s": sum(lengths) / t, "runs": runs}
+    commands = {
+        "ttft": lambda: one(prompt, 1),
+        "total": lambda: one(prompt, args.new_tokens),
+        "batch": lambda: many(prompts, lengths),
+        "warm": (lambda: one(prompt, args.new_tokens)) if not n_req else
+                (lambda: one(prompts[0], 8)) if c == "hf" else (lambda: many(prompts, lengths)),
+    }
+    print("READY " + json.dumps({"tokens": sum(lengths)}), flush=True)
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd not in commands:
+            break
+        t0 = time.perf_counter()
+        commands[cmd]()
+        print(f"RESULT {time.perf_counter() - t0}", flush=True)
 
 
-def spawn(args, contender: str, precision: str, requests: int = 0) -> dict | None:
-    cmd = [sys.executable, __file__, "--worker", contender, "--size", args.size, "--precision", precision,
-           "--threads", str(args.threads), "--runs", str(args.runs), "--new-tokens", str(args.new_tokens),
-           "--prompt-tokens", str(args.prompt_tokens), "--requests", str(requests)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    log(f"  {contender} {precision} {'batch 1' if not requests else f'{requests} requests'}")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        log(f"    failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:] or proc.stdout[-300:]}")
-        return None
-    out = json.loads(lines[-1][7:])
-    log(f"    {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in out.items() if 'runs' not in k})}")
+class Worker:
+    """One contender's process (this script with --worker), driven line by line."""
+
+    def __init__(self, args, contender: str, precision: str, requests: int = 0):
+        cmd = [sys.executable, __file__, "--worker", contender, "--size", args.size, "--precision", precision,
+               "--threads", str(args.threads), "--new-tokens", str(args.new_tokens),
+               "--prompt-tokens", str(args.prompt_tokens), "--requests", str(requests)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        self.name = f"{contender} {precision} {'batch 1' if not requests else f'{requests} requests'}"
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.info = json.loads(self._read("READY "))
+
+    def _read(self, prefix: str) -> str:
+        for line in self.proc.stdout:
+            if line.startswith(prefix):
+                return line[len(prefix):]
+        raise RuntimeError(f"{self.name}: the worker ended (exit {self.proc.wait()})")
+
+    def ask(self, cmd: str) -> float:
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return float(self._read("RESULT "))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            self.proc.wait()
+
+
+def measure(args, contenders: list[str], precision: str, requests: int = 0) -> dict[str, dict]:
+    """Each contender's median times. Interleaved (all processes alive; run i of every
+    contender before run i + 1 of any, so a change in the machine's load falls on all of
+    them), or one process at a time with --sequential (the 1b model: one copy in memory)."""
+    out: dict[str, dict] = {}
+    kinds = ["batch"] if requests else ["ttft", "total"]
+
+    def runs_of(c):
+        return 1 if (c == "hf" and requests) else args.runs
+
+    def finish(c, w, times):
+        res = {k: statistics.median(v) for k, v in times.items()}
+        res["runs"] = times
+        if requests:
+            tokens = w.info["tokens"]
+            res["tokens"], res["tok_s"] = tokens, tokens / res["batch"]
+        else:
+            res["decode_tok_s"] = (args.new_tokens - 1) / (res["total"] - res["ttft"])
+        out[c] = res
+        log(f"    {w.name}: {json.dumps({k: round(v, 4) for k, v in res.items() if k != 'runs'})}")
+
+    if args.sequential:
+        for c in contenders:
+            w = Worker(args, c, precision, requests)
+            try:
+                w.ask("warm")
+                times = {k: [] for k in kinds}
+                for _ in range(runs_of(c)):
+                    for k in kinds:
+                        times[k].append(w.ask(k))
+                finish(c, w, times)
+            except RuntimeError as e:
+                log(f"    {e}")
+            finally:
+                w.close()
+        return out
+    workers = {}
+    try:
+        for c in contenders:
+            try:
+                workers[c] = Worker(args, c, precision, requests)
+                workers[c].ask("warm")
+            except RuntimeError as e:
+                log(f"    {e}")
+                workers.pop(c, None)
+        times = {c: {k: [] for k in kinds} for c in workers}
+        for i in range(args.runs):
+            order = list(workers)[i % len(workers):] + list(workers)[:i % len(workers)]  # who goes first rotates
+            for c in order:
+                if i < runs_of(c):
+                    for k in kinds:
+                        times[c][k].append(workers[c].ask(k))
+        for c, w in workers.items():
+            finish(c, w, times[c])
+    finally:
+        for w in workers.values():
+            w.close()
     return out
 
 
 # ------------------------------------------------------------------ report
 def fmt(x, digits=1):
-    return "—" if x is None else f"{x:.{digits}f}"
+    if x is None:
+        return "—"
+    return f"{x:.{digits + 1}f}" if digits and abs(x) < 10 else f"{x:.{digits}f}"  # 1b's few tok/s
 
 
 def ratio(a, b):
@@ -356,95 +439,193 @@ def main() -> None:
     ap.add_argument("--no-hf", action="store_true", help="leave transformers out")
     ap.add_argument("--no-write", action="store_true", help="print the section instead of writing docs/BENCHMARKS.md")
     ap.add_argument("--note", default="", help="a line added to the section (e.g. the machine's load)")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the docs/BENCHMARKS.md section from the "
+                    "cached results of earlier runs, measuring nothing")
+    ap.add_argument("--sequential", action="store_true", help="one contender's process at a time instead of "
+                    "interleaving their runs (for a model that fits in memory only once)")
     # worker mode (one contender, one setting, in its own process)
     ap.add_argument("--worker", choices=["acorn", "acorn-unpacked", "llamacpp", "hf"], help=argparse.SUPPRESS)
     ap.add_argument("--precision", choices=PRECISIONS, help=argparse.SUPPRESS)
     ap.add_argument("--requests", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(worker(args)), flush=True)
+        serve(args)
+        return
+    if args.report_only:
+        write_report()
         return
     try:
-        import llama_cpp
+        import llama_cpp  # noqa: F401
     except ImportError:
         sys.exit("llama-cpp-python is not installed: `pip install llama-cpp-python` (builds llama.cpp, ~20 min on "
                  "2 cores); this benchmark needs it")
     precisions = list(dict.fromkeys([*args.precisions, *([] if args.no_batched else [args.batched_precision])]))
     prepare(args.size, precisions)
 
-    rows, res = [], {}
-    contenders = ["llamacpp", "acorn", *(["acorn-unpacked"] if args.size == "50m" else []),
-                  *([] if args.no_hf else ["hf"])]
-    for i, p in enumerate(args.precisions):
-        order = contenders[i % len(contenders):] + contenders[:i % len(contenders)]  # who goes first rotates
-        for c in order:
-            if c == "hf" and p in ("int8", "int4"):
-                continue
-            res[c, p] = spawn(args, c, p)
+    res = {}
     for p in args.precisions:
-        ll, ac = res.get(("llamacpp", p)), res.get(("acorn", p))
-        un, hf = res.get(("acorn-unpacked", p)), res.get(("hf", p))
-        g = lambda r, k: None if r is None else r[k]  # noqa: E731
-        rows.append([p, fmt(g(ll, "decode_tok_s")), fmt(g(ac, "decode_tok_s")),
-                     fmt(g(un, "decode_tok_s")) if args.size == "50m" else "",
-                     fmt(g(hf, "decode_tok_s")), f"**{ratio(g(ac, 'decode_tok_s'), g(ll, 'decode_tok_s'))}**",
-                     ratio(g(ac, "decode_tok_s"), g(hf, "decode_tok_s")),
-                     f"{fmt(g(ll, 'ttft_s') and g(ll, 'ttft_s') * 1e3, 0)} / {fmt(g(ac, 'ttft_s') and g(ac, 'ttft_s') * 1e3, 0)}"
-                     f" / {fmt(g(hf, 'ttft_s') and g(hf, 'ttft_s') * 1e3, 0)}"])
-    brows = []
+        contenders = ["llamacpp", "acorn", *(["acorn-unpacked"] if args.size == "50m" else []),
+                      *([] if args.no_hf or p in ("int8", "int4") else ["hf"])]
+        log(f"{args.size} {p}, batch 1: {', '.join(contenders)}")
+        for c, r in measure(args, contenders, p).items():
+            res[f"{c}|{p}"] = r
     if not args.no_batched:
         p = args.batched_precision
         for n in args.batched:
-            got = {c: spawn(args, c, p, n) for c in ["llamacpp", "acorn", *([] if args.no_hf else ["hf"])]}
-            ll, ac, hf = (got.get(c) and got[c]["tok_s"] for c in ("llamacpp", "acorn", "hf"))
-            brows.append([n, got["acorn"] and got["acorn"]["tokens"], fmt(ll), fmt(ac), fmt(hf),
-                          f"**{ratio(ac, ll)}**", f"**{ratio(ac, hf)}**"])
-            res[f"batched{n}"] = got
-    (CACHE / "llamacpp").mkdir(parents=True, exist_ok=True)
-    (CACHE / "llamacpp" / f"results-{args.size}.json").write_text(
-        json.dumps({f"{k[0]}|{k[1]}" if isinstance(k, tuple) else k: v for k, v in res.items()}, indent=1))
+            log(f"{args.size} {p}, {n} requests")
+            res[f"batched{n}"] = measure(args, ["llamacpp", "acorn", *([] if args.no_hf else ["hf"])], p, n)
+    # Merged into what earlier runs at this size measured (a rerun of some precisions
+    # replaces only their rows); each result keeps the command that produced it.
+    path = CACHE / "llamacpp" / f"results-{args.size}.json"
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    if merged and "raw" not in merged:  # the first format: the results alone
+        merged = {"raw": merged, "by": {k: "" for k in merged}, "runs": {}}
+    run = {"command": command_line(), "date": today(), "note": args.note, "new_tokens": args.new_tokens,
+           "prompt_tokens": args.prompt_tokens, "threads": args.threads, "runs": args.runs,
+           "sequential": args.sequential, "batched_precision": args.batched_precision}
+    merged.setdefault("raw", {}).update(res)
+    merged.setdefault("by", {}).update({k: run["command"] for k in res})
+    merged.setdefault("runs", {})[run["command"]] = run
+    merged["machine"] = machine_description(("llama_cpp_python", "transformers"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=1))
+    body = size_section(args.size, merged)
+    if args.no_write:
+        print(body)
+        return
+    write_report()
 
+
+def size_section(size: str, merged: dict) -> str:
+    """One size's part of the section, from its merged results."""
     from acorn.model.transformer import ModelConfig
 
-    spec = SIZES[args.size]
+    raw = merged["raw"]
+    spec = SIZES[size]
     cfg = ModelConfig.from_preset(spec) if isinstance(spec, str) else ModelConfig(**spec)
-    body = f"""### {args.size}: {cfg.num_params() / 1e6:,.1f}M parameters ({cfg.n_layer} layers, d_model {cfg.d_model}, {cfg.n_head} / {cfg.n_kv_head} heads, d_ff {cfg.d_ff}, vocabulary {cfg.vocab_size:,}, {"tied" if cfg.tie_embeddings else "untied"} head; random weights)
+    g = lambda r, k: None if r is None else r[k]  # noqa: E731
+    ms = lambda r: fmt(g(r, "ttft") and g(r, "ttft") * 1e3, 0)  # noqa: E731
+    rows = []
+    for p in PRECISIONS:
+        ll, ac = raw.get(f"llamacpp|{p}"), raw.get(f"acorn|{p}")
+        un, hf = raw.get(f"acorn-unpacked|{p}"), raw.get(f"hf|{p}")
+        if ll is None and ac is None:
+            continue
+        rows.append([p, fmt(g(ll, "decode_tok_s")), fmt(g(ac, "decode_tok_s")), fmt(g(un, "decode_tok_s")),
+                     fmt(g(hf, "decode_tok_s")), f"**{ratio(g(ac, 'decode_tok_s'), g(ll, 'decode_tok_s'))}**",
+                     ratio(g(ac, "decode_tok_s"), g(hf, "decode_tok_s")), f"{ms(ll)} / {ms(ac)} / {ms(hf)}"])
+    brows = []
+    for key in sorted((k for k in raw if k.startswith("batched")), key=lambda k: int(k[7:])):
+        got = raw[key]
+        ll, ac, hf = (got[c]["tok_s"] if c in got else None for c in ("llamacpp", "acorn", "hf"))
+        tokens = next(iter(got.values()))["tokens"] if got else None
+        brows.append([key[7:], tokens, fmt(ll), fmt(ac), fmt(hf), f"**{ratio(ac, ll)}**", f"**{ratio(ac, hf)}**"])
+    runs = [r for c, r in merged.get("runs", {}).items() if c in set(merged["by"].values())]
+    lines = []
+    for r in runs:
+        keys = [k.split("|")[-1] if "|" in k else k for k, c in merged["by"].items() if c == r["command"]]
+        lines.append(f"- `{r['command']}` ({r['date']}; {', '.join(dict.fromkeys(keys))}): batch 1 decodes "
+                     f"{r['new_tokens']} tokens after a {r['prompt_tokens']}-token prompt, {r['threads']} thread(s) "
+                     f"for every contender, median of {r['runs']} after a warm-up, "
+                     f"{'one process after another' if r['sequential'] else 'runs interleaved across the processes'}."
+                     f" {r['note']}")
+    body = f"""### {size}: {cfg.num_params() / 1e6:,.1f}M parameters ({cfg.n_layer} layers, d_model {cfg.d_model}, {cfg.n_head} / {cfg.n_kv_head} heads, d_ff {cfg.d_ff}, vocabulary {cfg.vocab_size:,}, {"tied" if cfg.tie_embeddings else "untied"} head; random weights)
 
-Command: `{command_line()}`
-Date: {today()}
-Machine: {machine_description(("llama_cpp_python", "transformers"))}
-{args.note}
+Machine: {merged.get("machine", "")}
 
-Batch 1: greedy decode of {args.new_tokens} tokens after a {args.prompt_tokens}-token prompt, {args.threads} thread(s) for every
-contender, each in its own process, median of {args.runs} after a warm-up. tok/s is decode speed after the first
-token; TTFT in ms (llama.cpp / Acorn / transformers). "Acorn unpacked" is the engine with pack_weights=False
-(the layout before this work: no fused projections, no pre-packed bf16).
+{chr(10).join(lines)}
+
+tok/s is decode speed after the first token; TTFT in ms (llama.cpp / Acorn / transformers). "Acorn unpacked" is
+the engine with pack_weights=False (no fused projections, no pre-packed bf16, no int8 head).
 
 {markdown_table(["precision", "llama.cpp tok/s", "Acorn tok/s", "Acorn unpacked", "transformers tok/s",
                  "Acorn / llama.cpp", "Acorn / transformers", "TTFT ms"], rows)}
 """
     if brows:
         body += f"""
-Batched ({args.batched_precision}): all requests at once (prompts 16-64 tokens, outputs 32-128, seeded), tokens
-generated per second of wall time; llama.cpp with one sequence per request (one llama_decode per step over all
-live sequences); Acorn's engine (continuous batching, paged KV); transformers one request after another
+Batched (bf16): all requests at once (prompts 16-64 tokens, outputs 32-128, seeded), tokens generated per
+second of wall time; llama.cpp with one sequence per request (one llama_decode per step over all live
+sequences); Acorn's engine (continuous batching, paged KV); transformers one request after another
 (measured once, on the first 16 requests).
 
 {markdown_table(["requests", "tokens", "llama.cpp tok/s", "Acorn tok/s", "transformers 1-by-1 tok/s",
                  "Acorn / llama.cpp", "Acorn / transformers"], brows)}
 """
-    out = CACHE / "llamacpp" / f"section-{args.size}.md"
-    out.write_text(body)
-    if args.no_write:
-        print(body)
-        return
-    parts = [(CACHE / "llamacpp" / f"section-{s}.md") for s in SIZES]
-    text = "\n".join(p.read_text() for p in parts if p.is_file())
-    intro = (CACHE / "llamacpp" / "intro.md")
-    write_section("llamacpp", (intro.read_text() if intro.is_file() else
-                               "## CPU inference against llama.cpp\n\n") + text)
-    print(text)
+    return body
 
+
+INTRO = """## CPU inference against llama.cpp
+
+Acorn's engine, llama.cpp (llama-cpp-python 0.3.36, built from source; its AMX weight repacking
+off, which crashed here: benchmarks/gguf_llamacpp.py) and transformers, on the same random-weight
+models, each contender in its own process with the same thread count; the GGUF files are
+Acorn's own export (`acorn export gguf --type f32|bf16|q8_0|q4_0`). `benchmarks/llamacpp.py`'s
+docstring has the method. What this work changed in Acorn's decode path (all on by default):
+weights packed for inference (acorn.model.packed: q/k/v and gate/up each one matmul, q and k
+rotated in one op, bf16 weights pre-packed once for oneDNN's AMX/AVX512-BF16 kernel instead of
+reordered by every F.linear call), torch's rms_norm, batch-1 attention without row indexing,
+attention in the cache's dtype (bf16 flash attention is faster than float32 in torch 2.13; the
+float32 copy of the gathered keys and values cost as much as attention), and quantized
+checkpoints loading in bf16 on CPUs with bf16 instructions (torch's int8/int4 kernels are fast
+only with bf16 activations).
+"""
+
+
+def goals() -> str:
+    """The issue's goals, from the cached results of both sizes."""
+    def load(size):
+        f = CACHE / "llamacpp" / f"results-{size}.json"
+        merged = json.loads(f.read_text()) if f.is_file() else {}
+        return merged.get("raw", merged)
+
+    lines = []
+    for size, bar in (("1b", 1.0), ("50m", 0.8)):
+        r = load(size)
+        for p in ("bf16", "int8", "int4"):
+            a, b = r.get(f"acorn|{p}"), r.get(f"llamacpp|{p}")
+            if a and b:
+                x = a["decode_tok_s"] / b["decode_tok_s"]
+                lines.append(f"- batch-1 decode at {size}, {p}: {x:.2f}x llama.cpp (goal >= {bar}x): "
+                             f"{'met' if x >= bar else '**not met**'}")
+    r = load("50m")
+    got = r.get("batched64") or {}
+    if "acorn" in got and "llamacpp" in got:
+        x = got["acorn"]["tok_s"] / got["llamacpp"]["tok_s"]
+        lines.append(f"- 64 requests at 50m: {x:.2f}x llama.cpp's parallel sequences (goal >= 1.0x): "
+                     f"{'met' if x >= 1 else '**not met**'}")
+    if "acorn" in got and "hf" in got:
+        x = got["acorn"]["tok_s"] / got["hf"]["tok_s"]
+        lines.append(f"- 64 requests at 50m: {x:.1f}x transformers one by one (goal >= 10x): "
+                     f"{'met' if x >= 10 else '**not met**'}")
+    for size in ("50m", "1b"):
+        r = load(size)
+        a, b = r.get("acorn|bf16"), r.get("acorn|f32")
+        if a and b:
+            x = a["decode_tok_s"] / b["decode_tok_s"]
+            lines.append(f"- bf16 faster than float32 in Acorn ({size}, batch 1): {x:.2f}x "
+                         f"{'met' if x > 1 else '**not met**'}")
+    return "\n".join(lines)
+
+
+ANALYSIS_FILE = Path(__file__).resolve().parent / "llamacpp_analysis.md"
+
+
+def write_report() -> None:
+    """The docs/BENCHMARKS.md section from the cached per-size sections and results, and
+    the analysis written beside this script (benchmarks/llamacpp_analysis.md)."""
+    parts = []
+    for size in SIZES:
+        f = CACHE / "llamacpp" / f"results-{size}.json"
+        if f.is_file():
+            merged = json.loads(f.read_text())
+            if "raw" not in merged:
+                merged = {"raw": merged, "by": {}, "runs": {}}
+            parts.append(size_section(size, merged))
+    text = "\n".join(parts)
+    analysis = ANALYSIS_FILE.read_text() if ANALYSIS_FILE.is_file() else ""
+    body = f"{INTRO}\n{text}\n### Goals\n\n{goals()}\n\n{analysis}"
+    write_section("llamacpp", body)
+    print(body)
 
 if __name__ == "__main__":
     main()

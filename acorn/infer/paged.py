@@ -46,6 +46,11 @@ from acorn.model.transformer import sdpa
 
 
 DECODE_GROUP = 16  # decode rows attended together (sorted by context length)
+# torch 2.5+'s CPU flash attention is faster in bf16 than in float32 (measured with torch 2.13:
+# 0.5x float32's time for 16 decode rows, and 0.65x for a 64-token prefill), so attention
+# runs in the cache's dtype; converting the gathered keys and values to float32 cost as much
+# as the attention itself.
+_CPU_SDPA_16BIT = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 
 class BlockManager:
@@ -401,9 +406,9 @@ class PagedAttention:
         step, kv = self.step, self.kv
         kv.write(layer, step.slots, k[0].transpose(0, 1), v[0].transpose(0, 1))
         out_dtype = q.dtype
-        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-            # CPU attention kernels are several times slower in 16-bit than in
-            # float32 (measured: 7x for a decode step); the cache stays 16-bit.
+        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and not _CPU_SDPA_16BIT:
+            # Older torch's CPU attention kernels were several times slower in 16-bit than
+            # in float32 (measured: 7x for a decode step); the cache stays 16-bit.
             q = q.float()
         if len(step.decodes) == 1 and not step.prefills and q.shape[2] == 1:
             # Batch 1 decoding (one row, one token): its context straight into attention,

@@ -31,6 +31,11 @@ quantization) or when its layers are of kinds it does not fuse. So `pack(model)`
 speeds up inference and changes nothing else: the engine calls it (Engine's
 pack_weights=True, the default), `unpack(model)` takes the caches away.
 
+Quantized models: q/k/v and gate/up of int8 (int4) layers fuse into one int8 (int4) layer,
+their codes and scales concatenated. The output head, which quantization leaves in floating
+point, can run from an int8 copy where the activations are bf16 (pack's int8_head, off by
+default: see pack).
+
 Memory: a packed bf16 copy holds the weights a second time (the model's own stay for
 the backward pass and saving); float32 fusion and the quantized fusion hold the fused
 groups (q/k/v, gate/up) a second time.
@@ -66,14 +71,12 @@ def mkldnn_bf16() -> bool:
     return _MKLDNN_BF16
 
 
-def _watched(modules) -> list[tuple[dict, str, Tensor, int, int]]:
-    """Every tensor of `modules` as (the dict holding it, its name, it, its version, its storage)."""
+def _watched(modules) -> list[tuple[nn.Module, str, Tensor, int, int]]:
+    """Every tensor of `modules` as (its module, its name, it, its version, its storage)."""
     out = []
     for m in modules:
-        for store in (m._parameters, m._buffers):
-            for name, t in store.items():
-                if t is not None:
-                    out.append((store, name, t, t._version, t.data_ptr()))
+        for name, t in (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)):
+            out.append((m, name, t, t._version, t.data_ptr()))
     return out
 
 
@@ -82,9 +85,10 @@ class Pack:
     in the fastest layout this device and dtype have. Calling it returns None where the
     caller must run its plain layers instead (see the module docstring)."""
 
-    def __init__(self, owner: nn.Module, names: tuple[str, ...]):
+    def __init__(self, owner: nn.Module, names: tuple[str, ...], int8: bool = False):
         self.owner, self.names = owner, names
         self.sources = tuple(getattr(owner, n) for n in names)
+        self.int8 = int8  # an int8 copy of a float layer (the head of a quantized model): see pack()
         self._watch = None  # what the packed copy was made from; None: not built
         self._run = None
 
@@ -98,8 +102,8 @@ class Pack:
         for name, src in zip(self.names, self.sources):
             if modules.get(name) is not src:
                 return False
-        for store, name, t, version, ptr in self._watch:
-            if store.get(name) is not t or t._version != version or t.data_ptr() != ptr:
+        for module, name, t, version, ptr in self._watch:
+            if getattr(module, name) is not t or t._version != version or t.data_ptr() != ptr:
                 return False
         return True
 
@@ -123,6 +127,9 @@ class Pack:
         if len(kinds) != 1:
             return None
         kind = kinds.pop()
+        if kind is nn.Linear and self.int8 and len(mods) == 1 and x.device.type == "cpu" \
+                and x.dtype == torch.bfloat16 and quant.kernel_path("int8", x.device, x.dtype) != quant.FALLBACK:
+            return quant.Int8Linear.from_linear(mods[0])
         if kind is nn.Linear:
             w = mods[0].weight
             bias = None if mods[0].bias is None else torch.cat([m.bias.detach() for m in mods])
@@ -147,7 +154,7 @@ class Pack:
         return Pack._restore(copy.deepcopy(self.__getstate__(), memo))
 
     def __getstate__(self):
-        return {"owner": self.owner, "names": self.names, "sources": self.sources}
+        return {"owner": self.owner, "names": self.names, "sources": self.sources, "int8": self.int8}
 
     def __setstate__(self, state):
         self.__dict__.update(Pack._restore(state).__dict__)
@@ -156,6 +163,7 @@ class Pack:
     def _restore(state) -> "Pack":
         new = Pack.__new__(Pack)
         new.owner, new.names, new.sources = state["owner"], state["names"], state["sources"]
+        new.int8 = state.get("int8", False)
         new._watch, new._run = None, None
         return new
 
@@ -183,9 +191,16 @@ def _fuse_quantized(mods) -> nn.Module:
 QKV, GATE_UP, OUT, DOWN, HEAD = "packed_qkv", "packed_gate_up", "packed_o", "packed_down", "packed_head"
 
 
-def pack(model: nn.Module) -> nn.Module:
+def pack(model: nn.Module, *, int8_head: bool = False) -> nn.Module:
     """Attach packs to a Transformer's layers (idempotent); returns the model. The model's
-    forward uses them under torch.no_grad / inference_mode, and only while valid."""
+    forward uses them under torch.no_grad / inference_mode, and only while valid.
+
+    int8_head: run the float output head from an int8 copy (one scale per row, as
+    acorn.model.quant's int8) where the activations are bf16 on CPU, as llama.cpp's Q8_0 /
+    Q4_0 mixes keep their head at 8 bits; the embedding itself is untouched. Off by default:
+    it changes the logits, and measured here it did not pay (torch's int8 kernel at batch 1
+    is compute-bound: for the 50M model's 32,000 x 512 head it took about the time of the
+    packed bf16 matmul, though it reads half the bytes; benchmarks/llamacpp.py)."""
     from acorn.model.transformer import MLP, Attention, Transformer
 
     for module in model.modules():
@@ -197,7 +212,7 @@ def pack(model: nn.Module) -> nn.Module:
                 module.__dict__[GATE_UP] = Pack(module, ("gate_proj", "up_proj"))
             module.__dict__[DOWN] = Pack(module, ("down_proj",))
     if isinstance(model, Transformer) and HEAD not in model.__dict__:
-        model.__dict__[HEAD] = Pack(model, ("lm_head",))
+        model.__dict__[HEAD] = Pack(model, ("lm_head",), int8=int8_head)
     return model
 
 

@@ -177,7 +177,10 @@ def kernel_path(method: str, device="cpu", dtype=torch.float32) -> str:
         if method == "int8":
             return "aten._weight_int8pack_mm"
         return "aten._weight_int4pack_mm_for_cpu" if device.type == "cpu" else "aten._weight_int4pack_mm"
-    return "fallback (unpack + dequantize + F.linear)"
+    return FALLBACK
+
+
+FALLBACK = "fallback (unpack + dequantize + F.linear)"
 
 
 # -------------------------------------------------------------- modules

@@ -116,3 +116,20 @@ def test_copies_and_state_dicts_know_nothing_of_packs():
     again = pickle.loads(pickle.dumps(model))  # torch.save(model) pickles: the packed copies stay behind
     assert again.model.layers[0].self_attn.__dict__[packed.QKV]._run is None
     torch.testing.assert_close(_logits(again), _logits(model))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_quantized_models_float_head_runs_from_an_int8_copy_in_bf16(tied):
+    model = quant.quantize(_model(tie_embeddings=tied), "int8").to(torch.bfloat16)
+    twin = copy.deepcopy(model)
+    twin.lm_head = quant.Int8Linear.from_linear(twin.lm_head)  # the head quantized for real
+    packed.pack(model, int8_head=True)
+    packed.pack(twin)
+    got = _logits(model)
+    head = model.__dict__[packed.HEAD]
+    if quant.kernel_path("int8", "cpu", torch.bfloat16) != quant.FALLBACK:
+        assert isinstance(head._run, quant.Int8Linear)
+        torch.testing.assert_close(got, _logits(twin))
+    assert type(model.lm_head) is torch.nn.Linear and model.lm_head.weight.dtype == torch.bfloat16
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied  # the embedding is untouched
+    assert packed.pack(_model(torch.bfloat16)).__dict__[packed.HEAD].int8 is False  # by default: the head as it is
