@@ -64,6 +64,19 @@ def random_llama(vocab_size: int, *, context: int = 128, bos_token_id: int | Non
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
+def tiny_chat_checkpoint(path: Path, text: str, context: int) -> Path:
+    """Save at path a tiny random Llama (random_llama) with a 400-token Acorn BPE
+    trained on text, in the acorn chat format: the serving and agent tests' model."""
+    from acorn.tokenizer.bpe import Tokenizer
+
+    tok = Tokenizer.train([text], 400, chat_format="acorn")
+    hf = random_llama(tok.vocab_size, context=context, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+                      pad_token_id=tok.pad_id)
+    hf.save_pretrained(path)
+    tok.save(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tok():
     from acorn.tokenizer.bpe import Tokenizer

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from acorn import sandbox
+from tests.test_sandbox import _running
 
 pytestmark = pytest.mark.skipif(not sandbox.available(), reason="the sandbox (bwrap + seccomp) is not available "
                                 "here; .ci/run installs bubblewrap and libseccomp2")
@@ -36,18 +37,6 @@ def _try(step: str) -> str:
     got through) and prints 'blocked ERRNO' when the OS refused it."""
     body = "\n".join("    " + line for line in step.strip().splitlines())
     return f"import os, sys, errno\ntry:\n{body}\nexcept OSError as e:\n    print('blocked', e.errno, flush=True)\n"
-
-
-def _live(marker: str) -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        try:
-            if marker.encode() in (d / "cmdline").read_bytes() and \
-                    (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                pids.append(int(d.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return pids
 
 
 @pytest.fixture
@@ -165,7 +154,7 @@ def test_the_attempt_fails(name, host):
         host["server"].accept()
     assert sorted(p.name for p in host["dir"].iterdir()) == ["secret.txt"]
     assert not (PROJECT / "evil").exists() and not Path("/tmp/inside").exists()
-    assert _live("forkbomb_e5c9") == []
+    assert _running("forkbomb_e5c9") == []
 
 
 def test_the_suite_covers_the_issues_list():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import random_llama
+from tests.conftest import tiny_chat_checkpoint
 
 TEXT = (
     "The quick brown fox jumps over the lazy dog. What is 6 + 6? It is 12. "
@@ -23,15 +23,7 @@ CONTEXT = 1024  # room for tool schemas in the system turn: the tiny BPE writes 
 
 @pytest.fixture(scope="session")
 def agent_checkpoint(tmp_path_factory):
-    from acorn.tokenizer.bpe import Tokenizer
-
-    tok = Tokenizer.train([TEXT], 400, chat_format="acorn")
-    hf = random_llama(tok.vocab_size, context=CONTEXT, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
-                      pad_token_id=tok.pad_id)
-    path = tmp_path_factory.mktemp("agent-ckpt")
-    hf.save_pretrained(path)
-    tok.save(path)
-    return path
+    return tiny_chat_checkpoint(tmp_path_factory.mktemp("agent-ckpt"), TEXT, CONTEXT)
 
 
 @pytest.fixture(scope="session")

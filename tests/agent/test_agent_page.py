@@ -16,7 +16,7 @@ if not Path(CHROMIUM).is_file():
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
 
 from tests.serve.conftest import run_server  # noqa: E402
-from tests.serve.test_browser import CHROMIUM_ARGS  # noqa: E402
+from tests.serve.test_browser import browser, page  # noqa: E402,F401 (the same Chromium fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -31,23 +31,6 @@ def servers(agent_checkpoint):
     yield with_tools, without
     with_tools.stop()
     without.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1200, "height": 800})
-    pg = context.new_page()
-    pg.set_default_timeout(15_000)
-    yield pg
-    context.close()
 
 
 def _open(page, url):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import random_llama
+from tests.conftest import tiny_chat_checkpoint
 
 TEXT = (
     "The quick brown fox jumps over the lazy dog. A small acorn grows into a tall oak tree. "
@@ -35,15 +35,7 @@ CONTEXT = 1024  # room for a tool schema in the system turn: this tiny BPE write
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
     """A tiny random Llama made by transformers, saved with an Acorn BPE in the acorn chat format."""
-    from acorn.tokenizer.bpe import Tokenizer
-
-    tok = Tokenizer.train([TEXT], 400, chat_format="acorn")
-    hf = random_llama(tok.vocab_size, context=CONTEXT, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
-                      pad_token_id=tok.pad_id)
-    path = tmp_path_factory.mktemp("serve-ckpt")
-    hf.save_pretrained(path)
-    tok.save(path)
-    return path
+    return tiny_chat_checkpoint(tmp_path_factory.mktemp("serve-ckpt"), TEXT, CONTEXT)
 
 
 @dataclass
