@@ -87,8 +87,13 @@ PRESETS = {
     "tiny": SpeedrunPreset("tiny", 512, "nano", 128, 128, 8, 2048, 0.1, 0.05, 3e-3, 1e-3, 20,
                            "under a minute; checks the pipeline end to end, not for results",
                            align_steps=2, grpo_steps=2),
+    # Measured on one H200 (docs/BENCHMARKS.md, speedrun-gpu): pretraining at 388K tokens/s eager
+    # (24% MFU, 17.2 GiB) and 635K compiled (39% MFU, 12.6 GiB) after ~32 s of compilation, which
+    # a 30-minute stage repays many times over: compiled by default here (not on the CPU, where
+    # compilation under load costs minutes; speedrun-ablations).
     "gpu": SpeedrunPreset("large", 8192, "d12", 1024, 1024, 32, 262144, 30.0, 10.0, 1e-3, 3e-4, None,
-                          "a GPT-2-small-class model (114M) on one GPU; estimated ~45 min and ~20 GB, not yet measured"),
+                          "an 82M-parameter model on one GPU; ~45 min estimated (its budgets), ~13 GB measured",
+                          compile=True),
 }
 
 

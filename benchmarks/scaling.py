@@ -16,6 +16,7 @@ docs/img/scaling-*.png.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -39,11 +40,28 @@ def _ci(law: dict, k: str, fmt: str = ".3f") -> str:
     return f"{v:{fmt}} [{iv[0]:{fmt}}, {iv[1]:{fmt}}]" if iv else f"{v:{fmt}}"
 
 
+# One section (and one set of plots) per preset: a gpu sweep does not replace the cpu one.
+SECTION = {"cpu": "scaling", "gpu": "scaling-gpu", "tiny": "scaling-tiny"}
+
+
+def _load_sentence(timing: dict) -> str:
+    """What else the machine was doing: the 1-minute load average before and after the sweep."""
+    if "load_before" not in timing:
+        return timing.get("load_note", "") + " "
+    lo, hi = timing["load_before"], timing.get("load_after", timing["load_before"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    busy = lo > 0.5
+    return (f"Load average {lo:.2f} before the sweep and {hi:.2f} after it on {cores} cores: "
+            + ("**measured with other jobs running**, so the times are upper bounds for an idle machine. " if busy
+               else "the machine was otherwise idle. "))
+
+
 def run(args) -> dict:
     from acorn.scaling.report import emergence_sweep, fit_sweep
     from acorn.scaling.sweep import sweep
 
     out = Path(args.out)
+    load = os.getloadavg()[0]  # before this process adds its own
     t0 = time.perf_counter()
     ran = [] if args.skip_sweep else sweep(out, args.preset, data=args.data).ran
     sweep_s = time.perf_counter() - t0
@@ -55,7 +73,8 @@ def run(args) -> dict:
     em_text = emergence_sweep(out, limit=args.limit)
     em_s = time.perf_counter() - t0
     log(em_text)
-    timing = {"ran": ran, "sweep_s": sweep_s, "fit_s": fit_s, "emergence_s": em_s}
+    timing = {"ran": ran, "sweep_s": sweep_s, "fit_s": fit_s, "emergence_s": em_s, "load_before": load,
+              "load_after": os.getloadavg()[0], "machine": machine_description(("scipy",))}
     write_json(out / "benchmark_timing.json", timing)
     return timing
 
@@ -85,18 +104,17 @@ def section(args, timing: dict) -> str:
     missing = [r["name"] for r in plan["runs"] if r["name"] not in {x["name"] for x in results}]
     held = fit["fits"]["total"]["held_out_budget"]
     lines = [
-        "## Scaling laws and emergence (issue 15)", "",
-        f"Command: `{command_line().replace(' --report-only', '')}` ({today()}). Machine: {machine_description(('scipy',))}.", "",
-        f"**Measured with other jobs running** (about ten processes shared the 2 cores; this sweep ran as one "
-        f"process with one thread, at roughly a fifth of a core): the times below are upper bounds for an idle "
-        f"machine. Data: `{plan['settings']['data']}` ({plan['settings']['data_tokens']:,} training tokens, vocabulary "
-        f"{plan['settings']['vocab_size']:,}).", "",
+        "## Scaling laws and emergence (issue 15)" + ("" if args.preset == "cpu" else f", the {args.preset} preset"), "",
+        f"Command: `{timing.get('command') or command_line().replace(' --report-only', '')}` ({timing.get('date') or today()}). "
+        f"Machine: {timing.get('machine') or machine_description(('scipy',))}.", "",
+        f"{_load_sentence(timing)}Data: `{plan['settings']['data']}` ({plan['settings']['data_tokens']:,} training "
+        f"tokens, vocabulary {plan['settings']['vocab_size']:,}).", "",
         f"- sweep ({args.preset} preset): {len(results)} runs, {sum(r['compute_total'] for r in results):.2e} FLOPs of "
         f"6ND, {train_min:.1f} min of training steps (summed from the runs' metrics; this invocation trained "
         f"{len(timing['ran'])} of them in {timing['sweep_s'] / 60:.1f} min, the rest earlier into the same directory); "
         f"fit {timing['fit_s']:.0f} s ({fit['bootstrap']} bootstrap resamples, both parameter counts); emergence "
         f"{timing['emergence_s']:.0f} s; total {train_min + (timing['fit_s'] + timing['emergence_s']) / 60:.1f} min "
-        "(goal: <= 30 min on 2 cores).",
+        + ("(goal: <= 30 min on 2 cores)." if args.preset == "cpu" else "."),
         f"- left out of the plan by the preset's window: {'; '.join(plan['left_out']) or 'none'}.",
         f"- planned but not finished when this was written: {', '.join(missing) or 'none'}"
         + (" (the fits use the finished runs only)." if missing else "."), "",
@@ -158,7 +176,8 @@ def section(args, timing: dict) -> str:
                               f"N serving {args.serve_multiple:g} x D_opt tokens", "its D", "its D/N",
                               "training + serving FLOPs saved"], srows), "",
               f"`acorn scaling predict {args.out} --compute C --inference-tokens T` prints a row. Beyond the "
-              "sweep's budgets these are extrapolations of a law fitted on models below 1.2M parameters"
+              "sweep's budgets these are extrapolations of a law fitted on models of at most "
+              f"{max(r['n_total'] for r in results) / 1e6:.1f}M parameters"
               + (f", and one without a floor: the fit puts E at its lower bound ({e:.1e}), i.e. these sizes and "
                  "budgets do not identify the entropy of the text, so the law promises any loss to a small enough "
                  "model trained long enough, and the inference-aware sizes come out extreme" if e < 0.01 else "")
@@ -177,13 +196,16 @@ def section(args, timing: dict) -> str:
                      + [f"{t['icl']['overall']['brier']:.3f}"])
     lines += [markdown_table(["model", "C", "arithmetic EM / log-prob / edit dist.", "facts EM / log-prob / edit dist.",
                               "icl EM / log-prob / edit dist.", "icl Brier"], erows), "",
-              "![isoflop](img/scaling-isoflop.png)", "", "![frontier](img/scaling-frontier.png)", "",
-              "![holdout](img/scaling-holdout.png)", "", "![emergence](img/scaling-emergence.png)", ""]
+              *(f"![{n}](img/{SECTION[args.preset]}-{n}.png)\n" for n in ("isoflop", "frontier", "holdout", "emergence"))]
     if args.note:
         lines += [args.note, ""]
-    lines += ["The gpu preset (`acorn scaling sweep --preset gpu`: the large world, depths 2-8 at aspect 64, "
-              "budgets 1e14-3e15, 14 runs) exists but has not been run: no GPU was lent to this task."]
     return "\n".join(lines)
+
+
+def copy_plots(sweep_dir: Path, preset: str) -> None:
+    """The sweep's plots to docs/img/<section>-*.png."""
+    for name in ("isoflop", "frontier", "holdout", "emergence"):
+        shutil.copyfile(sweep_dir / f"scaling-{name}.png", REPO / "docs" / "img" / f"{SECTION[preset]}-{name}.png")
 
 
 def main() -> None:
@@ -206,11 +228,9 @@ def main() -> None:
     if args.no_write:
         print(body)
         return
-    img = REPO / "docs" / "img"
-    for name in ("isoflop", "frontier", "holdout", "emergence"):
-        shutil.copyfile(Path(args.out) / f"scaling-{name}.png", img / f"scaling-{name}.png")
-    write_section("scaling", body)
-    log("wrote section scaling of docs/BENCHMARKS.md and docs/img/scaling-*.png")
+    copy_plots(Path(args.out), args.preset)
+    write_section(SECTION[args.preset], body)
+    log(f"wrote section {SECTION[args.preset]} of docs/BENCHMARKS.md and docs/img/{SECTION[args.preset]}-*.png")
 
 
 if __name__ == "__main__":
