@@ -909,11 +909,21 @@ def cmd_agent(args) -> None:
     names = parse_tool_names(args.tools)  # before the model loads: a typo costs nothing
     allow = parse_tool_names(args.allow) if args.allow else None
     tools = make_tools(names, index=args.index, embedder=args.embedder, world=args.world)
-    agent = Agent(_engine(args), tools, allow=allow,
+    confirm, policy = (_ask_confirmation if args.confirm else None), None
+    if args.privilege:
+        from acorn.chat.privilege import ToolPolicy
+
+        # Once a fetched text (search, lookup, a program's output) is in the context, a tool with side
+        # effects runs only when confirmed (--confirm) and is refused otherwise; the calculator's
+        # output is computed, so it taints nothing.
+        policy = ToolPolicy(side_effects=[n for n in tools.names if tools[n].side_effects], trusted=["calculator"],
+                            confirm=confirm)
+        confirm = None  # the policy asks, and only when it must
+    agent = Agent(_engine(args), tools, allow=allow, policy=policy,
                   system=args.system, max_steps=args.max_steps, token_budget=args.token_budget,
                   max_new_tokens=args.max_new_tokens, max_observation_tokens=args.max_observation_tokens,
                   max_retries=args.max_retries, constrained=not args.unconstrained, temperature=args.temperature,
-                  seed=args.seed, confirm=_ask_confirmation if args.confirm else None, trace=args.trace)
+                  seed=args.seed, confirm=confirm, trace=args.trace)
     result = agent.run(task)
     if args.json:
         print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
@@ -952,6 +962,9 @@ def _add_agent_parser(stages) -> None:
                    "constrained: the model writes text or a well-formed, schema-valid call)")
     s.add_argument("--confirm", action="store_true", help="ask on the terminal before each call of a tool with "
                    "side effects (python)")
+    s.add_argument("--privilege", action="store_true", help="privilege separation: once a tool's fetched output "
+                   "(search, lookup, python) is in the context, tools with side effects are refused unless --confirm "
+                   "asks and you say yes (acorn.chat.privilege.ToolPolicy; default: off)")
     s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
     s.add_argument("--seed", type=int, default=0, help="seed of the sampler (default: 0)")
     s.add_argument("--trace", metavar="FILE", help="write the run as JSONL: start, each model turn, each tool "
@@ -1561,8 +1574,8 @@ def _add_scaling_parser(stages) -> None:
                 "the preset's batch gets a smaller one. Runs outside the preset's tokens-per-parameter\n"
                 "window, or repeating the data too often, are left out and listed in OUT/sweep.json.\n"
                 "A killed sweep continues where it stopped when run again.\n"
-                "Presets: cpu (12 runs on the default world; ~13 min of training on one idle core,\n"
-                "~7 as two shards), gpu (18 runs on the large world; 4.7 min of training on one H200).")
+                "Presets: cpu (12 runs on the default world; 5.4 min with fit and emergence on 2 idle\n"
+                "cores), gpu (18 runs on the large world; 4.7 min of training on one H200).")
     s.add_argument("--out", required=True, help="the sweep directory (sweep.json, runs/NAME/)")
     s.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"], help="grid, shapes and batch (default: cpu)")
     s.add_argument("--data", help="prepared token shards (`acorn data prepare`; default: make the preset's world, "

@@ -394,10 +394,45 @@ def stage_grpo(run: Run) -> dict:
             "reward_first": rewards[0], "reward_last": rewards[-1], "model": str(out / "model")}
 
 
+# The prompt-injection suite (acorn.eval.injection: instructions planted in retrieved passages, scored by
+# string match) on the chat models the run has, undefended (the passages in the user turn) and with the
+# prompt-level defences (delimited passages in a tool-role message). The trained defences (StruQ,
+# SecAlign) need a model that follows instructions first: benchmarks/injection.py measures those.
+INJECTION_SETTINGS = {"injection": ("user", "off"), "injection:defended": ("tool", "delimit")}
+
+
+def stage_injection(run: Run) -> dict:
+    from acorn.eval.injection import METRICS, evaluate_injection, load_items, save
+
+    run.need(run.world, run.sft)
+    models = {"sft": run.sft}
+    if (run.out / "align" / "model").exists():
+        models["align"] = run.out / "align" / "model"
+    items = load_items(run.world, run.preset.eval_limit)
+    card, skipped = {}, {}
+    for column, model in models.items():
+        card[column] = {}
+        for task, (layout, spotlight) in INJECTION_SETTINGS.items():
+            try:
+                r = evaluate_injection(model, items=items, layout=layout, spotlight=spotlight, progress=False)
+            except AcornError as e:  # a context too short for passages (the tiny preset): said, not fatal
+                skipped[f"{column} {task}"] = str(e)
+                print(f"   {column}, {task}: skipped: {e}", flush=True)
+                continue
+            save(r, run.out / "injection" / column / f"{layout}-{spotlight}")
+            card[column][task] = {m: r[m] for m in METRICS}
+            print(f"   {column}, passages in the {layout} turn, spotlight {spotlight}: attack success "
+                  f"{r['attack_success']:.1%}, hijacked {r['hijacked']:.1%} (clean {r['abandoned_clean']:.1%}), "
+                  f"utility {r['utility_clean']:.1%} clean / {r['utility_attacked']:.1%} attacked", flush=True)
+    return {"card": {c: t for c, t in card.items() if t}, "items": len(items), "skipped": skipped}
+
+
 register_stage("align", stage_align, estimate="about a minute",
                title="align: ORPO on the world's preference pairs from the SFT model, then the world's tasks on it")
 register_stage("grpo", stage_grpo, estimate="a minute or two",
                title="grpo: GRPO on the world's arithmetic prompts from the SFT model, then world_arithmetic on it")
+register_stage("injection", stage_injection, estimate="about a minute",
+               title="injection: the prompt-injection suite on the chat models, undefended and spotlighted")
 
 
 def _sample_questions(world: Path) -> list[str]:

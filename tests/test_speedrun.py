@@ -2,6 +2,7 @@
 with a report card; registered stages add to a finished run."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -94,6 +95,34 @@ def test_align_and_grpo_stages_train_from_the_sft_model_and_add_their_columns(ti
     text = report.read_text(encoding="utf-8")
     header = next(line for line in text.splitlines() if line.startswith("| task | metric |"))
     assert header.endswith("| align | grpo |") and "## Stages trained over the run" in text
+
+
+def test_the_injection_stage_scores_each_chat_model_undefended_and_defended(tiny_run, monkeypatch):
+    """Over the finished tiny run: the tiny model's 128-token context holds no
+    attack prompt, which the stage says instead of failing; with the evaluation
+    stubbed, each chat model (sft, and align when that stage ran) gets the
+    suite's metrics in both settings as report-card rows."""
+    import acorn.eval.injection as inj
+
+    out, report = tiny_run
+    assert main(["speedrun", "--out", str(out), "--stages", "injection"]) == 0
+    by = {s["name"]: s["summary"] for s in json.loads((out / "speedrun.json").read_text())["stages"]}
+    assert by["injection"]["skipped"] and all("context" in why for why in by["injection"]["skipped"].values())
+    calls = []
+
+    def fake(model, *, items, layout, spotlight, progress):
+        calls.append((Path(model).parent.name, layout, spotlight))
+        return {m: 0.25 for m in inj.METRICS} | {"attacks": {}, "n": len(items), "samples": [], "layout": layout,
+                                                 "spotlight": spotlight, "skipped": 0}
+
+    monkeypatch.setattr(inj, "evaluate_injection", fake)
+    assert main(["speedrun", "--out", str(out), "--stages", "injection"]) == 0
+    models = ["sft", "align"] if (out / "align" / "model").exists() else ["sft"]
+    assert calls == [(m, *sr.INJECTION_SETTINGS[t]) for m in models for t in ("injection", "injection:defended")]
+    stages = json.loads((out / "speedrun.json").read_text())["stages"]
+    card = sr.report_card([sr.StageResult(s["name"], s["seconds"], s["summary"]) for s in stages])
+    assert card["sft"]["injection:defended"]["attack_success"] == 0.25 and "utility_clean" in card["sft"]["injection"]
+    assert "attack_success" in report.read_text(encoding="utf-8")
 
 
 def test_speedrun_refuses_a_file_and_an_old_run(tmp_path, capsys):

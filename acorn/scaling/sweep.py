@@ -69,8 +69,8 @@ class SweepPreset:
 
 PRESETS: dict[str, SweepPreset] = {
     # 12 runs, 2.2e13 FLOPs of 6ND on the default world's 1.6M tokens: sized for <= 30 minutes
-    # (sweep + fit + emergence) on 2 CPU cores (~13 min of training on one idle core, measured
-    # per size). Aspect 32 rather than nanochat's 64 gives more than one size below 1M
+    # (sweep + fit + emergence) on 2 CPU cores (measured: 5.4 min from nothing on 2 idle cores,
+    # docs/BENCHMARKS.md section scaling). Aspect 32 rather than nanochat's 64 gives more than one size below 1M
     # parameters, where the 2048-token embedding is most of a model; the budgets put each
     # curve's minimum among the sizes, and the window keeps 3 sizes per budget without runs that
     # spend a budget on a model far from its optimum. The largest budget is the held-out one.

@@ -44,3 +44,25 @@ def test_acorn_serve_refuses_unknown_tools_before_loading(tmp_path, capsys):
     # The checkpoint does not exist: the tool name is checked first, so its error is the one shown.
     assert main(["serve", str(tmp_path / "no-model"), "--tools", "calculator,shell"]) == 2
     assert "unknown tool 'shell'" in capsys.readouterr().err
+
+
+def test_privilege_gives_the_agent_a_policy_that_guards_the_side_effecting_tools(agent_checkpoint, monkeypatch,
+                                                                                 capsys):
+    import acorn.agent.loop as loop
+
+    seen = {}
+
+    class Capture(loop.Agent):
+        def run(self, task):
+            seen.update(policy=self.policy, confirm=self.confirm)
+            return super().run(task)
+
+    monkeypatch.setattr(loop, "Agent", Capture)
+    argv = ["agent", str(agent_checkpoint), "2+2", "--tools", "calculator,python", "--max-steps", "1",
+            "--max-new-tokens", "4"]
+    assert main([*argv, "--privilege"]) == 0
+    policy = seen["policy"]
+    assert policy.side_effects == {"python"} and policy.trusted == {"calculator"} and policy.confirm is None
+    assert seen["confirm"] is None  # the policy decides; nothing asks before an untainted call
+    assert main(argv) == 0 and seen["policy"] is None
+    capsys.readouterr()
