@@ -44,7 +44,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from common import REPO, command_line, log, machine_description, markdown_table, today, write_figures  # noqa: E402
+from common import (  # noqa: E402
+    REPO, command_line, load_note, log, machine_description, markdown_table, today, write_figures,
+)
 
 # name: (--loss, its beta, learning rates swept, extra overrides). The SFT that made the start ran
 # at 1e-3; preference tuning moves a tuned model less, so the sweep is 30x to 3x below that.
@@ -483,7 +485,7 @@ def figure_dpo_margins(args) -> str:
         "neither (punctuation, a piece of the chosen reply) rather than to the chosen reply itself.", "",
         "![DPO margins](img/align-dpo-margins.png)", "",
         f"Command: `{args.command}`; one run: `{next(iter(runs.values()))['cli']}`  ",
-        f"Machine: {machine_description(('trl',))} (measured with other jobs running)  ",
+        f"Machine: {machine_description(('trl',))} ({load_note()})  ",
         f"Date: {today()}",
     ])
 

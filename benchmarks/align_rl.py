@@ -45,7 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from common import REPO, command_line, log, machine_description, markdown_table, today, write_figures  # noqa: E402
+from common import (  # noqa: E402
+    REPO, command_line, load_note, log, machine_description, markdown_table, today, write_figures,
+)
 
 
 # ================================================================== data
@@ -327,7 +329,7 @@ def figure_grpo_diagnosis(args) -> str:
         "Reading: " + diagnosis_reading(results, start), "",
         f"Command: `{args.command}`  ",
         f"Machine: {machine_description()}, device: {'cuda' if torch.cuda.is_available() else 'cpu'} "
-        "(measured with other jobs running)  ",
+        f"({load_note()})  ",
         f"Date: {today()}",
     ])
 
@@ -473,7 +475,7 @@ def figure_ppo(args) -> str:
         "![PPO curves](img/align-ppo.png)", "",
         f"Command: `{args.command}`  ",
         f"Machine: {machine_description()}, device: {'cuda' if torch.cuda.is_available() else 'cpu'} "
-        "(measured with other jobs running)  ",
+        f"({load_note()})  ",
         f"Date: {today()}",
     ])
 

@@ -142,6 +142,21 @@ def command_line(drop_options: tuple[str, ...] = ("--note",)) -> str:
     return shlex.join(["python", str(script), *args])
 
 
+# The 1-minute load average when the benchmark script started, before it did any work of its own.
+LOAD_AT_START = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def load_note() -> str:
+    """What else the machine was doing when this benchmark started, for its report: figures taken with
+    other jobs running are slower and noisier than an idle machine's."""
+    if LOAD_AT_START is None:
+        return "load unknown"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    busy = LOAD_AT_START > 0.5
+    return (f"load average {LOAD_AT_START:.2f} on {cores} cores when it started: "
+            + ("measured with other jobs running" if busy else "the machine was otherwise idle"))
+
+
 def today() -> str:
     return _dt.date.today().isoformat()
 

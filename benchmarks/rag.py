@@ -58,7 +58,9 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import CACHE, command_line, log, machine_description, markdown_table, today, write_section  # noqa: E402
+from common import (  # noqa: E402
+    CACHE, command_line, load_note, log, machine_description, markdown_table, today, write_section,
+)
 
 from acorn.fileio import read_jsonl, write_jsonl  # noqa: E402
 
@@ -229,8 +231,8 @@ def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
     (work / "chain-results.json").write_text(json.dumps(results, indent=2, default=str))
     return "\n\n".join([
         "## RAG answers from context: a reading stage, then SFT",
-        f"`{command_line()}` on {machine_description(('faiss-cpu', 'bm25s'))}, {today()}; measured with other jobs "
-        f"running (timings are not comparable). {len(questions)} questions about the knowledge base's unknown_eval "
+        f"`{command_line()}` on {machine_description(('faiss-cpu', 'bm25s'))}, {today()}; {load_note()}. "
+        f"{len(questions)} questions about the knowledge base's unknown_eval "
         "people; BM25 retrieval (recall@1 100% on these questions, see `rag`), greedy answers. Single runs.",
         f"Reading stage: the speedrun's base model, {args.cpt_steps} steps of {args.cpt_batch_tokens:,} tokens at "
         f"lr {args.cpt_lr:g} on {mix['docs']:,} reading documents (`acorn data world --reading-docs`: passages "
@@ -286,8 +288,8 @@ def rerank_figures(args, run: Path, work: Path, rows: list[dict]) -> str:
             log(f"{mode} {method}: {table[-1]}")
     return "\n\n".join([
         "## RAG reranking by the chat model",
-        f"`{command_line()}` on {machine_description(('faiss-cpu', 'bm25s'))}, {today()}; measured with other jobs "
-        f"running. {len(questions)} questions about the knowledge base's unknown_eval people; the top {args.rerank} "
+        f"`{command_line()}` on {machine_description(('faiss-cpu', 'bm25s'))}, {today()}; {load_note()}. "
+        f"{len(questions)} questions about the knowledge base's unknown_eval people; the top {args.rerank} "
         f"of each retriever (dense: the pretrained model's mean-pooled states, no embedder training) reordered by "
         f"{model.name if model.name != 'model' else model.parent.name}/model's score (acorn.rag.rerank): `yes` = "
         "log-odds of \"yes\" to \"does the passage answer the question?\", `likelihood` = log P(question | passage).",

@@ -43,10 +43,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from common import REPO, command_line, log, machine_description, markdown_table, today, write_figures  # noqa: E402
+from common import (  # noqa: E402
+    REPO, command_line, load_note, log, machine_description, markdown_table, today, write_figures,
+)
 
-LOAD_NOTE = ("Measured with other jobs running on the machine (2 cores shared by several engineers): times are "
-             "not comparable between sections, the quality figures are.")
+LOAD_NOTE = (load_note()[0].upper() + load_note()[1:] + ": times are not comparable between sections run at "
+             "different loads, the quality figures are.")
 
 
 def _rows(path: Path) -> list[dict]:
