@@ -170,11 +170,12 @@ def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
     questions, golds = [r["question"] for r in rows], [r["kb_answer"] for r in rows]
 
     t0 = time.perf_counter()
+    reused = (work / "cpt" / "model").is_dir()  # --keep-work: trained by an earlier run
     log(f"continued pretraining on {args.reading_docs} reading documents, {args.cpt_steps} steps")
     cpt, mix = reading_cpt(run, work, args.reading_docs, args.cpt_steps, args.cpt_lr, args.cpt_batch_tokens,
                            args.reading_questions, (1, args.reading_passages), args.reading_absent)
     cpt_s = time.perf_counter() - t0
-    took = "reused from an earlier run, --keep-work" if cpt_s < 120 else f"{cpt_s / 60:.0f} min"
+    took = "reused from an earlier run, --keep-work" if reused else f"{cpt_s / 60:.1f} min"
     copies = {"the speedrun's base model": copy_rate(run / "pretrain" / "model", run, rows),
               "after the reading stage": copy_rate(cpt, run, rows)}
     log(f"copy rate from one passage: {copies}")
