@@ -109,7 +109,7 @@ def cmd_data_world(args) -> None:
 
     generate_world(args.out, seed=args.seed, size=args.size, tokenizer=args.tokenizer, overwrite=args.overwrite,
                    rag_sft=args.rag_sft, reading_docs=args.reading_docs, tool_sft=args.tool_sft,
-                   mixed_qa=args.mixed_qa, critique_sft=args.critique_sft)
+                   mixed_qa=args.mixed_qa, critique_sft=args.critique_sft, icl_docs=args.icl_docs)
 
 
 def cmd_data_prepare(args) -> None:
@@ -1086,6 +1086,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed training: N question-answer pairs per fact of each SFT person among the pretraining "
                    "documents (\"Question: ...\\nAnswer: ...\"); the held-out people get none and measure transfer "
                    "(default: 0, off)")
+    s.add_argument("--icl-docs", type=non_negative_int, default=0, metavar="N",
+                   help="N in-context pretraining documents instead of the size's, half of them repeating their "
+                   "inputs so each later label is copied from an earlier line (induction); default: 0, the size's "
+                   "own documents")
     s.add_argument("--critique-sft", action="store_true", help="sft.jsonl also teaches critiques and revisions "
                    "under the world's principles (written to principles.md) and A/B comparisons, the format "
                    "`acorn synth constitutional` uses (default: off)")

@@ -187,22 +187,31 @@ def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
     # without the reading stage (from the speedrun's base model as it is).
     # A fourth: the RAG rows alone (no sft.jsonl, whose refusals teach "I don't know." for every person of
     # the knowledge base's surname pool without passages), over unknown_sft and 300 invented people.
-    variants = [("reading stage + one-passage RAG rows (1 I-don't-know per fact)", cpt, 1),
-                ("reading stage + one-passage RAG rows, + 3 namesake I-don't-know per fact", cpt, 4),
-                ("no reading stage, one-passage RAG rows (1 per fact)", run / "pretrain" / "model", 1),
-                ("reading stage + one-passage RAG rows only (no sft.jsonl), + 300 invented people", cpt, 0)]
+    # A fifth: the fourth's rows twice over, once with one passage and once with three (the person's among
+    # two distractors, as retrieval at k=3 returns them), so answering means picking the passage.
+    variants = [("reading stage + one-passage RAG rows (1 I-don't-know per fact)", cpt, 1, (1,)),
+                ("reading stage + one-passage RAG rows, + 3 namesake I-don't-know per fact", cpt, 4, (1,)),
+                ("no reading stage, one-passage RAG rows (1 per fact)", run / "pretrain" / "model", 1, (1,)),
+                ("reading stage + one-passage RAG rows only (no sft.jsonl), + 300 invented people", cpt, 0, (1,)),
+                ("reading stage + one- and three-passage RAG rows only (no sft.jsonl), + 300 invented people", cpt, 0,
+                 (1, 3))]
+    chosen = [int(i) for i in args.chain_variants.split(",")] if args.chain_variants else range(len(variants) - 1)
 
     def ask(rag, qs):
         return [a for s in range(0, len(qs), 32) for a in rag.ask_many(qs[s:s + 32])]
 
     table, results, sft_s, counts = [], {}, {}, {}
-    for i, (label, init, idk) in enumerate(variants):
-        extra = rag_sft_rows(world, passages=1, idk_per_fact=max(1, idk))
-        if idk == 0:
-            extra += rag_sft_rows(world, passages=1, people=reading_people(world, 300, "sft_people"),
-                                  component="rag_sft_invented")
-        counts[idk] = (sum(r["kind"] == "rag" for r in extra), sum(r["kind"] == "rag_idk" for r in extra))
-        data = work / f"sft-chain-{idk}.jsonl"
+    for i, (label, init, idk, shown) in enumerate(variants):
+        if i not in chosen:
+            continue
+        extra = []
+        for n in shown:
+            extra += rag_sft_rows(world, passages=n, idk_per_fact=max(1, idk))
+            if idk == 0:
+                extra += rag_sft_rows(world, passages=n, people=reading_people(world, 300, "sft_people"),
+                                      component="rag_sft_invented")
+        counts[(idk, shown)] = (sum(r["kind"] == "rag" for r in extra), sum(r["kind"] == "rag_idk" for r in extra))
+        data = work / (f"sft-chain-{idk}.jsonl" if shown == (1,) else f"sft-chain-{idk}-p{''.join(map(str, shown))}.jsonl")
         if not data.exists():
             mixed = (base_sft if idk else []) + extra
             random.Random(idk).shuffle(mixed)
@@ -247,7 +256,9 @@ def answers_chain(args, run: Path, work: Path, rows: list[dict]) -> str:
         "conversations (answered / \"I don't know.\" rows: " + ", ".join(f"{a:,} / {b:,} with {max(1, k)} per fact"
                                                                       + (" and invented people, without sft.jsonl"
                                                                          if k == 0 else "")
-                                                                      for k, (a, b) in counts.items()) + ").",
+                                                                      + (f", {' and '.join(map(str, n))} passages"
+                                                                         if n != (1,) else "")
+                                                                      for (k, n), (a, b) in counts.items()) + ").",
         markdown_table(["model", "EM k=1", "I don't know k=1", "faithful k=1", "made up when absent k=1", "EM k=3",
                         "I don't know k=3", "made up when absent k=3"], table),
         "Goal (issue 16): >= 80% exact match with retrieval. Made up = share of answers other than \"I don't know.\" "
@@ -326,6 +337,8 @@ def main() -> None:
     ap.add_argument("--chain-sft-steps", type=int, default=150)
     ap.add_argument("--chain-sft-lr", type=float, default=1e-3)
     ap.add_argument("--chain-sft-batch-tokens", type=int, default=4096)
+    ap.add_argument("--chain-variants", help="answers-chain: the SFT variants to run, by number (0-4; default 0-3: "
+                                             "4 adds three-passage rows to 3's)")
     ap.add_argument("--rerank", type=int, default=10, help="rerank: candidates reordered per question")
     ap.add_argument("--rerank-model", help="rerank: the chat model that scores (default: RUN/sft/model)")
     args = ap.parse_args()

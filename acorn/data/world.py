@@ -303,7 +303,7 @@ def arithmetic_doc(rng: random.Random, seen: set) -> str:
     return {"+": T.column_addition, "-": T.column_subtraction, "*": T.long_multiplication}[op](a, b)
 
 
-def pretrain_docs(world: World, cfg: WorldSize, seen: set) -> list[dict]:
+def pretrain_docs(world: World, cfg: WorldSize, seen: set, icl_docs: int = 0) -> list[dict]:
     rng = _rng(world.seed, "pretrain")
     known = world.known()
     docs = []
@@ -345,7 +345,9 @@ def pretrain_docs(world: World, cfg: WorldSize, seen: set) -> list[dict]:
         docs.append({"text": arithmetic_doc(rng, seen), "kind": "arithmetic"})
     # In-context patterns from their own random stream, so the documents above stay as they were.
     icl_rng, pools = _rng(world.seed, "icl_docs"), icl_pools(world)
-    docs += [{"text": icl_doc(icl_rng, pools), "kind": "icl"} for _ in range(cfg.n_icl_docs)]
+    # icl_docs > 0: that many documents instead, half of them of the repeated-induction kind.
+    docs += [{"text": icl_doc(icl_rng, pools, repeats=icl_docs > 0), "kind": "icl"}
+             for _ in range(icl_docs or cfg.n_icl_docs)]
     rng.shuffle(docs)  # a loader reading in order sees every kind throughout
     return docs
 
@@ -976,16 +978,48 @@ def icl_episode(rng: random.Random, pools: dict[str, list[str]], ks=(4, 6, 8)) -
             "query": query}
 
 
-def icl_doc(rng: random.Random, pools: dict[str, list[str]]) -> str:
-    """A pretraining document with an in-context pattern: an episode of
-    icl_episode with its answer, longer than the eval's (8-12 examples), so
-    every line after a label's first use is predictable only from the
-    examples above it. Its labels are invented here, never the eval's
-    mapping: what the model learns is to follow a mapping shown in context
-    (the induction and in-context-learning behaviour of Olsson et al. 2022),
-    not any mapping itself. The eval items' format, so that is what it learns."""
-    ep = icl_episode(rng, pools, ks=(8, 10, 12))
-    return f"{ep['prompt']} {ep['answer']}"
+def icl_doc(rng: random.Random, pools: dict[str, list[str]], repeats: bool = False) -> str:
+    """A pretraining document with an in-context pattern. By default an
+    episode of the category or induction kind below (icl_episode's); with
+    `repeats` (`acorn data world --icl-docs N`) one of two kinds in equal
+    numbers. Its labels are invented here, never the eval's mapping:
+    what the model learns is to follow a mapping shown in context (the
+    induction and in-context-learning behaviour of Olsson et al. 2022), not
+    any mapping itself. The eval items' format, so that is what it learns.
+
+    category   an episode of icl_episode with its answer, longer than the
+               eval's (8-12 examples): every line after a category's first
+               example is predictable from the examples above it;
+    induction  3-5 inputs of any category, each given a label at random,
+               shown 10-12 times in all, so every input comes back: every
+               label after an input's first line can only be copied from the
+               line where it was seen (the eval's induction items ask exactly
+               that once, at the end, as the default documents do, which
+               leaves the behaviour nearly unrewarded). Measured: no gain at
+               the speedrun's scale (docs/BENCHMARKS.md, icl-pretraining).
+    """
+    if not repeats or rng.random() < 0.5:
+        ep = icl_episode(rng, pools, ks=(8, 10, 12))
+        return f"{ep['prompt']} {ep['answer']}"
+    labels: list[str] = []
+    n_labels = rng.choice([2, 3])
+    while len(labels) < n_labels:
+        word = T.label_word(rng)
+        if word not in labels:
+            labels.append(word)
+    inputs: list[str] = []
+    n_inputs = rng.choice([3, 4, 5])
+    while len(inputs) < n_inputs:
+        x = rng.choice(pools[rng.choice(sorted(pools))])
+        if x not in inputs:
+            inputs.append(x)
+    # Every label used (labels dealt round-robin, then shuffled with the inputs).
+    dealt = [labels[i % len(labels)] for i in range(len(inputs))]
+    rng.shuffle(dealt)
+    mapping = dict(zip(inputs, dealt))
+    order = inputs + [rng.choice(inputs) for _ in range(rng.choice([10, 12]) - len(inputs))]
+    rng.shuffle(order)
+    return "\n".join(f"Input: {x}\nLabel: {mapping[x]}" for x in order)
 
 
 def icl_items(world: World, cfg: WorldSize) -> list[dict]:
@@ -1321,7 +1355,7 @@ def _fit_tokenizer(pretrain: list[dict]):
 
 def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, quiet: bool = False,
                    overwrite: bool = False, rag_sft: bool = False, reading_docs: int = 0,
-                   tool_sft: bool = False, mixed_qa: int = 0, critique_sft: bool = False) -> dict:
+                   tool_sft: bool = False, mixed_qa: int = 0, critique_sft: bool = False, icl_docs: int = 0) -> dict:
     """Generate the world into directory `out` and return a summary.
 
     rag_sft: sft.jsonl also teaches answering from retrieved passages with a
@@ -1336,6 +1370,8 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     mixed_qa: N > 0 mixes N question-answer pairs per fact of each SFT person
     into pretrain.jsonl (mixed_qa_docs; the held-out people get none, so
     their facts still measure transfer). Off (0) by default, same bytes.
+    icl_docs: N > 0 replaces the size's in-context documents by N of them, half of the
+    repeated-induction kind (icl_doc(repeats=True)); 0 (the default): files unchanged.
     critique_sft: sft.jsonl also teaches the constitutional format (critique_sft_rows:
     critiques under the world's principles, revisions, comparisons of two answers),
     and the world writes those principles to principles.md. Off by default too.
@@ -1360,7 +1396,9 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     seen: set = set()  # (a, op, b) problems in training data, to flag contaminated eval items
     if isinstance(mixed_qa, bool) or not isinstance(mixed_qa, int) or mixed_qa < 0:
         raise AcornError(f"mixed_qa must be a non-negative integer (question phrasings per fact), got {mixed_qa!r}")
-    pretrain = pretrain_docs(world, cfg, seen)
+    if isinstance(icl_docs, bool) or not isinstance(icl_docs, int) or icl_docs < 0:
+        raise AcornError(f"icl_docs must be a non-negative integer (in-context documents), got {icl_docs!r}")
+    pretrain = pretrain_docs(world, cfg, seen, icl_docs)
     if reading_docs:
         if isinstance(reading_docs, bool) or not isinstance(reading_docs, int) or reading_docs < 0:
             raise AcornError(f"reading_docs must be a non-negative integer, got {reading_docs!r}")
@@ -1431,6 +1469,8 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
         manifest["mixed_qa"] = mixed_qa
     if critique_sft:
         manifest["critique_sft"] = True
+    if icl_docs:
+        manifest["icl_docs"] = icl_docs
     write_json(out / "manifest.json", manifest)
     seconds = time.perf_counter() - t0
     summary = dict(manifest, out=str(out), seconds=round(seconds, 2), generate_seconds=round(gen_seconds, 2),

@@ -281,6 +281,30 @@ def test_icl_documents_teach_mappings_shown_only_by_their_examples(world):
     assert len(labels_seen) == len(docs)  # invented per document
 
 
+def test_icl_docs_option_adds_repeated_induction_documents_and_leaves_the_rest(world, tmp_path):
+    out, _, data, _ = world
+    generate_world(tmp_path / "w", seed=0, size="tiny", quiet=True, icl_docs=40)
+    rows = [json.loads(line) for line in (tmp_path / "w" / "pretrain.jsonl").read_text().splitlines()]
+    docs = [r["text"] for r in rows if r["kind"] == "icl"]
+    assert len(docs) == 40
+    # The other documents are the default world's, and so is every other file.
+    assert sorted(r["text"] for r in rows if r["kind"] != "icl") == sorted(
+        d["text"] for d in data["pretrain.jsonl"] if d["kind"] != "icl")
+    assert (tmp_path / "w" / "sft.jsonl").read_bytes() == (out / "sft.jsonl").read_bytes()
+    assert json.loads((tmp_path / "w" / "manifest.json").read_text())["icl_docs"] == 40
+    repeated = 0
+    for text in docs:
+        lines = re.findall(r"Input: (.*)\nLabel: (\S+)", text)
+        label_of: dict[str, str] = {}
+        for x, label in lines:  # a repeated input keeps its label: later lines are copyable
+            assert label_of.setdefault(x, label) == label
+        assert 2 <= len(set(label_of.values())) <= 3 and 8 <= len(lines) <= 13
+        repeated += len(label_of) <= 5 and len(lines) >= 10  # the repeated-induction kind: 3-5 inputs, 10-12 lines
+    assert repeated >= 15  # about half (category episodes of a tiny world's small pools may repeat too)
+    with pytest.raises(AcornError, match="icl_docs"):
+        generate_world(tmp_path / "bad", seed=0, size="tiny", quiet=True, icl_docs=-1)
+
+
 def test_cli_writes_the_world(tmp_path, capsys):
     out = tmp_path / "w"
     assert main(["data", "world", "--out", str(out), "--size", "tiny", "--seed", "3"]) == 0
