@@ -368,12 +368,12 @@ def cmd_eval(args) -> None:
 
 def _eval_injection(args) -> None:
     """`acorn eval injection CKPT --data-dir WORLD`: the prompt-injection attack suite."""
-    from acorn.eval.injection import evaluate_injection, format_result, save
+    from acorn.eval.injection import evaluate_injection, format_result, parse_attacks, save
 
     if len(args.dirs) != 1:
         raise AcornError("give one checkpoint: acorn eval injection CKPT --data-dir WORLD")
     r = evaluate_injection(args.dirs[0], args.data_dir, layout=args.layout, spotlight=args.spotlight,
-                           limit=args.limit)
+                           limit=args.limit, attacks=parse_attacks(args.attacks))
     print(format_result(args.dirs[0], r))
     if args.out:
         print(f"wrote {save(r, args.out)}/injection.json and samples_injection.jsonl", file=sys.stderr)
@@ -386,6 +386,9 @@ def _add_eval_injection_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--spotlight", default="off", choices=["off", "delimit", "datamark"], help="mark the passages "
                    "as data (spotlighting, against prompt injection): << >> around each, or ^ between its words "
                    "(default: off)")
+    s.add_argument("--attacks", help="the attacks to plant, separated by commas, or all: naive, ignore, completion, "
+                   "escape (say a word), tool_email, tool_calculator (call a declared tool), leak (repeat the system "
+                   "prompt's secret) (default: the four say-a-word attacks, the suite earlier runs reported)")
 
 
 def _eval_contamination(args) -> None:
