@@ -591,14 +591,14 @@ def stage_distill(run: Run) -> dict:
     return {"card": card, "commands": commands, "steps": p.distill_steps}
 
 
-# Estimates: the cpu preset's sizes as measured on the 2-core machine while other jobs used it (load ~6;
-# docs/BENCHMARKS.md, speedrun-synth): an idle machine is faster, by how much was not measured.
-register_stage("synth-qa", stage_synth_qa, estimate="about half a minute",
+# Estimates: the cpu preset's sizes as measured twice on the 2-core machine while other jobs used it (load
+# 3.4 to 6; docs/BENCHMARKS.md, speedrun-synth): an idle machine is faster, by how much was not measured.
+register_stage("synth-qa", stage_synth_qa, estimate="half a minute to 2 min on 2 busy cores",
                title="synth-qa: question-answer pairs from the knowledge base (world's values, SFT model), "
                      "filtered and checked for contamination")
 register_stage("collapse", stage_collapse, estimate="~25 min on 2 busy cores: 6 small models trained and sampled",
                title="collapse: generations trained on their predecessor's samples, replace vs mix")
-register_stage("distill", stage_distill, estimate="~15 min on 2 busy cores: 2 students, one with the teacher",
+register_stage("distill", stage_distill, estimate="10-15 min on 2 busy cores: 2 students, one with the teacher",
                title="distill: a 2 x 64 student from scratch vs distilled (JS) from the pretrained model")
 
 
