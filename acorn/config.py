@@ -107,8 +107,9 @@ def build(cls, data: dict | None, where: str = "", narrowed: dict | None = None)
         value = data[name]
         if isinstance(value, dict):
             # A section's overrides change only the keys they name: the rest
-            # keep this config's own defaults (SFT's differ from pretraining's).
-            value = merge(_section_defaults(defaults[name]), value)
+            # keep this config's own defaults (SFT's differ from pretraining's);
+            # a preset named there starts from that preset instead.
+            value = value if "preset" in value else merge(_section_defaults(defaults[name]), value)
         inner = {k.split(".", 1)[1]: v for k, v in limits.items() if k.startswith(name + ".")}
         kwargs[name] = _convert(value, hints[name], f"{where}{name}", inner)
         check_value(cls, name, kwargs[name], f"--{where}{name}", limits.get(name))
@@ -129,7 +130,14 @@ def _section_defaults(f: dataclasses.Field) -> dict:
         return {}
     if hasattr(default, "from_preset"):
         # Derived fields must be derived again, so start from the preset, not its results.
-        return {"preset": default.preset} if getattr(default, "preset", None) else {}
+        if getattr(default, "preset", None):
+            return {"preset": default.preset}
+        # No preset (a config's own small model): its declared values, less the fields that
+        # __post_init__ derived (declared None, and derived again to the same value without them).
+        values = dataclasses.asdict(default)
+        unset = {f.name for f in dataclasses.fields(default) if f.default is None and values[f.name] is not None}
+        again = type(default)(**{k: v for k, v in values.items() if k not in unset})
+        return {k: v for k, v in values.items() if k not in unset or getattr(again, k) != v}
     return dataclasses.asdict(default)
 
 

@@ -29,6 +29,24 @@ Two such stages, off by default, train from the run's SFT model:
   grpo   GRPO (Shao et al. 2024) on the world's arithmetic prompts with the
          exact-match reward; column "grpo": world_arithmetic
 
+and three more run the synthetic-data experiments of acorn.synth on the run's
+own world, tokenizer and models (docs/BENCHMARKS.md, speedrun-synth):
+
+  synth-qa  question-answer pairs from the knowledge base, answered by the world's
+            values and by the SFT model, filtered, checked for contamination against
+            the eval sets; columns "synth-qa-world", "synth-qa-sft": pairs kept,
+            share correct, pairs overlapping an eval set, contaminated fraction per task
+  collapse  model collapse (Shumailov et al. 2024): generations trained on their
+            predecessor's samples, replace vs mix with real text; columns
+            "collapse-replace", "collapse-mix": loss on real held-out text and on its
+            tail, distinct-2, at generation 0 and the last; the plot in the report
+  distill   a small student from scratch vs distilled (Hinton et al. 2015; JS) from
+            the pretrained model, the same steps; columns "distill-scratch",
+            "distill-js" (and the teacher's in "base"): val loss, fact multiple choice
+
+(also `injection`: the prompt-injection suite on the chat models, and `benchmarks`:
+the lm-eval tasks of ../shared/data/eval on base and SFT).
+
 Before the first stage the run prints a time estimate (`estimate`): the
 training stages are time budgets, and the rest is scaled from a reference
 machine by a throughput probe of a few real training steps; the probe also
@@ -72,6 +90,13 @@ class SpeedrunPreset:
     # The optional stages over a finished run (`--stages align,grpo`), sized to the preset:
     align_steps: int = 0  # ORPO steps of the align stage; 0: 3 epochs of the world's pairs (~100 on cpu)
     grpo_steps: int = 100  # GRPO steps of the grpo stage (16 prompts x 8 samples each)
+    synth_qa_docs: int = 0  # knowledge-base documents the synth-qa stage asks 5 questions each about; 0: all
+    collapse_docs: int = 1200  # real pretraining documents of the collapse stage (a tenth held out); 0: all
+    collapse_generations: int = 2  # generations after generation 0 in each collapse mode (replace, mix)
+    collapse_steps: int = 100  # steps of 4,096 tokens each collapse generation's fresh model trains
+    collapse_sample_tokens: int = 128  # most tokens of each document a collapse generation samples
+    distill_steps: int = 120  # steps of each distill student (from scratch, distilled), one micro-batch each
+    distill_seq_len: int = 256  # the distill stage's rows, trained on and in its val loss (<= the val split's tokens)
     # Recipe knobs (docs/BENCHMARKS.md, speedrun-ablations: measured before any became a default):
     mixed_qa: int = 0  # world --mixed-qa: QA pairs per fact of the SFT people among the pretraining documents
     compile: bool = False  # torch.compile the model for pretraining and SFT (the probe pays and counts the compile)
@@ -86,7 +111,8 @@ PRESETS = {
                           "~15 min on a 2-core CPU, ~1 GB of memory"),
     "tiny": SpeedrunPreset("tiny", 512, "nano", 128, 128, 8, 2048, 0.1, 0.05, 3e-3, 1e-3, 20,
                            "under a minute; checks the pipeline end to end, not for results",
-                           align_steps=2, grpo_steps=2),
+                           align_steps=2, grpo_steps=2, synth_qa_docs=3, collapse_docs=0, collapse_generations=1,
+                           collapse_steps=2, collapse_sample_tokens=64, distill_steps=2, distill_seq_len=64),
     # Measured on one H200 (docs/BENCHMARKS.md, speedrun-gpu): pretraining at 388K tokens/s eager
     # (24% MFU, 17.2 GiB) and 635K compiled (39% MFU, 12.6 GiB) after ~32 s of compilation, which
     # a 30-minute stage repays many times over: compiled by default here (not on the CPU, where
@@ -236,6 +262,10 @@ class Run:
     @property
     def sft(self) -> Path:  # the chat model
         return self.out / "sft" / "model"
+
+    @property
+    def data(self) -> Path:  # the pretraining token shards
+        return self.out / "data"
 
     def need(self, *paths: Path) -> None:
         for path in paths:
@@ -433,6 +463,143 @@ register_stage("grpo", stage_grpo, estimate="a minute or two",
                title="grpo: GRPO on the world's arithmetic prompts from the SFT model, then world_arithmetic on it")
 register_stage("injection", stage_injection, estimate="about a minute",
                title="injection: the prompt-injection suite on the chat models, undefended and spotlighted")
+
+
+# ------------------------------------------------------------------ synthetic data (issue 18)
+# The three experiments of docs/BENCHMARKS.md (synth-qa, synth-collapse, synth-distill) over the run's
+# own world, tokenizer and models, each through its library function (acorn.synth), sized by the preset.
+def stage_synth_qa(run: Run) -> dict:
+    """`acorn synth qa` over the run's knowledge base, answered by the world's values (the upper
+    bound) and by the run's chat model reading each document; the kept pairs checked against the
+    world's eval sets. Columns synth-qa-world, synth-qa-sft."""
+    import shutil
+
+    from acorn.synth.qa import synth_qa
+
+    run.need(run.world / "knowledge_base.jsonl", run.sft)
+    out = run.out / "synth-qa"
+    shutil.rmtree(out, ignore_errors=True)  # a rerun replaces the stage's files and numbers
+    limit = run.preset.synth_qa_docs or None
+    card, filters, commands, skipped = {}, {}, [], {}
+    for source, model in (("world", None), ("sft", run.sft)):
+        try:
+            s = synth_qa(run.world, out / source, model=model, limit=limit, seed=run.seed)
+        except AcornError as e:  # a context too short for a document (the tiny preset): said, not fatal
+            skipped[source] = str(e)
+            print(f"   answers by the {source}: skipped: {e}", flush=True)
+            continue
+        f = filters[source] = s["filters"]
+        card[f"synth-qa-{source}"] = {
+            "synth_qa": {"candidates": f["candidates"], "kept": f["kept"],
+                         "correct": f["correct"] / f["kept"] if f["kept"] else None,  # of the kept pairs
+                         "overlapping_pairs": f["contaminated"]},
+            **{f"synth_qa:{task}": {"contaminated": r["fraction"]} for task, r in s["contamination"]["tasks"].items()}}
+        commands.append(f"acorn synth qa --world {run.world} --out {out / source} --seed {run.seed}"
+                        + (f" --model {model}" if model else "") + (f" --limit {limit}" if limit else ""))
+        print(f"   answers by the {source}: {f['kept']} of {f['candidates']} pairs kept, {f['correct']} correct; "
+              f"{f['contaminated']} overlap an eval set (" + ", ".join(
+                  f"{t} {r['fraction']:.1%}" for t, r in s["contamination"]["tasks"].items()) + ")", flush=True)
+    return {"card": card, "filters": filters, "commands": commands, "skipped": skipped}
+
+
+COLLAPSE_MODES = ("replace", "mix")  # Shumailov et al.'s, and half real data kept (accumulate: the benchmark)
+
+
+def stage_collapse(run: Run) -> dict:
+    """`acorn synth collapse` on the run's pretraining text and tokenizer, replace vs mix; the
+    plot of both in RUN/collapse/collapse.png. Columns collapse-replace, collapse-mix."""
+    import shutil
+
+    from acorn.config import load
+    from acorn.synth.collapse import CollapseConfig, collapse, plot
+    from acorn.tokenizer.bpe import Tokenizer
+
+    data, tok_dir, p = run.world / "pretrain.jsonl", run.out / "tokenizer", run.preset
+    run.need(data, tok_dir)
+    out = run.out / "collapse"
+    shutil.rmtree(out, ignore_errors=True)
+    vocab = Tokenizer.from_pretrained(tok_dir).vocab_size
+    card, runs, commands = {}, [], []
+    for mode in COLLAPSE_MODES:
+        cli = ["--data", str(data), "--tokenizer", str(tok_dir), "--out", str(out / mode), "--mode", mode,
+               "--generations", str(p.collapse_generations), "--max_docs", str(p.collapse_docs),
+               "--train.max_steps", str(p.collapse_steps), "--sample_tokens", str(p.collapse_sample_tokens),
+               "--model.vocab_size", str(vocab), "--seed", str(run.seed)]
+        rows = collapse(load(CollapseConfig, None, cli), quiet=True)
+        runs.append(rows)
+        commands.append("acorn synth collapse " + " ".join(cli))
+        card[f"collapse-{mode}"] = {"collapse": {f"{m}@gen{r['generation']}": r[m]
+                                                 for m in ("val_loss", "tail_loss", "distinct_2")
+                                                 for r in (rows[0], rows[-1])}}
+        print(f"   {mode}: loss on real held-out text " + " -> ".join(f"{r['val_loss']:.3f}" for r in rows)
+              + f" (tail {rows[0]['tail_loss']:.3f} -> {rows[-1]['tail_loss']:.3f}), distinct-2 "
+              f"{rows[0]['distinct_2']:.3f} -> {rows[-1]['distinct_2']:.3f}", flush=True)
+    plot(runs, out / "collapse.png")
+    return {"card": card, "commands": commands, "steps": p.collapse_steps,
+            "generations": [[{k: v for k, v in r.items() if k != "example"} for r in rows] for rows in runs],
+            "figures": {"model collapse: replace vs mix (acorn synth collapse)": "collapse/collapse.png"}}
+
+
+# Token-level distillation as docs/BENCHMARKS.md (synth-distill) measured it: of forward KL, reverse KL
+# and JS (T 2, alpha 0.5) only JS came out ahead of the scratch student (by 0.03 nats, one seed). The
+# student: 2 layers x width 64 (its embeddings are most of it), lr 3e-3, one micro-batch of the
+# preset's rows a step; the same initial weights and data order for both students.
+DISTILL_VARIANTS = {"distill-scratch": ["--alpha", "0"],
+                    "distill-js": ["--kind", "js", "--temperature", "2", "--alpha", "0.5", "--beta", "0.5"]}
+DISTILL_STUDENT = ["--model.n_layer", "2", "--model.d_model", "64", "--model.n_head", "2", "--model.n_kv_head", "1"]
+
+
+def stage_distill(run: Run) -> dict:
+    """A small student trained from scratch vs distilled (JS) from the run's pretrained model,
+    the same steps on the run's shards; the val loss of each and the teacher's on the same val
+    rows (the teacher's in the base column), and fact multiple choice. Columns distill-scratch,
+    distill-js."""
+    import shutil
+
+    from acorn.config import load
+    from acorn.synth.distill import DistillConfig, distill, val_loss
+
+    p = run.preset
+    run.need(run.data / "meta.json", run.base)
+    out = run.out / "distill"
+    shutil.rmtree(out, ignore_errors=True)
+    vocab = json.loads((run.data / "meta.json").read_text())["tokenizer"]["vocab_size"]
+    seq_len = p.distill_seq_len
+    cli = ["--teacher", str(run.base), "--data", str(run.data), "--model.vocab_size", str(vocab), *DISTILL_STUDENT,
+           "--model.max_seq_len", str(seq_len), "--train.seq_len", str(seq_len),
+           "--train.micro_batch", str(p.micro_batch), "--train.batch_tokens", str(p.micro_batch * seq_len),
+           "--train.max_steps", str(p.distill_steps), "--optim.lr", "3e-3",
+           "--optim.warmup_steps", str(min(20, p.distill_steps)), "--eval.every", "0", "--eval.checkpoint_every", "0",
+           "--seed", str(run.seed)]
+    models, commands = {"base": run.base}, []
+    for column, extra in DISTILL_VARIANTS.items():
+        student = out / column.removeprefix("distill-")
+        args = [*cli, "--out", str(student), *extra]
+        distill(load(DistillConfig, None, args))
+        models[column] = student / "model"
+        commands.append("acorn synth distill " + " ".join(args))
+    card = {}
+    for column, model in models.items():
+        card[column] = {"distill": {"val_loss": val_loss(model, run.data, seq_len=seq_len,
+                                                         batch_size=p.micro_batch, seed=run.seed)}}
+        if column != "base":  # the base's is on the card already (the eval stage)
+            card[column] |= _evaluate(run, column, model, ["world_multiple_choice"], "distill/eval",
+                                      data_dir=run.world, limit=p.eval_limit)
+    print("   val loss on the run's val rows: " + ", ".join(f"{'teacher (base)' if c == 'base' else c} "
+                                                       f"{r['distill']['val_loss']:.3f}" for c, r in card.items()),
+          flush=True)
+    return {"card": card, "commands": commands, "steps": p.distill_steps}
+
+
+# Estimates: the cpu preset's sizes as measured twice on the 2-core machine while other jobs used it (load
+# 3.4 to 6; docs/BENCHMARKS.md, speedrun-synth): an idle machine is faster, by how much was not measured.
+register_stage("synth-qa", stage_synth_qa, estimate="half a minute to 2 min on 2 busy cores",
+               title="synth-qa: question-answer pairs from the knowledge base (world's values, SFT model), "
+                     "filtered and checked for contamination")
+register_stage("collapse", stage_collapse, estimate="~25 min on 2 busy cores: 6 small models trained and sampled",
+               title="collapse: generations trained on their predecessor's samples, replace vs mix")
+register_stage("distill", stage_distill, estimate="10-15 min on 2 busy cores: 2 students, one with the teacher",
+               title="distill: a 2 x 64 student from scratch vs distilled (JS) from the pretrained model")
 
 
 def _sample_questions(world: Path) -> list[str]:
@@ -680,8 +847,9 @@ def _write(run: Run, results: list[StageResult], total: float, estimated: float 
     if card:
         from acorn.eval.results import bar_chart
 
-        bar_chart(card, run.out / "card.png", keys=_card_keys(card),
-                  title="report card: the eval harness's numbers per model (acorn eval)")
+        keys = _card_keys(card)  # columns with no rate (a stage's losses or counts) stay in the table only
+        bar_chart({c: r for c, r in card.items() if any(m in r.get(t, {}) for t, m in keys)}, run.out / "card.png",
+                  keys=keys, title="report card: the eval harness's numbers per model (acorn eval)")
     report = run.out / "report.md"
     write_text(report, _report(results, total, run, card, estimated))
     write_json(run.out / "speedrun.json", {"preset": run.preset_name, "preset_settings": asdict(run.preset),
@@ -762,11 +930,15 @@ def _report(results: list[StageResult], total: float, run: Run, card: dict, esti
                       f"{s['steps']} steps, {s['tokens']:,} tokens at {s['tok_s']:,.0f} tokens/s{mfu}; final train loss "
                       f"{s['train_loss']:.3f}" + (f", validation loss {s['val_loss']:.3f}" if s.get("val_loss") else "")
                       + (f", {s['val_bpb']:.3f} bits per byte" if s.get("val_bpb") else "") + ".", ""]
-    trained = [r for r in results if r.name in STAGES and "command" in r.summary]
-    if trained:
-        lines += ["## Stages trained over the run", "",
-                  *[f"- {r.name}: {r.summary.get('steps', '?')} steps, model `{r.summary.get('model', '?')}`; "
-                    f"`{r.summary['command']}`" for r in trained], ""]
+    over = [r for r in results if r.name in STAGES and ("command" in r.summary or "commands" in r.summary)]
+    if over:
+        lines += ["## Stages over the run", "", "Each later stage's commands, to rerun it alone.", "",
+                  *[_stage_line(r.name, r.summary) for r in over], ""]
+    figures = [(title, path) for r in results for title, path in (r.summary.get("figures") or {}).items()]
+    if figures:
+        lines += ["## Figures of the stages", ""]
+        for title, path in figures:
+            lines += [f"![{title}]({path})", ""]
     if "tokenizer eval" in by:
         lines += ["## Tokenizer: bytes per token on held-out world prose", "",
                   f"Reproduce with `{by['tokenizer eval'].summary['command']}`.", "", "```",
@@ -776,6 +948,12 @@ def _report(results: list[StageResult], total: float, run: Run, card: dict, esti
         lines += [f"- **Q:** {s['question']}  \n  **A:** {s['answer']}" for s in by["samples"].summary["samples"]]
         lines.append("")
     return "\n".join(lines)
+
+
+def _stage_line(name: str, s: dict) -> str:
+    model = f", model `{s['model']}`" if "model" in s else ""
+    trained = f"{s['steps']} steps{model}; " if "steps" in s else ""
+    return f"- {name}: {trained}" + "; ".join(f"`{c}`" for c in s.get("commands") or [s["command"]])
 
 
 def recipe_section(run: Run) -> list[str]:

@@ -24,6 +24,9 @@ start from a finished cpu speedrun (--run RUN: RUN/pretrain/model, RUN/world, RU
         (`acorn synth generate --samples`) vs on real text, same steps; loss on real text.
   qa (synth-qa)  `acorn synth qa` from the knowledge base, answers by the world and by the
         chat model; filter counts, contamination against the world's eval sets.
+  speedrun (speedrun-synth)  the same experiments as stages of the speedrun (`acorn speedrun
+        --out RUN --stages synth-qa,collapse,distill`; run here unless --resume finds them):
+        their report-card figures.
 
     python benchmarks/synth.py --run /tmp/sr/run --figures constitutional,collapse,distill,seqdistill,qa
     python benchmarks/synth.py --run /tmp/sr/run --figures collapse --quick --no-write   # try it
@@ -405,14 +408,6 @@ def figure_collapse(args) -> str:
                 f"d2 {r['distinct_2']:.3f} vocab {r['vocab_used']:.2f}")
     img = REPO / "docs" / "img" / "synth_collapse.png"
     plot(runs, img)
-    table_rows = []
-    for rows in runs:
-        for r in rows:
-            table_rows.append([r["mode"], r["generation"], f"{r['train_docs']:,}", f"{r['val_loss']:.3f}",
-                               f"{r['tail_loss']:.3f}", f"{r['distinct_2']:.3f}", _pct(r["tail_share"]),
-                               f"{r['mean_length']:.0f}"])
-    deltas = ", ".join(f"{rows[0]['mode']} {rows[-1]['val_loss'] - rows[0]['val_loss']:+.2f} "
-                       f"(tail {rows[-1]['tail_loss'] - rows[0]['tail_loss']:+.2f})" for rows in runs)
     cfg = load(CollapseConfig, None, [])
     m = cfg.model
     return _header(args, "### Model collapse (Shumailov et al. 2024 vs Gerstgrasser et al. 2024)") + f"""
@@ -424,15 +419,26 @@ replace = generation k trains only on generation k-1's samples; mix = those samp
 {cfg.real_fraction:.0%} of the data; accumulate = the real documents plus all samples so far. The tail = the rarest
 token ids that make {cfg.rare_share:.0%} of the real training tokens.
 
-Change of the loss on real held-out text from generation 0 to {args.generations}: {deltas}.
+Change of the loss on real held-out text from generation 0 to {args.generations}: {_collapse_deltas(runs)}.
 
-{markdown_table(["mode", "generation", "training documents", "val loss (real)", "tail loss (real)",
-                 "distinct-2 of samples", "tail ids' share of the samples", "sample length (tokens)"], table_rows)}
+{_collapse_table(runs)}
 
 ![model collapse](img/synth_collapse.png)
 
 {_collapse_reading(runs)}
 """
+
+
+def _collapse_deltas(runs: list[list[dict]]) -> str:
+    return ", ".join(f"{rows[0]['mode']} {rows[-1]['val_loss'] - rows[0]['val_loss']:+.2f} "
+                     f"(tail {rows[-1]['tail_loss'] - rows[0]['tail_loss']:+.2f})" for rows in runs)
+
+
+def _collapse_table(runs: list[list[dict]]) -> str:
+    rows = [[r["mode"], r["generation"], f"{r['train_docs']:,}", f"{r['val_loss']:.3f}", f"{r['tail_loss']:.3f}",
+             f"{r['distinct_2']:.3f}", _pct(r["tail_share"]), f"{r['mean_length']:.0f}"] for gens in runs for r in gens]
+    return markdown_table(["mode", "generation", "training documents", "val loss (real)", "tail loss (real)",
+                           "distinct-2 of samples", "tail ids' share of the samples", "sample length (tokens)"], rows)
 
 
 def _collapse_reading(runs: list[list[dict]]) -> str:
@@ -477,16 +483,9 @@ def _fact_mc(model_dir: Path, world: Path, limit: int | None) -> float:
 
 def _real_val(model_dir: Path, data: Path) -> float:
     """Validation loss of a checkpoint on the real shards' val split."""
-    import torch
+    from acorn.synth.distill import val_loss
 
-    from acorn.data.loader import TokenLoader
-    from acorn.model.checkpoint import load
-    from acorn.train.pretrain import evaluate
-
-    model = load(model_dir, dtype="float32", device="cpu").eval()
-    loader = TokenLoader(data, "val", batch_size=16, seq_len=256, seed=0)
-    with torch.no_grad():
-        return evaluate(model, loader=loader, batches=40, device=torch.device("cpu"))["val_loss"]
+    return val_loss(model_dir, data, seq_len=256, batch_size=16, batches=40)
 
 
 def figure_distill(args) -> str:
@@ -615,6 +614,21 @@ def figure_qa(args) -> str:
         s = synth_qa(world, out, model=model, overwrite=True)
         results[name] = {**s, "seconds": round(time.perf_counter() - t0)}
         log(f"qa {name}: {s['filters']}")
+    return _header(args, "### Synthetic question-answer pairs and contamination") + f"""
+`acorn synth qa --world RUN/world [--model CHAT]`: 5 questions per knowledge-base document (the world's own
+phrasings), answered with the world's value or by the chat model reading the document; then filtered
+(empty or "I don't know." answers, duplicate questions, answers not found in the document) and checked for
+5-gram overlap against the world's eval sets. The chat model: {chat} (never trained on answering from a
+passage: the world's `--rag-sft` rows teach that).
+
+{_qa_tables(results)}
+
+{_qa_reading(results)}
+"""
+
+
+def _qa_tables(results: dict) -> str:
+    """The filter counts per answer source, then the eval documents the kept pairs would contaminate."""
     rows, crows = [], []
     for name, s in results.items():
         f = s["filters"]
@@ -623,22 +637,12 @@ def figure_qa(args) -> str:
         for task, r in s["contamination"]["tasks"].items():
             crows.append([name, task, r["documents"], r["contaminated"], _pct(r["fraction"]),
                           "; ".join(r["examples"][:2])])
-    return _header(args, "### Synthetic question-answer pairs and contamination") + f"""
-`acorn synth qa --world RUN/world [--model CHAT]`: 5 questions per knowledge-base document (the world's own
-phrasings), answered with the world's value or by the chat model reading the document; then filtered
-(empty or "I don't know." answers, duplicate questions, answers not found in the document) and checked for
-5-gram overlap against the world's eval sets. The chat model: {chat} (never trained on answering from a
-passage: the world's `--rag-sft` rows teach that).
-
-{markdown_table(["answers by", "candidates", "no answer", "duplicate", "unverifiable", "kept", "kept and correct",
-                 "kept pairs overlapping an eval set"], rows)}
+    return f"""{markdown_table(["answers by", "candidates", "no answer", "duplicate", "unverifiable", "kept",
+                          "kept and correct", "kept pairs overlapping an eval set"], rows)}
 
 Eval documents a training run on the kept pairs would contaminate:
 
-{markdown_table(["answers by", "eval task", "documents", "contaminated", "fraction", "examples"], crows, "llrrrl")}
-
-{_qa_reading(results)}
-"""
+{markdown_table(["answers by", "eval task", "documents", "contaminated", "fraction", "examples"], crows, "llrrrl")}"""
 
 
 def _qa_reading(results: dict) -> str:
@@ -662,11 +666,135 @@ world's value: a model not taught to read passages gives no usable synthetic dat
     return "\n\n".join(lines)
 
 
+# ======================================================================= the speedrun's stages
+SPEEDRUN_STAGES = ["synth-qa", "collapse", "distill"]
+
+
+def figure_speedrun(args) -> str:
+    """The synthetic-data stages of `acorn speedrun` over a finished run: run them (unless --resume
+    finds them in RUN/speedrun.json), then their report-card figures as tables."""
+    from acorn.speedrun import StageResult, report_card, run_stages
+
+    run = Path(args.run)
+    state = json.loads((run / "speedrun.json").read_text())
+    ran_here = not args.resume or not set(SPEEDRUN_STAGES) <= {st["name"] for st in state["stages"]}
+    if ran_here:
+        run_stages(run, SPEEDRUN_STAGES)
+        state = json.loads((run / "speedrun.json").read_text())
+    by = {st["name"]: st for st in state["stages"]}
+    settings = state["preset_settings"]
+    qa = {("world's values" if d == "world" else f"the run's SFT model ({run.name}/sft/model)"):
+          json.loads((run / "synth-qa" / d / "summary.json").read_text())
+          for d in ("world", "sft") if (run / "synth-qa" / d / "summary.json").exists()}
+    gens = by["collapse"]["summary"]["generations"]
+    card = report_card([StageResult(st["name"], st["seconds"], st["summary"]) for st in state["stages"]])
+    distill_rows = [[name, f"{card[c]['distill']['val_loss']:.3f}", _pct(card[c]["world_multiple_choice"]["acc"])]
+                    for name, c in (("teacher: the run's pretrained model (base), 4 x 128", "base"),
+                                    ("student 2 x 64 from scratch (hard labels only)", "distill-scratch"),
+                                    ("student 2 x 64 distilled: JS (beta 0.5), T=2, alpha 0.5", "distill-js"))]
+    times = markdown_table(["stage", "seconds"], [[n, round(by[n]["seconds"])] for n in SPEEDRUN_STAGES])
+    ran = "the stages ran in this script" if ran_here else "the stages ran before this script (--resume)"
+    note = f"{LOAD_NOTE[:-1]} ({ran}).{' ' + args.note if args.note else ''}"
+    return f"""### The synthetic-data experiments as speedrun stages (the report card)
+
+Command: `acorn speedrun --out {run} --stages {','.join(SPEEDRUN_STAGES)}` over a finished cpu speedrun (preset
+`{state['preset']}`, seed {state['seed']}); this section: `{args.command}`  
+Machine: {machine_description()}  
+Date: {today()}  
+{note}
+
+The three stages put their numbers on the run's report card (RUN/report.md, one column per model or
+source) and their files in RUN/synth-qa, RUN/collapse (with collapse.png, linked from the report), RUN/distill.
+Sizes are the cpu preset's: synth-qa on {settings.get('synth_qa_docs') or 'all'} knowledge-base documents x 5
+questions; collapse on {settings['collapse_docs']:,} pretraining documents, {settings['collapse_generations']}
+generations after generation 0 in each of replace and mix, {settings['collapse_steps']} steps of 4,096 tokens per
+generation; distill {settings['distill_steps']} steps of {settings['micro_batch'] * settings['distill_seq_len']:,}
+tokens per student.
+
+{times}
+
+Collapse is the longest stage: six small models trained, each then sampled 1,080 times. Its size is synth-collapse's,
+so that its figures can be checked against that section; the preset fields collapse_docs,
+collapse_sample_tokens and collapse_steps make it smaller. No idle machine was available to time the stages
+alone: with other jobs on the 2 cores they took far longer than the issue's "minutes".
+
+**Synthetic Q-A** (as synth-qa: the world's phrasings over the knowledge base, filtered, 5-gram contamination):
+
+{_qa_tables(qa)}
+
+**Model collapse** (as synth-collapse, without accumulate): loss on real held-out text from generation 0 to
+{len(gens[0]) - 1}: {_collapse_deltas(gens)}.
+
+{_collapse_table(gens)}
+
+**Token-level distillation** (as synth-distill, JS only): val loss on the first 40 rows of {settings['distill_seq_len']}
+tokens of the run's val split, all three models measured alike (float32); fact multiple choice =
+world_multiple_choice (all {card['base']['world_multiple_choice']['n']:,} questions, chance 25%).
+
+{markdown_table(["model", "val loss", "fact multiple choice"], distill_rows)}
+
+{_speedrun_reading(run, qa, gens, card)}
+"""
+
+
+def _speedrun_reading(run: Path, qa: dict, gens: list[list[dict]], card: dict) -> str:
+    from collections import Counter
+
+    w = qa.get("world's values")
+    m = next((v for k, v in qa.items() if k != "world's values"), None)
+    rep, mix = gens
+    scratch, js, teacher = (card[c]["distill"]["val_loss"] for c in ("distill-scratch", "distill-js", "base"))
+    lines = ["Reading, against the synth-* sections. Their run was another cpu speedrun of the same world (seed 0, "
+             "default size): the same pretraining text, knowledge base, tokenizer and token shards, but other "
+             "models (its pretraining was cut short under load: base val loss 1.338 there).", ""]
+    if w:
+        u = w["contamination"]["tasks"]["world_unknown_qa"]
+        lines.append(f"- Synthetic Q-A from the world's values: {w['filters']['kept']} of "
+                     f"{w['filters']['candidates']} kept, {w['filters']['contaminated']} overlapping an eval set, "
+                     f"{_pct(u['fraction'])} of world_unknown_qa contaminated: synth-qa's numbers, as they must be "
+                     "(the same documents, phrasings and seed; no model involved).")
+    if m:
+        f = m["filters"]
+        kept = [json.loads(line)["messages"][1]["content"]
+                for line in (run / "synth-qa" / "sft" / "qa.jsonl").read_text().splitlines() if line.strip()]
+        common, n = Counter(kept).most_common(1)[0] if kept else ("", 0)
+        lines.append(f"- The run's SFT model reading each document: {f['kept']} of {f['candidates']} pairs kept "
+                     f"({f['unverifiable']} answers not in the document), {f['correct']} of the kept right "
+                     f"(synth-qa's chat model: 0 kept). The kept ones are not a better reader: "
+                     f"{'all' if n == len(kept) else n} {len(kept) if n == len(kept) else 'of them'} answer "
+                     f"\"{common}\" (to questions of every kind), kept where the document happens to contain the "
+                     "word. The filter checks that the answer is in the document, not that it answers the "
+                     "question: it stops almost all of a model that cannot read, but what it lets through is "
+                     "mostly wrong. A chat model taught to read passages (the world's --rag-sft rows) is what "
+                     "this stage needs to give usable pairs.")
+    lines.append("- Model collapse: replace " + " -> ".join(f"{r['val_loss']:.3f}" for r in rep) + ", mix "
+                 + " -> ".join(f"{r['val_loss']:.3f}" for r in mix) + " on real held-out text: synth-collapse's "
+                 "first generations again (the experiment uses only the world's text and the tokenizer, both the "
+                 "same: generation 0 equal to the third decimal, the later ones within 0.002). Keeping half real data holds the loss "
+                 f"{rep[-1]['val_loss'] - mix[-1]['val_loss']:.2f} nats lower after {len(rep) - 1} generations; "
+                 "the tail loss rises in both modes and faster with replace, distinct-2 rises ("
+                 f"{rep[0]['distinct_2']:.2f} -> {rep[-1]['distinct_2']:.2f} with replace) and the samples stop "
+                 f"ending ({rep[0]['mean_length']:.0f} -> {rep[-1]['mean_length']:.0f} tokens): errors compounding "
+                 "as noise from a weak generation 0, not the narrowing of Shumailov et al. (synth-collapse's "
+                 "reading holds).")
+    lines.append(f"- Distillation: the scratch student is synth-distill's to the third decimal ({scratch:.3f}: the "
+                 f"same shards, initial weights and data order); the teacher is better here ({teacher:.3f} on these "
+                 f"rows against 1.338), and JS moved the student by {js - scratch:+.3f} nats (synth-distill: "
+                 "-0.030 with the weaker teacher). One seed each: a few hundredths is not an effect. Fact multiple "
+                 f"choice: the students {_pct(card['distill-scratch']['world_multiple_choice']['acc'])} (scratch) "
+                 f"and {_pct(card['distill-js']['world_multiple_choice']['acc'])} (JS; a standard error is ~1.4 "
+                 f"points), near chance (25%) and below the teacher "
+                 f"({_pct(card['base']['world_multiple_choice']['acc'])}): at equal steps the teacher's distribution is worth little to a 2 x 64 student that is far from "
+                 "fitting the data, as synth-distill found.")
+    return "\n".join(lines)
+
+
 FIGURES = {"constitutional": ("synth-constitutional", figure_constitutional),
            "collapse": ("synth-collapse", figure_collapse),
            "distill": ("synth-distill", figure_distill),
            "seqdistill": ("synth-seqdistill", figure_seqdistill),
-           "qa": ("synth-qa", figure_qa)}
+           "qa": ("synth-qa", figure_qa),
+           "speedrun": ("speedrun-synth", figure_speedrun)}
 
 
 def main() -> None:
@@ -696,6 +824,8 @@ def main() -> None:
     ap.add_argument("--distill-steps", type=int, default=120)
     ap.add_argument("--seq-samples", type=int, default=2000)
     ap.add_argument("--chat", help="the chat model for synth-qa (default: the constitutional start model)")
+    ap.add_argument("--note", default="", help="speedrun: a sentence added to the load line (e.g. an earlier "
+                    "run's times)")
     args = ap.parse_args()
     if args.quick:
         args.sft_steps, args.cai_steps, args.dpo_epochs, args.eval_limit = 3, 2, 0.2, 10

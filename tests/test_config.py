@@ -77,3 +77,17 @@ def test_section_overrides_keep_the_stage_defaults():
     pre = load(PretrainConfig, None, ["--model.d_model", "128"])
     assert pre.model.preset == "micro" and pre.model.n_layer == ModelConfig.from_preset("micro").n_layer
     assert pre.model.head_dim == 128 // pre.model.n_head
+
+
+def test_a_model_override_keeps_a_presetless_default_model():
+    """CollapseConfig's own 2 x 64 model: one key changed keeps the rest (it used to fall back
+    to ModelConfig's class defaults, 4 x 256); what __post_init__ derived is derived again."""
+    from acorn.synth.collapse import CollapseConfig
+
+    default = CollapseConfig().model
+    m = load(CollapseConfig, None, ["--model.vocab_size", "512"]).model
+    assert (m.vocab_size, m.n_layer, m.d_model, m.n_head, m.n_kv_head, m.max_seq_len) == \
+        (512, default.n_layer, default.d_model, default.n_head, default.n_kv_head, default.max_seq_len)
+    assert default.n_kv_head != default.n_head  # declared, so kept rather than derived again
+    wide = load(CollapseConfig, None, ["--model.d_model", "128"]).model
+    assert wide.head_dim == 128 // default.n_head and wide.d_ff == ModelConfig(d_model=128).d_ff

@@ -94,7 +94,72 @@ def test_align_and_grpo_stages_train_from_the_sft_model_and_add_their_columns(ti
     assert "world_arithmetic" in card["grpo"] and all(t.startswith("world_arithmetic") for t in card["grpo"])
     text = report.read_text(encoding="utf-8")
     header = next(line for line in text.splitlines() if line.startswith("| task | metric |"))
-    assert header.endswith("| align | grpo |") and "## Stages trained over the run" in text
+    assert header.endswith("| align | grpo |") and "## Stages over the run" in text
+
+
+def test_the_synthetic_data_stages_add_their_columns_files_and_plot(tiny_run, monkeypatch):
+    """synth-qa, collapse and distill over the finished tiny run (seconds at the tiny preset's
+    sizes): each stage's card columns, files and numbers in range. The tiny chat model's
+    128-token context holds no knowledge-base document, which synth-qa says instead of failing;
+    with the model's answers stubbed, its column counts them."""
+    import math
+
+    import acorn.synth.qa as qa
+
+    out, report = tiny_run
+    assert main(["speedrun", "--out", str(out), "--stages", "synth-qa,collapse,distill"]) == 0
+    stages = json.loads((out / "speedrun.json").read_text())["stages"]
+    by = {s["name"]: s["summary"] for s in stages}
+    card = sr.report_card([sr.StageResult(s["name"], s["seconds"], s["summary"]) for s in stages])
+    p = sr.PRESETS["tiny"]
+    # synth-qa: the world's values are all kept and correct; every eval task gets a contaminated fraction.
+    world = card["synth-qa-world"]
+    assert world["synth_qa"] == {"candidates": 5 * p.synth_qa_docs, "kept": 5 * p.synth_qa_docs, "correct": 1.0,
+                                 "overlapping_pairs": world["synth_qa"]["overlapping_pairs"]}
+    assert 0 <= world["synth_qa"]["overlapping_pairs"] <= 5 * p.synth_qa_docs
+    assert {f"synth_qa:{t}" for t in qa.DEFAULT_TASKS} <= set(world)
+    assert all(0.0 <= world[f"synth_qa:{t}"]["contaminated"] <= 1.0 for t in qa.DEFAULT_TASKS)
+    rows = (out / "synth-qa" / "world" / "qa.jsonl").read_text().splitlines()
+    assert len(rows) == 5 * p.synth_qa_docs and (out / "synth-qa" / "world" / "summary.json").exists()
+    assert "synth-qa-sft" not in card and "context" in by["synth-qa"]["skipped"]["sft"]
+    # collapse: both modes from the same generation 0, measured at it and at the last generation.
+    last = p.collapse_generations
+    cols = [card[f"collapse-{m}"]["collapse"] for m in sr.COLLAPSE_MODES]
+    assert cols[0]["val_loss@gen0"] == cols[1]["val_loss@gen0"]
+    for col in cols:
+        assert set(col) == {f"{m}@gen{g}" for m in ("val_loss", "tail_loss", "distinct_2") for g in (0, last)}
+        assert all(0.0 < col[f"{m}@gen{g}"] < 2 * math.log(p.vocab_size) for m in ("val_loss", "tail_loss")
+                   for g in (0, last))
+        assert all(0.0 < col[f"distinct_2@gen{g}"] <= 1.0 for g in (0, last))
+    for mode in sr.COLLAPSE_MODES:
+        gens = (out / "collapse" / mode / "generations.jsonl").read_text().splitlines()
+        assert len(gens) == last + 1 and (out / "collapse" / mode / f"gen_{last}" / "model").is_dir()
+    assert (out / "collapse" / "collapse.png").stat().st_size > 1000
+    # distill: the teacher (the base column) and both students on the same val rows; the students
+    # start alike and the teacher's term is what tells them apart.
+    losses = {c: card[c]["distill"]["val_loss"] for c in ("base", "distill-scratch", "distill-js")}
+    assert all(0.0 < v < 2 * math.log(p.vocab_size) for v in losses.values())
+    weights = [(out / "distill" / s / "model" / "model.safetensors").read_bytes() for s in ("scratch", "js")]
+    assert weights[0] != weights[1]
+    for column in ("distill-scratch", "distill-js"):
+        assert 0.0 <= card[column]["world_multiple_choice"]["acc"] <= 1.0
+        assert load(out / "distill" / "eval" / column)["config"]["limit"] == p.eval_limit
+    assert by["distill"]["steps"] == p.distill_steps and "--kind js" in by["distill"]["commands"][1]
+    text = report.read_text(encoding="utf-8")
+    header = next(line for line in text.splitlines() if line.startswith("| task | metric |"))
+    assert "| synth-qa-world | collapse-replace | collapse-mix | distill-scratch | distill-js |" in header
+    assert "| synth_qa | kept |" in text and f"| {5 * p.synth_qa_docs} |" in text  # counts as counts
+    assert "![model collapse: replace vs mix (acorn synth collapse)](collapse/collapse.png)" in text
+    assert "`acorn synth distill --teacher" in text and "`acorn synth collapse --data" in text
+
+    # The chat model's column, with its answers stubbed: the truth for every other pair, a made-up value else.
+    monkeypatch.setattr(qa, "answer_with_model", lambda engine, rows: [
+        r["truth"] if i % 2 == 0 else "Zzyx" for i, r in enumerate(rows)])
+    assert main(["speedrun", "--out", str(out), "--stages", "synth-qa"]) == 0
+    stages = json.loads((out / "speedrun.json").read_text())["stages"]
+    sft = next(s for s in stages if s["name"] == "synth-qa")["summary"]["card"]["synth-qa-sft"]["synth_qa"]
+    n = 5 * p.synth_qa_docs
+    assert sft["candidates"] == n and sft["kept"] == (n + 1) // 2 and sft["correct"] == 1.0  # "Zzyx": unverifiable
 
 
 def test_the_injection_stage_scores_each_chat_model_undefended_and_defended(tiny_run, monkeypatch):

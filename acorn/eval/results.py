@@ -62,6 +62,8 @@ def _cell(value, err=None) -> str:
         return ""
     if isinstance(value, float) and math.isnan(value):
         return "nan"
+    if isinstance(value, int) and err is None:  # a count (pairs kept, documents)
+        return str(value)
     text = f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4g}"  # a model's perplexity on text it never read
     return text + (f" ± {err:.4f}" if err is not None else "")
 

@@ -181,6 +181,26 @@ def distill(cfg: DistillConfig, *, resume: bool = False) -> Path:
                resume=resume, stage="distill")
 
 
+def val_loss(model_dir: str | Path, data: str | Path, *, seq_len: int, batch_size: int = 16, batches: int = 40,
+             seed: int = 0) -> float:
+    """A checkpoint's loss on the first `batches` rows of the val split of token shards, in
+    float32: the teacher and its students (or any models of one tokenizer) compared on the
+    same rows, however each was trained."""
+    from acorn import hardware
+    from acorn.data.loader import TokenLoader
+    from acorn.model.checkpoint import load as load_checkpoint
+    from acorn.train.pretrain import evaluate
+
+    device = hardware.resolve_device()
+    model = load_checkpoint(model_dir, dtype="float32", device=str(device)).eval()
+    loader = TokenLoader(data, "val", batch_size=batch_size, seq_len=seq_len, seed=seed)
+    with torch.no_grad():
+        out = evaluate(model, loader=loader, batches=batches, device=device)
+    if "val_loss" not in out:
+        raise AcornError(f"{data}: its val split holds no row of {seq_len + 1} tokens; lower seq_len")
+    return out["val_loss"]
+
+
 # ------------------------------------------------------------------ sequence level
 def generate(model: str | Path, out: str | Path, *, prompts: str | Path | None = None, samples: int = 0,
              n: int = 1, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 128, seed: int = 0,
