@@ -97,6 +97,10 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _images_arg(text: str) -> int | str:
+    return text if text == "default" else non_negative_int(text)
+
+
 positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)
 port = _int_at_least(1, 65535)
@@ -109,7 +113,7 @@ def cmd_data_world(args) -> None:
 
     generate_world(args.out, seed=args.seed, size=args.size, tokenizer=args.tokenizer, overwrite=args.overwrite,
                    rag_sft=args.rag_sft, reading_docs=args.reading_docs, tool_sft=args.tool_sft,
-                   mixed_qa=args.mixed_qa, critique_sft=args.critique_sft)
+                   mixed_qa=args.mixed_qa, critique_sft=args.critique_sft, images=args.images)
 
 
 def cmd_data_prepare(args) -> None:
@@ -1089,6 +1093,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--critique-sft", action="store_true", help="sft.jsonl also teaches critiques and revisions "
                    "under the world's principles (written to principles.md) and A/B comparisons, the format "
                    "`acorn synth constitutional` uses (default: off)")
+    s.add_argument("--images", nargs="?", const="default", default=0, type=_images_arg, metavar="N",
+                   help="also draw N pictures into images/ (PNG, 64x64, with metadata.jsonl): countable shapes, "
+                   "numbers and badges of the world's people, with captions and question/answer pairs, for "
+                   "`acorn clip train`; without N the size's number (tiny 60, small 1000, default 4000, large "
+                   "20000) (default: none)")
     s.set_defaults(func=cmd_data_world)
     s = _parser(dsub, "prepare", "tokenize text into binary token shards for pretraining (resumable)",
                 "acorn data prepare runs/world/pretrain.jsonl --tokenizer runs/tok --out runs/data")
