@@ -665,6 +665,39 @@ def cmd_rag_eval(args) -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
 
 
+def cmd_clip_train(args) -> None:
+    from acorn.config import load
+    from acorn.train.clip import ClipConfig, train_clip
+
+    train_clip(load(ClipConfig, args.config, args.overrides), resume=args.resume)
+
+
+def _clip_labels(args) -> list[str]:
+    labels = list(args.label or [])
+    if args.labels_file:
+        path = Path(args.labels_file)
+        if not path.is_file():
+            raise AcornError(f"{path}: no such labels file; give a text file with one label per line")
+        labels += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not labels:
+        raise AcornError("give the labels to choose from: --label \"a picture of three red circles\" (repeatable) "
+                         "or --labels-file FILE (one per line)")
+    return labels
+
+
+def cmd_clip_classify(args) -> None:
+    from acorn.vision.clip import classify
+
+    for image, best in zip(args.images, classify(args.model, args.images, _clip_labels(args), top=args.top)):
+        print(f"{image}: " + "; ".join(f"{label} ({p:.1%})" for label, p in best))
+
+
+def cmd_clip_eval(args) -> None:
+    from acorn.vision.zero_shot import evaluate_world, format_zero_shot
+
+    print(format_zero_shot(evaluate_world(args.model, args.world, args.split)))
+
+
 def cmd_embed_train(args) -> None:
     from acorn.config import load
     from acorn.train.embed import EmbedConfig, train_embedder
@@ -1433,6 +1466,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="YAML file with the run's settings")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.set_defaults(func=cmd_embed_train, accepts_overrides=True)
+
+    # acorn clip ...
+    cl = _parser(stages, "clip", "train and use a CLIP image-caption model on the world's pictures",
+                 "acorn clip train --world runs/world --out runs/clip")
+    clsub = cl.add_subparsers(dest="cmd", metavar="COMMAND")
+    clsub.required = True
+    s = _parser(clsub, "train", "contrastive training of a vision transformer and a caption encoder (CLIP: symmetric "
+                "InfoNCE, learned temperature) on the world's pictures",
+                "acorn clip train --world runs/world --out runs/clip --train.max_steps 400",
+                description="Train CLIP (Radford et al. 2021) on the pictures of a world made with `acorn data world\n"
+                "--images`: a vision transformer and a causal caption encoder learn one space in which each\n"
+                "picture is nearest its own caption. Evaluations report zero-shot accuracy on the eval\n"
+                "pictures per question kind (count, colour, shape, number, badge name). Writes RUN/model, a\n"
+                "transformers CLIPModel directory. Settings as for `acorn sft`: --config FILE and\n"
+                "--section.key VALUE overrides; --train.max_steps sets the steps.",
+                settings="acorn.train.clip:ClipConfig")
+    s.add_argument("--config", help="YAML file with the run's settings")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.set_defaults(func=cmd_clip_train, accepts_overrides=True)
+    s = _parser(clsub, "classify", "zero-shot classification: the label (a caption) nearest each image",
+                "acorn clip classify runs/clip/model picture.png --label \"a picture of one red circle\" "
+                "--label \"a picture of two red circles\"")
+    s.add_argument("model", help="a CLIP checkpoint directory (`acorn clip train`'s RUN/model)")
+    s.add_argument("images", nargs="+", help="image files (PNG, JPEG, GIF, BMP or WebP)")
+    s.add_argument("--label", action="append", help="a label, written as a caption (repeatable)")
+    s.add_argument("--labels-file", help="a text file of labels, one per line")
+    s.add_argument("--top", type=positive_int, default=1, help="labels to print per image, best first (default: 1)")
+    s.set_defaults(func=cmd_clip_classify)
+    s = _parser(clsub, "eval", "zero-shot accuracy on a world's pictures per question kind, against chance",
+                "acorn clip eval runs/clip/model --world runs/world")
+    s.add_argument("model", help="a CLIP checkpoint directory (`acorn clip train`'s RUN/model)")
+    s.add_argument("--world", required=True, help="a world with pictures (`acorn data world --images`)")
+    s.add_argument("--split", default="eval", choices=["eval", "train"], help="which pictures (default: eval)")
+    s.set_defaults(func=cmd_clip_eval)
 
     # acorn tokens count
     tc = _parser(stages, "tokens", "count tokens and estimate API cost", "acorn tokens count notes.txt --price-per-million 0.5")
