@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: `acorn clip train`'s)")
     ap.add_argument("--seed", type=int, default=0, help="the world's and the run's seed (default: 0)")
     ap.add_argument("--out", type=Path, default=CACHE / "clip", help="work directory (replaced)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core); on a "
+                    "machine shared with other jobs 1 can be several times faster than 2 (no contended spin-waits)")
     ap.add_argument("--note", default="", help="a sentence added to the section")
     ap.add_argument("--no-write", action="store_true", help="print, do not write docs/BENCHMARKS.md")
     args = ap.parse_args()
@@ -60,6 +62,8 @@ def main() -> None:
     from acorn.vision.zero_shot import evaluate_world
 
     torch.set_flush_denormal(True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shutil.rmtree(args.out, ignore_errors=True)
     world = args.out / "world"
     summary = generate_world(world, seed=args.seed, size=args.size, quiet=True,
@@ -87,17 +91,20 @@ def main() -> None:
              for k, r in {**seen, **held}.items()]
     n_params = load_clip(run / "model")[0].num_params()
     v, t = cfg.model.vision, cfg.model.text
+    tokens = (f"a BPE of the training captions ({t.vocab_size} tokens, {cfg.merges} merges asked)" if cfg.merges
+              else "bytes") if not cfg.tokenizer else f"the tokenizer {cfg.tokenizer}"
     body = [
         "## CLIP on the world's pictures: zero-shot accuracy per question kind (issue 20)", "",
-        f"`{command_line()}` on {machine_description(('pillow',))}, {today()}; {load_note()}. "
-        "The 2 cores are shared with other work: times are this run's, not an idle machine's.", "",
+        f"`{command_line()}` on {machine_description(('pillow',))}, {today()}; {load_note()}; "
+        f"{torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''}. "
+        "The cores are shared with other work: times are this run's, not an idle machine's.", "",
         f"World `{args.size}` (seed {args.seed}) with {images['count']:,} pictures (`acorn data world --images`, "
         f"64x64 PNG): {images['kinds']['shapes']} shapes, {images['kinds']['number']} numbers, "
         f"{images['kinds']['badge']} badges; {images['splits']['train']:,} train, {images['splits']['eval']} eval. "
         f"`acorn clip train` with its defaults{f' but {args.steps} steps' if args.steps is not None else ''}: a ViT "
         f"({v.n_layer} layers, width {v.d_model}, {v.patch_size}x{v.patch_size} patches of {v.image_size}x"
-        f"{v.image_size} pictures: {v.n_patches} patch tokens + 1) and a causal caption encoder over bytes "
-        f"({t.n_layer} layers, width {t.d_model}), {n_params / 1e6:.2f}M parameters in all; "
+        f"{v.image_size} pictures: {v.n_patches} patch tokens + 1) and a causal caption encoder ({t.n_layer} layers, "
+        f"width {t.d_model}) over {tokens}, {n_params / 1e6:.2f}M parameters in all; "
         f"{cfg.train.max_steps} steps of {cfg.train.micro_batch} pairs (symmetric InfoNCE, learned "
         f"temperature; {cfg.train.max_steps * cfg.train.micro_batch / images['splits']['train']:.1f} epochs).", "",
         f"Training: {train_seconds / 60:.1f} min ({pairs_s:.0f} image-caption pairs/s, median step; "

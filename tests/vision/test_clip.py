@@ -145,8 +145,8 @@ def test_a_tiny_clip_run_lowers_the_loss_and_beats_chance_on_its_pictures(pictur
     from acorn.vision.zero_shot import evaluate_world
 
     out = tmp_path / "clip"
-    assert main(["clip", "train", "--world", str(pictured), "--out", str(out), "--train.max_steps", "150",
-                 "--eval.every", "150", *TINY_RUN]) == 0
+    assert main(["clip", "train", "--world", str(pictured), "--out", str(out), "--train.max_steps", "250",
+                 "--eval.every", "250", *TINY_RUN]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     first, last = sum(r["loss"] for r in rows[:5]) / 5, sum(r["loss"] for r in rows[-5:]) / 5
     assert last < first - 0.5, (first, last)
@@ -155,8 +155,8 @@ def test_a_tiny_clip_run_lowers_the_loss_and_beats_chance_on_its_pictures(pictur
     # tiny world's ten number pictures are ten different numbers: too few to learn to read from).
     seen = evaluate_world(out / "model", pictured, "train")
     for kind in ("count", "colour", "shape"):
-        assert seen[kind]["accuracy"] > seen[kind]["chance"] + 0.2, (kind, seen[kind])
-    assert seen["caption"]["accuracy"] > 5 * seen["caption"]["chance"], seen["caption"]
+        assert seen[kind]["accuracy"] > seen[kind]["chance"] + 0.3, (kind, seen[kind])
+    assert seen["caption"]["accuracy"] > 10 * seen["caption"]["chance"], seen["caption"]
     assert (out / "model" / "tokenizer.json").is_file() and (out / "report.md").is_file()
     # The command line: classify by captions, evaluate per kind.
     picture = next(r for r in (json.loads(x) for x in (pictured / "images" / "metadata.jsonl").read_text().splitlines())
