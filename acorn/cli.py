@@ -97,6 +97,10 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _images_arg(text: str) -> int | str:
+    return text if text == "default" else non_negative_int(text)
+
+
 positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)
 port = _int_at_least(1, 65535)
@@ -109,7 +113,8 @@ def cmd_data_world(args) -> None:
 
     generate_world(args.out, seed=args.seed, size=args.size, tokenizer=args.tokenizer, overwrite=args.overwrite,
                    rag_sft=args.rag_sft, reading_docs=args.reading_docs, tool_sft=args.tool_sft,
-                   mixed_qa=args.mixed_qa, critique_sft=args.critique_sft, icl_docs=args.icl_docs)
+                   mixed_qa=args.mixed_qa, critique_sft=args.critique_sft, icl_docs=args.icl_docs,
+                   images=args.images)
 
 
 def cmd_data_prepare(args) -> None:
@@ -664,6 +669,39 @@ def cmd_rag_eval(args) -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
 
 
+def cmd_clip_train(args) -> None:
+    from acorn.config import load
+    from acorn.train.clip import ClipConfig, train_clip
+
+    train_clip(load(ClipConfig, args.config, args.overrides), resume=args.resume)
+
+
+def _clip_labels(args) -> list[str]:
+    labels = list(args.label or [])
+    if args.labels_file:
+        path = Path(args.labels_file)
+        if not path.is_file():
+            raise AcornError(f"{path}: no such labels file; give a text file with one label per line")
+        labels += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not labels:
+        raise AcornError("give the labels to choose from: --label \"a picture of three red circles\" (repeatable) "
+                         "or --labels-file FILE (one per line)")
+    return labels
+
+
+def cmd_clip_classify(args) -> None:
+    from acorn.vision.clip import classify
+
+    for image, best in zip(args.images, classify(args.model, args.images, _clip_labels(args), top=args.top)):
+        print(f"{image}: " + "; ".join(f"{label} ({p:.1%})" for label, p in best))
+
+
+def cmd_clip_eval(args) -> None:
+    from acorn.vision.zero_shot import evaluate_world, format_zero_shot
+
+    print(format_zero_shot(evaluate_world(args.model, args.world, args.split)))
+
+
 def cmd_embed_train(args) -> None:
     from acorn.config import load
     from acorn.train.embed import EmbedConfig, train_embedder
@@ -1096,6 +1134,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--critique-sft", action="store_true", help="sft.jsonl also teaches critiques and revisions "
                    "under the world's principles (written to principles.md) and A/B comparisons, the format "
                    "`acorn synth constitutional` uses (default: off)")
+    s.add_argument("--images", nargs="?", const="default", default=0, type=_images_arg, metavar="N",
+                   help="also draw N pictures into images/ (PNG, 64x64, with metadata.jsonl): countable shapes, "
+                   "numbers and badges of the world's people, with captions and question/answer pairs, for "
+                   "`acorn clip train`; without N the size's number (tiny 60, small 1000, default 4000, large "
+                   "20000) (default: none)")
     s.set_defaults(func=cmd_data_world)
     s = _parser(dsub, "prepare", "tokenize text into binary token shards for pretraining (resumable)",
                 "acorn data prepare runs/world/pretrain.jsonl --tokenizer runs/tok --out runs/data")
@@ -1431,6 +1474,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="YAML file with the run's settings")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.set_defaults(func=cmd_embed_train, accepts_overrides=True)
+
+    # acorn clip ...
+    cl = _parser(stages, "clip", "train and use a CLIP image-caption model on the world's pictures",
+                 "acorn clip train --world runs/world --out runs/clip")
+    clsub = cl.add_subparsers(dest="cmd", metavar="COMMAND")
+    clsub.required = True
+    s = _parser(clsub, "train", "contrastive training of a vision transformer and a caption encoder (CLIP: symmetric "
+                "InfoNCE, learned temperature) on the world's pictures",
+                "acorn clip train --world runs/world --out runs/clip --train.max_steps 400",
+                description="Train CLIP (Radford et al. 2021) on the pictures of a world made with `acorn data world\n"
+                "--images`: a vision transformer and a causal caption encoder learn one space in which each\n"
+                "picture is nearest its own caption. Evaluations report zero-shot accuracy on the eval\n"
+                "pictures per question kind (count, colour, shape, number, badge name). Writes RUN/model, a\n"
+                "transformers CLIPModel directory. Settings as for `acorn sft`: --config FILE and\n"
+                "--section.key VALUE overrides; --train.max_steps sets the steps.",
+                settings="acorn.train.clip:ClipConfig")
+    s.add_argument("--config", help="YAML file with the run's settings")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.set_defaults(func=cmd_clip_train, accepts_overrides=True)
+    s = _parser(clsub, "classify", "zero-shot classification: the label (a caption) nearest each image",
+                "acorn clip classify runs/clip/model picture.png --label \"a picture of one red circle\" "
+                "--label \"a picture of two red circles\"")
+    s.add_argument("model", help="a CLIP checkpoint directory (`acorn clip train`'s RUN/model)")
+    s.add_argument("images", nargs="+", help="image files (PNG, JPEG, GIF, BMP or WebP)")
+    s.add_argument("--label", action="append", help="a label, written as a caption (repeatable)")
+    s.add_argument("--labels-file", help="a text file of labels, one per line")
+    s.add_argument("--top", type=positive_int, default=1, help="labels to print per image, best first (default: 1)")
+    s.set_defaults(func=cmd_clip_classify)
+    s = _parser(clsub, "eval", "zero-shot accuracy on a world's pictures per question kind, against chance",
+                "acorn clip eval runs/clip/model --world runs/world")
+    s.add_argument("model", help="a CLIP checkpoint directory (`acorn clip train`'s RUN/model)")
+    s.add_argument("--world", required=True, help="a world with pictures (`acorn data world --images`)")
+    s.add_argument("--split", default="eval", choices=["eval", "train"], help="which pictures (default: eval)")
+    s.set_defaults(func=cmd_clip_eval)
 
     # acorn tokens count
     tc = _parser(stages, "tokens", "count tokens and estimate API cost", "acorn tokens count notes.txt --price-per-million 0.5")

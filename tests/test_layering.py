@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("tokenizer",),  # imports chat (lazily) for Tokenizer.apply_chat_template
     ("model",),
     ("data",),  # the world and shards: reads text through the tokenizer
+    ("vision",),  # images in: the vision encoder (the decoder's blocks), CLIP, zero-shot on the world's pictures
     ("infer",),
     ("rag",),  # embeddings from the one forward; retrieval that may generate through the engine
     # Strategies over the engine; similarity-chosen few-shot examples use rag's embeddings.

@@ -45,9 +45,10 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 
+from acorn.data import world_images
 from acorn.data import world_text as T
 from acorn.errors import AcornError
-from acorn.fileio import check_new_output, write_json, write_jsonl, write_text
+from acorn.fileio import atomic_write, check_new_output, write_json, write_jsonl, write_text
 
 WORLD_VERSION = "1"
 # The one refusal every SFT row and eval row uses, so exact match can score it.
@@ -115,15 +116,17 @@ class WorldSize:
     arithmetic_eval_per_cell: int  # per (digits, op)
     n_icl: int
     n_icl_docs: int  # pretraining documents of in-context patterns (invented label mappings shown by examples)
+    n_images: int = 0  # pictures `--images` draws when given no number (image_rows); none unless asked
 
 
 # default is sized for the CPU speedrun: ~1.5M tokens at a 4k vocabulary, so a
 # 5-20M parameter model sees each fact dozens of times in ~15 minutes.
 SIZES: dict[str, WorldSize] = {
-    "tiny": WorldSize(12, 9, 6, 3, 5, 3, 1, 20, 10, 2, 20, 10, 6, 1, 12, 10),
-    "small": WorldSize(40, 30, 12, 4, 10, 12, 2, 300, 150, 3, 300, 150, 50, 5, 100, 100),
-    "default": WorldSize(200, 150, 24, 6, 24, 60, 5, 6000, 4000, 3, 2000, 1000, 300, 20, 300, 1500),
-    "large": WorldSize(2000, 1500, 80, 12, 120, 60, 5, 60000, 40000, 3, 20000, 10000, 3000, 50, 1000, 15000),
+    "tiny": WorldSize(12, 9, 6, 3, 5, 3, 1, 20, 10, 2, 20, 10, 6, 1, 12, 10, n_images=60),
+    "small": WorldSize(40, 30, 12, 4, 10, 12, 2, 300, 150, 3, 300, 150, 50, 5, 100, 100, n_images=1000),
+    "default": WorldSize(200, 150, 24, 6, 24, 60, 5, 6000, 4000, 3, 2000, 1000, 300, 20, 300, 1500, n_images=4000),
+    "large": WorldSize(2000, 1500, 80, 12, 120, 60, 5, 60000, 40000, 3, 20000, 10000, 3000, 50, 1000, 15000,
+                       n_images=20000),
 }
 
 
@@ -930,6 +933,75 @@ def injection_eval_items(world: World, passages: int = 3, attacks=None) -> list[
     return items
 
 
+# ------------------------------------------------------------------ images
+# Whose badges are drawn for training: people of these splits have badges in
+# both splits (eval: new drawings of names seen in training); the others only
+# in eval, so their names were never seen on a badge.
+BADGE_SEEN_SPLITS = ("sft", "unknown_sft")
+
+
+def image_rows(world: World, n: int) -> list[tuple[dict, bytes]]:
+    """n pictures of the world (acorn.data.world_images), as (index row, PNG bytes).
+
+    Kinds: half shapes, a fifth numbers, the rest (~30%) badges of the world's
+    people. Every fifth shapes and number picture is "eval", the rest "train".
+    A fifth of the badges are "eval": half of those show people of
+    BADGE_SEEN_SPLITS (whose other badges train), half the others (heldout,
+    unknown_eval: never on a training badge). A badge also asks one fact of its
+    person, answered with the world's value for a known person and IDK_ANSWER
+    for an unknown one: the image -> person -> fact chain.
+    """
+    rng = _rng(world.seed, "images")
+    n_badges, n_numbers = n * 3 // 10, n // 5
+    jobs = [("shapes", i) for i in range(n - n_badges - n_numbers)] + [("number", i) for i in range(n_numbers)]
+    seen = [p for p in world.people if p.split in BADGE_SEEN_SPLITS]
+    held = [p for p in world.people if p.split not in BADGE_SEEN_SPLITS]
+    n_eval = n_badges // 5
+    n_held = (n_eval + 1) // 2 if held else 0
+    jobs += [("badge", (p, "train", True)) for p in _cycle(seen, n_badges - n_eval)]
+    jobs += [("badge", (p, "eval", True)) for p in _cycle(seen, n_eval - n_held)]
+    jobs += [("badge", (p, "eval", False)) for p in _cycle(held, n_held)]
+    rng.shuffle(jobs)
+    out = []
+    for i, (kind, job) in enumerate(jobs):
+        if kind == "badge":
+            p, split, badge_seen = job
+            spec = dict(world_images.badge_spec(rng, p.first_name, p.last_name), person=p.name,
+                        person_split=p.split, known=p.known, seen=badge_seen)
+        else:
+            spec = world_images.shapes_spec(rng) if kind == "shapes" else world_images.number_spec(rng)
+            split = "eval" if job % 5 == 4 else "train"
+        qa = world_images.questions(spec)
+        if kind == "badge":
+            attr = rng.choice(list(world_images.BADGE_QUESTIONS))
+            qa.append({"question": world_images.BADGE_QUESTIONS[attr], "kind": "fact", "attribute": attr,
+                       "answer": p.value(attr) if p.known else IDK_ANSWER})
+        row = {"file_name": f"{i:06d}.png", "kind": kind, "caption": world_images.caption(spec), "qa": qa,
+               "split": split, "spec": spec}
+        out.append((row, world_images.png(world_images.draw(spec))))
+    return out
+
+
+def _cycle(items: list, n: int) -> list:
+    """n items taken in turn: everyone once before anyone twice."""
+    return [items[i % len(items)] for i in range(n)] if items else []
+
+
+def write_images(out: Path, world: World, n: int) -> dict:
+    """Write image_rows under out/images/ (the PNGs and metadata.jsonl, the index); return the manifest's entry."""
+    rows = image_rows(world, n)
+    digest, total = hashlib.sha256(), 0
+    for row, data in rows:
+        with atomic_write(out / "images" / row["file_name"], "wb") as f:
+            f.write(data)
+        digest.update(hashlib.sha256(data).digest())
+        total += len(data)
+    write_jsonl(out / "images" / "metadata.jsonl", [r for r, _ in rows])
+    splits = {s: sum(r["split"] == s for r, _ in rows) for s in ("train", "eval")}
+    return {"count": len(rows), "bytes": total, "sha256": digest.hexdigest(), "splits": splits,
+            "kinds": {k: sum(r["kind"] == k for r, _ in rows) for k in world_images.KINDS}}
+
+
 def read_world(path) -> World:
     """The World of a generated world.json (the ground truth the files were written from)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -1393,6 +1465,13 @@ SCHEMAS: dict[str, dict] = {
                                    "attribute": _ATTR, "kb_answer": _STR, "kb_id": _STR}),
     "eval/preference.jsonl": _PREFERENCE,
 }
+_QA_KINDS = sorted({k for kinds in world_images.QA_KINDS.values() for k in kinds})
+_QA = _obj({"question": _STR, "answer": _STR, "kind": {"enum": _QA_KINDS}}, {"attribute": _ATTR})
+# images/metadata.jsonl (acorn data world --images): one row per picture; "spec" says what was drawn where.
+IMAGE_SCHEMA = _obj({"file_name": {"type": "string", "pattern": r"^[0-9]{6}\.png$"},
+                     "kind": {"enum": list(world_images.KINDS)}, "caption": _STR,
+                     "qa": {"type": "array", "items": _QA, "minItems": 1}, "split": {"enum": ["train", "eval"]},
+                     "spec": {"type": "object", "required": ["kind"]}})
 _PERSON = _obj({k: _STR for k in ("name", "first_name", "last_name", "birth_city", "profession", "employer", "mentor")}
                | {"birth_year": _INT, "spouse": {"type": ["string", "null"]},
                   "split": {"enum": ["sft", "heldout", "unknown_sft", "unknown_eval"]}, "known": _BOOL,
@@ -1436,7 +1515,8 @@ def _fit_tokenizer(pretrain: list[dict]):
 
 def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, quiet: bool = False,
                    overwrite: bool = False, rag_sft: bool = False, reading_docs: int = 0,
-                   tool_sft: bool = False, mixed_qa: int = 0, critique_sft: bool = False, icl_docs: int = 0) -> dict:
+                   tool_sft: bool = False, mixed_qa: int = 0, critique_sft: bool = False, icl_docs: int = 0,
+                   images: int | str = 0) -> dict:
     """Generate the world into directory `out` and return a summary.
 
     rag_sft: sft.jsonl also teaches answering from retrieved passages with a
@@ -1456,6 +1536,9 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     critique_sft: sft.jsonl also teaches the constitutional format (critique_sft_rows:
     critiques under the world's principles, revisions, comparisons of two answers),
     and the world writes those principles to principles.md. Off by default too.
+    images: N > 0 also draws N pictures into images/ (image_rows: shapes, numbers,
+    badges; PNGs and metadata.jsonl), "default" the size's n_images. Off (0) by
+    default: no other file changes either way.
 
     tokenizer: a path for Tokenizer.from_pretrained, used only to report sizes
     in tokens; None fits a 4096-token BPE to the pretraining text instead.
@@ -1479,6 +1562,10 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
         raise AcornError(f"mixed_qa must be a non-negative integer (question phrasings per fact), got {mixed_qa!r}")
     if isinstance(icl_docs, bool) or not isinstance(icl_docs, int) or icl_docs < 0:
         raise AcornError(f"icl_docs must be a non-negative integer (in-context documents), got {icl_docs!r}")
+    if images == "default":
+        images = cfg.n_images
+    if isinstance(images, bool) or not isinstance(images, int) or images < 0:
+        raise AcornError(f"images must be a non-negative integer (pictures to draw) or 'default', got {images!r}")
     pretrain = pretrain_docs(world, cfg, seen, icl_docs)
     if reading_docs:
         if isinstance(reading_docs, bool) or not isinstance(reading_docs, int) or reading_docs < 0:
@@ -1522,6 +1609,7 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     write_json(out / "world.json", world.to_json())
     if critique_sft:
         write_text(out / "principles.md", principles_markdown())
+    image_entry = write_images(out, world, images) if images else None
     gen_seconds = time.perf_counter() - t0
 
     if tok is None:
@@ -1552,6 +1640,8 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
         manifest["critique_sft"] = True
     if icl_docs:
         manifest["icl_docs"] = icl_docs
+    if image_entry:  # only when on, as rag_sft: the PNGs' hashes in file-name order, hashed again
+        manifest["images"] = image_entry
     write_json(out / "manifest.json", manifest)
     seconds = time.perf_counter() - t0
     summary = dict(manifest, out=str(out), seconds=round(seconds, 2), generate_seconds=round(gen_seconds, 2),
@@ -1571,6 +1661,11 @@ def format_summary(summary: dict) -> str:
         rows = "-" if e["rows"] is None else f"{e['rows']:,}"
         tokens = "-" if e["tokens"] is None else f"{e['tokens']:,}"
         lines.append(f"{name:<26}{rows:>9}{e['bytes'] / 1e6:>9.2f}{tokens:>12}")
+    if "images" in summary:
+        im = summary["images"]
+        lines.append(f"{'images/ (PNG)':<26}{im['count']:>9,}{im['bytes'] / 1e6:>9.2f}{'-':>12}   "
+                     + ", ".join(f"{n} {k}" for k, n in im["kinds"].items())
+                     + f"; {im['splits']['train']} train, {im['splits']['eval']} eval")
     lines.append(f"tokens counted with {summary['tokens_counted_with']}; "
                  f"generated in {summary['generate_seconds']:.1f}s, {summary['seconds']:.1f}s with counting")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ small choices, each a field of ModelConfig:
               sliding window (Mistral); through torch's scaled_dot_product_attention,
               which picks a fused flash kernel when no explicit mask is needed
   norms       RMSNorm (Zhang & Sennrich 2019) or LayerNorm, before each sublayer
-  mlp         SwiGLU (Shazeer 2020), GELU, ReLU^2 (So et al. 2021), or a mixture
+  mlp         SwiGLU (Shazeer 2020), GELU (or CLIP's quick GELU), ReLU^2 (So et al. 2021), or a mixture
               of experts (Shazeer 2017; Switch, Fedus et al. 2021; Mixtral 2024)
   head        tied to the embedding or not; optional logit soft-capping (Gemma 2)
 
@@ -80,7 +80,7 @@ class ModelConfig:
     # norms and MLP
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"  # the normalisation before each sublayer
     norm_eps: float = 1e-5  # added to the variance inside the norm
-    mlp: Literal["swiglu", "gelu", "gelu_tanh", "relu2"] = "swiglu"  # feed-forward activation
+    mlp: Literal["swiglu", "gelu", "gelu_tanh", "relu2", "quick_gelu"] = "swiglu"  # feed-forward activation
     mlp_bias: bool = False  # biases in the MLP
     logit_softcap: float | None = None  # cap logits smoothly at +-this (Gemma 2); None: off
     # mixture of experts (n_experts = 0: a dense MLP)
@@ -343,6 +343,8 @@ def activation(kind: str, x: Tensor) -> Tensor:
         return F.gelu(x, approximate="tanh")
     if kind == "relu2":
         return F.relu(x).square()
+    if kind == "quick_gelu":  # OpenAI CLIP's approximation, x * sigmoid(1.702 x) (CLIP and LLaVA vision towers)
+        return x * torch.sigmoid(1.702 * x)
     raise ValueError(kind)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from acorn.errors import AcornError
 from acorn.model.transformer import ModelConfig
@@ -62,44 +63,51 @@ def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-class PairLoader:
-    """Batches of (question, passage) pairs, each batch about distinct people;
-    reshuffled every epoch from (seed, epoch), so a resumed run sees the same batches."""
+def distinct_batches(keys: list, batch_size: int, rng: random.Random) -> list[list[int]]:
+    """The indices of `keys`, shuffled by rng, in batches of batch_size whose keys all differ, so no
+    in-batch negative is secretly a positive (a second passage about the same person, a second picture
+    with the same caption). Greedy: an item whose key the batch holds already waits for the next batch;
+    a last batch of fewer than two is dropped."""
+    idx = list(range(len(keys)))
+    rng.shuffle(idx)
+    batches, current, seen = [], [], set()
+    waiting = []
+    for i in idx:
+        if keys[i] in seen:
+            waiting.append(i)
+            continue
+        current.append(i)
+        seen.add(keys[i])
+        if len(current) == batch_size:
+            batches.append(current)
+            current, seen = [], set()
+            still = []
+            for j in waiting:
+                if keys[j] not in seen and len(current) < batch_size:
+                    current.append(j)
+                    seen.add(keys[j])
+                else:
+                    still.append(j)
+            waiting = still
+    if len(current) >= 2:
+        batches.append(current)
+    return batches
 
-    def __init__(self, pairs: list[tuple[list[int], list[int], str]], batch_size: int, seed: int):
-        people = {p for _, _, p in pairs}
-        if len(people) < 2:
-            raise AcornError("contrastive training needs pairs about at least two people; generate a larger world")
-        self.pairs, self.batch_size, self.seed = pairs, min(batch_size, len(people)), seed
+
+class ContrastiveLoader:
+    """Batches for contrastive training: items whose keys all differ (distinct_batches), reshuffled
+    every epoch from (seed, epoch), so a resumed run sees the same batches; collate(items) makes
+    a batch's tensors. `too_few`: the error when fewer than two keys differ."""
+
+    def __init__(self, items: list, keys: list, batch_size: int, seed: int, collate, too_few: str):
+        if len(set(keys)) < 2:
+            raise AcornError(too_few)
+        self.items, self.keys, self.collate = items, keys, collate
+        self.batch_size, self.seed = min(batch_size, len(set(keys))), seed
         self.epoch, self.pos, self.order = 0, 0, self._order(0)
 
     def _order(self, epoch: int) -> list[list[int]]:
-        rng = random.Random(f"{self.seed}/{epoch}")
-        idx = list(range(len(self.pairs)))
-        rng.shuffle(idx)
-        batches, current, seen = [], [], set()
-        waiting = []
-        for i in idx:  # greedy: a pair whose person is already in the batch waits for the next one
-            person = self.pairs[i][2]
-            if person in seen:
-                waiting.append(i)
-                continue
-            current.append(i)
-            seen.add(person)
-            if len(current) == self.batch_size:
-                batches.append(current)
-                current, seen = [], set()
-                still = []
-                for j in waiting:
-                    if self.pairs[j][2] not in seen and len(current) < self.batch_size:
-                        current.append(j)
-                        seen.add(self.pairs[j][2])
-                    else:
-                        still.append(j)
-                waiting = still
-        if len(current) >= 2:
-            batches.append(current)
-        return batches
+        return distinct_batches(self.keys, self.batch_size, random.Random(f"{self.seed}/{epoch}"))
 
     def __iter__(self):
         return self
@@ -108,11 +116,9 @@ class PairLoader:
         if self.pos >= len(self.order):
             self.epoch, self.pos = self.epoch + 1, 0
             self.order = self._order(self.epoch)
-        batch = [self.pairs[i] for i in self.order[self.pos]]
+        batch = [self.items[i] for i in self.order[self.pos]]
         self.pos += 1
-        q, qm = _pad([b[0] for b in batch])
-        p, pm = _pad([b[1] for b in batch])
-        return {"q": q, "q_mask": qm, "p": p, "p_mask": pm}
+        return self.collate(batch)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos}
@@ -122,6 +128,18 @@ class PairLoader:
         self.order = self._order(self.epoch)
 
 
+def _collate_pairs(batch: list) -> dict:
+    q, qm = _pad([b[0] for b in batch])
+    p, pm = _pad([b[1] for b in batch])
+    return {"q": q, "q_mask": qm, "p": p, "p_mask": pm}
+
+
+def pair_loader(pairs: list[tuple[list[int], list[int], str]], batch_size: int, seed: int) -> ContrastiveLoader:
+    """Batches of (question, passage, person) pairs, each batch about distinct people."""
+    return ContrastiveLoader(pairs, [p for _, _, p in pairs], batch_size, seed, _collate_pairs,
+                             "contrastive training needs pairs about at least two people; generate a larger world")
+
+
 def mean_pool(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Unit vectors: final hidden states averaged over the real tokens (as acorn.rag.embeddings.embed)."""
     hidden = model(ids, hidden_only=True).hidden.float()
@@ -129,14 +147,27 @@ def mean_pool(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return F.normalize(mean, dim=-1)
 
 
+def info_nce(a: Tensor, b: Tensor, scale: float | Tensor, *, symmetric: bool = False) -> tuple[Tensor, Tensor]:
+    """InfoNCE with in-batch negatives over B pairs of unit vectors (row i of a with row i of b): the
+    B x B similarities times `scale` (1 / temperature) are logits, and the loss is the cross-entropy
+    towards the diagonal, summed over the B rows: each a must pick its own b among the batch's.
+    symmetric (CLIP, Radford et al. 2021): the mean of that and the same over the columns (each b
+    picking its own a), still summed over the B pairs.
+    Returns (the loss summed over pairs, the number of rows of a whose nearest b is their own)."""
+    logits = (a @ b.T) * scale
+    target = torch.arange(len(a), device=logits.device)
+    loss = F.cross_entropy(logits, target, reduction="sum")
+    if symmetric:
+        loss = (loss + F.cross_entropy(logits.T, target, reduction="sum")) / 2
+    return loss, (logits.argmax(-1) == target).sum()
+
+
 def info_nce_loss(model, batch: dict, temperature: float = 0.05) -> LossOutput:
     """Sum over the batch's questions of -log softmax(q . p / t)[own passage]; weight = questions."""
     q = mean_pool(model, batch["q"], batch["q_mask"])
     p = mean_pool(model, batch["p"], batch["p_mask"])
-    logits = q @ p.T / temperature
-    target = torch.arange(len(q), device=logits.device)
-    loss = F.cross_entropy(logits, target, reduction="sum")
-    return LossOutput(loss, len(q), {"accuracy": (logits.argmax(-1) == target).sum()})
+    loss, correct = info_nce(q, p, 1.0 / temperature)
+    return LossOutput(loss, len(q), {"accuracy": correct})
 
 
 def recall_at_1(model, tok, questions: list[str], relevant: list[int], passages: list[str], max_len: int) -> float:
@@ -168,7 +199,7 @@ def train_embedder(cfg: EmbedConfig, *, resume: bool = False) -> Path:
     n = cfg.train.seq_len
     pairs = [(_ids(tok, r["query"], n), _ids(tok, r["passage"], n), r["person"])
              for r in retrieval_pairs(world, cfg.pairs_per_attribute)]
-    loader = PairLoader(pairs, cfg.train.micro_batch, cfg.seed)
+    loader = pair_loader(pairs, cfg.train.micro_batch, cfg.seed)
     kb = list(read_jsonl(world_dir / "knowledge_base.jsonl"))
     kb_index = {r["id"]: i for i, r in enumerate(kb)}
     held = list(read_jsonl(world_dir / "eval" / "unknown_qa.jsonl"))

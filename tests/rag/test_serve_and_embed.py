@@ -53,21 +53,21 @@ def test_info_nce_matches_a_direct_computation(checkpoint):
 
 
 def test_pair_batches_hold_distinct_people_and_resume_exactly():
-    from acorn.train.embed import PairLoader
+    from acorn.train.embed import pair_loader
 
     pairs = [([i], [i + 1], f"p{i % 5}") for i in range(40)]
-    a = PairLoader(pairs, 4, seed=0)
+    a = pair_loader(pairs, 4, seed=0)
     seen = []
     for _ in range(12):  # past an epoch
         for order in [a.order[a.pos] if a.pos < len(a.order) else None]:
             if order:
                 assert len({pairs[i][2] for i in order}) == len(order)
         seen.append(next(a)["q"].tolist())
-    b = PairLoader(pairs, 4, seed=0)
+    b = pair_loader(pairs, 4, seed=0)
     for _ in range(5):
         next(b)
     state = b.state_dict()
-    c = PairLoader(pairs, 4, seed=0)
+    c = pair_loader(pairs, 4, seed=0)
     c.load_state_dict(state)
     assert [next(c)["q"].tolist() for _ in range(7)] == seen[5:]
 

@@ -1,0 +1,128 @@
+"""CLIP on the world's pictures (issue 20): zero-shot accuracy per question kind against chance (section clip).
+
+A world with pictures (`acorn data world --size SIZE --images`: shapes, numbers,
+badges of the world's people) -> `acorn clip train` (acorn.train.clip.train_clip,
+the one loop) on its train split -> zero-shot classification by caption
+similarity (acorn.vision.zero_shot) on the held-out eval pictures, per kind:
+count, colour, shape (the picture's own caption against the ones that differ
+in that one thing), the whole shapes caption, the number (0-99), and the badge's
+name among every person of the world, for names seen on training badges and
+names never seen. The same on the training pictures shows what was learnt
+against what generalises. Training time and pairs per second on this machine.
+
+    python benchmarks/clip.py                              # the small world, the default recipe
+    python benchmarks/clip.py --steps 20 --no-write        # a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
+from common import (CACHE, command_line, load_note, log, machine_description, markdown_table,  # noqa: E402
+                    today, write_section)
+
+KINDS = {"count": "count (1-5)", "colour": "colour (6)", "shape": "shape (3)", "caption": "whole shapes caption (90)",
+         "number": "number (0-99)", "name_seen": "badge name, seen on training badges",
+         "name_held": "badge name, never on a training badge"}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="small", choices=["tiny", "small", "default"], help="world size (default: small)")
+    ap.add_argument("--images", type=int, default=None, help="pictures to draw (default: the size's)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: `acorn clip train`'s)")
+    ap.add_argument("--seed", type=int, default=0, help="the world's and the run's seed (default: 0)")
+    ap.add_argument("--out", type=Path, default=CACHE / "clip", help="work directory (replaced)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core); on a "
+                    "machine shared with other jobs 1 can be several times faster than 2 (no contended spin-waits)")
+    ap.add_argument("--note", default="", help="a sentence added to the section")
+    ap.add_argument("--no-write", action="store_true", help="print, do not write docs/BENCHMARKS.md")
+    args = ap.parse_args()
+
+    import torch
+
+    from acorn.config import load
+    from acorn.data.world import generate_world
+    from acorn.train.clip import ClipConfig, train_clip
+    from acorn.vision.clip import load_clip
+    from acorn.vision.zero_shot import evaluate_world
+
+    torch.set_flush_denormal(True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shutil.rmtree(args.out, ignore_errors=True)
+    world = args.out / "world"
+    summary = generate_world(world, seed=args.seed, size=args.size, quiet=True,
+                             images=args.images if args.images is not None else "default")
+    images = summary["images"]
+    log(f"world {args.size}: {images['count']} pictures ({images['splits']['train']} train, "
+        f"{images['splits']['eval']} eval)")
+    overrides = ["--world", str(world), "--out", str(args.out / "run"), "--seed", str(args.seed)]
+    if args.steps is not None:
+        overrides += ["--train.max_steps", str(args.steps)]
+    cfg = load(ClipConfig, None, overrides)
+    cfg.eval.every = cfg.train.max_steps  # evaluate once, at the end: the figures below are measured apart
+    t0 = time.perf_counter()
+    run = train_clip(cfg)
+    train_seconds = time.perf_counter() - t0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    pairs_s = statistics.median(r["tok_s"] for r in rows) / cfg.train.seq_len
+    log(f"trained {len(rows)} steps in {train_seconds:.0f}s")
+    held = evaluate_world(run / "model", world, "eval")
+    seen = evaluate_world(run / "model", world, "train")
+
+    table = [[KINDS[k], _pct(held[k]["accuracy"]) if k in held else "-",
+              _pct(seen[k]["accuracy"]) if k in seen else "-", _pct(r["chance"]),
+              f"{held[k]['n'] if k in held else 0} / {seen[k]['n'] if k in seen else 0}"]
+             for k, r in {**seen, **held}.items()]
+    n_params = load_clip(run / "model")[0].num_params()
+    v, t = cfg.model.vision, cfg.model.text
+    tokens = (f"a BPE of the training captions ({t.vocab_size} tokens, {cfg.merges} merges asked)" if cfg.merges
+              else "bytes") if not cfg.tokenizer else f"the tokenizer {cfg.tokenizer}"
+    body = [
+        "## CLIP on the world's pictures: zero-shot accuracy per question kind (issue 20)", "",
+        f"`{command_line()}` on {machine_description(('pillow',))}, {today()}; {load_note()}; "
+        f"{torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''}. "
+        "The cores are shared with other work: times are this run's, not an idle machine's.", "",
+        f"World `{args.size}` (seed {args.seed}) with {images['count']:,} pictures (`acorn data world --images`, "
+        f"64x64 PNG): {images['kinds']['shapes']} shapes, {images['kinds']['number']} numbers, "
+        f"{images['kinds']['badge']} badges; {images['splits']['train']:,} train, {images['splits']['eval']} eval. "
+        f"`acorn clip train` with its defaults{f' but {args.steps} steps' if args.steps is not None else ''}: a ViT "
+        f"({v.n_layer} layers, width {v.d_model}, {v.patch_size}x{v.patch_size} patches of {v.image_size}x"
+        f"{v.image_size} pictures: {v.n_patches} patch tokens + 1) and a causal caption encoder ({t.n_layer} layers, "
+        f"width {t.d_model}) over {tokens}, {n_params / 1e6:.2f}M parameters in all; "
+        f"{cfg.train.max_steps} steps of {cfg.train.micro_batch} pairs (symmetric InfoNCE, learned "
+        f"temperature; {cfg.train.max_steps * cfg.train.micro_batch / images['splits']['train']:.1f} epochs).", "",
+        f"Training: {train_seconds / 60:.1f} min ({pairs_s:.0f} image-caption pairs/s, median step; "
+        f"{rows[-1]['scale']:.1f} final logit scale); final train loss {rows[-1]['loss']:.3f} "
+        f"(chance: ln {cfg.train.micro_batch} = {math.log(cfg.train.micro_batch):.3f}).", "",
+        "Zero-shot classification by caption similarity (`acorn clip eval`): for each picture, its caption against "
+        "the captions that differ in one thing only; chance is one over their number.", "",
+        markdown_table(["question kind (candidates)", "held-out eval pictures", "training pictures", "chance",
+                        "pictures (eval / train)"], table),
+    ]
+    if args.note:
+        body += ["", args.note]
+    text = "\n".join(body)
+    print(text)
+    if not args.no_write:
+        write_section("clip", text)
+        log("wrote section clip of docs/BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
