@@ -1482,7 +1482,7 @@ def build_parser() -> argparse.ArgumentParser:
     clsub.required = True
     s = _parser(clsub, "train", "contrastive training of a vision transformer and a caption encoder (CLIP: symmetric "
                 "InfoNCE, learned temperature) on the world's pictures",
-                "acorn clip train --world runs/world --out runs/clip --train.max_steps 400",
+                "acorn clip train --world runs/world --out runs/clip --train.max_steps 1200",
                 description="Train CLIP (Radford et al. 2021) on the pictures of a world made with `acorn data world\n"
                 "--images`: a vision transformer and a causal caption encoder learn one space in which each\n"
                 "picture is nearest its own caption. Evaluations report zero-shot accuracy on the eval\n"

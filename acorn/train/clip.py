@@ -9,7 +9,7 @@ train` uses). No two pictures of a batch share a caption (in-batch negatives
 must be negatives). It runs in the one loop (acorn.train.loop.fit) like every
 trainer; the loop's seq_len is the captions' token limit and micro_batch the
 contrastive batch, so its "tokens" are pairs x seq_len (the progress bar's
-tok/s is caption tokens, padded, per second).
+tok/s is pairs per second times seq_len).
 
 Data: the world's pictures (`acorn data world --images`), split train. Each
 evaluation reports the symmetric loss on the eval split (val_loss) and zero-shot

@@ -63,7 +63,7 @@ class TextConfig:
     act: Literal["gelu", "quick_gelu"] = "gelu"  # MLP activation
     norm_eps: float = 1e-5  # LayerNorm epsilon
     bos_id: int | None = None  # the tokenizer's BOS, starting each caption (set from the tokenizer)
-    eos_id: int | None = None  # the tokenizer's EOS, ending each caption: its final state is the caption's vector (set from the tokenizer)
+    eos_id: int | None = None  # the tokenizer's EOS, ending each caption, read as its vector (set from the tokenizer)
     pad_id: int | None = None  # fills captions shorter than the batch's longest (set from the tokenizer)
 
     LIMITS: ClassVar[dict[str, str]] = {"vocab_size": ">= 0", "max_len": ">= 2", "d_model": ">= 1", "n_layer": ">= 1",
@@ -136,8 +136,9 @@ class CLIPConfig:
                                   d_ff=v["intermediate_size"], act=v.get("hidden_act", "quick_gelu"),
                                   norm_eps=v.get("layer_norm_eps", 1e-5),
                                   **{k: extra[k] for k in ("image_mean", "image_std") if k in extra})
-            text = TextConfig(vocab_size=t["vocab_size"], max_len=t["max_position_embeddings"], d_model=t["hidden_size"],
-                              n_layer=t["num_hidden_layers"], n_head=t["num_attention_heads"], d_ff=t["intermediate_size"],
+            text = TextConfig(vocab_size=t["vocab_size"], max_len=t["max_position_embeddings"],
+                              d_model=t["hidden_size"], n_layer=t["num_hidden_layers"],
+                              n_head=t["num_attention_heads"], d_ff=t["intermediate_size"],
                               act=t.get("hidden_act", "quick_gelu"), norm_eps=t.get("layer_norm_eps", 1e-5),
                               bos_id=t.get("bos_token_id"), eos_id=t.get("eos_token_id"), pad_id=t.get("pad_token_id"))
             return cls(vision, text, data.get("projection_dim", 512), data.get("logit_scale_init_value", 2.6592))
@@ -215,7 +216,8 @@ class CLIP(nn.Module):
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
         os.chmod(tmp, 0o777 & ~UMASK)
         try:
-            tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in self.hf_state_dict().items()}
+            tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone()
+                       for k, v in self.hf_state_dict().items()}
             with atomic_path(tmp / "model.safetensors") as f:
                 save_file(tensors, f, metadata={"format": "pt"})
             write_json(tmp / "preprocessor_config.json", preprocessor_config(self.config.vision))
@@ -261,15 +263,18 @@ def load_clip(directory, *, device: str = "cpu"):
     load_hf_state_dict(model.vision_model, tensors, "vision_model.")
     text = {rename(k[len("text_model."):], TEXT_NAMES, reverse=True): v for k, v in tensors.items()
             if k.startswith("text_model.") and not k.endswith("position_ids")}
-    text["lm_head.weight"] = text.get("model.embed_tokens.weight")
-    rest = {k: tensors[k] for k in ("visual_projection.weight", "text_projection.weight", "logit_scale") if k in tensors}
+    if "model.embed_tokens.weight" not in text:
+        raise AcornError(f"{weights}: lacks text_model.embeddings.token_embedding.weight; it is not a CLIP checkpoint")
+    text["lm_head.weight"] = text["model.embed_tokens.weight"]  # tied: the head is never used, never saved
+    heads = ("visual_projection.weight", "text_projection.weight", "logit_scale")
+    rest = {k: tensors[k] for k in heads if k in tensors}
     try:
         model.text_model.load_state_dict(text)
         model.load_state_dict(rest, strict=False)
     except (RuntimeError, KeyError) as e:
         raise AcornError(f"{weights}: the weights do not fit config.json ({str(e).splitlines()[0]})") from None
     if len(rest) < 3:
-        raise AcornError(f"{weights}: lacks {sorted({'visual_projection.weight', 'text_projection.weight', 'logit_scale'} - set(rest))}")
+        raise AcornError(f"{weights}: lacks {', '.join(k for k in heads if k not in rest)}; it is not a CLIPModel")
     tok = Tokenizer.from_pretrained(directory) if (directory / "tokenizer.json").is_file() else None
     return model.to(device).eval(), tok
 

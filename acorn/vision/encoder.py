@@ -46,7 +46,7 @@ class VisionConfig:
     dropout: float = 0.0  # dropout in training
     init_std: float = 0.02  # standard deviation of the initial weights
     # Pixels in [0, 1] are normalised per channel, (x - mean) / std, before the patch projection.
-    image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # subtracted from pixels in [0, 1] (R, G, B)
+    image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # subtracted from pixels in [0, 1], RGB
     image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # then divided by, per channel (R, G, B)
 
     LIMITS: ClassVar[dict[str, str]] = {"image_size": ">= 1", "patch_size": ">= 1", "d_model": ">= 1",
@@ -163,7 +163,8 @@ class VisionTransformer(nn.Module):
 BLOCK_NAMES = [(".input_layernorm.", ".layer_norm1."), (".post_attention_layernorm.", ".layer_norm2."),
                (".self_attn.o_proj.", ".self_attn.out_proj."), (".mlp.up_proj.", ".mlp.fc1."),
                (".mlp.down_proj.", ".mlp.fc2.")]
-VISION_NAMES = [("^patch_embedding.", "^embeddings.patch_embedding."), ("^class_embedding", "^embeddings.class_embedding"),
+VISION_NAMES = [("^patch_embedding.", "^embeddings.patch_embedding."),
+                ("^class_embedding", "^embeddings.class_embedding"),
                 ("^position_embedding.", "^embeddings.position_embedding."), ("^pre_norm.", "^pre_layrnorm."),
                 ("^post_norm.", "^post_layernorm."), ("^layers.", "^encoder.layers."), *BLOCK_NAMES]
 

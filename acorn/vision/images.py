@@ -34,7 +34,8 @@ def open_image(source: str | Path | bytes, name: str | None = None):
         where = str(source)
         path = Path(source)
         if not path.is_file():
-            raise AcornError(f"{where}: no such image file" + ("; it is a directory" if path.is_dir() else "; check the path"))
+            why = "; it is a directory" if path.is_dir() else "; check the path"
+            raise AcornError(f"{where}: no such image file{why}")
         data = path.read_bytes()
     try:
         img = Image.open(io.BytesIO(data))

@@ -15,7 +15,8 @@ from acorn.vision.clip import CLIP, CLIPConfig, TextConfig, caption_ids, load_cl
 from acorn.vision.encoder import VisionConfig
 
 TINY_VISION = dict(image_size=32, patch_size=8, d_model=32, n_layer=2, n_head=2, d_ff=64)
-TINY_TEXT = dict(vocab_size=300, max_len=24, d_model=32, n_layer=1, n_head=2, d_ff=64, bos_id=256, eos_id=257, pad_id=258)
+TINY_TEXT = dict(vocab_size=300, max_len=24, d_model=32, n_layer=1, n_head=2, d_ff=64, bos_id=256, eos_id=257,
+                 pad_id=258)
 
 
 def _tiny(act: str = "gelu") -> CLIP:
