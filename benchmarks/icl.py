@@ -84,7 +84,7 @@ def probe_docs(work: Path) -> list[str]:
     docs = []
     for r in read_jsonl(world / "pretrain.jsonl"):
         inputs = re.findall(r"Input: (.*)\n", r["text"]) if r["kind"] == "icl" else []
-        if inputs and len(set(inputs)) <= len(inputs) - 3 and not r["text"].rstrip().endswith("Label:"):
+        if inputs and len(set(inputs)) <= len(inputs) - 3:  # inputs that come back: the repeated kind
             docs.append(r["text"])
     return docs[:PROBE_DOCS]
 
@@ -151,7 +151,7 @@ def main() -> None:
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
-        sys.exit(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     reuse = dict(r.split("=", 1) for r in args.reuse)
     docs = probe_docs(work)
     results, seconds = {}, {}
@@ -166,7 +166,10 @@ def main() -> None:
         log(f"{name}: {json.dumps(results[name])}")
     (work / "results.json").write_text(json.dumps(results, indent=2))
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
-    rows = [[n, f"{r['icl_docs'] or 1500}" + (" (only these)" if n == "icl-only" else ""), r["steps"],
+    from acorn.data.world import SIZES
+
+    rows = [[n, f"{r['icl_docs'] or SIZES['default'].n_icl_docs:,}" + (" (only these)" if n == "icl-only" else ""),
+             r["steps"],
              pct(r["icl"]), pct(r["kinds"].get("induction", 0)), pct(r["kinds"].get("category", 0)),
              pct(r["in_labels"]), pct(r["probe"]["first"]), pct(r["probe"]["repeat"]), pct(r["mc"]),
              f"{r['val_loss']:.3f}" if r["val_loss"] else ""] for n, r in results.items()]
