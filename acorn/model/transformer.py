@@ -553,13 +553,21 @@ class Transformer(nn.Module):
     # ---- the forward pass, piece by piece: every path that runs the model
     # (forward below, the engine's paged step, sentence embeddings) is built
     # from these, so a new position type or head changes one place.
-    def embed(self, input_ids: Tensor, positions: Tensor) -> Tensor:
+    def embed(self, input_ids: Tensor, positions: Tensor, image_features: Tensor | None = None,
+              image_mask: Tensor | None = None) -> Tensor:
         """The residual stream's start: token embeddings, plus a vector per
         position for the families that add positions to the input (learned,
         sinusoidal). RoPE and ALiBi act inside attention instead
-        (position_encoding, attention_mask)."""
+        (position_encoding, attention_mask).
+
+        image_features (M, d_model) and image_mask (like input_ids, bool, M True):
+        the rows replace the embeddings of the masked tokens (an image's
+        placeholder tokens), in order, row-major (LLaVA: an image becomes M
+        vectors the decoder reads like tokens; acorn.vision.llava)."""
         cfg = self.config
         x = self.model.embed_tokens(input_ids)
+        if image_features is not None:
+            x = merge_image_features(x, image_mask, image_features)
         if cfg.positions == "learned":
             x = x + self.model.embed_positions(positions)
         elif cfg.positions == "sinusoidal":
@@ -663,6 +671,8 @@ class Transformer(nn.Module):
         last_only: bool = False,
         document_ids: Tensor | None = None,
         hidden_only: bool = False,
+        image_features: Tensor | None = None,
+        image_mask: Tensor | None = None,
     ) -> ModelOutput:
         """input_ids (B, T): the new tokens.
 
@@ -679,6 +689,8 @@ class Transformer(nn.Module):
             (no cache with this: it is for training on packed rows).
         hidden_only: stop at the final hidden states (out.hidden) and skip the
             vocabulary-sized head, for what needs only the states (embeddings).
+        image_features, image_mask: image tokens in place of the masked tokens'
+            embeddings (see embed; acorn.vision.llava makes them).
         """
         cfg = self.config
         b, t = input_ids.shape
@@ -705,7 +717,7 @@ class Transformer(nn.Module):
         if past_len + t > cfg.max_seq_len and cfg.positions == "learned":
             raise AcornError(f"sequence of {past_len + t} tokens is longer than the model's {cfg.max_seq_len} positions")
 
-        x = self.embed(input_ids, positions)
+        x = self.embed(input_ids, positions, image_features, image_mask)
         rope = self.position_encoding(positions, x.dtype)
         key_mask = None
         if past_len or new_mask is not None:
@@ -749,6 +761,19 @@ class Transformer(nn.Module):
         return save(self, directory, **kwargs)
 
     save_pretrained = save
+
+
+def merge_image_features(x: Tensor, image_mask: Tensor | None, features: Tensor) -> Tensor:
+    """x (B, T, d) with the rows of features (M, d) -- or (images, tokens per image, d) -- written,
+    in order, where image_mask (B, T) is True."""
+    if image_mask is None:
+        raise ValueError("image_features need an image_mask saying which tokens they replace")
+    rows = features.reshape(-1, features.shape[-1])
+    n = int(image_mask.sum())
+    if n != rows.shape[0]:
+        raise AcornError(f"{n} image placeholder tokens but {rows.shape[0]} image feature rows; each image "
+                         "needs exactly its own number of placeholder tokens in the prompt")
+    return x.masked_scatter(image_mask[..., None].to(x.device), rows.to(x.dtype))
 
 
 def sinusoidal(positions: Tensor, dim: int) -> Tensor:
