@@ -298,8 +298,13 @@ def normalize_messages(messages: Any, *, template: str = "") -> list[dict]:
                 f"{where} ({role}) has no content; give it 'content': '...' "
                 "(only an assistant message with tool_calls may omit it)"
             )
-        if content is not None and not isinstance(content, str):
-            raise AcornError(f"{where} has content of type {type(content).__name__}; content must be a string")
+        if isinstance(content, (list, tuple)):
+            msg = {**msg, "content": _flatten_parts(content, where)}
+        elif content is not None and not isinstance(content, str):
+            raise AcornError(f"{where} has content of type {type(content).__name__}; content must be a string "
+                             "or a list of parts like {'type': 'text', 'text': '...'}")
+        else:
+            msg = {**msg, "content": content.replace(_IMAGE, "")} if content is not None else msg
         msg = {k: _plain(v, where) for k, v in msg.items() if v is not None}
         if tool_calls is not None:
             if not isinstance(tool_calls, (list, tuple)):
@@ -312,6 +317,54 @@ def normalize_messages(messages: Any, *, template: str = "") -> list[dict]:
             msg = {"thinking": reasoning, **msg, "reasoning_content": reasoning}
         out.append(msg)
     return out
+
+
+# ------------------------------------------------------------ images in messages
+# A message's content may be a list of parts (the OpenAI/Anthropic shape, after
+# the server has decoded them): {"type": "text", "text": "..."} and
+# {"type": "image", "image": <file path, bytes or PIL image>}. The parts are
+# joined into one string for the template, each image as the noncharacter
+# _IMAGE (removed from all real text, so it cannot be forged); after the data
+# is marked, apply_chat_template writes each _IMAGE as image_tokens copies of
+# the placeholder special token (acorn.vision.llava.IMAGE_TOKEN), which encode
+# as special ids: the model's forward puts the image's vectors there.
+_IMAGE = "\ufdd2"
+IMAGE_PLACEHOLDER = "<image>"  # = acorn.vision.llava.IMAGE_TOKEN (kept here so chat does not import vision)
+
+
+def _flatten_parts(parts, where: str) -> str:
+    out = []
+    for j, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            out.append(part["text"].replace(_IMAGE, ""))
+        elif kind == "image" and part.get("image") is not None:
+            out.append(_IMAGE)
+        else:
+            raise AcornError(f"{where} content part {j} is not a text or image part; write "
+                             "{'type': 'text', 'text': '...'} or {'type': 'image', 'image': <path or bytes>}")
+    return "".join(out)
+
+
+def message_images(messages) -> list:
+    """The image parts' payloads (file paths, bytes or PIL images), in the order the prompt holds them."""
+    return [part["image"] for msg in messages if isinstance(msg, dict) and isinstance(msg.get("content"), (list, tuple))
+            for part in msg["content"] if isinstance(part, dict) and part.get("type") == "image"]
+
+
+def _expand_images(msgs: list[dict], placeholder: str) -> list[dict]:
+    """Each image mark in the messages' content -> the placeholder tokens (only content holds images)."""
+    return [{**m, "content": m["content"].replace(_IMAGE, placeholder)} if isinstance(m.get("content"), str) else m
+            for m in msgs]
+
+
+def _image_placeholder(tok, image_tokens: int | None, n_images: int) -> str:
+    if not n_images:
+        return ""
+    if not image_tokens or IMAGE_PLACEHOLDER not in getattr(tok, "special_tokens", {}):
+        raise AcornError(f"the conversation holds {n_images} image(s) but this is a text-only model; send text "
+                         "only, or use a model that reads images (`acorn vlm train`)")
+    return IMAGE_PLACEHOLDER * image_tokens
 
 
 # ------------------------------------------------------ injection-safe encoding
@@ -440,6 +493,7 @@ def apply_chat_template(
     return_assistant_mask: bool = False,
     tools: list[dict] | None = None,
     chat_template: str | None = None,
+    image_tokens: int | None = None,
     **kwargs,
 ):
     """Render a conversation with a chat template, and tokenize it.
@@ -455,9 +509,15 @@ def apply_chat_template(
         mask 1 on tokens whose first byte is inside a {% generation %} block.
     kwargs: extra template variables (e.g. a date string a template reads);
         `documents` is passed as its own variable, as transformers does.
+    image_tokens: placeholder tokens per image part (a vision model's
+        tokens_per_image); each image part of a message's content becomes that
+        many IMAGE_PLACEHOLDER special ids (message_images lists the images in
+        the same order). Images with image_tokens None: a text-only model's error.
     """
     template = resolve_template(tok, chat_template, tools)
     msgs = normalize_messages(messages, template=template)
+    n_images = sum(m.get("content", "").count(_IMAGE) for m in msgs if isinstance(m.get("content"), str))
+    placeholder = _image_placeholder(tok, image_tokens, n_images)
     if tools is not None:
         if not isinstance(tools, (list, tuple)) or not all(isinstance(t, dict) for t in tools):
             raise AcornError(
@@ -477,13 +537,13 @@ def apply_chat_template(
         if return_assistant_mask:
             raise AcornError("return_assistant_mask needs tokenize=True")
         return render(
-            template, msgs, tools=tools, documents=documents, add_generation_prompt=add_generation_prompt,
-            **{**specials, **kwargs},
+            template, _expand_images(msgs, placeholder), tools=tools, documents=documents,
+            add_generation_prompt=add_generation_prompt, **{**specials, **kwargs},
         ).text
 
     specials_re, _ = _special_patterns(tuple(tok.special_tokens))
     rendered = render(
-        template, _mark(msgs, specials_re), tools=_mark(tools, specials_re), documents=_mark(documents, specials_re),
+        template, _expand_images(_mark(msgs, specials_re), placeholder), tools=_mark(tools, specials_re), documents=_mark(documents, specials_re),
         add_generation_prompt=add_generation_prompt, **{**specials, **_mark(kwargs, specials_re)},
     )
     text, ids, removed = _encode_marked(tok, rendered.text)
