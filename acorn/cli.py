@@ -702,6 +702,25 @@ def cmd_clip_eval(args) -> None:
     print(format_zero_shot(evaluate_world(args.model, args.world, args.split)))
 
 
+def cmd_vlm_train(args) -> None:
+    from acorn.config import load
+    from acorn.train.vlm import VLMConfig, train_vlm
+
+    train_vlm(load(VLMConfig, args.config, args.overrides), resume=args.resume)
+
+
+def cmd_vlm_eval(args) -> None:
+    from acorn.eval.vlm import evaluate_vlm, format_vlm
+
+    result = evaluate_vlm(args.model, args.world, split=args.split, limit=args.limit, batch_size=args.batch_size,
+                          prefill_runs=args.prefill_runs)
+    if args.out:
+        from acorn.fileio import write_json
+
+        write_json(args.out, result)
+    print(format_vlm(result))
+
+
 def cmd_embed_train(args) -> None:
     from acorn.config import load
     from acorn.train.embed import EmbedConfig, train_embedder
@@ -1508,6 +1527,49 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--world", required=True, help="a world with pictures (`acorn data world --images`)")
     s.add_argument("--split", default="eval", choices=["eval", "train"], help="which pictures (default: eval)")
     s.set_defaults(func=cmd_clip_eval)
+
+    # acorn vlm ...
+    vl = _parser(stages, "vlm", "a chat model that reads pictures (LLaVA): train it in two stages, evaluate it",
+                 "acorn vlm train --stage 1 --clip runs/clip/model --model runs/sft/model --world runs/world "
+                 "--out runs/vlm1")
+    vsub = vl.add_subparsers(dest="cmd", metavar="COMMAND")
+    vsub.required = True
+    s = _parser(vsub, "train", "LLaVA's stages: 1 aligns a projector on captions, 2 tunes it and the decoder on "
+                "questions about the pictures",
+                "acorn vlm train --stage 2 --init_from runs/vlm1/model --world runs/world --out runs/vlm2",
+                description="Join a CLIP vision encoder (`acorn clip train`) and a chat model (`acorn sft`) with a\n"
+                "projector (Liu et al. 2023), and train on the pictures of a world made with `acorn data world\n"
+                "--images`. Stage 1 (--stage 1 --clip DIR --model DIR): the projector alone learns to describe\n"
+                "the pictures (their captions); encoder and decoder frozen. Stage 2 (--stage 2 --init_from\n"
+                "RUN1/model): the projector and the decoder learn to answer the pictures' questions (count,\n"
+                "colour, shape, number, badge name, the badge's person's facts); --train_encoder true trains\n"
+                "the encoder too. --images caption trains the caption-in-prompt control (a text-only --model\n"
+                "given each picture's caption in place of the image). The loss is on the answers only; writes\n"
+                "RUN/model (transformers' LLaVA layout). Settings as for `acorn sft`: --config FILE and\n"
+                "--section.key VALUE overrides.",
+                settings="acorn.train.vlm:VLMConfig")
+    s.add_argument("--config", help="YAML file with the run's settings")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.set_defaults(func=cmd_vlm_train, accepts_overrides=True)
+    s = _parser(vsub, "eval", "accuracy per question kind on a world's eval pictures, against chance; tokens per "
+                "image and their prefill cost",
+                "acorn vlm eval runs/vlm2/model --world runs/world",
+                description="Ask every question of the world's eval pictures (count, colour, shape, number, badge\n"
+                "name, badge -> person -> fact; badges split by whether the name was on a training badge) and\n"
+                "score the answer as greedy decoding would give it: right when every token of the answer and\n"
+                "the end of the turn is the model's top choice after the ones before. A VLM (`acorn vlm train`'s\n"
+                "RUN/model) sees the picture; a text-only chat model is given the picture's caption in its\n"
+                "place (the caption-in-prompt control). Also: chance per kind, tokens per image, and the\n"
+                "prefill time of a question's prompt with the image against with the caption (median).")
+    s.add_argument("model", help="a VLM (`acorn vlm train`'s RUN/model) or a text-only chat model directory")
+    s.add_argument("--world", required=True, help="a world with pictures (`acorn data world --images`)")
+    s.add_argument("--split", default="eval", choices=["eval", "train"], help="which pictures (default: eval)")
+    s.add_argument("--limit", type=positive_int, default=None, help="at most this many questions per kind")
+    s.add_argument("--batch-size", type=positive_int, default=32, help="conversations per forward (default: 32)")
+    s.add_argument("--prefill-runs", type=_int_at_least(0), default=7,
+                   help="timed prefills per prompt, median reported; 0: skip the timing (default: 7)")
+    s.add_argument("--out", help="also write the results as JSON here")
+    s.set_defaults(func=cmd_vlm_eval)
 
     # acorn tokens count
     tc = _parser(stages, "tokens", "count tokens and estimate API cost", "acorn tokens count notes.txt --price-per-million 0.5")

@@ -59,6 +59,7 @@ class Batch:
     x: torch.Tensor                            # (B, T) int64 inputs
     y: torch.Tensor                            # (B, T) int64 next-token targets
     document_ids: torch.Tensor | None = None   # (B, T) int64, 0-based document index within each row
+    pixel_values: torch.Tensor | None = None   # (N, 3, S, S) normalised: the images x's placeholder tokens stand for, in order
 
 
 def _packed_starts(bos_positions: np.ndarray, row_len: int, n_tokens: int) -> np.ndarray:

@@ -790,3 +790,34 @@ def build(cfg: ModelConfig, *, device: str | torch.device | None = None, dtype: 
     with torch.device(device or "cpu"):
         model = Transformer(cfg)
     return model.to(dtype) if dtype is not None else model
+
+
+@torch.no_grad()
+def resize_vocab(model: Transformer, vocab_size: int) -> Transformer:
+    """Grow the model's vocabulary to vocab_size ids in place (a tokenizer got new
+    special tokens: Tokenizer.add_special_tokens). Every existing row is kept; a
+    new one starts at the mean of the existing embeddings (and of the output
+    head's rows when untied), a vector the model already reads as "some token",
+    not a random one whose norm the trained rows never had (Hewitt 2021, as
+    transformers' resize_token_embeddings(mean_resizing=True) does). A tied head
+    stays tied. Shrinking is refused: it would change what ids mean."""
+    old = model.config.vocab_size
+    if vocab_size < old:
+        raise AcornError(f"cannot shrink the vocabulary from {old} to {vocab_size} ids; ids would lose their rows")
+    if vocab_size == old:
+        return model
+
+    def grown(weight: Tensor) -> nn.Parameter:
+        extra = weight.float().mean(0, keepdim=True).to(weight.dtype).expand(vocab_size - old, -1)
+        return nn.Parameter(torch.cat([weight, extra]), requires_grad=weight.requires_grad)
+
+    emb = model.model.embed_tokens
+    emb.weight = grown(emb.weight)
+    emb.num_embeddings = vocab_size
+    if model.config.tie_embeddings:
+        model.lm_head.weight = emb.weight
+    else:
+        model.lm_head.weight = grown(model.lm_head.weight)
+    model.lm_head.out_features = vocab_size
+    model.config.vocab_size = vocab_size
+    return model

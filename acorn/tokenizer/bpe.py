@@ -194,6 +194,22 @@ class Tokenizer:
 
     save_pretrained = save
 
+    def add_special_tokens(self, tokens: Sequence[str]) -> "Tokenizer":
+        """A copy with `tokens` appended as special tokens, ids vocab_size, vocab_size + 1, ...:
+        every existing id keeps its meaning, so a model trained with this tokenizer still
+        reads its ids (grow its embeddings with acorn.model.transformer.resize_vocab).
+        Tokens it already has as specials are kept where they are."""
+        if any(not isinstance(t, str) or not t for t in tokens):
+            raise AcornError("a special token cannot be empty; give each one some text, e.g. '<image>'")
+        if not isinstance(self.encoding, tiktoken.Encoding) or self.mergeable_ranks is None:
+            raise AcornError(f"special tokens can only be added to a byte-level BPE Acorn reads natively; {self.name} "
+                             "was loaded through the tokenizers library: add them with transformers instead")
+        new = [t for t in dict.fromkeys(tokens) if t not in self.special_tokens]
+        specials = {**self.special_tokens, **{t: self.vocab_size + i for i, t in enumerate(new)}}
+        return Tokenizer(self.mergeable_ranks, specials, self.pattern, name=self.name, bos_token=self.bos_token,
+                         eos_token=self.eos_token, pad_token=self.pad_token, chat_template=self.chat_template,
+                         chat_format=self.chat_format)
+
     # ------------------------------------------------------------------- sizes
     @property
     def vocab_size(self) -> int:

@@ -299,7 +299,7 @@ def _fit(cfg, model: nn.Module, loader, loss_fn: LossFn, *, device: torch.device
         n_params = run.raw_model.num_params()
         trained = sum(p.numel() for p in {id(p): p for p in run.raw_model.parameters() if p.requires_grad}.values())
         print(f"{stage}: {n_params / 1e6:.2f}M parameters"
-              f"{f' ({trained / 1e6:.3f}M trained: adapters on a frozen base)' if trained < n_params else ''}, "
+              f"{f' ({trained / 1e6:.3f}M trained, the rest frozen)' if trained < n_params else ''}, "
               f"{dtype} on {device}"
               f"{f' x {dist.world}' if dist.world > 1 else ''}; {train.max_steps} steps of "
               f"{tokens_per_step:,} tokens ({train.micro_batch} x {train.seq_len} x {accum} accumulation"

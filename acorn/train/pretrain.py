@@ -74,12 +74,23 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> Path:
 
 
 # ---------------------------------------------------------------- loss
+def image_inputs(batch, device=None) -> dict:
+    """The batch's pictures as the model's pixel_values keyword, when it has any (the
+    image conversations of `acorn vlm train`); nothing for text, so a text model is
+    called as it always is."""
+    pixels = getattr(batch, "pixel_values", None)
+    if pixels is None:
+        return {}
+    return {"pixel_values": pixels if device is None else pixels.to(device)}
+
+
 def next_token_loss(model, batch) -> LossOutput:
     """Cross-entropy of every next token, summed over the trained ones (targets
     != -100), weight = their number: pretraining's loss, and SFT's, whose
-    batches carry -100 wherever the assistant is not speaking. A MoE model's
+    batches carry -100 wherever the assistant is not speaking, and the VLM
+    stages', whose batches also carry the pictures (Batch.pixel_values). A MoE model's
     load-balancing term is added per token and logged apart as aux_loss."""
-    out = model(batch.x, targets=batch.y, document_ids=batch.document_ids)
+    out = model(batch.x, targets=batch.y, document_ids=batch.document_ids, **image_inputs(batch))
     n = (batch.y != -100).sum()
     # The model gives the mean over the trained tokens, nan for a micro-batch
     # without any (an SFT row whose answer was cut off), which must add nothing,
@@ -106,7 +117,7 @@ def evaluate(model, *, loader, batches: int, device, token_nbytes: torch.Tensor 
     for batch in loader.iter_eval(batches):
         x, y = batch.x.to(device), batch.y.to(device)
         docs = batch.document_ids.to(device) if batch.document_ids is not None else None
-        logits = model(x, document_ids=docs).logits
+        logits = model(x, document_ids=docs, **image_inputs(batch, device)).logits
         y = y.flatten()
         nll = F.cross_entropy(logits.float().flatten(0, 1), y, ignore_index=-100, reduction="none")
         valid = y != -100

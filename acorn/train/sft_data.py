@@ -36,6 +36,7 @@ IGNORE = -100
 class Example:
     ids: list[int]
     mask: list[int]  # 1 where the token is one the model should learn to produce
+    images: tuple[int, ...] = ()  # which pictures the ids' image placeholders stand for, in order (acorn.train.vlm_data)
 
 
 def load_examples(paths, tok, *, max_len: int) -> tuple[list[Example], int]:
@@ -72,29 +73,31 @@ def render_example(row: dict, tok, *, where: str = "") -> Example:
                      f"it has {', '.join(map(str, row)) or 'no fields'}")
 
 
-def pack(examples: list[Example], seq_len: int, pad_id: int) -> list[tuple[list[int], list[int], list[int]]]:
-    """Greedy first-fit packing into rows of seq_len + 1 tokens: (ids, targets-mask, document ids).
+def pack(examples: list[Example], seq_len: int, pad_id: int) -> list[tuple[list[int], list[int], list[int], list[int]]]:
+    """Greedy first-fit packing into rows of seq_len + 1 tokens: (ids, targets-mask, document ids,
+    the row's pictures in placeholder order).
 
     Returns rows whose ids have length seq_len + 1 (the extra one is the last target);
     padding at the end of a row has mask 0 and its own document id.
     """
-    rows, cur_ids, cur_mask, cur_doc = [], [], [], []
+    rows, cur_ids, cur_mask, cur_doc, cur_images = [], [], [], [], []
     width = seq_len + 1
     for doc, ex in enumerate(examples):
         if cur_ids and len(cur_ids) + len(ex.ids) > width:
-            rows.append(_pad(cur_ids, cur_mask, cur_doc, width, pad_id))
-            cur_ids, cur_mask, cur_doc = [], [], []
+            rows.append(_pad(cur_ids, cur_mask, cur_doc, cur_images, width, pad_id))
+            cur_ids, cur_mask, cur_doc, cur_images = [], [], [], []
         cur_ids += ex.ids
         cur_mask += ex.mask
         cur_doc += [doc] * len(ex.ids)
+        cur_images += ex.images
     if cur_ids:
-        rows.append(_pad(cur_ids, cur_mask, cur_doc, width, pad_id))
+        rows.append(_pad(cur_ids, cur_mask, cur_doc, cur_images, width, pad_id))
     return rows
 
 
-def _pad(ids, mask, doc, width, pad_id):
+def _pad(ids, mask, doc, images, width, pad_id):
     n = width - len(ids)
-    return ids + [pad_id] * n, mask + [0] * n, doc + [-1] * n
+    return ids + [pad_id] * n, mask + [0] * n, doc + [-1] * n, images
 
 
 def to_batch(rows):

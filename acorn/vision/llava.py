@@ -55,6 +55,14 @@ class LlavaConfig:
         """Placeholder tokens per image: the encoder's patches (the class token is dropped)."""
         return self.vision.n_patches
 
+    def flops_per_token(self, seq_len: int | None = None, *, training: bool = True) -> float:
+        """The decoder's FLOPs per token plus the encoder's for one image per seq_len tokens (a
+        training row holds about one picture); the projector's two matmuls per image token."""
+        t = seq_len or self.text.max_seq_len
+        projector = (6 if training else 2) * self.tokens_per_image * (self.vision.d_model + self.text.d_model) * self.text.d_model
+        return self.text.flops_per_token(seq_len, training=training) + (
+            self.vision.flops_per_image(training=training) + projector) / t
+
 
 class Projector(nn.Module):
     """Encoder width -> decoder width: linear_1, GELU, linear_2 (transformers' LlavaMultiModalProjector names)."""
@@ -82,6 +90,9 @@ class Llava(nn.Module):
     def device(self) -> torch.device:
         return self.language.device
 
+    def num_params(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
     def image_features(self, pixel_values: Tensor) -> Tensor:
         """Normalised pixels (N, 3, S, S) (VisionTransformer.normalize of [0, 1] pixels)
         -> (N, tokens_per_image, text d_model): what the placeholders' embeddings become."""
@@ -101,3 +112,21 @@ class Llava(nn.Module):
             return self.language(input_ids, **kwargs)
         feats = self.image_features(pixel_values)
         return self.language(input_ids, image_features=feats, image_mask=self.image_mask(input_ids), **kwargs)
+
+
+def add_image_token(tok, language: Transformer):
+    """(tokenizer, image_token_id): a text model's tokenizer with IMAGE_TOKEN appended as a special token
+    (every other id unchanged) and the decoder's vocabulary grown to hold it, in place (the new row starts
+    at the mean embedding: acorn.model.transformer.resize_vocab). A tokenizer that has it already is kept."""
+    from acorn.model.transformer import resize_vocab
+
+    if IMAGE_TOKEN in tok.special_tokens:
+        return tok, tok.special_tokens[IMAGE_TOKEN]
+    tok = tok.add_special_tokens([IMAGE_TOKEN])
+    image_id = tok.special_tokens[IMAGE_TOKEN]
+    if image_id < language.config.vocab_size:  # a vocabulary padded past the tokenizer's: the row exists, untrained
+        with torch.no_grad():
+            for w in {id(w): w for w in (language.model.embed_tokens.weight, language.lm_head.weight)}.values():
+                w[image_id] = w[:image_id].float().mean(0).to(w.dtype)
+    resize_vocab(language, max(language.config.vocab_size, image_id + 1))
+    return tok, image_id
