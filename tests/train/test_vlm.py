@@ -236,3 +236,71 @@ def test_vlm_train_help_lists_every_setting(capsys):
     for key in ("--stage INT", "--clip STR", "--model STR", "--init_from STR", "--train_encoder", "--images",
                 "--optim.lr", "--train.seq_len", "--eval.every"):
         assert key in out, key
+
+
+# ---------------------------------------------------------- the stages, end to end
+TINY_RUN = ["--train.seq_len", "128", "--train.micro_batch", "4", "--train.batch_tokens", "512",
+            "--optim.warmup_steps", "2", "--optim.lr", "3e-3", "--eval.every", "100", "--eval.batches", "2"]
+
+
+def _state(module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before: dict, module) -> set[str]:
+    return {k for k, v in module.state_dict().items() if not torch.equal(before[k], v)}
+
+
+def test_stage_1_trains_the_projector_alone_and_stage_2_the_decoder_too(pictured, parts, tmp_path):
+    from acorn.cli import main
+    from acorn.model.checkpoint import load
+    from acorn.vision.clip import load_clip
+    from acorn.vision.llava_hf import load_llava
+
+    chat, clip = parts
+    vision = _state(load_clip(clip)[0].vision_model)
+    decoder = _state(load(chat, device="cpu"))
+    assert main(["vlm", "train", "--stage", "1", "--clip", str(clip), "--model", str(chat), "--world",
+                 str(pictured), "--out", str(tmp_path / "s1"), "--train.max_steps", "30", *TINY_RUN]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "s1" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["loss"] for r in rows[-5:]) < sum(r["loss"] for r in rows[:5]) - 0.5  # captions are learnt
+    s1, tok = load_llava(tmp_path / "s1" / "model", device="cpu", dtype="float32")
+    assert IMAGE_TOKEN in tok.special_tokens and s1.config.image_token_id == tok.special_tokens[IMAGE_TOKEN]
+    assert not _changed(vision, s1.vision)
+    after = s1.language.state_dict()
+    assert after.keys() == decoder.keys()
+    for k, v in decoder.items():  # the decoder is frozen: every old weight and vocabulary row as it was
+        assert torch.equal(after[k][: len(v)] if v.dim() else after[k], v), k
+
+    projector = _state(s1.projector)
+    assert main(["vlm", "train", "--stage", "2", "--init_from", str(tmp_path / "s1" / "model"), "--world",
+                 str(pictured), "--out", str(tmp_path / "s2"), "--train.max_steps", "4", *TINY_RUN]) == 0
+    s2, _ = load_llava(tmp_path / "s2" / "model", device="cpu", dtype="float32")
+    assert not _changed(vision, s2.vision)
+    assert _changed(projector, s2.projector) and _changed(_state(s1.language), s2.language)
+    assert main(["vlm", "train", "--stage", "2", "--init_from", str(tmp_path / "s1" / "model"), "--world",
+                 str(pictured), "--out", str(tmp_path / "s2e"), "--train_encoder", "true", "--train.max_steps", "2",
+                 *TINY_RUN]) == 0
+    assert _changed(vision, load_llava(tmp_path / "s2e" / "model", device="cpu", dtype="float32")[0].vision)
+
+
+def test_the_caption_control_is_a_text_model_and_vlm_eval_scores_both(pictured, parts, tmp_path, capsys):
+    from acorn.cli import main
+
+    chat, clip = parts
+    assert main(["vlm", "train", "--stage", "2", "--images", "caption", "--model", str(chat), "--world",
+                 str(pictured), "--out", str(tmp_path / "control"), "--train.max_steps", "2", *TINY_RUN]) == 0
+    capsys.readouterr()
+    assert main(["vlm", "eval", str(tmp_path / "control" / "model"), "--world", str(pictured), "--prefill-runs",
+                 "2", "--out", str(tmp_path / "control.json")]) == 0
+    out = capsys.readouterr().out
+    assert "caption in the prompt" in out and "count (1-5)" in out and "tokens per image" not in out
+    result = json.loads((tmp_path / "control.json").read_text())
+    assert result["questions"] == sum(r["n"] for r in result["accuracy"].values()) > 0
+    assert main(["vlm", "train", "--stage", "1", "--clip", str(clip), "--model", str(chat), "--world",
+                 str(pictured), "--out", str(tmp_path / "s1"), "--train.max_steps", "1", *TINY_RUN]) == 0
+    capsys.readouterr()
+    assert main(["vlm", "eval", str(tmp_path / "s1" / "model"), "--world", str(pictured), "--limit", "2",
+                 "--prefill-runs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens per image: 16" in out and "image prompt" in out
