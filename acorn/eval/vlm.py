@@ -14,7 +14,10 @@ A VLM sees the picture; a text-only chat model is given the picture's caption
 in its place (acorn.train.vlm_data.caption_text): the caption-in-prompt control.
 Chance is one over the answers a kind has: 5 counts, 6 colours, 3 shapes, 100
 numbers, the world's people for a name, and for a fact the distinct values of
-the asked attribute among the world's people, plus "I don't know.".
+the asked attribute among the world's people, plus "I don't know."; majority
+is the share of the kind's most common true answer, what a model that always
+gives it scores (for badges of people the world keeps unknown that answer is
+"I don't know.", so a model that only learnt to say it scores it).
 
 Cost: tokens per image (the encoder's patches, each one position of context)
 and the prefill time of one question's prompt with the image (encoder,
@@ -28,6 +31,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -160,10 +164,15 @@ def evaluate(model, tok, world_dir, *, image_tokens: int | None, split: str = "e
     hits = answer_hits(model, tok, rows, items, pixels=pixels, image_tokens=image_tokens, batch_size=batch_size)
     odds = chance(world_dir)
     by_kind: dict[str, list[bool]] = {}
+    truths: dict[str, Counter] = {}
     for (_, qa), hit in zip(items, hits):
         by_kind.setdefault(qa["kind"], []).append(hit)
+        truths.setdefault(qa["kind"], Counter())[qa["answer"]] += 1
+    # majority: the share of the kind's most common true answer, what one constant answer would score
+    # (a badge's fact for a person the world keeps unknown is always "I don't know.").
     accuracy = {k: {"accuracy": sum(by_kind[k]) / len(by_kind[k]), "n": len(by_kind[k]),
-                    "chance": odds[k.split("_")[0] if k.startswith("fact") else k]}
+                    "chance": odds[k.split("_")[0] if k.startswith("fact") else k],
+                    "majority": truths[k].most_common(1)[0][1] / len(by_kind[k])}
                 for k in KINDS if k in by_kind}
     result = {"model": "vlm" if image_tokens is not None else "text (caption in the prompt)", "split": split,
               "tokens_per_image": image_tokens, "questions": len(items), "accuracy": accuracy}
@@ -190,9 +199,11 @@ LABELS = {"count": "count (1-5)", "colour": "colour", "shape": "shape", "number"
 
 def format_vlm(result: dict) -> str:
     lines = [f"{result.get('path', '')}: {result['model']}; {result['questions']} questions on the "
-             f"{result['split']} pictures", f"{'kind':<26}{'accuracy':>10}{'chance':>9}{'questions':>11}"]
+             f"{result['split']} pictures",
+             f"{'kind':<26}{'accuracy':>10}{'chance':>9}{'majority':>10}{'questions':>11}"]
     for kind, r in result["accuracy"].items():
-        lines.append(f"{LABELS.get(kind, kind):<26}{r['accuracy']:>10.1%}{r['chance']:>9.1%}{r['n']:>11,}")
+        lines.append(f"{LABELS.get(kind, kind):<26}{r['accuracy']:>10.1%}{r['chance']:>9.1%}{r['majority']:>10.1%}"
+                     f"{r['n']:>11,}")
     p = result.get("prefill")
     if result["tokens_per_image"]:
         lines.append(f"tokens per image: {result['tokens_per_image']}")

@@ -1,0 +1,192 @@
+"""LLaVA at laptop scale (issue 20): image question accuracy per kind against a caption-in-prompt control and chance
+(section vlm).
+
+A chat model (a speedrun's SFT model: it knows the world's people) and a world
+with pictures of the same seed and size (so the badges show the people the chat
+model knows) -> `acorn clip train` (unless --clip is given) -> `acorn vlm train
+--stage 1` (the projector on captions) -> `--stage 2` (projector and decoder on
+the pictures' questions) -> `acorn vlm eval` on the eval pictures: count,
+colour, shape, number, badge name, badge -> person -> fact. The controls: the
+same chat model trained the same way with each picture's caption as text in
+place of the image (perfect perception), the chat model as it is given the
+caption (no training on pictures' questions), chance and the majority answer.
+With --encoder, stage 2 again with the vision encoder trained too (the lever
+for reading). Tokens per image and the prefill time they add.
+
+    python benchmarks/vlm.py --chat /tmp/vlm/sr/sft/model --world /tmp/vlm/world --clip /tmp/vlm/clip/model --threads 1
+    python benchmarks/vlm.py --chat CHAT --size tiny --stage1-steps 5 --stage2-steps 5 --no-write   # a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
+from common import (CACHE, command_line, load_note, log, machine_description, markdown_table,  # noqa: E402
+                    today, write_section)
+
+KINDS = {"count": "count (1-5)", "colour": "colour (6)", "shape": "shape (3)", "number": "number (0-99)",
+         "name_seen": "badge name, seen on training badges", "name_held": "badge name, never on a training badge",
+         "fact_seen": "badge -> person -> fact, seen", "fact_held": "badge -> person -> fact, never seen"}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def train(label: str, out: Path, args: list[str]) -> dict:
+    """`acorn vlm train` with these settings (the one loop), timed."""
+    from acorn.config import load
+    from acorn.train.vlm import VLMConfig, train_vlm
+
+    cfg = load(VLMConfig, None, ["--out", str(out), *args])
+    t0 = time.perf_counter()
+    run = train_vlm(cfg)
+    seconds = time.perf_counter() - t0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in rows if "val_loss" in r]
+    log(f"{label}: {len(rows)} steps in {seconds / 60:.1f} min, final train loss {rows[-1]['loss']:.3f}"
+        f"{f', val loss {val[-1]:.3f}' if val else ''}")
+    return {"cfg": cfg, "run": run, "seconds": seconds, "rows": rows, "val_loss": val[-1] if val else None,
+            "tok_s": statistics.median(r["tok_s"] for r in rows)}
+
+
+def evaluate(label: str, model_dir: Path, world: Path, limit: int | None, prefill_runs: int) -> dict:
+    from acorn.eval.vlm import evaluate_vlm, format_vlm
+
+    t0 = time.perf_counter()
+    r = evaluate_vlm(model_dir, world, limit=limit, prefill_runs=prefill_runs)
+    log(f"{label} evaluated in {time.perf_counter() - t0:.0f}s\n{format_vlm(r)}")
+    return r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chat", required=True, type=Path, help="the chat model (a speedrun's sft/model)")
+    ap.add_argument("--world", type=Path, default=None, help="a world with pictures of the chat model's seed and "
+                    "size (default: drawn here with --size and --seed)")
+    ap.add_argument("--size", default="default", choices=["tiny", "small", "default"], help="world size when drawn here")
+    ap.add_argument("--seed", type=int, default=0, help="the world's seed when drawn here (default: 0)")
+    ap.add_argument("--clip", type=Path, default=None, help="a CLIP model (default: `acorn clip train` here)")
+    ap.add_argument("--stage1-epochs", type=float, default=None, help="stage 1 epochs (default: acorn vlm train's)")
+    ap.add_argument("--stage2-epochs", type=float, default=None, help="stage 2 epochs (default: acorn vlm train's)")
+    ap.add_argument("--stage1-steps", type=int, default=None, help="stage 1 steps (overrides the epochs)")
+    ap.add_argument("--stage2-steps", type=int, default=None, help="stage 2 steps (overrides the epochs)")
+    ap.add_argument("--encoder", action="store_true", help="also stage 2 with the vision encoder trained")
+    ap.add_argument("--limit", type=int, default=None, help="at most this many eval questions per kind")
+    ap.add_argument("--prefill-runs", type=int, default=15, help="timed prefills per prompt (median)")
+    ap.add_argument("--out", type=Path, default=CACHE / "vlm", help="work directory (replaced)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's); 1 on a shared machine")
+    ap.add_argument("--note", default="", help="a sentence added to the section")
+    ap.add_argument("--no-write", action="store_true", help="print, do not write docs/BENCHMARKS.md")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_flush_denormal(True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shutil.rmtree(args.out, ignore_errors=True)
+    args.out.mkdir(parents=True)
+    world = args.world
+    if world is None:
+        from acorn.data.world import generate_world
+
+        world = args.out / "world"
+        generate_world(world, seed=args.seed, size=args.size, quiet=True, images="default")
+    manifest = json.loads((world / "manifest.json").read_text())
+    images = manifest.get("images") or {}
+    log(f"world {manifest['size']} seed {manifest['seed']}: {images.get('count', 0)} pictures")
+    clip_seconds = None
+    if args.clip is None:
+        from acorn.config import load
+        from acorn.train.clip import ClipConfig, train_clip
+
+        t0 = time.perf_counter()
+        train_clip(load(ClipConfig, None, ["--world", str(world), "--out", str(args.out / "clip")]))
+        clip_seconds = time.perf_counter() - t0
+        args.clip = args.out / "clip" / "model"
+
+    def length(stage: int) -> list[str]:
+        steps, epochs = (args.stage1_steps, args.stage1_epochs) if stage == 1 else (args.stage2_steps,
+                                                                                   args.stage2_epochs)
+        return (["--train.max_steps", str(steps)] if steps is not None else
+                ["--epochs", str(epochs)] if epochs is not None else [])
+
+    common = ["--world", str(world)]
+    runs = {"s1": train("stage 1", args.out / "s1", [*common, "--stage", "1", "--clip", str(args.clip), "--model",
+                                                     str(args.chat), *length(1)])}
+    runs["s2"] = train("stage 2", args.out / "s2", [*common, "--stage", "2", "--init_from",
+                                                    str(runs["s1"]["run"] / "model"), *length(2)])
+    runs["control"] = train("caption control", args.out / "control", [*common, "--stage", "2", "--images", "caption",
+                                                                      "--model", str(args.chat), *length(2)])
+    if args.encoder:
+        runs["s2e"] = train("stage 2, encoder trained", args.out / "s2e",
+                            [*common, "--stage", "2", "--init_from", str(runs["s1"]["run"] / "model"),
+                             "--train_encoder", "true", *length(2)])
+
+    results = {"vlm": evaluate("VLM (stage 1 + 2)", runs["s2"]["run"] / "model", world, args.limit, args.prefill_runs),
+               "control": evaluate("caption control", runs["control"]["run"] / "model", world, args.limit, 0),
+               "chat": evaluate("chat model given the caption", args.chat, world, args.limit, 0)}
+    if args.encoder:
+        results["s2e"] = evaluate("VLM, encoder trained", runs["s2e"]["run"] / "model", world, args.limit, 0)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+
+    columns = [("vlm", "VLM: picture"), *([("s2e", "VLM, encoder trained too")] if args.encoder else []),
+               ("control", "text model trained with the caption"), ("chat", "chat model given the caption")]
+    vlm = results["vlm"]["accuracy"]
+    table = [[KINDS[k], *[_pct(results[c]["accuracy"].get(k, {}).get("accuracy")) for c, _ in columns],
+              _pct(vlm[k]["chance"]), _pct(vlm[k]["majority"]), str(vlm[k]["n"])] for k in KINDS if k in vlm]
+    p = results["vlm"]["prefill"]
+    s1, s2 = runs["s1"]["cfg"], runs["s2"]["cfg"]
+    n_img = results["vlm"]["tokens_per_image"]
+    minutes = ", ".join(f"{label} {runs[k]['seconds'] / 60:.1f}" for k, label in
+                        (("s1", "stage 1"), ("s2", "stage 2"), ("control", "caption control"), ("s2e", "stage 2 with "
+                         "the encoder")) if k in runs)
+    body = [
+        "## LLaVA at laptop scale: image questions against a caption-in-prompt control (issue 20)", "",
+        f"`{command_line()}` on {machine_description(('pillow',))}, {today()}; {load_note()}; "
+        f"{torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''}. The 2 cores are shared "
+        "with other sessions' work: the minutes are this run's.", "",
+        f"World `{manifest['size']}` (seed {manifest['seed']}, the chat model's) with {images.get('count', 0):,} "
+        f"pictures ({images.get('splits', {}).get('train', 0):,} train, {images.get('splits', {}).get('eval', 0)} eval). "
+        f"Chat model `{args.chat}`; vision encoder from `{args.clip}`"
+        f"{f' (trained here in {clip_seconds / 60:.1f} min)' if clip_seconds else ''}; a new projector (linear, GELU, "
+        f"linear). {n_img} tokens per image (8x8 patches of 64x64 pictures, the class token dropped, the encoder's "
+        f"penultimate layer). Stage 1 (`acorn vlm train --stage 1`): the projector alone on \"Describe the picture.\" "
+        f"-> the caption, {s1.train.max_steps} steps; stage 2 (`--stage 2 --init_from RUN1/model`): projector and "
+        f"decoder on the pictures' questions, {s2.train.max_steps} steps; learning rate {s2.optim.lr:g}, rows of "
+        f"{s2.train.seq_len} tokens, {s2.train.batch_tokens:,} tokens a step. Minutes: {minutes}.", "",
+        "Accuracy on the eval pictures (`acorn vlm eval`): greedy exact match, every answer token and the end of the "
+        "turn the model's top choice (teacher-forced, one forward per batch). The caption-in-prompt control is the "
+        "same chat model trained the same way (stage 2's conversations, the same steps) with each picture's caption "
+        "as text in place of the image: what the decoder answers with perfect perception. Majority: the most common "
+        "true answer's share.", "",
+        markdown_table(["question kind", *[label for _, label in columns], "chance", "majority", "questions"], table),
+        "",
+        f"Cost: an image is {n_img} positions of context. Prefill of one question's prompt, batch 1, median of "
+        f"{p['runs']} ({p['threads']} thread(s), load average {p['load_average']:.1f} at the time"
+        f"{': other jobs were running, so the milliseconds are high and noisy' if p['load_average'] > 1 else ''}): "
+        f"with the image {p['image_tokens']} tokens in {p['image_ms']:.1f} ms (of which the encoder and projector "
+        f"{p['encoder_ms']:.1f} ms), with the caption in its place {p['caption_tokens']} tokens in "
+        f"{p['caption_ms']:.1f} ms.",
+    ]
+    if args.note:
+        body += ["", args.note]
+    text = "\n".join(body)
+    print(text)
+    if not args.no_write:
+        write_section("vlm", text)
+        log("wrote section vlm of docs/BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
