@@ -44,8 +44,10 @@ own world, tokenizer and models (docs/BENCHMARKS.md, speedrun-synth):
             the pretrained model, the same steps; columns "distill-scratch",
             "distill-js" (and the teacher's in "base"): val loss, fact multiple choice
 
-(also `injection`: the prompt-injection suite on the chat models, and `benchmarks`:
-the lm-eval tasks of ../shared/data/eval on base and SFT).
+(also `injection`: the prompt-injection suite on the chat models, `benchmarks`:
+the lm-eval tasks of ../shared/data/eval on base and SFT, and `vlm`: pictures of
+the run's world, CLIP, LLaVA's two stages over the SFT model; column "vlm":
+image question accuracy per kind, vlm_count ... vlm_fact_held).
 
 Before the first stage the run prints a time estimate (`estimate`): the
 training stages are time budgets, and the rest is scaled from a reference
@@ -97,6 +99,9 @@ class SpeedrunPreset:
     collapse_sample_tokens: int = 128  # most tokens of each document a collapse generation samples
     distill_steps: int = 120  # steps of each distill student (from scratch, distilled), one micro-batch each
     distill_seq_len: int = 256  # the distill stage's rows, trained on and in its val loss (<= the val split's tokens)
+    vlm_clip_steps: int = 3000  # CLIP steps of the vlm stage (`acorn clip train`'s default: 4-8 min on 2 busy cores)
+    vlm_stage1_steps: int = 0  # LLaVA stage 1 (projector) steps of the vlm stage; 0: one epoch of the captions
+    vlm_stage2_steps: int = 0  # LLaVA stage 2 (projector + decoder) steps; 0: one epoch of the questions
     # Recipe knobs (docs/BENCHMARKS.md, speedrun-ablations: measured before any became a default):
     mixed_qa: int = 0  # world --mixed-qa: QA pairs per fact of the SFT people among the pretraining documents
     compile: bool = False  # torch.compile the model for pretraining and SFT (the probe pays and counts the compile)
@@ -112,7 +117,8 @@ PRESETS = {
     "tiny": SpeedrunPreset("tiny", 512, "nano", 128, 128, 8, 2048, 0.1, 0.05, 3e-3, 1e-3, 20,
                            "under a minute; checks the pipeline end to end, not for results",
                            align_steps=2, grpo_steps=2, synth_qa_docs=3, collapse_docs=0, collapse_generations=1,
-                           collapse_steps=2, collapse_sample_tokens=64, distill_steps=2, distill_seq_len=64),
+                           collapse_steps=2, collapse_sample_tokens=64, distill_steps=2, distill_seq_len=64,
+                           vlm_clip_steps=20, vlm_stage1_steps=2, vlm_stage2_steps=2),
     # Measured on one H200 (docs/BENCHMARKS.md, speedrun-gpu): pretraining at 388K tokens/s eager
     # (24% MFU, 17.2 GiB) and 635K compiled (39% MFU, 12.6 GiB) after ~32 s of compilation, which
     # a 30-minute stage repays many times over: compiled by default here (not on the CPU, where
@@ -600,6 +606,55 @@ register_stage("collapse", stage_collapse, estimate="~25 min on 2 busy cores: 6 
                title="collapse: generations trained on their predecessor's samples, replace vs mix")
 register_stage("distill", stage_distill, estimate="10-15 min on 2 busy cores: 2 students, one with the teacher",
                title="distill: a 2 x 64 student from scratch vs distilled (JS) from the pretrained model")
+
+
+def stage_vlm(run: Run) -> dict:
+    """Pictures of the run's world (its world.json, so the badges show the people the chat model
+    knows), `acorn clip train`, then LLaVA's two stages over the run's chat model (acorn.train.vlm),
+    and the image questions of the eval pictures (acorn.eval.vlm). Column vlm: accuracy per kind."""
+    import shutil
+
+    from acorn.config import load
+    from acorn.data.world import SIZES, read_world, write_images
+    from acorn.eval.vlm import evaluate_vlm
+    from acorn.train.clip import ClipConfig, train_clip
+    from acorn.train.vlm import VLMConfig, train_vlm
+
+    p = run.preset
+    run.need(run.world / "world.json", run.sft)
+    out = run.out / "vlm"
+    shutil.rmtree(out, ignore_errors=True)  # a rerun replaces the stage's models and numbers
+    world = read_world(run.world / "world.json")
+    (out / "world").mkdir(parents=True)
+    shutil.copy(run.world / "world.json", out / "world" / "world.json")
+    write_images(out / "world", world, SIZES[world.size].n_images)
+    common = ["--world", str(out / "world"), "--seed", str(run.seed)]
+    # The chat model's context holds the rows: 256 tokens (2-3 conversations of 64 image tokens), less on tiny.
+    rows = ["--train.seq_len", str(min(256, max(p.seq_len, p.sft_seq_len)))]
+    steps = lambda n: ["--train.max_steps", str(n)] if n else []  # noqa: E731
+    commands = []
+    for command, config, fn, args in (
+            ("acorn clip train", ClipConfig, train_clip, ["--out", str(out / "clip"), *steps(p.vlm_clip_steps)]),
+            ("acorn vlm train", VLMConfig, train_vlm, ["--out", str(out / "stage1"), "--stage", "1", "--clip",
+                                                       str(out / "clip" / "model"), "--model", str(run.sft),
+                                                       *rows, *steps(p.vlm_stage1_steps)]),
+            ("acorn vlm train", VLMConfig, train_vlm, ["--out", str(out / "stage2"), "--stage", "2", "--init_from",
+                                                       str(out / "stage1" / "model"), *rows,
+                                                       *steps(p.vlm_stage2_steps)])):
+        fn(load(config, None, [*common, *args]))
+        commands.append(f"{command} {' '.join([*common, *args])}")
+    r = evaluate_vlm(out / "stage2" / "model", out / "world", limit=p.eval_limit, prefill_runs=0)
+    write_json(out / "eval.json", r)
+    print("   vlm: " + ", ".join(f"{k} {v['accuracy']:.1%} (chance {v['chance']:.1%})"
+                                  for k, v in r["accuracy"].items()), flush=True)
+    return {"card": {"vlm": {f"vlm_{k}": {"acc": v["accuracy"], "chance": v["chance"]}
+                             for k, v in r["accuracy"].items()}},
+            "commands": commands, "tokens_per_image": r["tokens_per_image"]}
+
+
+register_stage("vlm", stage_vlm, estimate="~15 min on 2 busy cores: CLIP, the two LLaVA stages, the eval",
+               title="vlm: a vision encoder (CLIP) and a projector joined to the chat model (LLaVA), "
+                     "image questions per kind")
 
 
 def _sample_questions(world: Path) -> list[str]:
