@@ -41,12 +41,15 @@ from torch import Tensor, nn
 from acorn.errors import AcornError
 from acorn.fileio import atomic_directory, read_json, write_json
 from acorn.hardware import DTYPE_NAMES, DTYPES, resolve_device, resolve_dtype
-from acorn.model import checkpoint
+from acorn.model import checkpoint, quant
 from acorn.model.transformer import ModelConfig, ModelOutput, Transformer, build
 from acorn.vision.encoder import (VisionConfig, VisionTransformer, hf_state_dict, hf_vision_config, load_hf_state_dict,
                                   vision_config_from_hf)
 
 IMAGE_TOKEN = "<image>"  # the placeholder special token: tokens_per_image of them stand for one image
+# What transformers' CLIPImageProcessor normalises with when a checkpoint has no preprocessor_config.json (OpenAI's).
+CLIP_PROCESSOR_DEFAULTS = {"image_mean": [0.48145466, 0.4578275, 0.40821073],
+                           "image_std": [0.26862954, 0.26130258, 0.27577711]}
 
 
 @dataclass
@@ -110,22 +113,46 @@ class LlavaConfig:
         if data.get("multimodal_projector_bias", True) is not True:
             raise AcornError(f"{where}: multimodal_projector_bias {data['multimodal_projector_bias']!r} is not "
                              "supported; the projector has biases (true)")
-        for key in ("text_config", "vision_config"):
-            if not isinstance(data.get(key), dict):
-                raise AcornError(f"{where}: lacks {key!r}; it is not a complete LLaVA config")
-        family, text = checkpoint.config_from_hf(data["text_config"], f"{where} text_config")
+        family, text = checkpoint.config_from_hf(hf_text_config(data, where), f"{where} text_config")
         if family not in TEXT_FAMILIES:
             raise AcornError(f"{where}: text_config is {family}; Acorn's LLaVA decoder is one of "
                              f"{', '.join(TEXT_FAMILIES)}")
-        text.tie_embeddings = bool(data.get("tie_word_embeddings") or text.tie_embeddings)  # as LlavaConfig ties
-        pre = preprocessor or {}
-        vision = vision_config_from_hf(data["vision_config"], f"{where} vision_config",
-                                       **{k: list(pre[k]) for k in ("image_mean", "image_std") if k in pre})
+        vision = data.get("vision_config")
+        if not isinstance(vision, dict):
+            raise AcornError(f"{where}: lacks 'vision_config'; it is not a complete LLaVA config")
+        vision = {**SUBCONFIG_DEFAULTS["clip_vision_model"], **vision}
+        pre = preprocessor or CLIP_PROCESSOR_DEFAULTS  # a number is every channel's, as CLIPImageProcessor takes it
+        vision = vision_config_from_hf(vision, f"{where} vision_config",
+                                       **{k: list(v) if isinstance(v, (list, tuple)) else [v] * 3
+                                          for k, v in pre.items() if k in ("image_mean", "image_std")})
         seq = data.get("image_seq_length")
         if seq is not None and seq != vision.n_patches:
             raise AcornError(f"{where}: image_seq_length {seq} is not the encoder's {vision.n_patches} patches "
                              f"((image_size / patch_size)^2, the class token dropped); fix one of them")
         return cls(vision, text, data.get("image_token_index", 32000), layer, act)
+
+
+# transformers' config classes' defaults for the fields a LLaVA config may leave out: llava-hf's llava-1.5
+# text_config names only what differs from LlamaConfig's (not even hidden_size); transformers fills the rest.
+SUBCONFIG_DEFAULTS = {
+    "clip_vision_model": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                              image_size=224, patch_size=32),
+    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                  num_attention_heads=32),
+    "mistral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8),
+}
+
+
+def hf_text_config(data: dict, where: str = "config.json") -> dict:
+    """A LLaVA config's text_config as a standalone decoder's config.json: transformers' defaults where
+    it leaves a field out, and the head tied when the LLaVA config ties it (as LlavaConfig does)."""
+    text = data.get("text_config")
+    if not isinstance(text, dict):
+        raise AcornError(f"{where}: lacks 'text_config'; it is not a complete LLaVA config")
+    kind = text.get("model_type", "llama")  # LlavaConfig's default decoder
+    text = {"model_type": kind, **SUBCONFIG_DEFAULTS.get(kind, {}), **text}
+    return {**text, "tie_word_embeddings": bool(data.get("tie_word_embeddings") or text.get("tie_word_embeddings"))}
 
 
 class Projector(nn.Module):
@@ -213,6 +240,8 @@ def save_llava(model: Llava, tokenizer, directory, *, dtype=None) -> Path:
     from acorn.vision.clip import preprocessor_config
 
     cfg = model.config
+    if quant.quantization_of(model.language) is not None:
+        raise AcornError("a LLaVA checkpoint holds a float decoder; save the model before quantizing it")
     ids = {}
     if tokenizer is not None:
         if tokenizer.special_tokens.get(IMAGE_TOKEN) != cfg.image_token_id:
@@ -256,7 +285,7 @@ def is_llava_dir(path) -> bool:
 
 def load_llava(directory, *, device="cpu", dtype=None):
     """(Llava in eval mode, its Tokenizer or None when the directory has no tokenizer files) from a LLaVA
-    checkpoint directory: one save_llava wrote, or one transformers wrote (either weight layout).
+    checkpoint directory: one save_llava wrote, or one transformers wrote (any of its weight LAYOUTS).
     dtype: None (config.json's when float32/bfloat16/float16, else float32) or a name / torch dtype.
     Missing or corrupt files, and configs Acorn cannot run, are one AcornError each."""
     from acorn.tokenizer.bpe import Tokenizer
@@ -268,7 +297,11 @@ def load_llava(directory, *, device="cpu", dtype=None):
                          "LlavaForConditionalGeneration.save_pretrained's)")
     data = read_json(directory / "config.json")
     pre = directory / "preprocessor_config.json"
-    cfg = LlavaConfig.from_hf(data, str(directory / "config.json"), read_json(pre) if pre.is_file() else None)
+    processor = read_json(pre) if pre.is_file() else None
+    if processor is not None and not isinstance(processor, dict):
+        raise AcornError(f"{pre}: not a JSON object; it is not an image processor's config (delete it to use "
+                         "CLIPImageProcessor's defaults)")
+    cfg = LlavaConfig.from_hf(data, str(directory / "config.json"), processor)
     if dtype is None:
         saved = data.get("dtype") or data.get("torch_dtype")
         dtype = saved if isinstance(saved, str) and saved in DTYPES else "float32"
@@ -278,7 +311,7 @@ def load_llava(directory, *, device="cpu", dtype=None):
         name = hf_name(name)
         return name[len(TEXT):] if name.startswith(TEXT) else None
 
-    language, others = checkpoint.load_decoder(directory, data["text_config"], text_name, dtype=dtype,
+    language, others = checkpoint.load_decoder(directory, hf_text_config(data), text_name, dtype=dtype,
                                                device=device, where=f"{directory / 'config.json'} text_config")
     others = {hf_name(k): v for k, v in others.items() if not k.endswith("position_ids")}
     unknown = sorted(k for k in others if not k.startswith((VISION, PROJECTOR)))

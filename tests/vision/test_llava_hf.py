@@ -128,6 +128,10 @@ def test_a_llava_made_by_transformers_loads_with_the_same_logits(tmp_path, layou
 
     hf = _hf_llava()
     hf.save_pretrained(tmp_path / "hf")
+    if layout == "5.x":  # no preprocessor_config.json: CLIPImageProcessor's defaults, as transformers would use
+        defaults = CLIPImageProcessor()
+        cfg = load_llava(tmp_path / "hf")[0].config.vision
+        assert (cfg.image_mean, cfg.image_std) == (list(defaults.image_mean), list(defaults.image_std))
     mean, std = [0.48, 0.46, 0.41], [0.27, 0.26, 0.28]  # OpenAI CLIP's, not VisionConfig's defaults
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32, image_mean=mean, image_std=std).save_pretrained(
         tmp_path / "hf")
@@ -231,3 +235,35 @@ def test_missing_or_corrupt_files_are_one_clear_error(tmp_path, saved, tok):
     with pytest.raises(AcornError, match="the tokenizer's <image> is id"):
         save_llava(_ours(tok), other, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+# llava-hf/llava-1.5-7b-hf's config.json as published: its text_config names only what differs from
+# LlamaConfig's defaults (no hidden_size, no layer count), which transformers fills in.
+LLAVA_15 = {
+    "architectures": ["LlavaForConditionalGeneration"], "ignore_index": -100, "image_token_index": 32000,
+    "model_type": "llava", "pad_token_id": 32001, "projector_hidden_act": "gelu",
+    "text_config": {"_name_or_path": "lmsys/vicuna-7b-v1.5", "architectures": ["LlamaForCausalLM"],
+                    "max_position_embeddings": 4096, "model_type": "llama", "rms_norm_eps": 1e-05,
+                    "torch_dtype": "float16", "vocab_size": 32064},
+    "tie_word_embeddings": False, "torch_dtype": "float16", "transformers_version": "4.36.0.dev0",
+    "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096,
+                      "model_type": "clip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 24,
+                      "patch_size": 14, "projection_dim": 768, "vocab_size": 32000},
+    "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064}
+
+
+def test_a_published_config_that_leaves_fields_to_transformers_defaults_reads_as_transformers_reads_it():
+    import transformers
+
+    theirs = transformers.LlavaConfig.from_dict(LLAVA_15)
+    ours = LlavaConfig.from_hf(LLAVA_15)
+    t, v = theirs.text_config, theirs.vision_config
+    assert (ours.text.d_model, ours.text.d_ff, ours.text.n_layer, ours.text.n_head, ours.text.n_kv_head,
+            ours.text.vocab_size, ours.text.max_seq_len, ours.text.norm_eps, ours.text.tie_embeddings) == \
+        (t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads,
+         t.vocab_size, t.max_position_embeddings, t.rms_norm_eps, theirs.tie_word_embeddings)
+    assert (ours.vision.d_model, ours.vision.image_size, ours.vision.patch_size, ours.vision.n_layer,
+            ours.vision.n_head, ours.vision.d_ff, ours.vision.act) == \
+        (v.hidden_size, v.image_size, v.patch_size, v.num_hidden_layers, v.num_attention_heads,
+         v.intermediate_size, v.hidden_act)
+    assert ours.tokens_per_image == 576 and ours.image_token_id == theirs.image_token_id == 32000
