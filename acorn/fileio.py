@@ -78,6 +78,36 @@ def remove_temp_files(directory: str | os.PathLike) -> list[Path]:
 
 
 @contextmanager
+def atomic_directory(directory: str | os.PathLike, *, stale: re.Pattern | None = None,
+                     last: str = "config.json") -> Iterator[Path]:
+    """A temporary directory beside `directory` for the caller to fill (a checkpoint's
+    files); on success its files are moved in -- a rename when `directory` is new, else
+    file by file with `last` (the file that marks a complete save) moved last -- and on
+    failure it is removed, so an interrupted save leaves the previous contents whole.
+    stale: names of files an earlier save left that this one would not overwrite and
+    that a reader would take for its own (old weight shards): removed."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise AcornError(f"{directory}: is a file; give a directory to save the checkpoint in")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it 0700; the checkpoint gets a normal directory's mode
+    try:
+        yield tmp
+        if not directory.exists():
+            os.rename(tmp, directory)
+            return
+        new = {p.name for p in tmp.iterdir()}
+        for old in directory.iterdir():
+            if stale is not None and old.name not in new and stale.fullmatch(old.name):
+                old.unlink()
+        for name in sorted(new, key=lambda n: n == last):
+            os.replace(tmp / name, directory / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
     """Open a temporary file next to `path`; on success rename it over `path`."""
     try:

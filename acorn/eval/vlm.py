@@ -133,15 +133,13 @@ def prefill_cost(model, tok, row: dict, pixel: torch.Tensor | None, image_tokens
 
 def load_model(model_dir, device: str = "cpu"):
     """(model, tokenizer, image_tokens or None) from a VLM or a text-only chat model directory."""
-    from acorn.fileio import read_json
+    from acorn.vision.llava import is_llava_dir, load_llava
 
     directory = Path(model_dir)
     if not (directory / "config.json").is_file():
         raise AcornError(f"{directory}: no config.json; give a VLM (`acorn vlm train`'s RUN/model) or a chat model "
                          "directory")
-    if read_json(directory / "config.json").get("model_type") == "llava":
-        from acorn.vision.llava_hf import load_llava
-
+    if is_llava_dir(directory):
         model, tok = load_llava(directory, device=device, dtype="float32")
         return model.eval(), tok, model.config.tokens_per_image
     from acorn.model.checkpoint import load

@@ -33,7 +33,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from torch import Tensor, nn
 
 from acorn.errors import AcornError
 from acorn.hardware import DTYPE_NAMES, DTYPES, resolve_device, resolve_dtype
-from acorn.fileio import UMASK, atomic_path, check_new_output, read_json, write_json
+from acorn.fileio import atomic_directory, atomic_path, check_new_output, read_json, write_json
 from acorn.model import lora, quant
 from acorn.model.transformer import PRESETS, ModelConfig, Transformer, build
 
@@ -95,6 +94,9 @@ def config_from_hf(hf: dict, where: str = "config.json") -> tuple[str, ModelConf
 
 
 def _family(hf: dict, where: str) -> str:
+    if hf.get("model_type") == "llava":
+        raise AcornError(f"{where}: this is a LLaVA checkpoint (images + text), not a text-only one; load it with "
+                         "acorn.vision.llava.load_llava (or Llava.from_pretrained)")
     archs = hf.get("architectures") or []
     name = archs[0] if archs else hf.get("model_type")
     if name in ARCHITECTURES:
@@ -431,6 +433,8 @@ class _Weights:
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, str] = {}
         self._open: dict[Path, object] = {}
+        self._stored: dict[str, str] = {}  # a renamed tensor's name -> its name in the file (split)
+        self._aside: dict[str, Path] = {}  # tensors split off (not the model's): name -> file
         found = self._find(directory, "model.safetensors", "*.safetensors")
         self.pickle = found is None
         if self.pickle:
@@ -491,12 +495,34 @@ class _Weights:
         self._open[file] = sd
         return {n: (tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in sd.items()}
 
+    def split(self, rename) -> list[str]:
+        """Keep the tensors `rename` gives a name (a part of a larger model, under the names a
+        checkpoint of that part alone has); the others (rename gives None) are set aside and
+        returned, still readable with get under their own names."""
+        kept, others = {}, []
+        for name, file in self.files.items():
+            new = rename(name)
+            if new is None:
+                others.append(name)
+                self._aside[name] = file
+            elif new in kept:
+                raise AcornError(f"{file}: holds both {kept[new]} and {name}, one tensor under two layouts' "
+                                 "names; re-save the checkpoint")
+            else:
+                kept[new] = name
+        self.files = {new: self.files[old] for new, old in kept.items()}
+        self.shapes = {new: self.shapes[old] for new, old in kept.items()}
+        self.dtypes = {new: self.dtypes[old] for new, old in kept.items()}
+        self._stored = {new: self._stored.get(old, old) for new, old in kept.items()}
+        return others
+
     def get(self, name: str) -> Tensor:
-        file = self.files[name]
+        file = self.files[name] if name in self.files else self._aside[name]
         if file not in self._open:
             from safetensors import safe_open
 
             self._open[file] = safe_open(str(file), framework="pt", device="cpu")
+        name = self._stored.get(name, name)
         return self._open[file][name] if self.pickle else self._open[file].get_tensor(name)
 
 
@@ -584,13 +610,28 @@ def load_classifier(path, *, dtype=None, device="auto") -> tuple[Transformer, Te
     return model.eval(), heads["score.weight"], read_json(directory / "config.json")
 
 
-def _load(directory: Path, dtype, device, allow_pickle: bool, *, classifier: bool = False):
+def load_decoder(directory, text_config: dict, rename, *, dtype, device="cpu",
+                 where: str = "config.json text_config") -> tuple[Transformer, dict[str, Tensor]]:
+    """The decoder inside a larger checkpoint (a LLaVA's language model), and the checkpoint's
+    other tensors. text_config: the decoder's transformers config (a dict); rename: a tensor's name
+    in the files -> its name in a checkpoint of the decoder alone, or None for a tensor that is not
+    the decoder's. The others come back under their own names, floats in dtype, on device."""
+    directory = _checkpoint_dir(directory)
+    model, others = _load(directory, dtype, device, False, part=(text_config, rename, where))
+    return model.eval(), others
+
+
+def _load(directory: Path, dtype, device, allow_pickle: bool, *, classifier: bool = False, part=None):
     """The weights of a checkpoint directory into a Transformer; with classifier=True the backbone
-    of a sequence classifier (no LM head: the model's head is tied to the embedding) and its score."""
-    hf = read_json(directory / "config.json")
-    if not isinstance(hf, dict):
-        raise AcornError(f"{directory / 'config.json'}: not a JSON object; it is not a transformers config")
-    family, cfg = config_from_hf(hf, str(directory / "config.json"))
+    of a sequence classifier (no LM head: the model's head is tied to the embedding) and its score;
+    with part=(config, rename, where) the decoder of a larger model and the other tensors (load_decoder)."""
+    if part is None:
+        hf, rename, where = read_json(directory / "config.json"), None, str(directory / "config.json")
+        if not isinstance(hf, dict):
+            raise AcornError(f"{where}: not a JSON object; it is not a transformers config")
+    else:
+        hf, rename, where = part
+    family, cfg = config_from_hf(hf, where)
     extra = {}
     if classifier:
         cfg.tie_embeddings = True  # a classifier has no LM head to load; tying gives the Transformer one for free
@@ -607,6 +648,7 @@ def _load(directory: Path, dtype, device, allow_pickle: bool, *, classifier: boo
     if hf.get("quantization") is not None:  # written by acorn quantize: swap in its quantized layers
         quant.prepare(model, hf["quantization"], str(directory / "config.json"))
     weights = _Weights(directory, allow_pickle=allow_pickle)
+    others = weights.split(rename) if rename is not None else []
     names = _canonical_names(family, weights.files)
     _check_tensors(family, cfg, weights, names, directory, model, extra)
     disk = {canon: n for n, canon in names.items()}
@@ -626,7 +668,11 @@ def _load(directory: Path, dtype, device, allow_pickle: bool, *, classifier: boo
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
     if left:  # a bug in the weight maps, not a user error
         raise RuntimeError(f"parameters not loaded: {left[:5]}")
-    return model, {n: weights.get(disk[n]).to(device=device, dtype=dtype) for n in extra}
+    heads = {n: weights.get(disk[n]).to(device=device, dtype=dtype) for n in extra}
+    for n in others:
+        t = weights.get(n)
+        heads[n] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+    return model, heads
 
 
 # ------------------------------------------------------------------- save
@@ -639,6 +685,46 @@ def _parse_size(size) -> int:
         raise AcornError(f"max_shard_size {size!r} is not a size; write it like 5GB, 500MB or 2GiB")
     base = 1024 if m[3] else 1000
     return int(float(m[1]) * base ** " KMGT".index(m[2] or " "))
+
+
+_WEIGHT_FILES = re.compile(r"model(-\d+-of-\d+)?\.safetensors(\.index\.json)?")  # what an earlier save left
+
+
+def _disk_dtype(model: Transformer, dtype) -> torch.dtype:
+    """The weights' dtype on disk: `dtype`, else the model's (a quantized model's float dtype)."""
+    if dtype is not None:
+        return resolve_dtype(dtype)
+    return quant.float_dtype(model) if quant.quantization_of(model) is not None else model.dtype
+
+
+def _own(t: Tensor) -> Tensor:
+    """t, or a contiguous copy of it: safetensors refuses tensors that share memory (a stacked
+    expert's slices, a tied head) and wants them contiguous."""
+    if not t.is_contiguous() or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+        return t.clone(memory_format=torch.contiguous_format)
+    return t
+
+
+def hf_tensors(model: Transformer, dtype=None) -> dict[str, Tensor]:
+    """The tensors of `model`'s Hugging Face checkpoint: transformers' names (a tied head once), on
+    the CPU, in `dtype` (default: the model's; quantized codes and scales keep theirs), each in its
+    own contiguous storage. What no checkpoint can hold is an AcornError (hf_architecture's, LoRA)."""
+    cfg = model.config
+    if lora.lora_layers(model):
+        raise AcornError("the model carries LoRA adapters, which a Hugging Face checkpoint has no place for; save "
+                         "them with acorn.model.lora.save_adapter, or fold them in first with lora.merge_and_unload")
+    family = ARCHITECTURES[hf_architecture(cfg)]
+    quantization = quant.quantization_of(model)
+    if quantization is not None and family == "gpt2":
+        raise AcornError("a quantized model with GPT-2's layout cannot be saved: its checkpoint fuses q, k and v "
+                         "and transposes every matrix, which packed weights cannot follow; quantize a RoPE model")
+    if cfg.n_experts and cfg.moe_capacity_factor is not None:
+        warnings.warn(f"moe_capacity_factor={cfg.moe_capacity_factor} is a training-time limit; transformers' "
+                      "Mixtral runs dropless, so its outputs can differ where tokens were dropped", stacklevel=3)
+    dtype = _disk_dtype(model, dtype)
+    keep = quant.stored_tensors(model) if quantization else set()  # quantized codes and scales keep their dtype
+    return {name: _own(t.detach().to(device="cpu", dtype=t.dtype if name in keep else dtype))
+            for name, t in _to_hf(family, cfg, model.state_dict()).items()}
 
 
 def save(model: Transformer, directory, *, tokenizer=None, dtype=None, max_shard_size="5GB",
@@ -655,22 +741,12 @@ def save(model: Transformer, directory, *, tokenizer=None, dtype=None, max_shard
     is the config's pad_token_id, which transformers uses to find each row's last real token.
     """
     cfg = model.config
-    if lora.lora_layers(model):
-        raise AcornError("the model carries LoRA adapters, which a Hugging Face checkpoint has no place for; save "
-                         "them with acorn.model.lora.save_adapter, or fold them in first with lora.merge_and_unload")
-    arch = hf_architecture(cfg)
-    family = ARCHITECTURES[arch]
+    tensors = hf_tensors(model, dtype)  # refuses what a checkpoint cannot hold, first
+    family = ARCHITECTURES[hf_architecture(cfg)]
     quantization = quant.quantization_of(model)
     if score is not None and quantization is not None:
         raise AcornError("a quantized sequence classifier cannot be saved; save the float model")
-    if quantization is not None and family == "gpt2":
-        raise AcornError("a quantized model with GPT-2's layout cannot be saved: its checkpoint fuses q, k and v "
-                         "and transposes every matrix, which packed weights cannot follow; quantize a RoPE model")
-    if cfg.n_experts and cfg.moe_capacity_factor is not None:
-        warnings.warn(f"moe_capacity_factor={cfg.moe_capacity_factor} is a training-time limit; transformers' "
-                      "Mixtral runs dropless, so its outputs can differ where tokens were dropped", stacklevel=2)
-    dtype = resolve_dtype(dtype if dtype is not None else quant.float_dtype(model) if quantization else model.dtype)
-    keep = quant.stored_tensors(model) if quantization else set()  # quantized codes and scales keep their dtype
+    dtype = _disk_dtype(model, dtype)
     limit = _parse_size(max_shard_size)
     bos = eos = pad = None
     if tokenizer is not None:
@@ -681,18 +757,9 @@ def save(model: Transformer, directory, *, tokenizer=None, dtype=None, max_shard
     if score is not None and pad_id is not None:
         pad = pad_id
 
-    # safetensors refuses tensors that share memory (a stacked expert's slices, a tied head), and
-    # wants them contiguous: give each its own contiguous copy unless it already is one.
-    tensors = {}
-    hf_tensors = _to_hf(family, cfg, model.state_dict())
     if score is not None:  # a classifier: the score instead of the LM head
-        hf_tensors.pop("lm_head.weight", None)
-        hf_tensors["score.weight"] = score
-    for name, t in hf_tensors.items():
-        t = t.detach().to(device="cpu", dtype=t.dtype if name in keep else dtype)
-        if not t.is_contiguous() or t.untyped_storage().nbytes() != t.numel() * t.element_size():
-            t = t.clone(memory_format=torch.contiguous_format)
-        tensors[name] = t
+        tensors.pop("lm_head.weight", None)
+        tensors["score.weight"] = _own(score.detach().to(device="cpu", dtype=dtype))
     shards: list[dict[str, Tensor]] = [{}]
     size = 0
     for name in sorted(tensors):
@@ -703,22 +770,16 @@ def save(model: Transformer, directory, *, tokenizer=None, dtype=None, max_shard
         shards[-1][name] = tensors[name]
         size += nbytes
 
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise AcornError(f"{directory}: is a file; give a directory to save the checkpoint in")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it 0700; the checkpoint gets a normal directory's mode
-    try:
+    with atomic_directory(directory, stale=_WEIGHT_FILES) as tmp:
         # Through atomic_path, like every other file: safetensors creates its files 0600,
         # atomic_path gives them the mode open() would (the umask's), as config.json has.
         if len(shards) == 1:
-            _save_file(shards[0], tmp / "model.safetensors", directory)
+            write_safetensors(shards[0], tmp / "model.safetensors", directory)
         else:
             weight_map = {}
             for k, shard in enumerate(shards, 1):
                 file = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-                _save_file(shard, tmp / file, directory)
+                write_safetensors(shard, tmp / file, directory)
                 weight_map.update(dict.fromkeys(shard, file))
             total = sum(t.numel() * t.element_size() for t in tensors.values())
             write_json(tmp / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
@@ -735,13 +796,10 @@ def save(model: Transformer, directory, *, tokenizer=None, dtype=None, max_shard
         write_json(tmp / "generation_config.json", {**gen, **(generation_config or {})})
         if tokenizer is not None:
             tokenizer.save(tmp)
-        _move_into(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+    return Path(directory)
 
 
-def _save_file(tensors: dict[str, Tensor], path: Path, directory: Path) -> None:
+def write_safetensors(tensors: dict[str, Tensor], path: Path, directory: Path) -> None:
     """safetensors' save_file, with an I/O failure (disk full, ...) raised as the OSError it is,
     naming the checkpoint directory: safetensors reports it as text in a SafetensorError."""
     from safetensors.torch import save_file
@@ -754,20 +812,6 @@ def _save_file(tensors: dict[str, Tensor], path: Path, directory: Path) -> None:
         if code is None:
             raise
         raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(directory / path.name)) from None
-
-
-def _move_into(tmp: Path, directory: Path) -> None:
-    """Put tmp's files in directory: a rename when it is new, else file by file, removing the
-    weights of an earlier save that this one does not overwrite (stale shards would be read)."""
-    if not directory.exists():
-        os.rename(tmp, directory)
-        return
-    new = {p.name for p in tmp.iterdir()}
-    for old in directory.iterdir():
-        if old.name not in new and re.fullmatch(r"model(-\d+-of-\d+)?\.safetensors(\.index\.json)?", old.name):
-            old.unlink()
-    for name in sorted(new, key=lambda n: n == "config.json"):  # config.json last: it marks a complete save
-        os.replace(tmp / name, directory / name)
 
 
 # ------------------------------------------------------------------- info

@@ -18,7 +18,7 @@ rows are chat conversations with the loss on the answer only, packed several to
 a row without attention between them, and the loss and validation are SFT's
 (acorn.train.pretrain.next_token_loss / evaluate), which pass the batch's
 pictures to the model (Batch.pixel_values). RUN/model is written by
-acorn.vision.llava_hf (transformers' LlavaForConditionalGeneration layout).
+acorn.vision.llava.save_llava (transformers' LlavaForConditionalGeneration layout).
 
 The caption control (--images caption): the chat model alone, trained the same
 way on the same conversations with each picture's caption as text in place of
@@ -76,7 +76,7 @@ def load_vlm(cfg: VLMConfig, device):
     if cfg.init_from:
         if cfg.clip or cfg.model:
             raise AcornError("--init_from is a whole VLM: give it alone, or --clip and --model to join a new one")
-        from acorn.vision.llava_hf import load_llava
+        from acorn.vision.llava import load_llava
 
         model, tok = load_llava(cfg.init_from, device=str(device), dtype="float32")
     else:

@@ -31,9 +31,6 @@ CLIPVisionModel a LLaVA checkpoint holds.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -44,10 +41,10 @@ from torch import Tensor, nn
 
 from acorn.config import check as check_config
 from acorn.errors import AcornError
-from acorn.fileio import UMASK, atomic_path, read_json, write_json
+from acorn.fileio import atomic_directory, atomic_path, read_json, write_json
 from acorn.model.transformer import ModelConfig, Transformer
-from acorn.vision.encoder import (BLOCK_NAMES, VisionConfig, VisionTransformer, hf_state_dict, load_hf_state_dict,
-                                  rename)
+from acorn.vision.encoder import (BLOCK_NAMES, VisionConfig, VisionTransformer, hf_state_dict, hf_vision_config,
+                                  load_hf_state_dict, rename, vision_config_from_hf)
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the learned scale at 100 "to prevent training instability"
 
@@ -111,11 +108,7 @@ class CLIPConfig:
                             "num_attention_heads": t.n_head, "max_position_embeddings": t.max_len,
                             "hidden_act": t.act, "layer_norm_eps": t.norm_eps, "projection_dim": self.projection_dim,
                             "bos_token_id": t.bos_id, "eos_token_id": t.eos_id, "pad_token_id": t.pad_id},
-            "vision_config": {"model_type": "clip_vision_model", "image_size": v.image_size,
-                              "patch_size": v.patch_size, "num_channels": 3, "hidden_size": v.d_model,
-                              "intermediate_size": v.d_ff, "num_hidden_layers": v.n_layer,
-                              "num_attention_heads": v.n_head, "hidden_act": v.act, "layer_norm_eps": v.norm_eps,
-                              "projection_dim": self.projection_dim},
+            "vision_config": {**hf_vision_config(v), "projection_dim": self.projection_dim},
             # Read back by Acorn only (transformers keeps unknown keys as attributes).
             "acorn": {"image_mean": v.image_mean, "image_std": v.image_std},
         }
@@ -127,15 +120,11 @@ class CLIPConfig:
                              "(`acorn clip train`'s RUN/model, or a transformers CLIPModel directory)")
         try:
             v, t, extra = data["vision_config"], data["text_config"], data.get("acorn", {})
-            for part, name in ((v, "vision_config"), (t, "text_config")):
-                if part.get("hidden_act", "quick_gelu") not in ("gelu", "quick_gelu"):
-                    raise AcornError(f"{where}: {name}.hidden_act {part['hidden_act']!r} is not supported "
-                                     "(gelu or quick_gelu)")
-            vision = VisionConfig(image_size=v["image_size"], patch_size=v["patch_size"], d_model=v["hidden_size"],
-                                  n_layer=v["num_hidden_layers"], n_head=v["num_attention_heads"],
-                                  d_ff=v["intermediate_size"], act=v.get("hidden_act", "quick_gelu"),
-                                  norm_eps=v.get("layer_norm_eps", 1e-5),
-                                  **{k: extra[k] for k in ("image_mean", "image_std") if k in extra})
+            if t.get("hidden_act", "quick_gelu") not in ("gelu", "quick_gelu"):
+                raise AcornError(f"{where}: text_config.hidden_act {t['hidden_act']!r} is not supported "
+                                 "(gelu or quick_gelu)")
+            vision = vision_config_from_hf(v, f"{where} vision_config",
+                                           **{k: extra[k] for k in ("image_mean", "image_std") if k in extra})
             text = TextConfig(vocab_size=t["vocab_size"], max_len=t["max_position_embeddings"],
                               d_model=t["hidden_size"], n_layer=t["num_hidden_layers"],
                               n_head=t["num_attention_heads"], d_ff=t["intermediate_size"],
@@ -209,13 +198,7 @@ class CLIP(nn.Module):
         last: it marks a complete save), so an interrupted save leaves the previous checkpoint whole."""
         from safetensors.torch import save_file
 
-        directory = Path(directory)
-        if directory.exists() and not directory.is_dir():
-            raise AcornError(f"{directory}: is a file; give a directory to save the checkpoint in")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-        os.chmod(tmp, 0o777 & ~UMASK)
-        try:
+        with atomic_directory(directory) as tmp:
             tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone()
                        for k, v in self.hf_state_dict().items()}
             with atomic_path(tmp / "model.safetensors") as f:
@@ -224,12 +207,7 @@ class CLIP(nn.Module):
             if tokenizer is not None:
                 tokenizer.save(tmp)
             write_json(tmp / "config.json", self.config.hf_config())
-            directory.mkdir(exist_ok=True)
-            for name in sorted((p.name for p in tmp.iterdir()), key=lambda n: n == "config.json"):
-                os.replace(tmp / name, directory / name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return directory
+        return Path(directory)
 
     save_pretrained = save
 

@@ -158,6 +158,39 @@ class VisionTransformer(nn.Module):
         return VisionOutput(self.post_norm(x[:, 0]), x, states)
 
 
+# ------------------------------------------------ transformers' CLIPVisionConfig
+def hf_vision_config(cfg: VisionConfig) -> dict:
+    """transformers' CLIPVisionConfig fields for `cfg` (CLIPModel's and LLaVA's vision_config)."""
+    return {"model_type": "clip_vision_model", "image_size": cfg.image_size, "patch_size": cfg.patch_size,
+            "num_channels": 3, "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff,
+            "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head, "hidden_act": cfg.act,
+            "layer_norm_eps": cfg.norm_eps}
+
+
+def vision_config_from_hf(v: dict, where: str = "config.json vision_config", **normalisation) -> VisionConfig:
+    """A CLIPVisionConfig (as a dict) -> VisionConfig; what this encoder cannot run is an AcornError
+    naming the field. normalisation: image_mean / image_std (the image processor's, not in this config)."""
+    if v.get("model_type", "clip_vision_model") != "clip_vision_model":
+        raise AcornError(f"{where}: model_type {v.get('model_type')!r} is not supported; Acorn's vision encoder is "
+                         "CLIP's (clip_vision_model)")
+    act = v.get("hidden_act", "quick_gelu")  # CLIPVisionConfig's default: OpenAI's
+    if act not in ("gelu", "quick_gelu"):
+        raise AcornError(f"{where}: hidden_act {act!r} is not supported (gelu or quick_gelu)")
+    if v.get("num_channels", 3) != 3:
+        raise AcornError(f"{where}: num_channels {v['num_channels']}: the encoder reads RGB images (3 channels)")
+    try:
+        size, patch = v["image_size"], v["patch_size"]
+        if size % patch:
+            raise AcornError(f"{where}: image_size {size} is not a multiple of patch_size {patch}; the encoder cuts "
+                             "the image into whole patches")
+        return VisionConfig(image_size=size, patch_size=patch, d_model=v["hidden_size"],
+                            n_layer=v["num_hidden_layers"], n_head=v["num_attention_heads"],
+                            d_ff=v["intermediate_size"], act=act, norm_eps=v.get("layer_norm_eps", 1e-5),
+                            **normalisation)
+    except KeyError as e:
+        raise AcornError(f"{where}: lacks {e.args[0]!r}; it is not a complete CLIP vision config") from None
+
+
 # ------------------------------------------------ transformers' CLIPVisionModel names
 # (ours, theirs): a leading ^ renames a prefix, otherwise every occurrence; read both ways.
 BLOCK_NAMES = [(".input_layernorm.", ".layer_norm1."), (".post_attention_layernorm.", ".layer_norm2."),

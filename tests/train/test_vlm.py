@@ -255,7 +255,7 @@ def test_stage_1_trains_the_projector_alone_and_stage_2_the_decoder_too(pictured
     from acorn.cli import main
     from acorn.model.checkpoint import load
     from acorn.vision.clip import load_clip
-    from acorn.vision.llava_hf import load_llava
+    from acorn.vision.llava import load_llava
 
     chat, clip = parts
     vision = _state(load_clip(clip)[0].vision_model)
