@@ -259,3 +259,26 @@ def test_the_world_stage_mixes_qa_into_pretraining_when_the_recipe_asks(tmp_path
     run = sr.Run(tmp_path, "tiny", sr.resolve_preset("tiny", mixed_qa=1), 0)
     text = "\n".join(sr.recipe_section(run))
     assert "1 QA pairs per fact of the SFT people mixed into pretraining" in text and "with changes" in text
+
+
+def test_the_vlm_stage_joins_clip_to_the_chat_model_and_scores_image_questions(tiny_run):
+    """Over the finished tiny run: the run's world's pictures (the same people), CLIP, LLaVA's two
+    stages from the SFT model (the tiny preset's few steps), the image questions per kind."""
+    from acorn.vision.llava import IMAGE_TOKEN, load_llava
+
+    out, report = tiny_run
+    assert main(["speedrun", "--out", str(out), "--stages", "vlm"]) == 0
+    stages = json.loads((out / "speedrun.json").read_text())["stages"]
+    vlm = next(s for s in stages if s["name"] == "vlm")["summary"]
+    column = vlm["card"]["vlm"]
+    assert {"vlm_count", "vlm_colour", "vlm_shape", "vlm_number"} <= set(column)
+    assert all(0.0 <= r["acc"] <= 1.0 and 0.0 < r["chance"] < 1.0 for r in column.values())
+    world = json.loads((out / "world" / "world.json").read_text())
+    assert json.loads((out / "vlm" / "world" / "world.json").read_text()) == world
+    badges = [json.loads(line)["spec"] for line in (out / "vlm" / "world" / "images" / "metadata.jsonl")
+              .read_text().splitlines() if '"badge"' in line]
+    assert badges and {b["person"] for b in badges} <= {p["name"] for p in world["people"]}
+    model, tok = load_llava(out / "vlm" / "stage2" / "model")
+    assert model.config.image_token_id == tok.special_tokens[IMAGE_TOKEN] == tok.vocab_size - 1
+    assert len(vlm["commands"]) == 3 and "--init_from" in vlm["commands"][2]
+    assert "| vlm_count | acc |" in report.read_text(encoding="utf-8")
