@@ -69,6 +69,18 @@ def chance(world_dir) -> dict[str, float]:
 
 
 @torch.no_grad()
+def greedy_match(model, sequences: list[list[int]], masks: list[list[int]], pad_id: int,
+                 pixel_values: torch.Tensor | None = None) -> list[bool]:
+    """For each sequence: is every token where its mask is 1 the model's top choice after the tokens before
+    it? (Teacher forcing; right padding comes after the scored tokens, so causal attention never reads it.)"""
+    width = max(map(len, sequences))
+    ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences])
+    mask = torch.tensor([m + [0] * (width - len(m)) for m in masks], dtype=torch.bool)
+    kwargs = {} if pixel_values is None else {"pixel_values": pixel_values}
+    logits = model(ids[:, :-1].to(model.device), **kwargs).logits
+    return ((logits.argmax(-1).cpu() == ids[:, 1:]) | ~mask[:, 1:]).all(1).tolist()
+
+
 def answer_hits(model, tok, rows: list[dict], items: list[tuple[int, dict]], *, pixels=None,
                 image_tokens: int | None = None, batch_size: int = 32) -> list[bool]:
     """Greedy exact match of each item's answer (module docstring). With image_tokens the model is a VLM
@@ -77,20 +89,13 @@ def answer_hits(model, tok, rows: list[dict], items: list[tuple[int, dict]], *, 
 
     model.eval()
     vision = model.config.vision if image_tokens is not None else None
-    pad = tok.pad_id if tok.pad_id is not None else 0
     hits = []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         exs = [render(tok, rows[i], qa, i, image_tokens=image_tokens) for i, qa in chunk]
-        width = max(len(e.ids) for e in exs)
-        ids = torch.tensor([e.ids + [pad] * (width - len(e.ids)) for e in exs])
-        mask = torch.tensor([e.mask + [0] * (width - len(e.mask)) for e in exs], dtype=torch.bool)
-        kwargs = {}
-        if vision is not None:  # right padding after the answer: causal attention never reads it
-            kwargs["pixel_values"] = normalize(pixels[[i for i, _ in chunk]], vision.image_mean, vision.image_std)
-        logits = model(ids[:, :-1].to(model.device), **kwargs).logits
-        right = (logits.argmax(-1).cpu() == ids[:, 1:]) | ~mask[:, 1:]
-        hits += right.all(1).tolist()
+        pv = None if vision is None else normalize(pixels[[i for i, _ in chunk]], vision.image_mean, vision.image_std)
+        hits += greedy_match(model, [e.ids for e in exs], [e.mask for e in exs],
+                             tok.pad_id if tok.pad_id is not None else 0, pv)
     return hits
 
 

@@ -306,3 +306,28 @@ def test_the_caption_control_is_a_text_model_and_vlm_eval_scores_both(pictured, 
                  "--prefill-runs", "2"]) == 0
     out = capsys.readouterr().out
     assert "tokens per image: 16" in out and "image prompt" in out
+
+
+def test_teacher_forced_greedy_match_is_the_engines_greedy_generation(pictured, parts):
+    """The eval's scoring path against the one engine: the tokens the engine generates greedily
+    are exactly the tokens the teacher-forced check accepts, and one token off is refused."""
+    from acorn.eval.vlm import greedy_match
+    from acorn.infer.engine import Engine
+    from acorn.infer.sampling import SamplingParams
+    from acorn.model.checkpoint import load
+    from acorn.tokenizer.bpe import Tokenizer
+    from acorn.train.vlm_data import conversation
+    from acorn.vision.zero_shot import read_world_images
+
+    chat, _ = parts
+    model, tok = load(chat, device="cpu"), Tokenizer.from_pretrained(chat)
+    rows = read_world_images(pictured, "eval")[:4]
+    prompts = [tok.apply_chat_template(conversation(r, r["qa"][0]["question"], None, image=False),
+                                       add_generation_prompt=True) for r in rows]
+    done = Engine(model, tok).generate(prompts, SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))
+    sequences = [p + c.token_ids for p, c in zip(prompts, done)]
+    masks = [[0] * len(p) + [1] * len(c.token_ids) for p, c in zip(prompts, done)]
+    assert all(len(c.token_ids) == 5 for c in done)
+    assert greedy_match(model, sequences, masks, tok.pad_id) == [True] * 4
+    off = [s[:-1] + [(s[-1] + 1) % tok.vocab_size] for s in sequences]
+    assert greedy_match(model, off, masks, tok.pad_id) == [False] * 4
