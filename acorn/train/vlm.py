@@ -115,8 +115,9 @@ def train_vlm(cfg: VLMConfig, *, resume: bool = False) -> Path:
         raise AcornError(f"--stage {cfg.stage}: choose 1 (alignment) or 2 (instruction tuning)")
     if cfg.train_encoder and cfg.stage == 1:
         raise AcornError("--train_encoder trains the vision encoder in stage 2; stage 1 trains the projector alone")
-    if cfg.images == "caption" and cfg.stage == 1:
-        raise AcornError("the caption control has no projector to align: train it with --stage 2")
+    if cfg.images == "caption" and (cfg.stage == 1 or cfg.train_encoder):
+        raise AcornError("the caption control is a text-only model, with no projector to align or encoder to "
+                         "train: train it with --stage 2 and without --train_encoder")
     rows = read_world_images(cfg.world)  # the missing-pictures error before any model loads
     train_rows = [r for r in rows if r["split"] == "train"]
     val_rows = [r for r in rows if r["split"] == "eval"]

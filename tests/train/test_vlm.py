@@ -217,6 +217,9 @@ def test_vlm_train_refuses_what_it_cannot_run_in_one_line(pictured, parts, tmp_p
         (["--world", str(pictured), "--clip", str(clip), "--model", str(chat), "--train_encoder", "true"],
          "stage 2"),
         (["--world", str(pictured), "--model", str(chat), "--images", "caption"], "--stage 2"),
+        (["--world", str(pictured), "--model", str(chat), "--images", "caption", "--stage", "2", "--train_encoder",
+          "true"], "without --train_encoder"),
+        (["--world", str(pictured), "--model", str(chat), "--images", "words"], "images"),
         (["--world", str(pictured), "--clip", str(clip), "--model", str(chat), "--init_from", str(chat),
           "--stage", "2"], "--init_from is a whole VLM"),
     ]
