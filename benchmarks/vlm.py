@@ -91,6 +91,8 @@ def main() -> None:
 
     import torch
 
+    from acorn.fileio import write_json
+
     torch.set_flush_denormal(True)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -138,7 +140,7 @@ def main() -> None:
                "chat": evaluate("chat model given the caption", args.chat, world, args.limit, 0)}
     if args.encoder:
         results["s2e"] = evaluate("VLM, encoder trained", runs["s2e"]["run"] / "model", world, args.limit, 0)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    write_json(args.out / "results.json", results)
 
     columns = [("vlm", "VLM: picture"), *([("s2e", "VLM, encoder trained too")] if args.encoder else []),
                ("control", "text model trained with the caption"), ("chat", "chat model given the caption")]
@@ -148,6 +150,10 @@ def main() -> None:
     p = results["vlm"]["prefill"]
     s1, s2 = runs["s1"]["cfg"], runs["s2"]["cfg"]
     n_img = results["vlm"]["tokens_per_image"]
+    from acorn.vision.llava import load_llava
+
+    vlm_model = load_llava(runs["s2"]["run"] / "model")[0]
+    v, n_params = vlm_model.config.vision, vlm_model.num_params()
     minutes = ", ".join(f"{label} {runs[k]['seconds'] / 60:.1f}" for k, label in
                         (("s1", "stage 1"), ("s2", "stage 2"), ("control", "caption control"), ("s2e", "stage 2 with "
                          "the encoder")) if k in runs)
@@ -160,8 +166,9 @@ def main() -> None:
         f"pictures ({images.get('splits', {}).get('train', 0):,} train, {images.get('splits', {}).get('eval', 0)} eval). "
         f"Chat model `{args.chat}`; vision encoder from `{args.clip}`"
         f"{f' (trained here in {clip_seconds / 60:.1f} min)' if clip_seconds else ''}; a new projector (linear, GELU, "
-        f"linear). {n_img} tokens per image (8x8 patches of 64x64 pictures, the class token dropped, the encoder's "
-        f"penultimate layer). Stage 1 (`acorn vlm train --stage 1`): the projector alone on \"Describe the picture.\" "
+        f"linear); {n_params / 1e6:.2f}M parameters in all. {n_img} tokens per image ({v.patch_size}x{v.patch_size} "
+        f"patches of {v.image_size}x{v.image_size} pictures, the class token dropped, the encoder's penultimate "
+        f"layer). Stage 1 (`acorn vlm train --stage 1`): the projector alone on \"Describe the picture.\" "
         f"-> the caption, {s1.train.max_steps} steps; stage 2 (`--stage 2 --init_from RUN1/model`): projector and "
         f"decoder on the pictures' questions, {s2.train.max_steps} steps; learning rate {s2.optim.lr:g}, rows of "
         f"{s2.train.seq_len} tokens, {s2.train.batch_tokens:,} tokens a step. Minutes: {minutes}.", "",
