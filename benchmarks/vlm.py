@@ -147,6 +147,9 @@ def main() -> None:
     vlm = results["vlm"]["accuracy"]
     table = [[KINDS[k], *[_pct(results[c]["accuracy"].get(k, {}).get("accuracy")) for c, _ in columns],
               _pct(vlm[k]["chance"]), _pct(vlm[k]["majority"]), str(vlm[k]["n"])] for k in KINDS if k in vlm]
+    idk = "; ".join(f"{label} {_pct(results[c]['accuracy'][k]['idk_answers'])}" for c, label in columns
+                    for k in ("fact_seen",) if k in results[c]["accuracy"])
+    table_note = f"How often \"I don't know.\" is the greedy answer to a seen badge's fact question: {idk}."
     p = results["vlm"]["prefill"]
     s1, s2 = runs["s1"]["cfg"], runs["s2"]["cfg"]
     n_img = results["vlm"]["tokens_per_image"]
@@ -173,12 +176,14 @@ def main() -> None:
         f"decoder on the pictures' questions, {s2.train.max_steps} steps; learning rate {s2.optim.lr:g}, rows of "
         f"{s2.train.seq_len} tokens, {s2.train.batch_tokens:,} tokens a step. Minutes: {minutes}.", "",
         "Accuracy on the eval pictures (`acorn vlm eval`): greedy exact match, every answer token and the end of the "
-        "turn the model's top choice (teacher-forced, one forward per batch). The caption-in-prompt control is the "
-        "same chat model trained the same way (stage 2's conversations, the same steps) with each picture's caption "
-        "as text in place of the image: what the decoder answers with perfect perception. Majority: the most common "
-        "true answer's share.", "",
+        "turn the model's top choice (teacher-forced, one forward per batch; tests/train/test_vlm.py holds it to the "
+        "engine's greedy generation). The caption-in-prompt control is the same chat model trained the same way "
+        "(stage 2's conversations, as many epochs; its rows hold more of them, so it takes fewer steps) with each "
+        "picture's caption as text in place of the image: what the decoder answers with perfect perception. "
+        "Majority: the most common true answer's share (for the badges' facts, \"I don't know.\", the answer for "
+        "the people the world keeps unknown).", "",
         markdown_table(["question kind", *[label for _, label in columns], "chance", "majority", "questions"], table),
-        "",
+        "", table_note, "",
         f"Cost: an image is {n_img} positions of context. Prefill of one question's prompt, batch 1, median of "
         f"{p['runs']} ({p['threads']} thread(s), load average {p['load_average']:.1f} at the time"
         f"{': other jobs were running, so the milliseconds are high and noisy' if p['load_average'] > 1 else ''}): "

@@ -17,7 +17,8 @@ numbers, the world's people for a name, and for a fact the distinct values of
 the asked attribute among the world's people, plus "I don't know."; majority
 is the share of the kind's most common true answer, what a model that always
 gives it scores (for badges of people the world keeps unknown that answer is
-"I don't know.", so a model that only learnt to say it scores it).
+"I don't know.", so a model that only learnt to say it scores it). For the
+fact questions, idk_answers is how often "I don't know." is the greedy answer.
 
 Cost: tokens per image (the encoder's patches, each one position of context)
 and the prefill time of one question's prompt with the image (encoder,
@@ -37,6 +38,7 @@ from pathlib import Path
 import torch
 
 from acorn.data import world_images as W
+from acorn.data.world import IDK_ANSWER
 from acorn.errors import AcornError
 
 KINDS = ("count", "colour", "shape", "number", "name_seen", "name_held", "fact_seen", "fact_held")
@@ -165,6 +167,13 @@ def evaluate(model, tok, world_dir, *, image_tokens: int | None, split: str = "e
         pixels = load_pixels([r["path"] for r in rows], model.config.vision.image_size)
     items = question_items(rows, limit)
     hits = answer_hits(model, tok, rows, items, pixels=pixels, image_tokens=image_tokens, batch_size=batch_size)
+    # How often "I don't know." is the greedy answer to a fact question, right or wrong: a model that cannot
+    # read the badge should say it (or it guesses), and for people the world keeps unknown it is the truth.
+    facts = [(i, dict(qa, answer=IDK_ANSWER)) for i, qa in items if qa["kind"].startswith("fact")]
+    idk = answer_hits(model, tok, rows, facts, pixels=pixels, image_tokens=image_tokens, batch_size=batch_size)
+    idk_by_kind: dict[str, list[bool]] = {}
+    for (_, qa), said in zip(facts, idk):
+        idk_by_kind.setdefault(qa["kind"], []).append(said)
     odds = chance(world_dir)
     by_kind: dict[str, list[bool]] = {}
     truths: dict[str, Counter] = {}
@@ -175,7 +184,8 @@ def evaluate(model, tok, world_dir, *, image_tokens: int | None, split: str = "e
     # (a badge's fact for a person the world keeps unknown is always "I don't know.").
     accuracy = {k: {"accuracy": sum(by_kind[k]) / len(by_kind[k]), "n": len(by_kind[k]),
                     "chance": odds[k.split("_")[0] if k.startswith("fact") else k],
-                    "majority": truths[k].most_common(1)[0][1] / len(by_kind[k])}
+                    "majority": truths[k].most_common(1)[0][1] / len(by_kind[k]),
+                    **({"idk_answers": sum(idk_by_kind[k]) / len(idk_by_kind[k])} if k in idk_by_kind else {})}
                 for k in KINDS if k in by_kind}
     result = {"model": "vlm" if image_tokens is not None else "text (caption in the prompt)", "split": split,
               "tokens_per_image": image_tokens, "questions": len(items), "accuracy": accuracy}
@@ -205,8 +215,9 @@ def format_vlm(result: dict) -> str:
              f"{result['split']} pictures",
              f"{'kind':<26}{'accuracy':>10}{'chance':>9}{'majority':>10}{'questions':>11}"]
     for kind, r in result["accuracy"].items():
+        idk = f"   (answered \"{IDK_ANSWER}\" {r['idk_answers']:.1%})" if "idk_answers" in r else ""
         lines.append(f"{LABELS.get(kind, kind):<26}{r['accuracy']:>10.1%}{r['chance']:>9.1%}{r['majority']:>10.1%}"
-                     f"{r['n']:>11,}")
+                     f"{r['n']:>11,}{idk}")
     p = result.get("prefill")
     if result["tokens_per_image"]:
         lines.append(f"tokens per image: {result['tokens_per_image']}")
