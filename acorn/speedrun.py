@@ -100,8 +100,8 @@ class SpeedrunPreset:
     distill_steps: int = 120  # steps of each distill student (from scratch, distilled), one micro-batch each
     distill_seq_len: int = 256  # the distill stage's rows, trained on and in its val loss (<= the val split's tokens)
     vlm_clip_steps: int = 3000  # CLIP steps of the vlm stage (`acorn clip train`'s default: 4-8 min on 2 busy cores)
-    vlm_stage1_steps: int = 0  # LLaVA stage 1 (projector) steps of the vlm stage; 0: one epoch of the captions
-    vlm_stage2_steps: int = 0  # LLaVA stage 2 (projector + decoder) steps; 0: one epoch of the questions
+    vlm_stage1_steps: int = 0  # LLaVA stage 1 (projector) steps of the vlm stage; 0: `acorn vlm train`'s (3 epochs)
+    vlm_stage2_steps: int = 0  # LLaVA stage 2 (projector + decoder) steps; 0: `acorn vlm train`'s (4 epochs)
     # Recipe knobs (docs/BENCHMARKS.md, speedrun-ablations: measured before any became a default):
     mixed_qa: int = 0  # world --mixed-qa: QA pairs per fact of the SFT people among the pretraining documents
     compile: bool = False  # torch.compile the model for pretraining and SFT (the probe pays and counts the compile)
@@ -652,7 +652,7 @@ def stage_vlm(run: Run) -> dict:
             "commands": commands, "tokens_per_image": r["tokens_per_image"]}
 
 
-register_stage("vlm", stage_vlm, estimate="~15 min on 2 busy cores: CLIP, the two LLaVA stages, the eval",
+register_stage("vlm", stage_vlm, estimate="15-20 min on 2 busy cores: CLIP, the two LLaVA stages, the eval",
                title="vlm: a vision encoder (CLIP) and a projector joined to the chat model (LLaVA), "
                      "image questions per kind")
 
