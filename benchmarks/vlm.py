@@ -68,6 +68,9 @@ def evaluate(label: str, model_dir: Path, world: Path, limit: int | None, prefil
     return r
 
 
+RUNS = {"s1": "stage 1", "s2": "stage 2", "control": "caption control", "s2e": "stage 2 with the encoder"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chat", required=True, type=Path, help="the chat model (a speedrun's sft/model)")
@@ -85,17 +88,30 @@ def main() -> None:
     ap.add_argument("--prefill-runs", type=int, default=15, help="timed prefills per prompt (median)")
     ap.add_argument("--out", type=Path, default=CACHE / "vlm", help="work directory (replaced)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's); 1 on a shared machine")
+    ap.add_argument("--report-only", action="store_true", help="write the section from the runs already in --out "
+                    "(a finished run's results.json and run directories), training nothing")
     ap.add_argument("--note", default="", help="a sentence added to the section")
     ap.add_argument("--no-write", action="store_true", help="print, do not write docs/BENCHMARKS.md")
     args = ap.parse_args()
 
     import torch
 
-    from acorn.fileio import write_json
-
     torch.set_flush_denormal(True)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.report_only:
+        train_and_evaluate(args)
+    text = report(args)
+    print(text)
+    if not args.no_write:
+        write_section("vlm", text)
+        log("wrote section vlm of docs/BENCHMARKS.md")
+
+
+def train_and_evaluate(args) -> None:
+    """World (unless given), CLIP (unless given), the stages and the control, their evaluations: all in --out."""
+    from acorn.fileio import write_json
+
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
     world = args.world
@@ -104,17 +120,11 @@ def main() -> None:
 
         world = args.out / "world"
         generate_world(world, seed=args.seed, size=args.size, quiet=True, images="default")
-    manifest = json.loads((world / "manifest.json").read_text())
-    images = manifest.get("images") or {}
-    log(f"world {manifest['size']} seed {manifest['seed']}: {images.get('count', 0)} pictures")
-    clip_seconds = None
     if args.clip is None:
         from acorn.config import load
         from acorn.train.clip import ClipConfig, train_clip
 
-        t0 = time.perf_counter()
         train_clip(load(ClipConfig, None, ["--world", str(world), "--out", str(args.out / "clip")]))
-        clip_seconds = time.perf_counter() - t0
         args.clip = args.out / "clip" / "model"
 
     def length(stage: int) -> list[str]:
@@ -124,66 +134,116 @@ def main() -> None:
                 ["--epochs", str(epochs)] if epochs is not None else [])
 
     common = ["--world", str(world)]
-    runs = {"s1": train("stage 1", args.out / "s1", [*common, "--stage", "1", "--clip", str(args.clip), "--model",
-                                                     str(args.chat), *length(1)])}
-    runs["s2"] = train("stage 2", args.out / "s2", [*common, "--stage", "2", "--init_from",
-                                                    str(runs["s1"]["run"] / "model"), *length(2)])
-    runs["control"] = train("caption control", args.out / "control", [*common, "--stage", "2", "--images", "caption",
-                                                                      "--model", str(args.chat), *length(2)])
+    s1 = train("stage 1", args.out / "s1", [*common, "--stage", "1", "--clip", str(args.clip), "--model",
+                                            str(args.chat), *length(1)])
+    train("stage 2", args.out / "s2", [*common, "--stage", "2", "--init_from", str(s1["run"] / "model"), *length(2)])
+    train("caption control", args.out / "control", [*common, "--stage", "2", "--images", "caption", "--model",
+                                                    str(args.chat), *length(2)])
     if args.encoder:
-        runs["s2e"] = train("stage 2, encoder trained", args.out / "s2e",
-                            [*common, "--stage", "2", "--init_from", str(runs["s1"]["run"] / "model"),
-                             "--train_encoder", "true", *length(2)])
-
-    results = {"vlm": evaluate("VLM (stage 1 + 2)", runs["s2"]["run"] / "model", world, args.limit, args.prefill_runs),
-               "control": evaluate("caption control", runs["control"]["run"] / "model", world, args.limit, 0),
+        train("stage 2, encoder trained", args.out / "s2e", [*common, "--stage", "2", "--init_from",
+                                                             str(s1["run"] / "model"), "--train_encoder", "true",
+                                                             *length(2)])
+    results = {"vlm": evaluate("VLM (stage 1 + 2)", args.out / "s2" / "model", world, args.limit, args.prefill_runs),
+               "control": evaluate("caption control", args.out / "control" / "model", world, args.limit, 0),
                "chat": evaluate("chat model given the caption", args.chat, world, args.limit, 0)}
     if args.encoder:
-        results["s2e"] = evaluate("VLM, encoder trained", runs["s2e"]["run"] / "model", world, args.limit, 0)
+        results["s2e"] = evaluate("VLM, encoder trained", args.out / "s2e" / "model", world, args.limit, 0)
+    results["command"] = command_line(("--note",)).replace(" --no-write", "")
     write_json(args.out / "results.json", results)
 
-    columns = [("vlm", "VLM: picture"), *([("s2e", "VLM, encoder trained too")] if args.encoder else []),
+
+def _minutes(run: Path) -> float:
+    """The run's training minutes, as its report.md states them."""
+    import re
+
+    return float(re.search(r"tokens in ([0-9.]+) min", (run / "report.md").read_text()).group(1))
+
+
+def _config(run: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())
+
+
+def report(args) -> str:
+    """The section, from what --out holds: results.json, each run's config.yaml, report.md, and the models."""
+    import torch
+
+    from acorn.errors import AcornError
+    from acorn.vision.llava import load_llava
+    from acorn.vision.zero_shot import evaluate_world
+
+    out = args.out
+    if not (out / "results.json").is_file():
+        raise SystemExit(f"{out / 'results.json'}: missing; run without --report-only first")
+    results = json.loads((out / "results.json").read_text())
+    runs = {k: out / k for k in RUNS if (out / k / "report.md").is_file()}
+    s1, s2 = _config(runs["s1"]), _config(runs["s2"])
+    world = Path(s2["world"])
+    clip = Path(_config(runs["s1"])["clip"])
+    manifest = json.loads((world / "manifest.json").read_text())
+    images = manifest.get("images") or {}
+    try:  # CLIP's own reading of the same pictures, by caption similarity
+        zero_shot = evaluate_world(clip, world, "eval")
+    except AcornError as e:  # a CLIP saved without its caption tokenizer
+        log(f"no CLIP zero-shot column: {e}")
+        zero_shot = {}
+    vlm_model = load_llava(out / "s2" / "model")[0]
+    v, n_params = vlm_model.config.vision, vlm_model.num_params()
+    n_img = results["vlm"]["tokens_per_image"]
+
+    columns = [("vlm", "VLM: picture"), *([("s2e", "VLM, encoder trained too")] if "s2e" in results else []),
                ("control", "text model trained with the caption"), ("chat", "chat model given the caption")]
     vlm = results["vlm"]["accuracy"]
     table = [[KINDS[k], *[_pct(results[c]["accuracy"].get(k, {}).get("accuracy")) for c, _ in columns],
-              _pct(vlm[k]["chance"]), _pct(vlm[k]["majority"]), str(vlm[k]["n"])] for k in KINDS if k in vlm]
-    idk = "; ".join(f"{label} {_pct(results[c]['accuracy'][k]['idk_answers'])}" for c, label in columns
-                    for k in ("fact_seen",) if k in results[c]["accuracy"])
-    table_note = f"How often \"I don't know.\" is the greedy answer to a seen badge's fact question: {idk}."
+              _pct(zero_shot[k]["accuracy"]) if k in zero_shot else "-", _pct(vlm[k]["chance"]),
+              _pct(vlm[k]["majority"]), str(vlm[k]["n"])] for k in KINDS if k in vlm]
+    idk = "; ".join(f"{label} {_pct(results[c]['accuracy']['fact_seen']['idk_answers'])}" for c, label in columns
+                    if "fact_seen" in results[c]["accuracy"])
     p = results["vlm"]["prefill"]
-    s1, s2 = runs["s1"]["cfg"], runs["s2"]["cfg"]
-    n_img = results["vlm"]["tokens_per_image"]
-    from acorn.vision.llava import load_llava
+    minutes = ", ".join(f"{RUNS[k]} {_minutes(run):.1f}" for k, run in runs.items())
+    steps = {k: len((run / "metrics.jsonl").read_text().splitlines()) for k, run in runs.items()}
+    val = {k: [json.loads(line)["val_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+               if "val_loss" in line] for k, run in runs.items()}
+    command = results.get("command") or command_line(("--note",)).replace(" --report-only", "").replace(" --no-write", "")
 
-    vlm_model = load_llava(runs["s2"]["run"] / "model")[0]
-    v, n_params = vlm_model.config.vision, vlm_model.num_params()
-    minutes = ", ".join(f"{label} {runs[k]['seconds'] / 60:.1f}" for k, label in
-                        (("s1", "stage 1"), ("s2", "stage 2"), ("control", "caption control"), ("s2e", "stage 2 with "
-                         "the encoder")) if k in runs)
+    def epochs(stage: int) -> str:
+        from acorn.train.vlm import STAGE_EPOCHS
+
+        steps_given, given = ((args.stage1_steps, args.stage1_epochs) if stage == 1 else
+                              (args.stage2_steps, args.stage2_epochs))
+        return "as asked" if steps_given is not None else f"{given or STAGE_EPOCHS[stage]:g} epochs"
+
     body = [
         "## LLaVA at laptop scale: image questions against a caption-in-prompt control (issue 20)", "",
-        f"`{command_line()}` on {machine_description(('pillow',))}, {today()}; {load_note()}; "
+        f"`{command}` on {machine_description(('pillow',))}, {today()}; {load_note()}; "
         f"{torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''}. The 2 cores are shared "
         "with other sessions' work: the minutes are this run's.", "",
-        f"World `{manifest['size']}` (seed {manifest['seed']}, the chat model's) with {images.get('count', 0):,} "
-        f"pictures ({images.get('splits', {}).get('train', 0):,} train, {images.get('splits', {}).get('eval', 0)} eval). "
-        f"Chat model `{args.chat}`; vision encoder from `{args.clip}`"
-        f"{f' (trained here in {clip_seconds / 60:.1f} min)' if clip_seconds else ''}; a new projector (linear, GELU, "
+        f"World `{manifest['size']}` (seed {manifest['seed']}, the chat model's: the badges show the people it knows) "
+        f"with {images.get('count', 0):,} pictures ({images.get('splits', {}).get('train', 0):,} train, "
+        f"{images.get('splits', {}).get('eval', 0)} eval). Chat model `{args.chat}`; "
+        f"vision encoder from `{clip}`; a new projector (linear, GELU, "
         f"linear); {n_params / 1e6:.2f}M parameters in all. {n_img} tokens per image ({v.patch_size}x{v.patch_size} "
         f"patches of {v.image_size}x{v.image_size} pictures, the class token dropped, the encoder's penultimate "
-        f"layer). Stage 1 (`acorn vlm train --stage 1`): the projector alone on \"Describe the picture.\" "
-        f"-> the caption, {s1.train.max_steps} steps; stage 2 (`--stage 2 --init_from RUN1/model`): projector and "
-        f"decoder on the pictures' questions, {s2.train.max_steps} steps; learning rate {s2.optim.lr:g}, rows of "
-        f"{s2.train.seq_len} tokens, {s2.train.batch_tokens:,} tokens a step. Minutes: {minutes}.", "",
+        f"layer). Stage 1 (`acorn vlm train --stage 1`): the projector alone on \"Describe the picture.\" -> the "
+        f"caption, {steps['s1']} steps ({epochs(1)}), validation loss on the eval "
+        f"pictures' captions {val['s1'][0]:.2f} nats per token after {s1['eval']['every']} steps, "
+        f"{val['s1'][-1]:.2f} at the end; stage 2 (`--stage 2 "
+        f"--init_from RUN1/model`): projector and decoder on the pictures' questions, {steps['s2']} steps "
+        f"({epochs(2)}), "
+        f"validation loss {val['s2'][-1]:.2f}; learning rate {s2['optim']['lr']:g}, rows of {s2['train']['seq_len']} "
+        f"tokens, {s2['train']['batch_tokens']:,} tokens a step. Minutes: {minutes}.", "",
         "Accuracy on the eval pictures (`acorn vlm eval`): greedy exact match, every answer token and the end of the "
         "turn the model's top choice (teacher-forced, one forward per batch; tests/train/test_vlm.py holds it to the "
         "engine's greedy generation). The caption-in-prompt control is the same chat model trained the same way "
         "(stage 2's conversations, as many epochs; its rows hold more of them, so it takes fewer steps) with each "
-        "picture's caption as text in place of the image: what the decoder answers with perfect perception. "
-        "Majority: the most common true answer's share (for the badges' facts, \"I don't know.\", the answer for "
-        "the people the world keeps unknown).", "",
-        markdown_table(["question kind", *[label for _, label in columns], "chance", "majority", "questions"], table),
-        "", table_note, "",
+        "picture's caption as text in place of the image: what the decoder answers with perfect perception. CLIP: "
+        "the encoder's own zero-shot reading of the same pictures (`acorn clip eval`). Majority: the most common "
+        "true answer's share (for the badges' facts \"I don't know.\", the answer for the people the world keeps "
+        "unknown).", "",
+        markdown_table(["question kind", *[label for _, label in columns], "CLIP zero-shot", "chance", "majority",
+                        "questions"], table),
+        "", f"How often \"I don't know.\" is the greedy answer to a seen badge's fact question: {idk}.", "",
         f"Cost: an image is {n_img} positions of context. Prefill of one question's prompt, batch 1, median of "
         f"{p['runs']} ({p['threads']} thread(s), load average {p['load_average']:.1f} at the time"
         f"{': other jobs were running, so the milliseconds are high and noisy' if p['load_average'] > 1 else ''}): "
@@ -191,13 +251,14 @@ def main() -> None:
         f"{p['encoder_ms']:.1f} ms), with the caption in its place {p['caption_tokens']} tokens in "
         f"{p['caption_ms']:.1f} ms.",
     ]
+    if FINDINGS:
+        body += ["", FINDINGS]
     if args.note:
         body += ["", args.note]
-    text = "\n".join(body)
-    print(text)
-    if not args.no_write:
-        write_section("vlm", text)
-        log("wrote section vlm of docs/BENCHMARKS.md")
+    return "\n".join(body)
+
+
+FINDINGS = ""
 
 
 if __name__ == "__main__":
