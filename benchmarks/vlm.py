@@ -203,8 +203,8 @@ def report(args) -> str:
     p = results["vlm"]["prefill"]
     minutes = ", ".join(f"{RUNS[k]} {_minutes(run):.1f}" for k, run in runs.items())
     steps = {k: len((run / "metrics.jsonl").read_text().splitlines()) for k, run in runs.items()}
-    val = {k: [json.loads(line)["val_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
-               if "val_loss" in line] for k, run in runs.items()}
+    val = {k: [(r["step"], r["val_loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+               if "val_loss" in r] for k, run in runs.items()}
     command = results.get("command") or command_line(("--note",)).replace(" --report-only", "").replace(" --no-write", "")
 
     def epochs(stage: int) -> str:
@@ -227,11 +227,11 @@ def report(args) -> str:
         f"patches of {v.image_size}x{v.image_size} pictures, the class token dropped, the encoder's penultimate "
         f"layer). Stage 1 (`acorn vlm train --stage 1`): the projector alone on \"Describe the picture.\" -> the "
         f"caption, {steps['s1']} steps ({epochs(1)}), validation loss on the eval "
-        f"pictures' captions {val['s1'][0]:.2f} nats per token after {s1['eval']['every']} steps, "
-        f"{val['s1'][-1]:.2f} at the end; stage 2 (`--stage 2 "
+        f"pictures' captions {val['s1'][0][1]:.2f} nats per token after {val['s1'][0][0]} steps, "
+        f"{val['s1'][-1][1]:.2f} at the end; stage 2 (`--stage 2 "
         f"--init_from RUN1/model`): projector and decoder on the pictures' questions, {steps['s2']} steps "
         f"({epochs(2)}), "
-        f"validation loss {val['s2'][-1]:.2f}; learning rate {s2['optim']['lr']:g}, rows of {s2['train']['seq_len']} "
+        f"validation loss {val['s2'][-1][1]:.2f}; learning rate {s2['optim']['lr']:g}, rows of {s2['train']['seq_len']} "
         f"tokens, {s2['train']['batch_tokens']:,} tokens a step. Minutes: {minutes}.", "",
         "Accuracy on the eval pictures (`acorn vlm eval`): greedy exact match, every answer token and the end of the "
         "turn the model's top choice (teacher-forced, one forward per batch; tests/train/test_vlm.py holds it to the "
