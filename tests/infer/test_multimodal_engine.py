@@ -8,6 +8,8 @@ batch and never share KV blocks; the same image sent again must."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 
@@ -127,3 +129,37 @@ def test_image_mistakes_are_one_clear_error(llava):
     with pytest.raises(AcornError, match="text-only model"):
         text_only.generate([1, 2, 3], GREEDY, images=[png(1)])
     assert engine.stats()["blocks_in_use"] == 0
+
+
+def test_from_pretrained_loads_a_llava_directory(llava, tmp_path):
+    llava_hf = pytest.importorskip("acorn.vision.llava_hf", reason="LLaVA save/load (acorn.vision.llava_hf) is "
+                                   "another branch of issue 20; this runs once both are merged")
+    model, tok = llava
+    llava_hf.save_llava(model, tok, tmp_path)
+    assert llava_hf.is_llava_dir(tmp_path)
+    loaded = Engine.from_pretrained(tmp_path, device="cpu", block_size=4)
+    assert loaded.tokens_per_image == 4
+    assert loaded.chat(conversation(png(1)), GREEDY).token_ids == engine_of(llava).chat(conversation(png(1)), GREEDY).token_ids
+
+
+def test_acorn_chat_image_goes_with_the_first_turn(llava, tmp_path, monkeypatch, capsys):
+    from acorn.cli import main
+
+    picture = tmp_path / "p.png"
+    picture.write_bytes(png(4))
+    monkeypatch.setattr("acorn.cli._engine", lambda args: engine_of(llava))  # as from_pretrained would load it
+    flags = ["--temperature", "0", "--max-new-tokens", "8"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n/exit\n"))
+    assert main(["chat", "tiny-llava", "--image", str(picture), *flags]) == 0
+    want = engine_of(llava).chat([{"role": "user", "content": [{"type": "image", "image": png(4)},
+                                                               {"type": "text", "text": "hello"}]}],
+                                 max_new_tokens=8, temperature=0)
+    assert f"assistant> {want.text}\n" in capsys.readouterr().out
+
+    (tmp_path / "bad.png").write_bytes(b"not a picture")
+    assert main(["chat", "tiny-llava", "--image", str(tmp_path / "bad.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.png: not an image" in err
+    monkeypatch.setattr("acorn.cli._engine", lambda args: Engine(llava[0].language, llava[1], device="cpu"))
+    assert main(["chat", "text-model", "--image", str(picture)]) == 2
+    assert "text-only model" in capsys.readouterr().err
