@@ -468,7 +468,8 @@ async def create_message(body: MessagesRequest, request: Request):
     state = get_state(request)
     # With --rag the prompt needs a retrieval (the question embedded): off the event loop.
     ctx = await asyncio.to_thread(_Request, state, body) if "rag" in state.extra else _Request(state, body)
-    stream = ctx.state.engine.submit(ctx.prompt_ids, ctx.params, images=ctx.images)  # QueueFull/ShuttingDown/AcornError: the app's
+    # QueueFull/ShuttingDown/AcornError: the app's handlers answer them
+    stream = ctx.state.engine.submit(ctx.prompt_ids, ctx.params, images=ctx.images)
     headers = {"request-id": ctx.id}
     if body.stream:
         # The background task aborts too when the client left before the first

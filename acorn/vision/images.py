@@ -38,8 +38,9 @@ def open_image(source: str | Path | bytes, name: str | None = None):
         if not path.is_file():
             why = "; it is a directory" if path.is_dir() else "; check the path"
             raise AcornError(f"{where}: no such image file{why}")
-        if path.stat().st_size > MAX_BYTES:
-            raise AcornError(f"{where}: {path.stat().st_size:,} bytes is more than the {MAX_BYTES:,} allowed per image; "
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise AcornError(f"{where}: {size:,} bytes is more than the {MAX_BYTES:,} allowed per image; "
                              "scale it down or re-encode it first")
         data = path.read_bytes()
     if len(data) > MAX_BYTES:

@@ -96,6 +96,20 @@ def test_different_images_keep_their_own_outputs_and_blocks_and_the_same_image_h
     assert engine.stats()["blocks_in_use"] == 0
 
 
+def test_preempted_image_requests_recompute_to_the_same_tokens(llava):
+    a, b = png(1), png(2)
+    params = SamplingParams(max_new_tokens=16, temperature=0, ignore_eos=True)
+    alone = [engine_of(llava).chat(conversation(image), params).token_ids for image in (a, b)]
+    small = engine_of(llava, kv_cache_memory=24 * 4 * 256)  # 24 blocks of 4: one request fits, two do not
+    assert small.stats()["kv_bytes_per_token"] == 256
+    ids = small.chat_prompt(conversation(a))
+    together = small.generate([ids, ids], params, images=[[a], [b]])
+    assert small.stats()["preemptions"] > 0
+    assert [c.token_ids for c in together] == alone
+    assert small.stats()["images_encoded"] == 2  # the features outlive the preemption: not encoded again
+    assert small.stats()["blocks_in_use"] == 0
+
+
 def test_raw_ids_stream_and_llm_take_images(llava):
     engine = engine_of(llava)
     ids = engine.chat_prompt(conversation(png(3)))
@@ -139,7 +153,8 @@ def test_from_pretrained_loads_a_llava_directory(llava, tmp_path):
     assert llava_hf.is_llava_dir(tmp_path)
     loaded = Engine.from_pretrained(tmp_path, device="cpu", block_size=4)
     assert loaded.tokens_per_image == 4
-    assert loaded.chat(conversation(png(1)), GREEDY).token_ids == engine_of(llava).chat(conversation(png(1)), GREEDY).token_ids
+    want = engine_of(llava).chat(conversation(png(1)), GREEDY).token_ids
+    assert loaded.chat(conversation(png(1)), GREEDY).token_ids == want
 
 
 def test_acorn_chat_image_goes_with_the_first_turn(llava, tmp_path, monkeypatch, capsys):

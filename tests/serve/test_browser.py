@@ -293,9 +293,8 @@ def test_an_attached_image_is_sent_as_an_image_url_part_and_shown_as_a_thumbnail
         messages = _stored(page)["messages"]
         assert messages[0]["images"] == [url]
         oracle = tiny_llava()  # seed 0: the served weights
-        want = Engine(*oracle, device="cpu").chat(
-            [{"role": "user", "content": [{"type": "image", "image": png(1)}, {"type": "text", "text": "What is this?"}]}],
-            max_new_tokens=8, temperature=0)
+        turn = [{"type": "image", "image": png(1)}, {"type": "text", "text": "What is this?"}]
+        want = Engine(*oracle, device="cpu").chat([{"role": "user", "content": turn}], max_new_tokens=8, temperature=0)
         assert messages[1]["content"] == want.text
     finally:
         srv.stop()

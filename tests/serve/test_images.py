@@ -19,7 +19,7 @@ import pytest
 from acorn.infer import Engine
 from tests.conftest import png, tiny_llava
 
-from .conftest import run_server
+from .conftest import run_server, sdk_clients
 
 
 def data_url(raw: bytes, media: str = "image/png") -> str:
@@ -53,12 +53,12 @@ def oracle():
 
 @pytest.fixture(scope="module")
 def oai(llava_server):
-    return openai.OpenAI(base_url=llava_server.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    return sdk_clients(llava_server.url)[0]
 
 
 @pytest.fixture(scope="module")
 def claude(llava_server):
-    return anthropic.Anthropic(base_url=llava_server.url, api_key="x", max_retries=0, timeout=60)
+    return sdk_clients(llava_server.url)[1]
 
 
 def user(image: bytes) -> list[dict]:
@@ -138,10 +138,9 @@ def test_anthropic_bad_images_are_400(claude, source, message):
 
 
 def test_an_image_for_a_text_only_model_is_400(server):
-    oai = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    oai, claude = sdk_clients(server.url)
     with pytest.raises(openai.BadRequestError, match="text-only model"):
         oai.chat.completions.create(model="tiny", messages=openai_parts(data_url(png(1))), max_tokens=4)
-    claude = anthropic.Anthropic(base_url=server.url, api_key="x", max_retries=0, timeout=60)
     with pytest.raises(anthropic.BadRequestError, match="text-only model"):
         claude.messages.create(model="tiny", max_tokens=4, messages=anthropic_parts(b64_source(png(1))))
     assert server.engine.stats()["blocks_in_use"] == 0
