@@ -52,13 +52,9 @@ def oracle():
 
 
 @pytest.fixture(scope="module")
-def oai(llava_server):
-    return sdk_clients(llava_server.url)[0]
-
-
-@pytest.fixture(scope="module")
-def claude(llava_server):
-    return sdk_clients(llava_server.url)[1]
+def clients(llava_server):
+    """(openai.OpenAI, anthropic.Anthropic) on the LLaVA server."""
+    return sdk_clients(llava_server.url)
 
 
 def user(image: bytes) -> list[dict]:
@@ -80,7 +76,8 @@ def b64_source(raw: bytes) -> dict:
     return {"type": "base64", "media_type": "image/png", "data": base64.b64encode(raw).decode()}
 
 
-def test_openai_image_url_reply_is_the_engine_s(oai, oracle):
+def test_openai_image_url_reply_is_the_engine_s(clients, oracle):
+    oai, _ = clients
     replies = []
     for seed in (1, 2):
         r = oai.chat.completions.create(model="tiny-llava", messages=openai_parts(data_url(png(seed))),
@@ -92,7 +89,8 @@ def test_openai_image_url_reply_is_the_engine_s(oai, oracle):
     assert replies[0] != replies[1]  # the picture reaches the model
 
 
-def test_anthropic_base64_image_reply_is_the_engine_s(claude, oracle):
+def test_anthropic_base64_image_reply_is_the_engine_s(clients, oracle):
+    _, claude = clients
     r = claude.messages.create(model="tiny-llava", max_tokens=8, extra_body={"temperature": 0},  # not an SDK field now
                                messages=anthropic_parts(b64_source(png(3))))
     want = oracle.chat(user(png(3)), max_new_tokens=8, temperature=0)
@@ -106,14 +104,16 @@ def test_anthropic_base64_image_reply_is_the_engine_s(claude, oracle):
     (data_url(b"\x89PNG\r\n\x1a\n cut short"), "not an image"),
     (data_url(tiff(), "image/tiff"), "TIFF images are not supported"),
 ])
-def test_openai_bad_images_are_400(oai, url, message):
+def test_openai_bad_images_are_400(clients, url, message):
+    oai, _ = clients
     with pytest.raises(openai.BadRequestError) as e:
         oai.chat.completions.create(model="tiny-llava", messages=openai_parts(url), max_tokens=4)
     assert message in e.value.body["message"] and e.value.body["type"] == "invalid_request_error"
     assert e.value.body["message"].startswith("messages[0].content[1]: ")  # where, then what
 
 
-def test_images_over_the_limits_are_400(oai, claude, monkeypatch):
+def test_images_over_the_limits_are_400(clients, monkeypatch):
+    oai, claude = clients
     from acorn.vision import images
 
     monkeypatch.setattr(images, "MAX_BYTES", 100)
@@ -130,7 +130,8 @@ def test_images_over_the_limits_are_400(oai, claude, monkeypatch):
     ({"type": "base64", "media_type": "image/png", "data": "%%%"}, "not valid base64"),
     ({"type": "file", "file_id": "file_1"}, 'needs a source {"type": "base64"'),
 ])
-def test_anthropic_bad_images_are_400(claude, source, message):
+def test_anthropic_bad_images_are_400(clients, source, message):
+    _, claude = clients
     with pytest.raises(anthropic.BadRequestError) as e:
         claude.messages.create(model="tiny-llava", max_tokens=4, messages=anthropic_parts(source))
     assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "invalid_request_error"
