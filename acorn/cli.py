@@ -519,10 +519,16 @@ def cmd_prompt(args) -> None:
 
 
 def cmd_chat(args) -> None:
+    from acorn.chat.template import message_images
     from acorn.infer import GenerationError
+    from acorn.vision.images import open_image
 
     params = _sampling(args)
+    pictures = [open_image(path) for path in args.image or []]  # a bad file: exit 2 before the model loads
     engine = _engine(args)
+    if pictures and engine.tokens_per_image is None:
+        raise AcornError(f"--image: {args.checkpoint} is a text-only model and cannot read images; drop --image, "
+                         "or chat with a model that reads images (a LLaVA directory)")
     start = [{"role": "system", "content": args.system}] if args.system else []
     history = list(start)
     while True:
@@ -541,9 +547,12 @@ def cmd_chat(args) -> None:
             continue
         if not text:
             continue
-        history.append({"role": "user", "content": text})
+        first = not any(m["role"] == "user" for m in history)
+        # --image: the pictures go with the first user turn of each conversation (again after /reset).
+        content = [*({"type": "image", "image": p} for p in pictures), {"type": "text", "text": text}]
+        history.append({"role": "user", "content": content if first and pictures else text})
         try:
-            deltas = engine.stream(engine.chat_prompt(history), params)
+            deltas = engine.stream(engine.chat_prompt(history), params, images=message_images(history))
             reply = []
             sys.stdout.write("assistant> ")
             for delta in deltas:
@@ -1322,6 +1331,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "acorn chat runs/sft --system \"You are a helpful assistant.\" --temperature 0.7")
     s.add_argument("checkpoint", help="a Hugging Face checkpoint directory with its tokenizer files")
     s.add_argument("--system", help="a system message that starts the conversation")
+    s.add_argument("--image", action="append", metavar="FILE",
+                   help="a picture (PNG, JPEG, GIF, BMP, WEBP) shown with your first message; repeat for several "
+                        "(a model that reads images: a LLaVA directory)")
     _add_inference_flags(s)
     s.set_defaults(func=cmd_chat)
 

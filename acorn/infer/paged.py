@@ -28,7 +28,9 @@ as 'evictable', and reused least-recently-used first when memory is needed.
 A request may carry a salt (vLLM's cache_salt; the engine uses its LoRA
 adapter's name) that seeds its hash chain: the same tokens under another
 salt hash differently, so their blocks, whose keys and values another adapter
-computed, are never shared.
+computed, are never shared. An image placeholder is hashed as (digest of the
+image, index within it), not by its id (acorn.infer.multimodal): blocks are
+shared only where the images are the same too.
 """
 
 from __future__ import annotations
@@ -89,8 +91,9 @@ class BlockManager:
     # ---------------------------------------------------------- hashing
     @staticmethod
     def chain_hash(parent: int | str | None, tokens) -> int:
-        """The hash of a full block: its tokens chained with the hash of the block before
-        (for the first block: the request's salt, or None)."""
+        """The hash of a full block: its tokens (ids, or (image digest, index) for an
+        image placeholder) chained with the hash of the block before (for the first
+        block: the request's salt, or None)."""
         return hash((parent, tuple(tokens)))
 
     def prefix_hashes(self, tokens: list[int], salt: str | None = None) -> list[int]:
@@ -431,13 +434,16 @@ class PagedAttention:
         return out.to(out_dtype).transpose(0, 1)[None]
 
 
-def paged_forward(model, step: StepInput, kv: PagedKV, adapters: tuple[Tensor, list] | None = None) -> Tensor:
+def paged_forward(model, step: StepInput, kv: PagedKV, adapters: tuple[Tensor, list] | None = None,
+                  images: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """The model over one flattened step; returns the logits (R, V) of step.logit_rows.
 
     Transformer.forward's own pieces, with attention reading and writing the
     paged pool instead of a per-request cache. adapters: (index (N,), names):
     token i applies LoRA adapter names[index[i]] (acorn.model.lora.use_adapters);
-    the head sees only the logit rows, so it gets their part of the index."""
+    the head sees only the logit rows, so it gets their part of the index.
+    images: (feature rows (M, d), their step rows (M,)): the embeddings of those
+    tokens (image placeholders) replaced by the rows, in order."""
     if model.config.positions == "alibi":
         raise AcornError("ALiBi models run on the engine's plain path (paged=False)")
     index, names = adapters if adapters is not None else (None, [])
@@ -445,6 +451,12 @@ def paged_forward(model, step: StepInput, kv: PagedKV, adapters: tuple[Tensor, l
     tokens, positions = step.tokens[None], step.positions[None]
     with lora.use_adapters(model.model, None if index is None else index[None], names), \
             lora.use_adapters(model.lm_head, head_index, names):
-        x = model.embed(tokens, positions)
+        if images is None:
+            x = model.embed(tokens, positions)
+        else:
+            features, rows = images
+            mask = torch.zeros_like(tokens, dtype=torch.bool)
+            mask[0, rows] = True
+            x = model.embed(tokens, positions, features, mask)
         hidden, _ = model.blocks(x, model.position_encoding(positions, x.dtype), PagedAttention(step, kv))
         return model.logits(hidden[0, step.logit_rows])
