@@ -240,9 +240,12 @@ class Engine:
         for directory in (options.get("lora_adapters") or {}).values():  # a bad adapter fails before the base loads
             lora.read_adapter_config(directory)
 
-        llava_hf = _llava_hf()
-        if llava_hf is not None and llava_hf.is_llava_dir(path):  # a vision-language model: Llava and its tokenizer
-            model, tokenizer = llava_hf.load_llava(path, device=device, dtype=dtype)
+        from acorn.vision.llava import is_llava_dir, load_llava
+
+        if is_llava_dir(path):  # a vision-language model: Llava and its tokenizer
+            model, tokenizer = load_llava(path, device=device, dtype=dtype)
+            if tokenizer is None:
+                raise AcornError(f"{path}: no tokenizer files beside the weights; save the model with its tokenizer")
         else:
             model, tokenizer = load(path, dtype=dtype, device=device), Tokenizer.from_pretrained(path)
         decoder = getattr(model, "language", model)
@@ -953,18 +956,6 @@ def _raise_if_failed(completions) -> None:
     for c in completions:
         if c is not None and c.finish_reason == "error":
             raise GenerationError(c.error)
-
-
-def _llava_hf():
-    """acorn.vision.llava_hf (LLaVA checkpoints in the transformers layout), or None where
-    this build has no such module (then no directory is read as a LLaVA one)."""
-    try:
-        import acorn.vision.llava_hf as llava_hf
-    except ModuleNotFoundError as e:
-        if e.name != "acorn.vision.llava_hf":
-            raise
-        return None
-    return llava_hf
 
 
 def _generation_config_eos(directory: Path) -> list[int]:

@@ -146,11 +146,11 @@ def test_image_mistakes_are_one_clear_error(llava):
 
 
 def test_from_pretrained_loads_a_llava_directory(llava, tmp_path):
-    llava_hf = pytest.importorskip("acorn.vision.llava_hf", reason="LLaVA save/load (acorn.vision.llava_hf) is "
-                                   "another branch of issue 20; this runs once both are merged")
+    from acorn.vision.llava import is_llava_dir, save_llava
+
     model, tok = llava
-    llava_hf.save_llava(model, tok, tmp_path)
-    assert llava_hf.is_llava_dir(tmp_path)
+    save_llava(model, tok, tmp_path)
+    assert is_llava_dir(tmp_path)
     loaded = Engine.from_pretrained(tmp_path, device="cpu", block_size=4)
     assert loaded.tokens_per_image == 4
     want = engine_of(llava).chat(conversation(png(1)), GREEDY).token_ids
