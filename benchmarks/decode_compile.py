@@ -1,22 +1,27 @@
-"""Does torch.compile help the engine's decode step on this machine?
+"""Does compiling the batch-1 decode step pay on a CPU? (issue 22: llama.cpp's 50M gap)
 
-The paged engine's step changes shape every step (how many rows decode, how
-long each context is, which prefill chunks ride along), so compiling the whole
-step would recompile constantly. What can be compiled with dynamic shapes are
-the dense parts of each block: the MLP and the two RMSNorms (SwiGLU's silu *
-up and the norms fuse; the matmuls stay library calls). This measures, on the
-engine benchmark's model shape with random weights, batch-1 decode (ms per
-token, 64 tokens after a 16..128-token prompt) and a 32-request continuous
-batch, eager against compiled, fp32 and bf16, medians of --runs runs taking
-turns (one engine each, both warmed up, compile time reported apart).
+A batch-1 decode step of the 50M model (benchmarks/llamacpp.py's `50m`: 6 layers,
+d_model 512, 8 / 4 heads, d_ff 1408, vocabulary 32,000, random weights) is mostly
+per-op overhead, not matmuls. Engine(compile_decode=True) runs such a step as one
+torch.compile'd graph with static shapes (acorn.infer.compiled: the context padded to
+a bucket, inductor's freezing and cpp_wrapper). This measures, per precision, the
+engine without and with it on the same model, in one process, the arms taking turns:
+decode ms/token after the first token (one request, greedy, --new-tokens after a
+--prompt-tokens prompt), the compile time apart (the first request of each arm is the
+warm-up; the compiled arm's compiles its first bucket), whether the greedy tokens are
+the same, and where compiling pays for itself (compile seconds / ms saved per token).
 
-    python benchmarks/decode_compile.py
+The llama.cpp column is an estimate, not a measurement (llama-cpp-python is not
+installed here): Acorn's eager ratio to llama.cpp recorded in the llamacpp section
+(idle machine, 2 threads) times the speedup measured here.
+
+    python benchmarks/decode_compile.py                       # all precisions, writes the section
+    python benchmarks/decode_compile.py --precisions bf16 --runs 3 --no-write
 """
 
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 import time
@@ -30,83 +35,104 @@ from common import command_line, log, machine_description, markdown_table, today
 
 from acorn.infer.engine import Engine  # noqa: E402
 from acorn.infer.sampling import SamplingParams  # noqa: E402
+from acorn.model import quant  # noqa: E402
 from acorn.model.transformer import ModelConfig, Transformer  # noqa: E402
 from acorn.tokenizer.bpe import Tokenizer  # noqa: E402
 
+SHAPE = dict(vocab_size=32000, n_layer=6, d_model=512, n_head=8, n_kv_head=4, d_ff=1408, max_seq_len=1024,
+             tie_embeddings=False)  # benchmarks/llamacpp.py's 50m
+# Acorn (eager) / llama.cpp batch-1 decode, from the llamacpp section (50m, idle machine, 2 threads).
+LLAMACPP_RATIO = {"f32": 0.60, "bf16": 0.40, "int8": 0.38, "int4": 0.39}
+LLAMACPP_MS = {"f32": 1000 / 313.1, "bf16": 1000 / 595.1, "int8": 1000 / 815.6, "int4": 1000 / 832.5}
 
-def compiled(model: Transformer) -> Transformer:
-    for layer in model.model.layers:
-        layer.mlp = torch.compile(layer.mlp, dynamic=True)
-        layer.input_layernorm = torch.compile(layer.input_layernorm, dynamic=True)
-        layer.post_attention_layernorm = torch.compile(layer.post_attention_layernorm, dynamic=True)
+
+def build(precision: str) -> Transformer:
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(**SHAPE)).eval().to(torch.float32 if precision == "f32" else torch.bfloat16)
+    if precision in ("int8", "int4"):  # bf16 activations, as benchmarks/llamacpp.py runs them
+        quant.quantize(model, precision)
     return model
+
+
+def decode(engine: Engine, prompt: list[int], n: int) -> tuple[float, list[int]]:
+    """ms per token after the first (one request alone), and its tokens."""
+    engine.reset_prefix_cache()
+    rid = engine.add_request(prompt, SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True))
+    engine.step()  # the prefill and the first token
+    start, tokens = time.perf_counter(), None
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.request_id == rid and out.completion is not None:
+                tokens = out.completion.token_ids
+    return (time.perf_counter() - start) / (n - 1) * 1000, tokens
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--precisions", nargs="+", default=["f32", "bf16", "int8", "int4"],
+                    choices=["f32", "bf16", "int8", "int4"])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     tok = Tokenizer.train(["hello world, the quick brown fox " * 200], 300)
-    rng = random.Random(0)
-    reqs = [([rng.randrange(280) for _ in range(rng.randint(16, 128))], rng.randint(16, 64)) for _ in range(32)]
+    prompt = list(range(1, args.prompt_tokens + 1))
     rows = []
-    for dtype in (torch.float32, torch.bfloat16):
-        torch.manual_seed(0)
-        cfg = ModelConfig.from_preset("small", max_seq_len=1280)
-        eager = Transformer(cfg).eval().to(dtype)
-        twin = Transformer(cfg).eval().to(dtype)
-        twin.load_state_dict(eager.state_dict())
-        engines = {"eager": Engine(eager, tok, kv_cache_memory=256 << 20),
-                   "compiled (MLP + norms, dynamic)": Engine(compiled(twin), tok, kv_cache_memory=256 << 20)}
+    for precision in args.precisions:
+        model = build(precision)  # one model, both engines: the same weights, each its own KV pool
+        engines = {"eager": Engine(model, tok, kv_cache_memory=64 << 20),
+                   "compiled": Engine(model, tok, kv_cache_memory=64 << 20, compile_decode=True)}
         warm = {}
         for name, e in engines.items():
-            t = time.perf_counter()
-            e.generate(reqs[0][0], max_new_tokens=16, temperature=0, ignore_eos=True)
-            for p, _ in reqs[:8]:
-                e.add_request(p, SamplingParams(max_new_tokens=4, temperature=0, ignore_eos=True))
-            while e.has_unfinished():
-                e.step()
-            warm[name] = time.perf_counter() - t
-        one = {n: [] for n in engines}
-        many = {n: [] for n in engines}
-        outs = {}
+            start = time.perf_counter()
+            decode(e, prompt, args.new_tokens)
+            warm[name] = time.perf_counter() - start
+        ms = {n: [] for n in engines}
+        tokens = {}
         for r in range(args.runs):
             for name, e in engines.items():
-                t = time.perf_counter()
-                outs[name] = e.generate(reqs[0][0], max_new_tokens=64, temperature=0, ignore_eos=True)[0].token_ids
-                one[name].append((time.perf_counter() - t) / 64 * 1000)
-                e.reset_prefix_cache()
-                t = time.perf_counter()
-                for p, n in reqs:
-                    e.add_request(p, SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True))
-                while e.has_unfinished():
-                    e.step()
-                many[name].append(time.perf_counter() - t)
-                log(f"{dtype} run {r + 1} {name}: {one[name][-1]:.2f} ms/token, {many[name][-1]:.2f} s")
-        base1, base_many = statistics.median(one["eager"]), statistics.median(many["eager"])
-        for name in engines:
-            m1, mm = statistics.median(one[name]), statistics.median(many[name])
-            rows.append([str(dtype).removeprefix("torch."), name, f"{warm[name]:.1f}", f"{m1:.2f}",
-                         f"{base1 / m1:.2f}x", f"{mm:.2f}", f"{base_many / mm:.2f}x",
-                         "yes" if outs[name] == outs["eager"] else "no"])
-    body = f"""## torch.compile of the engine's decode step (CPU)
+                t, tokens[name] = decode(e, prompt, args.new_tokens)
+                ms[name].append(t)
+            log(f"{precision} run {r + 1}: " + ", ".join(f"{n} {ms[n][-1]:.2f} ms/token" for n in engines))
+        stats = engines["compiled"].stats()
+        eager, comp = statistics.median(ms["eager"]), statistics.median(ms["compiled"])
+        speedup = eager / comp
+        saved = eager - comp
+        pays = f"{stats['compile_seconds'] / saved * 1000:,.0f}" if saved > 0 else "never"
+        est = LLAMACPP_RATIO[precision] * speedup
+        rows.append([precision, f"{eager:.2f}", f"{comp:.2f}", f"**{speedup:.2f}x**", f"{stats['compile_seconds']:.1f}",
+                     pays, "yes" if tokens["eager"] == tokens["compiled"] else "no",
+                     f"{LLAMACPP_RATIO[precision]:.2f}x -> ~{est:.2f}x", f"~{LLAMACPP_MS[precision] / est:.1f} ms"])
+        log(f"{precision}: {rows[-1]}")
+        del engines, model
+    body = f"""## A compiled batch-1 decode step with static shapes (CPU; issue 22)
 
 Command: `{command_line()}`
 Date: {today()}
 Machine: {machine_description()}
 
-Model: Acorn's `small` preset shape (27.8M parameters, random weights). Compiled: each block's MLP and RMSNorms
-with `torch.compile(dynamic=True)` (the paged step's shapes change every step; attention and the gathers stay
-eager). Batch 1: 64 greedy tokens after a {len(reqs[0][0])}-token prompt. 32 requests: prompts 16-128 tokens,
-16-64 new tokens, all at once (continuous batching). Medians of {args.runs} runs taking turns; "warm-up s"
-includes compiling.
+`Engine(compile_decode=True)` (acorn.infer.compiled; `acorn generate/chat/serve --compile-decode`): a step in
+which one request alone decodes one token runs as one `torch.compile(fullgraph=True, dynamic=False)` graph of
+the engine's own paged_forward, its shapes static (the context's pool slots padded to a bucket of 256, 512, ...
+tokens, masked past its end), weights frozen into it (inductor `freezing`) and its calls made from generated C++
+(`cpp_wrapper`). Model: benchmarks/llamacpp.py's 50m shape, random weights; int8/int4 are the bf16 model
+quantized (bf16 activations). One request, greedy, {args.new_tokens} tokens after a {args.prompt_tokens}-token
+prompt; ms/token is decode after the first token; {args.threads} thread(s); medians of {args.runs} runs, the two
+engines (one model) taking turns in one process. "compile s" is the first bucket's compile; "pays after" is
+compile s / ms saved per token, in tokens.
 
-{markdown_table(["dtype", "step", "warm-up s", "batch-1 ms/token", "vs eager", "32 requests s", "vs eager",
-                 "same greedy tokens"], rows)}
+| precision | eager ms/token | compiled ms/token | speedup | compile s | pays after (tokens) | same greedy tokens | vs llama.cpp: eager -> compiled (estimate) | llama.cpp-equivalent step (estimate) |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+""" + "\n".join("| " + " | ".join(r) + " |" for r in rows) + """
 
-Compile stays off by default unless a row above shows it paying for its warm-up.
+The llama.cpp columns are estimates, not measurements (llama-cpp-python is not installed on this machine):
+Acorn's eager ratio from the llamacpp section (idle machine, 2 threads) times the speedup above, and what
+that ratio makes of llama.cpp's recorded step (bf16 1.7 ms). They assume the speedup carries over from this
+machine's load and thread count to the idle one, which is not measured.
 """
     if args.no_write:
         print(body)
