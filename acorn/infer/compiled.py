@@ -39,6 +39,7 @@ import itertools
 import math
 import time
 import types
+import warnings
 
 import torch
 from torch import Tensor
@@ -68,12 +69,16 @@ class CompiledDecode:
     """paged_forward for one request decoding one token, compiled once per capacity bucket.
 
     compile=False runs the same static-shape function eagerly (the padding and masking
-    without the compiler: what tests check quickly)."""
+    without the compiler: what tests check quickly). A model the compiler cannot take
+    whole (fullgraph: an MoE layer's data-dependent routing) warns once and runs its
+    steps eagerly from then on."""
 
     def __init__(self, model, kv: PagedKV, *, compile: bool = True):
         self.model, self.kv, self.compile = model, kv, compile
         self.graphs: dict[int, object] = {}  # capacity -> its compiled step
         self.compile_seconds = 0.0  # spent compiling (the first call of each graph), in total
+        self.steps = 0  # steps run through a graph
+        self.failed: str | None = None  # why compiling failed, if it did
         self._tensors: list[Tensor] = []
         self._weights = None  # (version, storage) of every weight when the graphs were made
 
@@ -81,6 +86,8 @@ class CompiledDecode:
         """Whether a compiled step may run now: the weights are those the graphs were made
         with, or, when they changed, every pack is rebuilt from the new ones (after an eager
         step) and the old graphs are dropped."""
+        if self.failed is not None:
+            return False
         weights = [(t._version, t.data_ptr()) for t in self._tensors]
         if self._weights is not None and weights == self._weights:
             return True
@@ -94,8 +101,9 @@ class CompiledDecode:
     def __call__(self, step: StepInput) -> Tensor:
         """The logits (1, V) of a StepInput built with capacity= (one decode row)."""
         (_, context, mask), = step.decodes
-        graph = self.graphs.get(context.shape[-1])
         args = (step.tokens, step.positions, step.slots, context, mask)
+        self.steps += 1
+        graph = self.graphs.get(context.shape[-1])
         if graph is not None:
             try:
                 return graph(*args)
@@ -110,23 +118,40 @@ class CompiledDecode:
         # weights are frozen constants). Setting them costs 25 us, so later calls, which
         # match the graph's guards (static shapes, the same weights: ready()), go without.
         start = time.perf_counter()
-        with config.patch(INDUCTOR_OPTIONS):
-            out = graph(*args)
-        self.compile_seconds += time.perf_counter() - start
+        try:
+            with config.patch(INDUCTOR_OPTIONS):
+                out = graph(*args)
+        except Exception as e:  # noqa: BLE001 -- tracing and compiling touch no real tensor
+            if not self.compile:
+                raise
+            self.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            warnings.warn(f"compile_decode: the decode step did not compile ({self.failed}); "
+                          "decoding eagerly", RuntimeWarning, stacklevel=3)
+            self.graphs.clear()
+            self.steps -= 1
+            return _step_function(self.model, self.kv)(*args)
+        finally:
+            self.compile_seconds += time.perf_counter() - start
         return out
 
     def _graph(self):
-        model, kv = self.model, self.kv
-
-        def decode_step(tokens: Tensor, positions: Tensor, slots: Tensor, context: Tensor, mask: Tensor) -> Tensor:
-            rows = torch.zeros(1, dtype=torch.long, device=tokens.device)
-            return paged_forward(model, StepInput(tokens, positions, slots, [(rows, context, mask)], [], rows), kv)
-
+        fn = _step_function(self.model, self.kv)
         if not self.compile:
-            return decode_step
+            return fn
         # dynamo keeps compiled graphs on the function's code object, guarded by the inputs'
         # shapes, not by whose weights were frozen into them: a code object of its own per
         # graph, so no other engine (or these weights' next version) can reuse it.
-        code = decode_step.__code__.replace(co_name=f"decode_step_{id(self)}_{len(self.graphs)}")
-        fn = types.FunctionType(code, decode_step.__globals__, code.co_name, None, decode_step.__closure__)
+        code = fn.__code__.replace(co_name=f"decode_step_{id(self)}_{len(self.graphs)}")
+        fn = types.FunctionType(code, fn.__globals__, code.co_name, None, fn.__closure__)
         return torch.compile(fn, fullgraph=True, dynamic=False)
+
+
+def _step_function(model, kv: PagedKV):
+    """The step as a function of tensors only (what the compiler traces): paged_forward over
+    one decode row whose context slots and mask have the bucket's static width."""
+
+    def decode_step(tokens: Tensor, positions: Tensor, slots: Tensor, context: Tensor, mask: Tensor) -> Tensor:
+        rows = torch.zeros(1, dtype=torch.long, device=tokens.device)
+        return paged_forward(model, StepInput(tokens, positions, slots, [(rows, context, mask)], [], rows), kv)
+
+    return decode_step
