@@ -52,6 +52,12 @@ MIN_CAPACITY = 256  # the smallest bucket, in tokens; each next one doubles
 # left of a 50M step's overhead once the ops are fused); freezing: weights as constants,
 # which the oneDNN linear lowering needs.
 INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True, "emulate_precision_casts": True}
+# 16-bit models also autotune their matmuls: inductor then times its own C++ GEMM kernels (AMX /
+# AVX512 micro-kernels) against oneDNN's for each shape and keeps the faster. At batch 1 on this
+# machine's AMX CPU its kernels won: the 50M model's bf16 step went from 1.46x to 2.07x the eager
+# one (int8 1.44x -> 1.76x, int4 1.42x -> 1.54x), for about 3x the compile time (7 -> 22 s); in
+# float32 it lost (1.36x -> 1.15x). benchmarks/decode_compile.py measures both.
+AUTOTUNE_16BIT = {"max_autotune": True}
 
 
 def capacity(length: int, block_size: int, max_len: int) -> int:
@@ -73,8 +79,11 @@ class CompiledDecode:
     whole (fullgraph: an MoE layer's data-dependent routing) warns once and runs its
     steps eagerly from then on."""
 
-    def __init__(self, model, kv: PagedKV, *, compile: bool = True):
+    def __init__(self, model, kv: PagedKV, *, compile: bool = True, options: dict | None = None):
         self.model, self.kv, self.compile = model, kv, compile
+        sixteen = next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
+        # inductor's config for the compile; options= overrides the defaults
+        self.options = {**INDUCTOR_OPTIONS, **(AUTOTUNE_16BIT if sixteen else {}), **(options or {})}
         self.graphs: dict[int, object] = {}  # capacity -> its compiled step
         self.compile_seconds = 0.0  # spent compiling (the first call of each graph), in total
         self.steps = 0  # steps run through a graph
@@ -119,7 +128,7 @@ class CompiledDecode:
         # match the graph's guards (static shapes, the same weights: ready()), go without.
         start = time.perf_counter()
         try:
-            with config.patch(INDUCTOR_OPTIONS):
+            with config.patch(self.options):
                 out = graph(*args)
         except Exception as e:  # noqa: BLE001 -- tracing and compiling touch no real tensor
             if not self.compile:

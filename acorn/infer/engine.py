@@ -153,8 +153,10 @@ class Engine:
     compile_decode: run a step in which one request alone decodes one token (no
         LoRA adapter, no speculative draft) as a torch.compile'd graph with
         static shapes (acorn.infer.compiled: the context padded to a bucket of
-        256, 512, ... tokens); every other step runs eagerly. The first step of
-        each bucket compiles (tens of seconds for a 50M model on 2 cores).
+        256, 512, ... tokens, the weights frozen in); every other step runs
+        eagerly. 1.4-2x faster per token for a 50M model on CPU, but the first
+        step of each bucket compiles (7-27 s on 2 cores; docs/BENCHMARKS.md,
+        decode-compile), so it pays in a long-lived process, not a short run.
     """
 
     def __init__(self, model, tokenizer, *, device=None, stop_token_ids: Sequence[int] = (), paged: bool = True,

@@ -131,3 +131,21 @@ def test_compiled_decode_keeps_the_tokens_and_follows_a_training_step(checkpoint
     assert after == twin.generate(prompt, **GREEDY)[0].token_ids
     assert after != before
     assert engine.compiled.steps > GREEDY["max_new_tokens"]  # the new weights ran compiled too
+
+
+def test_the_cli_flag_reaches_the_engine(checkpoint, monkeypatch, capsys):
+    from acorn.cli import build_parser, main
+
+    seen = []
+    real = Engine.from_pretrained.__func__
+
+    def spy(cls, path, **options):  # records the option, then builds an eager engine (no compile)
+        seen.append(options.pop("compile_decode", None))
+        return real(cls, path, **options)
+
+    monkeypatch.setattr(Engine, "from_pretrained", classmethod(spy))
+    ckpt = str(checkpoint[0])
+    main(["generate", ckpt, "--prompt", "The", "--max-new-tokens", "2", "--device", "cpu", "--compile-decode"])
+    main(["generate", ckpt, "--prompt", "The", "--max-new-tokens", "2", "--device", "cpu"])
+    assert seen == [True, False]
+    assert build_parser().parse_args(["serve", ckpt, "--compile-decode"]).compile_decode
