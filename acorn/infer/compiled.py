@@ -5,7 +5,8 @@ hundred small torch ops around them and the Python that calls each one (for the 
 model of benchmarks/llamacpp.py: 4.2 ms a step against llama.cpp's 1.7 ms).
 torch.compile can turn the whole step into one generated C++ function (inductor's
 cpp_wrapper: no Python per op; norms, RoPE, SiLU and residual adds fused into a few
-loops; the matmuls oneDNN calls on weights frozen into the graph) -- but only if the
+loops; the matmuls oneDNN's or inductor's own autotuned kernels on weights frozen into
+the graph) -- but only if the
 step's shapes stay the same from one step to the next, and the paged step's context
 grows by a token each time. So the shapes are made static:
 
@@ -50,13 +51,17 @@ from acorn.model import packed
 MIN_CAPACITY = 256  # the smallest bucket, in tokens; each next one doubles
 # cpp_wrapper: the graph's calls from generated C++ rather than Python (most of what is
 # left of a 50M step's overhead once the ops are fused); freezing: weights as constants,
-# which the oneDNN linear lowering needs.
+# which the oneDNN linear lowering needs; emulate_precision_casts: round 16-bit values where
+# eager rounds them (it did not make bf16 tokens match eager's on random weights either way,
+# and cost nothing measurable; docs/BENCHMARKS.md, decode-compile).
 INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True, "emulate_precision_casts": True}
 # 16-bit models also autotune their matmuls: inductor then times its own C++ GEMM kernels (AMX /
 # AVX512 micro-kernels) against oneDNN's for each shape and keeps the faster. At batch 1 on this
-# machine's AMX CPU its kernels won: the 50M model's bf16 step went from 1.46x to 2.07x the eager
-# one (int8 1.44x -> 1.76x, int4 1.42x -> 1.54x), for about 3x the compile time (7 -> 22 s); in
-# float32 it lost (1.36x -> 1.15x). benchmarks/decode_compile.py measures both.
+# machine's AMX CPU its kernels won: the 50M model's bf16 step went from 1.53x to 2.03x the eager
+# one (int8 1.49x -> 1.81x, int4 1.47x -> 1.65x), for about 3x the compile time (7 -> 22 s); in
+# float32 it did not (1.30x -> 1.27x; 1.36x -> 1.15x in another run). benchmarks/decode_compile.py
+# measures both. Memory: the process grew by about 300 MB compiling the 50M model (the compiler
+# itself and the kernels' own copies of the weights).
 AUTOTUNE_16BIT = {"max_autotune": True}
 
 

@@ -149,3 +149,11 @@ def test_the_cli_flag_reaches_the_engine(checkpoint, monkeypatch, capsys):
     main(["generate", ckpt, "--prompt", "The", "--max-new-tokens", "2", "--device", "cpu"])
     assert seen == [True, False]
     assert build_parser().parse_args(["serve", ckpt, "--compile-decode"]).compile_decode
+
+
+def test_the_static_step_over_an_int8_kv_cache_keeps_the_tokens(checkpoint):
+    engine = _static_engine(checkpoint, kv_cache_dtype="int8")
+    eager = Engine.from_pretrained(checkpoint[0], device="cpu", kv_cache_dtype="int8")
+    for prompt in PROMPTS[:2]:
+        assert engine.generate(prompt, **GREEDY)[0].token_ids == eager.generate(prompt, **GREEDY)[0].token_ids
+    assert engine.compiled.steps == 2 * (GREEDY["max_new_tokens"] - 1)
