@@ -53,14 +53,16 @@ MIN_CAPACITY = 256  # the smallest bucket, in tokens; each next one doubles
 # left of a 50M step's overhead once the ops are fused); freezing: weights as constants,
 # which the oneDNN linear lowering needs; emulate_precision_casts: round 16-bit values where
 # eager rounds them (it did not make bf16 tokens match eager's on random weights either way,
-# and cost nothing measurable; docs/BENCHMARKS.md, decode-compile).
-INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True, "emulate_precision_casts": True}
+# and cost nothing measurable; docs/BENCHMARKS.md, decode-compile); pattern_matcher off: inductor's
+# graph rewrites (a matmul and the residual add after it fused into one oneDNN call, which rounds
+# once where eager rounds twice) moved bf16 greedy tokens off eager's after 7 tokens of the 50M
+# model on random weights, without them after 54, at the same speed (3.77 vs 3.71 ms a token).
+INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True, "emulate_precision_casts": True, "pattern_matcher": False}
 # 16-bit models also autotune their matmuls: inductor then times its own C++ GEMM kernels (AMX /
 # AVX512 micro-kernels) against oneDNN's for each shape and keeps the faster. At batch 1 on this
-# machine's AMX CPU its kernels won: the 50M model's bf16 step went from 1.53x to 2.03x the eager
-# one (int8 1.49x -> 1.81x, int4 1.47x -> 1.65x), for about 3x the compile time (7 -> 22 s); in
-# float32 it did not (1.30x -> 1.27x; 1.36x -> 1.15x in another run). benchmarks/decode_compile.py
-# measures both. Memory: the process grew by about 300 MB compiling the 50M model (the compiler
+# machine's AMX CPU its kernels won: the 50M model's bf16 step went from 1.60x to 2.07x the eager
+# one (int8 1.59x -> 1.95x, int4 1.48x -> 1.58x), for about 3x the compile time (7 -> 21 s); in
+# float32 it lost in every run (1.38x -> 1.15x). benchmarks/decode_compile.py measures both. Memory: the process grew by about 300 MB compiling the 50M model (the compiler
 # itself and the kernels' own copies of the weights).
 AUTOTUNE_16BIT = {"max_autotune": True}
 
