@@ -64,43 +64,45 @@ What it shows: compiling pays per token at every precision, int8 and int4 includ
 int8/int4 kernels are called from the graph). With the engine's choice per precision (max_autotune for
 16-bit, not for float32) the estimate moves the 50M model from 0.38-0.60x llama.cpp to 0.62-0.83x. bf16, the
 goal's headline, lands at about 0.8x by the estimate: 1.92-2.14x the eager step over nine runs on this
-machine (this table's is one; some with the pattern rewrites below on), 0.77-0.86x llama.cpp estimated; not a measurement against llama.cpp,
-so the goal of 0.8x is not shown met. int8 and int4 stay short of it (their weight-only kernels are the same
-in both engines, and the compile only removes the overhead around them). What is left of a compiled step is its
-matmuls: the output head alone (32,000 x 512) took 1.1 ms in inductor's autotuning here, and with the ops
-fused and called from C++ there is little Python left to remove.
+machine (this table's is one; some with the pattern rewrites below on), 0.77-0.86x llama.cpp estimated; not
+a measurement against llama.cpp, so the goal of 0.8x is not shown met. int8 and int4 stay short of it (their
+weight-only kernels are the same in both engines, and the compile only removes the overhead around them).
+What is left of a compiled step is its matmuls: the output head alone (32,000 x 512) took 1.1 ms in
+inductor's autotuning here, and with the ops fused and called from C++ there is little Python left to
+remove.
 
 Greedy tokens: float32 gives the eager engine's tokens exactly (and tests/infer/test_compiled.py holds the
 compiled engine to the eager one and to transformers in float32). In bf16 the eager engine and transformers
 agree on all 128 tokens here, and the compiled engine parts from them after a few dozen: random weights give
 nearly tied next-token logits, and two things change the last bit of bf16 values. The padding itself (the
-same static step run uncompiled parts at token 68): attention's vectorized sums over 256 keys, 200 of them
-masked, associate differently than over the context alone, as the eager engine's own batches do when a
-short request is padded to a longer one's length. And the compiler's fusions, which round once where eager
-rounds after each op: inductor's pattern rewrites (a matmul with the residual add after it as one oneDNN
-call) made it token 7, so they are off (`pattern_matcher=False`: 54, at the same speed). The quantized
-models part earlier (int8 at 8-26, int4 at 33). The tests hold the padded step to the paged step's logits
-(float32, every model family, NaN in every block the request does not own).
+same static step run uncompiled parts at token 68): attention's vectorized sums over 256 keys, most of them
+masked, associate differently than over the context alone, as the eager engine's own batches do when a short
+request is padded to a longer one's length. And the compiler's fusions, which round once where eager rounds
+after each op: inductor's pattern rewrites (a matmul with the residual add after it as one oneDNN call) made
+it token 7, so they are off (`pattern_matcher=False`: 54, at the same speed). The quantized models part
+earlier (int8 at 8-26, int4 at 33). The tests hold the padded step to the paged step's logits (float32,
+every model family, NaN in every block the request does not own).
 
 Not on by default: compiling costs 7-27 s a bucket here and is repaid after about 2,400-13,000 decoded
 tokens, so a one-off `acorn generate` of a few hundred tokens loses, while a long-lived server (`acorn serve
 --compile-decode`: each bucket compiled once per process) gains. Steps with two or more requests, prefill
-chunks, LoRA adapters or speculative drafts run the eager step, unchanged. Memory: the process grew by
-about 340 MB (bf16) and 300 MB (f32) compiling the 50M model, measured apart (RSS): the compiler itself and
-the autotuned kernels' own copies of the weights. Batch invariance holds where the numbers do: in float32
-a request's tokens are the same whether its steps ran compiled (alone) or eager (beside another request;
+chunks, LoRA adapters or speculative drafts run the eager step, unchanged. Memory: the process grew by about
+340 MB (bf16) and 300 MB (f32) compiling the 50M model, measured apart (RSS): the compiler itself and the
+autotuned kernels' own copies of the weights. Batch invariance holds where the numbers do: in float32 a
+request's tokens are the same whether its steps ran compiled (alone) or eager (beside another request;
 tested); in bf16 they may not be, as above.
 
 Tried and not kept: inductor's options passed as `torch.compile(options=...)` (dynamo decides while tracing
 whether weights are frozen, so they are set around the first call instead); compiling without freezing (the
 oneDNN lowering of the pre-packed bf16 weights needs them as constants); `emulate_precision_casts` off (the
-same tokens as on, and the same speed); inductor's pattern rewrites on (the bf16 tokens part at 7, above); `cpp.weight_prepack=False` (the same bf16 tokens); max_autotune for
-float32 (slower in each run: 1.15x against 1.38x here, 1.27x against 1.30x and 1.43x, 1.15x against 1.36x). Earlier
-(2026-11-22, the `small` preset): compiling each block's MLP and norms with dynamic shapes, attention and
-the gathers eager, was slower than not compiling (0.82-0.92x), the Python between the pieces being what
-costs; the static whole-step graph replaced that arm. Not tried: reusing the step plan (StepInput.build is about 0.05-0.1 ms of a
-step) and sampling without host round-trips (on a CPU the logits are already in host memory, so there is no
-transfer to save).
+same tokens as on, and the same speed); inductor's pattern rewrites on (the bf16 tokens part at 7, above);
+`cpp.weight_prepack=False` (the same bf16 tokens); max_autotune for float32 (slower in each run: 1.15x
+against 1.38x here, 1.27x against 1.30x and 1.43x, 1.15x against 1.36x). Earlier (2026-11-22, the `small`
+preset): compiling each block's MLP and norms with dynamic shapes, attention and the gathers eager, was
+slower than not compiling (0.82-0.92x), the Python between the pieces being what costs; the static
+whole-step graph replaced that arm. Not tried: reusing the step plan (StepInput.build is about 0.05-0.1 ms
+of a step) and sampling without host round-trips (on a CPU the logits are already in host memory, so there
+is no transfer to save).
 """
 
 
@@ -174,8 +176,8 @@ def main() -> None:
             speedup, saved = eager / comp, eager - comp
             pays = f"{compile_s / saved * 1000:,.0f}" if saved > 0 else "never"
             est = LLAMACPP_RATIO[precision] * speedup
-            rows.append([precision, name, f"{eager:.2f}", f"{comp:.2f}", f"**{speedup:.2f}x**", f"{compile_s:.1f}", pays,
-                         same(tokens["eager"], tokens[name]), f"{LLAMACPP_RATIO[precision]:.2f}x -> ~{est:.2f}x",
+            rows.append([precision, name, f"{eager:.2f}", f"{comp:.2f}", f"**{speedup:.2f}x**", f"{compile_s:.1f}",
+                         pays, same(tokens["eager"], tokens[name]), f"{LLAMACPP_RATIO[precision]:.2f}x -> ~{est:.2f}x",
                          f"~{LLAMACPP_MS[precision] / est:.1f} ms"])
             log(f"{precision}: {rows[-1]}")
         del engines, model

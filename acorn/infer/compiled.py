@@ -5,10 +5,9 @@ hundred small torch ops around them and the Python that calls each one (for the 
 model of benchmarks/llamacpp.py: 4.2 ms a step against llama.cpp's 1.7 ms).
 torch.compile can turn the whole step into one generated C++ function (inductor's
 cpp_wrapper: no Python per op; norms, RoPE, SiLU and residual adds fused into a few
-loops; the matmuls oneDNN's or inductor's own autotuned kernels on weights frozen into
-the graph) -- but only if the
-step's shapes stay the same from one step to the next, and the paged step's context
-grows by a token each time. So the shapes are made static:
+loops; the matmuls oneDNN's, or inductor's own autotuned kernels, on weights frozen into
+the graph) -- but only if the step's shapes stay the same from one step to the next, and
+the paged step's context grows by a token each time. So the shapes are made static:
 
   token, position, write slot   one each
   context                       the pool slots of the request's block table, padded to
@@ -62,8 +61,9 @@ INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True, "emulate_precision_ca
 # AVX512 micro-kernels) against oneDNN's for each shape and keeps the faster. At batch 1 on this
 # machine's AMX CPU its kernels won: the 50M model's bf16 step went from 1.60x to 2.07x the eager
 # one (int8 1.59x -> 1.95x, int4 1.48x -> 1.58x), for about 3x the compile time (7 -> 21 s); in
-# float32 it lost in every run (1.38x -> 1.15x). benchmarks/decode_compile.py measures both. Memory: the process grew by about 300 MB compiling the 50M model (the compiler
-# itself and the kernels' own copies of the weights).
+# float32 it lost in every run (1.38x -> 1.15x). benchmarks/decode_compile.py measures both.
+# Memory: the process grew by about 300 MB compiling the 50M model (the compiler itself and the
+# kernels' own copies of the weights).
 AUTOTUNE_16BIT = {"max_autotune": True}
 
 

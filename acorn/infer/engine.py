@@ -157,6 +157,7 @@ class Engine:
         eagerly. 1.4-2x faster per token for a 50M model on CPU, but the first
         step of each bucket compiles (7-27 s on 2 cores; docs/BENCHMARKS.md,
         decode-compile), so it pays in a long-lived process, not a short run.
+        The paged engine only (paged=False ignores it).
     """
 
     def __init__(self, model, tokenizer, *, device=None, stop_token_ids: Sequence[int] = (), paged: bool = True,

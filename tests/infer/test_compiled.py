@@ -157,3 +157,21 @@ def test_the_static_step_over_an_int8_kv_cache_keeps_the_tokens(checkpoint):
     for prompt in PROMPTS[:2]:
         assert engine.generate(prompt, **GREEDY)[0].token_ids == eager.generate(prompt, **GREEDY)[0].token_ids
     assert engine.compiled.steps == 2 * (GREEDY["max_new_tokens"] - 1)
+
+
+def test_a_model_that_does_not_compile_warns_once_and_decodes_eagerly(tok):
+    """fullgraph cannot take an MoE layer's data-dependent routing: the first static step
+    warns and runs eagerly, and the engine does not try again."""
+    import warnings
+
+    model = model_for("moe")
+    prompt = [1, 5, 9, 13]
+    want = Engine(copy.deepcopy(model), tok).generate(prompt, **GREEDY)[0].token_ids
+    engine = Engine(model, tok, compile_decode=True)
+    with pytest.warns(RuntimeWarning, match="did not compile"):
+        assert engine.generate(prompt, **GREEDY)[0].token_ids == want
+    assert engine.compiled.failed and engine.compiled.steps == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert engine.generate(prompt, **GREEDY)[0].token_ids == want
+    assert engine.blocks.num_used == 0
