@@ -606,7 +606,7 @@ def cmd_serve(args) -> None:
     name = args.model_name or Path(args.checkpoint).resolve().name
     adapters = _lora_adapters(args.lora or [], name)
     engine = Engine.from_pretrained(args.checkpoint, dtype=args.dtype, device=args.device, lora_adapters=adapters,
-                                    **options)  # errors here: exit 2
+                                    compile_decode=args.compile_decode, **options)  # errors here: exit 2
     rag = None
     if args.rag:
         from acorn.rag.pipeline import RAG
@@ -891,7 +891,8 @@ def _load_tokenizer(name: str):
 def _engine(args):
     from acorn.infer import Engine
 
-    return Engine.from_pretrained(args.checkpoint, dtype=args.dtype, device=args.device)
+    return Engine.from_pretrained(args.checkpoint, dtype=args.dtype, device=args.device,
+                                  compile_decode=getattr(args, "compile_decode", False))
 
 
 def _sampling(args):
@@ -916,6 +917,12 @@ def _add_inference_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--stop", action="append", metavar="STR", help="stop before this text (repeatable)")
     s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     s.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's)")
+    s.add_argument("--compile-decode", action="store_true", help=COMPILE_DECODE_HELP)
+
+
+# Engine(compile_decode=True): acorn.infer.compiled, measured in docs/BENCHMARKS.md (decode-compile).
+COMPILE_DECODE_HELP = ("decode a lone request through a torch.compile'd step with static shapes (faster per token "
+                       "on CPU; the first step of each 256/512/... context bucket compiles for tens of seconds)")
 
 
 def _text_arg(args) -> str:
@@ -1570,6 +1577,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-pending", type=non_negative_int, default=256,
                    help="waiting requests beyond this get 429 (default: 256)")
     s.add_argument("--kv-cache-memory-mb", type=positive_int, help="memory for the paged KV cache (default: the engine's)")
+    s.add_argument("--compile-decode", action="store_true", help=COMPILE_DECODE_HELP)
     s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     s.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's)")
     s.add_argument("--lora", action="append", metavar="NAME=DIR", help="also serve this LoRA adapter (a PEFT "

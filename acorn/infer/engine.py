@@ -161,12 +161,21 @@ class Engine:
 
     model may be a Llava (acorn.vision.llava): self.model is then its decoder,
     self.vision_model the whole, and requests may carry images.
+    compile_decode: run a step in which one request alone decodes one token (no
+        LoRA adapter, no speculative draft) as a torch.compile'd graph with
+        static shapes (acorn.infer.compiled: the context padded to a bucket of
+        256, 512, ... tokens, the weights frozen in); every other step runs
+        eagerly. 1.4-2x faster per token for a 50M model on CPU, but the first
+        step of each bucket compiles (7-27 s on 2 cores; docs/BENCHMARKS.md,
+        decode-compile), so it pays in a long-lived process, not a short run.
+        The paged engine only (paged=False ignores it).
     """
 
     def __init__(self, model, tokenizer, *, device=None, stop_token_ids: Sequence[int] = (), paged: bool = True,
                  kv_cache_memory: int | None = None, block_size: int = 16, max_num_seqs: int = 64,
                  max_num_batched_tokens: int = 512, prefix_caching: bool = True, kv_cache_dtype: str = "auto",
-                 speculative=None, lora_adapters: dict | None = None, pack_weights: bool = True):
+                 speculative=None, lora_adapters: dict | None = None, pack_weights: bool = True,
+                 compile_decode: bool = False):
         if device is not None:
             model = model.to(device)
         # A vision-language model: the loop steps its decoder; the encoder makes the image rows.
@@ -227,6 +236,11 @@ class Engine:
             if not self.paged:
                 raise AcornError("speculative decoding runs on the paged engine (paged=True)")
             speculative.vocab_size = tokenizer.vocab_size
+        self.compiled = None  # the batch-1 decode step's compiled graphs (compile_decode)
+        if compile_decode and self.paged:
+            from acorn.infer.compiled import CompiledDecode
+
+            self.compiled = CompiledDecode(model, self.kv)
 
     @classmethod
     def from_pretrained(cls, path, *, dtype=None, device="auto", speculative_model=None,
@@ -503,11 +517,15 @@ class Engine:
             if wants:
                 wanted.append((req, n_rows, draft))
                 n_rows += wants
-        step = StepInput.build(inputs, self.block_size, window, self.device)
+        static = None if features else self._static_capacity(pieces, drafts)
+        step = StepInput.build(inputs, self.block_size, window, self.device, static)
         images = (torch.cat(features), torch.tensor(feature_rows, device=self.device)) if features else None
         with eval_mode(self.model):
-            logits = paged_forward(self.model, step, kv, self._adapter_index(loras),
-                                   images)[:, :self.tokenizer.vocab_size]
+            if static is not None:
+                logits = self.compiled(step)[:, :self.tokenizer.vocab_size]
+            else:
+                logits = paged_forward(self.model, step, kv, self._adapter_index(loras),
+                                       images)[:, :self.tokenizer.vocab_size]
         self.computed_tokens += step.tokens.numel()
         for req, n in pieces:
             if req not in drafts:  # a checked draft counts its kept tokens below
@@ -536,6 +554,19 @@ class Engine:
             if req.state.finished:
                 self._retire(req)
         return [req.state.step_output(req.request_id, starts[req], text) for req, text in deltas.items()]
+
+    def _static_capacity(self, pieces, drafts) -> int | None:
+        """The context capacity to run this step's compiled graph with (acorn.infer.compiled),
+        or None for the eager step: compile_decode is on and one request alone decodes one
+        token, with no adapter and no draft, and the weights are the graphs' (or packed anew)."""
+        if self.compiled is None or len(pieces) != 1 or drafts or self.adapters:
+            return None
+        req, n = pieces[0]
+        if n != 1 or req.remaining != 1 or not self.compiled.ready():
+            return None
+        from acorn.infer.compiled import capacity
+
+        return capacity(req.num_computed + 1, self.block_size, self.model.config.max_seq_len)
 
     def _adapter_index(self, loras: Sequence[str | None]) -> tuple[Tensor, list] | None:
         """(index, names) for lora.use_adapters: item i applies names[index[i]]; None when no
@@ -815,6 +846,8 @@ class Engine:
                        waiting=len(s.waiting), preemptions=s.preemptions, prefix_hit_tokens=b.hit_tokens,
                        prefix_query_tokens=b.query_tokens, computed_tokens=self.computed_tokens,
                        images_encoded=self.images_encoded)
+        if self.compiled is not None:
+            out.update(compiled_graphs=len(self.compiled.graphs), compile_seconds=self.compiled.compile_seconds)
         if self.speculative is not None:
             out.update(drafted_tokens=self.drafted_tokens, accepted_tokens=self.accepted_tokens,
                        acceptance_rate=self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else None)

@@ -41,7 +41,8 @@ class LLM:
     """A checkpoint directory (Acorn or Hugging Face) loaded into an Engine.
 
     dtype/device: as acorn.load; engine options (kv_cache_memory, block_size,
-    max_num_seqs, max_num_batched_tokens, prefix_caching, paged) pass through."""
+    max_num_seqs, max_num_batched_tokens, prefix_caching, paged, compile_decode)
+    pass through."""
 
     def __init__(self, model, *, dtype=None, device="auto", **engine_options):
         self.engine = model if isinstance(model, Engine) else Engine.from_pretrained(
