@@ -519,10 +519,16 @@ def cmd_prompt(args) -> None:
 
 
 def cmd_chat(args) -> None:
+    from acorn.chat.template import message_images
     from acorn.infer import GenerationError
+    from acorn.vision.images import open_image
 
     params = _sampling(args)
+    pictures = [open_image(path) for path in args.image or []]  # a bad file: exit 2 before the model loads
     engine = _engine(args)
+    if pictures and engine.tokens_per_image is None:
+        raise AcornError(f"--image: {args.checkpoint} is a text-only model and cannot read images; drop --image, "
+                         "or chat with a model that reads images (a LLaVA directory)")
     start = [{"role": "system", "content": args.system}] if args.system else []
     history = list(start)
     while True:
@@ -541,9 +547,12 @@ def cmd_chat(args) -> None:
             continue
         if not text:
             continue
-        history.append({"role": "user", "content": text})
+        first = not any(m["role"] == "user" for m in history)
+        # --image: the pictures go with the first user turn of each conversation (again after /reset).
+        content = [*({"type": "image", "image": p} for p in pictures), {"type": "text", "text": text}]
+        history.append({"role": "user", "content": content if first and pictures else text})
         try:
-            deltas = engine.stream(engine.chat_prompt(history), params)
+            deltas = engine.stream(engine.chat_prompt(history), params, images=message_images(history))
             reply = []
             sys.stdout.write("assistant> ")
             for delta in deltas:
@@ -597,7 +606,7 @@ def cmd_serve(args) -> None:
     name = args.model_name or Path(args.checkpoint).resolve().name
     adapters = _lora_adapters(args.lora or [], name)
     engine = Engine.from_pretrained(args.checkpoint, dtype=args.dtype, device=args.device, lora_adapters=adapters,
-                                    **options)  # errors here: exit 2
+                                    compile_decode=args.compile_decode, **options)  # errors here: exit 2
     rag = None
     if args.rag:
         from acorn.rag.pipeline import RAG
@@ -901,7 +910,8 @@ def _load_tokenizer(name: str):
 def _engine(args):
     from acorn.infer import Engine
 
-    return Engine.from_pretrained(args.checkpoint, dtype=args.dtype, device=args.device)
+    return Engine.from_pretrained(args.checkpoint, dtype=args.dtype, device=args.device,
+                                  compile_decode=getattr(args, "compile_decode", False))
 
 
 def _sampling(args):
@@ -926,6 +936,12 @@ def _add_inference_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--stop", action="append", metavar="STR", help="stop before this text (repeatable)")
     s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     s.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's)")
+    s.add_argument("--compile-decode", action="store_true", help=COMPILE_DECODE_HELP)
+
+
+# Engine(compile_decode=True): acorn.infer.compiled, measured in docs/BENCHMARKS.md (decode-compile).
+COMPILE_DECODE_HELP = ("decode a lone request through a torch.compile'd step with static shapes (faster per token "
+                       "on CPU; the first step of each 256/512/... context bucket compiles for tens of seconds)")
 
 
 def _text_arg(args) -> str:
@@ -1341,6 +1357,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "acorn chat runs/sft --system \"You are a helpful assistant.\" --temperature 0.7")
     s.add_argument("checkpoint", help="a Hugging Face checkpoint directory with its tokenizer files")
     s.add_argument("--system", help="a system message that starts the conversation")
+    s.add_argument("--image", action="append", metavar="FILE",
+                   help="a picture (PNG, JPEG, GIF, BMP, WEBP) shown with your first message; repeat for several "
+                        "(a model that reads images: a LLaVA directory)")
     _add_inference_flags(s)
     s.set_defaults(func=cmd_chat)
 
@@ -1620,6 +1639,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-pending", type=non_negative_int, default=256,
                    help="waiting requests beyond this get 429 (default: 256)")
     s.add_argument("--kv-cache-memory-mb", type=positive_int, help="memory for the paged KV cache (default: the engine's)")
+    s.add_argument("--compile-decode", action="store_true", help=COMPILE_DECODE_HELP)
     s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     s.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's)")
     s.add_argument("--lora", action="append", metavar="NAME=DIR", help="also serve this LoRA adapter (a PEFT "

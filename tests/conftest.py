@@ -11,6 +11,9 @@ built once per test process; none may be changed by a test.
                      tiny world's pretraining text
     random_llama()   the tiny random Llama itself, for fixtures that need
                      another vocabulary, context or special ids
+    tiny_llava()     (Llava, Tokenizer): a tiny random LLaVA (16x16 images,
+                     4 tokens each) with an acorn-format BPE that has <image>
+    png()            the PNG bytes of a small random picture (by seed)
 
 Every test runs with one intra-op thread (see _one_thread).
 """
@@ -62,6 +65,37 @@ def random_llama(vocab_size: int, *, context: int = 128, bos_token_id: int | Non
                                    max_position_embeddings=context, initializer_range=0.3,
                                    bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def tiny_llava(text: str = TEXT, *, context: int = 256):
+    """A tiny random LLaVA (acorn.vision.llava, seed 0: a ViT of 16x16 images in 8x8
+    patches, so 4 tokens per image; a 2-layer decoder, init std 0.3 so greedy text
+    varies) and its BPE (vocabulary 300, acorn chat format, <image> special)."""
+    from acorn.model.transformer import ModelConfig
+    from acorn.tokenizer.bpe import Tokenizer
+    from acorn.vision.encoder import VisionConfig
+    from acorn.vision.llava import IMAGE_TOKEN, Llava, LlavaConfig
+
+    tok = Tokenizer.train([text], 300, chat_format="acorn", special_tokens=[IMAGE_TOKEN])
+    torch.manual_seed(0)
+    cfg = LlavaConfig(vision=VisionConfig(image_size=16, patch_size=8, d_model=16, n_layer=2, n_head=2, d_ff=32),
+                      text=ModelConfig(vocab_size=tok.vocab_size, n_layer=2, d_model=32, n_head=4, n_kv_head=2,
+                                       d_ff=64, max_seq_len=context, init_std=0.3),
+                      image_token_id=tok.special_tokens[IMAGE_TOKEN])
+    return Llava(cfg).eval(), tok
+
+
+def png(seed: int, size: int = 20) -> bytes:
+    """The PNG bytes of a size x size picture of random colours (seed)."""
+    import io
+
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8).numpy()
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
 
 
 def tiny_chat_checkpoint(path: Path, text: str, context: int) -> Path:

@@ -32,6 +32,13 @@ resolve, whole UTF-8 characters), the sampling step (acorn.infer.sampling),
 and the API: generate(), stream(), chat(), score(). The CLI, evaluation, the
 server, RAG and agents all go through Engine.
 
+Images (LLaVA, acorn.vision.llava): given a Llava, the engine steps its
+decoder (model.language) and runs its vision encoder once per request for the
+feature rows that take the image placeholders' place (acorn.infer.multimodal:
+chunked prefill, preemption and the prefix cache, keyed by each image's
+digest, work as for text). chat() takes image parts in the messages;
+add_request/generate/stream take images=[...] for a prompt of ids.
+
 The engine runs the model it is given in eval mode (no dropout) for each
 forward pass and puts every module's training flag back afterwards, so a
 trainer can hand it the policy it is training (RL rollouts) and go on
@@ -52,6 +59,7 @@ from torch import Tensor
 from acorn import hardware
 from acorn.errors import AcornError
 from acorn.infer.paged import BlockManager, PagedKV
+from acorn.infer.multimodal import RequestImages, request_images
 from acorn.infer.sampling import NON_FINITE, GenerationError, SamplingParams, non_finite_rows, sample, token_logprobs
 from acorn.infer.scheduler import Request, Scheduler
 from acorn.infer.sequence import Completion, SequenceState, StepOutput
@@ -150,14 +158,31 @@ class Engine:
         bf16 weights pre-packed for oneDNN's AMX/AVX512-BF16 kernels on CPU).
         The packed copies are a cache beside the weights, rebuilt when they
         change (a training step); False leaves the model as it is.
+
+    model may be a Llava (acorn.vision.llava): self.model is then its decoder,
+    self.vision_model the whole, and requests may carry images.
+    compile_decode: run a step in which one request alone decodes one token (no
+        LoRA adapter, no speculative draft) as a torch.compile'd graph with
+        static shapes (acorn.infer.compiled: the context padded to a bucket of
+        256, 512, ... tokens, the weights frozen in); every other step runs
+        eagerly. 1.4-2x faster per token for a 50M model on CPU, but the first
+        step of each bucket compiles (7-27 s on 2 cores; docs/BENCHMARKS.md,
+        decode-compile), so it pays in a long-lived process, not a short run.
+        The paged engine only (paged=False ignores it).
     """
 
     def __init__(self, model, tokenizer, *, device=None, stop_token_ids: Sequence[int] = (), paged: bool = True,
                  kv_cache_memory: int | None = None, block_size: int = 16, max_num_seqs: int = 64,
                  max_num_batched_tokens: int = 512, prefix_caching: bool = True, kv_cache_dtype: str = "auto",
-                 speculative=None, lora_adapters: dict | None = None, pack_weights: bool = True):
+                 speculative=None, lora_adapters: dict | None = None, pack_weights: bool = True,
+                 compile_decode: bool = False):
         if device is not None:
             model = model.to(device)
+        # A vision-language model: the loop steps its decoder; the encoder makes the image rows.
+        self.vision_model = model if hasattr(model, "image_features") and hasattr(model, "language") else None
+        if self.vision_model is not None:
+            model = self.vision_model.language
+        self.images_encoded = 0  # images that went through the vision encoder
         if lora_adapters:
             from acorn.model import quant
 
@@ -211,6 +236,11 @@ class Engine:
             if not self.paged:
                 raise AcornError("speculative decoding runs on the paged engine (paged=True)")
             speculative.vocab_size = tokenizer.vocab_size
+        self.compiled = None  # the batch-1 decode step's compiled graphs (compile_decode)
+        if compile_decode and self.paged:
+            from acorn.infer.compiled import CompiledDecode
+
+            self.compiled = CompiledDecode(model, self.kv)
 
     @classmethod
     def from_pretrained(cls, path, *, dtype=None, device="auto", speculative_model=None,
@@ -224,18 +254,25 @@ class Engine:
         for directory in (options.get("lora_adapters") or {}).values():  # a bad adapter fails before the base loads
             lora.read_adapter_config(directory)
 
-        model = load(path, dtype=dtype, device=device)
-        tokenizer = Tokenizer.from_pretrained(path)
-        if tokenizer.vocab_size > model.config.vocab_size:
+        from acorn.vision.llava import is_llava_dir, load_llava
+
+        if is_llava_dir(path):  # a vision-language model: Llava and its tokenizer
+            model, tokenizer = load_llava(path, device=device, dtype=dtype)
+            if tokenizer is None:
+                raise AcornError(f"{path}: no tokenizer files beside the weights; save the model with its tokenizer")
+        else:
+            model, tokenizer = load(path, dtype=dtype, device=device), Tokenizer.from_pretrained(path)
+        decoder = getattr(model, "language", model)
+        if tokenizer.vocab_size > decoder.config.vocab_size:
             raise AcornError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                             f"{model.config.vocab_size}; they do not belong together")
+                             f"{decoder.config.vocab_size}; they do not belong together")
         if speculative_model is not None:
             from acorn.infer.speculative import DraftModel, PromptLookup
 
             if speculative_model == "ngram":
                 options["speculative"] = PromptLookup(num_speculative_tokens)
             else:
-                draft = load(speculative_model, dtype=model.dtype, device=model.device)
+                draft = load(speculative_model, dtype=decoder.dtype, device=decoder.device)
                 if Tokenizer.from_pretrained(speculative_model).vocab_size != tokenizer.vocab_size:
                     raise AcornError(f"the draft model {speculative_model} has a different tokenizer than {path}; "
                                      "speculative decoding needs the same vocabulary")
@@ -257,8 +294,40 @@ class Engine:
         return ids
 
     def chat_prompt(self, messages: list[dict], *, tools: list[dict] | None = None) -> list[int]:
-        """A conversation rendered with the chat template, ending in the assistant's turn header."""
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools)
+        """A conversation rendered with the chat template, ending in the assistant's turn header.
+        Each image part becomes tokens_per_image placeholders (message_images lists the images);
+        on a text-only model an image part is an AcornError."""
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools,
+                                                  image_tokens=self.tokens_per_image)
+
+    @property
+    def tokens_per_image(self) -> int | None:
+        """Placeholder tokens per image; None for a text-only model."""
+        return self.vision_model.config.tokens_per_image if self.vision_model is not None else None
+
+    def prepare_images(self, prompt_ids: Sequence[int], images=None) -> RequestImages | None:
+        """A request's images (file paths, bytes, PIL images) checked against its prompt's
+        placeholders and decoded; None without images. AcornError for images sent to a
+        text-only model, a placeholder count that is not tokens_per_image per image, or
+        bytes that are no image. The server calls it in the request's thread (a 400)."""
+        if isinstance(images, RequestImages):
+            return images
+        vision = self.vision_model
+        return request_images(list(prompt_ids), images,
+                              image_token_id=vision.config.image_token_id if vision is not None else None,
+                              tokens_per_image=self.tokens_per_image,
+                              image_size=vision.config.vision.image_size if vision is not None else None)
+
+    def _image_features(self, images: RequestImages) -> Tensor:
+        """The request's feature rows (N * T, d), computed on first use and kept on it."""
+        if images.features is None:
+            vision = self.vision_model
+            with eval_mode(vision):
+                pixels = vision.vision.normalize(images.pixels.to(self.device).float() / 255.0)
+                features = vision.image_features(pixels)
+            images.features = features.reshape(-1, features.shape[-1]).to(self.dtype)
+            self.images_encoded += images.pixels.shape[0]
+        return images.features
 
     def validate_prompt(self, prompt_ids: Sequence[int], params: SamplingParams) -> None:
         """Raise AcornError with one clear line if this request cannot run: an
@@ -357,10 +426,11 @@ class Engine:
 
     # ------------------------------------------------------------ the paged loop
     def add_request(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
-                    request_id: str | None = None, seed_offset: int = 0, **overrides) -> str:
+                    request_id: str | None = None, seed_offset: int = 0, images=None, **overrides) -> str:
         """Queue a request (params.n samples of one prompt) for step(); returns its id.
 
-        With a seed, sample j draws with seed + seed_offset + j."""
+        With a seed, sample j draws with seed + seed_offset + j. images: one per
+        tokens_per_image placeholders of the prompt, in order (see prepare_images)."""
         if not self.paged:
             raise AcornError("add_request() needs the paged engine (paged=True)")
         params = SamplingParams.merge(params, overrides)
@@ -372,10 +442,12 @@ class Engine:
         elif request_id in self._groups:
             raise AcornError(f"request id {request_id!r} is already in use")
         first = self._new_state(ids, params, seed_offset)
+        images = self.prepare_images(ids, images)
         first.max_len = min(first.max_len, self.kv_capacity)  # one request alone always fits the pool
         seqs = [first] + [first.fork(j, self._generator(params, seed_offset + j), self.tokenizer.stream_decoder())
                           for j in range(1, params.n)]
-        group = [Request(request_id, s.prompt, s, output=s.output, cache_salt=params.lora) for s in seqs]
+        group = [Request(request_id, s.prompt, s, output=s.output, cache_salt=params.lora, images=images)
+                 for s in seqs]
         group[0].forks = group[1:]  # they start from the first one's prefill
         self.scheduler.add(group[0])
         self._groups[request_id] = group
@@ -428,19 +500,32 @@ class Engine:
         cfg = self.model.config
         window = cfg.sliding_window if cfg.sliding_window and cfg.sliding_window < cfg.max_seq_len else None
         inputs, wanted, loras = [], [], []  # wanted: (request, its first logits row, draft or None)
-        n_rows = 0
+        features, feature_rows = [], []  # image rows of the placeholders this step covers, and their step rows
+        n_rows = n_tokens = 0
         for req, n in pieces:
             c, draft = req.num_computed, drafts.get(req)
+            if req.images is not None:
+                lo, hi = req.images.span(c, c + n)
+                if lo < hi:
+                    features.append(self._image_features(req.images)[lo:hi])
+                    feature_rows += [n_tokens + p - c for p in req.images.positions[lo:hi]]
             new = req.tokens[c:c + n] + (draft.tokens if draft is not None else [])
+            n_tokens += len(new)
             wants = 0 if c + n < len(req.prompt) + len(req.output) else 1 + (len(draft.tokens) if draft else 0)
             inputs.append((req.table, c, new, wants))
             loras += [req.state.params.lora] * len(new)  # each token applies its request's adapter
             if wants:
                 wanted.append((req, n_rows, draft))
                 n_rows += wants
-        step = StepInput.build(inputs, self.block_size, window, self.device)
+        static = None if features else self._static_capacity(pieces, drafts)
+        step = StepInput.build(inputs, self.block_size, window, self.device, static)
+        images = (torch.cat(features), torch.tensor(feature_rows, device=self.device)) if features else None
         with eval_mode(self.model):
-            logits = paged_forward(self.model, step, kv, self._adapter_index(loras))[:, :self.tokenizer.vocab_size]
+            if static is not None:
+                logits = self.compiled(step)[:, :self.tokenizer.vocab_size]
+            else:
+                logits = paged_forward(self.model, step, kv, self._adapter_index(loras),
+                                       images)[:, :self.tokenizer.vocab_size]
         self.computed_tokens += step.tokens.numel()
         for req, n in pieces:
             if req not in drafts:  # a checked draft counts its kept tokens below
@@ -469,6 +554,19 @@ class Engine:
             if req.state.finished:
                 self._retire(req)
         return [req.state.step_output(req.request_id, starts[req], text) for req, text in deltas.items()]
+
+    def _static_capacity(self, pieces, drafts) -> int | None:
+        """The context capacity to run this step's compiled graph with (acorn.infer.compiled),
+        or None for the eager step: compile_decode is on and one request alone decodes one
+        token, with no adapter and no draft, and the weights are the graphs' (or packed anew)."""
+        if self.compiled is None or len(pieces) != 1 or drafts or self.adapters:
+            return None
+        req, n = pieces[0]
+        if n != 1 or req.remaining != 1 or not self.compiled.ready():
+            return None
+        from acorn.infer.compiled import capacity
+
+        return capacity(req.num_computed + 1, self.block_size, self.model.config.max_seq_len)
 
     def _adapter_index(self, loras: Sequence[str | None]) -> tuple[Tensor, list] | None:
         """(index, names) for lora.use_adapters: item i applies names[index[i]]; None when no
@@ -549,12 +647,12 @@ class Engine:
         self.scheduler.start_running(child)
         return True
 
-    def _run(self, jobs: list[tuple[list[int], SamplingParams, int]]) -> list[Completion]:
-        """(prompt ids, params, seed offset) each as one request, continuously
+    def _run(self, jobs: list[tuple[list[int], SamplingParams, int, RequestImages | None]]) -> list[Completion]:
+        """(prompt ids, params, seed offset, images) each as one request, continuously
         batched; their Completions in request order, samples in index order."""
-        ids = [self.add_request(p, params, seed_offset=offset) for p, params, offset in jobs]
+        ids = [self.add_request(p, params, seed_offset=offset, images=images) for p, params, offset, images in jobs]
         mine, done = set(ids), {}
-        want = sum(params.n for _, params, _ in jobs)
+        want = sum(params.n for _, params, _, _ in jobs)
         try:
             while len(done) < want:
                 outs = self.step()
@@ -565,11 +663,11 @@ class Engine:
         finally:
             for r in ids:
                 self.abort(r)
-        return [done[r, j] for r, (_, params, _) in zip(ids, jobs) for j in range(params.n)]
+        return [done[r, j] for r, (_, params, _, _) in zip(ids, jobs) for j in range(params.n)]
 
-    def _run_plain(self, jobs: list[tuple[list[int], SamplingParams, int]]) -> list[Completion]:
+    def _run_plain(self, jobs: list[tuple[list[int], SamplingParams, int, None]]) -> list[Completion]:
         """The same on the plain cache: every sample a row of one static batch."""
-        seqs = [self._new_state(p, params, offset + j, j) for p, params, offset in jobs for j in range(params.n)]
+        seqs = [self._new_state(p, params, offset + j, j) for p, params, offset, _ in jobs for j in range(params.n)]
         for _ in self._steps(seqs):
             pass
         return [s.completion() for s in seqs]
@@ -615,7 +713,8 @@ class Engine:
 
     # ------------------------------------------------------------ the API
     def generate(self, prompts: str | Sequence[str] | Sequence[Sequence[int]] | Sequence[int],
-                 params: SamplingParams | Sequence[SamplingParams] | None = None, **overrides) -> list[Completion]:
+                 params: SamplingParams | Sequence[SamplingParams] | None = None, *, images=None,
+                 **overrides) -> list[Completion]:
         """params.n Completions per prompt (prompt-major order). params: one
         SamplingParams for all prompts, or one per prompt (as vLLM's
         LLM.generate); overrides apply to each. On the paged engine all
@@ -623,19 +722,25 @@ class Engine:
         static batch. With a seed, sample j of prompt i draws with seed + j +
         the number of samples of the prompts before it (i * n when all ask
         for n: so n copies of a prompt give n different samples, and the
-        first matches stream() with the same seed)."""
+        first matches stream() with the same seed). images: for one prompt its
+        list of images, for several a list (or None) per prompt."""
         if isinstance(prompts, str) or (len(prompts) and isinstance(prompts[0], int)):
-            prompts = [prompts]
+            prompts, images = [prompts], None if images is None else [images]
         per_prompt = self._params_per_prompt(params, overrides, len(prompts))
         encoded = [self.encode(p) for p in prompts]
+        if images is not None and len(images) != len(prompts):
+            raise AcornError(f"images for {len(images)} prompts but {len(prompts)} prompts; give one list per prompt")
+        prepared = [self.prepare_images(ids, im) for ids, im in zip(encoded, images or [None] * len(prompts))]
+        if any(im is not None and (not self.paged or p.num_beams > 1) for im, p in zip(prepared, per_prompt)):
+            raise AcornError("images run on the paged engine's sampling loop: not with paged=False or beam search")
         offsets = itertools.accumulate((p.n for p in per_prompt), initial=0)
-        jobs = list(zip(encoded, per_prompt, offsets))
-        beams = {i: self._beam(ids, p) for i, (ids, p, _) in enumerate(jobs) if p.num_beams > 1}
+        jobs = list(zip(encoded, per_prompt, offsets, prepared))
+        beams = {i: self._beam(ids, p) for i, (ids, p, _, _) in enumerate(jobs) if p.num_beams > 1}
         sampled = [job for i, job in enumerate(jobs) if i not in beams]
         run = self._run if self.paged else self._run_plain
         completions = iter(run(sampled) if sampled else [])
         out = []
-        for i, (_, p, _) in enumerate(jobs):
+        for i, (_, p, _, _) in enumerate(jobs):
             out.extend(beams[i] if i in beams else itertools.islice(completions, p.n))
         _raise_if_failed(out)
         return out
@@ -672,7 +777,7 @@ class Engine:
             out.append(c)
         return out
 
-    def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
+    def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *, images=None,
                **overrides) -> Iterator[str]:
         """The text of one completion as it is generated, in pieces that are
         whole characters and never run past a stop string. The generator's
@@ -682,13 +787,15 @@ class Engine:
         if params.n != 1 or params.num_beams != 1:
             raise AcornError("stream() produces one sample; use generate() for n > 1 or beam search")
         if not self.paged:
+            if self.prepare_images(self.encode(prompt), images) is not None:
+                raise AcornError("images run on the paged engine's sampling loop: not with paged=False")
             seq = self._new_state(self.encode(prompt), params)
             for (delta,) in self._steps([seq]):
                 if delta:
                     yield delta
             _raise_if_failed([seq.completion()])
             return seq.completion()
-        rid = self.add_request(prompt, params)
+        rid = self.add_request(prompt, params, images=images)
         completion = None
         try:
             while completion is None:
@@ -706,11 +813,15 @@ class Engine:
              tools: list[dict] | None = None, **overrides) -> Completion:
         """The assistant's next turn. It ends at the chat format's end-of-turn
         token (among the default stop ids). With tools, tool calls in the reply
-        are parsed into Completion.tool_calls and removed from its text."""
+        are parsed into Completion.tool_calls and removed from its text. Image parts
+        ({"type": "image", "image": path, bytes or PIL image}) need a vision model."""
+        from acorn.chat.template import message_images
+
         params = SamplingParams.merge(params, overrides)
         if params.n != 1:
             raise AcornError("chat() returns one reply; for n > 1 use acorn.LLM.chat or generate(chat_prompt(...))")
-        (completion,) = self.generate([self.chat_prompt(messages, tools=tools)], params)
+        (completion,) = self.generate([self.chat_prompt(messages, tools=tools)], params,
+                                      images=[message_images(messages)])
         if tools:
             self.parse_tools(completion)
         return completion
@@ -733,7 +844,10 @@ class Engine:
             b, s = self.blocks, self.scheduler
             out.update(blocks_in_use=b.num_used, blocks_cached=len(b.evictable), running=len(s.running),
                        waiting=len(s.waiting), preemptions=s.preemptions, prefix_hit_tokens=b.hit_tokens,
-                       prefix_query_tokens=b.query_tokens, computed_tokens=self.computed_tokens)
+                       prefix_query_tokens=b.query_tokens, computed_tokens=self.computed_tokens,
+                       images_encoded=self.images_encoded)
+        if self.compiled is not None:
+            out.update(compiled_graphs=len(self.compiled.graphs), compile_seconds=self.compiled.compile_seconds)
         if self.speculative is not None:
             out.update(drafted_tokens=self.drafted_tokens, accepted_tokens=self.accepted_tokens,
                        acceptance_rate=self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else None)

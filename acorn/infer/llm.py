@@ -41,7 +41,8 @@ class LLM:
     """A checkpoint directory (Acorn or Hugging Face) loaded into an Engine.
 
     dtype/device: as acorn.load; engine options (kv_cache_memory, block_size,
-    max_num_seqs, max_num_batched_tokens, prefix_caching, paged) pass through."""
+    max_num_seqs, max_num_batched_tokens, prefix_caching, paged, compile_decode)
+    pass through."""
 
     def __init__(self, model, *, dtype=None, device="auto", **engine_options):
         self.engine = model if isinstance(model, Engine) else Engine.from_pretrained(
@@ -51,13 +52,14 @@ class LLM:
         return self.engine.tokenizer
 
     def generate(self, prompts: str | Sequence[int] | Sequence[str | Sequence[int]],
-                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *, images=None,
                  **overrides) -> list[RequestOutput]:
-        """sampling_params: one for every prompt, or a list with one per prompt."""
+        """sampling_params: one for every prompt, or a list with one per prompt.
+        images (a vision model): for one prompt its list of images, for several a list per prompt."""
         if isinstance(prompts, str) or (len(prompts) and isinstance(prompts[0], int)):
-            prompts = [prompts]
+            prompts, images = [prompts], None if images is None else [images]
         encoded = [self.engine.encode(p) for p in prompts]
-        completions = self.engine.generate(encoded, sampling_params, **overrides)
+        completions = self.engine.generate(encoded, sampling_params, images=images, **overrides)
         outs = [RequestOutput(p if isinstance(p, str) else None, ids) for p, ids in zip(prompts, encoded)]
         # Prompt-major order, each prompt's samples (or beams) numbered from 0:
         # a 0 starts the next prompt's, whatever n each prompt asked for.
@@ -71,19 +73,22 @@ class LLM:
              tools: list[dict] | None = None, **overrides) -> list[RequestOutput]:
         """One conversation (a list of messages) or several; each gets the
         assistant's next turn, rendered with the tokenizer's chat template.
-        With tools, tool calls are parsed into each Completion's tool_calls."""
+        With tools, tool calls are parsed into each Completion's tool_calls.
+        Image parts in the messages need a vision model (as Engine.chat)."""
+        from acorn.chat.template import message_images
+
         if not messages:
             raise AcornError("chat() needs at least one message")
         conversations = [messages] if isinstance(messages[0], dict) else list(messages)
         prompts = [self.engine.chat_prompt(list(c), tools=tools) for c in conversations]
-        outs = self.generate(prompts, sampling_params, **overrides)
+        outs = self.generate(prompts, sampling_params, images=[message_images(c) for c in conversations], **overrides)
         if tools:
             for out in outs:
                 for c in out.outputs:
                     self.engine.parse_tools(c)
         return outs
 
-    def stream(self, prompt: str | Sequence[int], sampling_params: SamplingParams | None = None,
+    def stream(self, prompt: str | Sequence[int], sampling_params: SamplingParams | None = None, *, images=None,
                **overrides) -> Iterator[str]:
         """The text of one completion, piece by piece as it is generated."""
-        return self.engine.stream(prompt, sampling_params, **overrides)
+        return self.engine.stream(prompt, sampling_params, images=images, **overrides)

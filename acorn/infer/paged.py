@@ -28,7 +28,9 @@ as 'evictable', and reused least-recently-used first when memory is needed.
 A request may carry a salt (vLLM's cache_salt; the engine uses its LoRA
 adapter's name) that seeds its hash chain: the same tokens under another
 salt hash differently, so their blocks, whose keys and values another adapter
-computed, are never shared.
+computed, are never shared. An image placeholder is hashed as (digest of the
+image, index within it), not by its id (acorn.infer.multimodal): blocks are
+shared only where the images are the same too.
 """
 
 from __future__ import annotations
@@ -89,8 +91,9 @@ class BlockManager:
     # ---------------------------------------------------------- hashing
     @staticmethod
     def chain_hash(parent: int | str | None, tokens) -> int:
-        """The hash of a full block: its tokens chained with the hash of the block before
-        (for the first block: the request's salt, or None)."""
+        """The hash of a full block: its tokens (ids, or (image digest, index) for an
+        image placeholder) chained with the hash of the block before (for the first
+        block: the request's salt, or None)."""
         return hash((parent, tuple(tokens)))
 
     def prefix_hashes(self, tokens: list[int], salt: str | None = None) -> list[int]:
@@ -333,11 +336,13 @@ class StepInput:
     logit_rows: Tensor  # rows whose next-token logits are wanted
 
     @classmethod
-    def build(cls, pieces, block_size: int, window: int | None, device) -> "StepInput":
+    def build(cls, pieces, block_size: int, window: int | None, device, capacity: int | None = None) -> "StepInput":
         """pieces: (block table, first new token index, new token ids, how many
         of the last rows want logits: 0, 1, or 1 + k for a speculative check).
 
-        The piece's context is every token up to and including its new ones."""
+        The piece's context is every token up to and including its new ones.
+        capacity: every decode row's context padded to this many slots, always
+        with a mask: the static shapes of a compiled decode step (acorn.infer.compiled)."""
         tokens, positions, slots, logit_rows = [], [], [], []
         decode_rows, decode_tables, decode_lengths, prefills = [], [], [], []
         for table, start, new, wants in pieces:
@@ -366,8 +371,8 @@ class StepInput:
         for g in range(0, len(order), DECODE_GROUP):
             group = order[g:g + DECODE_GROUP]
             lengths_list = [decode_lengths[i] for i in group]
-            width = max(lengths_list)
-            n_blocks = max(len(decode_tables[i]) for i in group)
+            width = max(lengths_list) if capacity is None else capacity
+            n_blocks = max(max(len(decode_tables[i]) for i in group), math.ceil(width / block_size))
             # A shorter table is padded with its own first block, not another request's: the
             # padding is masked, but a masked NaN still poisons attention (0 * NaN = NaN), so
             # a row reads only keys and values its own request wrote.
@@ -379,7 +384,7 @@ class StepInput:
             allowed = k < lengths[:, None]
             if window is not None:
                 allowed &= k >= lengths[:, None] - window
-            mask = None if bool(allowed.all()) else allowed[:, None, None, :]
+            mask = None if capacity is None and bool(allowed.all()) else allowed[:, None, None, :]
             decodes.append((torch.tensor([decode_rows[i] for i in group], device=device), gather, mask))
         as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
         return cls(as_long(tokens), as_long(positions), as_long(slots), decodes, prefills, as_long(logit_rows))
@@ -431,13 +436,16 @@ class PagedAttention:
         return out.to(out_dtype).transpose(0, 1)[None]
 
 
-def paged_forward(model, step: StepInput, kv: PagedKV, adapters: tuple[Tensor, list] | None = None) -> Tensor:
+def paged_forward(model, step: StepInput, kv: PagedKV, adapters: tuple[Tensor, list] | None = None,
+                  images: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """The model over one flattened step; returns the logits (R, V) of step.logit_rows.
 
     Transformer.forward's own pieces, with attention reading and writing the
     paged pool instead of a per-request cache. adapters: (index (N,), names):
     token i applies LoRA adapter names[index[i]] (acorn.model.lora.use_adapters);
-    the head sees only the logit rows, so it gets their part of the index."""
+    the head sees only the logit rows, so it gets their part of the index.
+    images: (feature rows (M, d), their step rows (M,)): the embeddings of those
+    tokens (image placeholders) replaced by the rows, in order."""
     if model.config.positions == "alibi":
         raise AcornError("ALiBi models run on the engine's plain path (paged=False)")
     index, names = adapters if adapters is not None else (None, [])
@@ -445,6 +453,12 @@ def paged_forward(model, step: StepInput, kv: PagedKV, adapters: tuple[Tensor, l
     tokens, positions = step.tokens[None], step.positions[None]
     with lora.use_adapters(model.model, None if index is None else index[None], names), \
             lora.use_adapters(model.lm_head, head_index, names):
-        x = model.embed(tokens, positions)
+        if images is None:
+            x = model.embed(tokens, positions)
+        else:
+            features, rows = images
+            mask = torch.zeros_like(tokens, dtype=torch.bool)
+            mask[0, rows] = True
+            x = model.embed(tokens, positions, features, mask)
         hidden, _ = model.blocks(x, model.position_encoding(positions, x.dtype), PagedAttention(step, kv))
         return model.logits(hidden[0, step.logit_rows])

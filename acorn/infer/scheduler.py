@@ -53,10 +53,21 @@ class Request:
     arrival: int = 0
     forks: list["Request"] = field(default_factory=list)  # siblings (n > 1) to start from this one's prefill
     preemptions: int = 0
+    images: object = None  # acorn.infer.multimodal.RequestImages, or None
+    prompt_keys: list | None = None  # the prompt as the prefix cache hashes it (images: their digests), or None
+
+    def __post_init__(self):
+        if self.images is not None and self.prompt_keys is None:
+            self.prompt_keys = self.images.hash_keys(self.prompt)
 
     @property
     def tokens(self) -> list[int]:
         return self.prompt + self.output
+
+    @property
+    def hash_tokens(self) -> list:
+        """What the prefix cache hashes: the tokens, each image placeholder as (image digest, index)."""
+        return (self.prompt if self.prompt_keys is None else self.prompt_keys) + self.output
 
     @property
     def remaining(self) -> int:
@@ -117,7 +128,7 @@ class Scheduler:
         # 3: admit waiting requests (not in a step that had to preempt: memory is short).
         while self.waiting and budget and not preempted and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
-            cached, hashes = self.blocks.match_prefix(req.tokens, req.cache_salt)
+            cached, hashes = self.blocks.match_prefix(req.hash_tokens, req.cache_salt)
             start = len(cached) * self.blocks.block_size
             n = min(len(req.tokens) - start, budget)
             if not self.blocks.allocate(req.table, start + n, cached):
@@ -144,7 +155,7 @@ class Scheduler:
     def computed(self, req: Request, n: int) -> None:
         """n more tokens of req are in the pool: register the blocks they filled."""
         req.num_computed += n
-        self.blocks.register(req.table, req.hashes, req.tokens, req.num_computed, req.cache_salt)
+        self.blocks.register(req.table, req.hashes, req.hash_tokens, req.num_computed, req.cache_salt)
 
     def start_running(self, req: Request) -> None:
         """A forked request that already holds its blocks joins the batch."""

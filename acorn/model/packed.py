@@ -110,6 +110,10 @@ class Pack:
     def __call__(self, x: Tensor) -> Tensor | None:
         if torch.is_grad_enabled():
             return None
+        if torch.compiler.is_compiling():
+            # Traced into a compiled decode step (acorn.infer.compiled), which checks that
+            # every pack is built and valid (ready()) before each call: no checks in the graph.
+            return None if self._run is None else self._run(x)
         if not self._valid():
             modules = self.owner._modules
             if any(modules.get(n) is not s for n, s in zip(self.names, self.sources)):
@@ -219,9 +223,17 @@ def pack(model: nn.Module, *, int8_head: bool = False) -> nn.Module:
 def unpack(model: nn.Module) -> nn.Module:
     """Drop every pack (and the memory its copies hold); returns the model."""
     for module in model.modules():
-        for name in (QKV, GATE_UP, OUT, DOWN, HEAD):
+        for name in _GROUPS:
             module.__dict__.pop(name, None)
     return model
+
+
+def ready(model: nn.Module) -> bool:
+    """Whether every pack of the model is built from its layers' current tensors: what a
+    compiled graph that traced the packs takes for granted (acorn.infer.compiled). A pack
+    is built on its first call, so after one eager forward pass; a pack that stepped aside
+    for a replaced layer (LoRA, quantization after packing) is never ready."""
+    return all(p._valid() for m in model.modules() for p in (m.__dict__.get(n) for n in _GROUPS) if p is not None)
 
 
 def is_packed(model: nn.Module) -> bool:
@@ -240,3 +252,4 @@ def linear(module: nn.Module, name: str, x: Tensor) -> Tensor:
 
 
 _SINGLE = {"o_proj": OUT, "down_proj": DOWN, "lm_head": HEAD}
+_GROUPS = (QKV, GATE_UP, OUT, DOWN, HEAD)

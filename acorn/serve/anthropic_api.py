@@ -71,11 +71,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.background import BackgroundTask
 
+from acorn.chat.template import message_images
 from acorn.chat.tools import TOOL_FORMATS, parse_tool_calls, streamable_content, tool_call_grammar
 from acorn.errors import AcornError
 from acorn.infer.sampling import GenerationError, SamplingParams
-from acorn.serve.common import (ANTHROPIC_TYPES, APIError, ServerState, check_model, check_prompt, get_state,
-                                rag_sources)
+from acorn.serve.common import (ANTHROPIC_TYPES, NO_FETCH, APIError, ServerState, check_model, check_prompt,
+                                get_state, image_from_base64, rag_sources)
 
 router = APIRouter()
 log = logging.getLogger("acorn.serve")
@@ -105,9 +106,11 @@ class ToolUseBlock(_Block):
 
 
 class MediaBlock(_Block):
-    """Images and documents: accepted by the schema so the refusal can say why."""
+    """Images (a base64 source: decoded; a url source: refused, no network) and
+    documents (accepted by the schema so the refusal can say why)."""
 
     type: Literal["image", "document"]
+    source: dict[str, Any] | None = None
 
 
 class ToolResultBlock(_Block):
@@ -205,9 +208,38 @@ def _text(blocks: list, where: str) -> str:
     parts = []
     for b in blocks:
         if isinstance(b, MediaBlock):
-            raise APIError(400, f"{where}: {b.type} content is not supported; this model reads text only")
+            raise APIError(400, f"{where}: {b.type} content is not supported here; send text (images go in "
+                                "a user message's own content)")
         parts.append(b.text)
     return "\n".join(parts)
+
+
+def _image(b: MediaBlock, where: str):
+    """An image block's base64 source -> a PIL image (APIError 400 for anything else)."""
+    source = b.source or {}
+    kind = source.get("type")
+    if kind == "url":
+        raise APIError(400, f"{where}: url image sources are not fetched ({NO_FETCH})")
+    if kind != "base64" or not isinstance(source.get("data"), str):
+        raise APIError(400, f"{where}: an image needs a source {{\"type\": \"base64\", \"media_type\": "
+                            "\"image/png\", \"data\": ...}")
+    return image_from_base64(source["data"], where)
+
+
+def _user_content(items: list):
+    """A user turn's text (blocks joined by newlines) and images (image parts), in order:
+    a string when there are no images, else the chat template's content parts."""
+    if all(isinstance(x, str) for x in items):
+        return "\n".join(items)
+    parts: list[dict] = []
+    for x in items:
+        if isinstance(x, dict):
+            parts.append(x)
+        elif parts and parts[-1]["type"] == "text":
+            parts[-1]["text"] += "\n" + x
+        else:
+            parts.append({"type": "text", "text": x})
+    return parts
 
 
 def chat_messages(req) -> tuple[list[dict], str | None]:
@@ -243,13 +275,13 @@ def chat_messages(req) -> tuple[list[dict], str | None]:
                 out.append(msg)
             continue
         text = []
-        for b in blocks:
+        for j, b in enumerate(blocks):
             if isinstance(b, ToolResultBlock):
                 if b.tool_use_id not in seen_tool_ids:
                     raise APIError(400, f"{where}: tool_result for {b.tool_use_id!r}, which no earlier assistant "
                                         f"tool_use block has as its id")
                 if text:  # text before a result stays before it
-                    out.append({"role": "user", "content": "\n".join(text)})
+                    out.append({"role": "user", "content": _user_content(text)})
                     text = []
                 content = b.content if isinstance(b.content, str) else _text(b.content or [], where)
                 # The OpenAI-style tool message has no error flag; the model reads it in the text.
@@ -257,10 +289,12 @@ def chat_messages(req) -> tuple[list[dict], str | None]:
                             "content": f"Error: {content}" if b.is_error else content})
             elif isinstance(b, ToolUseBlock):
                 raise APIError(400, f"{where}: a user message cannot hold tool_use blocks; they are the assistant's")
+            elif isinstance(b, MediaBlock) and b.type == "image":
+                text.append({"type": "image", "image": _image(b, f"{where}.content[{j}]")})
             else:
                 text.append(_text([b], where))
         if text or not blocks:
-            out.append({"role": "user", "content": "\n".join(text)})
+            out.append({"role": "user", "content": _user_content(text)})
     return out, prefill
 
 
@@ -270,11 +304,14 @@ def _openai_tools(tools: list[Tool]) -> list[dict]:
     return [{"type": "function", "function": {k: v for k, v in fn.items() if v is not None}} for fn in fns]
 
 
-def _prompt(state: ServerState, req, rag=None, max_tokens: int = 1) -> tuple[list[int], str | None, list[dict] | None]:
-    """Prompt ids, the prefill text (already in the ids) if any, and under acorn
-    serve --rag (`rag`, when the model is shown no tools and nothing is prefilled)
-    the passages retrieved for the last user turn and put into it (else None)."""
+def _prompt(state: ServerState, req, rag=None,
+            max_tokens: int = 1) -> tuple[list[int], str | None, list[dict] | None, list]:
+    """Prompt ids, the prefill text (already in the ids) if any, under acorn serve
+    --rag (`rag`, when the model is shown no tools and nothing is prefilled) the
+    passages retrieved for the last user turn and put into it (else None), and the
+    images in the order of their placeholders."""
     messages, prefill = chat_messages(req)
+    images = message_images(messages)
     choice = req.tool_choice.type if req.tool_choice else "auto"
     names = [t.name for t in req.tools or ()]
     if len(set(names)) < len(names):
@@ -284,15 +321,18 @@ def _prompt(state: ServerState, req, rag=None, max_tokens: int = 1) -> tuple[lis
     if not messages:
         raise APIError(400, "messages: give at least one user message before a final assistant message")
     if rag is not None and tools is None and not prefill:
+        if images:
+            raise APIError(400, "messages: this server answers from its document index (acorn serve --rag), which "
+                                "reads text only; send the question without images")
         try:
             ids, passages = rag.augment(messages, state.engine.engine, max_tokens)
         except AcornError as e:
             raise APIError(400, str(e)) from None
-        return ids, None, passages
+        return ids, None, passages, []
     ids = state.engine.engine.chat_prompt(messages, tools=tools)
     if prefill:
         ids = ids + state.tokenizer.encode(prefill)
-    return ids, prefill, None
+    return ids, prefill, None, images
 
 
 # ------------------------------------------------------------------ forced tool calls
@@ -337,7 +377,7 @@ class _Request:
         self.forced = choice in ("any", "tool")
         self.warm_only = req.max_tokens == 0  # fill the prefix cache: one token is generated, none returned
         grammar = _forced_tools(state, req)
-        self.prompt_ids, prefill, self.passages = _prompt(state, req, state.extra.get("rag"),
+        self.prompt_ids, prefill, self.passages, self.images = _prompt(state, req, state.extra.get("rag"),
                                                           min(max(req.max_tokens, 1), state.max_tokens_cap))
         guided = {"grammar": grammar} if grammar is not None else None
         fmt = req.output_config.format if req.output_config else None
@@ -428,7 +468,8 @@ async def create_message(body: MessagesRequest, request: Request):
     state = get_state(request)
     # With --rag the prompt needs a retrieval (the question embedded): off the event loop.
     ctx = await asyncio.to_thread(_Request, state, body) if "rag" in state.extra else _Request(state, body)
-    stream = ctx.state.engine.submit(ctx.prompt_ids, ctx.params)  # QueueFull/ShuttingDown/AcornError: the app's
+    # QueueFull/ShuttingDown/AcornError: the app's handlers answer them
+    stream = ctx.state.engine.submit(ctx.prompt_ids, ctx.params, images=ctx.images)
     headers = {"request-id": ctx.id}
     if body.stream:
         # The background task aborts too when the client left before the first
@@ -471,7 +512,7 @@ async def count_tokens(body: _Prompt, request: Request):
     """The prompt's length in tokens, as POST /v1/messages would render it."""
     state = get_state(request)
     check_model(state, body.model)
-    ids, _, _ = _prompt(state, body)
+    ids, _, _, _ = _prompt(state, body)
     return {"input_tokens": len(ids)}
 
 

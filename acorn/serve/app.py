@@ -52,6 +52,8 @@ from acorn.serve.common import APIError, ServerState, error_body
 log = logging.getLogger("acorn.serve")
 
 STATIC = Path(__file__).parent / "static"
+TEXT_BODY_BYTES = 1 << 20  # a request body's default limit
+IMAGE_BODY_BYTES = 32 << 20  # ... for a model that reads images: a 20 MiB image is 26.7 MiB in base64
 OPEN_PATHS = ("/health",)  # answered without an API key (load balancers probe it)
 OPEN_PREFIXES = ("/static/",)  # the chat page; its requests to the API carry the key
 
@@ -74,7 +76,7 @@ def check_api_keys(api_keys: Sequence[str]) -> tuple[str, ...]:
 
 
 def create_app(engine_or_path, *, model_name: str | None = None, api_keys: Sequence[str] = (),
-               cors_origins: Sequence[str] = (), max_body_bytes: int = 1 << 20, max_tokens_cap: int = 4096,
+               cors_origins: Sequence[str] = (), max_body_bytes: int | None = None, max_tokens_cap: int = 4096,
                max_pending: int = 256, shutdown_grace: float = 5.0, engine_options: dict | None = None,
                rag=None, tools=None) -> FastAPI:
     """The server for an Engine, or for a checkpoint directory loaded with
@@ -82,6 +84,8 @@ def create_app(engine_or_path, *, model_name: str | None = None, api_keys: Seque
 
     model_name: what clients pass as `model` (default: the directory's name, or "acorn").
     api_keys: when given, every API request must carry one of them.
+    max_body_bytes: the largest request body; default 1 MiB, or 32 MiB for a model that
+        reads images (one image of acorn.vision.images.MAX_BYTES, base64-encoded, with its text).
     max_tokens_cap: the most tokens one request may ask for.
     max_pending: requests waiting beyond this are answered 429.
     shutdown_grace: seconds requests in flight get to finish when the server stops.
@@ -300,10 +304,17 @@ class _Guard:
     client that sends more (with or without a Content-Length) gets 413
     before any of it is parsed."""
 
-    def __init__(self, app, *, api_keys: tuple[str, ...], max_body_bytes: int):
+    def __init__(self, app, *, api_keys: tuple[str, ...], max_body_bytes: int | None):
         self.app = app
         self.api_keys = api_keys
         self.max_body_bytes = max_body_bytes
+
+    def limit(self, scope) -> int:
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        state = getattr(scope.get("app").state, "acorn", None) if scope.get("app") is not None else None
+        reads_images = state is not None and getattr(state.engine.engine, "tokens_per_image", None) is not None
+        return IMAGE_BODY_BYTES if reads_images else TEXT_BODY_BYTES
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -317,7 +328,7 @@ class _Guard:
             return await _send_error(send, path, 401, message, code="invalid_api_key")
         if method not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
-        limit = self.max_body_bytes
+        limit = self.limit(scope)
         declared = headers.get("content-length")
         too_large = f"the request body is larger than this server's limit of {limit} bytes"
         if declared is not None and declared.isdigit() and int(declared) > limit:

@@ -140,13 +140,15 @@ class AsyncEngine:
         return self._thread is not None and self._thread.is_alive() and not self._stopping
 
     # ------------------------------------------------------------ requests
-    def submit(self, prompt_ids: list[int], params) -> RequestStream:
-        """Queue a request; raises QueueFull, ShuttingDown, or AcornError for a bad one."""
+    def submit(self, prompt_ids: list[int], params, images=None) -> RequestStream:
+        """Queue a request; raises QueueFull, ShuttingDown, or AcornError for a bad one.
+        images: one per tokens_per_image placeholders of the prompt (a vision model)."""
         if self._stopping or self._thread is None:
             raise ShuttingDown("the server is shutting down")
         if self.pending >= self.max_pending:
             raise QueueFull(f"{self.pending} requests are waiting (the limit is {self.max_pending})")
         self.engine.validate_prompt(prompt_ids, params)  # here, in the caller's thread: a clear 400
+        images = self.engine.prepare_images(prompt_ids, images)
         rid = f"req-{next(self._ids)}"
         stream = RequestStream(rid, len(prompt_ids), params.n, self)
         with self._lock:
@@ -154,7 +156,7 @@ class AsyncEngine:
             self._started[rid] = time.monotonic()
         self.requests_total += 1
         self.prompt_tokens += len(prompt_ids)
-        self._command(("add", (rid, prompt_ids, params)))
+        self._command(("add", (rid, prompt_ids, params, images)))
         return stream
 
     @property
@@ -186,10 +188,10 @@ class AsyncEngine:
                         if engine.abort(arg):
                             self._finish(arg)
                     elif kind == "add":
-                        rid, ids, params = arg
+                        rid, ids, params, images = arg
                         if rid in self._streams:  # not aborted while queued
                             try:
-                                engine.add_request(ids, params, request_id=rid)
+                                engine.add_request(ids, params, request_id=rid, images=images)
                             except AcornError as e:
                                 self._deliver(rid, e)
                                 self._finish(rid, notify=False)

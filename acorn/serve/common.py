@@ -11,10 +11,14 @@ in the error shape of the API the request was made to:
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from acorn.errors import AcornError
 from acorn.serve.async_engine import AsyncEngine
 
 # HTTP status -> the error types each API names it with.
@@ -106,6 +110,44 @@ def check_prompt(state: ServerState, prompt_ids: list[int], max_tokens: int) -> 
         raise APIError(400, f"max_tokens is {max_tokens} but this server allows at most {state.max_tokens_cap}",
                        param="max_tokens")
     return min(max_tokens, context - len(prompt_ids))
+
+
+# ------------------------------------------------------------------ images
+# Images arrive inline: an OpenAI image_url part holding a data: URL, an Anthropic
+# image block with a base64 source. The server never fetches a URL (no network at
+# run time); it decodes the bytes here, in the request's own handler, so every
+# problem is that request's 400: a remote URL, bad base64, too many bytes, bytes
+# that are no image or are cut short, too many pixels (acorn.vision.images).
+NO_FETCH = "no network at run time; send the image inline as a data: URL (data:image/png;base64,...) or base64"
+
+
+def image_from_data_url(url: str, where: str):
+    """An OpenAI image_url's url (data:image/...;base64,...) -> a PIL image, or APIError 400."""
+    if re.match(r"^[a-z][a-z0-9+.-]*://", url, re.IGNORECASE):
+        raise APIError(400, f"{where}: {url.split(':', 1)[0]} image URLs are not fetched ({NO_FETCH})", param=where)
+    header, comma, data = url.partition(",")
+    if not header.lower().startswith("data:") or not comma or not header.lower().endswith(";base64"):
+        raise APIError(400, f"{where}: not a base64 data: URL; write data:image/png;base64,<the file's bytes in "
+                            "base64>", param=where)
+    return image_from_base64(data, where)
+
+
+def image_from_base64(data: str, where: str):
+    """The base64 text of an image file -> a PIL image, or APIError 400 naming the problem."""
+    from acorn.vision import images
+
+    if len(data) // 4 * 3 > images.MAX_BYTES:  # refused before decoding
+        raise APIError(400, f"{where}: the image is about {len(data) // 4 * 3:,} bytes, more than the "
+                            f"{images.MAX_BYTES:,} allowed per image; scale it down or re-encode it", param=where)
+    try:
+        raw = base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise APIError(400, f"{where}: the image data is not valid base64; send the file's bytes base64-encoded "
+                            "(RFC 4648, no line breaks)", param=where) from None
+    try:
+        return images.open_image(raw, name=where)
+    except AcornError as e:
+        raise APIError(400, str(e), param=where) from None
 
 
 def rag_sources(passages: list[dict], text: str) -> list[dict]:

@@ -50,12 +50,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
+from acorn.chat.template import message_images
 from acorn.chat.tools import TOOL_FORMATS, streamable_content, tool_call_grammar
 from acorn.errors import AcornError
 from acorn.infer.sampling import SamplingParams
 from acorn.model import lora
 from acorn.rag.embeddings import embed
-from acorn.serve.common import APIError, ServerState, check_model, check_prompt, get_state, rag_sources
+from acorn.serve.common import (APIError, ServerState, check_model, check_prompt, get_state, image_from_data_url,
+                                rag_sources)
 
 router = APIRouter()
 
@@ -66,9 +68,15 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
+class ImageURL(_Request):
+    url: str
+    detail: str | None = None  # "auto" | "low" | "high": one resolution here, the encoder's
+
+
 class ContentPart(_Request):
     type: str
     text: str | None = None
+    image_url: ImageURL | None = None
 
 
 class FunctionCall(_Request):
@@ -262,6 +270,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     tools, guided = _tools_and_guide(engine, body)
     max_tokens = body.max_completion_tokens or body.max_tokens or state.default_max_tokens
     rag, passages = state.extra.get("rag"), None
+    images = message_images(messages)
+    if rag is not None and images:
+        raise APIError(400, "this server answers from its document index (acorn serve --rag), which reads text "
+                       "only; send the question without images", param="messages")
     try:
         if rag is not None and tools is None:  # acorn serve --rag: the last user turn answered from the index
             prompt, passages = await asyncio.to_thread(rag.augment, messages, engine,
@@ -273,7 +285,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     max_tokens = check_prompt(state, prompt, max_tokens)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     params = _sampling(body, max_tokens, logprobs=logprobs, guided=guided, lora=adapter)
-    stream = state.engine.submit(prompt, params)
+    stream = state.engine.submit(prompt, params, images=images)
     reply = _Reply(state, "chatcmpl-", engine, params, parse_tools=tools is not None)
     reply.passages = passages
     if body.stream:
@@ -372,13 +384,18 @@ def _messages(messages: list[ChatMessage]) -> list[dict]:
     for i, m in enumerate(messages):
         content = m.content
         if isinstance(content, list):
-            texts = []
+            parts = []
             for j, part in enumerate(content):
-                if part.type != "text" or part.text is None:
-                    raise APIError(400, f"messages[{i}].content[{j}] is a {part.type!r} part; this model reads "
-                                   "text only", param=f"messages[{i}].content")
-                texts.append(part.text)
-            content = "".join(texts)
+                where = f"messages[{i}].content[{j}]"
+                if part.type == "text" and part.text is not None:
+                    parts.append({"type": "text", "text": part.text})
+                elif part.type == "image_url" and part.image_url is not None:
+                    parts.append({"type": "image", "image": image_from_data_url(part.image_url.url, where)})
+                else:
+                    raise APIError(400, f"{where} is a {part.type!r} part; send text parts and image_url parts "
+                                   "(a data: URL)", param=f"messages[{i}].content")
+            images = any(p["type"] == "image" for p in parts)
+            content = parts if images else "".join(p["text"] for p in parts)
         msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": content}
         if m.tool_calls:
             msg["tool_calls"] = [{"id": c.id, "type": "function",

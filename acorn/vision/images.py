@@ -4,7 +4,8 @@ to the encoder's size (bicubic), crop the centre square, scale to [0, 1].
 
 Bad input is one AcornError each, saying what and what to do: a missing file, bytes
 that are no image or are cut short (corrupt), a format outside FORMATS, an image
-larger than MAX_PIXELS (a decompression bomb would otherwise fill the memory).
+larger than MAX_PIXELS (a decompression bomb would otherwise fill the memory), a
+file or bytes over MAX_BYTES.
 Transparency is flattened onto white, a palette or greyscale image becomes RGB, an
 animation gives its first frame.
 """
@@ -22,6 +23,7 @@ from acorn.errors import AcornError
 
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")  # what Pillow decodes and the chat APIs send
 MAX_PIXELS = 4096 * 4096  # width x height at most (16.8M): larger images are refused before decoding
+MAX_BYTES = 20 * 1024 * 1024  # an encoded image's size at most (20 MiB, OpenAI's limit per image)
 
 
 def open_image(source: str | Path | bytes, name: str | None = None):
@@ -36,7 +38,14 @@ def open_image(source: str | Path | bytes, name: str | None = None):
         if not path.is_file():
             why = "; it is a directory" if path.is_dir() else "; check the path"
             raise AcornError(f"{where}: no such image file{why}")
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise AcornError(f"{where}: {size:,} bytes is more than the {MAX_BYTES:,} allowed per image; "
+                             "scale it down or re-encode it first")
         data = path.read_bytes()
+    if len(data) > MAX_BYTES:
+        raise AcornError(f"{where}: {len(data):,} bytes is more than the {MAX_BYTES:,} allowed per image; "
+                         "scale it down or re-encode it first")
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -92,8 +101,11 @@ def to_tensor(img) -> Tensor:
 
 
 def load_pixels(sources: list, size: int) -> Tensor:
-    """Image files or bytes -> uint8 (N, 3, size, size), preprocessed as CLIP does."""
-    return torch.stack([to_tensor(resize_and_crop(open_image(s), size)) for s in sources])
+    """Image files, bytes or PIL images -> uint8 (N, 3, size, size), preprocessed as CLIP does."""
+    from PIL import Image
+
+    return torch.stack([to_tensor(resize_and_crop(to_rgb(s) if isinstance(s, Image.Image) else open_image(s), size))
+                        for s in sources])
 
 
 def to_unit(pixels: Tensor) -> Tensor:

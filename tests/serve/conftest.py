@@ -8,6 +8,7 @@ format (its tool-call tokens included) and real servers on 127.0.0.1.
     checkpoint        the checkpoint directory (this overrides the root
                       conftest's `checkpoint` for the server tests)
     openai_client     openai.OpenAI on the session server, no retries
+    sdk_clients(url)  (openai.OpenAI, anthropic.Anthropic) on any server, no retries
 
 Servers run uvicorn in a background thread (uvicorn.Server; should_exit
 stops it), bound to port 0 so the OS picks a free port.
@@ -94,8 +95,15 @@ def server(start_server):
     return start_server()
 
 
-@pytest.fixture(scope="session")
-def openai_client(server):
+def sdk_clients(url: str):
+    """The official SDKs on the server at url: (openai.OpenAI, anthropic.Anthropic), no retries."""
+    import anthropic
     import openai
 
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    return (openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60),
+            anthropic.Anthropic(base_url=url, api_key="x", max_retries=0, timeout=60))
+
+
+@pytest.fixture(scope="session")
+def openai_client(server):
+    return sdk_clients(server.url)[0]

@@ -260,3 +260,41 @@ def test_api_key_is_sent_and_server_errors_show_inline(page, start_server):
     _idle(page)
     roles = [m["role"] for m in _stored(page)["messages"]]
     assert roles == ["user", "assistant"], roles
+
+
+# ------------------------------------------------------------------ images
+def test_an_attached_image_is_sent_as_an_image_url_part_and_shown_as_a_thumbnail(page):
+    import base64
+
+    from acorn.infer import Engine
+    from acorn.serve.app import create_app
+    from tests.conftest import png, tiny_llava
+
+    from .conftest import run_server
+
+    model, tok = tiny_llava()
+    srv = run_server(create_app(Engine(model, tok, device="cpu"), model_name="tiny-llava"))
+    try:
+        _open(page, srv.url)
+        _set(page, "#temperature", "0")
+        _set(page, "#max_tokens", "8")
+        page.set_input_files("#image-input", files=[{"name": "p.png", "mimeType": "image/png", "buffer": png(1)}])
+        page.wait_for_selector("#attachments .thumb")
+        page.fill("#prompt", "What is this?")
+        with page.expect_response(lambda r: r.url.endswith("/v1/chat/completions")) as answer:
+            page.press("#prompt", "Enter")
+        assert answer.value.status == 200
+        _idle(page)
+        url = "data:image/png;base64," + base64.b64encode(png(1)).decode()
+        sent = json.loads(answer.value.request.post_data)["messages"]
+        assert sent == [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                      {"type": "text", "text": "What is this?"}]}]
+        assert page.locator(".msg-user img.thumb").count() == 1 and page.is_hidden("#attachments")
+        messages = _stored(page)["messages"]
+        assert messages[0]["images"] == [url]
+        oracle = tiny_llava()  # seed 0: the served weights
+        turn = [{"type": "image", "image": png(1)}, {"type": "text", "text": "What is this?"}]
+        want = Engine(*oracle, device="cpu").chat([{"role": "user", "content": turn}], max_new_tokens=8, temperature=0)
+        assert messages[1]["content"] == want.text
+    finally:
+        srv.stop()

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 
-import anthropic
 import httpx
 import pytest
 
 from acorn.chat.context import parse_citations
+
+from .conftest import sdk_clients
 
 PASSAGE = "Kelvo Dranith was born in Osk."
 QUESTION = [{"role": "user", "content": "Where was Kelvo Dranith born?"}]
@@ -35,14 +36,12 @@ def rag_server(start_server, checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def oai(rag_server):
-    import openai
-
-    return openai.OpenAI(base_url=rag_server.url + "/v1", api_key="x", max_retries=0, timeout=60)
+    return sdk_clients(rag_server.url)[0]
 
 
 @pytest.fixture(scope="module")
 def claude(rag_server):
-    return anthropic.Anthropic(base_url=rag_server.url, api_key="x", max_retries=0, timeout=60)
+    return sdk_clients(rag_server.url)[1]
 
 
 def _stream_openai(oai, **kw):

@@ -11,6 +11,10 @@
  * cited}), shown under the answer (as text: a passage is never HTML) and kept
  * with it in the conversation.
  *
+ * Images: "Attach image" reads files into data: URLs; they go with the next
+ * message, shown as thumbnails in it, and are sent as OpenAI image_url parts
+ * (a model that reads images: a LLaVA; a text-only one answers with an error).
+ *
  * Paths are relative ("v1/models", not "/v1/models") so the page also works
  * behind a proxy that serves it under a prefix.
  */
@@ -206,7 +210,8 @@
   var DEFAULTS = { system: "", temperature: 0.7, top_p: 1, max_tokens: 256, model: "", tools: false };
 
   var state = {
-    messages: [], // {role: "user"|"assistant"|"error"|"tool", content, note?}; "tool": a call and its result
+    messages: [], // {role: "user"|"assistant"|"error"|"tool", content, note?, images?}; "tool": a call and its result
+    pending: [], // data: URLs of the images attached to the next message
     settings: Object.assign({}, DEFAULTS),
     controller: null,
     busy: false,
@@ -216,11 +221,14 @@
     try {
       var saved = JSON.parse(localStorage.getItem(STORE) || "null");
       if (saved && Array.isArray(saved.messages)) state.messages = saved.messages.filter(function (m) {
-        return m && typeof m.content === "string" && /^(user|assistant|error|tool)$/.test(m.role);
+        return m && typeof m.content === "string" && /^(user|assistant|error|tool)$/.test(m.role) &&
+          (m.images === undefined || (Array.isArray(m.images) && m.images.every(isImageURL)));
       });
       if (saved && saved.settings) Object.assign(state.settings, saved.settings);
     } catch (e) { /* a broken entry starts a fresh chat */ }
   }
+
+  function isImageURL(url) { return typeof url === "string" && /^data:image\/[\w.+-]+;base64,/.test(url); }
 
   function save() {
     try {
@@ -256,6 +264,7 @@
       addCopyButtons(body);
     } else {
       body.textContent = msg.content; // user text and errors are shown as typed
+      if (msg.images && msg.images.length) body.appendChild(thumbnails(msg.images));
     }
     fillSources(node, msg.sources);
     var note = node.querySelector(".note");
@@ -315,6 +324,54 @@
       list.appendChild(item);
     });
     box.appendChild(list);
+  }
+
+  // Small previews of a message's images (data: URLs only: nothing is fetched).
+  function thumbnails(urls, remove) {
+    var box = document.createElement("div");
+    box.className = "thumbs";
+    urls.forEach(function (url, i) {
+      if (!isImageURL(url)) return;
+      var img = document.createElement("img");
+      img.className = "thumb";
+      img.src = url;
+      img.alt = "attached image " + (i + 1);
+      if (!remove) { box.appendChild(img); return; }
+      var item = document.createElement("span");
+      item.className = "thumb-item";
+      var x = document.createElement("button");
+      x.type = "button";
+      x.className = "thumb-remove";
+      x.textContent = "×";
+      x.setAttribute("aria-label", "Remove image " + (i + 1));
+      x.addEventListener("click", function () { remove(i); });
+      item.appendChild(img);
+      item.appendChild(x);
+      box.appendChild(item);
+    });
+    return box;
+  }
+
+  function renderPending() {
+    el.attachments.textContent = "";
+    el.attachments.hidden = !state.pending.length;
+    if (state.pending.length) {
+      el.attachments.appendChild(thumbnails(state.pending, function (i) {
+        state.pending.splice(i, 1);
+        renderPending();
+      }));
+    }
+  }
+
+  function attach(files) {
+    Array.prototype.forEach.call(files, function (file) {
+      var reader = new FileReader();
+      reader.onload = function () {
+        if (isImageURL(reader.result)) { state.pending.push(reader.result); renderPending(); }
+        else showError(file.name + " is not an image; attach a PNG, JPEG, GIF, WEBP or BMP file");
+      };
+      reader.readAsDataURL(file);
+    });
   }
 
   function addCopyButtons(body) {
@@ -412,7 +469,13 @@
     var messages = [];
     if (s.system.trim()) messages.push({ role: "system", content: s.system });
     state.messages.forEach(function (m) {
-      if (m.role === "user" || (m.role === "assistant" && m.content)) messages.push({ role: m.role, content: m.content });
+      if (m.role === "user" && m.images && m.images.length) {
+        // The images first, then the text: OpenAI content parts, each image a data: URL.
+        var parts = m.images.map(function (url) { return { type: "image_url", image_url: { url: url } }; });
+        messages.push({ role: "user", content: parts.concat([{ type: "text", text: m.content }]) });
+      } else if (m.role === "user" || (m.role === "assistant" && m.content)) {
+        messages.push({ role: m.role, content: m.content });
+      }
     });
     var body = { messages: messages, stream: true, temperature: s.temperature, top_p: s.top_p, max_tokens: s.max_tokens };
     if (s.model) body.model = s.model;
@@ -548,7 +611,10 @@
 
   function send(text) {
     if (state.busy || !text.trim()) return;
-    state.messages.push({ role: "user", content: text });
+    var msg = { role: "user", content: text };
+    if (state.pending.length) msg.images = state.pending.splice(0);
+    renderPending();
+    state.messages.push(msg);
     el.log.appendChild(messageNode(state.messages[state.messages.length - 1], state.messages.length - 1));
     save();
     complete();
@@ -603,6 +669,10 @@
     el.model = $("model");
     el.apiKey = $("api-key");
     el.status = $("status");
+    el.attachments = $("attachments");
+    var imageInput = $("image-input");
+    $("attach").addEventListener("click", function () { imageInput.click(); });
+    imageInput.addEventListener("change", function () { attach(imageInput.files); imageInput.value = ""; });
 
     load();
     bindSetting("system", "system", String);

@@ -1,0 +1,173 @@
+"""A compiled batch-1 decode step with static shapes (gpt-fast's approach, on the paged pool).
+
+At batch 1 a small model's decode step on a CPU is not its matmuls as much as the few
+hundred small torch ops around them and the Python that calls each one (for the 50M
+model of benchmarks/llamacpp.py: 4.2 ms a step against llama.cpp's 1.7 ms).
+torch.compile can turn the whole step into one generated C++ function (inductor's
+cpp_wrapper: no Python per op; norms, RoPE, SiLU and residual adds fused into a few
+loops; the matmuls oneDNN's, or inductor's own autotuned kernels, on weights frozen into
+the graph) -- but only if the step's shapes stay the same from one step to the next, and
+the paged step's context grows by a token each time. So the shapes are made static:
+
+  token, position, write slot   one each
+  context                       the pool slots of the request's block table, padded to
+                                a fixed capacity (a bucket: 256, 512, 1024, ... tokens)
+                                and masked past the context's end; the padding reads the
+                                request's own first block (StepInput.build's rule: a
+                                masked NaN would still poison attention)
+
+and one compiled graph serves every step of a bucket; a context that outgrows its
+bucket moves to the next one, at the cost of one more compile.
+
+The graph is paged_forward itself (the model's embed, blocks and logits, PagedAttention's
+batch-1 path, the packed weights, the engine's KV pool): a way of running the one
+forward pass, not a second model. The engine runs it (Engine(compile_decode=True)) for
+a step in which exactly one request decodes one token, with no LoRA adapter and no
+speculative draft; every other step, and sampling, stay as they are.
+
+The graph holds the weights as constants (inductor's freezing: the oneDNN linear
+lowering that runs the pre-packed bf16 weights needs them so), so it belongs to the
+weights it was compiled with: when any parameter or buffer changes (a training step:
+its version counter moves), the graphs are dropped, one eager step rebuilds the packs,
+and the next step compiles again. A model whose layers are replaced after the engine is
+built (quantized, LoRA-wrapped) needs a new engine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+import types
+import warnings
+
+import torch
+from torch import Tensor
+
+from acorn.infer.paged import PagedKV, StepInput, paged_forward
+from acorn.model import packed
+
+MIN_CAPACITY = 256  # the smallest bucket, in tokens; each next one doubles
+# cpp_wrapper: the graph's calls from generated C++ rather than Python (most of what is
+# left of a 50M step's overhead once the ops are fused); freezing: weights as constants,
+# which the oneDNN linear lowering needs; emulate_precision_casts: round 16-bit values where
+# eager rounds them (it did not make bf16 tokens match eager's on random weights either way,
+# and cost nothing measurable; docs/BENCHMARKS.md, decode-compile); pattern_matcher off: inductor's
+# graph rewrites (a matmul and the residual add after it fused into one oneDNN call, which rounds
+# once where eager rounds twice) moved bf16 greedy tokens off eager's after 7 tokens of the 50M
+# model on random weights, without them after 54, at the same speed (3.77 vs 3.71 ms a token).
+INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True, "emulate_precision_casts": True, "pattern_matcher": False}
+# 16-bit models also autotune their matmuls: inductor then times its own C++ GEMM kernels (AMX /
+# AVX512 micro-kernels) against oneDNN's for each shape and keeps the faster. At batch 1 on this
+# machine's AMX CPU its kernels won: the 50M model's bf16 step went from 1.60x to 2.07x the eager
+# one (int8 1.59x -> 1.95x, int4 1.48x -> 1.58x), for about 3x the compile time (7 -> 21 s); in
+# float32 it lost in every run (1.38x -> 1.15x). benchmarks/decode_compile.py measures both.
+# Memory: the process grew by about 300 MB compiling the 50M model (the compiler itself and the
+# kernels' own copies of the weights).
+AUTOTUNE_16BIT = {"max_autotune": True}
+
+
+def capacity(length: int, block_size: int, max_len: int) -> int:
+    """The bucket (context slots) for a context of `length` tokens: the smallest of
+    MIN_CAPACITY, 2 * MIN_CAPACITY, ... that holds it, no larger than the model's
+    context (max_len), rounded up to whole blocks."""
+    cap = MIN_CAPACITY
+    while cap < length:
+        cap *= 2
+    cap = max(min(cap, max_len), length)
+    return math.ceil(cap / block_size) * block_size
+
+
+class CompiledDecode:
+    """paged_forward for one request decoding one token, compiled once per capacity bucket.
+
+    compile=False runs the same static-shape function eagerly (the padding and masking
+    without the compiler: what tests check quickly). A model the compiler cannot take
+    whole (fullgraph: an MoE layer's data-dependent routing) warns once and runs its
+    steps eagerly from then on."""
+
+    def __init__(self, model, kv: PagedKV, *, compile: bool = True, options: dict | None = None):
+        self.model, self.kv, self.compile = model, kv, compile
+        sixteen = next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
+        # inductor's config for the compile; options= overrides the defaults
+        self.options = {**INDUCTOR_OPTIONS, **(AUTOTUNE_16BIT if sixteen else {}), **(options or {})}
+        self.graphs: dict[int, object] = {}  # capacity -> its compiled step
+        self.compile_seconds = 0.0  # spent compiling (the first call of each graph), in total
+        self.steps = 0  # steps run through a graph
+        self.failed: str | None = None  # why compiling failed, if it did
+        self._tensors: list[Tensor] = []
+        self._weights = None  # (version, storage) of every weight when the graphs were made
+
+    def ready(self) -> bool:
+        """Whether a compiled step may run now: the weights are those the graphs were made
+        with, or, when they changed, every pack is rebuilt from the new ones (after an eager
+        step) and the old graphs are dropped."""
+        if self.failed is not None:
+            return False
+        weights = [(t._version, t.data_ptr()) for t in self._tensors]
+        if self._weights is not None and weights == self._weights:
+            return True
+        if not packed.ready(self.model):
+            return False
+        self.graphs.clear()
+        self._tensors = list(itertools.chain(self.model.parameters(), self.model.buffers()))
+        self._weights = [(t._version, t.data_ptr()) for t in self._tensors]
+        return True
+
+    def __call__(self, step: StepInput) -> Tensor:
+        """The logits (1, V) of a StepInput built with capacity= (one decode row)."""
+        (_, context, mask), = step.decodes
+        args = (step.tokens, step.positions, step.slots, context, mask)
+        self.steps += 1
+        graph = self.graphs.get(context.shape[-1])
+        if graph is not None:
+            try:
+                return graph(*args)
+            except Exception:  # noqa: BLE001 -- a guard failed and dynamo traced again without the options
+                pass
+        else:
+            graph = self.graphs[context.shape[-1]] = self._graph()
+        from torch._inductor import config
+
+        # The first call traces and compiles, with the options set for the trace too
+        # (torch.compile's options= come too late: dynamo decides while tracing whether the
+        # weights are frozen constants). Setting them costs 25 us, so later calls, which
+        # match the graph's guards (static shapes, the same weights: ready()), go without.
+        start = time.perf_counter()
+        try:
+            with config.patch(self.options):
+                out = graph(*args)
+        except Exception as e:  # noqa: BLE001 -- tracing and compiling touch no real tensor
+            if not self.compile:
+                raise
+            self.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            warnings.warn(f"compile_decode: the decode step did not compile ({self.failed}); "
+                          "decoding eagerly", RuntimeWarning, stacklevel=3)
+            self.graphs.clear()
+            self.steps -= 1
+            return _step_function(self.model, self.kv)(*args)
+        finally:
+            self.compile_seconds += time.perf_counter() - start
+        return out
+
+    def _graph(self):
+        fn = _step_function(self.model, self.kv)
+        if not self.compile:
+            return fn
+        # dynamo keeps compiled graphs on the function's code object, guarded by the inputs'
+        # shapes, not by whose weights were frozen into them: a code object of its own per
+        # graph, so no other engine (or these weights' next version) can reuse it.
+        code = fn.__code__.replace(co_name=f"decode_step_{id(self)}_{len(self.graphs)}")
+        fn = types.FunctionType(code, fn.__globals__, code.co_name, None, fn.__closure__)
+        return torch.compile(fn, fullgraph=True, dynamic=False)
+
+
+def _step_function(model, kv: PagedKV):
+    """The step as a function of tensors only (what the compiler traces): paged_forward over
+    one decode row whose context slots and mask have the bucket's static width."""
+
+    def decode_step(tokens: Tensor, positions: Tensor, slots: Tensor, context: Tensor, mask: Tensor) -> Tensor:
+        rows = torch.zeros(1, dtype=torch.long, device=tokens.device)
+        return paged_forward(model, StepInput(tokens, positions, slots, [(rows, context, mask)], [], rows), kv)
+
+    return decode_step
