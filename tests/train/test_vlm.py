@@ -334,3 +334,31 @@ def test_teacher_forced_greedy_match_is_the_engines_greedy_generation(pictured, 
     assert greedy_match(model, sequences, masks, tok.pad_id) == [True] * 4
     off = [s[:-1] + [(s[-1] + 1) % tok.vocab_size] for s in sequences]
     assert greedy_match(model, off, masks, tok.pad_id) == [False] * 4
+
+
+def test_teacher_forced_greedy_match_is_the_engines_greedy_generation_with_pictures(pictured, parts):
+    """The same for a VLM: the engine prefills the picture's rows and decodes greedily; the
+    teacher-forced check, given the same pictures, accepts exactly those tokens."""
+    from acorn.eval.vlm import greedy_match
+    from acorn.infer.engine import Engine
+    from acorn.infer.sampling import SamplingParams
+    from acorn.train.vlm_data import normalize, render
+    from acorn.vision.images import load_pixels
+    from acorn.vision.zero_shot import read_world_images
+
+    model, tok = _llava(*parts)
+    with torch.no_grad():  # away from init so the pictures move the tokens
+        for p in model.projector.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    rows = read_world_images(pictured, "eval")[:4]
+    v = model.config.vision
+    prompts = [render(tok, r, r["qa"][0], 0, image_tokens=model.config.tokens_per_image, answer=False).ids
+               for r in rows]
+    done = Engine(model, tok).generate(prompts, SamplingParams(temperature=0, max_tokens=5, ignore_eos=True),
+                                       images=[[r["path"]] for r in rows])
+    sequences = [p + c.token_ids for p, c in zip(prompts, done)]
+    masks = [[0] * len(p) + [1] * len(c.token_ids) for p, c in zip(prompts, done)]
+    pixels = normalize(load_pixels([r["path"] for r in rows], v.image_size), v.image_mean, v.image_std)
+    assert greedy_match(model, sequences, masks, tok.pad_id, pixels) == [True] * 4
+    other = greedy_match(model, sequences, masks, tok.pad_id, pixels.flip(0))
+    assert other != [True] * 4  # other pictures, other tokens: the check reads the pictures
