@@ -287,7 +287,7 @@ def findings(results: dict, zero_shot: dict, train: dict) -> str:
                  f"moves shapes to {_pct(e['shape'])}")
     text += (
         f". So the chain badge -> person -> fact breaks at its first link: the VLM answers \"I don't know.\" to "
-        f"{_pct(a['fact_seen']['idk_answers'])} of the badges' fact questions, which scores exactly the share of "
+        f"{_pct(a['fact_seen']['idk_answers'])} of the seen badges' fact questions, which scores exactly the share of "
         f"badges whose person the world keeps unknown ({_pct(a['fact_seen']['majority'])}, the majority). Given the "
         f"caption, the same decoder trained the same way answers {_pct(ctrl['name_seen'])} of the seen badges' "
         f"names and {_pct(ctrl['fact_seen'])} of their facts ({_pct(ctrl['fact_held'])} for people never on a "
