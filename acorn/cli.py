@@ -45,6 +45,13 @@ class _Parser(argparse.ArgumentParser):
             self.epilog = example
 
 
+def _training_flags(s: argparse.ArgumentParser, func) -> None:
+    """A config-driven trainer's --config and --resume; its --section.key overrides pass through to func."""
+    s.add_argument("--config", help="YAML file with the run's settings")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.set_defaults(func=func, accepts_overrides=True)
+
+
 def _parser(sub, name: str, help: str, example: str, description: str | None = None,
             settings: str | None = None) -> argparse.ArgumentParser:
     return sub.add_parser(
@@ -308,13 +315,11 @@ def _rl_commands(stages) -> None:
     ]:
         s = _parser(stages, name, help, example, description=f"{help}.\n\n{own}\n\n{common}",
                     settings=f"acorn.train.rl:{'GRPOConfig' if name == 'grpo' else 'PPOConfig'}")
-        s.add_argument("--config", help="YAML file with the run's settings")
-        s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+        _training_flags(s, run)
         s.add_argument("--reward", action="append", metavar="SPEC", help="a reward function: arithmetic, json, "
                        "format or module:function (repeatable: the rewards add up, weighted by --reward_weights)")
         s.add_argument("--skip-reward-errors", action="store_true", help="a reward function that raises leaves "
                        "that prompt untrained instead of stopping the run (the error names the prompt)")
-        s.set_defaults(func=run, accepts_overrides=True)
 
 
 def cmd_speedrun(args) -> None:
@@ -851,9 +856,7 @@ def _add_synth_parser(stages) -> None:
                 "student) + (1 - alpha) CE. The data: token shards from `acorn data prepare` made with the\n"
                 "teacher's tokenizer (another tokenizer is refused). Settings as for `acorn pretrain`.",
                 settings="acorn.synth.distill:DistillConfig")
-    s.add_argument("--config", help="YAML file with the run's settings")
-    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    s.set_defaults(func=cmd_synth_distill, accepts_overrides=True)
+    _training_flags(s, cmd_synth_distill)
 
     s = _parser(ssub, "collapse", "model collapse: generation after generation trained on the previous one's "
                 "samples (replace, mix or accumulate), measured on real held-out text",
@@ -1371,9 +1374,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "overrides (listed below). The resolved configuration is saved as config.yaml in the run\n"
                 "directory. A run directory that holds a run is refused: --resume continues it.",
                 settings="acorn.train.pretrain:PretrainConfig")
-    s.add_argument("--config", help="YAML file with the run's settings")
-    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    s.set_defaults(func=cmd_pretrain, accepts_overrides=True)
+    _training_flags(s, cmd_pretrain)
 
     # acorn sft
     s = _parser(stages, "sft", "supervised fine-tuning on conversations (loss on the assistant's tokens only)",
@@ -1386,9 +1387,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "--lora.quantize nf4 stores the frozen base in 4 bits (QLoRA), --lora.rslora true scales by\n"
                 "alpha/sqrt(r), --lora.dropout 0.05 drops the adapters' inputs.",
                 settings="acorn.train.sft:SFTConfig")
-    s.add_argument("--config", help="YAML file with the run's settings")
-    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    s.set_defaults(func=cmd_sft, accepts_overrides=True)
+    _training_flags(s, cmd_sft)
 
     # acorn dpo
     s = _parser(stages, "dpo", "preference optimisation without a reward model: DPO, cDPO, IPO, KTO, ORPO, SimPO",
@@ -1407,9 +1406,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "optim, train, eval, lora).\nmetrics.jsonl logs TRL's rewards/chosen, rewards/rejected, "
                 "rewards/margins, rewards/accuracies.",
                 settings="acorn.train.prefs:PrefsConfig")
-    s.add_argument("--config", help="YAML file with the run's settings")
-    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    s.set_defaults(func=cmd_dpo, accepts_overrides=True)
+    _training_flags(s, cmd_dpo)
 
     # acorn reward ...
     rw = _parser(stages, "reward", "reward models: train one on preference pairs, score texts with one",
@@ -1426,9 +1423,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "held-out pair accuracy. Settings:\n--config FILE and --section.key VALUE overrides (data, eval_data, "
                 "out, init_from, margin,\ncenter_rewards_coefficient, epochs, val_fraction, optim, train, eval).",
                 settings="acorn.train.reward:RewardConfig")
-    s.add_argument("--config", help="YAML file with the run's settings")
-    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    s.set_defaults(func=cmd_reward_train, accepts_overrides=True)
+    _training_flags(s, cmd_reward_train)
     s = _parser(rsub, "score", "score texts, conversations or preference pairs with a reward model",
                 "acorn reward score runs/reward/model runs/world/eval/preference.jsonl --out scored.jsonl")
     s.add_argument("model", help="a reward model directory (RUN/model of `acorn reward train`)")
@@ -1509,9 +1504,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "--temperature). Pairs from a generated world (never its unknown_eval people, which measure\n"
                 "it). Settings as for `acorn sft`: --config FILE and --section.key VALUE overrides.",
                 settings="acorn.train.embed:EmbedConfig")
-    s.add_argument("--config", help="YAML file with the run's settings")
-    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    s.set_defaults(func=cmd_embed_train, accepts_overrides=True)
+    _training_flags(s, cmd_embed_train)
 
     # acorn clip ...
     cl = _parser(stages, "clip", "train and use a CLIP image-caption model on the world's pictures",
@@ -1528,9 +1521,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "transformers CLIPModel directory. Settings as for `acorn sft`: --config FILE and\n"
                 "--section.key VALUE overrides; --train.max_steps sets the steps.",
                 settings="acorn.train.clip:ClipConfig")
-    s.add_argument("--config", help="YAML file with the run's settings")
-    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    s.set_defaults(func=cmd_clip_train, accepts_overrides=True)
+    _training_flags(s, cmd_clip_train)
     s = _parser(clsub, "classify", "zero-shot classification: the label (a caption) nearest each image",
                 "acorn clip classify runs/clip/model picture.png --label \"a picture of one red circle\" "
                 "--label \"a picture of two red circles\"")
@@ -1567,9 +1558,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "RUN/model (transformers' LLaVA layout). Settings as for `acorn sft`: --config FILE and\n"
                 "--section.key VALUE overrides.",
                 settings="acorn.train.vlm:VLMConfig")
-    s.add_argument("--config", help="YAML file with the run's settings")
-    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    s.set_defaults(func=cmd_vlm_train, accepts_overrides=True)
+    _training_flags(s, cmd_vlm_train)
     s = _parser(vsub, "eval", "accuracy per question kind on a world's eval pictures, against chance; tokens per "
                 "image and their prefill cost",
                 "acorn vlm eval runs/vlm2/model --world runs/world",
