@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,8 +41,8 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def train(label: str, out: Path, args: list[str]) -> dict:
-    """`acorn vlm train` with these settings (the one loop), timed."""
+def train(label: str, out: Path, args: list[str]) -> Path:
+    """`acorn vlm train` with these settings (the one loop), timed; the run directory."""
     from acorn.config import load
     from acorn.train.vlm import VLMConfig, train_vlm
 
@@ -55,8 +54,7 @@ def train(label: str, out: Path, args: list[str]) -> dict:
     val = [r["val_loss"] for r in rows if "val_loss" in r]
     log(f"{label}: {len(rows)} steps in {seconds / 60:.1f} min, final train loss {rows[-1]['loss']:.3f}"
         f"{f', val loss {val[-1]:.3f}' if val else ''}")
-    return {"cfg": cfg, "run": run, "seconds": seconds, "rows": rows, "val_loss": val[-1] if val else None,
-            "tok_s": statistics.median(r["tok_s"] for r in rows)}
+    return run
 
 
 def evaluate(label: str, model_dir: Path, world: Path, limit: int | None, prefill_runs: int) -> dict:
@@ -136,12 +134,12 @@ def train_and_evaluate(args) -> None:
     common = ["--world", str(world)]
     s1 = train("stage 1", args.out / "s1", [*common, "--stage", "1", "--clip", str(args.clip), "--model",
                                             str(args.chat), *length(1)])
-    train("stage 2", args.out / "s2", [*common, "--stage", "2", "--init_from", str(s1["run"] / "model"), *length(2)])
+    train("stage 2", args.out / "s2", [*common, "--stage", "2", "--init_from", str(s1 / "model"), *length(2)])
     train("caption control", args.out / "control", [*common, "--stage", "2", "--images", "caption", "--model",
                                                     str(args.chat), *length(2)])
     if args.encoder:
         train("stage 2, encoder trained", args.out / "s2e", [*common, "--stage", "2", "--init_from",
-                                                             str(s1["run"] / "model"), "--train_encoder", "true",
+                                                             str(s1 / "model"), "--train_encoder", "true",
                                                              *length(2)])
     results = {"vlm": evaluate("VLM (stage 1 + 2)", args.out / "s2" / "model", world, args.limit, args.prefill_runs),
                "control": evaluate("caption control", args.out / "control" / "model", world, args.limit, 0),

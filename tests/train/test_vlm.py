@@ -11,7 +11,7 @@ import torch
 
 from acorn.model.transformer import ModelConfig, Transformer, resize_vocab
 from acorn.train.sft_data import IGNORE, pack
-from acorn.vision.llava import IMAGE_TOKEN, Llava, LlavaConfig, add_image_token
+from acorn.vision.llava import IMAGE_TOKEN, add_image_token
 from acorn.vision.encoder import VisionConfig
 
 TINY_VISION = dict(image_size=32, patch_size=8, d_model=32, n_layer=2, n_head=2, d_ff=64)
