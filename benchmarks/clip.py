@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from common import (CACHE, command_line, load_note, log, machine_description, markdown_table,  # noqa: E402
-                    today, write_section)
+                    run_options, today, torch_threads, write_section)
 
 FINDINGS = (
     "Counting, colours and shapes are learnt and hold on pictures never trained on (eval within a few points of "
@@ -85,20 +85,15 @@ def main() -> None:
     ap.add_argument("--ablations", action="store_true", help="also train the recipe's alternatives (caption "
                     "tokens as bytes or BPE, fewer steps) and tabulate them")
     ap.add_argument("--out", type=Path, default=CACHE / "clip", help="work directory (replaced)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core); on a "
-                    "machine shared with other jobs 1 can be several times faster than 2 (no contended spin-waits)")
-    ap.add_argument("--note", default="", help="a sentence added to the section")
-    ap.add_argument("--no-write", action="store_true", help="print, do not write docs/BENCHMARKS.md")
+    run_options(ap)
     args = ap.parse_args()
+    torch_threads(args)
 
     import torch
 
     from acorn.data.world import generate_world
     from acorn.vision.clip import load_clip
 
-    torch.set_flush_denormal(True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     shutil.rmtree(args.out, ignore_errors=True)
     world = args.out / "world"
     summary = generate_world(world, seed=args.seed, size=args.size, quiet=True,

@@ -82,6 +82,24 @@ def median_times_interleaved(
     return {name: (statistics.median(ts), ts) for name, ts in times.items()}
 
 
+def run_options(ap) -> None:
+    """The options of a script that trains or times on a shared machine and writes a section:
+    --threads, --note, --no-write (torch_threads applies the first)."""
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core); on a "
+                    "machine shared with other jobs 1 can be several times faster than 2 (no contended spin-waits)")
+    ap.add_argument("--note", default="", help="a sentence added to the section")
+    ap.add_argument("--no-write", action="store_true", help="print, do not write docs/BENCHMARKS.md")
+
+
+def torch_threads(args) -> None:
+    """Denormals flushed (tiny models' activations otherwise slow every op) and --threads applied."""
+    import torch
+
+    torch.set_flush_denormal(True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
 def log(msg: str) -> None:
     """Progress line with a timestamp (runs take minutes)."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)

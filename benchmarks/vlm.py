@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from common import (CACHE, command_line, load_note, log, machine_description, markdown_table,  # noqa: E402
-                    today, write_section)
+                    run_options, today, torch_threads, write_section)
 
 KINDS = {"count": "count (1-5)", "colour": "colour (6)", "shape": "shape (3)", "number": "number (0-99)",
          "name_seen": "badge name, seen on training badges", "name_held": "badge name, never on a training badge",
@@ -85,18 +85,11 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="at most this many eval questions per kind")
     ap.add_argument("--prefill-runs", type=int, default=15, help="timed prefills per prompt (median)")
     ap.add_argument("--out", type=Path, default=CACHE / "vlm", help="work directory (replaced)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's); 1 on a shared machine")
     ap.add_argument("--report-only", action="store_true", help="write the section from the runs already in --out "
                     "(a finished run's results.json and run directories), training nothing")
-    ap.add_argument("--note", default="", help="a sentence added to the section")
-    ap.add_argument("--no-write", action="store_true", help="print, do not write docs/BENCHMARKS.md")
+    run_options(ap)
     args = ap.parse_args()
-
-    import torch
-
-    torch.set_flush_denormal(True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch_threads(args)
     if not args.report_only:
         train_and_evaluate(args)
     text = report(args)
