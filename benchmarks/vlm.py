@@ -101,6 +101,8 @@ def main() -> None:
 
 def train_and_evaluate(args) -> None:
     """World (unless given), CLIP (unless given), the stages and the control, their evaluations: all in --out."""
+    import torch
+
     from acorn.fileio import write_json
 
     shutil.rmtree(args.out, ignore_errors=True)
@@ -140,6 +142,8 @@ def train_and_evaluate(args) -> None:
     if args.encoder:
         results["s2e"] = evaluate("VLM, encoder trained", args.out / "s2e" / "model", world, args.limit, 0)
     results["command"] = command_line(("--note",)).replace(" --no-write", "")
+    results["conditions"] = f"{load_note()}; {torch.get_num_threads()} torch thread" + \
+        ("s" if torch.get_num_threads() > 1 else "")  # the run's, not a later --report-only's
     write_json(args.out / "results.json", results)
 
 
@@ -197,6 +201,8 @@ def report(args) -> str:
     val = {k: [(r["step"], r["val_loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
                if "val_loss" in r] for k, run in runs.items()}
     command = results.get("command") or command_line(("--note",)).replace(" --report-only", "").replace(" --no-write", "")
+    conditions = results.get("conditions") or (f"{load_note()}; {torch.get_num_threads()} torch thread"
+                                                + ("s" if torch.get_num_threads() > 1 else ""))
 
     def epochs(stage: int) -> str:
         from acorn.train.vlm import STAGE_EPOCHS
@@ -207,8 +213,7 @@ def report(args) -> str:
 
     body = [
         "## LLaVA at laptop scale: image questions against a caption-in-prompt control (issue 20)", "",
-        f"`{command}` on {machine_description(('pillow',))}, {today()}; {load_note()}; "
-        f"{torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() > 1 else ''}. The 2 cores are shared "
+        f"`{command}` on {machine_description(('pillow',))}, {today()}; {conditions}. The 2 cores are shared "
         "with other sessions' work: the minutes are this run's.", "",
         f"World `{manifest['size']}` (seed {manifest['seed']}, the chat model's: the badges show the people it knows) "
         f"with {images.get('count', 0):,} pictures ({images.get('splits', {}).get('train', 0):,} train, "
@@ -258,7 +263,8 @@ def reading_on_training_pictures(out: Path, world: Path, results: dict) -> dict:
 
 def findings(results: dict, zero_shot: dict, train: dict) -> str:
     """What the table shows, its numbers taken from it."""
-    r = {c: {k: v["accuracy"] for k, v in res["accuracy"].items()} for c, res in results.items() if c != "command"}
+    r = {c: {k: v["accuracy"] for k, v in res["accuracy"].items()} for c, res in results.items()
+         if c not in ("command", "conditions")}
     v, ctrl, a = r["vlm"], r["control"], results["vlm"]["accuracy"]
     clip = ", ".join(_pct(zero_shot[k]["accuracy"]) for k in ("count", "colour", "shape") if k in zero_shot)
     text = (
