@@ -102,3 +102,22 @@ def test_generate_world_writes_chat_pairs_and_records_the_format(tmp_path, tiny_
     assert (chat_out / "sft.jsonl").read_bytes() == (tiny_world / "sft.jsonl").read_bytes()
     with pytest.raises(AcornError, match="mixed QA format"):
         generate_world(tmp_path / "bad", size="tiny", quiet=True, mixed_qa=1, mixed_qa_format="html")
+
+
+def test_prepared_chat_pairs_are_the_template_ids_of_their_conversations(tmp_path, world_tokenizer):
+    import numpy as np
+
+    from acorn.data.prepare import prepare
+    from acorn.tokenizer.bpe import Tokenizer
+
+    generate_world(tmp_path / "w", seed=0, size="tiny", quiet=True, mixed_qa=1, mixed_qa_format="chat")
+    prepare([tmp_path / "w" / "pretrain.jsonl"], world_tokenizer, tmp_path / "data", val_fraction=0, workers=1,
+            quiet=True)
+    meta = json.loads((tmp_path / "data" / "meta.json").read_text())
+    ids = np.concatenate([np.fromfile(tmp_path / "data" / r["file"], dtype=meta["dtype"])
+                          for r in meta["shards"]["train"]]).tolist()
+    tok = Tokenizer.from_pretrained(world_tokenizer)
+    starts = [i for i, t in enumerate(ids) if t == tok.bos_id]
+    docs = {tuple(ids[a:b]) for a, b in zip(starts, [*starts[1:], len(ids)])}
+    qa = [r for r in _rows(tmp_path / "w" / "pretrain.jsonl") if r["kind"] == "qa"]
+    assert qa and all((*tok.apply_chat_template(r["messages"]), tok.eos_id) in docs for r in qa)
