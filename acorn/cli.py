@@ -326,7 +326,8 @@ def cmd_speedrun(args) -> None:
     from acorn.speedrun import speedrun
 
     stages = [n for n in args.stages.split(",") if n] if args.stages is not None else None
-    recipe = {k: v for k, v in (("mixed_qa", args.mixed_qa), ("compile", args.compile or None)) if v is not None}
+    recipe = {k: v for k, v in (("mixed_qa", args.mixed_qa), ("mixed_qa_format", args.mixed_qa_format),
+                                ("compile", args.compile or None)) if v is not None}
     if args.estimate:
         from acorn.speedrun import estimate, format_estimate
 
@@ -1085,6 +1086,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mixed-qa", type=non_negative_int, metavar="N", help="mixed training: N question-answer pairs "
                    "per fact of the SFT people among the pretraining documents (`acorn data world --mixed-qa`; "
                    "default: the preset's, 0)")
+    s.add_argument("--mixed-qa-format", choices=["plain", "chat"], help="how --mixed-qa writes those pairs: plain "
+                   "text (\"Question: ...\\nAnswer: ...\") or chat: conversations rendered with the tokenizer's "
+                   "chat template, special tokens as their ids, so the base model already answers in the format "
+                   "SFT and the report card use (`acorn data world --mixed-qa-format`; default: the preset's, plain)")
     s.add_argument("--compile", action="store_true", help="torch.compile the model for pretraining and SFT "
                    "(compilation is paid out of the time budgets; default: the preset's, off)")
     s.add_argument("--estimate", action="store_true", help="print how long the run would take here (a throughput "
