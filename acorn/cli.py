@@ -121,7 +121,7 @@ def cmd_data_world(args) -> None:
     generate_world(args.out, seed=args.seed, size=args.size, tokenizer=args.tokenizer, overwrite=args.overwrite,
                    rag_sft=args.rag_sft, reading_docs=args.reading_docs, tool_sft=args.tool_sft,
                    mixed_qa=args.mixed_qa, critique_sft=args.critique_sft, icl_docs=args.icl_docs,
-                   images=args.images)
+                   images=args.images, mixed_qa_format=args.mixed_qa_format)
 
 
 def cmd_data_prepare(args) -> None:
@@ -326,7 +326,8 @@ def cmd_speedrun(args) -> None:
     from acorn.speedrun import speedrun
 
     stages = [n for n in args.stages.split(",") if n] if args.stages is not None else None
-    recipe = {k: v for k, v in (("mixed_qa", args.mixed_qa), ("compile", args.compile or None)) if v is not None}
+    recipe = {k: v for k, v in (("mixed_qa", args.mixed_qa), ("mixed_qa_format", args.mixed_qa_format),
+                                ("compile", args.compile or None)) if v is not None}
     if args.estimate:
         from acorn.speedrun import estimate, format_estimate
 
@@ -1085,6 +1086,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mixed-qa", type=non_negative_int, metavar="N", help="mixed training: N question-answer pairs "
                    "per fact of the SFT people among the pretraining documents (`acorn data world --mixed-qa`; "
                    "default: the preset's, 0)")
+    s.add_argument("--mixed-qa-format", choices=["plain", "chat"], help="how --mixed-qa writes those pairs: plain "
+                   "text (\"Question: ...\\nAnswer: ...\") or chat: conversations rendered with the tokenizer's "
+                   "chat template, special tokens as their ids, so the base model already answers in the format "
+                   "SFT and the report card use (`acorn data world --mixed-qa-format`; default: the preset's, plain)")
     s.add_argument("--compile", action="store_true", help="torch.compile the model for pretraining and SFT "
                    "(compilation is paid out of the time budgets; default: the preset's, off)")
     s.add_argument("--estimate", action="store_true", help="print how long the run would take here (a throughput "
@@ -1165,6 +1170,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed training: N question-answer pairs per fact of each SFT person among the pretraining "
                    "documents (\"Question: ...\\nAnswer: ...\"); the held-out people get none and measure transfer "
                    "(default: 0, off)")
+    s.add_argument("--mixed-qa-format", choices=["plain", "chat"], default="plain",
+                   help="how --mixed-qa writes each pair: plain text (\"Question: ...\\nAnswer: ...\"), or chat: a "
+                   "conversation ({\"messages\": [user question, assistant answer]}, the form of SFT's rows for "
+                   "facts) that `acorn data prepare` renders with the tokenizer's chat template, special tokens as "
+                   "their ids, so the base model already answers in SFT's format (default: plain)")
     s.add_argument("--icl-docs", type=non_negative_int, default=0, metavar="N",
                    help="N in-context pretraining documents instead of the size's, half of them repeating their "
                    "inputs so each later label is copied from an earlier line (induction); default: 0, the size's "
@@ -1183,7 +1193,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="+", help=".txt (one document per file), .jsonl or .parquet files, directories or globs")
     s.add_argument("--tokenizer", required=True, help="tokenizer directory (or file, or 'gpt2')")
     s.add_argument("--out", required=True, help="directory for train_*.bin, val_*.bin and meta.json")
-    s.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text (default: text)")
+    s.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text (default: text); "
+                   "a JSONL line without it but with \"messages\" is a conversation, rendered with the tokenizer's "
+                   "chat template")
     s.add_argument("--val-fraction", type=_fraction(), default=0.005, help="share of documents held out (default: 0.005)")
     s.add_argument("--shard-tokens", type=positive_int, default=10_000_000, help="tokens per shard (default: 10_000_000)")
     s.add_argument("--workers", type=non_negative_int, help="tokenizer processes (default: all cores; 0: this process)")

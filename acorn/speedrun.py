@@ -104,6 +104,7 @@ class SpeedrunPreset:
     vlm_stage2_steps: int = 0  # LLaVA stage 2 (projector + decoder) steps; 0: `acorn vlm train`'s (4 epochs)
     # Recipe knobs (docs/BENCHMARKS.md, speedrun-ablations: measured before any became a default):
     mixed_qa: int = 0  # world --mixed-qa: QA pairs per fact of the SFT people among the pretraining documents
+    mixed_qa_format: str = "plain"  # world --mixed-qa-format: those pairs as plain text or in the chat template
     compile: bool = False  # torch.compile the model for pretraining and SFT (the probe pays and counts the compile)
     fused_adamw: bool = False  # AdamW as one fused kernel
 
@@ -160,11 +161,12 @@ def _fmt_time(seconds: float) -> str:
 
 
 # ------------------------------------------------------------------ stages
-def stage_world(out: Path, size: str, seed: int, mixed_qa: int = 0) -> dict:
+def stage_world(out: Path, size: str, seed: int, mixed_qa: int = 0, mixed_qa_format: str = "plain") -> dict:
     from acorn.data.world import generate_world
 
     # overwrite: a rerun of a stopped speedrun redoes it
-    return generate_world(out, seed=seed, size=size, overwrite=True, mixed_qa=mixed_qa)
+    return generate_world(out, seed=seed, size=size, overwrite=True, mixed_qa=mixed_qa,
+                          mixed_qa_format=mixed_qa_format)
 
 
 def stage_tokenizer(world_dir: Path, out: Path, vocab_size: int) -> dict:
@@ -809,6 +811,11 @@ def resolve_preset(preset: str = "cpu", *, size: str | None = None, vocab_size: 
     if isinstance(recipe.get("mixed_qa", 0), bool) or not isinstance(recipe.get("mixed_qa", 0), int) \
             or recipe.get("mixed_qa", 0) < 0:
         raise AcornError(f"mixed_qa must be a non-negative integer, got {recipe['mixed_qa']!r}")
+    from acorn.data.world import MIXED_QA_FORMATS
+
+    if recipe.get("mixed_qa_format", "plain") not in MIXED_QA_FORMATS:
+        raise AcornError(f"mixed_qa_format must be one of {', '.join(MIXED_QA_FORMATS)}, "
+                         f"got {recipe['mixed_qa_format']!r}")
     changes = {k: v for k, v in (("world", size), ("vocab_size", vocab_size)) if v} | recipe
     return SpeedrunPreset(**{**asdict(PRESETS[preset]), **changes})
 
@@ -841,7 +848,7 @@ def speedrun(out: str | Path = "runs/speedrun", *, preset: str = "cpu", seed: in
     results: list[StageResult] = []
     world, tok, data = out / "world", out / "tokenizer", out / "data"
     _stage("world: generate the built-in synthetic world", "seconds", results, stage_world, world, p.world, seed,
-           p.mixed_qa)
+           p.mixed_qa, p.mixed_qa_format)
     tok_summary = _stage(f"tokenizer: train byte-level BPE, vocab {p.vocab_size}", "seconds", results,
                          stage_tokenizer, world, tok, p.vocab_size)
     _stage("tokenizer eval: bytes per token against GPT-2", "seconds", results, stage_tokenizer_eval, world, tok,
@@ -1023,9 +1030,10 @@ def recipe_section(run: Run) -> list[str]:
         return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
     pre, sft = config("pretrain"), config("sft")
-    rows = [("world", f"`{p.world}`, seed {run.seed}" + (f", {p.mixed_qa} QA pairs per fact of the SFT people mixed "
-                                                        "into pretraining (--mixed-qa)" if p.mixed_qa else
-                                                        ", no QA in pretraining"))]
+    qa = (f", {p.mixed_qa} QA pairs per fact of the SFT people mixed into pretraining (--mixed-qa)"
+          + (", in the chat template (--mixed-qa-format chat)" if p.mixed_qa_format == "chat" else ", as plain text")
+          if p.mixed_qa else ", no QA in pretraining")
+    rows = [("world", f"`{p.world}`, seed {run.seed}" + qa)]
     rows.append(("tokenizer", f"byte-level BPE, vocabulary {p.vocab_size:,}"))
     m = pre.get("model") or {}
     if m:

@@ -279,9 +279,9 @@ the chat format: 5.5% on the SFT people's own questions), also destroys the base
 (held out 26.4% -> 5.7 / 7.5 / 9.4%; SFT people 52.7% -> 3.6 / 2.7 / 15.5%): fine-tuning the whole 1M
 model moves the weights that held the extraction. The chat template's special tokens are new to the model
 (pretraining never sees them), so SFT must move the model some way in any case. What to try next, in that
-order: (1) QA documents in the chat template itself in pretraining (special tokens as ids: the data stage
-would have to render conversations, which `acorn data prepare` does not do), so SFT has nothing new to
-teach about the format; (2) replay: pretraining documents mixed into SFT; (3) the speedrun's default world
+order: (1) QA documents in the chat template itself in pretraining (special tokens as ids: built since,
+`--mixed-qa-format chat`, rendered by `acorn data prepare` with the tokenizer's template; not yet
+measured), so SFT has nothing new to teach about the format; (2) replay: pretraining documents mixed into SFT; (3) the speedrun's default world
 (60 biographies per person instead of the small world's 12; the earlier attempt measured 43.9% vs 0.4% on
 the base and ~12% after SFT there) with its full budget on an idle machine. These figures are on the small
 world at equal steps (300 x 8,192 tokens, ~30 passes) because a full-size pair of runs did not fit the

@@ -261,6 +261,34 @@ def test_the_world_stage_mixes_qa_into_pretraining_when_the_recipe_asks(tmp_path
     assert "1 QA pairs per fact of the SFT people mixed into pretraining" in text and "with changes" in text
 
 
+def test_mixed_qa_format_chat_reaches_the_world_and_the_recipe(tmp_path, monkeypatch, capsys):
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):  # the world stage is what this checks; the rest is the tiny run's to test
+        raise Stop
+
+    monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10: (0.1, 0.0))
+    monkeypatch.setattr(sr, "stage_tokenizer", stop)
+    with pytest.raises(Stop):
+        main(["speedrun", "--out", str(tmp_path / "run"), "--preset", "tiny", "--mixed-qa", "1",
+              "--mixed-qa-format", "chat"])
+    world = tmp_path / "run" / "world"
+    qa = [r for r in map(json.loads, (world / "pretrain.jsonl").read_text().splitlines()) if r["kind"] == "qa"]
+    assert qa and all("messages" in r and "text" not in r for r in qa)
+    assert json.loads((world / "manifest.json").read_text())["mixed_qa_format"] == "chat"
+    run = sr.Run(tmp_path, "tiny", sr.resolve_preset("tiny", mixed_qa=1, mixed_qa_format="chat"), 0)
+    assert "in the chat template (--mixed-qa-format chat)" in "\n".join(sr.recipe_section(run))
+    run = sr.Run(tmp_path, "tiny", sr.resolve_preset("tiny", mixed_qa=1), 0)
+    assert "as plain text" in "\n".join(sr.recipe_section(run))
+    with pytest.raises(AcornError, match="mixed_qa_format must be one of plain, chat"):
+        sr.resolve_preset("cpu", mixed_qa_format="html")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # argparse's own check, one line
+        main(["speedrun", "--estimate", "--mixed-qa-format", "html"])
+    assert e.value.code == 2 and "--mixed-qa-format: invalid choice" in capsys.readouterr().err
+
+
 def test_the_vlm_stage_joins_clip_to_the_chat_model_and_scores_image_questions(tiny_run):
     """Over the finished tiny run: the run's world's pictures (the same people), CLIP, LLaVA's two
     stages from the SFT model (the tiny preset's few steps), the image questions per kind."""

@@ -10,7 +10,15 @@ recursive) and globs, taken in sorted order.
   (4 MiB: a book dump, not a document) is cut into pieces of about 1 MiB at
   safe newlines (acorn.tokenizer.text.iter_text_chunks) and each piece is a
   document of its own.
-- .jsonl: one document per line, the string in field `text_field`.
+- .jsonl: one document per line, the string in field `text_field`. A line
+  without that field but with "messages" (a list of role/content dicts, as
+  in sft.jsonl; "tools" too, if it has them) is a conversation document: it
+  is rendered by the tokenizer's own chat template (acorn.chat.template, the
+  one renderer SFT uses too), the template's role markers as special ids and
+  the messages' text as plain text. That is how pretraining learns the chat
+  format before SFT does (mixed training in the chat template: `acorn data
+  world --mixed-qa N --mixed-qa-format chat`). A tokenizer without a chat
+  template cannot render it and is refused.
 - .parquet: one document per row, the string column `text_field`, read one
   row group at a time with pyarrow.
 Empty documents ("") are skipped; a file with no bytes at all is an error.
@@ -27,10 +35,13 @@ the model learns where a document stops, which generation needs to know when
 to stop. A tokenizer whose EOS is its BOS (GPT-2's <|endoftext|>) writes the
 token once; one without a BOS uses its EOS as the document start. Text that
 looks like a special token is encoded as plain text: a document cannot forge
-a BOS.
+a BOS. A conversation is written as [BOS] (the template's ids) [EOS], without
+a second BOS or EOS where the template already writes one (the acorn and
+llama3 templates start with BOS).
 
 Validation split: a document goes to val when a keyed hash of its text (key:
-the seed) falls below `val_fraction`. That is deterministic, independent of
+the seed; a conversation's is its canonical JSON, json.dumps(messages,
+sort_keys=True)) falls below `val_fraction`. That is deterministic, independent of
 order and worker count, and puts exact duplicates on the same side, so a
 duplicated document cannot leak from train into val.
 
@@ -50,6 +61,7 @@ A re-run with anything different is refused (choose a new --out or pass
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import os
 import signal
@@ -112,7 +124,7 @@ def _check_input(path: Path, text_field: str, errors: str = "strict") -> None:
         with open(path, "rb") as f:
             for lineno, line in enumerate(f, 1):
                 if line.strip():
-                    _jsonl_text(line.removeprefix(b"\xef\xbb\xbf"), path, lineno, text_field, errors)
+                    _jsonl_document(line.removeprefix(b"\xef\xbb\xbf"), path, lineno, text_field, errors)
                     return
         raise AcornError(f"{path}: no documents (only blank lines); remove it from the inputs")
     if path.suffix == ".parquet":
@@ -132,13 +144,33 @@ def _check_input(path: Path, text_field: str, errors: str = "strict") -> None:
                              "of a string column")
 
 
-def _jsonl_text(line: bytes, path, lineno: int, text_field: str, errors: str = "strict") -> str:
+@dataclass(frozen=True)
+class Conversation:
+    """A JSONL line's "messages" (and "tools"): a document the chat template renders."""
+    messages: list
+    tools: list | None
+    where: str  # file:line, for errors
+
+    @property
+    def text(self) -> str:
+        """What its turns say, one per line: what readers of plain text (documents()) see."""
+        return "\n".join(m["content"] for m in self.messages if isinstance(m, dict) and isinstance(m.get("content"), str))
+
+    @property
+    def key(self) -> str:
+        """The text its validation hash is of: the messages as canonical JSON."""
+        return json.dumps(self.messages, sort_keys=True)
+
+
+def _jsonl_document(line: bytes, path, lineno: int, text_field: str, errors: str = "strict") -> str | Conversation:
     row = fileio.parse_jsonl_line(line, path, lineno, errors)
     text = row.get(text_field)
-    if not isinstance(text, str):
-        raise AcornError(f"{path}:{lineno}: no string field {text_field!r}; pass --text-field NAME "
-                         f"(fields there: {', '.join(map(str, row)) or 'none'})")
-    return text
+    if isinstance(text, str):
+        return text
+    if text_field not in row and isinstance(row.get("messages"), list):
+        return Conversation(row["messages"], row.get("tools"), f"{path}:{lineno}")
+    raise AcornError(f"{path}:{lineno}: no string field {text_field!r} (nor a \"messages\" list); pass --text-field "
+                     f"NAME (fields there: {', '.join(map(str, row)) or 'none'})")
 
 
 # ------------------------------------------------------------------- chunks
@@ -198,7 +230,7 @@ def _jsonl_pieces(path: Path, chunk_bytes: int) -> Iterator[tuple[tuple, int]]:
                 return
 
 
-def _piece_documents(piece: tuple, text_field: str, errors: str = "strict") -> list[str]:
+def _piece_documents(piece: tuple, text_field: str, errors: str = "strict") -> list[str | Conversation]:
     kind, path = piece[0], piece[1]
     if kind == "text":
         return [piece[2]]
@@ -206,7 +238,7 @@ def _piece_documents(piece: tuple, text_field: str, errors: str = "strict") -> l
         first, data = piece[2], piece[3]
         if first == 1:
             data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
-        return [_jsonl_text(line, path, first + i, text_field, errors)
+        return [_jsonl_document(line, path, first + i, text_field, errors)
                 for i, line in enumerate(data.split(b"\n")) if line.strip()]
     import pyarrow.parquet as pq
 
@@ -222,14 +254,15 @@ def _piece_documents(piece: tuple, text_field: str, errors: str = "strict") -> l
 def documents(inputs: Sequence[str | os.PathLike], text_field: str = "text") -> Iterator[tuple[Path, str]]:
     """(file, text) of every document of the inputs, in the order and with the
     boundaries `prepare` uses (a .txt file whole, or in ~1 MiB pieces past
-    4 MiB; a JSONL line; a Parquet row), empty ones included."""
+    4 MiB; a JSONL line; a Parquet row), empty ones included. A conversation's
+    text is its turns' contents, one per line (Conversation.text)."""
     files = expand_inputs(inputs)
     for f in files:
         _check_input(f, text_field)
     for pieces, _ in iter_chunks(files, CHUNK_BYTES_MAX):
         for piece in pieces:
-            for text in _piece_documents(piece, text_field):
-                yield Path(piece[1]), text
+            for doc in _piece_documents(piece, text_field):
+                yield Path(piece[1]), doc.text if isinstance(doc, Conversation) else doc
 
 
 # ------------------------------------------------------------- tokenizing
@@ -251,19 +284,47 @@ def is_val(text: str, val_fraction: float, seed: int) -> bool:
     return int.from_bytes(h.digest(), "little") < val_fraction * 2.0**64
 
 
+def has_chat_template(tok) -> bool:
+    """Does the tokenizer carry a chat template (its own, or its Acorn chat format's)?
+    Without one apply_chat_template would fall back to the acorn format, whose
+    role markers such a tokenizer does not have as special tokens."""
+    return bool(getattr(tok, "chat_template", None) or getattr(tok, "chat_format", None))
+
+
+def render_conversation(tok, conv: Conversation) -> list[int]:
+    """A conversation document's ids: the tokenizer's chat template, rendered as SFT renders it
+    (special tokens the template writes as their ids, the messages' text as plain text)."""
+    if not has_chat_template(tok):
+        raise AcornError(f"{conv.where}: a conversation (\"messages\") needs a chat template to render, and the "
+                         "tokenizer has none; use one with a chat template (`acorn tokenizer train` writes one) "
+                         "or give the line a text field")
+    try:
+        return tok.apply_chat_template(conv.messages, tools=conv.tools)
+    except AcornError as e:  # the template says what is wrong with the conversation; say where it is
+        raise AcornError(f"{conv.where}: {e}") from None
+
+
 def tokenize_chunk(tok, pieces: list[tuple], spec: _Spec, num_threads: int | None = 1) -> dict:
     """Documents of a chunk -> {"train": ids, "val": ids, "train_docs": n, "val_docs": n}."""
-    texts = [t for piece in pieces for t in _piece_documents(piece, spec.text_field, spec.errors) if t]
-    encoded = tok.encode_batch(texts, num_threads=num_threads)
+    docs_in = [d for piece in pieces for d in _piece_documents(piece, spec.text_field, spec.errors)
+               if (d.messages if isinstance(d, Conversation) else d)]
+    encoded = iter(tok.encode_batch([d for d in docs_in if isinstance(d, str)], num_threads=num_threads))
     out: dict[str, list[int]] = {"train": [], "val": []}
     docs = {"train": 0, "val": 0}
-    tail = [spec.eos] if spec.eos is not None and spec.eos != spec.bos else []
-    for text, ids in zip(texts, encoded):
-        split = "val" if spec.val_fraction > 0 and is_val(text, spec.val_fraction, spec.seed) else "train"
+    eos = spec.eos if spec.eos is not None and spec.eos != spec.bos else None  # GPT-2's one token: written once
+    for doc in docs_in:
+        if isinstance(doc, Conversation):
+            ids, key = render_conversation(tok, doc), doc.key
+        else:
+            ids, key = next(encoded), doc
+        split = "val" if spec.val_fraction > 0 and is_val(key, spec.val_fraction, spec.seed) else "train"
         stream = out[split]
-        stream.append(spec.bos)
+        # Text never encodes to a special id, so only a template's own BOS or EOS can be here already.
+        if ids[:1] != [spec.bos]:
+            stream.append(spec.bos)
         stream.extend(ids)
-        stream.extend(tail)
+        if eos is not None and ids[-1:] != [eos]:
+            stream.append(eos)
         docs[split] += 1
     return {"train": np.array(out["train"], dtype=spec.dtype), "val": np.array(out["val"], dtype=spec.dtype),
             "train_docs": docs["train"], "val_docs": docs["val"]}

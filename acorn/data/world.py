@@ -361,13 +361,23 @@ def pretrain_docs(world: World, cfg: WorldSize, seen: set, icl_docs: int = 0) ->
 # pairs are of the people SFT asks about (split "sft"); the "heldout" people
 # get none, so their facts (pretrain_only in eval/fact_qa.jsonl) still measure
 # transfer: a question about a fact only a biography stated.
+# Two formats: "plain" text in MIXED_QA_FORMAT, or "chat": the pair as a
+# conversation (user question, assistant answer) that `acorn data prepare`
+# renders with the tokenizer's chat template, special tokens as their ids, so
+# the base model already answers in the format SFT and the report card use.
 MIXED_QA_FORMAT = "Question: {question}\nAnswer: {answer}"
+MIXED_QA_FORMATS = ("plain", "chat")
 
 
-def mixed_qa_docs(world: World, n: int) -> list[dict]:
+def mixed_qa_docs(world: World, n: int, format: str = "plain") -> list[dict]:
     """`n` question phrasings per fact of each SFT person, one pair per
-    document in MIXED_QA_FORMAT (the SFT set's question templates, answers
-    as SFT gives them), from their own random stream; [] for n = 0."""
+    document (the SFT set's question templates, answers as SFT gives them:
+    the bare value), from their own random stream; [] for n = 0.
+    format "plain": {"text": MIXED_QA_FORMAT}; "chat": {"messages": [user
+    question, assistant answer]}, exactly an SFT fact row without a system
+    prompt. Both draw the same questions, so the two differ only in format."""
+    if format not in MIXED_QA_FORMATS:
+        raise AcornError(f"mixed QA format must be one of {', '.join(MIXED_QA_FORMATS)}, not {format!r}")
     if n <= 0:
         return []
     rng = _rng(world.seed, "mixed_qa")
@@ -376,9 +386,11 @@ def mixed_qa_docs(world: World, n: int) -> list[dict]:
         for attr in p.attributes():
             templates = T.QUESTION_TEMPLATES[attr]
             for template in rng.sample(templates, min(n, len(templates))):
-                docs.append({"text": MIXED_QA_FORMAT.format(question=template.format(name=p.name),
-                                                            answer=p.value(attr)),
-                             "kind": "qa", "person": p.name, "attribute": attr})
+                question, answer = template.format(name=p.name), p.value(attr)
+                body = ({"text": MIXED_QA_FORMAT.format(question=question, answer=answer)} if format == "plain"
+                        else {"messages": [{"role": "user", "content": question},
+                                           {"role": "assistant", "content": answer}]})
+                docs.append({**body, "kind": "qa", "person": p.name, "attribute": attr})
     return docs
 
 
@@ -1442,9 +1454,12 @@ def _obj(required: dict, optional: dict | None = None) -> dict:
 _PREFERENCE = _obj({"prompt": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES,
                     "kind": {"enum": ["fact", "unknown", "arithmetic"]}}, {"person": _STR, "attribute": _ATTR})
 SCHEMAS: dict[str, dict] = {
-    "pretrain.jsonl": _obj({"text": _STR, "kind": {"enum": ["biography", "story", "arithmetic", "reasoning", "icl",
-                                                              "reading", "qa"]}},
-                           {"person": _STR, "attribute": _ATTR}),  # qa (--mixed-qa): whose fact it asks
+    # A text document, or (--mixed-qa-format chat) a QA pair as a conversation that prepare renders.
+    "pretrain.jsonl": {"oneOf": [
+        _obj({"text": _STR, "kind": {"enum": ["biography", "story", "arithmetic", "reasoning", "icl", "reading",
+                                              "qa"]}},
+             {"person": _STR, "attribute": _ATTR}),  # qa (--mixed-qa): whose fact it asks
+        _obj({"messages": _MESSAGES, "kind": {"const": "qa"}, "person": _STR, "attribute": _ATTR})]},
     "sft.jsonl": _obj({"messages": _MESSAGES, "kind": {"enum": ["fact", "refusal", "arithmetic", "tool", "rag", "rag_idk",
                                                                  *CRITIQUE_KINDS]}},
                       {"person": _STR, "attribute": _ATTR, "tools": {"type": "array"}}),
@@ -1510,13 +1525,13 @@ def _fit_tokenizer(pretrain: list[dict]):
     # fewer merges than 4096; the warning saying so is expected here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return Tokenizer.train([d["text"] for d in pretrain], 4096)
+        return Tokenizer.train([_row_text(d) for d in pretrain], 4096)  # a chat QA pair: its turns' text
 
 
 def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, quiet: bool = False,
                    overwrite: bool = False, rag_sft: bool = False, reading_docs: int = 0,
                    tool_sft: bool = False, mixed_qa: int = 0, critique_sft: bool = False, icl_docs: int = 0,
-                   images: int | str = 0) -> dict:
+                   images: int | str = 0, mixed_qa_format: str = "plain") -> dict:
     """Generate the world into directory `out` and return a summary.
 
     rag_sft: sft.jsonl also teaches answering from retrieved passages with a
@@ -1531,6 +1546,9 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     mixed_qa: N > 0 mixes N question-answer pairs per fact of each SFT person
     into pretrain.jsonl (mixed_qa_docs; the held-out people get none, so
     their facts still measure transfer). Off (0) by default, same bytes.
+    mixed_qa_format: "plain" (the default) writes each pair as text in
+    MIXED_QA_FORMAT; "chat" as a conversation ({"messages": [...]}) that
+    `acorn data prepare` renders with the tokenizer's chat template.
     icl_docs: N > 0 replaces the size's in-context documents by N of them, half of the
     repeated-induction kind (icl_doc(repeats=True)); 0 (the default): files unchanged.
     critique_sft: sft.jsonl also teaches the constitutional format (critique_sft_rows:
@@ -1560,6 +1578,9 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     seen: set = set()  # (a, op, b) problems in training data, to flag contaminated eval items
     if isinstance(mixed_qa, bool) or not isinstance(mixed_qa, int) or mixed_qa < 0:
         raise AcornError(f"mixed_qa must be a non-negative integer (question phrasings per fact), got {mixed_qa!r}")
+    if mixed_qa_format not in MIXED_QA_FORMATS:
+        raise AcornError(f"mixed QA format must be one of {', '.join(MIXED_QA_FORMATS)}, not {mixed_qa_format!r}; "
+                         "e.g. --mixed-qa-format chat")
     if isinstance(icl_docs, bool) or not isinstance(icl_docs, int) or icl_docs < 0:
         raise AcornError(f"icl_docs must be a non-negative integer (in-context documents), got {icl_docs!r}")
     if images == "default":
@@ -1573,7 +1594,7 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
         pretrain = pretrain + reading_documents(world, reading_docs)
         _rng(seed, "reading_order").shuffle(pretrain)
     if mixed_qa:
-        pretrain = pretrain + mixed_qa_docs(world, mixed_qa)
+        pretrain = pretrain + mixed_qa_docs(world, mixed_qa, mixed_qa_format)
         _rng(seed, "mixed_qa_order").shuffle(pretrain)
     sft = sft_rows(world, cfg, seen)
     if rag_sft:
@@ -1636,6 +1657,7 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
         manifest["tool_sft"] = True
     if mixed_qa:  # only when on, as rag_sft
         manifest["mixed_qa"] = mixed_qa
+        manifest["mixed_qa_format"] = mixed_qa_format
     if critique_sft:
         manifest["critique_sft"] = True
     if icl_docs:

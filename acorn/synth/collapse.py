@@ -97,6 +97,11 @@ def read_documents(spec: str) -> list[str]:
     for path in paths:
         if path.suffix == ".jsonl":
             for lineno, row in read_jsonl_lines(path):
+                if "text" not in row and isinstance(row.get("messages"), list):
+                    # A conversation (a chat-format QA pair, --mixed-qa-format chat): what its turns say.
+                    docs.append("\n".join(m["content"] for m in row["messages"]
+                                          if isinstance(m, dict) and isinstance(m.get("content"), str)))
+                    continue
                 if not isinstance(row.get("text"), str):
                     raise AcornError(f"{path}:{lineno}: no \"text\" string; a JSONL document needs a text field")
                 docs.append(row["text"])

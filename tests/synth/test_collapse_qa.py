@@ -37,6 +37,16 @@ def test_distinct_n_by_hand():
     assert distinct_n([[1]], 2) == 0.0
 
 
+def test_documents_of_a_chat_mixed_world_are_read_as_text(tmp_path):
+    from acorn.synth.collapse import read_documents
+
+    qa = {"messages": [{"role": "user", "content": "Where was Mivi born?"}, {"role": "assistant", "content": "Polath"}],
+          "kind": "qa"}
+    rows = [{"text": f"Document {i}."} for i in range(10)] + [qa]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert read_documents(str(tmp_path / "p.jsonl"))[-1] == "Where was Mivi born?\nPolath"
+
+
 def test_collapse_end_to_end(tiny_world, world_tokenizer, tmp_path, capsys):
     out = tmp_path / "c"
     args = ["synth", "collapse", "--data", str(tiny_world / "pretrain.jsonl"), "--tokenizer", str(world_tokenizer),
