@@ -271,6 +271,7 @@ machine's (~20,000 tokens/s for the speedrun's step).
 | float32 attention under bf16 autocast | 1.13x in eager (bf16 scaled_dot_product_attention is slower on this CPU than float32 at head_dim 32) | a lead for acorn/model/transformer.py's `sdpa` (not this lane); not measured on the card |
 | float32 everywhere (no autocast) | 0.81x | bf16 autocast stays (`dtype auto`) |
 | mixed training, `--mixed-qa 4` | on the base model, held-out people's facts asked as plain text: 26.4% vs 1.9% (control), the SFT people's 52.7% vs 0.0%; after SFT (chat template, the report card's question) held-out facts 4.7% vs 5.7% at the speedrun's lr 1e-3, 6.6% vs 4.7% at 3e-4, 3.8% vs 1.9% at 1e-4 (106 questions each: +-2-3 points standard error) | **not the default**: the gain of the base model does not survive SFT; `--mixed-qa` stays an option |
+| mixed training in the chat template, `--mixed-qa 4 --mixed-qa-format chat` (default world, section speedrun-mixed-chat) | base model, the report card's chat questions: held-out facts 20.2% vs 0.0% (control), SFT people 35.8% vs 0.0%; after the speedrun's SFT (707 / 540 steps) held-out 10.1% vs 9.0%, SFT people 100% vs 99.8%; at 135 SFT steps held-out 19.1% vs 9.9% but SFT people 69.4% and arithmetic 0% (535 held-out questions: +-1.3 points) | **not the default**: twice the held-out facts only where SFT is too short for the rest of the card; `--mixed-qa-format chat` stays an option |
 
 Why mixed training's gain is lost after SFT (what was looked at): the SFT models' answers about held-out
 people have the right form (a year, a city, a person's name) but the wrong value ("1997" for 1996), so
@@ -280,8 +281,10 @@ the chat format: 5.5% on the SFT people's own questions), also destroys the base
 model moves the weights that held the extraction. The chat template's special tokens are new to the model
 (pretraining never sees them), so SFT must move the model some way in any case. What to try next, in that
 order: (1) QA documents in the chat template itself in pretraining (special tokens as ids: built since,
-`--mixed-qa-format chat`, rendered by `acorn data prepare` with the tokenizer's template; not yet
-measured), so SFT has nothing new to teach about the format; (2) replay: pretraining documents mixed into SFT; (3) the speedrun's default world
+`--mixed-qa-format chat`, rendered by `acorn data prepare` with the tokenizer's template; measured
+in section speedrun-mixed-chat: the base model then answers 20.2% of held-out facts in the chat template,
+SFT of the speedrun's length still takes it back to 10.1% against 9.0%), so SFT has nothing new to teach
+about the format; (2) replay: pretraining documents mixed into SFT; (3) the speedrun's default world
 (60 biographies per person instead of the small world's 12; the earlier attempt measured 43.9% vs 0.4% on
 the base and ~12% after SFT there) with its full budget on an idle machine. These figures are on the small
 world at equal steps (300 x 8,192 tokens, ~30 passes) because a full-size pair of runs did not fit the
