@@ -327,7 +327,7 @@ def cmd_speedrun(args) -> None:
 
     stages = [n for n in args.stages.split(",") if n] if args.stages is not None else None
     recipe = {k: v for k, v in (("mixed_qa", args.mixed_qa), ("mixed_qa_format", args.mixed_qa_format),
-                                ("compile", args.compile or None)) if v is not None}
+                                ("compile", args.compile)) if v is not None}
     if args.estimate:
         from acorn.speedrun import estimate, format_estimate
 
@@ -1090,8 +1090,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "text (\"Question: ...\\nAnswer: ...\") or chat: conversations rendered with the tokenizer's "
                    "chat template, special tokens as their ids, so the base model already answers in the format "
                    "SFT and the report card use (`acorn data world --mixed-qa-format`; default: the preset's, plain)")
-    s.add_argument("--compile", action="store_true", help="torch.compile the model for pretraining and SFT "
-                   "(compilation is paid out of the time budgets; default: the preset's, off)")
+    s.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model for pretraining and SFT (compilation is paid out of the time "
+                   "budgets; where it fails the stage trains eagerly); --no-compile trains eagerly "
+                   "(default: the preset's: on for cpu and gpu, off for tiny)")
     s.add_argument("--estimate", action="store_true", help="print how long the run would take here (a throughput "
                    "probe of a few training steps) and exit")
     from acorn.speedrun import STAGES  # light: the stages import their modules when they run

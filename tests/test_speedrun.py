@@ -240,7 +240,8 @@ def test_estimate_from_the_command_line_and_recipe_settings(monkeypatch, capsys,
     p = sr.resolve_preset("cpu", mixed_qa=2, fused_adamw=True)
     assert (p.mixed_qa, p.fused_adamw, p.lr) == (2, True, sr.PRESETS["cpu"].lr)
     cfg = sr.pretrain_config(p, tmp_path, tmp_path, 2048, 0)
-    assert cfg.optim.fused is True and cfg.train.compile is False
+    assert cfg.optim.fused is True and cfg.train.compile is True  # the cpu preset compiles
+    assert sr.pretrain_config(sr.resolve_preset("cpu", compile=False), tmp_path, tmp_path, 2048, 0).train.compile is False
     with pytest.raises(AcornError, match="unknown speedrun setting warp; settable: world"):
         sr.resolve_preset("cpu", warp=9)
     with pytest.raises(AcornError, match="mixed_qa must be a non-negative integer"):
@@ -310,3 +311,24 @@ def test_the_vlm_stage_joins_clip_to_the_chat_model_and_scores_image_questions(t
     assert model.config.image_token_id == tok.special_tokens[IMAGE_TOKEN] == tok.vocab_size - 1
     assert len(vlm["commands"]) == 3 and "--init_from" in vlm["commands"][2]
     assert "| vlm_count | acc |" in report.read_text(encoding="utf-8")
+
+
+def test_a_compile_that_fails_falls_back_to_eager_training(monkeypatch, capsys):
+    """Where torch.compile cannot work (no C++ compiler), the probe says so in one line and
+    the stage's config trains eagerly, instead of the main job dying."""
+    import torch
+
+    from acorn.train.pretrain import PretrainConfig
+
+    def broken(model, *a, **k):
+        def fail(*args, **kwargs):
+            raise RuntimeError("InductorError: no working C++ compiler found")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    cfg = PretrainConfig()
+    cfg.model.vocab_size, cfg.train.micro_batch, cfg.train.seq_len, cfg.train.compile = 64, 1, 8, True
+    per_micro, compile_s = sr.probe(cfg, steps=6)
+    assert cfg.train.compile is False and compile_s == 0.0 and per_micro > 0
+    out = capsys.readouterr().out
+    assert "torch.compile failed here (RuntimeError: InductorError: no working C++ compiler found); training eagerly" in out
