@@ -228,9 +228,24 @@ def pretrain_config(p: SpeedrunPreset, data: Path, out: Path, vocab_size: int, s
     return load(PretrainConfig, None, args)
 
 
+def _fresh_compiler(p: SpeedrunPreset) -> None:
+    """Before a compiled training stage: forget the graphs of the models of earlier stages.
+    dynamo keeps them on Transformer.forward's code object, shared by every model of the
+    process, and stops compiling a function after config.recompile_limit (8) variants: the
+    pretraining stage's probe, training and evaluation models filled that, so SFT's training
+    model used to run eagerly at a compiled probe's step count (its stage overran)."""
+    if not p.compile:
+        return
+    import torch
+
+    torch._dynamo.reset()
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)
+
+
 def stage_pretrain(p: SpeedrunPreset, data: Path, out: Path, vocab_size: int, seed: int) -> dict:
     from acorn.train.pretrain import pretrain
 
+    _fresh_compiler(p)
     cfg = pretrain_config(p, data, out, vocab_size, seed)
     steps = _steps_for(cfg, p.pretrain_minutes)
     cfg.train.max_steps = steps
@@ -249,6 +264,7 @@ def stage_sft(p: SpeedrunPreset, world_dir: Path, base: Path, out: Path, seed: i
             "--train.max_minutes", str(p.sft_minutes * 1.1), "--eval.every", "50", "--eval.batches", "10",
             "--eval.checkpoint_every", "0", *_recipe_args(p)]
     cfg = load(SFTConfig, None, args)
+    _fresh_compiler(p)
     steps = _steps_for(cfg, p.sft_minutes, init_from=base)
     cfg.train.max_steps = steps
     sft(cfg)
