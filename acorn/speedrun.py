@@ -722,6 +722,8 @@ def probe(cfg, init_from: Path | None = None, steps: int = 10) -> tuple[float, f
     from acorn.train.loop import train_step
     from acorn.train.optim import build_optimizers
     from acorn.train.pretrain import next_token_loss
+    from acorn.train.run import compile_for_training
+    from acorn.train.sft import SFTConfig
 
     device = hardware.resolve_device()
     if init_from is not None:
@@ -730,17 +732,24 @@ def probe(cfg, init_from: Path | None = None, steps: int = 10) -> tuple[float, f
         model = load_checkpoint(init_from, dtype="float32", device=str(device))
     else:
         model = Transformer(cfg.model).to(device)
+    model.train()  # as the loop trains it (a loaded checkpoint comes in eval mode: another graph)
     dtype = hardware.resolve_dtype(cfg.train.dtype, device)
     autocast = functools.partial(hardware.autocast, device, dtype)
     optimizers = build_optimizers(model, cfg.optim)
-    stepped = torch.compile(model) if cfg.train.compile else model
+    stepped = compile_for_training(model) if cfg.train.compile else model
     x = torch.randint(0, model.config.vocab_size, (cfg.train.micro_batch, cfg.train.seq_len), device=device)
+    y = torch.roll(x, -1, dims=1)  # its own tensor: dynamo guards on whether inputs and targets alias
+    # Batches shaped as the stage's own: SFT's packed rows (and pretraining's with
+    # pack_documents) carry document ids, which a compiled model takes as another graph.
+    docs = None
+    if isinstance(cfg, SFTConfig) or cfg.train.pack_documents:
+        docs = (torch.arange(cfg.train.seq_len, device=device) * 4 // cfg.train.seq_len).expand_as(x).contiguous()
     hardware.flush_denormals(device)
     times = []
     for _ in range(max(steps, 6)):
         t0 = time.perf_counter()
         try:
-            train_step(stepped, [Batch(x, x)], next_token_loss, optimizers, device=device, autocast=autocast,
+            train_step(stepped, [Batch(x, y, docs)], next_token_loss, optimizers, device=device, autocast=autocast,
                        grad_clip=cfg.optim.grad_clip)
         except Exception as e:  # noqa: BLE001 -- compiling failed (no C++ compiler, an unsupported op)
             if not cfg.train.compile or times:

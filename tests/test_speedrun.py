@@ -332,3 +332,39 @@ def test_a_compile_that_fails_falls_back_to_eager_training(monkeypatch, capsys):
     assert cfg.train.compile is False and compile_s == 0.0 and per_micro > 0
     out = capsys.readouterr().out
     assert "torch.compile failed here (RuntimeError: InductorError: no working C++ compiler found); training eagerly" in out
+
+
+def test_the_probe_times_the_stage_s_own_step(monkeypatch, tmp_path):
+    """The probe's step is the one the stage compiles and runs: the model in training mode
+    (a loaded checkpoint comes in eval mode) and, for SFT, batches with document ids and
+    contiguous inputs as SFT's collate makes them; each difference was another compilation
+    the budget did not plan for."""
+    import torch
+
+    from acorn.train import loop
+    from acorn.train.pretrain import PretrainConfig
+    from acorn.train.sft import SFTConfig
+    from acorn.train.sft_data import to_batch
+
+    seen = []
+
+    def record(model, batches, *a, **k):
+        seen.append((model.training, batches[0].document_ids))
+
+    from acorn.model.checkpoint import save
+    from acorn.model.transformer import Transformer
+
+    monkeypatch.setattr(loop, "train_step", record)
+    pre, sft_cfg = PretrainConfig(), SFTConfig()
+    for cfg in (pre, sft_cfg):
+        cfg.train.micro_batch, cfg.train.seq_len = 2, 8
+    pre.model.vocab_size = 64
+    save(Transformer(pre.model), tmp_path / "base")
+    sr.probe(pre, steps=6)
+    sr.probe(sft_cfg, tmp_path / "base", steps=6)  # SFT's model is a checkpoint, which loads in eval mode
+    (pre_mode, pre_docs), (sft_mode, sft_docs) = seen[0], seen[-1]
+    assert pre_mode and sft_mode and pre_docs is None
+    assert sft_docs is not None and sft_docs.shape == (2, 8) and sft_docs.is_contiguous()
+    batch = to_batch([([1, 2, 3, 4, 5], [1] * 5, [0, 0, 1, 1, 1], None)] * 2)
+    assert batch.x.is_contiguous() and batch.document_ids.is_contiguous() and batch.x.shape == (2, 4)
+    assert torch.equal(batch.document_ids, torch.tensor([[0, 0, 1, 1]] * 2))

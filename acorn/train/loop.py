@@ -52,7 +52,8 @@ The logged `loss` is loss / weight over the whole step. How each trainer fits:
 The evaluation function: `evaluate(model) -> dict` of metrics for the row of
 that step (`val_loss` is plotted and reported). `fit` calls it on every process
 (FSDP2 needs them all for a forward), in eval mode, under torch.no_grad() and
-autocast, every cfg.eval.every steps, at the last step and when time runs out.
+autocast, without torch.compile's wrapper (DDP / FSDP2 kept), every
+cfg.eval.every steps, at the last step and when time runs out.
 """
 
 from __future__ import annotations
@@ -341,9 +342,13 @@ def _fit(cfg, model: nn.Module, loader, loss_fn: LossFn, *, device: torch.device
             last = step + 1 == train.max_steps
             out_of_time = train.max_minutes is not None and time.perf_counter() - t_start > 60 * train.max_minutes
             if evaluate is not None and cfg.eval.every and ((step + 1) % cfg.eval.every == 0 or last or out_of_time):
-                run.model.eval()
+                # A compiled model evaluates uncompiled: a forward under no_grad, and the last,
+                # shorter validation batch, would each compile another graph (20-30 s apiece
+                # on a 2-core CPU) for a few batches every cfg.eval.every steps.
+                evaluated = getattr(run.model, "_orig_mod", run.model)
+                evaluated.eval()
                 with torch.no_grad(), autocast():
-                    row.update(evaluate(run.model))
+                    row.update(evaluate(evaluated))
                 run.model.train()
             run.log(row)
             if (cfg.eval.checkpoint_every and (step + 1) % cfg.eval.checkpoint_every == 0) or last or out_of_time:

@@ -76,6 +76,20 @@ def init_distributed(device: torch.device) -> Dist:
     return Dist(rank=tdist.get_rank(), world=tdist.get_world_size())
 
 
+def compile_for_training(model: nn.Module, raw_model: nn.Module | None = None) -> nn.Module:
+    """torch.compile(model) for training, with the caches the forward fills on its first call
+    filled first. A cache the compiled forward fills (RoPE's inverse frequencies, keyed by
+    device) is a guard of the graph (the key was missing), so the next call fails it and
+    compiles the model a second time: a whole compilation (20-30 s on a 2-core CPU) that a
+    time-budgeted run did not plan for. raw_model: the model itself when `model` is a DDP /
+    FSDP2 wrapper of it."""
+    raw = raw_model if raw_model is not None else model
+    if isinstance(raw, Transformer):
+        device = next(raw.parameters()).device
+        raw.position_encoding(torch.zeros(1, dtype=torch.long, device=device), torch.float32)
+    return torch.compile(model)
+
+
 def build_model(cfg, device: torch.device, vocab_size: int | None = None) -> Transformer:
     """A fresh model from cfg.model, or the checkpoint in cfg.init_from (which then sets cfg.model)."""
     if cfg.init_from:
@@ -242,7 +256,7 @@ def open_run(cfg, model: nn.Module, loader, dist: Dist, *, resume: bool = False)
         if dist.main:
             history = read_metrics(out / "metrics.jsonl", up_to=start_step)
     if cfg.train.compile:
-        model = torch.compile(model)
+        model = compile_for_training(model, raw_model)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         from acorn.config import to_yaml

@@ -108,10 +108,12 @@ def to_batch(rows):
     ids = torch.tensor([r[0] for r in rows], dtype=torch.long)
     mask = torch.tensor([r[1] for r in rows], dtype=torch.bool)
     doc = torch.tensor([r[2] for r in rows], dtype=torch.long)
-    x, y = ids[:, :-1], ids[:, 1:].clone()
+    # Contiguous, as the pretraining loader's: a compiled model guards on its inputs' strides,
+    # and a view of the (B, T + 1) rows would compile a second graph beside the probe's.
+    x, y = ids[:, :-1].contiguous(), ids[:, 1:].clone()
     same_doc = doc[:, 1:] == doc[:, :-1]
     y[~(mask[:, 1:] & same_doc)] = IGNORE
-    return Batch(x=x, y=y, document_ids=doc[:, :-1])
+    return Batch(x=x, y=y, document_ids=doc[:, :-1].contiguous())
 
 
 class ItemLoader:
