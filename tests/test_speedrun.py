@@ -210,7 +210,7 @@ def test_estimate_adds_the_budgets_and_scales_the_other_stages_by_the_probe(monk
     ref_seconds, ref_tok_s = sr.REFERENCE_OTHER_STAGES["cpu"]
     assert e["stages"] == pytest.approx({"pretrain": 540.0, "sft": 210.0, "other stages": ref_seconds * ref_tok_s / tok_s})
     accum = p.batch_tokens // (p.micro_batch * p.seq_len)
-    assert e["pretrain_steps"] == int(540 * 0.92 / (0.1 * accum)) and e["pretrain_tokens"] == e["pretrain_steps"] * p.batch_tokens
+    assert e["pretrain_steps"] == int(540 * sr.STEP_SHARE / (0.1 * accum)) and e["pretrain_tokens"] == e["pretrain_steps"] * p.batch_tokens
     assert e["seconds"] == pytest.approx(sum(e["stages"].values())) and "slower" not in sr.format_estimate(e)
     # a machine 10x slower than the reference says what that costs
     monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10: (2.048, 0.0))
@@ -224,10 +224,10 @@ def test_estimate_adds_the_budgets_and_scales_the_other_stages_by_the_probe(monk
 
     cfg = PretrainConfig()
     cfg.train.compile, cfg.train.micro_batch, cfg.train.seq_len, cfg.train.batch_tokens = True, 16, 256, 16384
-    assert sr._steps_for(cfg, 9.0) == int((540 * 0.92 - 30) / (0.1 * accum))
+    assert sr._steps_for(cfg, 9.0) == int((540 * sr.STEP_SHARE - 30) / (0.1 * accum))
     # the estimate itself never compiles (minutes under load, only to guess); it says so
     e = sr.estimate("cpu", compile=True)
-    assert e["pretrain_steps"] == int(540 * 0.92 / (0.1 * accum)) and "compilation is paid out" in sr.format_estimate(e)
+    assert e["pretrain_steps"] == int(540 * sr.STEP_SHARE / (0.1 * accum)) and "compilation is paid out" in sr.format_estimate(e)
 
 
 def test_estimate_from_the_command_line_and_recipe_settings(monkeypatch, capsys, tmp_path):
