@@ -67,7 +67,7 @@ def fixed_steps(counts: list[int] | None):
         return
     calls = []
 
-    def steps_for(cfg, minutes, init_from=None):
+    def steps_for(cfg, minutes, init_from=None, share=None):
         n = counts[min(len(calls), len(counts) - 1)]
         calls.append(n)
         print(f"   fixed: {n} steps (instead of a {minutes:g}-minute budget)", flush=True)
