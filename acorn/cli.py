@@ -612,7 +612,8 @@ def cmd_serve(args) -> None:
     name = args.model_name or Path(args.checkpoint).resolve().name
     adapters = _lora_adapters(args.lora or [], name)
     engine = Engine.from_pretrained(args.checkpoint, dtype=args.dtype, device=args.device, lora_adapters=adapters,
-                                    compile_decode=args.compile_decode, **options)  # errors here: exit 2
+                                    compile_decode=args.compile_decode, int8_head=args.int8_head,
+                                    **options)  # errors here: exit 2
     rag = None
     if args.rag:
         from acorn.rag.pipeline import RAG
@@ -915,7 +916,8 @@ def _engine(args):
     from acorn.infer import Engine
 
     return Engine.from_pretrained(args.checkpoint, dtype=args.dtype, device=args.device,
-                                  compile_decode=getattr(args, "compile_decode", False))
+                                  compile_decode=getattr(args, "compile_decode", False),
+                                  int8_head=getattr(args, "int8_head", False))
 
 
 def _sampling(args):
@@ -941,9 +943,13 @@ def _add_inference_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     s.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's)")
     s.add_argument("--compile-decode", action="store_true", help=COMPILE_DECODE_HELP)
+    s.add_argument("--int8-head", action="store_true", help=INT8_HEAD_HELP)
 
 
 # Engine(compile_decode=True): acorn.infer.compiled, measured in docs/BENCHMARKS.md (decode-compile).
+# Engine(int8_head=True): acorn.model.packed.pack, measured in docs/BENCHMARKS.md (llamacpp).
+INT8_HEAD_HELP = ("run the output head from an int8 copy of its weights with bf16 activations on CPU, as "
+                  "llama.cpp's Q8_0/Q4_0 files keep theirs (logits change slightly; pays with --compile-decode)")
 COMPILE_DECODE_HELP = ("decode a lone request through a torch.compile'd step with static shapes (faster per token "
                        "on CPU; the first step of each 256/512/... context bucket compiles for tens of seconds)")
 
@@ -1643,6 +1649,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="waiting requests beyond this get 429 (default: 256)")
     s.add_argument("--kv-cache-memory-mb", type=positive_int, help="memory for the paged KV cache (default: the engine's)")
     s.add_argument("--compile-decode", action="store_true", help=COMPILE_DECODE_HELP)
+    s.add_argument("--int8-head", action="store_true", help=INT8_HEAD_HELP)
     s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     s.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's)")
     s.add_argument("--lora", action="append", metavar="NAME=DIR", help="also serve this LoRA adapter (a PEFT "

@@ -149,12 +149,10 @@ class AcornRunner:
         model = load(d / "hf", dtype="float32" if precision == "f32" else "bfloat16", device="cpu")
         if precision in ("int8", "int4"):
             quant.quantize(model, precision)
-            if int8_head and pack:  # the head from an int8 copy, as llama.cpp's Q8_0 / Q4_0 files keep it
-                from acorn.model import packed
-
-                packed.pack(model, int8_head=True)
+        # int8_head: the head from an int8 copy, as llama.cpp's Q8_0 / Q4_0 files keep it
         self.engine = Engine(model, Tokenizer.from_pretrained(d / "hf"), max_num_seqs=64, pack_weights=pack,
-                             compile_decode=compile_decode)
+                             compile_decode=compile_decode,
+                             int8_head=int8_head and pack and precision in ("int8", "int4"))
         self.vocab = self.engine.tokenizer.vocab_size
 
     def generate(self, prompts: list[list[int]], lengths: list[int]) -> int:

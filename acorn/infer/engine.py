@@ -158,6 +158,12 @@ class Engine:
         bf16 weights pre-packed for oneDNN's AMX/AVX512-BF16 kernels on CPU).
         The packed copies are a cache beside the weights, rebuilt when they
         change (a training step); False leaves the model as it is.
+    int8_head: run the output head from an int8 copy of its weights (one scale per row)
+        where the activations are bf16 on CPU, as llama.cpp's Q8_0 / Q4_0 files keep their
+        head at 8 bits (acorn.model.packed.pack). Changes the logits slightly; pays with
+        compile_decode (50M int8 model: 0.66x -> 0.76x llama.cpp's Q8_0 speed,
+        docs/BENCHMARKS.md, llamacpp), where a bf16 head is a large share of a small model's
+        step. Needs pack_weights.
 
     model may be a Llava (acorn.vision.llava): self.model is then its decoder,
     self.vision_model the whole, and requests may carry images.
@@ -175,7 +181,9 @@ class Engine:
                  kv_cache_memory: int | None = None, block_size: int = 16, max_num_seqs: int = 64,
                  max_num_batched_tokens: int = 512, prefix_caching: bool = True, kv_cache_dtype: str = "auto",
                  speculative=None, lora_adapters: dict | None = None, pack_weights: bool = True,
-                 compile_decode: bool = False):
+                 compile_decode: bool = False, int8_head: bool = False):
+        if int8_head and not pack_weights:
+            raise AcornError("int8_head runs the head from a packed int8 copy: it needs pack_weights=True")
         if device is not None:
             model = model.to(device)
         # A vision-language model: the loop steps its decoder; the encoder makes the image rows.
@@ -195,7 +203,7 @@ class Engine:
         if pack_weights:
             from acorn.model import packed
 
-            packed.pack(model)
+            packed.pack(model, int8_head=int8_head)
         self.adapters = lora.adapter_names(model)  # what SamplingParams.lora may name
         self.model = model  # its training flag is left alone: see eval_mode()
         self.tokenizer = tokenizer

@@ -139,16 +139,17 @@ def test_the_cli_flag_reaches_the_engine(checkpoint, monkeypatch, capsys):
     seen = []
     real = Engine.from_pretrained.__func__
 
-    def spy(cls, path, **options):  # records the option, then builds an eager engine (no compile)
-        seen.append(options.pop("compile_decode", None))
+    def spy(cls, path, **options):  # records the options, then builds an eager engine (no compile)
+        seen.append((options.pop("compile_decode", None), options.get("int8_head")))
         return real(cls, path, **options)
 
     monkeypatch.setattr(Engine, "from_pretrained", classmethod(spy))
     ckpt = str(checkpoint[0])
     main(["generate", ckpt, "--prompt", "The", "--max-new-tokens", "2", "--device", "cpu", "--compile-decode"])
-    main(["generate", ckpt, "--prompt", "The", "--max-new-tokens", "2", "--device", "cpu"])
-    assert seen == [True, False]
-    assert build_parser().parse_args(["serve", ckpt, "--compile-decode"]).compile_decode
+    main(["generate", ckpt, "--prompt", "The", "--max-new-tokens", "2", "--device", "cpu", "--int8-head"])
+    assert seen == [(True, False), (False, True)]
+    args = build_parser().parse_args(["serve", ckpt, "--compile-decode", "--int8-head"])
+    assert args.compile_decode and args.int8_head
 
 
 def test_the_static_step_over_an_int8_kv_cache_keeps_the_tokens(checkpoint):

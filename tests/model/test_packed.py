@@ -133,3 +133,15 @@ def test_a_quantized_models_float_head_runs_from_an_int8_copy_in_bf16(tied):
     assert type(model.lm_head) is torch.nn.Linear and model.lm_head.weight.dtype == torch.bfloat16
     assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied  # the embedding is untouched
     assert packed.pack(_model(torch.bfloat16)).__dict__[packed.HEAD].int8 is False  # by default: the head as it is
+
+
+def test_the_engine_switch_runs_the_head_from_int8(tok):
+    from acorn.errors import AcornError
+    from acorn.infer import Engine
+
+    model = quant.quantize(_model(vocab_size=tok.vocab_size), "int8").to(torch.bfloat16)
+    engine = Engine(model, tok, int8_head=True)
+    assert model.__dict__[packed.HEAD].int8 is True
+    assert len(engine.generate([1, 2, 3], max_new_tokens=3, temperature=0.0)[0].token_ids) == 3
+    with pytest.raises(AcornError, match="int8_head .* needs pack_weights=True"):
+        Engine(_model(), tok, int8_head=True, pack_weights=False)
