@@ -704,12 +704,12 @@ SFT_STEP_SHARE = 0.92
 
 def _steps_for(cfg, minutes: float, init_from: Path | None = None, share: float = STEP_SHARE) -> int:
     """Optimizer steps that fit in `minutes`, from the timing of a few real steps
-    (the loop's own train_step, one micro-batch each, on random tokens); a
+    (the loop's own train_step with the stage's accumulation, on random tokens); a
     compiled run's compilation is paid out of the same minutes."""
     from acorn.train.loop import accumulation
 
-    per_micro, compile_s = probe(cfg, init_from)
     accum = accumulation(cfg.train.batch_tokens, cfg.train.micro_batch, cfg.train.seq_len)
+    per_micro, compile_s = probe(cfg, init_from, accum=accum)
     steps = int(max(0.0, minutes * 60 * share - compile_s) / (per_micro * accum))
     tok_s = cfg.train.micro_batch * cfg.train.seq_len / per_micro
     print(f"   measured {tok_s:,.0f} tokens/s" + (f" (compiled in {compile_s:.0f}s)" if cfg.train.compile else "")
@@ -718,10 +718,13 @@ def _steps_for(cfg, minutes: float, init_from: Path | None = None, share: float 
     return max(steps, 10)
 
 
-def probe(cfg, init_from: Path | None = None, steps: int = 10) -> tuple[float, float]:
-    """(seconds per micro-batch step, seconds of compilation) of the loop's own
-    train_step on random tokens, for a training config (the model as
-    cfg.train.compile makes it); the median of the steps after warm-up."""
+def probe(cfg, init_from: Path | None = None, steps: int = 10, accum: int = 1) -> tuple[float, float]:
+    """(seconds per micro-batch, seconds of compilation) of the loop's own train_step on
+    random tokens, for a training config (the model as cfg.train.compile makes it); the
+    median of the steps after warm-up. accum: micro-batches per timed step, as the stage
+    accumulates them (the optimizer step, gradient clipping and zeroing are then shared by
+    that many micro-batches, as in training: one each made a compiled pretraining step look
+    ~10% slower than it ran)."""
     import functools
 
     import torch
@@ -759,8 +762,8 @@ def probe(cfg, init_from: Path | None = None, steps: int = 10) -> tuple[float, f
     for _ in range(max(steps, 6)):
         t0 = time.perf_counter()
         try:
-            train_step(stepped, [Batch(x, y, docs)], next_token_loss, optimizers, device=device, autocast=autocast,
-                       grad_clip=cfg.optim.grad_clip)
+            train_step(stepped, [Batch(x, y, docs)] * accum, next_token_loss, optimizers, device=device,
+                       autocast=autocast, grad_clip=cfg.optim.grad_clip)
         except Exception as e:  # noqa: BLE001 -- compiling failed (no C++ compiler, an unsupported op)
             if not cfg.train.compile or times:
                 raise
@@ -768,12 +771,12 @@ def probe(cfg, init_from: Path | None = None, steps: int = 10) -> tuple[float, f
             print(f"   torch.compile failed here ({type(e).__name__}: {reason}); training eagerly", flush=True)
             cfg.train.compile = False  # the stage then trains with this config, eagerly
             del model, optimizers, stepped
-            return probe(cfg, init_from, steps)
-        times.append(time.perf_counter() - t0)
+            return probe(cfg, init_from, steps, accum)
+        times.append((time.perf_counter() - t0) / accum)
     # The first steps are slow while kernels and memory warm up: the median of the later ones.
     later = sorted(times[4:])
     per_micro = later[len(later) // 2]
-    compile_s = max(0.0, times[0] - per_micro) if cfg.train.compile else 0.0
+    compile_s = max(0.0, (times[0] - per_micro) * accum) if cfg.train.compile else 0.0
     del model, optimizers, stepped
     return per_micro, compile_s
 

@@ -202,7 +202,7 @@ def test_speedrun_refuses_a_file_and_an_old_run(tmp_path, capsys):
 
 
 def test_estimate_adds_the_budgets_and_scales_the_other_stages_by_the_probe(monkeypatch):
-    monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10: (0.1, 0.0))  # 0.1 s per micro-batch
+    monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10, accum=1: (0.1, 0.0))  # 0.1 s per micro-batch
     e = sr.estimate("cpu")
     p = sr.PRESETS["cpu"]
     tok_s = p.micro_batch * p.seq_len / 0.1  # 40,960
@@ -213,13 +213,13 @@ def test_estimate_adds_the_budgets_and_scales_the_other_stages_by_the_probe(monk
     assert e["pretrain_steps"] == int(540 * sr.STEP_SHARE / (0.1 * accum)) and e["pretrain_tokens"] == e["pretrain_steps"] * p.batch_tokens
     assert e["seconds"] == pytest.approx(sum(e["stages"].values())) and "slower" not in sr.format_estimate(e)
     # a machine 10x slower than the reference says what that costs
-    monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10: (2.048, 0.0))
+    monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10, accum=1: (2.048, 0.0))
     slow = sr.format_estimate(sr.estimate("cpu"))
     assert "10.0x slower than the reference machine" in slow and "pretraining will see" in slow
     # no measured reference for the gpu preset: said, not guessed
     assert "not yet measured" in sr.format_estimate(sr.estimate("gpu"))
     # compilation is paid out of the pretraining budget (the stage's own probe measures it)
-    monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10: (0.1, 30.0 if cfg.train.compile else 0.0))
+    monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10, accum=1: (0.1, 30.0 if cfg.train.compile else 0.0))
     from acorn.train.pretrain import PretrainConfig
 
     cfg = PretrainConfig()
@@ -232,7 +232,7 @@ def test_estimate_adds_the_budgets_and_scales_the_other_stages_by_the_probe(monk
 
 def test_estimate_from_the_command_line_and_recipe_settings(monkeypatch, capsys, tmp_path):
     seen = []
-    monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10: seen.append(cfg) or (0.1, 0.0))
+    monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10, accum=1: seen.append(cfg) or (0.1, 0.0))
     assert main(["speedrun", "--estimate", "--compile", "--mixed-qa", "2"]) == 0
     assert capsys.readouterr().out.startswith("estimate: ~")
     # the preset's own pretraining config, probed eagerly
@@ -269,7 +269,7 @@ def test_mixed_qa_format_chat_reaches_the_world_and_the_recipe(tmp_path, monkeyp
     def stop(*args, **kwargs):  # the world stage is what this checks; the rest is the tiny run's to test
         raise Stop
 
-    monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10: (0.1, 0.0))
+    monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10, accum=1: (0.1, 0.0))
     monkeypatch.setattr(sr, "stage_tokenizer", stop)
     with pytest.raises(Stop):
         main(["speedrun", "--out", str(tmp_path / "run"), "--preset", "tiny", "--mixed-qa", "1",
@@ -346,10 +346,11 @@ def test_the_probe_times_the_stage_s_own_step(monkeypatch, tmp_path):
     from acorn.train.sft import SFTConfig
     from acorn.train.sft_data import to_batch
 
-    seen = []
+    seen, micro = [], []
 
     def record(model, batches, *a, **k):
         seen.append((model.training, batches[0].document_ids))
+        micro.append(len(batches))
 
     from acorn.model.checkpoint import save
     from acorn.model.transformer import Transformer
@@ -361,7 +362,8 @@ def test_the_probe_times_the_stage_s_own_step(monkeypatch, tmp_path):
     pre.model.vocab_size = 64
     save(Transformer(pre.model), tmp_path / "base")
     sr.probe(pre, steps=6)
-    sr.probe(sft_cfg, tmp_path / "base", steps=6)  # SFT's model is a checkpoint, which loads in eval mode
+    sr.probe(sft_cfg, tmp_path / "base", steps=6, accum=3)  # SFT's model is a checkpoint, which loads in eval mode
+    assert micro == [1] * 6 + [3] * 6  # the stage's accumulation: micro-batches per timed step
     (pre_mode, pre_docs), (sft_mode, sft_docs) = seen[0], seen[-1]
     assert pre_mode and sft_mode and pre_docs is None
     assert sft_docs is not None and sft_docs.shape == (2, 8) and sft_docs.is_contiguous()
