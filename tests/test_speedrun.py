@@ -341,6 +341,8 @@ def test_the_probe_times_the_stage_s_own_step(monkeypatch, tmp_path):
     the budget did not plan for."""
     import torch
 
+    from acorn.model.checkpoint import save
+    from acorn.model.transformer import Transformer
     from acorn.train import loop
     from acorn.train.pretrain import PretrainConfig
     from acorn.train.sft import SFTConfig
@@ -351,9 +353,6 @@ def test_the_probe_times_the_stage_s_own_step(monkeypatch, tmp_path):
     def record(model, batches, *a, **k):
         seen.append((model.training, batches[0].document_ids))
         micro.append(len(batches))
-
-    from acorn.model.checkpoint import save
-    from acorn.model.transformer import Transformer
 
     monkeypatch.setattr(loop, "train_step", record)
     pre, sft_cfg = PretrainConfig(), SFTConfig()

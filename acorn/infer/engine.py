@@ -161,7 +161,7 @@ class Engine:
     int8_head: run the output head from an int8 copy of its weights (one scale per row)
         where the activations are bf16 on CPU, as llama.cpp's Q8_0 / Q4_0 files keep their
         head at 8 bits (acorn.model.packed.pack). Changes the logits slightly; pays with
-        compile_decode (50M int8 model: 0.66x -> 0.76x llama.cpp's Q8_0 speed,
+        compile_decode (50M int8 model: 0.66x -> 0.76-0.82x llama.cpp's Q8_0 speed,
         docs/BENCHMARKS.md, llamacpp), where a bf16 head is a large share of a small model's
         step. Needs pack_weights.
 

@@ -204,7 +204,7 @@ def pack(model: nn.Module, *, int8_head: bool = False) -> nn.Module:
     Q4_0 mixes keep their head at 8 bits; the embedding itself is untouched. Off by default
     (Engine(int8_head=True), `--int8-head` on the command line): it changes the logits, and
     it pays only in a compiled decode step, where inductor's int8 kernel for the 50M model's
-    32,000 x 512 head beats the bf16 matmul (int8 model 0.66x -> 0.76x llama.cpp's Q8_0);
+    32,000 x 512 head beats the bf16 matmul (int8 model 0.66x -> 0.76-0.82x llama.cpp's Q8_0);
     eagerly torch's int8 kernel at batch 1 is compute-bound and took about the time of the
     packed bf16 matmul, though it reads half the bytes (0.33x -> 0.35x; benchmarks/llamacpp.py)."""
     from acorn.model.transformer import MLP, Attention, Transformer
