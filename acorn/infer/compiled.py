@@ -37,14 +37,17 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import time
 import types
 import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from acorn.infer.paged import PagedKV, StepInput, paged_forward
+from acorn.infer.sampling import non_finite_rows
 from acorn.model import packed
 
 MIN_CAPACITY = 256  # the smallest bucket, in tokens; each next one doubles
@@ -86,8 +89,10 @@ class CompiledDecode:
     whole (fullgraph: an MoE layer's data-dependent routing) warns once and runs its
     steps eagerly from then on."""
 
-    def __init__(self, model, kv: PagedKV, *, compile: bool = True, options: dict | None = None):
+    def __init__(self, model, kv: PagedKV, *, vocab: int | None = None, compile: bool = True,
+                 options: dict | None = None):
         self.model, self.kv, self.compile = model, kv, compile
+        self.vocab = vocab or model.config.vocab_size  # the tokenizer's: the argmax is over these ids
         sixteen = next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
         # inductor's config for the compile; options= overrides the defaults
         self.options = {**INDUCTOR_OPTIONS, **(AUTOTUNE_16BIT if sixteen else {}), **(options or {})}
@@ -96,7 +101,8 @@ class CompiledDecode:
         self.steps = 0  # steps run through a graph
         self.failed: str | None = None  # why compiling failed, if it did
         self._tensors: list[Tensor] = []
-        self._weights = None  # (version, storage) of every weight when the graphs were made
+        self._weights = None  # (versions, storages) of the weights when the graphs were made
+        self._table_key, self._table = None, None  # the last step's padded block table
 
     def ready(self) -> bool:
         """Whether a compiled step may run now: the weights are those the graphs were made
@@ -104,35 +110,52 @@ class CompiledDecode:
         step) and the old graphs are dropped."""
         if self.failed is not None:
             return False
-        weights = [(t._version, t.data_ptr()) for t in self._tensors]
+        weights = _fingerprint(self._tensors)
         if self._weights is not None and weights == self._weights:
             return True
         if not packed.ready(self.model):
             return False
         self.graphs.clear()
         self._tensors = list(itertools.chain(self.model.parameters(), self.model.buffers()))
-        self._weights = [(t._version, t.data_ptr()) for t in self._tensors]
+        self._weights = _fingerprint(self._tensors)
         return True
 
-    def __call__(self, step: StepInput) -> Tensor:
-        """The logits (1, V) of a StepInput built with capacity= (one decode row)."""
-        (_, context, mask), = step.decodes
-        args = (step.tokens, step.positions, step.slots, context, mask)
+    def __call__(self, token: int, position: int, table: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """One request's decode step: `token` at `position`, its KV blocks `table` (at least
+        the blocks up to the position's). Returns the logits (1, V) and, computed inside the
+        graph, (2,) long: the argmax of the logits' first `vocab` ids and whether that row is
+        finite (1) or holds a NaN or an infinity (0) -- the greedy token, when sampling would
+        not change the logits (sampling.plain_argmax), without sampling's eager ops."""
+        bs = self.kv.block_size
+        cap = capacity(position + 1, bs, self.model.config.max_seq_len)
+        needed = position // bs + 1
+        # The table padded to the bucket with the request's own first block (StepInput.build's
+        # rule: a masked NaN would still poison attention), as a tensor made again only when the
+        # request reaches a new block or another request decodes.
+        key = (cap, *table[:needed])
+        if key != self._table_key:
+            self._table_key = key
+            self._table = torch.tensor([*table[:needed], *table[:1] * (cap // bs - needed)],
+                                       dtype=torch.long, device=self.kv.keys[0].device)
+        device = self._table.device
+        args = (torch.tensor([token], device=device), torch.tensor([position], device=device), self._table)
         self.steps += 1
-        graph = self.graphs.get(context.shape[-1])
+        graph = self.graphs.get(cap)
         if graph is not None:
+            if graph.direct is not None:
+                return graph.direct(*args)
             try:
                 # Each graph has a code object of its own (_graph) holding one compiled entry,
                 # valid while the weights are those it froze (ready() is checked before every
-                # call) and for the step's static shapes and dtypes (StepInput.build with
-                # capacity=): dynamo's guards would only confirm that, so they are skipped
-                # (about 0.1 ms of a 2.8 ms step of the 50M bf16 model: docs/BENCHMARKS.md).
+                # call) and for the step's static shapes and dtypes: dynamo's guards would only
+                # confirm that, so they are skipped (about 0.1 ms of a 2.8 ms step of the 50M
+                # bf16 model: docs/BENCHMARKS.md).
                 with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                     return graph(*args)
             except Exception:  # noqa: BLE001 -- a guard failed and dynamo traced again without the options
                 pass
         else:
-            graph = self.graphs[context.shape[-1]] = self._graph()
+            graph = self.graphs[cap] = self._graph(cap)
         from torch._inductor import config
 
         # The first call traces and compiles, with the options set for the trace too
@@ -151,13 +174,15 @@ class CompiledDecode:
                           "decoding eagerly", RuntimeWarning, stacklevel=3)
             self.graphs.clear()
             self.steps -= 1
-            return _step_function(self.model, self.kv)(*args)
+            return _step_function(self.model, self.kv, cap, self.vocab)(*args)
         finally:
             self.compile_seconds += time.perf_counter() - start
+        graph.direct = _direct(graph) if self.compile else graph
         return out
 
-    def _graph(self):
-        fn = _step_function(self.model, self.kv)
+    def _graph(self, cap: int):
+        fn = _step_function(self.model, self.kv, cap, self.vocab)
+        fn.direct = None
         if not self.compile:
             return fn
         # dynamo keeps compiled graphs on the function's code object, guarded by the inputs'
@@ -165,15 +190,64 @@ class CompiledDecode:
         # graph, so no other engine (or these weights' next version) can reuse it.
         code = fn.__code__.replace(co_name=f"decode_step_{id(self)}_{len(self.graphs)}")
         fn = types.FunctionType(code, fn.__globals__, code.co_name, None, fn.__closure__)
-        return torch.compile(fn, fullgraph=True, dynamic=False)
+        graph = torch.compile(fn, fullgraph=True, dynamic=False)
+        graph.direct, graph.traced = None, fn
+        return graph
 
 
-def _step_function(model, kv: PagedKV):
+def _fingerprint(tensors: list[Tensor]) -> tuple[list[int], list[int]]:
+    """Every tensor's version counter (moved on by an in-place write: an optimizer step,
+    load_state_dict) and storage address (a swapped .data); map() over the list, twice
+    as fast as a loop in Python: it runs before every compiled step."""
+    return list(map(_VERSION, tensors)), list(map(Tensor.data_ptr, tensors))
+
+
+_VERSION = operator.attrgetter("_version")
+
+
+def _direct(graph):
+    """The compiled graph as a plain function, called without dynamo's frame hook, or None.
+
+    dynamo compiles a function into new bytecode (it gathers the graph's inputs from the
+    arguments and the closure, calls the generated code, returns its output) and runs that
+    bytecode from a frame-evaluation hook which, for every call, enters the compile
+    context, looks up the code object's cache and (unless skipped) checks its guards: about
+    0.2 ms a step for the 50M model, an eighth of its whole step (docs/BENCHMARKS.md,
+    llamacpp). This graph's code object holds exactly one compiled entry, whose guards the
+    engine vouches for (ready() and the static shapes), so its bytecode is made a function
+    of its own and called directly. None (dynamo's hook then stays in the path) when the
+    cache does not look like that."""
+    fn = graph.traced
+    try:
+        entries = torch._C._dynamo.eval_frame._debug_get_cache_entry_list(fn.__code__)
+        if len(entries) != 1 or entries[0].code.co_freevars != fn.__code__.co_freevars:
+            return None
+        return types.FunctionType(entries[0].code, fn.__globals__, fn.__name__, None, fn.__closure__)
+    except Exception:  # noqa: BLE001 -- a private hook of dynamo's: without it, the slower path
+        return None
+
+
+def _step_function(model, kv: PagedKV, cap: int, vocab: int):
     """The step as a function of tensors only (what the compiler traces): paged_forward over
-    one decode row whose context slots and mask have the bucket's static width."""
+    one decode row, its context the `cap` pool slots of its padded block table (cap /
+    block_size blocks), masked past the row's position (and before its sliding window);
+    returns the logits and (argmax over the first `vocab` ids, whether the row is finite)."""
+    bs = kv.block_size
+    cfg = model.config
+    window = cfg.sliding_window if cfg.sliding_window and cfg.sliding_window < cfg.max_seq_len else None
 
-    def decode_step(tokens: Tensor, positions: Tensor, slots: Tensor, context: Tensor, mask: Tensor) -> Tensor:
-        rows = torch.zeros(1, dtype=torch.long, device=tokens.device)
-        return paged_forward(model, StepInput(tokens, positions, slots, [(rows, context, mask)], [], rows), kv)
+    def decode_step(tokens: Tensor, positions: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
+        device = tokens.device
+        context = (table[:, None] * bs + torch.arange(bs, device=device)).reshape(1, cap)
+        k = torch.arange(cap, device=device)
+        allowed = k <= positions
+        if window is not None:
+            allowed &= k > positions - window
+        rows = torch.zeros(1, dtype=torch.long, device=device)
+        step = StepInput(tokens, positions, context[0, positions], [(rows, context, allowed[None, None, None, :])],
+                         [], rows)
+        logits = paged_forward(model, step, kv)
+        head = logits[:, :vocab]
+        return logits, torch.cat([head.argmax(dim=-1), (~non_finite_rows(head)).long()])
 
     return decode_step

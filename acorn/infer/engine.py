@@ -60,7 +60,8 @@ from acorn import hardware
 from acorn.errors import AcornError
 from acorn.infer.paged import BlockManager, PagedKV
 from acorn.infer.multimodal import RequestImages, request_images
-from acorn.infer.sampling import NON_FINITE, GenerationError, SamplingParams, non_finite_rows, sample, token_logprobs
+from acorn.infer.sampling import (NON_FINITE, GenerationError, SamplingParams, non_finite_rows, plain_argmax, sample,
+                                  token_logprobs)
 from acorn.infer.scheduler import Request, Scheduler
 from acorn.infer.sequence import Completion, SequenceState, StepOutput
 from acorn.model import lora
@@ -248,7 +249,7 @@ class Engine:
         if compile_decode and self.paged:
             from acorn.infer.compiled import CompiledDecode
 
-            self.compiled = CompiledDecode(model, self.kv)
+            self.compiled = CompiledDecode(model, self.kv, vocab=tokenizer.vocab_size)
 
     @classmethod
     def from_pretrained(cls, path, *, dtype=None, device="auto", speculative_model=None,
@@ -384,12 +385,21 @@ class Engine:
         return torch.Generator(self.device).manual_seed(seed + offset)
 
     # ------------------------------------------------------------ sampling
-    def _sample(self, logits: Tensor, seqs: list[SequenceState]) -> list[str]:
+    def _sample(self, logits: Tensor, seqs: list[SequenceState], argmax: Tensor | None = None) -> list[str]:
         """One token for each sequence from its logits row (raw model logits,
         cut to the tokenizer's vocabulary); returns each one's new text.
 
         A row that is not finite (NaN weights, an overflow) can give no token:
-        that sequence fails (finish_reason "error") and the others go on."""
+        that sequence fails (finish_reason "error") and the others go on.
+        argmax: for one sequence, a compiled step's (argmax, row is finite)
+        (acorn.infer.compiled), taken as the token when sampling would pick
+        the plain argmax: no eager op on the logits at all."""
+        if argmax is not None:
+            s, = seqs
+            if s.constraint is None and s.logprobs is None and plain_argmax(s.params, len(s.output), s.stop_ids):
+                token, finite = argmax.tolist()
+                if finite:
+                    return [s.push(token)]
         bad = non_finite_rows(logits)
         if bool(bad.any()):
             keep = [i for i, b in enumerate(bad.tolist()) if not b]
@@ -525,16 +535,18 @@ class Engine:
             if wants:
                 wanted.append((req, n_rows, draft))
                 n_rows += wants
-        static = None if features else self._static_capacity(pieces, drafts)
-        step = StepInput.build(inputs, self.block_size, window, self.device, static)
-        images = (torch.cat(features), torch.tensor(feature_rows, device=self.device)) if features else None
         with eval_mode(self.model):
-            if static is not None:
-                logits = self.compiled(step)[:, :self.tokenizer.vocab_size]
+            argmax = None  # the compiled step's greedy token (CompiledDecode)
+            if not features and self._static(pieces, drafts):
+                (table, c, new, _), = inputs
+                logits, argmax = self.compiled(new[0], c, table)
+                logits = logits[:, :self.tokenizer.vocab_size]
             else:
+                step = StepInput.build(inputs, self.block_size, window, self.device)
+                images = (torch.cat(features), torch.tensor(feature_rows, device=self.device)) if features else None
                 logits = paged_forward(self.model, step, kv, self._adapter_index(loras),
                                        images)[:, :self.tokenizer.vocab_size]
-        self.computed_tokens += step.tokens.numel()
+        self.computed_tokens += n_tokens
         for req, n in pieces:
             if req not in drafts:  # a checked draft counts its kept tokens below
                 sched.computed(req, n)
@@ -557,24 +569,20 @@ class Engine:
             req.forks = []
         if reqs:
             sampled = logits if rows == list(range(logits.shape[0])) else logits[torch.tensor(rows, device=logits.device)]
-            deltas.update(zip(reqs, self._sample(sampled, [r.state for r in reqs])))
+            deltas.update(zip(reqs, self._sample(sampled, [r.state for r in reqs], argmax if len(reqs) == 1 else None)))
         for req in deltas:
             if req.state.finished:
                 self._retire(req)
         return [req.state.step_output(req.request_id, starts[req], text) for req, text in deltas.items()]
 
-    def _static_capacity(self, pieces, drafts) -> int | None:
-        """The context capacity to run this step's compiled graph with (acorn.infer.compiled),
-        or None for the eager step: compile_decode is on and one request alone decodes one
-        token, with no adapter and no draft, and the weights are the graphs' (or packed anew)."""
+    def _static(self, pieces, drafts) -> bool:
+        """Whether this step runs the compiled graph (acorn.infer.compiled): compile_decode is
+        on and one request alone decodes one token, with no adapter and no draft, and the
+        weights are the graphs' (or packed anew)."""
         if self.compiled is None or len(pieces) != 1 or drafts or self.adapters:
-            return None
+            return False
         req, n = pieces[0]
-        if n != 1 or req.remaining != 1 or not self.compiled.ready():
-            return None
-        from acorn.infer.compiled import capacity
-
-        return capacity(req.num_computed + 1, self.block_size, self.model.config.max_seq_len)
+        return n == 1 and req.remaining == 1 and self.compiled.ready()
 
     def _adapter_index(self, loras: Sequence[str | None]) -> tuple[Tensor, list] | None:
         """(index, names) for lora.use_adapters: item i applies names[index[i]]; None when no

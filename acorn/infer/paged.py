@@ -336,13 +336,11 @@ class StepInput:
     logit_rows: Tensor  # rows whose next-token logits are wanted
 
     @classmethod
-    def build(cls, pieces, block_size: int, window: int | None, device, capacity: int | None = None) -> "StepInput":
+    def build(cls, pieces, block_size: int, window: int | None, device) -> "StepInput":
         """pieces: (block table, first new token index, new token ids, how many
         of the last rows want logits: 0, 1, or 1 + k for a speculative check).
 
-        The piece's context is every token up to and including its new ones.
-        capacity: every decode row's context padded to this many slots, always
-        with a mask: the static shapes of a compiled decode step (acorn.infer.compiled)."""
+        The piece's context is every token up to and including its new ones."""
         tokens, positions, slots, logit_rows = [], [], [], []
         decode_rows, decode_tables, decode_lengths, prefills = [], [], [], []
         for table, start, new, wants in pieces:
@@ -371,7 +369,7 @@ class StepInput:
         for g in range(0, len(order), DECODE_GROUP):
             group = order[g:g + DECODE_GROUP]
             lengths_list = [decode_lengths[i] for i in group]
-            width = max(lengths_list) if capacity is None else capacity
+            width = max(lengths_list)
             n_blocks = max(max(len(decode_tables[i]) for i in group), math.ceil(width / block_size))
             # A shorter table is padded with its own first block, not another request's: the
             # padding is masked, but a masked NaN still poisons attention (0 * NaN = NaN), so
@@ -384,7 +382,7 @@ class StepInput:
             allowed = k < lengths[:, None]
             if window is not None:
                 allowed &= k >= lengths[:, None] - window
-            mask = None if capacity is None and bool(allowed.all()) else allowed[:, None, None, :]
+            mask = None if bool(allowed.all()) else allowed[:, None, None, :]
             decodes.append((torch.tensor([decode_rows[i] for i in group], device=device), gather, mask))
         as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
         return cls(as_long(tokens), as_long(positions), as_long(slots), decodes, prefills, as_long(logit_rows))

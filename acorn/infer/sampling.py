@@ -378,6 +378,17 @@ def _processors(logits: Tensor, rows: list[SamplingParams], prompts: list, outpu
     return logits
 
 
+def plain_argmax(params: SamplingParams, generated: int, stop_ids: Collection[int] | None = None) -> bool:
+    """Whether sample() picks a row's token as the plain argmax of its logits: a greedy row
+    that process_logits leaves as it is (no processor, bias or penalty; no stop token still
+    to suppress for min_new_tokens). generated: how many tokens the row has; stop_ids as
+    sample()'s. A compiled decode step returns that argmax from inside its graph
+    (acorn.infer.compiled), which spares a batch-1 step the eager ops of sampling."""
+    return (params.temperature == 0 and not params.logits_processors and not params.logit_bias
+            and params.repetition_penalty == 1.0 and not params.frequency_penalty and not params.presence_penalty
+            and (generated >= params.min_new_tokens or not (stop_ids or params.stop_token_ids)))
+
+
 def process_logits(
     logits: Tensor,
     params: SamplingParams | Sequence[SamplingParams],

@@ -50,11 +50,10 @@ def test_the_static_step_gives_the_paged_steps_logits(variant):
     paged_forward(model, StepInput.build([(table, 0, ids[:6], 1)], 4, cfg.sliding_window, "cpu"), kv)
     static = CompiledDecode(model, kv, compile=False)
     for i in range(6, 12):
-        cap = capacity(i + 1, 4, cfg.max_seq_len)
-        padded = StepInput.build([(table, i, [ids[i]], 1)], 4, cfg.sliding_window, "cpu", cap)
-        (_, context, mask), = padded.decodes
-        assert context.shape == (1, cap) and mask.shape == (1, 1, 1, cap) and cap > 12
-        got = static(padded)
+        got, argmax = static(ids[i], i, table)
+        assert argmax.tolist() == [int(got[0].argmax()), 1]
+        blocks = capacity(i + 1, 4, cfg.max_seq_len) // 4
+        assert blocks > 3 and static._table.tolist() == table[:i // 4 + 1] + [5] * (blocks - i // 4 - 1)
         want = paged_forward(model, StepInput.build([(table, i, [ids[i]], 1)], 4, cfg.sliding_window, "cpu"), kv)
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
@@ -119,6 +118,8 @@ def test_compiled_decode_keeps_the_tokens_and_follows_a_training_step(checkpoint
     stats = engine.stats()
     assert stats["compiled_graphs"] == 1 and stats["compile_seconds"] > 0 and engine.compiled.failed is None
     assert engine.compiled.steps == GREEDY["max_new_tokens"] - 1 and stats["blocks_in_use"] == 0
+    # after its first call the graph runs without dynamo's frame hook (compiled._direct)
+    assert all(graph.direct is not None for graph in engine.compiled.graphs.values())
 
     model = engine.model
     with torch.no_grad():  # in place: the same tensors, their versions moved on; layers that
