@@ -81,8 +81,9 @@ def prepare(size: str, precisions) -> Path:
     from acorn.tokenizer.bpe import Tokenizer
 
     d = model_dir(size)
-    tok = Tokenizer.from_pretrained(tokenizer_path())
     ckpt = d / "hf"
+    # the speedrun's tokenizer, or the one saved with the checkpoint once it exists
+    tok = Tokenizer.from_pretrained(ckpt if (ckpt / "tokenizer.json").is_file() else tokenizer_path())
     model = None
 
     def get_model():

@@ -9,21 +9,25 @@ loops; the matmuls oneDNN's, or inductor's own autotuned kernels, on weights fro
 the graph) -- but only if the step's shapes stay the same from one step to the next, and
 the paged step's context grows by a token each time. So the shapes are made static:
 
-  token, position, write slot   one each
-  context                       the pool slots of the request's block table, padded to
-                                a fixed capacity (a bucket: 256, 512, 1024, ... tokens)
-                                and masked past the context's end; the padding reads the
-                                request's own first block (StepInput.build's rule: a
-                                masked NaN would still poison attention)
+  token, position   one each
+  block table       the request's blocks, padded to a fixed capacity (a bucket: 256,
+                    512, 1024, ... tokens) with its own first block (StepInput.build's
+                    rule: a masked NaN would still poison attention); the graph
+                    computes the context's pool slots, the write slot and the mask
+                    (past the position: masked) from it
 
 and one compiled graph serves every step of a bucket; a context that outgrows its
-bucket moves to the next one, at the cost of one more compile.
+bucket moves to the next one, at the cost of one more compile. The graph returns the
+logits and, beside them, their argmax and whether the row is finite: for a greedy
+request whose sampling would not change the logits (sampling.plain_argmax) that is the
+token, with no eager op after the graph. After its first call a graph runs without
+dynamo's frame hook (_direct).
 
 The graph is paged_forward itself (the model's embed, blocks and logits, PagedAttention's
 batch-1 path, the packed weights, the engine's KV pool): a way of running the one
 forward pass, not a second model. The engine runs it (Engine(compile_decode=True)) for
 a step in which exactly one request decodes one token, with no LoRA adapter and no
-speculative draft; every other step, and sampling, stay as they are.
+speculative draft; every other step stays as it is.
 
 The graph holds the weights as constants (inductor's freezing: the oneDNN linear
 lowering that runs the pre-packed bf16 weights needs them so), so it belongs to the

@@ -162,9 +162,9 @@ class Engine:
     int8_head: run the output head from an int8 copy of its weights (one scale per row)
         where the activations are bf16 on CPU, as llama.cpp's Q8_0 / Q4_0 files keep their
         head at 8 bits (acorn.model.packed.pack). Changes the logits slightly; pays with
-        compile_decode (50M int8 model: 0.66x -> 0.76-0.82x llama.cpp's Q8_0 speed,
-        docs/BENCHMARKS.md, llamacpp), where a bf16 head is a large share of a small model's
-        step. Needs pack_weights.
+        compile_decode (50M int8 model: 0.66x -> 0.76-0.82x llama.cpp's Q8_0 speed, 0.97x
+        once the compiled step lost its Python; docs/BENCHMARKS.md, llamacpp), where a bf16
+        head is a large share of a small model's step. Needs pack_weights.
 
     model may be a Llava (acorn.vision.llava): self.model is then its decoder,
     self.vision_model the whole, and requests may carry images.
@@ -172,7 +172,8 @@ class Engine:
         LoRA adapter, no speculative draft) as a torch.compile'd graph with
         static shapes (acorn.infer.compiled: the context padded to a bucket of
         256, 512, ... tokens, the weights frozen in); every other step runs
-        eagerly. 1.4-2x faster per token for a 50M model on CPU, but the first
+        eagerly. 1.4-2.3x faster per token for a 50M model on CPU (0.93-1.07x
+        llama.cpp's speed at every precision: docs/BENCHMARKS.md, llamacpp), but the first
         step of each bucket compiles (7-27 s on 2 cores; docs/BENCHMARKS.md,
         decode-compile), so it pays in a long-lived process, not a short run.
         The paged engine only (paged=False ignores it).

@@ -413,14 +413,17 @@ def process_logits(
     # The stop tokens (the engine's, which already hold each row's stop_token_ids
     # and the tokenizer's unless ignore_eos; the row's own stop_token_ids in
     # any case) are banned while a row is shorter than its minimum.
-    short = [i for i, r in enumerate(rows) if len(outputs[i]) < r.min_new_tokens]
-    if short:
-        mask = torch.zeros(b, vocab, dtype=torch.bool, device=device)
-        for i in short:
+    banned = {}  # row -> its stop ids, for the rows still short of their minimum that have any
+    for i, r in enumerate(rows):
+        if len(outputs[i]) < r.min_new_tokens:
             given = (stop_ids[i] or ()) if stop_ids is not None else ()
-            ids = [t for t in {*given, *rows[i].stop_token_ids} if 0 <= t < vocab]
+            ids = [t for t in {*given, *r.stop_token_ids} if 0 <= t < vocab]
             if ids:
-                mask[i, ids] = True
+                banned[i] = ids
+    if banned:
+        mask = torch.zeros(b, vocab, dtype=torch.bool, device=device)
+        for i, ids in banned.items():
+            mask[i, ids] = True
         logits = suppress(logits, mask)
     # Penalties before the choice: they change which token is the argmax, so greedy rows get them too.
     if any(r.repetition_penalty != 1.0 for r in rows):

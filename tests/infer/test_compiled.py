@@ -81,6 +81,24 @@ def test_the_static_step_keeps_the_greedy_tokens_and_leaks_no_blocks(checkpoint,
     assert engine.blocks.num_used == 0
 
 
+
+def test_non_finite_logits_in_a_static_step_fail_the_request(checkpoint, eager):
+    """The graph's greedy token comes with the row's finiteness: a decode step whose logits
+    are NaN (the embedding of the token it feeds poisoned) fails the request, as the eager
+    step does, instead of taking the argmax of a NaN row."""
+    prompt = [5, 6, 7, 8, 9]
+    first = eager.generate(prompt, **{**GREEDY, "max_new_tokens": 1})[0].token_ids[0]
+    assert first not in prompt  # the prefill stays finite; the first static step feeds the NaN
+    engine = _static_engine(checkpoint, dtype="float32")
+    with torch.no_grad():
+        engine.model.model.embed_tokens.weight[first] = float("nan")
+    engine.add_request(prompt, SamplingParams(**GREEDY))
+    done = []
+    while engine.has_unfinished():
+        done += [out.completion for out in engine.step() if out.completion is not None]
+    assert done[0].finish_reason == "error" and done[0].token_ids == [first]
+    assert engine.compiled.steps == 1 and engine.blocks.num_used == 0
+
 def test_a_second_request_runs_eagerly_beside_the_first_and_changes_no_output(checkpoint, eager):
     engine = _static_engine(checkpoint)
     params = SamplingParams(**{**GREEDY, "max_new_tokens": 20})

@@ -344,6 +344,34 @@ def test_a_plain_greedy_batch_runs_none_of_the_steps(monkeypatch):
         sample(x, SamplingParams(temperature=0, logit_bias={1: 1.0}))
 
 
+
+@pytest.mark.parametrize("params, generated, stops, plain", [
+    (SamplingParams(temperature=0), 0, {3}, True),
+    (SamplingParams(temperature=0, min_new_tokens=2), 2, {3}, True),  # past its minimum
+    (SamplingParams(temperature=0, min_new_tokens=2), 1, None, True),  # no stop token to hold back
+    (SamplingParams(temperature=0, min_new_tokens=2), 1, {3}, False),
+    (SamplingParams(temperature=0, min_new_tokens=2, stop_token_ids=[3]), 1, None, False),
+    (SamplingParams(temperature=0.7), 0, None, False),
+    (SamplingParams(temperature=0, repetition_penalty=1.2), 0, None, False),
+    (SamplingParams(temperature=0, frequency_penalty=0.5), 0, None, False),
+    (SamplingParams(temperature=0, presence_penalty=0.5), 0, None, False),
+    (SamplingParams(temperature=0, logit_bias={1: 1.0}), 0, None, False),
+    (SamplingParams(temperature=0, logits_processors=[lambda prompt, output, row: row]), 0, None, False),
+])
+def test_plain_argmax_says_exactly_when_sampling_runs_no_step(monkeypatch, params, generated, stops, plain):
+    """plain_argmax (what lets a compiled decode step's own argmax stand for sampling) is true
+    exactly when sample() runs none of its steps on the row, and then sample() is the argmax."""
+    ran = []
+    for name in ("_processors", "logit_bias", "suppress", "repetition_penalty", "frequency_presence_penalty",
+                 "temperature", "top_k", "top_p", "min_p"):
+        monkeypatch.setattr(sampling, name, lambda x, *rest, _name=name: ran.append(_name) or x)
+    x = _logits(2, b=1)
+    got = sample(x, params, [[1] * generated], stop_ids=[stops])
+    assert sampling.plain_argmax(params, generated, stops) is plain
+    assert (not ran) is plain
+    if plain:
+        assert torch.equal(got, x.argmax(-1))
+
 # ------------------------------------------------------------- logprobs
 def test_token_logprobs_by_hand():
     probs = [[0.1, 0.2, 0.3, 0.4], [0.5, 0.25, 0.125, 0.125]]
