@@ -327,7 +327,7 @@ def cmd_speedrun(args) -> None:
 
     stages = [n for n in args.stages.split(",") if n] if args.stages is not None else None
     recipe = {k: v for k, v in (("mixed_qa", args.mixed_qa), ("mixed_qa_format", args.mixed_qa_format),
-                                ("compile", args.compile)) if v is not None}
+                                ("compile", args.compile), ("sft_replay", args.sft_replay)) if v is not None}
     if args.estimate:
         from acorn.speedrun import estimate, format_estimate
 
@@ -1096,6 +1096,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "text (\"Question: ...\\nAnswer: ...\") or chat: conversations rendered with the tokenizer's "
                    "chat template, special tokens as their ids, so the base model already answers in the format "
                    "SFT and the report card use (`acorn data world --mixed-qa-format`; default: the preset's, plain)")
+    s.add_argument("--sft-replay", type=non_negative_int, metavar="N", help="replay: N of the world's pretraining "
+                   "biographies (at random) mixed into SFT as text rows, so fine-tuning keeps what pretraining "
+                   "taught about the people SFT never asks about (default: the preset's)")
     s.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model for pretraining and SFT (compilation is paid out of the time "
                    "budgets; where it fails the stage trains eagerly); --no-compile trains eagerly "

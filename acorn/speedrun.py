@@ -106,6 +106,7 @@ class SpeedrunPreset:
     mixed_qa: int = 0  # world --mixed-qa: QA pairs per fact of the SFT people among the pretraining documents
     mixed_qa_format: str = "plain"  # world --mixed-qa-format: those pairs as plain text or in the chat template
     compile: bool = False  # torch.compile the model for pretraining and SFT (the probe pays and counts the compile)
+    sft_replay: int = 0  # replay: this many pretraining biographies (at random) mixed into SFT as text rows
     fused_adamw: bool = False  # AdamW as one fused kernel
 
 
@@ -254,18 +255,42 @@ def stage_pretrain(p: SpeedrunPreset, data: Path, out: Path, vocab_size: int, se
     return _last_metrics(out) | {"steps": steps}
 
 
-def stage_sft(p: SpeedrunPreset, world_dir: Path, base: Path, out: Path, seed: int) -> dict:
+def replay_docs(world_dir: Path, n: int, out: Path, seed: int = 0) -> Path:
+    """`n` of the world's pretraining biographies, drawn at random (seeded), as SFT text rows in
+    `out` (replay: the fine-tune keeps reading what pretraining taught, so it does not unlearn
+    the facts of the people SFT never asks about; docs/BENCHMARKS.md, speedrun-replay)."""
+    import random
+
+    from acorn.fileio import read_jsonl, write_jsonl
+
+    bios = [r["text"] for r in read_jsonl(world_dir / "pretrain.jsonl") if r.get("kind") == "biography"]
+    if not bios:
+        raise AcornError(f"{world_dir / 'pretrain.jsonl'} holds no biographies to replay")
+    random.Random(seed).shuffle(bios)
+    write_jsonl(out, [{"text": t} for t in bios[:n]])
+    return out
+
+
+def stage_sft(p: SpeedrunPreset, world_dir: Path, base: Path, out: Path, seed: int, steps: int | None = None) -> dict:
+    """SFT of the base model on the world's conversations (and replayed biographies: p.sft_replay),
+    for the steps the preset's budget fits here (a throughput probe), or exactly `steps`."""
     from acorn.config import load
     from acorn.train.sft import SFTConfig, sft
 
-    args = ["--data", str(world_dir / "sft.jsonl"), "--init_from", str(base), "--out", str(out), "--seed", str(seed),
+    data = [world_dir / "sft.jsonl"]
+    if p.sft_replay:
+        data.append(replay_docs(world_dir, p.sft_replay, out.parent / "sft_replay.jsonl", seed))
+    args = ["--data", ",".join(map(str, data)), "--init_from", str(base), "--out", str(out), "--seed", str(seed),
             "--train.seq_len", str(p.sft_seq_len), "--train.micro_batch", str(max(1, p.micro_batch * p.seq_len // p.sft_seq_len)),
             "--train.batch_tokens", str(p.batch_tokens // 2), "--optim.lr", str(p.sft_lr),
             "--train.max_minutes", str(p.sft_minutes * 1.1), "--eval.every", "50", "--eval.batches", "10",
             "--eval.checkpoint_every", "0", *_recipe_args(p)]
     cfg = load(SFTConfig, None, args)
     _fresh_compiler(p)
-    steps = _steps_for(cfg, p.sft_minutes, init_from=base, share=SFT_STEP_SHARE)
+    if steps is None:
+        steps = _steps_for(cfg, p.sft_minutes, init_from=base, share=SFT_STEP_SHARE)
+    else:
+        cfg.train.max_minutes = None  # the steps alone end it
     cfg.train.max_steps = steps
     sft(cfg)
     return _last_metrics(out) | {"steps": steps}
@@ -861,9 +886,9 @@ def resolve_preset(preset: str = "cpu", *, size: str | None = None, vocab_size: 
     unknown = sorted(set(recipe) - set(fields))
     if unknown:
         raise AcornError(f"unknown speedrun setting {', '.join(unknown)}; settable: {', '.join(fields)}")
-    if isinstance(recipe.get("mixed_qa", 0), bool) or not isinstance(recipe.get("mixed_qa", 0), int) \
-            or recipe.get("mixed_qa", 0) < 0:
-        raise AcornError(f"mixed_qa must be a non-negative integer, got {recipe['mixed_qa']!r}")
+    for name in ("mixed_qa", "sft_replay"):
+        if isinstance(recipe.get(name, 0), bool) or not isinstance(recipe.get(name, 0), int) or recipe.get(name, 0) < 0:
+            raise AcornError(f"{name} must be a non-negative integer, got {recipe[name]!r}")
     from acorn.data.world import MIXED_QA_FORMATS
 
     if recipe.get("mixed_qa_format", "plain") not in MIXED_QA_FORMATS:
@@ -1104,6 +1129,9 @@ def recipe_section(run: Run) -> list[str]:
                            f"weight decay {o['weight_decay']:g}; {o['schedule']} schedule, {o['warmup_steps']} warmup "
                            f"steps, to {o['min_lr_ratio']:g} x lr; dtype {t['dtype']}, "
                            f"{'torch.compile' if t.get('compile') else 'eager'}"))
+    rows.append(("SFT data", "the world's conversations" + (
+        f" and {p.sft_replay:,} of its pretraining biographies as text rows (replay, --sft-replay)"
+        if p.sft_replay else ", no pretraining documents replayed")))
     return ["## Recipe", "", f"Preset `{run.preset_name}`" + (" with changes" if p != PRESETS.get(run.preset_name)
                                                              else "") + "; every setting in RUN/STAGE/config.yaml.", "",
             "| part | setting |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]

@@ -369,3 +369,37 @@ def test_the_probe_times_the_stage_s_own_step(monkeypatch, tmp_path):
     batch = to_batch([([1, 2, 3, 4, 5], [1] * 5, [0, 0, 1, 1, 1], None)] * 2)
     assert batch.x.is_contiguous() and batch.document_ids.is_contiguous() and batch.x.shape == (2, 4)
     assert torch.equal(batch.document_ids, torch.tensor([[0, 0, 1, 1]] * 2))
+
+
+def test_sft_replay_mixes_pretraining_biographies_into_sft(tmp_path, monkeypatch, capsys):
+    """--sft-replay N: N of the world's biographies, as text rows, beside its conversations in SFT's data."""
+    import acorn.train.sft as sft_module
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+    monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10, accum=1: (0.1, 0.0))
+    monkeypatch.setattr(sft_module, "sft", lambda cfg: seen.append(cfg) or (_ for _ in ()).throw(Stop()))
+    world = tmp_path / "world"
+    sr.stage_world(world, "tiny", 0)
+    p = sr.resolve_preset("tiny", sft_replay=5)
+    with pytest.raises(Stop):
+        sr.stage_sft(p, world, tmp_path / "pretrain" / "model", tmp_path / "sft", 0)
+    replay = tmp_path / "sft_replay.jsonl"
+    assert seen[0].data == f"{world / 'sft.jsonl'},{replay}"
+    bios = {r["text"] for r in map(json.loads, (world / "pretrain.jsonl").read_text().splitlines())
+            if r["kind"] == "biography"}
+    rows = [json.loads(line) for line in replay.read_text().splitlines()]
+    assert len(rows) == 5 and all(set(r) == {"text"} and r["text"] in bios for r in rows)
+    with pytest.raises(Stop):  # without replay: the conversations alone
+        sr.stage_sft(sr.resolve_preset("tiny"), world, tmp_path / "pretrain" / "model", tmp_path / "sft", 0)
+    assert seen[1].data == str(world / "sft.jsonl")
+    assert "5 of its pretraining biographies as text rows" in "\n".join(sr.recipe_section(sr.Run(tmp_path, "tiny", p, 0)))
+    with pytest.raises(AcornError, match="sft_replay must be a non-negative integer"):
+        sr.resolve_preset("cpu", sft_replay=-1)
+    assert main(["speedrun", "--estimate", "--sft-replay", "3"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["speedrun", "--estimate", "--sft-replay", "-1"])
+    assert e.value.code == 2 and "--sft-replay: must be >= 0" in capsys.readouterr().err

@@ -7,6 +7,10 @@ Two input formats, the ones people already have:
   prompt/completion   {"prompt": "...", "completion": "..."} plain strings,
                       trained as raw text: BOS + prompt + completion + EOS
                       (as TRL does for non-conversational data)
+  text                {"text": "..."}: a plain document, BOS + text + EOS with
+                      the loss on all of it (TRL's language-modeling rows): how
+                      pretraining documents are mixed into SFT (replay, so the
+                      fine-tune keeps what pretraining taught)
 
 The loss is on what the model should learn to write: the assistant turns
 (content, tool calls and the end-of-turn token, from the template's
@@ -69,8 +73,13 @@ def render_example(row: dict, tok, *, where: str = "") -> Example:
         p = tok.encode(row["prompt"], add_bos=tok.bos_id is not None)
         c = tok.encode(row["completion"], add_eos=tok.eos_id is not None)
         return Example(p + c, [0] * len(p) + [1] * len(c))
-    raise AcornError(f"{where}: a row needs 'messages' (a conversation) or 'prompt' and 'completion'; "
-                     f"it has {', '.join(map(str, row)) or 'no fields'}")
+    if "text" in row:
+        if not isinstance(row["text"], str):
+            raise AcornError(f"{where}: text must be a string")
+        ids = tok.encode(row["text"], add_bos=tok.bos_id is not None, add_eos=tok.eos_id is not None)
+        return Example(ids, [0] * (tok.bos_id is not None) + [1] * (len(ids) - (tok.bos_id is not None)))
+    raise AcornError(f"{where}: a row needs 'messages' (a conversation), 'prompt' and 'completion', or 'text' "
+                     f"(a document); it has {', '.join(map(str, row)) or 'no fields'}")
 
 
 def pack(examples: list[Example], seq_len: int, pad_id: int) -> list[tuple[list[int], list[int], list[int], list[int]]]:

@@ -47,6 +47,15 @@ def test_prompt_completion_trains_the_completion(tok):
     assert trained_text(tok, None, y) == " Vesk.<|eos|>"
 
 
+def test_a_text_row_trains_every_token_of_its_document(tok):
+    """Pretraining documents mixed into SFT (replay): BOS + text + EOS, the loss on all but BOS,
+    so the row's loss is the document's pretraining loss."""
+    ex = render_example({"text": "The capital of Orla is Vesk."}, tok)
+    assert ex.ids == tok.encode("The capital of Orla is Vesk.", add_bos=True, add_eos=True)
+    y = to_batch(pack([ex], 32, tok.pad_id)).y[0].tolist()
+    assert trained_text(tok, None, y) == "The capital of Orla is Vesk.<|eos|>"
+
+
 def test_packed_row_trains_exactly_like_separate_conversations(tok):
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=400, n_layer=2, d_model=32, n_head=2, max_seq_len=128)).eval()
@@ -70,7 +79,9 @@ def test_packed_row_trains_exactly_like_separate_conversations(tok):
 
 def test_bad_rows(tok):
     with pytest.raises(AcornError, match="needs 'messages'"):
-        render_example({"text": "hi"}, tok)
+        render_example({"input": "hi"}, tok)
+    with pytest.raises(AcornError, match="text must be a string"):
+        render_example({"text": ["hi"]}, tok)
     with pytest.raises(AcornError, match="must be strings"):
         render_example({"prompt": ["a"], "completion": "b"}, tok)
 
