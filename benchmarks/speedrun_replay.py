@@ -34,13 +34,14 @@ HEADER = ["replayed biographies", "SFT steps", "held out (only in biographies)",
           "arithmetic", "calculator called", "multiple choice", "minutes"]
 
 
-def arm(run: Path, work: Path, n: int, steps: int) -> dict:
-    """Fine-tune the run's base model with n biographies replayed; its card (cached in work/r{n})."""
+def arm(run: Path, work: Path, n: int, steps: int, default_steps: int) -> dict:
+    """Fine-tune the run's base model with n biographies replayed; its card (cached in work/r{n},
+    or work/r{n}-s{steps} for an arm with other steps than the run's)."""
     from acorn import speedrun as sr
     from acorn.eval.harness import evaluate
     from acorn.fileio import read_json
 
-    out = work / f"r{n}"
+    out = work / (f"r{n}" if steps == default_steps else f"r{n}-s{steps}")
     if (out / "card.json").is_file():
         return read_json(out / "card.json")
     info = read_json(run / "speedrun.json")
@@ -62,8 +63,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="a finished `acorn speedrun --out DIR` (its base model and world)")
     ap.add_argument("--work", default="runs/replay", help="where the arms go (a directory per arm)")
-    ap.add_argument("--replay", default="0,750,1500,3000,12000", help="comma-separated numbers of biographies")
-    ap.add_argument("--steps", type=int, default=0, help="SFT steps of every arm (default: the run's own SFT's)")
+    ap.add_argument("--replay", default="0,250,750,1500,3000,12000,0@700,750@700",
+                    help="comma-separated arms: N (biographies replayed, the run's SFT steps) or N@STEPS")
     ap.add_argument("--note", default="", help="a paragraph added at the end of the section (the reading)")
     ap.add_argument("--report-only", action="store_true", help="write the section from the arms' cached cards")
     ap.add_argument("--no-write", action="store_true", help="print the section, leave docs/BENCHMARKS.md alone")
@@ -71,26 +72,28 @@ def main() -> None:
     from acorn.fileio import read_json
 
     run, work = Path(args.run), Path(args.work)
-    steps = args.steps or next(s["summary"]["steps"] for s in read_json(run / "speedrun.json")["stages"]
-                               if s["name"] == "sft")
+    steps = next(s["summary"]["steps"] for s in read_json(run / "speedrun.json")["stages"] if s["name"] == "sft")
     load = load_note()
     cards = []
-    for n in (int(x) for x in args.replay.split(",") if x):
-        if args.report_only and not (work / f"r{n}" / "card.json").is_file():
+    for item in (x for x in args.replay.split(",") if x):
+        n, _, at = item.partition("@")
+        n, at = int(n), int(at or steps)
+        if args.report_only and not (work / (f"r{n}" if at == steps else f"r{n}-s{at}") / "card.json").is_file():
             continue
-        log(f"replay {n}: {steps} SFT steps")
-        cards.append(arm(run, work, n, steps))
+        log(f"replay {n}: {at} SFT steps")
+        cards.append(arm(run, work, n, at, steps))
         log(f"   {json.dumps(cards[-1])}")
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     rows = [[f"{c['n_bios']:,}" + (" (control)" if not c["n_bios"] else ""), c["steps"], pct(c["held_out"]),
              pct(c["in_sft"]), pct(c["idk"]), pct(c["arith"]), pct(c["tool"]), pct(c["mc"]), f"{c['minutes']:.1f}"]
-            for c in sorted(cards, key=lambda c: c["n_bios"])]
+            for c in sorted(cards, key=lambda c: (c["steps"], c["n_bios"]))]
     body = f"""## Replay of pretraining biographies during SFT (issue 19)
 
 Command: `{command_line()}` ({today()}). Machine: {machine_description()}. {load}
 
 Every arm fine-tunes the base model of the speedrun in `{run}` (its world, seed and SFT settings:
-rows of 512, lr 1e-3, compiled) for the same {steps} SFT steps; the SFT data is the world's
+rows of 512, lr 1e-3, compiled) for the {steps} SFT steps that run's budget gave (or the steps its row
+says); the SFT data is the world's
 conversations plus N of its pretraining biographies drawn at random, as text rows with the loss on
 every token (`acorn speedrun --sft-replay N`). Scored on the world's tasks as the report card
 scores the SFT model; "held out" are the facts of people SFT never asks about, which only the
