@@ -1403,8 +1403,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = _parser(stages, "sft", "supervised fine-tuning on conversations (loss on the assistant's tokens only)",
                 "acorn sft --init_from runs/pretrain/model --data runs/world/sft.jsonl --out runs/sft",
                 description="Fine-tune a checkpoint on conversations: `messages` JSONL (OpenAI style, tool calls\n"
-                "included) or prompt/completion JSONL. Settings as for `acorn pretrain`: --config FILE and\n"
-                "--section.key VALUE overrides (data, out, init_from, epochs, val_fraction, optim, train, eval, lora).\n\n"
+                "included) or prompt/completion JSONL; `text` rows (plain documents, the loss on every token)\n"
+                "mix pretraining documents in (replay: --data chats.jsonl,docs.jsonl). Settings as for\n"
+                "`acorn pretrain`: --config FILE and --section.key VALUE overrides (data, out, init_from, epochs, val_fraction, optim, train, eval, lora).\n\n"
                 "LoRA: --lora.r 16 --lora.alpha 32 --lora.targets all-linear (or q_proj,v_proj,...) trains adapters\n"
                 "on a frozen base and writes RUN/adapter (PEFT's format; merge with `acorn lora merge`);\n"
                 "--lora.quantize nf4 stores the frozen base in 4 bits (QLoRA), --lora.rslora true scales by\n"

@@ -73,7 +73,9 @@ def main() -> None:
 
     run, work = Path(args.run), Path(args.work)
     steps = next(s["summary"]["steps"] for s in read_json(run / "speedrun.json")["stages"] if s["name"] == "sft")
-    load = load_note()
+    # The arms train a fixed number of steps, so the machine's load changes only their minutes.
+    load = ("Quality figures at fixed steps; minutes are each arm's SFT and scoring, one arm at a time."
+            if args.report_only else load_note())
     cards = []
     for item in (x for x in args.replay.split(",") if x):
         n, _, at = item.partition("@")
