@@ -57,6 +57,7 @@ def figures(run: Path) -> dict:
     got["pretrain steps"] = stages["pretrain"]["summary"].get("steps")
     got["pretrain tokens/s"] = stages["pretrain"]["summary"].get("tok_s")
     got["pretrain MFU"] = stages["pretrain"]["summary"].get("mfu")
+    got["SFT steps"] = stages["sft"]["summary"].get("steps")
     return got
 
 
@@ -75,7 +76,8 @@ def section(runs: dict[int, Path], note: str, load: str) -> str:
 
     rows = [row(label, pct) for label, *_ in FIGURES]
     rows += [row("minutes, whole run", lambda v: f"{v:.1f}"), row("pretrain steps", lambda v: f"{v:.0f}"),
-             row("pretrain tokens/s", lambda v: f"{v:,.0f}"), row("pretrain MFU", lambda v: f"{100 * v:.2f}%")]
+             row("pretrain tokens/s", lambda v: f"{v:,.0f}"), row("pretrain MFU", lambda v: f"{100 * v:.2f}%"),
+             row("SFT steps", lambda v: f"{v:.0f}")]
     chance = read_json(next(iter(runs.values())) / "eval" / "sft" / "results.json")["results"]["world_icl"].get("chance")
     lines = ["## The default speedrun over seeds (issue 19)", "",
              f"Command: `{command_line()}` ({today()}). Machine: {machine_description()}; {load}.", "",
