@@ -223,8 +223,9 @@ class CompiledDecode:
 
 def _fingerprint(tensors: list[Tensor]) -> tuple[list[int], list[int]]:
     """Every tensor's version counter (moved on by an in-place write: an optimizer step,
-    load_state_dict) and storage address (a swapped .data); map() over the list, twice
-    as fast as a loop in Python: it runs before every compiled step."""
+    load_state_dict) and storage address (a swapped .data), read before every compiled
+    step: about 0.05 ms for the 50M model's 141 tensors, most of it cache misses after the
+    graph (map() over the list is only a little faster than a loop)."""
     return list(map(_VERSION, tensors)), list(map(Tensor.data_ptr, tensors))
 
 
