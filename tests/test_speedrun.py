@@ -379,8 +379,13 @@ def test_sft_replay_mixes_pretraining_biographies_into_sft(tmp_path, monkeypatch
         pass
 
     seen = []
+
+    def sft(cfg):  # records the config SFT would train with, and stops there
+        seen.append(cfg)
+        raise Stop
+
     monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10, accum=1: (0.1, 0.0))
-    monkeypatch.setattr(sft_module, "sft", lambda cfg: seen.append(cfg) or (_ for _ in ()).throw(Stop()))
+    monkeypatch.setattr(sft_module, "sft", sft)
     world = tmp_path / "world"
     sr.stage_world(world, "tiny", 0)
     p = sr.resolve_preset("tiny", sft_replay=5)

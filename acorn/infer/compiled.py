@@ -50,7 +50,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from acorn.infer.paged import PagedKV, StepInput, paged_forward
+from acorn.infer.paged import PagedKV, StepInput, attention_window, paged_forward
 from acorn.infer.sampling import non_finite_rows
 from acorn.model import packed
 
@@ -260,8 +260,7 @@ def _step_function(model, kv: PagedKV, cap: int, vocab: int):
     block_size blocks), masked past the row's position (and before its sliding window);
     returns the logits and (argmax over the first `vocab` ids, whether the row is finite)."""
     bs = kv.block_size
-    cfg = model.config
-    window = cfg.sliding_window if cfg.sliding_window and cfg.sliding_window < cfg.max_seq_len else None
+    window = attention_window(model.config)
 
     def decode_step(tokens: Tensor, positions: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
         device = tokens.device

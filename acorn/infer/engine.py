@@ -507,7 +507,7 @@ class Engine:
         every sample that made progress: its new token ids, text and
         log-probs, and on its last step its finish reason and Completion
         (the engine forgets a finished request; its Completion is the record)."""
-        from acorn.infer.paged import StepInput, paged_forward
+        from acorn.infer.paged import StepInput, attention_window, paged_forward
 
         kv, sched = self.kv, self.scheduler
         pieces = sched.schedule()
@@ -516,8 +516,6 @@ class Engine:
         if self.adapters:  # each adapter's tokens one contiguous slice of the step: no sorting in the layers
             pieces.sort(key=lambda piece: piece[0].state.params.lora or "")
         drafts = self._draft(pieces) if self.speculative is not None else {}
-        cfg = self.model.config
-        window = cfg.sliding_window if cfg.sliding_window and cfg.sliding_window < cfg.max_seq_len else None
         inputs, wanted, loras = [], [], []  # wanted: (request, its first logits row, draft or None)
         features, feature_rows = [], []  # image rows of the placeholders this step covers, and their step rows
         n_rows = n_tokens = 0
@@ -543,7 +541,7 @@ class Engine:
                 logits, argmax = self.compiled(new[0], c, table)
                 logits = logits[:, :self.tokenizer.vocab_size]
             else:
-                step = StepInput.build(inputs, self.block_size, window, self.device)
+                step = StepInput.build(inputs, self.block_size, attention_window(self.model.config), self.device)
                 images = (torch.cat(features), torch.tensor(feature_rows, device=self.device)) if features else None
                 logits = paged_forward(self.model, step, kv, self._adapter_index(loras),
                                        images)[:, :self.tokenizer.vocab_size]

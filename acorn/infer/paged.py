@@ -310,6 +310,12 @@ def quantize_int8(x: Tensor) -> tuple[Tensor, Tensor]:
     return codes, scale
 
 
+def attention_window(cfg) -> int | None:
+    """The sliding window a paged step masks to, or None when the model has none shorter than
+    its context (the eager step and the compiled one mask alike)."""
+    return cfg.sliding_window if cfg.sliding_window and cfg.sliding_window < cfg.max_seq_len else None
+
+
 def slots_of(table: list[int], start: int, end: int, block_size: int) -> list[int]:
     """The pool slots of tokens start..end-1 of a request with this block table."""
     return [table[i // block_size] * block_size + i % block_size for i in range(start, end)]

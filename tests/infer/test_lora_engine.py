@@ -78,7 +78,9 @@ def test_a_mixed_flattened_step_gives_each_row_its_own_adapters_logits(checkpoin
     for r, p in enumerate(prompts):
         lora.set_active(model, which[r])
         want = model(torch.tensor([p])).logits[0]
-        torch.testing.assert_close(torch.cat(got[r]), want, atol=1e-5, rtol=0)
+        # float32 round-off only (1.06e-5 seen when other tests ran first in the same worker); adapters
+        # differ by > 1e-2 (below), so 1e-4 still tells one adapter's rows from another's
+        torch.testing.assert_close(torch.cat(got[r]), want, atol=1e-4, rtol=0)
     # ... and the rows really differ by adapter (the property above could not hold by accident).
     lora.set_active(model, None)
     base = model(torch.tensor([prompts[0]])).logits[0]
@@ -95,7 +97,7 @@ def test_one_adapter_per_row_of_a_padded_batch_equals_each_alone(checkpoint, ada
         mixed = model(ids).logits
     for row, name in enumerate(["b", None, "a"]):
         lora.set_active(model, name)
-        torch.testing.assert_close(mixed[row], model(ids[row:row + 1]).logits[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(mixed[row], model(ids[row:row + 1]).logits[0], atol=1e-4, rtol=0)  # as above
 
 
 @pytest.mark.parametrize("paged", [True, False])
