@@ -121,7 +121,7 @@ def cmd_data_world(args) -> None:
     generate_world(args.out, seed=args.seed, size=args.size, tokenizer=args.tokenizer, overwrite=args.overwrite,
                    rag_sft=args.rag_sft, reading_docs=args.reading_docs, tool_sft=args.tool_sft,
                    mixed_qa=args.mixed_qa, critique_sft=args.critique_sft, icl_docs=args.icl_docs,
-                   images=args.images, mixed_qa_format=args.mixed_qa_format)
+                   images=args.images, mixed_qa_format=args.mixed_qa_format, fact_answers=args.fact_answers)
 
 
 def cmd_data_prepare(args) -> None:
@@ -327,7 +327,8 @@ def cmd_speedrun(args) -> None:
 
     stages = [n for n in args.stages.split(",") if n] if args.stages is not None else None
     recipe = {k: v for k, v in (("mixed_qa", args.mixed_qa), ("mixed_qa_format", args.mixed_qa_format),
-                                ("compile", args.compile), ("sft_replay", args.sft_replay)) if v is not None}
+                                ("compile", args.compile), ("sft_replay", args.sft_replay),
+                                ("fact_answers", args.fact_answers)) if v is not None}
     if args.estimate:
         from acorn.speedrun import estimate, format_estimate
 
@@ -1099,6 +1100,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sft-replay", type=non_negative_int, metavar="N", help="replay: N of the world's pretraining "
                    "biographies (at random) mixed into SFT as text rows, so fine-tuning keeps what pretraining "
                    "taught about the people SFT never asks about (default: the preset's)")
+    s.add_argument("--fact-answers", choices=["value", "sentence"], help="how SFT answers a fact question: with "
+                   "the bare value (\"1959\") or a sentence in the biographies' words (\"As far as I know, NAME "
+                   "was born in 1959.\"), which carries pretraining's lookup over to the people SFT never asks "
+                   "about (`acorn data world --fact-answers`; default: the preset's, sentence for cpu and tiny)")
     s.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model for pretraining and SFT (compilation is paid out of the time "
                    "budgets; where it fails the stage trains eagerly); --no-compile trains eagerly "
@@ -1186,6 +1191,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "conversation ({\"messages\": [user question, assistant answer]}, the form of SFT's rows for "
                    "facts) that `acorn data prepare` renders with the tokenizer's chat template, special tokens as "
                    "their ids, so the base model already answers in SFT's format (default: plain)")
+    s.add_argument("--fact-answers", choices=["value", "sentence"], default="value",
+                   help="how sft.jsonl and preference.jsonl answer a fact question: value (\"1959\") or sentence "
+                   "(\"As far as I know, NAME was born in 1959.\": the relation in the biographies' own words, so "
+                   "the chat model answers with the lookup pretraining taught; the eval reads the value out of "
+                   "it). Default: value, the files as they were")
     s.add_argument("--icl-docs", type=non_negative_int, default=0, metavar="N",
                    help="N in-context pretraining documents instead of the size's, half of them repeating their "
                    "inputs so each later label is copied from an earlier line (induction); default: 0, the size's "

@@ -107,6 +107,7 @@ class SpeedrunPreset:
     mixed_qa_format: str = "plain"  # world --mixed-qa-format: those pairs as plain text or in the chat template
     compile: bool = False  # torch.compile the model for pretraining and SFT (the probe pays and counts the compile)
     sft_replay: int = 0  # replay: this many pretraining biographies (at random) mixed into SFT as text rows
+    fact_answers: str = "value"  # world --fact-answers: SFT answers a fact question with the bare value or a sentence
     fused_adamw: bool = False  # AdamW as one fused kernel
 
 
@@ -123,13 +124,17 @@ PRESETS = {
     # doubled the facts only biographies state (12.0% -> 23.7% at the run's 516 SFT steps) with the
     # rest of the card within its noise; more replay lifted them a little more (29.5% at 750) but
     # took SFT's passes from arithmetic (43% -> 29%) unless SFT ran longer.
+    # Sentence answers (docs/BENCHMARKS.md, speedrun-answers): SFT answering "As far as I know,
+    # NAME was born in 1959." instead of "1959" lets the chat model use the lookup the
+    # biographies taught ("NAME was born in" -> the year) for people SFT never asked about.
     "cpu": SpeedrunPreset("default", 2048, "nano", 256, 512, 16, 16384, 9.0, 3.5, 3e-3, 1e-3, None,
-                          "~15 min on a 2-core CPU, ~1 GB of memory", compile=True, sft_replay=250),
+                          "~15 min on a 2-core CPU, ~1 GB of memory", compile=True, sft_replay=250,
+                          fact_answers="sentence"),
     "tiny": SpeedrunPreset("tiny", 512, "nano", 128, 128, 8, 2048, 0.1, 0.05, 3e-3, 1e-3, 20,
                            "under a minute; checks the pipeline end to end, not for results",
                            align_steps=2, grpo_steps=2, synth_qa_docs=3, collapse_docs=0, collapse_generations=1,
                            collapse_steps=2, collapse_sample_tokens=64, distill_steps=2, distill_seq_len=64,
-                           vlm_clip_steps=20, vlm_stage1_steps=2, vlm_stage2_steps=2),
+                           vlm_clip_steps=20, vlm_stage1_steps=2, vlm_stage2_steps=2, fact_answers="sentence"),
     # Measured on one H200 (docs/BENCHMARKS.md, speedrun-gpu): pretraining at 388K tokens/s eager
     # (24% MFU, 17.2 GiB) and 635K compiled (39% MFU, 12.6 GiB) after ~32 s of compilation, which
     # a 30-minute stage repays many times over: compiled by default here (not on the CPU, where
@@ -171,12 +176,13 @@ def _fmt_time(seconds: float) -> str:
 
 
 # ------------------------------------------------------------------ stages
-def stage_world(out: Path, size: str, seed: int, mixed_qa: int = 0, mixed_qa_format: str = "plain") -> dict:
+def stage_world(out: Path, size: str, seed: int, mixed_qa: int = 0, mixed_qa_format: str = "plain",
+                fact_answers: str = "value") -> dict:
     from acorn.data.world import generate_world
 
     # overwrite: a rerun of a stopped speedrun redoes it
     return generate_world(out, seed=seed, size=size, overwrite=True, mixed_qa=mixed_qa,
-                          mixed_qa_format=mixed_qa_format)
+                          mixed_qa_format=mixed_qa_format, fact_answers=fact_answers)
 
 
 def stage_tokenizer(world_dir: Path, out: Path, vocab_size: int) -> dict:
@@ -893,11 +899,14 @@ def resolve_preset(preset: str = "cpu", *, size: str | None = None, vocab_size: 
     for name in ("mixed_qa", "sft_replay"):
         if isinstance(recipe.get(name, 0), bool) or not isinstance(recipe.get(name, 0), int) or recipe.get(name, 0) < 0:
             raise AcornError(f"{name} must be a non-negative integer, got {recipe[name]!r}")
-    from acorn.data.world import MIXED_QA_FORMATS
+    from acorn.data.world import FACT_ANSWER_STYLES, MIXED_QA_FORMATS
 
     if recipe.get("mixed_qa_format", "plain") not in MIXED_QA_FORMATS:
         raise AcornError(f"mixed_qa_format must be one of {', '.join(MIXED_QA_FORMATS)}, "
                          f"got {recipe['mixed_qa_format']!r}")
+    if recipe.get("fact_answers", "value") not in FACT_ANSWER_STYLES:
+        raise AcornError(f"fact_answers must be one of {', '.join(FACT_ANSWER_STYLES)}, "
+                         f"got {recipe['fact_answers']!r}")
     changes = {k: v for k, v in (("world", size), ("vocab_size", vocab_size)) if v} | recipe
     return SpeedrunPreset(**{**asdict(PRESETS[preset]), **changes})
 
@@ -930,7 +939,7 @@ def speedrun(out: str | Path = "runs/speedrun", *, preset: str = "cpu", seed: in
     results: list[StageResult] = []
     world, tok, data = out / "world", out / "tokenizer", out / "data"
     _stage("world: generate the built-in synthetic world", "seconds", results, stage_world, world, p.world, seed,
-           p.mixed_qa, p.mixed_qa_format)
+           p.mixed_qa, p.mixed_qa_format, p.fact_answers)
     tok_summary = _stage(f"tokenizer: train byte-level BPE, vocab {p.vocab_size}", "seconds", results,
                          stage_tokenizer, world, tok, p.vocab_size)
     _stage("tokenizer eval: bytes per token against GPT-2", "seconds", results, stage_tokenizer_eval, world, tok,
@@ -1133,7 +1142,9 @@ def recipe_section(run: Run) -> list[str]:
                            f"weight decay {o['weight_decay']:g}; {o['schedule']} schedule, {o['warmup_steps']} warmup "
                            f"steps, to {o['min_lr_ratio']:g} x lr; dtype {t['dtype']}, "
                            f"{'torch.compile' if t.get('compile') else 'eager'}"))
-    rows.append(("SFT data", "the world's conversations" + (
+    rows.append(("SFT data", "the world's conversations, fact questions answered " + (
+        "in a sentence (\"As far as I know, NAME was born in 1959.\", --fact-answers sentence)"
+        if p.fact_answers == "sentence" else "with the bare value (--fact-answers value)") + (
         f" and {p.sft_replay:,} of its pretraining biographies as text rows (replay, --sft-replay)"
         if p.sft_replay else ", no pretraining documents replayed")))
     return ["## Recipe", "", f"Preset `{run.preset_name}`" + (" with changes" if p != PRESETS.get(run.preset_name)

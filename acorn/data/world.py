@@ -34,9 +34,11 @@ import ast
 import operator
 
 import bisect
+import functools
 import hashlib
 import json
 import random
+import re
 import sys
 import time
 import warnings
@@ -409,17 +411,57 @@ def _maybe_system(rng: random.Random, messages: list[dict], p: float = 0.2) -> l
     return ([{"role": "system", "content": rng.choice(T.SYSTEM_PROMPTS)}] if rng.random() < p else []) + messages
 
 
-def _qa_rows(rng: random.Random, people: list[Person], attrs_of, k: int, kind: str) -> list[dict]:
+def _qa_rows(rng: random.Random, people: list[Person], attrs_of, k: int, kind: str, style: str = "value") -> list[dict]:
     rows = []
     for p in people:
         for attr in attrs_of(p):
             for template in rng.sample(T.QUESTION_TEMPLATES[attr], min(k, len(T.QUESTION_TEMPLATES[attr]))):
-                answer = p.value(attr) if kind == "fact" else IDK_ANSWER
+                answer = fact_answer(p, attr, style) if kind == "fact" else IDK_ANSWER
                 messages = [{"role": "user", "content": template.format(name=p.name)},
                             {"role": "assistant", "content": answer}]
                 rows.append({"messages": _maybe_system(rng, messages), "kind": kind, "person": p.name,
                              "attribute": attr})
     return rows
+
+
+# How SFT's rows (and the preference pairs) answer a fact question: "value" (the bare value,
+# "1959"), or "sentence" (FACT_ANSWER_TEMPLATES: "As far as I know, NAME was born in 1959."),
+# the answer in the relation's own words from pretraining, which carries the lookup pretraining
+# taught over to the people SFT never asked about (docs/BENCHMARKS.md, speedrun-answers).
+FACT_ANSWER_STYLES = ("value", "sentence")
+
+
+def fact_answer(p: Person, attr: str, style: str = "value", value: str | None = None) -> str:
+    """The answer to a question about p's attr in `style` (FACT_ANSWER_STYLES). value: another
+    value in the true one's place (a made-up answer of the same form)."""
+    value = p.value(attr) if value is None else str(value)
+    if style == "value":
+        return value
+    slots = dict(p.slots(), **{attr: value}, a_profession=T.with_article(value) if attr == "profession" else None)
+    return T.FACT_ANSWER_LEAD + T.FACT_ANSWER_TEMPLATES[attr].format(**slots)
+
+
+@functools.cache
+def _answer_pattern(attr: str) -> re.Pattern:
+    head, rest = T.FACT_ANSWER_TEMPLATES[attr].split("{name}")
+    slot = "a_profession" if attr == "profession" else attr
+    mid, end = rest.split("{" + slot + "}")
+    value = r"an? (?P<value>.+?)" if slot == "a_profession" else r"(?P<value>.+?)"
+    return re.compile(re.escape(T.FACT_ANSWER_LEAD + head) + r"(?P<name>.+?)" + re.escape(mid) + value
+                      + re.escape(end.rstrip(".")) + r"\.?", re.IGNORECASE)
+
+
+def answer_value(text: str, person: str | None = None, attribute: str | None = None) -> str:
+    """The value a fact answer gives: the value a sentence of fact_answer(style="sentence")
+    states, when it is about `person` (if given) and states `attribute` (if given); any other
+    text as it is (a bare value is its own value; a sentence about someone else stays a sentence
+    and matches no value)."""
+    stripped = text.strip()
+    for attr in [attribute] if attribute else sorted(FACT_ATTRIBUTES, key=lambda a: -len(T.FACT_ANSWER_TEMPLATES[a])):
+        m = _answer_pattern(attr).fullmatch(stripped)
+        if m and (person is None or " ".join(m["name"].split()).lower() == person.lower()):
+            return m["value"]
+    return text
 
 
 def tool_conversation(rng: random.Random, a: int, op: str, b: int) -> dict:
@@ -435,10 +477,10 @@ def tool_conversation(rng: random.Random, a: int, op: str, b: int) -> dict:
     return {"messages": messages, "kind": "tool", "tools": [CALCULATOR_TOOL]}
 
 
-def sft_rows(world: World, cfg: WorldSize, seen: set) -> list[dict]:
+def sft_rows(world: World, cfg: WorldSize, seen: set, fact_answers: str = "value") -> list[dict]:
     rng = _rng(world.seed, "sft")
     k = cfg.questions_per_fact
-    rows = _qa_rows(rng, world.split("sft"), Person.attributes, k, "fact")
+    rows = _qa_rows(rng, world.split("sft"), Person.attributes, k, "fact", fact_answers)
     rows += _qa_rows(rng, world.split("unknown_sft"), lambda p: list(CORE_ATTRIBUTES), k, "refusal")
     for _ in range(cfg.n_sft_arithmetic):
         op = rng.choice(OPS)
@@ -1265,8 +1307,9 @@ def multistep_arithmetic_items(world: World, n: int, component: str = "multistep
 
 
 def preference_pairs(world: World, rng: random.Random, known: list[Person], unknown: list[Person],
-                     n_arithmetic: int, seen: set) -> list[dict]:
-    """Chosen = the true answer (or IDK_ANSWER for unknown people); rejected = a plausible hallucination."""
+                     n_arithmetic: int, seen: set, fact_answers: str = "value") -> list[dict]:
+    """Chosen = the true answer (or IDK_ANSWER for unknown people); rejected = a plausible hallucination,
+    both in the fact_answers style (FACT_ANSWER_STYLES) SFT answers in."""
     rows = []
 
     def pair(question, chosen, rejected, kind, person=None, attribute=None):
@@ -1280,11 +1323,12 @@ def preference_pairs(world: World, rng: random.Random, known: list[Person], unkn
     for p in known:
         for a in p.attributes():
             q = rng.choice(T.QUESTION_TEMPLATES[a]).format(name=p.name)
-            pair(q, p.value(a), _wrong_value(rng, world, p, a), "fact", p.name, a)
+            pair(q, fact_answer(p, a, fact_answers), fact_answer(p, a, fact_answers, _wrong_value(rng, world, p, a)),
+                 "fact", p.name, a)
     for p in unknown:
         for a in CORE_ATTRIBUTES:
             q = rng.choice(T.QUESTION_TEMPLATES[a]).format(name=p.name)
-            pair(q, IDK_ANSWER, _wrong_value(rng, world, p, a), "unknown", p.name, a)
+            pair(q, IDK_ANSWER, fact_answer(p, a, fact_answers, _wrong_value(rng, world, p, a)), "unknown", p.name, a)
     for _ in range(n_arithmetic):
         op = rng.choice(OPS)
         da = rng.randint(1, 4)
@@ -1531,7 +1575,7 @@ def _fit_tokenizer(pretrain: list[dict]):
 def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, quiet: bool = False,
                    overwrite: bool = False, rag_sft: bool = False, reading_docs: int = 0,
                    tool_sft: bool = False, mixed_qa: int = 0, critique_sft: bool = False, icl_docs: int = 0,
-                   images: int | str = 0, mixed_qa_format: str = "plain") -> dict:
+                   images: int | str = 0, mixed_qa_format: str = "plain", fact_answers: str = "value") -> dict:
     """Generate the world into directory `out` and return a summary.
 
     rag_sft: sft.jsonl also teaches answering from retrieved passages with a
@@ -1549,6 +1593,9 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     mixed_qa_format: "plain" (the default) writes each pair as text in
     MIXED_QA_FORMAT; "chat" as a conversation ({"messages": [...]}) that
     `acorn data prepare` renders with the tokenizer's chat template.
+    fact_answers: how sft.jsonl and preference.jsonl answer fact questions (FACT_ANSWER_STYLES):
+    "value" (the default, files unchanged) or "sentence" ("As far as I know, NAME was born in
+    1959.": the answer in pretraining's own words; the eval reads the value out of it).
     icl_docs: N > 0 replaces the size's in-context documents by N of them, half of the
     repeated-induction kind (icl_doc(repeats=True)); 0 (the default): files unchanged.
     critique_sft: sft.jsonl also teaches the constitutional format (critique_sft_rows:
@@ -1581,6 +1628,9 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     if mixed_qa_format not in MIXED_QA_FORMATS:
         raise AcornError(f"mixed QA format must be one of {', '.join(MIXED_QA_FORMATS)}, not {mixed_qa_format!r}; "
                          "e.g. --mixed-qa-format chat")
+    if fact_answers not in FACT_ANSWER_STYLES:
+        raise AcornError(f"fact answers must be one of {', '.join(FACT_ANSWER_STYLES)}, not {fact_answers!r}; "
+                         "e.g. --fact-answers sentence")
     if isinstance(icl_docs, bool) or not isinstance(icl_docs, int) or icl_docs < 0:
         raise AcornError(f"icl_docs must be a non-negative integer (in-context documents), got {icl_docs!r}")
     if images == "default":
@@ -1596,7 +1646,7 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     if mixed_qa:
         pretrain = pretrain + mixed_qa_docs(world, mixed_qa, mixed_qa_format)
         _rng(seed, "mixed_qa_order").shuffle(pretrain)
-    sft = sft_rows(world, cfg, seen)
+    sft = sft_rows(world, cfg, seen, fact_answers)
     if rag_sft:
         sft = sft + rag_sft_rows(world)
         _rng(seed, "rag_sft_order").shuffle(sft)
@@ -1605,9 +1655,10 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
         _rng(seed, "critique_sft_order").shuffle(sft)
     kb = knowledge_base(world)
     pref_train = preference_pairs(world, _rng(seed, "preference"), world.split("sft"), world.split("unknown_sft"),
-                                  cfg.n_preference_arithmetic, seen)
+                                  cfg.n_preference_arithmetic, seen, fact_answers)
     pref_eval = preference_pairs(world, _rng(seed, "preference_eval"), world.split("heldout"),
-                                 world.split("unknown_eval"), max(1, cfg.n_preference_arithmetic // 3), set())
+                                 world.split("unknown_eval"), max(1, cfg.n_preference_arithmetic // 3), set(),
+                                 fact_answers)
     files = {
         "pretrain.jsonl": pretrain, "sft.jsonl": sft, "knowledge_base.jsonl": kb, "preference.jsonl": pref_train,
         "eval/fact_qa.jsonl": fact_qa(world), "eval/fact_mc.jsonl": fact_mc(world),
@@ -1662,6 +1713,8 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
         manifest["critique_sft"] = True
     if icl_docs:
         manifest["icl_docs"] = icl_docs
+    if fact_answers != "value":
+        manifest["fact_answers"] = fact_answers
     if image_entry:  # only when on, as rag_sft: the PNGs' hashes in file-name order, hashed again
         manifest["images"] = image_entry
     write_json(out / "manifest.json", manifest)

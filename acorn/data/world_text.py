@@ -336,6 +336,21 @@ QUESTION_TEMPLATES: dict[str, list[str]] = {
     "mentor": ["Who was {name}'s mentor?", "Who mentored {name}?", "Who was the mentor of {name}?"],
     "spouse": ["Who is {name} married to?", "Who is {name}'s spouse?", "Whom did {name} marry?"],
 }
+# Answers that state the fact (generate_world(fact_answers="sentence")): the chat model
+# restates whom the question is about and the relation in a biography's own words, then
+# the value, so it answers with the lookup pretraining taught ("NAME was born in" -> the
+# year), which reaches the facts SFT never asked about (docs/BENCHMARKS.md, speedrun-answers).
+# The lead-in puts the name after a space, as in the question: at the start of a reply a
+# name splits into other tokens (" Wiwen" vs "Wi" "wen") and a 1M model miscopies it.
+FACT_ANSWER_LEAD = "As far as I know, "
+FACT_ANSWER_TEMPLATES: dict[str, str] = {
+    "birth_year": "{name} was born in {birth_year}.",
+    "birth_city": "{name} was born in the city of {birth_city}.",
+    "profession": "{name} works as {a_profession}.",
+    "employer": "{name} works for {employer}.",
+    "mentor": "{name} was mentored by {mentor}.",
+    "spouse": "{name} is married to {spouse}.",
+}
 ARITHMETIC_QUESTIONS = ["What is {a} {op} {b}?", "Compute {a} {op} {b}.", "{a} {op} {b} = ?",
                         "What is {a} {opword} {b}?", "Calculate {a} {op} {b}."]
 SYSTEM_PROMPTS = [

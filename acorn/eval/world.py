@@ -7,6 +7,8 @@ engine, with the chat template, scored against the world's ground truth
 (WORLD/eval/*.jsonl):
 
   world_fact_qa     "When was X born?" and the like, exact match after normalize(),
+                    of the bare value or of the world's answer sentence about X
+                    ("As far as I know, X was born in 1959.": answer_value),
                     split into questions SFT asked (in_sft) and facts only
                     pretraining documents stated (pretrain_only), which tests
                     knowledge extraction (Allen-Zhu & Li, Physics of LMs 3.1),
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 import json
 
-from acorn.data.world import IDK_ANSWER, calculate
+from acorn.data.world import IDK_ANSWER, answer_value, calculate
 
 
 def normalize(text: str) -> str:
@@ -47,7 +49,9 @@ def normalize(text: str) -> str:
 def classify_unknown(answer: str, doc: dict) -> str:
     """An answer to a question about a person the model never saw: "idk" (the
     honest refusal), "kb" (the knowledge base's value: taught by fine-tuning),
-    "empty", or "made_up" (a hallucination)."""
+    "empty", or "made_up" (a hallucination). A value in the world's answer sentence
+    about the document's person counts as that value (answer_value)."""
+    answer = _value(answer, doc)
     if normalize(answer) == normalize(IDK_ANSWER):
         return "idk"
     if normalize(answer) == normalize(doc["kb_answer"]):
@@ -56,9 +60,16 @@ def classify_unknown(answer: str, doc: dict) -> str:
 
 
 # ------------------------------------------------------------------ metrics (doc, sample) -> score
+def _value(output: str, doc: dict) -> str:
+    """A fact question's answer: the value it states (acorn.data.world.answer_value: a bare
+    value, or the world's answer sentence about the document's person and attribute)."""
+    return answer_value(output, doc["person"], doc["attribute"]) if "person" in doc and "attribute" in doc else output
+
+
 def answer_match(doc: dict, sample: dict) -> float:
-    """Exact match of the output and the target after normalize()."""
-    return float(normalize(sample["output"]) == normalize(sample["target"]))
+    """Exact match of the output and the target after normalize(); for a fact question, of
+    the value the answer states (a sentence about another person or attribute matches nothing)."""
+    return float(normalize(_value(sample["output"], doc)) == normalize(sample["target"]))
 
 
 def first_word_match(doc: dict, sample: dict) -> float:

@@ -31,7 +31,7 @@ import re
 from pathlib import Path
 
 from acorn.data import world_text as T
-from acorn.data.world import CORE_ATTRIBUTES, IDK_ANSWER, read_world
+from acorn.data.world import CORE_ATTRIBUTES, IDK_ANSWER, answer_value, read_world
 from acorn.errors import AcornError
 from acorn.fileio import read_jsonl_lines
 
@@ -156,8 +156,8 @@ def synth_qa(world: str | Path, out: str | Path, *, docs: str | Path | None = No
         answers = answer_with_model(Engine.from_pretrained(model), rows)
     else:
         answers = [r["truth"] for r in rows]
-    for r, a in zip(rows, answers):
-        r["answer"] = a
+    for r, a in zip(rows, answers):  # a model SFT taught to answer in sentences: the value it states
+        r["answer"] = answer_value(a, r.get("person"), r.get("attribute"))
     kept, counts = filter_pairs(rows)
     report, dirty = contamination(kept, tasks, world, ngram)
     counts["contaminated"] = len(dirty)
