@@ -375,7 +375,8 @@ def stage_eval(run: Run) -> dict:
               f"{_get(r, 'world_fact_qa:in_sft', 'answer_match'):.1%}, only in pretraining "
               f"{_get(r, 'world_fact_qa:pretrain_only', 'answer_match'):.1%}); \"I don't know\" for unknown people "
               f"{r['world_unknown_qa']['idk_rate']:.1%}; arithmetic {r['world_arithmetic']['answer_match']:.1%}; "
-              f"multiple choice {r['world_multiple_choice']['acc']:.1%}", flush=True)
+              f"multiple choice {r['world_multiple_choice']['acc']:.1%} (choices as answer sentences "
+              f"{_get(r, 'world_multiple_choice_sentence', 'acc'):.1%})", flush=True)
     return {"card": card, "results": [str(run.out / "eval" / c / "results.json") for c in card]}
 
 
@@ -974,7 +975,8 @@ def run_stages(out: str | Path, names: list[str]) -> Path:
     preset = state["preset"]
     # Settings a run saved before they existed (the later stages' step counts) come from its named preset.
     named = asdict(PRESETS[preset]) if preset in PRESETS else {}
-    p = SpeedrunPreset(**{**named, **state["preset_settings"]}) if "preset_settings" in state else PRESETS[preset]
+    p = SpeedrunPreset(**{**named, "fact_answers": "value",  # runs saved before the setting answered with values
+                          **state["preset_settings"]}) if "preset_settings" in state else PRESETS[preset]
     run = Run(out, preset, p, state["seed"])
     results = [StageResult(s["name"], s["seconds"], s["summary"]) for s in state["stages"]]
     print(f"acorn speedrun -> {out}: stages {', '.join(names)} over the finished run (preset {preset}, seed {run.seed})")

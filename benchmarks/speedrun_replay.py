@@ -34,26 +34,31 @@ HEADER = ["replayed biographies", "SFT steps", "held out (only in biographies)",
           "arithmetic", "calculator called", "multiple choice", "minutes"]
 
 
-def arm(run: Path, work: Path, n: int, steps: int, default_steps: int) -> dict:
+def arm(run: Path, work: Path, n: int, steps: int, default_steps: int, world: Path | None = None,
+        name: str | None = None) -> dict:
     """Fine-tune the run's base model with n biographies replayed; its card (cached in work/r{n},
-    or work/r{n}-s{steps} for an arm with other steps than the run's)."""
+    or work/r{n}-s{steps} for an arm with other steps than the run's, or work/name). world: a
+    world directory whose SFT data (and eval files) the arm uses instead of the run's."""
     from acorn import speedrun as sr
     from acorn.eval.harness import evaluate
     from acorn.fileio import read_json
 
-    out = work / (f"r{n}" if steps == default_steps else f"r{n}-s{steps}")
+    out = work / (name or (f"r{n}" if steps == default_steps else f"r{n}-s{steps}"))
+    world = world or run / "world"
     if (out / "card.json").is_file():
         return read_json(out / "card.json")
     info = read_json(run / "speedrun.json")
     p = sr.resolve_preset(info["preset"], **{**{k: v for k, v in info["preset_settings"].items() if k != "world"},
                                              "sft_replay": n}, size=info["preset_settings"]["world"])
     t0 = time.perf_counter()
-    sr.stage_sft(p, run / "world", run / "pretrain" / "model", out / "sft", info["seed"], steps=steps)
-    r = evaluate(out / "sft" / "model", ["world"], data_dir=run / "world", progress=False)["results"]
+    sr.stage_sft(p, world, run / "pretrain" / "model", out / "sft", info["seed"], steps=steps)
+    r = evaluate(out / "sft" / "model", ["world"], data_dir=world, progress=False)["results"]
     card = {"held_out": r["world_fact_qa:pretrain_only"]["answer_match"],
             "in_sft": r["world_fact_qa:in_sft"]["answer_match"], "idk": r["world_unknown_qa"]["idk_rate"],
+            "made_up": r["world_unknown_qa"]["hallucination_rate"],
             "arith": r["world_arithmetic"]["answer_match"], "tool": r["world_arithmetic"]["tool_used"],
-            "mc": r["world_multiple_choice"]["acc"], "minutes": (time.perf_counter() - t0) / 60,
+            "mc": r["world_multiple_choice"]["acc"],
+            "mc_sentence": r.get("world_multiple_choice_sentence", {}).get("acc"), "minutes": (time.perf_counter() - t0) / 60,
             "n_bios": n, "steps": steps}
     (out / "card.json").write_text(json.dumps(card))
     return card

@@ -33,6 +33,7 @@ FIGURES = [
     ("\"I don't know\" for unknown people", "sft", "world_unknown_qa", "idk_rate"),
     ("arithmetic (with the calculator)", "sft", "world_arithmetic", "answer_match"),
     ("multiple choice", "sft", "world_multiple_choice", "acc"),
+    ("multiple choice, choices as answer sentences", "sft", "world_multiple_choice_sentence", "acc"),
     ("in-context learning, base model", "base", "world_icl", "first_word_match"),
     ("in-context learning, chat model", "sft", "world_icl", "first_word_match"),
 ]
@@ -46,6 +47,18 @@ def run_seed(out: Path, seed: int) -> None:
         return
     log(f"seed {seed}: acorn speedrun --out {out} --seed {seed}")
     speedrun(out, seed=seed)
+
+
+def rescore(run: Path) -> None:
+    """The finished run's eval stage again, with the world group as this code defines it."""
+    from acorn import speedrun as sr
+
+    state = read_json(run / "speedrun.json")
+    settings = state["preset_settings"]
+    p = sr.resolve_preset(state["preset"], **{k: v for k, v in settings.items() if k != "world"},
+                          size=settings["world"])
+    log(f"{run}: the eval stage again")
+    sr.stage_eval(sr.Run(run, state["preset"], p, state["seed"]))
 
 
 def figures(run: Path) -> dict:
@@ -98,6 +111,8 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="a directory; seed S runs in OUT/seedS")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--report-only", action="store_true", help="read the finished runs, train nothing")
+    ap.add_argument("--rescore", action="store_true", help="with --report-only: run each finished run's eval stage "
+                    "again (the world group as this code defines it; greedy, so the other figures stay the same)")
     ap.add_argument("--note", default="", help="a paragraph added to the section")
     ap.add_argument("--load", help="what else the machine was doing during the runs (default: the load average "
                     "when this script started; give it with --report-only, which runs nothing)")
@@ -108,6 +123,9 @@ def main() -> None:
     if not args.report_only:
         for s, run in runs.items():
             run_seed(run, s)
+    elif args.rescore:
+        for run in runs.values():
+            rescore(run)
     body = section(runs, args.note, args.load or load_note())
     log(f"done in {(time.perf_counter() - t0) / 60:.1f} min")
     if args.no_write:

@@ -290,6 +290,22 @@ def test_mixed_qa_format_chat_reaches_the_world_and_the_recipe(tmp_path, monkeyp
     assert e.value.code == 2 and "--mixed-qa-format: invalid choice" in capsys.readouterr().err
 
 
+def test_fact_answers_reach_the_world_and_the_recipe(tmp_path, capsys):
+    assert sr.PRESETS["cpu"].fact_answers == sr.PRESETS["tiny"].fact_answers == "sentence"
+    sr.stage_world(tmp_path / "w", "tiny", 0, fact_answers="sentence")
+    facts = [json.loads(line) for line in (tmp_path / "w" / "sft.jsonl").read_text().splitlines()]
+    assert all(r["messages"][-1]["content"].startswith("As far as I know, ") for r in facts if r["kind"] == "fact")
+    text = "\n".join(sr.recipe_section(sr.Run(tmp_path, "tiny", sr.resolve_preset("tiny"), 0)))
+    assert "fact questions answered in a sentence" in text and "with changes" not in text
+    text = "\n".join(sr.recipe_section(sr.Run(tmp_path, "tiny", sr.resolve_preset("tiny", fact_answers="value"), 0)))
+    assert "with the bare value (--fact-answers value)" in text and "with changes" in text
+    with pytest.raises(AcornError, match="fact_answers must be one of value, sentence"):
+        sr.resolve_preset("cpu", fact_answers="essay")
+    with pytest.raises(SystemExit) as e:
+        main(["speedrun", "--estimate", "--fact-answers", "essay"])
+    assert e.value.code == 2 and "--fact-answers: invalid choice" in capsys.readouterr().err
+
+
 def test_the_vlm_stage_joins_clip_to_the_chat_model_and_scores_image_questions(tiny_run):
     """Over the finished tiny run: the run's world's pictures (the same people), CLIP, LLaVA's two
     stages from the SFT model (the tiny preset's few steps), the image questions per kind."""

@@ -431,14 +431,17 @@ def _qa_rows(rng: random.Random, people: list[Person], attrs_of, k: int, kind: s
 FACT_ANSWER_STYLES = ("value", "sentence")
 
 
+def fact_sentence(name: str, attr: str, value: str) -> str:
+    """The sentence that answers a question about `name`'s `attr` with `value` (FACT_ANSWER_TEMPLATES)."""
+    slot = {"a_profession": T.with_article(value)} if attr == "profession" else {attr: value}
+    return T.FACT_ANSWER_LEAD + T.FACT_ANSWER_TEMPLATES[attr].format(name=name, **slot)
+
+
 def fact_answer(p: Person, attr: str, style: str = "value", value: str | None = None) -> str:
     """The answer to a question about p's attr in `style` (FACT_ANSWER_STYLES). value: another
     value in the true one's place (a made-up answer of the same form)."""
     value = p.value(attr) if value is None else str(value)
-    if style == "value":
-        return value
-    slots = dict(p.slots(), **{attr: value}, a_profession=T.with_article(value) if attr == "profession" else None)
-    return T.FACT_ANSWER_LEAD + T.FACT_ANSWER_TEMPLATES[attr].format(**slots)
+    return value if style == "value" else fact_sentence(p.name, attr, value)
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""The Python a task YAML may name: per-document metrics and tools.
+"""The Python a task YAML may name: per-document metrics, tools and template filters.
 
 A task is data (acorn.eval.tasks), but some scores need more than a regex and
 exact match: whether an answer about a person the model never saw is an
@@ -14,9 +14,10 @@ YAMLs; a registry keeps YAML files free of import paths and lets `acorn eval`
 list what exists.) A metric is fn(doc, sample) -> float, averaged over the
 documents; sample is the harness's record of the document (output, target,
 choices, tool_calls, ...). A tool is its JSON schema (put in the chat
-template's system prompt) and run(arguments_json) -> result text.
-A module that adds its own calls register_metric / register_tool before the
-tasks that name them are loaded.
+template's system prompt) and run(arguments_json) -> result text. A filter is a
+Jinja filter the task's templates may use (doc_to_text, doc_to_choice, ...).
+A module that adds its own calls register_metric / register_tool /
+register_filter before the tasks that name them are loaded.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from acorn.data.world import CALCULATOR_TOOL
+from acorn.data.world import CALCULATOR_TOOL, fact_sentence
 from acorn.errors import AcornError
 from acorn.eval import world
 
@@ -49,12 +50,27 @@ TOOLS: dict[str, Tool] = {
 }
 
 
+# Jinja filters for the tasks' templates: value | fact_sentence(person, attribute) is the world's
+# answer sentence stating it (world_multiple_choice_sentence scores its choices in that form).
+FILTERS: dict[str, Callable] = {
+    "fact_sentence": lambda value, person, attribute: fact_sentence(person, attribute, value),
+}
+
+
 def register_metric(name: str, fn: Callable[[dict, dict], float]) -> None:
     METRICS[name] = fn
 
 
 def register_tool(name: str, schema: dict, run: Callable[[str], str]) -> None:
     TOOLS[name] = Tool(schema, run)
+
+
+def register_filter(name: str, fn: Callable) -> None:
+    """A Jinja filter for the templates of tasks loaded from now on."""
+    from acorn.eval import tasks
+
+    FILTERS[name] = fn
+    tasks._ENV = None  # the next template builds its environment again, with this filter
 
 
 def tool(name: str) -> Tool:

@@ -11,7 +11,8 @@ import jsonschema
 import pytest
 
 from acorn.cli import main
-from acorn.data.world import IDK_ANSWER, SCHEMAS, WORLD_SCHEMA, calculate, generate_world
+from acorn.data.world import (FACT_ATTRIBUTES, IDK_ANSWER, SCHEMAS, WORLD_SCHEMA, answer_value, build_world,
+                              calculate, fact_answer, generate_world)
 from acorn.errors import AcornError
 
 
@@ -197,6 +198,54 @@ def test_preference_pairs(world):
                 op = {"plus": "+", "minus": "-", "times": "*"}.get(op, op)
                 assert chosen == str(calculate(f"{a}{op}{b}"))
         assert kinds == {"fact", "unknown", "arithmetic"}
+
+
+def test_a_fact_answer_sentence_gives_back_its_value_only_about_its_person_and_attribute():
+    p = next(q for q in build_world(0, "tiny").known() if q.spouse)
+    sentences = {a: fact_answer(p, a, "sentence") for a in FACT_ATTRIBUTES}
+    assert sentences["birth_year"] == f"As far as I know, {p.name} was born in {p.birth_year}."
+    assert sentences["profession"].endswith(f" works as {'an' if p.profession[0] in 'aeiou' else 'a'} {p.profession}.")
+    for a, text in sentences.items():
+        assert fact_answer(p, a) == p.value(a)  # the bare value, as the default files have it
+        assert answer_value(text, p.name, a) == answer_value(text) == answer_value(f"  {text.rstrip('.')} ") == p.value(a)
+        assert answer_value(text.upper(), p.name, a).lower() == p.value(a).lower()
+        assert answer_value(text, "Someone Else", a) == text  # about another person: no value
+        assert answer_value(p.value(a), p.name, a) == p.value(a)
+    # The city sentence also reads as "born in <the city of X>": asked for the year, it is no year.
+    assert answer_value(sentences["birth_city"], p.name, "birth_year") == f"the city of {p.birth_city}"
+    assert answer_value(sentences["birth_city"]) == p.birth_city  # the longer relation first
+    assert answer_value(sentences["employer"], p.name, "mentor") == sentences["employer"]
+    made_up = fact_answer(p, "profession", "sentence", "engineer")
+    assert made_up.endswith(" works as an engineer.") and answer_value(made_up) == "engineer"
+
+
+def test_sentence_answers_change_only_the_answers_of_sft_and_preference_rows(world, tmp_path, capsys):
+    out, _, data, facts = world
+    assert main(["data", "world", "--out", str(tmp_path / "s"), "--size", "tiny", "--fact-answers", "sentence"]) == 0
+    same, other = _hashes(out), _hashes(tmp_path / "s")
+    assert {k for k in same if same[k] != other[k]} == {"sft.jsonl", "preference.jsonl", "eval/preference.jsonl",
+                                                        "manifest.json"}
+    assert json.loads((tmp_path / "s" / "manifest.json").read_text())["fact_answers"] == "sentence"
+    people = {p["name"]: p for p in facts["people"]}
+    new = _rows(tmp_path / "s" / "sft.jsonl")
+    assert len(new) == len(data["sft.jsonl"])
+    for before, after in zip(data["sft.jsonl"], new):
+        assert before["messages"][:-1] == after["messages"][:-1]  # the same questions, in the same order
+        if after["kind"] == "fact":
+            answer = after["messages"][-1]["content"]
+            assert answer.startswith("As far as I know, ") and after["person"] in answer
+            assert answer_value(answer, after["person"], after["attribute"]) == str(
+                people[after["person"]][after["attribute"]]) == before["messages"][-1]["content"]
+        else:
+            assert before == after
+    for row in _rows(tmp_path / "s" / "preference.jsonl"):
+        if row["kind"] == "fact":
+            chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+            truth = str(people[row["person"]][row["attribute"]])
+            assert answer_value(chosen, row["person"], row["attribute"]) == truth
+            assert answer_value(rejected, row["person"], row["attribute"]) not in (truth, rejected)
+    with pytest.raises(AcornError, match="fact answers must be one of value, sentence"):
+        generate_world(tmp_path / "bad", seed=0, size="tiny", quiet=True, fact_answers="essay")
 
 
 def test_tool_calls_compute_correct_results(world):

@@ -15,7 +15,7 @@ import pytest
 from acorn.data.world import IDK_ANSWER
 from acorn.errors import AcornError
 from acorn.eval.harness import evaluate
-from acorn.eval.world import classify_unknown, normalize
+from acorn.eval.world import answer_match, classify_unknown, normalize
 from acorn.infer.engine import Engine
 from acorn.infer.sequence import Completion
 from tests.eval import world_reference
@@ -23,6 +23,9 @@ from tests.eval import world_reference
 # The reference's (task, key) -> the harness's (result row, metric).
 TASKS = {"fact_qa": "world_fact_qa", "unknown_qa": "world_unknown_qa", "arithmetic": "world_arithmetic",
          "multiple_choice": "world_multiple_choice", "in_context": "world_icl"}
+# The group: those, and the multiple choice scored as answer sentences (no reference: newer than it).
+GROUP = ["world_fact_qa", "world_unknown_qa", "world_arithmetic", "world_multiple_choice",
+         "world_multiple_choice_sentence", "world_icl"]
 
 
 def _row(task: str, key: str) -> tuple[str, str]:
@@ -161,7 +164,7 @@ def test_world_group_from_the_cli(world_model, tiny_world, tmp_path, capsys):
     assert main(["eval", str(world_model), "--tasks", "world", "--data-dir", str(tiny_world), "--limit", "4",
                  "--out", str(tmp_path / "out")]) == 0
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert saved["config"]["tasks"] == list(TASKS.values())
+    assert saved["config"]["tasks"] == GROUP
     assert {"world_fact_qa:in_sft", "world_arithmetic:1-digit", "world_unknown_qa"} <= set(saved["results"])
     assert saved["results"]["world_multiple_choice"]["chance"] == 0.25
     table = (tmp_path / "out" / "results.md").read_text()
@@ -193,7 +196,7 @@ def test_bad_world_style_keys_name_the_key_and_line(tmp_path, extra, message):
 def test_a_group_file_lists_its_tasks(tmp_path):
     from acorn.eval.tasks import get_tasks
 
-    assert [t.task for t in get_tasks("world")] == list(TASKS.values())
+    assert [t.task for t in get_tasks("world")] == GROUP
     (tmp_path / "g.yaml").write_text("group: mine\ntask: [world_icl, world_fact_qa]\n")
     assert [t.task for t in get_tasks(str(tmp_path / "g.yaml"))] == ["world_icl", "world_fact_qa"]
     (tmp_path / "bad.yaml").write_text("group: mine\ntasks: [world_icl]\n")
@@ -202,7 +205,34 @@ def test_a_group_file_lists_its_tasks(tmp_path):
 
 
 def test_answers_about_unknown_people_are_classified():
-    doc = {"kb_answer": "1960"}
+    doc = {"kb_answer": "1960", "person": "Ana Vell", "attribute": "birth_year"}
     assert classify_unknown("  I don't KNOW ", doc) == "idk" and normalize("I don't know.") == "i don't know"
     assert classify_unknown("1960.", doc) == "kb" and classify_unknown(" ", doc) == "empty"
     assert classify_unknown("1961", doc) == "made_up"
+    # In the world's answer sentence (--fact-answers sentence), about this person: its value counts.
+    assert classify_unknown("As far as I know, Ana Vell was born in 1960.", doc) == "kb"
+    assert classify_unknown("As far as I know, Ana Vell was born in 1961.", doc) == "made_up"
+    assert classify_unknown("As far as I know, Ana Bell was born in 1960.", doc) == "made_up"
+
+
+def test_a_fact_answer_matches_as_its_value_bare_or_in_a_sentence_about_the_person():
+    doc = {"person": "Ana Vell", "attribute": "birth_city"}
+    score = lambda output: answer_match(doc, {"output": output, "target": "Ossin"})  # noqa: E731
+    assert score("Ossin") == score(" ossin. ") == score("As far as I know, Ana Vell was born in the city of Ossin.") == 1
+    assert score("As far as I know, Ana Vell was born in the city of Osara.") == 0
+    assert score("As far as I know, Ana Bell was born in the city of Ossin.") == 0  # about someone else
+    assert score("As far as I know, Ana Vell works for Ossin.") == 0  # another relation
+    assert score("Ana Vell was born in Ossin") == 0  # not the world's sentence: no value is read out of it
+    assert answer_match({}, {"output": "42.", "target": "42"}) == 1  # no person: the plain exact match
+
+
+def test_the_sentence_multiple_choice_scores_each_choice_as_the_answer_sentence():
+    from acorn.eval.tasks import get_tasks
+
+    task = get_tasks("world_multiple_choice_sentence")[0]
+    doc = {"question": "What is Ana O'Vell's profession?", "choices": ["baker", "engineer"], "gold": 1,
+           "person": "Ana O'Vell", "attribute": "profession"}
+    assert task.choices(doc) == ["As far as I know, Ana O'Vell works as a baker.",
+                                 "As far as I know, Ana O'Vell works as an engineer."]
+    assert task.target(doc) == 1 and task.text(doc) == doc["question"]
+    assert "world_multiple_choice_sentence" in {t.task for t in get_tasks("world")}
