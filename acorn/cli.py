@@ -328,7 +328,7 @@ def cmd_speedrun(args) -> None:
     stages = [n for n in args.stages.split(",") if n] if args.stages is not None else None
     recipe = {k: v for k, v in (("mixed_qa", args.mixed_qa), ("mixed_qa_format", args.mixed_qa_format),
                                 ("compile", args.compile), ("sft_replay", args.sft_replay),
-                                ("fact_answers", args.fact_answers)) if v is not None}
+                                ("fact_answers", args.fact_answers), ("tool_sft", args.tool_sft)) if v is not None}
     if args.estimate:
         from acorn.speedrun import estimate, format_estimate
 
@@ -1104,6 +1104,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "the bare value (\"1959\") or a sentence in the biographies' words (\"As far as I know, NAME "
                    "was born in 1959.\"), which carries pretraining's lookup over to the people SFT never asks "
                    "about (`acorn data world --fact-answers`; default: the preset's, sentence for cpu and tiny)")
+    s.add_argument("--tool-sft", action=argparse.BooleanOptionalAction, default=None,
+                   help="SFT also teaches calling the calculator at every size, 1 to 6 digits, never an eval problem "
+                   "(`acorn data world --tool-sft`); --no-tool-sft: only for large problems (default: the preset's, "
+                   "on for cpu and tiny)")
     s.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model for pretraining and SFT (compilation is paid out of the time "
                    "budgets; where it fails the stage trains eagerly); --no-compile trains eagerly "

@@ -108,6 +108,7 @@ class SpeedrunPreset:
     compile: bool = False  # torch.compile the model for pretraining and SFT (the probe pays and counts the compile)
     sft_replay: int = 0  # replay: this many pretraining biographies (at random) mixed into SFT as text rows
     fact_answers: str = "value"  # world --fact-answers: SFT answers a fact question with the bare value or a sentence
+    tool_sft: bool = False  # world --tool-sft: SFT also calls the calculator at every size (1-6 digits)
     fused_adamw: bool = False  # AdamW as one fused kernel
 
 
@@ -127,14 +128,17 @@ PRESETS = {
     # Sentence answers (docs/BENCHMARKS.md, speedrun-answers): SFT answering "As far as I know,
     # NAME was born in 1959." instead of "1959" lets the chat model use the lookup the
     # biographies taught ("NAME was born in" -> the year) for people SFT never asked about.
+    # Tool SFT (speedrun-answers): SFT rows that call the calculator at every size, not only for
+    # large problems, took arithmetic from 47% to 96% at the same SFT steps.
     "cpu": SpeedrunPreset("default", 2048, "nano", 256, 512, 16, 16384, 9.0, 3.5, 3e-3, 1e-3, None,
                           "~15 min on a 2-core CPU, ~1 GB of memory", compile=True, sft_replay=250,
-                          fact_answers="sentence"),
+                          fact_answers="sentence", tool_sft=True),
     "tiny": SpeedrunPreset("tiny", 512, "nano", 128, 128, 8, 2048, 0.1, 0.05, 3e-3, 1e-3, 20,
                            "under a minute; checks the pipeline end to end, not for results",
                            align_steps=2, grpo_steps=2, synth_qa_docs=3, collapse_docs=0, collapse_generations=1,
                            collapse_steps=2, collapse_sample_tokens=64, distill_steps=2, distill_seq_len=64,
-                           vlm_clip_steps=20, vlm_stage1_steps=2, vlm_stage2_steps=2, fact_answers="sentence"),
+                           vlm_clip_steps=20, vlm_stage1_steps=2, vlm_stage2_steps=2, fact_answers="sentence",
+                           tool_sft=True),
     # Measured on one H200 (docs/BENCHMARKS.md, speedrun-gpu): pretraining at 388K tokens/s eager
     # (24% MFU, 17.2 GiB) and 635K compiled (39% MFU, 12.6 GiB) after ~32 s of compilation, which
     # a 30-minute stage repays many times over: compiled by default here (not on the CPU, where
@@ -177,12 +181,12 @@ def _fmt_time(seconds: float) -> str:
 
 # ------------------------------------------------------------------ stages
 def stage_world(out: Path, size: str, seed: int, mixed_qa: int = 0, mixed_qa_format: str = "plain",
-                fact_answers: str = "value") -> dict:
+                fact_answers: str = "value", tool_sft: bool = False) -> dict:
     from acorn.data.world import generate_world
 
     # overwrite: a rerun of a stopped speedrun redoes it
     return generate_world(out, seed=seed, size=size, overwrite=True, mixed_qa=mixed_qa,
-                          mixed_qa_format=mixed_qa_format, fact_answers=fact_answers)
+                          mixed_qa_format=mixed_qa_format, fact_answers=fact_answers, tool_sft=tool_sft)
 
 
 def stage_tokenizer(world_dir: Path, out: Path, vocab_size: int) -> dict:
@@ -940,7 +944,7 @@ def speedrun(out: str | Path = "runs/speedrun", *, preset: str = "cpu", seed: in
     results: list[StageResult] = []
     world, tok, data = out / "world", out / "tokenizer", out / "data"
     _stage("world: generate the built-in synthetic world", "seconds", results, stage_world, world, p.world, seed,
-           p.mixed_qa, p.mixed_qa_format, p.fact_answers)
+           p.mixed_qa, p.mixed_qa_format, p.fact_answers, p.tool_sft)
     tok_summary = _stage(f"tokenizer: train byte-level BPE, vocab {p.vocab_size}", "seconds", results,
                          stage_tokenizer, world, tok, p.vocab_size)
     _stage("tokenizer eval: bytes per token against GPT-2", "seconds", results, stage_tokenizer_eval, world, tok,
@@ -975,7 +979,8 @@ def run_stages(out: str | Path, names: list[str]) -> Path:
     preset = state["preset"]
     # Settings a run saved before they existed (the later stages' step counts) come from its named preset.
     named = asdict(PRESETS[preset]) if preset in PRESETS else {}
-    p = SpeedrunPreset(**{**named, "fact_answers": "value",  # runs saved before the setting answered with values
+    # A run saved before a recipe knob existed was made without it (not with the preset's value today).
+    p = SpeedrunPreset(**{**named, "fact_answers": "value", "tool_sft": False,
                           **state["preset_settings"]}) if "preset_settings" in state else PRESETS[preset]
     run = Run(out, preset, p, state["seed"])
     results = [StageResult(s["name"], s["seconds"], s["summary"]) for s in state["stages"]]
@@ -1147,6 +1152,7 @@ def recipe_section(run: Run) -> list[str]:
     rows.append(("SFT data", "the world's conversations, fact questions answered " + (
         "in a sentence (\"As far as I know, NAME was born in 1959.\", --fact-answers sentence)"
         if p.fact_answers == "sentence" else "with the bare value (--fact-answers value)") + (
+        ", calculator calls at every size (--tool-sft)" if p.tool_sft else ", calculator calls only for large problems") + (
         f" and {p.sft_replay:,} of its pretraining biographies as text rows (replay, --sft-replay)"
         if p.sft_replay else ", no pretraining documents replayed")))
     return ["## Recipe", "", f"Preset `{run.preset_name}`" + (" with changes" if p != PRESETS.get(run.preset_name)

@@ -11,7 +11,8 @@ person and the relation first, so the value comes where pretraining's lookup put
 Each arm fine-tunes the base model of one finished `acorn speedrun` (--run: its seed, world
 and SFT settings) for the same SFT steps (the run's own), on the run's world regenerated with
 `--fact-answers value|sentence` (only sft.jsonl and the preference pairs differ), with and
-without replay (--sft-replay 250), and one arm with sentences but no lead-in ("NAME was born
+without replay (--sft-replay 250), one with the calculator called at every size (--tool-sft), and
+one arm with sentences but no lead-in ("NAME was born
 in 1959.": at the start of a reply a name splits into other tokens than in the question).
 Every arm is scored on the world's tasks as the report card scores the SFT model (the fact
 questions' value read out of a sentence about the question's person and attribute). The
@@ -36,9 +37,10 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from common import command_line, load_note, log, machine_description, markdown_table, today, write_section  # noqa: E402
 from speedrun_replay import arm  # noqa: E402
 
-# (arm, fact answers, replayed biographies, lead-in)
-ARMS = [("value-0", "value", 0, True), ("value-250", "value", 250, True), ("sentence-0", "sentence", 0, True),
-        ("sentence-250", "sentence", 250, True), ("sentence-250-nolead", "sentence", 250, False)]
+# (arm, fact answers, replayed biographies, lead-in, calculator calls at every size: --tool-sft)
+ARMS = [("value-0", "value", 0, True, False), ("value-250", "value", 250, True, False),
+        ("sentence-0", "sentence", 0, True, False), ("sentence-250", "sentence", 250, True, False),
+        ("sentence-250-nolead", "sentence", 250, False, False), ("sentence-250-toolsft", "sentence", 250, True, True)]
 # The base model's probe: a biography's words up to the value (greedy; right when the value follows).
 PROBE = {"birth_year": "{name} was born in the year", "birth_city": "{name} is a native of",
          "profession": "{name} works as", "employer": "{name} works for", "mentor": "{name} was mentored by",
@@ -86,17 +88,18 @@ def probe(run: Path, work: Path) -> dict:
     return card
 
 
-def world_for(run: Path, work: Path, style: str, lead: bool) -> Path:
-    """The run's world regenerated with fact answers in `style` (the same seed and size)."""
+def world_for(run: Path, work: Path, style: str, lead: bool, tool: bool) -> Path:
+    """The run's world regenerated with fact answers in `style` (the same seed and size), and
+    with `acorn data world --tool-sft`'s rows if tool."""
     from acorn.data.world import generate_world
     from acorn.fileio import read_json
 
-    out = work / (f"world-{style}" + ("" if lead else "-nolead"))
+    out = work / (f"world-{style}" + ("" if lead else "-nolead") + ("-tool" if tool else ""))
     if not (out / "manifest.json").is_file():
         m = read_json(run / "world" / "manifest.json")
         with lead_in(lead):
             generate_world(out, seed=m["seed"], size=m["size"], tokenizer=run / "tokenizer", quiet=True,
-                           overwrite=True, fact_answers=style)
+                           overwrite=True, fact_answers=style, tool_sft=tool)
     return out
 
 
@@ -126,20 +129,22 @@ def main() -> None:
     else:
         base = None
     cards = []
-    for name, style, n, lead in wanted:
+    for name, style, n, lead, tool in wanted:
         if args.report_only and not (work / name / "card.json").is_file():
             continue
         log(f"{name}: {steps} SFT steps")
         with lead_in(lead):
-            cards.append((name, style, lead, arm(run, work, n, steps, steps, world_for(run, work, style, lead), name)))
-        log(f"   {json.dumps(cards[-1][3])}")
+            cards.append((name, style, lead, tool,
+                          arm(run, work, n, steps, steps, world_for(run, work, style, lead, tool), name)))
+        log(f"   {json.dumps(cards[-1][-1])}")
     pct = lambda x: f"{100 * x:.1f}%" if x is not None else "-"  # noqa: E731
     rows = []
     if base:
         rows.append(["base model, biography words (probe)", "-", "-", pct(base["held_out"]), pct(base["in_sft"]),
                      "-", "-", "-", "-", "-", "-"])
-    for name, style, lead, c in cards:
-        form = {"value": "value (\"1959\")", "sentence": "sentence" + ("" if lead else ", no lead-in")}[style]
+    for name, style, lead, tool, c in cards:
+        form = {"value": "value (\"1959\")", "sentence": "sentence" + ("" if lead else ", no lead-in")}[style] + (
+            ", calculator at every size (--tool-sft)" if tool else "")
         rows.append([form, f"{c['n_bios']:,}", c["steps"], pct(c["held_out"]), pct(c["in_sft"]), pct(c["idk"]),
                      pct(c.get("made_up")), pct(c["arith"]), pct(c["mc"]), pct(c.get("mc_sentence")),
                      f"{c['minutes']:.1f}"])
@@ -157,7 +162,8 @@ and the preference pairs differ), with N of the world's biographies replayed (`-
 "value" answers a fact question with the value alone ("1959"), "sentence" with
 "As far as I know, NAME was born in 1959." (the relation in the biographies' words; the eval reads
 the value out of a sentence about the question's person and attribute), "no lead-in" with
-"NAME was born in 1959.". Scored on the world's tasks as the report card scores the SFT model:
+"NAME was born in 1959.", and "--tool-sft" adds SFT rows that call the calculator at every size (1 to 6
+digits, never an eval problem; the default rows call it only for large problems). Scored on the world's tasks as the report card scores the SFT model:
 "held out" are the facts of people SFT never asks about, which only the biographies state (535
 questions: a standard error of about 2 points), "SFT people" the facts SFT asks. The probe row is
 the base model's greedy completion of a biography's words ("NAME was born in the year", "NAME is a

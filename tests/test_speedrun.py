@@ -290,15 +290,25 @@ def test_mixed_qa_format_chat_reaches_the_world_and_the_recipe(tmp_path, monkeyp
     assert e.value.code == 2 and "--mixed-qa-format: invalid choice" in capsys.readouterr().err
 
 
-def test_fact_answers_reach_the_world_and_the_recipe(tmp_path, capsys):
-    assert sr.PRESETS["cpu"].fact_answers == sr.PRESETS["tiny"].fact_answers == "sentence"
-    sr.stage_world(tmp_path / "w", "tiny", 0, fact_answers="sentence")
-    facts = [json.loads(line) for line in (tmp_path / "w" / "sft.jsonl").read_text().splitlines()]
-    assert all(r["messages"][-1]["content"].startswith("As far as I know, ") for r in facts if r["kind"] == "fact")
+def test_fact_answers_and_tool_sft_reach_the_world_and_the_recipe(tmp_path, capsys, monkeypatch):
+    for name in ("cpu", "tiny"):
+        assert (sr.PRESETS[name].fact_answers, sr.PRESETS[name].tool_sft) == ("sentence", True)
+    sr.stage_world(tmp_path / "w", "tiny", 0, fact_answers="sentence", tool_sft=True)
+    rows = [json.loads(line) for line in (tmp_path / "w" / "sft.jsonl").read_text().splitlines()]
+    assert all(r["messages"][-1]["content"].startswith("As far as I know, ") for r in rows if r["kind"] == "fact")
+    assert json.loads((tmp_path / "w" / "manifest.json").read_text())["tool_sft"] is True
     text = "\n".join(sr.recipe_section(sr.Run(tmp_path, "tiny", sr.resolve_preset("tiny"), 0)))
     assert "fact questions answered in a sentence" in text and "with changes" not in text
-    text = "\n".join(sr.recipe_section(sr.Run(tmp_path, "tiny", sr.resolve_preset("tiny", fact_answers="value"), 0)))
+    assert "calculator calls at every size (--tool-sft)" in text
+    p = sr.resolve_preset("tiny", fact_answers="value", tool_sft=False)
+    text = "\n".join(sr.recipe_section(sr.Run(tmp_path, "tiny", p, 0)))
     assert "with the bare value (--fact-answers value)" in text and "with changes" in text
+    assert "calculator calls only for large problems" in text
+    seen = []
+    monkeypatch.setattr(sr, "estimate", lambda preset, vocab_size=None, **recipe: seen.append(recipe) or {})
+    monkeypatch.setattr(sr, "format_estimate", lambda guess: "estimate")
+    assert main(["speedrun", "--estimate", "--no-tool-sft", "--fact-answers", "value"]) == 0
+    assert seen[-1]["tool_sft"] is False and seen[-1]["fact_answers"] == "value"
     with pytest.raises(AcornError, match="fact_answers must be one of value, sentence"):
         sr.resolve_preset("cpu", fact_answers="essay")
     with pytest.raises(SystemExit) as e:
