@@ -892,6 +892,17 @@ def _jsonl_texts(paths: list[Path]):
 
 
 # ----------------------------------------------------------------- the run
+# Recipe knobs a run saved before they existed was made without (not with the preset's value today).
+_OFF_BEFORE_THEY_EXISTED = {"fact_answers": "value", "tool_sft": False}
+
+
+def saved_preset(state: dict) -> SpeedrunPreset:
+    """The preset a finished run was made with, from its speedrun.json: the settings it saved; the
+    ones it predates from its named preset (the later stages' step counts), recipe knobs off."""
+    named = asdict(PRESETS[state["preset"]]) if state["preset"] in PRESETS else {}
+    return SpeedrunPreset(**{**named, **_OFF_BEFORE_THEY_EXISTED, **state.get("preset_settings", {})})
+
+
 def resolve_preset(preset: str = "cpu", *, size: str | None = None, vocab_size: int | None = None,
                    **recipe) -> SpeedrunPreset:
     """A named preset with some of its fields changed (the world size, the vocabulary, recipe knobs)."""
@@ -977,12 +988,7 @@ def run_stages(out: str | Path, names: list[str]) -> Path:
         raise AcornError(f"{saved}: missing; --stages adds to a finished run: first `acorn speedrun --out {out}`")
     state = json.loads(saved.read_text())
     preset = state["preset"]
-    # Settings a run saved before they existed (the later stages' step counts) come from its named preset.
-    named = asdict(PRESETS[preset]) if preset in PRESETS else {}
-    # A run saved before a recipe knob existed was made without it (not with the preset's value today).
-    p = SpeedrunPreset(**{**named, "fact_answers": "value", "tool_sft": False,
-                          **state["preset_settings"]}) if "preset_settings" in state else PRESETS[preset]
-    run = Run(out, preset, p, state["seed"])
+    run = Run(out, preset, saved_preset(state), state["seed"])
     results = [StageResult(s["name"], s["seconds"], s["summary"]) for s in state["stages"]]
     print(f"acorn speedrun -> {out}: stages {', '.join(names)} over the finished run (preset {preset}, seed {run.seed})")
     done: list[StageResult] = []

@@ -88,7 +88,8 @@ def rag_sft(run: Path, work: Path, steps: int) -> Path:
     manifest = json.loads((run / "world" / "manifest.json").read_text())
     world = work / "world-rag"
     generate_world(world, seed=manifest["seed"], size=manifest["size"], quiet=True, rag_sft=True,
-                   tokenizer=run / "tokenizer" if (run / "tokenizer").is_dir() else None)
+                   tokenizer=run / "tokenizer" if (run / "tokenizer").is_dir() else None,
+                   fact_answers=manifest.get("fact_answers", "value"), tool_sft=manifest.get("tool_sft", False))
     base = yaml.safe_load((run / "sft" / "config.yaml").read_text())
     seq_len = str(base["train"]["seq_len"])
     cfg = load(SFTConfig, None, ["--init_from", str(run / "sft" / "model"), "--data", str(world / "sft.jsonl"),

@@ -65,7 +65,7 @@ def lead_in(on: bool):
 def probe(run: Path, work: Path) -> dict:
     """The base model's completions of biography words, per split (cached in work/probe.json)."""
     from acorn import LLM, SamplingParams
-    from acorn.data.world import read_world
+    from acorn.data.world import fact_slot, read_world
     from acorn.fileio import read_json, read_jsonl
 
     path = work / "probe.json"
@@ -78,7 +78,7 @@ def probe(run: Path, work: Path) -> dict:
                         SamplingParams(temperature=0.0, max_tokens=12))
     right = {"held_out": [], "in_sft": []}
     for r, o in zip(rows, outs):
-        want = slots[r["person"]]["a_profession" if r["attribute"] == "profession" else r["attribute"]]
+        want = slots[r["person"]][fact_slot(r["attribute"])]
         text = o.outputs[0].text.strip()
         right["in_sft" if r["in_sft"] else "held_out"].append(
             text.startswith(str(want)) and not text[len(str(want)):][:1].isalnum())
@@ -100,6 +100,10 @@ def world_for(run: Path, work: Path, style: str, lead: bool, tool: bool) -> Path
         with lead_in(lead):
             generate_world(out, seed=m["seed"], size=m["size"], tokenizer=run / "tokenizer", quiet=True,
                            overwrite=True, fact_answers=style, tool_sft=tool)
+        mine = read_json(out / "manifest.json")["files"]["pretrain.jsonl"]["sha256"]
+        if mine != m["files"]["pretrain.jsonl"]["sha256"]:  # a run with other world options (--mixed-qa, ...)
+            sys.exit(f"{out}: its pretraining text is not {run}'s (made with other world options); "
+                     "these arms need a run of the default world")
     return out
 
 

@@ -20,6 +20,7 @@ is read, not rerun.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -48,8 +49,7 @@ def arm(run: Path, work: Path, n: int, steps: int, default_steps: int, world: Pa
     if (out / "card.json").is_file():
         return read_json(out / "card.json")
     info = read_json(run / "speedrun.json")
-    p = sr.resolve_preset(info["preset"], **{**{k: v for k, v in info["preset_settings"].items() if k != "world"},
-                                             "sft_replay": n}, size=info["preset_settings"]["world"])
+    p = dataclasses.replace(sr.saved_preset(info), sft_replay=n)
     t0 = time.perf_counter()
     sr.stage_sft(p, world, run / "pretrain" / "model", out / "sft", info["seed"], steps=steps)
     r = evaluate(out / "sft" / "model", ["world"], data_dir=world, progress=False)["results"]

@@ -50,15 +50,12 @@ def run_seed(out: Path, seed: int) -> None:
 
 
 def rescore(run: Path) -> None:
-    """The finished run's eval stage again, with the world group as this code defines it."""
-    from acorn import speedrun as sr
+    """The finished run's eval stage again (`acorn speedrun --out RUN --stages eval`), with the world
+    group as this code defines it; speedrun.json and report.md follow."""
+    from acorn.speedrun import run_stages
 
-    state = read_json(run / "speedrun.json")
-    settings = state["preset_settings"]
-    p = sr.resolve_preset(state["preset"], **{k: v for k, v in settings.items() if k != "world"},
-                          size=settings["world"])
     log(f"{run}: the eval stage again")
-    sr.stage_eval(sr.Run(run, state["preset"], p, state["seed"]))
+    run_stages(run, ["eval"])
 
 
 def figures(run: Path) -> dict:

@@ -1,6 +1,7 @@
 """The main job runs end to end (tiny preset) and leaves a readable report
 with a report card; registered stages add to a finished run."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -295,7 +296,8 @@ def test_fact_answers_and_tool_sft_reach_the_world_and_the_recipe(tmp_path, caps
         assert (sr.PRESETS[name].fact_answers, sr.PRESETS[name].tool_sft) == ("sentence", True)
     sr.stage_world(tmp_path / "w", "tiny", 0, fact_answers="sentence", tool_sft=True)
     rows = [json.loads(line) for line in (tmp_path / "w" / "sft.jsonl").read_text().splitlines()]
-    assert all(r["messages"][-1]["content"].startswith("As far as I know, ") for r in rows if r["kind"] == "fact")
+    facts = [r["messages"][-1]["content"] for r in rows if r["kind"] == "fact"]
+    assert facts and all(f.startswith("As far as I know, ") for f in facts)
     assert json.loads((tmp_path / "w" / "manifest.json").read_text())["tool_sft"] is True
     text = "\n".join(sr.recipe_section(sr.Run(tmp_path, "tiny", sr.resolve_preset("tiny"), 0)))
     assert "fact questions answered in a sentence" in text and "with changes" not in text
@@ -309,6 +311,13 @@ def test_fact_answers_and_tool_sft_reach_the_world_and_the_recipe(tmp_path, caps
     monkeypatch.setattr(sr, "format_estimate", lambda guess: "estimate")
     assert main(["speedrun", "--estimate", "--no-tool-sft", "--fact-answers", "value"]) == 0
     assert seen[-1]["tool_sft"] is False and seen[-1]["fact_answers"] == "value"
+    # A run saved before the knobs existed was made without them, whatever its preset says today.
+    old = {"preset": "cpu", "seed": 0, "preset_settings": {k: v for k, v in dataclasses.asdict(sr.PRESETS["cpu"]).items()
+                                                          if k not in ("fact_answers", "tool_sft")}}
+    p = sr.saved_preset(old)
+    assert (p.fact_answers, p.tool_sft, p.sft_replay) == ("value", False, sr.PRESETS["cpu"].sft_replay)
+    assert sr.saved_preset({"preset": "cpu", "seed": 0, "preset_settings": dataclasses.asdict(sr.PRESETS["cpu"])}) \
+        == sr.PRESETS["cpu"]
     with pytest.raises(AcornError, match="fact_answers must be one of value, sentence"):
         sr.resolve_preset("cpu", fact_answers="essay")
     with pytest.raises(SystemExit) as e:

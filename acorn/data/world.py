@@ -373,11 +373,12 @@ MIXED_QA_FORMATS = ("plain", "chat")
 
 def mixed_qa_docs(world: World, n: int, format: str = "plain") -> list[dict]:
     """`n` question phrasings per fact of each SFT person, one pair per
-    document (the SFT set's question templates, answers as SFT gives them:
-    the bare value), from their own random stream; [] for n = 0.
+    document (the SFT set's question templates, answers the bare value, as
+    SFT's default rows give them, also with --fact-answers sentence), from
+    their own random stream; [] for n = 0.
     format "plain": {"text": MIXED_QA_FORMAT}; "chat": {"messages": [user
-    question, assistant answer]}, exactly an SFT fact row without a system
-    prompt. Both draw the same questions, so the two differ only in format."""
+    question, assistant answer]}, an SFT fact row of the default world without a
+    system prompt. Both draw the same questions, so the two differ only in format."""
     if format not in MIXED_QA_FORMATS:
         raise AcornError(f"mixed QA format must be one of {', '.join(MIXED_QA_FORMATS)}, not {format!r}")
     if n <= 0:
@@ -431,10 +432,15 @@ def _qa_rows(rng: random.Random, people: list[Person], attrs_of, k: int, kind: s
 FACT_ANSWER_STYLES = ("value", "sentence")
 
 
+def fact_slot(attr: str) -> str:
+    """The template slot that states attr's value: a profession goes with its article."""
+    return "a_profession" if attr == "profession" else attr
+
+
 def fact_sentence(name: str, attr: str, value: str) -> str:
     """The sentence that answers a question about `name`'s `attr` with `value` (FACT_ANSWER_TEMPLATES)."""
-    slot = {"a_profession": T.with_article(value)} if attr == "profession" else {attr: value}
-    return T.FACT_ANSWER_LEAD + T.FACT_ANSWER_TEMPLATES[attr].format(name=name, **slot)
+    value = T.with_article(value) if attr == "profession" else value
+    return T.FACT_ANSWER_LEAD + T.FACT_ANSWER_TEMPLATES[attr].format(name=name, **{fact_slot(attr): value})
 
 
 def fact_answer(p: Person, attr: str, style: str = "value", value: str | None = None) -> str:
@@ -447,7 +453,7 @@ def fact_answer(p: Person, attr: str, style: str = "value", value: str | None = 
 @functools.cache
 def _answer_pattern(attr: str) -> re.Pattern:
     head, rest = T.FACT_ANSWER_TEMPLATES[attr].split("{name}")
-    slot = "a_profession" if attr == "profession" else attr
+    slot = fact_slot(attr)
     mid, end = rest.split("{" + slot + "}")
     value = r"an? (?P<value>.+?)" if slot == "a_profession" else r"(?P<value>.+?)"
     return re.compile(re.escape(T.FACT_ANSWER_LEAD + head) + r"(?P<name>.+?)" + re.escape(mid) + value
@@ -458,7 +464,9 @@ def answer_value(text: str, person: str | None = None, attribute: str | None = N
     """The value a fact answer gives: the value a sentence of fact_answer(style="sentence")
     states, when it is about `person` (if given) and states `attribute` (if given); any other
     text as it is (a bare value is its own value; a sentence about someone else stays a sentence
-    and matches no value)."""
+    and matches no value; so does an attribute the sentences do not state)."""
+    if attribute is not None and attribute not in T.FACT_ANSWER_TEMPLATES:
+        return text
     stripped = text.strip()
     for attr in [attribute] if attribute else sorted(FACT_ATTRIBUTES, key=lambda a: -len(T.FACT_ANSWER_TEMPLATES[a])):
         m = _answer_pattern(attr).fullmatch(stripped)
@@ -540,7 +548,8 @@ def knowledge_base(world: World) -> list[dict]:
 def knowledge_sft_rows(world: World, questions_per_fact: int | None = None) -> list[dict]:
     """Fact conversations that teach the knowledge-base people of split `unknown_eval`
     (never in pretraining or SFT) by fine-tuning instead of retrieval: sft.jsonl's `fact`
-    rows, the same phrasings, answered with the values knowledge_base.jsonl states (and
+    rows, the same phrasings, answered (bare, whatever the world's --fact-answers) with the
+    values knowledge_base.jsonl states (and
     eval/unknown_qa.jsonl's `kb_answer`). Not a file of the world: a stage that wants to
     add knowledge to a chat model (benchmarks/lora.py) derives it with this."""
     k = questions_per_fact or SIZES[world.size].questions_per_fact

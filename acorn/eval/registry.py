@@ -66,11 +66,8 @@ def register_tool(name: str, schema: dict, run: Callable[[str], str]) -> None:
 
 
 def register_filter(name: str, fn: Callable) -> None:
-    """A Jinja filter for the templates of tasks loaded from now on."""
-    from acorn.eval import tasks
-
+    """A Jinja filter for the tasks' templates (value | name(args...))."""
     FILTERS[name] = fn
-    tasks._ENV = None  # the next template builds its environment again, with this filter
 
 
 def tool(name: str) -> Tool:

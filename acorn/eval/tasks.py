@@ -203,7 +203,7 @@ def render(template: str | int, doc: dict) -> Any:
 
         _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
         _ENV.filters["regex_replace"] = lambda s, pattern, repl, count=0: re.sub(pattern, repl, s, count=count)
-        _ENV.filters.update(registry.FILTERS)
+    _ENV.filters.update(registry.FILTERS)  # those registered since, too
     try:
         return _ENV.from_string(template).render(**doc)
     except Exception as e:  # jinja2's UndefinedError, TemplateSyntaxError, ...

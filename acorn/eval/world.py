@@ -23,6 +23,9 @@ engine, with the chat template, scored against the world's ground truth
   world_multiple_choice  the same facts scored by the log-likelihood of each choice
                     (MMLU style): no generation, so it shows knowledge the model
                     cannot yet put into words; `chance` beside it
+  world_multiple_choice_sentence  the same, each choice as the world's answer
+                    sentence (for a model SFT taught to answer in sentences;
+                    the template filter fact_sentence, acorn.eval.registry)
   world_icl         few-shot label mappings invented per item, so only in-context
                     learning solves them (Brown et al. 2020)
 

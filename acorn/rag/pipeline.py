@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from acorn.chat.context import check_options, context_messages, parse_citations
+from acorn.data.world import answer_value
 from acorn.errors import AcornError
 from acorn.rag.chunking import chunk_documents, read_documents
 from acorn.rag.embeddings import load_embedder
@@ -235,23 +236,28 @@ class RAG:
             answers = []
             for s in range(0, len(questions), batch_size):
                 answers += self.ask_many(questions[s:s + batch_size])
-            result.update(answer_metrics(answers, golds))
+            result.update(answer_metrics(answers, golds, rows))
             result["examples"] = [a.to_json() | {"gold": g} for a, g in zip(answers[:5], golds)]
         return result
 
 
-def supported(answer: RagAnswer) -> bool:
-    """The answer is stated by a passage it cites (exact, case-insensitive substring)."""
-    a = _norm(answer.answer)
+def supported(answer: RagAnswer, value: str | None = None) -> bool:
+    """The answer (or the value it states) is in a passage it cites (exact, case-insensitive substring)."""
+    a = _norm(answer.answer if value is None else value)
     return bool(a) and any(a in _norm(p["text"]) for p in answer.sources)
 
 
-def answer_metrics(answers: list[RagAnswer], golds: list[str]) -> dict:
+def answer_metrics(answers: list[RagAnswer], golds: list[str], docs: list[dict] | None = None) -> dict:
+    """docs: the questions' rows; a fact answer in the world's sentence ("As far as I know, X was
+    born in 1959.", a chat model SFT taught --fact-answers sentence) about a row's person and
+    attribute counts as the value it states (acorn.data.world.answer_value)."""
     n = len(answers)
-    em = [_norm(a.answer) == _norm(g) for a, g in zip(answers, golds)]
+    values = [answer_value(a.answer, d.get("person"), d.get("attribute")) if d else a.answer
+              for a, d in zip(answers, docs or [None] * n)]
+    em = [_norm(v) == _norm(g) for v, g in zip(values, golds)]
     idk = [_norm(a.answer) == _norm(IDK) for a in answers]
-    given = [a for a, i in zip(answers, idk) if not i]
+    given = [(a, v) for a, v, i in zip(answers, values, idk) if not i]
     return {"exact_match": sum(em) / n, "idk_rate": sum(idk) / n,
-            "cited_rate": sum(bool(a.citations) for a in given) / max(1, len(given)),
-            "faithfulness": sum(supported(a) for a in given) / max(1, len(given)),
+            "cited_rate": sum(bool(a.citations) for a, _ in given) / max(1, len(given)),
+            "faithfulness": sum(supported(a, v) for a, v in given) / max(1, len(given)),
             "retrieve_s": sum(a.retrieve_s for a in answers) / n, "generate_s": sum(a.generate_s for a in answers) / n}

@@ -15,6 +15,7 @@ import pytest
 from acorn.data.world import IDK_ANSWER
 from acorn.errors import AcornError
 from acorn.eval.harness import evaluate
+from acorn.data.world import fact_sentence
 from acorn.eval.world import answer_match, classify_unknown, normalize
 from acorn.infer.engine import Engine
 from acorn.infer.sequence import Completion
@@ -98,7 +99,13 @@ class Scripted(Engine):
             expr = f"{row['a']} {row['op']} {row['b']}" if pick else "import os"  # a bad call gets an error back
             return '<|tool_call|>' + json.dumps({"name": "calculator", "arguments": {"expression": expr}}) + "<|/tool_call|>"
         kb = row.get("kb_answer", "Nowhere")
-        return [row["answer"] + ".", f" {row['answer'].upper()} ", "Nowhere", IDK_ANSWER, kb, ""][pick]
+        replies = [row["answer"] + ".", f" {row['answer'].upper()} ", "Nowhere", IDK_ANSWER, kb, ""]
+        if "person" in row:  # the world's answer sentences: about the person, about someone else, another relation
+            value, other = (kb if "kb_answer" in row else row["answer"]), next(
+                a for a in ("employer", "mentor") if a != row["attribute"])
+            replies += [fact_sentence(row["person"], row["attribute"], value),
+                        fact_sentence("Someone Else", row["attribute"], value), fact_sentence(row["person"], other, value)]
+        return replies[zlib.crc32(row["question"].encode()) % len(replies)]
 
     def generate(self, prompts, params=None, **overrides):
         return [Completion(prompt_tokens=len(p), token_ids=[], text=self._reply(p), finish_reason="stop")
@@ -236,3 +243,15 @@ def test_the_sentence_multiple_choice_scores_each_choice_as_the_answer_sentence(
                                  "As far as I know, Ana O'Vell works as an engineer."]
     assert task.target(doc) == 1 and task.text(doc) == doc["question"]
     assert "world_multiple_choice_sentence" in {t.task for t in get_tasks("world")}
+
+
+def test_a_registered_filter_reaches_templates_rendered_before_and_after():
+    from acorn.eval import registry
+    from acorn.eval.tasks import render
+
+    assert render("{{ x | regex_replace('a', 'b') }}", {"x": "aa"}) == "bb"  # the environment exists
+    registry.register_filter("acorn_test_shout", lambda s, end="!": s.upper() + end)
+    try:
+        assert render("{{ x | acorn_test_shout('?') }}", {"x": "hi"}) == "HI?"
+    finally:
+        del registry.FILTERS["acorn_test_shout"]

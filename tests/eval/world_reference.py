@@ -3,7 +3,8 @@ ran before the world's evaluation became tasks of the one harness (commit
 c8416e2), kept here so tests/eval/test_world_tasks.py can show the harness
 computes the same numbers on the same model. Not used by Acorn. Changed once
 since: fact answers may be sentences ("As far as I know, X was born in 1959.",
-read by acorn.data.world.answer_value) with room for 32 tokens, not 24.
+the sentence about the question's person written here with fact_sentence and
+compared whole) with room for 32 tokens, not 24.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from acorn.data.world import CALCULATOR_TOOL, IDK_ANSWER, answer_value, calculate
+from acorn.data.world import CALCULATOR_TOOL, IDK_ANSWER, calculate, fact_sentence
 from acorn.errors import AcornError
 from acorn.fileio import read_jsonl
 
@@ -56,12 +57,17 @@ def _ask(engine, questions: list[str], *, tools=None, max_new_tokens: int = 24) 
     return _generate(engine, prompts, max_new_tokens=max_new_tokens)
 
 
+def _states(text: str, row: dict, value: str) -> bool:
+    """The answer is the value, bare or in the world's answer sentence about the row's person."""
+    return normalize(text) in {normalize(value), normalize(fact_sentence(row["person"], row["attribute"], value))}
+
+
 def fact_qa(engine, world: Path, limit: int | None = None) -> dict:
     rows = _rows(world, "fact_qa", limit)
     answers = _ask(engine, [r["question"] for r in rows], max_new_tokens=32)
     by = defaultdict(list)
     for r, a in zip(rows, answers):
-        ok = normalize(answer_value(_text(a), r["person"], r["attribute"])) == normalize(r["answer"])
+        ok = _states(_text(a), r, r["answer"])
         by["all"].append(ok)
         by["in_sft" if r.get("in_sft") else "not_in_sft"].append(ok)
         by[f"attr:{r['attribute']}"].append(ok)
@@ -76,8 +82,7 @@ def unknown_qa(engine, world: Path, limit: int | None = None) -> dict:
     idk = [normalize(_text(a)) == normalize(IDK_ANSWER) for a in answers]
     # The knowledge base's value without retrieval: 0 for a model that never saw these people,
     # what fine-tuning on knowledge_base facts (acorn.data.world.knowledge_sft_rows) should raise.
-    knows = [normalize(answer_value(_text(a), r["person"], r["attribute"])) == normalize(r["kb_answer"])
-             for r, a in zip(rows, answers)]
+    knows = [_states(_text(a), r, r["kb_answer"]) for r, a in zip(rows, answers)]
     hallucinated = [not i and not k and _text(a).strip() != "" for i, k, a in zip(idk, knows, answers)]
     return {"idk_rate": sum(idk) / len(rows), "hallucination_rate": sum(hallucinated) / len(rows),
             "kb_answer_rate": sum(knows) / len(rows), "n": len(rows),

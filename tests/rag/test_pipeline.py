@@ -135,3 +135,17 @@ def test_ask_can_spotlight_and_separate_the_passages(tmp_path, docs, checkpoint)
     assert t.index("Question: acorn oak") < t.index("<|tool_output|>")
     with pytest.raises(AcornError, match="unknown spotlight mode"):
         RAG(tmp_path / "idx", spotlight="loud")
+
+
+def test_answer_metrics_read_the_value_of_a_world_answer_sentence():
+    from acorn.rag.pipeline import RagAnswer, answer_metrics
+
+    passage = {"number": 1, "text": "Ana Vell works for Trilon Press."}
+    doc = {"person": "Ana Vell", "attribute": "employer"}
+    said = ["As far as I know, Ana Vell works for Trilon Press.", "As far as I know, Ana Bell works for Trilon Press.",
+            "Trilon Press", "As far as I know, Ana Vell works for Braxora Works."]
+    answers = [RagAnswer("Who employs Ana Vell?", t + " [1]", t, [1], [passage]) for t in said]
+    m = answer_metrics(answers, ["Trilon Press"] * 4, [doc] * 4)
+    assert m["exact_match"] == 2 / 4  # the sentence about her and the bare value; not another person's
+    assert m["faithfulness"] == 2 / 4  # the value in the cited passage: hers and the bare one
+    assert answer_metrics(answers, ["Trilon Press"] * 4)["exact_match"] == 1 / 4  # no rows: whole answers
