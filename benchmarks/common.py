@@ -201,6 +201,15 @@ def write_section(name: str, body: str, path: str | os.PathLike = BENCHMARKS_MD)
     return path
 
 
+def publish(name: str, body: str, note: str = "", no_write: bool = False) -> None:
+    """A section's body, with the reading (--note) after it, printed and (unless --no-write) written."""
+    if note:
+        body += f"\n{note}\n"
+    if not no_write:
+        write_section(name, body)
+    print(body)
+
+
 def markdown_table(header: list[str], rows: list[list[object]], align: str | None = None) -> str:
     """A GitHub markdown table; `align` is one 'l'/'r' per column (default: first left, rest right)."""
     align = align or "l" + "r" * (len(header) - 1)

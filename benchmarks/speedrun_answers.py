@@ -34,8 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from common import command_line, load_note, log, machine_description, markdown_table, today, write_section  # noqa: E402
-from speedrun_replay import arm  # noqa: E402
+from common import command_line, log, machine_description, markdown_table, publish, today  # noqa: E402
+from speedrun_replay import arm, arm_options, arm_setting  # noqa: E402
 
 # (arm, fact answers, replayed biographies, lead-in, calculator calls at every size: --tool-sft)
 ARMS = [("value-0", "value", 0, True, False), ("value-250", "value", 250, True, False),
@@ -109,20 +109,11 @@ def world_for(run: Path, work: Path, style: str, lead: bool, tool: bool) -> Path
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True, help="a finished `acorn speedrun --out DIR` (its base model and world)")
-    ap.add_argument("--work", default="runs/answers", help="where the arms go (a directory per arm)")
+    arm_options(ap, "runs/answers")
     ap.add_argument("--arms", default=",".join(a[0] for a in ARMS), help="comma-separated arms, of: "
                     + ", ".join(a[0] for a in ARMS))
-    ap.add_argument("--note", default="", help="a paragraph added at the end of the section (the reading)")
-    ap.add_argument("--report-only", action="store_true", help="write the section from the arms' cached cards")
-    ap.add_argument("--no-write", action="store_true", help="print the section, leave docs/BENCHMARKS.md alone")
     args = ap.parse_args()
-    from acorn.fileio import read_json
-
-    run, work = Path(args.run), Path(args.work)
-    steps = next(s["summary"]["steps"] for s in read_json(run / "speedrun.json")["stages"] if s["name"] == "sft")
-    load = ("Quality figures at fixed steps; minutes are each arm's SFT and scoring, one arm at a time."
-            if args.report_only else load_note())
+    run, work, steps, load = arm_setting(args)
     wanted = [a for a in ARMS if a[0] in args.arms.split(",")]
     unknown = set(args.arms.split(",")) - {a[0] for a in ARMS}
     if unknown:
@@ -177,13 +168,7 @@ Multiple choice scores each choice's log-likelihood as the whole reply: the bare
 
 {markdown_table(header, rows)}
 """
-    if args.note:
-        body += f"\n{args.note}\n"
-    if args.no_write:
-        print(body)
-    else:
-        write_section("speedrun-answers", body)
-        print(body)
+    publish("speedrun-answers", body, args.note, args.no_write)
 
 
 if __name__ == "__main__":

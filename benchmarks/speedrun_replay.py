@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from common import command_line, load_note, log, machine_description, markdown_table, today, write_section  # noqa: E402
+from common import command_line, load_note, log, machine_description, markdown_table, publish, today  # noqa: E402
 
 HEADER = ["replayed biographies", "SFT steps", "held out (only in biographies)", "SFT people", "\"I don't know\"",
           "arithmetic", "calculator called", "multiple choice", "minutes"]
@@ -64,23 +64,34 @@ def arm(run: Path, work: Path, n: int, steps: int, default_steps: int, world: Pa
     return card
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arm_options(ap: argparse.ArgumentParser, work: str) -> None:
+    """The options of a benchmark whose arms fine-tune a finished speedrun's base model."""
     ap.add_argument("--run", required=True, help="a finished `acorn speedrun --out DIR` (its base model and world)")
-    ap.add_argument("--work", default="runs/replay", help="where the arms go (a directory per arm)")
-    ap.add_argument("--replay", default="0,250,750,1500,3000,12000,0@700,750@700",
-                    help="comma-separated arms: N (biographies replayed, the run's SFT steps) or N@STEPS")
+    ap.add_argument("--work", default=work, help="where the arms go (a directory per arm)")
     ap.add_argument("--note", default="", help="a paragraph added at the end of the section (the reading)")
     ap.add_argument("--report-only", action="store_true", help="write the section from the arms' cached cards")
     ap.add_argument("--no-write", action="store_true", help="print the section, leave docs/BENCHMARKS.md alone")
-    args = ap.parse_args()
+
+
+def arm_setting(args) -> tuple[Path, Path, int, str]:
+    """(run, work, the run's SFT steps, the load line) of arm_options' arguments."""
     from acorn.fileio import read_json
 
-    run, work = Path(args.run), Path(args.work)
+    run = Path(args.run)
     steps = next(s["summary"]["steps"] for s in read_json(run / "speedrun.json")["stages"] if s["name"] == "sft")
     # The arms train a fixed number of steps, so the machine's load changes only their minutes.
     load = ("Quality figures at fixed steps; minutes are each arm's SFT and scoring, one arm at a time."
             if args.report_only else load_note())
+    return run, Path(args.work), steps, load
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    arm_options(ap, "runs/replay")
+    ap.add_argument("--replay", default="0,250,750,1500,3000,12000,0@700,750@700",
+                    help="comma-separated arms: N (biographies replayed, the run's SFT steps) or N@STEPS")
+    args = ap.parse_args()
+    run, work, steps, load = arm_setting(args)
     cards = []
     for item in (x for x in args.replay.split(",") if x):
         n, _, at = item.partition("@")
@@ -109,13 +120,7 @@ SFT asks.
 
 {markdown_table(HEADER, rows)}
 """
-    if args.note:
-        body += f"\n{args.note}\n"
-    if args.no_write:
-        print(body)
-    else:
-        write_section("speedrun-replay", body)
-        print(body)
+    publish("speedrun-replay", body, args.note, args.no_write)
 
 
 if __name__ == "__main__":
