@@ -439,8 +439,9 @@ def fact_slot(attr: str) -> str:
 
 def fact_sentence(name: str, attr: str, value: str) -> str:
     """The sentence that answers a question about `name`'s `attr` with `value` (FACT_ANSWER_TEMPLATES)."""
-    value = T.with_article(value) if attr == "profession" else value
-    return T.FACT_ANSWER_LEAD + T.FACT_ANSWER_TEMPLATES[attr].format(name=name, **{fact_slot(attr): value})
+    slot = fact_slot(attr)
+    value = T.with_article(value) if slot == "a_profession" else value
+    return T.FACT_ANSWER_LEAD + T.FACT_ANSWER_TEMPLATES[attr].format(name=name, **{slot: value})
 
 
 def fact_answer(p: Person, attr: str, style: str = "value", value: str | None = None) -> str:
