@@ -26,6 +26,32 @@ on an input's first line (a guess among 2-3 labels) and on its later lines (copy
 
 --reuse NAME=DIR scores a run directory already made (DIR/world, DIR/pretrain/model) instead of
 training it again; a finished `acorn speedrun --out DIR` is the default variant's run.
+
+--formation DESIGNS (section `icl-formation`) asks whether the behaviour forms at all when the
+model is trained on nothing but in-context documents, and when: the speedrun's model and batch,
+fed only documents of one design, scored on world_icl every 100 steps while it trains (the
+first token of the answer, greedy; by item kind, and on the induction items whose answer is not
+the label shown most often, where answering with the prompt's most frequent label scores 0):
+
+  episodes      the default world's in-context documents (icl_episode, 8-12 examples)
+  repeats       repeated-induction documents only (icl_doc's second kind: 3-5 inputs shown
+                10-12 times, each later label copyable from an earlier line)
+  copy+repeats  half of them a run of the world's words repeated 2-3 times (the plain
+                induction of Olsson et al.: copy what followed the same token last time)
+  formats       repeated-induction documents written in one of five formats whose label
+                comes 1 to 4 tokens after its input ("x y", "x: y", "x -> y",
+                "Input: x Label: y", the eval's "Input: x\\nLabel: y"): a curriculum of
+                distances, the shortest the one plain induction learns
+  names+repeats half of them lines naming each input's category in the eval's format
+                ("Input: Zerven\\nLabel: city"): a fixed mapping, so the position before the
+                label must gather its input (what the copy needs on both sides: the query's
+                input, and, one token later, the earlier line's) and what kind of thing it is
+                (what the category items need)
+
+    python benchmarks/icl.py --formation repeats,copy+repeats,formats,names+repeats --work /tmp/iclf --steps 600
+
+A design followed by :PRESET trains that model preset instead (repeats:micro: the 5M model of
+acorn.model.transformer.PRESETS, the speedrun's other settings unchanged).
 """
 
 from __future__ import annotations
@@ -40,10 +66,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from common import command_line, load_note, log, machine_description, markdown_table, today, write_section  # noqa: E402
+from common import (command_line, load_note, log, machine_description, markdown_table, publish, today,  # noqa: E402
+                    write_section)
 
 VARIANTS = {"default": 0, "repeats-1500": 1500, "repeats-6000": 6000, "icl-only": 6000}
 PROBE_DOCS = 300
+DESIGNS = ("episodes", "repeats", "copy+repeats", "formats", "names+repeats")
+FORMATS = ("{x} {y}", "{x}: {y}", "{x} -> {y}", "Input: {x} Label: {y}", "Input: {x}\nLabel: {y}")
 
 
 def make_run(name: str, out: Path, steps: int, seed: int = 0) -> float:
@@ -136,6 +165,166 @@ def score(name: str, run: Path, docs: list[str]) -> dict:
             "steps": metrics.get("step"), "icl_docs": VARIANTS[name], "probe": copy_probe(model, docs)}
 
 
+def word_run(rng, pools: dict[str, list[str]]) -> str:
+    """6-16 of the world's names and invented label words: what copy+repeats repeats."""
+    from acorn.data import world_text as T
+
+    return " ".join(T.label_word(rng) if rng.random() < 0.3 else rng.choice(pools[rng.choice(sorted(pools))])
+                    for _ in range(rng.randint(6, 16)))
+
+
+def plain_probe(model_dir: Path, docs: int = 100) -> float:
+    """Plain induction: a run of words, then the same run again; the share of the second
+    run's tokens (after its first) predicted right, greedy. Copying: ~100%."""
+    import random
+
+    import torch
+
+    from acorn.data.world import build_world, icl_pools
+    from acorn.model.checkpoint import load
+    from acorn.tokenizer.bpe import Tokenizer
+
+    model = load(model_dir, dtype="float32", device="cpu").eval()
+    tok = Tokenizer.from_pretrained(model_dir)
+    rng, pools = random.Random("plain-probe"), icl_pools(build_world(1, "default"))
+    right = total = 0
+    for _ in range(docs):
+        run = tok.encode(word_run(rng, pools))
+        ids = [tok.bos_id] + run + tok.encode("\n") + run
+        with torch.no_grad():
+            pred = model(torch.tensor([ids])).logits[0].argmax(-1).tolist()
+        second = len(ids) - len(run)  # where the second run starts
+        right += sum(pred[i - 1] == ids[i] for i in range(second + 1, len(ids)))
+        total += len(run) - 1
+    return right / total
+
+
+def design_doc(design: str, rng, pools: dict[str, list[str]]) -> str:
+    """One training document of a formation design (see the module's docstring)."""
+    from acorn.data.world import icl_doc
+
+    if design == "episodes":
+        return icl_doc(rng, pools)
+    if design == "names+repeats" and rng.random() < 0.5:
+        cats = [rng.choice(sorted(pools)) for _ in range(rng.randint(6, 12))]
+        return "\n".join(f"Input: {rng.choice(pools[c])}\nLabel: {c}" for c in cats)
+    if design == "copy+repeats" and rng.random() < 0.5:
+        return "\n".join([word_run(rng, pools)] * rng.choice([2, 3]))
+    while True:  # icl_doc(repeats=True) writes either kind; keep the repeated one
+        text = icl_doc(rng, pools, repeats=True)
+        pairs = re.findall(r"Input: (.*)\nLabel: (\S+)", text)
+        if len({x for x, _ in pairs}) <= len(pairs) - 3:
+            break
+    if design == "formats":
+        form = rng.choice(FORMATS)
+        return "\n".join(form.format(x=x, y=y) for x, y in pairs)
+    return text
+
+
+def minority(item: dict) -> bool:
+    """An induction item whose answer is not the label its prompt shows most often."""
+    import collections
+
+    shown = collections.Counter(re.findall(r"Label: (\S+)", item["prompt"])).most_common(1)[0][0]
+    return item["task"] == "induction" and shown != item["answer"]
+
+
+def icl_probe(items: list[dict], tok):
+    """Greedy first token of world_icl's answers right: by item kind, and on the induction
+    items whose answer is not the prompt's most frequent label (copying, not the majority)."""
+    import torch
+
+    def probe(model) -> dict:
+        right: dict[str, list[int]] = {}
+        device = next(model.parameters()).device
+        for it in items:
+            ids = torch.tensor([[tok.bos_id] + tok.encode(it["prompt"])], device=device)
+            ok = int(model(ids).logits[0, -1].argmax().item() == tok.encode(" " + it["answer"])[0])
+            kinds = [it["task"], "all"] + (["minority"] if minority(it) else [])
+            for k in kinds:
+                right.setdefault(k, []).append(ok)
+        return {f"icl_{k}": sum(v) / len(v) for k, v in right.items()}
+    return probe
+
+
+def formation(design: str, work: Path, steps: int, docs: int, seed: int = 0, model: str = "") -> list[dict]:
+    """Train the speedrun's model (or preset `model`) on `docs` documents of one design only,
+    world_icl scored every 100 steps."""
+    import dataclasses
+    import random
+
+    from acorn import speedrun as sr
+    from acorn.data.prepare import prepare
+    from acorn.data.world import build_world, generate_world, icl_pools
+    from acorn.fileio import read_jsonl, write_jsonl
+    from acorn.tokenizer.bpe import Tokenizer
+    from acorn.train.pretrain import pretrain
+
+    p = sr.resolve_preset("cpu")
+    p = dataclasses.replace(p, model=model) if model else p
+    world = work / "world"
+    if not (work / "tokenizer" / "tokenizer.json").exists():  # the default world's, shared by every design
+        generate_world(world, seed=seed, size=p.world, overwrite=True, quiet=True)
+        sr.stage_tokenizer(world, work / "tokenizer", p.vocab_size)
+    run = work / design.replace("+", "-")
+    if not (run / "data" / "meta.json").exists():
+        rng, pools = random.Random(f"{seed}-{design}"), icl_pools(build_world(seed, p.world))
+        write_jsonl(run / "docs.jsonl", [{"text": design_doc(design, rng, pools)} for _ in range(docs)])
+        prepare([run / "docs.jsonl"], work / "tokenizer", run / "data", val_fraction=0.01, quiet=True)
+    tok = Tokenizer.from_pretrained(work / "tokenizer")
+    out = run / ("pretrain" + (f"-{model}" if model else ""))
+    cfg = sr.pretrain_config(p, run / "data", out, tok.vocab_size, seed)
+    cfg.train.max_steps, cfg.optim.warmup_steps, cfg.train.max_minutes = steps, max(10, steps // 20), 1e9
+    cfg.eval.every, cfg.eval.batches = 100, 2
+    if not (out / "model").is_dir():
+        pretrain(cfg, probe=icl_probe(list(read_jsonl(world / "eval" / "icl.jsonl")), tok))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    curve = [{k: r[k] for k in ("step", "loss", "val_loss", *[k for k in r if k.startswith("icl_")]) if k in r}
+             for r in rows if "icl_all" in r]
+    curve[-1]["probe"] = copy_probe(out / "model", probe_docs(work)) | {"plain": plain_probe(out / "model")}
+    return curve
+
+
+def design_notes() -> str:
+    """The designs as the module's docstring describes them, as a Markdown list."""
+    block = (__doc__ or "").split("--formation DESIGNS")[1].split("\n\n")[1]
+    items = re.split(r"\n  (?=\S)", "\n" + block)[1:]
+    return "\n".join("- " + re.sub(r"\s+", " ", re.sub(r"^(\S+)", r"**\1**:", it.strip())) for it in items)
+
+
+def formation_section(curves: dict[str, list[dict]], steps: int, docs: int, items: list[dict]) -> str:
+    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    induction = [it for it in items if it["task"] == "induction"]
+    few = sum(map(minority, induction))
+    rows = [[d, r["step"], f"{r['loss']:.3f}", pct(r["icl_all"]), pct(r["icl_induction"]), pct(r["icl_category"]),
+             pct(r["icl_minority"])] for d, curve in curves.items() for r in curve]
+    probes = [[d, pct(c[-1]["probe"]["first"]), pct(c[-1]["probe"]["repeat"]), pct(c[-1]["probe"]["plain"])]
+              for d, c in curves.items()]
+    return "\n\n".join([
+        "## When in-context learning forms: the speedrun's model on in-context documents alone",
+        f"`{command_line()}` on {machine_description()}, {today()}; {load_note()}. Single runs (seed 0); quality "
+        "figures (a fixed number of steps).",
+        f"The speedrun's model (cpu preset: nano, 1.05M parameters; batch of 16,384 tokens; learning rate 3e-3, "
+        f"warmup and cosine decay over {steps} steps) trained on {docs:,} documents of one design and nothing else, "
+        "scored on the default world's 300 world_icl items every 100 steps: the greedy first token of the answer "
+        "(the label's first letter) by item kind, and on the induction items whose answer is not the label the "
+        f"prompt shows most often (minority; {few} of {len(induction)}). Answering with the prompt's most frequent "
+        f"label scores {pct(1 - few / len(induction))} on the induction items and 0% on the minority ones; a guess "
+        "among the item's labels ~40% on both; a model that copies from the matching line ~100% on both. A design "
+        "marked with a preset trains that model instead, the rest unchanged.",
+        design_notes(),
+        markdown_table(["design", "step", "train loss", "world_icl (first token)", "induction items",
+                        "category items", "induction, minority answer"], rows),
+        f"Each design's last model on the copying probe of section icl-pretraining ({PROBE_DOCS} repeated-induction "
+        "documents of a world of seed 1, in the eval's format: the label's first token, greedy, on an input's first "
+        "line and on its later lines, where it can be copied from the earlier one) and on plain induction (100 runs "
+        "of 6-16 of that world's words, each followed by itself: the second run's tokens after its first, greedy; "
+        "a model that copies what followed the same token last time: ~100%):",
+        markdown_table(["design", "probe: first line", "probe: repeated line", "plain induction: second run"],
+                       probes),
+    ])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/icl", help="where the runs go (a directory per variant)")
@@ -146,8 +335,33 @@ def main() -> None:
     ap.add_argument("--note", default="", help="a paragraph added at the end of the section (the reading)")
     ap.add_argument("--report-only", action="store_true", help="write the section from WORK/results.json")
     ap.add_argument("--no-write", action="store_true", help="print the section, leave docs/BENCHMARKS.md alone")
+    ap.add_argument("--formation", metavar="DESIGNS", default="",
+                    help=f"comma-separated, of {', '.join(DESIGNS)}, each optionally :PRESET for another model "
+                    "than the speedrun's (repeats:micro): the formation study (section icl-formation)")
+    ap.add_argument("--docs", type=int, default=80_000, help="--formation: documents per design (default: 80,000)")
     args = ap.parse_args()
     work = Path(args.work)
+    if args.formation:
+        from acorn.model.transformer import PRESETS
+
+        designs = args.formation.split(",")
+        if any(d.partition(":")[0] not in DESIGNS for d in designs):
+            ap.error(f"unknown design(s) in {args.formation!r}; choose from {', '.join(DESIGNS)}")
+        if any(d.partition(":")[2] not in ("", *PRESETS) for d in designs):
+            ap.error(f"unknown model preset in {args.formation!r}; choose from {', '.join(PRESETS)}")
+        curves = {}
+        for spec in designs:
+            d, _, m = spec.partition(":")
+            name = f"{d} ({m})" if m else d
+            log(f"{name}: {args.steps} steps on {args.docs:,} documents")
+            curves[name] = formation(d, work, args.steps, args.docs, model=m)
+            log(f"{name}: {json.dumps(curves[name][-1])}")
+        (work / "formation.json").write_text(json.dumps(curves, indent=2))
+        from acorn.fileio import read_jsonl
+
+        items = list(read_jsonl(work / "world" / "eval" / "icl.jsonl"))
+        publish("icl-formation", formation_section(curves, args.steps, args.docs, items), args.note, args.no_write)
+        return
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 import torch
+from torch import nn
 
 from acorn.errors import AcornError
 from acorn.fileio import read_json
@@ -48,8 +50,12 @@ class PretrainConfig:
 
 
 # ---------------------------------------------------------------- stage
-def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> Path:
-    """Pretrain on the token shards in cfg.data; returns the run directory."""
+def pretrain(cfg: PretrainConfig, *, resume: bool = False, probe: Callable[[nn.Module], dict] | None = None) -> Path:
+    """Pretrain on the token shards in cfg.data; returns the run directory.
+
+    probe: called with the model (eval mode, no gradients) at every evaluation
+    (--eval.every), its numbers logged in metrics.jsonl beside the validation
+    loss: a behaviour measured while it forms (benchmarks/icl.py's curves)."""
     from acorn.data.loader import TokenLoader
 
     device, dist = start(cfg)
@@ -69,6 +75,9 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> Path:
         except AcornError as e:  # a tiny corpus may hold back too little to evaluate on
             if dist.main:
                 print(f"no validation: {e}", flush=True)
+    if probe is not None and cfg.eval.every:
+        validated = validate
+        validate = lambda m: (validated(m) if validated else {}) | probe(m)  # noqa: E731
     return fit(cfg, model, loader, next_token_loss, evaluate=validate, device=device, dist=dist, tokenizer=tok,
                resume=resume, stage="pretrain")
 

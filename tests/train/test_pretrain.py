@@ -149,6 +149,22 @@ def test_outputs_and_cli(data, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+def test_a_probe_is_logged_beside_the_validation_loss(data, tmp_path):
+    seen = []
+
+    def probe(model):
+        seen.append(model.training)
+        return {"probe_norm": sum(p.detach().float().norm().item() for p in model.parameters())}
+
+    out = pretrain(config(data, tmp_path / "p", "--train.micro_batch", "4", "--train.batch_tokens", "128",
+                          "--train.max_steps", "4", "--eval.every", "2", "--eval.batches", "1"), probe=probe)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    probed = [r for r in rows if "probe_norm" in r]
+    assert [r["step"] for r in probed] == [2, 4] and all("val_loss" in r for r in probed)
+    assert probed[0]["probe_norm"] != probed[1]["probe_norm"]  # the model as trained at each step
+    assert seen == [False, False]  # in eval mode
+
+
 def torchrun(data: Path, out: Path, port: int, *extra: str) -> Path:
     """`acorn pretrain` in 2 CPU processes (gloo) under torchrun, one thread each."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
