@@ -203,8 +203,8 @@ def write_section(name: str, body: str, path: str | os.PathLike = BENCHMARKS_MD)
 
 def publish(name: str, body: str, note: str = "", no_write: bool = False) -> None:
     """A section's body, with the reading (--note) after it, printed and (unless --no-write) written."""
-    if note:
-        body += f"\n{note}\n"
+    if note:  # a paragraph of its own, never a last table row
+        body = f"{body.rstrip()}\n\n{note}\n"
     if not no_write:
         write_section(name, body)
     print(body)
