@@ -118,25 +118,35 @@ def probe_docs(work: Path) -> list[str]:
     return docs[:PROBE_DOCS]
 
 
-def copy_probe(model_dir: Path, docs: list[str]) -> dict:
-    """Greedy first token of each label right, on an input's first and later lines."""
-    import torch
-
+def load_model(model_dir: Path):
+    """A saved model (float32, eval mode) and its tokenizer."""
     from acorn.model.checkpoint import load
     from acorn.tokenizer.bpe import Tokenizer
 
-    model = load(model_dir, dtype="float32", device="cpu").eval()
-    tok = Tokenizer.from_pretrained(model_dir)
+    return load(model_dir, dtype="float32", device="cpu").eval(), Tokenizer.from_pretrained(model_dir)
+
+
+def first_token_right(model, tok, prompt: str, answer: str) -> bool:
+    """Is the model's greedy next token after the prompt the first token of " answer"?"""
+    import torch
+
+    ids = [tok.bos_id] + tok.encode(prompt)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        pred = model(torch.tensor([ids[-model.config.max_seq_len:]], device=device)).logits[0, -1].argmax().item()
+    return pred == tok.encode(" " + answer)[0]
+
+
+def copy_probe(model_dir: Path, docs: list[str]) -> dict:
+    """Greedy first token of each label right, on an input's first and later lines."""
+    model, tok = load_model(model_dir)
     right = {"first": [0, 0], "repeat": [0, 0]}
     for text in docs:
         prefix, seen = "", set()
         for x, label in re.findall(r"Input: (.*)\nLabel: (\S+)", text):
             prefix += f"Input: {x}\nLabel:"
-            ids = [tok.bos_id] + tok.encode(prefix)
-            with torch.no_grad():
-                pred = model(torch.tensor([ids[-model.config.max_seq_len:]])).logits[0, -1].argmax().item()
             kind = "repeat" if x in seen else "first"
-            right[kind][0] += pred == tok.encode(" " + label)[0]
+            right[kind][0] += first_token_right(model, tok, prefix, label)
             right[kind][1] += 1
             seen.add(x)
             prefix += f" {label}\n"
@@ -181,11 +191,8 @@ def plain_probe(model_dir: Path, docs: int = 100) -> float:
     import torch
 
     from acorn.data.world import build_world, icl_pools
-    from acorn.model.checkpoint import load
-    from acorn.tokenizer.bpe import Tokenizer
 
-    model = load(model_dir, dtype="float32", device="cpu").eval()
-    tok = Tokenizer.from_pretrained(model_dir)
+    model, tok = load_model(model_dir)
     rng, pools = random.Random("plain-probe"), icl_pools(build_world(1, "default"))
     right = total = 0
     for _ in range(docs):
@@ -232,16 +239,13 @@ def minority(item: dict) -> bool:
 def icl_probe(items: list[dict], tok):
     """Greedy first token of world_icl's answers right: by item kind, and on the induction
     items whose answer is not the prompt's most frequent label (copying, not the majority)."""
-    import torch
+    kinds = [[it["task"], "all"] + (["minority"] if minority(it) else []) for it in items]
 
     def probe(model) -> dict:
-        right: dict[str, list[int]] = {}
-        device = next(model.parameters()).device
-        for it in items:
-            ids = torch.tensor([[tok.bos_id] + tok.encode(it["prompt"])], device=device)
-            ok = int(model(ids).logits[0, -1].argmax().item() == tok.encode(" " + it["answer"])[0])
-            kinds = [it["task"], "all"] + (["minority"] if minority(it) else [])
-            for k in kinds:
+        right: dict[str, list[bool]] = {}
+        for it, ks in zip(items, kinds):
+            ok = first_token_right(model, tok, it["prompt"], it["answer"])
+            for k in ks:
                 right.setdefault(k, []).append(ok)
         return {f"icl_{k}": sum(v) / len(v) for k, v in right.items()}
     return probe
@@ -349,6 +353,8 @@ def main() -> None:
             ap.error(f"unknown design(s) in {args.formation!r}; choose from {', '.join(DESIGNS)}")
         if any(d.partition(":")[2] not in ("", *PRESETS) for d in designs):
             ap.error(f"unknown model preset in {args.formation!r}; choose from {', '.join(PRESETS)}")
+        if args.docs < 1 or args.steps < 1:
+            ap.error(f"--docs and --steps must be at least 1, got {args.docs} and {args.steps}")
         curves = {}
         for spec in designs:
             d, _, m = spec.partition(":")

@@ -58,6 +58,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, probe: Callable[[nn.M
     loss: a behaviour measured while it forms (benchmarks/icl.py's curves)."""
     from acorn.data.loader import TokenLoader
 
+    if probe is not None and not cfg.eval.every:
+        raise AcornError("a probe runs at every evaluation, and --eval.every is 0: set --eval.every N")
     device, dist = start(cfg)
     meta = _data_meta(Path(cfg.data))
     model = build_model(cfg, device, meta["tokenizer"]["vocab_size"])
@@ -75,7 +77,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, probe: Callable[[nn.M
         except AcornError as e:  # a tiny corpus may hold back too little to evaluate on
             if dist.main:
                 print(f"no validation: {e}", flush=True)
-    if probe is not None and cfg.eval.every:
+    if probe is not None:
         validated = validate
         validate = lambda m: (validated(m) if validated else {}) | probe(m)  # noqa: E731
     return fit(cfg, model, loader, next_token_loss, evaluate=validate, device=device, dist=dist, tokenizer=tok,

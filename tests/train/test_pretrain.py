@@ -163,6 +163,8 @@ def test_a_probe_is_logged_beside_the_validation_loss(data, tmp_path):
     assert [r["step"] for r in probed] == [2, 4] and all("val_loss" in r for r in probed)
     assert probed[0]["probe_norm"] != probed[1]["probe_norm"]  # the model as trained at each step
     assert seen == [False, False]  # in eval mode
+    with pytest.raises(AcornError, match="--eval.every"):  # a probe that would never run
+        pretrain(config(data, tmp_path / "q", "--train.max_steps", "1"), probe=probe)
 
 
 def torchrun(data: Path, out: Path, port: int, *extra: str) -> Path:
