@@ -121,7 +121,8 @@ def cmd_data_world(args) -> None:
     generate_world(args.out, seed=args.seed, size=args.size, tokenizer=args.tokenizer, overwrite=args.overwrite,
                    rag_sft=args.rag_sft, reading_docs=args.reading_docs, tool_sft=args.tool_sft,
                    mixed_qa=args.mixed_qa, critique_sft=args.critique_sft, icl_docs=args.icl_docs,
-                   images=args.images, mixed_qa_format=args.mixed_qa_format, fact_answers=args.fact_answers)
+                   images=args.images, mixed_qa_format=args.mixed_qa_format, fact_answers=args.fact_answers,
+                   icl_style=args.icl_style)
 
 
 def cmd_data_prepare(args) -> None:
@@ -328,7 +329,8 @@ def cmd_speedrun(args) -> None:
     stages = [n for n in args.stages.split(",") if n] if args.stages is not None else None
     recipe = {k: v for k, v in (("mixed_qa", args.mixed_qa), ("mixed_qa_format", args.mixed_qa_format),
                                 ("compile", args.compile), ("sft_replay", args.sft_replay),
-                                ("fact_answers", args.fact_answers), ("tool_sft", args.tool_sft)) if v is not None}
+                                ("fact_answers", args.fact_answers), ("tool_sft", args.tool_sft),
+                                ("icl_steps", args.icl_steps)) if v is not None}
     if args.estimate:
         from acorn.speedrun import estimate, format_estimate
 
@@ -1112,6 +1114,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the model for pretraining and SFT (compilation is paid out of the time "
                    "budgets; where it fails the stage trains eagerly); --no-compile trains eagerly "
                    "(default: the preset's: on for cpu and gpu, off for tiny)")
+    s.add_argument("--icl-steps", type=non_negative_int, metavar="N", help="the in-context phase: after pretraining, "
+                   "N steps more on the world's text mixed with plain copying runs and repeated-induction lines in "
+                   "five formats, so the base model follows a label mapping shown in its prompt; 0: none, the "
+                   "pretrained model is the base (default: the preset's: 0, none, for cpu and gpu; 2 for tiny, "
+                   "which checks the pipeline)")
     s.add_argument("--estimate", action="store_true", help="print how long the run would take here (a throughput "
                    "probe of a few training steps) and exit")
     from acorn.speedrun import STAGES  # light: the stages import their modules when they run
@@ -1201,9 +1208,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "the chat model answers with the lookup pretraining taught; the eval reads the value out of "
                    "it). Default: value, the files as they were")
     s.add_argument("--icl-docs", type=non_negative_int, default=0, metavar="N",
-                   help="N in-context pretraining documents instead of the size's, half of them repeating their "
-                   "inputs so each later label is copied from an earlier line (induction); default: 0, the size's "
-                   "own documents")
+                   help="N in-context pretraining documents instead of the size's, of --icl-style; default: 0, the "
+                   "size's own documents")
+    s.add_argument("--icl-style", choices=["repeats", "copy+formats", "copy", "formats"], default="repeats",
+                   help="the --icl-docs documents: repeats (half of them repeating their inputs so each later label "
+                   "is copied from an earlier line: induction), copy (a run of words, repeated: plain induction), "
+                   "formats (repeated induction written in five formats, the label 1-4 tokens after its input) or "
+                   "copy+formats (half each: what the speedrun's in-context phase mixes with the world's text). "
+                   "Default: repeats")
     s.add_argument("--critique-sft", action="store_true", help="sft.jsonl also teaches critiques and revisions "
                    "under the world's principles (written to principles.md) and A/B comparisons, the format "
                    "`acorn synth constitutional` uses (default: off)")

@@ -110,6 +110,14 @@ class SpeedrunPreset:
     fact_answers: str = "value"  # world --fact-answers: SFT answers a fact question with the bare value or a sentence
     tool_sft: bool = False  # world --tool-sft: SFT also calls the calculator at every size (1-6 digits)
     fused_adamw: bool = False  # AdamW as one fused kernel
+    # The in-context phase (docs/BENCHMARKS.md, icl-phase): after pretraining, this many steps more,
+    # from the pretrained model, on icl_docs documents: a third the world's own text, the rest plain
+    # copying runs and repeated-induction lines in five formats (acorn.data.world.icl_mixture), so
+    # the base model learns to follow a label mapping shown in its prompt. A number of steps, not a
+    # time budget. Off (0) in the cpu preset: it made one base model learn in context (90%) and left
+    # another, the default's own, at chance, and costs ~5 min and some fact multiple choice.
+    icl_steps: int = 0
+    icl_docs: int = 80_000
 
 
 PRESETS = {
@@ -138,7 +146,7 @@ PRESETS = {
                            align_steps=2, grpo_steps=2, synth_qa_docs=3, collapse_docs=0, collapse_generations=1,
                            collapse_steps=2, collapse_sample_tokens=64, distill_steps=2, distill_seq_len=64,
                            vlm_clip_steps=20, vlm_stage1_steps=2, vlm_stage2_steps=2, fact_answers="sentence",
-                           tool_sft=True),
+                           tool_sft=True, icl_steps=2, icl_docs=60),
     # Measured on one H200 (docs/BENCHMARKS.md, speedrun-gpu): pretraining at 388K tokens/s eager
     # (24% MFU, 17.2 GiB) and 635K compiled (39% MFU, 12.6 GiB) after ~32 s of compilation, which
     # a 30-minute stage repays many times over: compiled by default here (not on the CPU, where
@@ -269,6 +277,38 @@ def stage_pretrain(p: SpeedrunPreset, data: Path, out: Path, vocab_size: int, se
     return _last_metrics(out) | {"steps": steps}
 
 
+def stage_icl(p: SpeedrunPreset, world_dir: Path, tok_dir: Path, pretrained: Path, out: Path, vocab_size: int,
+              seed: int) -> dict:
+    """The in-context phase (SpeedrunPreset.icl_steps): p.icl_docs documents of the world's text
+    and in-context patterns (icl_mixture), then p.icl_steps steps of pretraining on them from
+    the pretrained model, at pretraining's settings (a fresh warmup and cosine decay)."""
+    import random
+
+    from acorn.data.prepare import prepare
+    from acorn.data.world import build_world, icl_mixture, icl_pools
+    from acorn.fileio import read_jsonl, write_jsonl
+    from acorn.train.pretrain import pretrain
+
+    texts = [r["text"] for r in read_jsonl(world_dir / "pretrain.jsonl")]
+    docs = icl_mixture(random.Random(f"{seed}-icl"), icl_pools(build_world(seed, p.world)), texts, p.icl_docs)
+    data = out.parent / "data-icl"
+    write_jsonl(data / "docs.jsonl", [{"text": t} for t in docs])
+    prepare([data / "docs.jsonl"], tok_dir, data, val_fraction=0.01, quiet=True)
+    _fresh_compiler(p)
+    cfg = pretrain_config(p, data, out, vocab_size, seed)
+    cfg.init_from = str(pretrained)
+    cfg.train.max_steps, cfg.train.max_minutes = p.icl_steps, 1e9
+    cfg.optim.warmup_steps = max(10, p.icl_steps // 20)
+    pretrain(cfg)
+    return _last_metrics(out) | {"steps": p.icl_steps, "docs": p.icl_docs}
+
+
+def base_model(out: Path) -> Path:
+    """A speedrun's base model: the in-context phase's where it had one, else pretraining's."""
+    out = Path(out)
+    return out / "pretrain-icl" / "model" if (out / "pretrain-icl" / "model").is_dir() else out / "pretrain" / "model"
+
+
 def replay_docs(world_dir: Path, n: int, out: Path, seed: int = 0) -> Path:
     """`n` of the world's pretraining biographies, drawn at random (seeded), as SFT text rows in
     `out` (replay: the fine-tune keeps reading what pretraining taught, so it does not unlearn
@@ -324,8 +364,8 @@ class Run:
         return self.out / "world"
 
     @property
-    def base(self) -> Path:  # the pretrained model
-        return self.out / "pretrain" / "model"
+    def base(self) -> Path:  # the base model: after the in-context phase where the run had one
+        return base_model(self.out)
 
     @property
     def sft(self) -> Path:  # the chat model
@@ -846,6 +886,8 @@ def estimate(preset: str = "cpu", vocab_size: int | None = None, **recipe) -> di
     ref = REFERENCE_OTHER_STAGES.get(preset)
     other = ref[0] * ref[1] / tok_s if ref else 0.0
     stages = {"pretrain": p.pretrain_minutes * 60, "sft": p.sft_minutes * 60, "other stages": other}
+    if p.icl_steps:  # a number of steps (eager here), and its documents' tokenization (~40 s per 80,000)
+        stages["in-context phase"] = p.icl_steps * per_micro * accum + 40.0 * p.icl_docs / 80_000
     return {"seconds": sum(stages.values()), "stages": stages, "tok_s": tok_s, "pretrain_steps": steps,
             "pretrain_tokens": steps * accum * cfg.train.micro_batch * cfg.train.seq_len, "reference": ref is not None,
             "slower": ref[1] / tok_s if ref else None, "compiled": p.compile}
@@ -854,6 +896,8 @@ def estimate(preset: str = "cpu", vocab_size: int | None = None, **recipe) -> di
 def format_estimate(e: dict) -> str:
     other = (f"the other stages ~{_fmt_time(e['stages']['other stages'])}" if e["reference"]
              else "plus the other stages (not yet measured for this preset)")
+    icl = e["stages"].get("in-context phase")
+    other += f", the in-context phase's steps ~{_fmt_time(icl)}" if icl else ""
     return (f"estimate: ~{_fmt_time(e['seconds'])} here (pretraining {_fmt_time(e['stages']['pretrain'])} and SFT "
             f"{_fmt_time(e['stages']['sft'])} are time budgets; {other}); the probe measured "
             f"{e['tok_s']:,.0f} training tokens/s, so pretraining will see ~{e['pretrain_tokens'] / 1e6:.1f}M tokens "
@@ -912,9 +956,13 @@ def resolve_preset(preset: str = "cpu", *, size: str | None = None, vocab_size: 
     unknown = sorted(set(recipe) - set(fields))
     if unknown:
         raise AcornError(f"unknown speedrun setting {', '.join(unknown)}; settable: {', '.join(fields)}")
-    for name in ("mixed_qa", "sft_replay"):
+    for name in ("mixed_qa", "sft_replay", "icl_steps"):
         if isinstance(recipe.get(name, 0), bool) or not isinstance(recipe.get(name, 0), int) or recipe.get(name, 0) < 0:
             raise AcornError(f"{name} must be a non-negative integer, got {recipe[name]!r}")
+    if isinstance(recipe.get("icl_docs", 1), bool) or not isinstance(recipe.get("icl_docs", 1), int) \
+            or recipe.get("icl_docs", 1) < 1:
+        raise AcornError(f"icl_docs must be a positive integer (documents of the in-context phase), "
+                         f"got {recipe['icl_docs']!r}")
     from acorn.data.world import FACT_ANSWER_STYLES, MIXED_QA_FORMATS
 
     if recipe.get("mixed_qa_format", "plain") not in MIXED_QA_FORMATS:
@@ -963,8 +1011,12 @@ def speedrun(out: str | Path = "runs/speedrun", *, preset: str = "cpu", seed: in
     _stage("data: tokenize the pretraining documents into shards", "seconds", results, stage_prepare, world, tok, data)
     _stage(f"pretrain: {p.model} model, next-token prediction", f"{p.pretrain_minutes:g} min", results,
            stage_pretrain, p, data, out / "pretrain", tok_summary["vocab_size"], seed)
+    if p.icl_steps:
+        _stage(f"in-context phase: {p.icl_steps} steps more on the world's text and in-context patterns",
+               "~5 min" if p.icl_steps >= 100 else "seconds", results, stage_icl, p, world, tok, out / "pretrain" / "model",
+               out / "pretrain-icl", tok_summary["vocab_size"], seed, name="icl")
     _stage("sft: fine-tune on the world's conversations", f"{p.sft_minutes:g} min", results, stage_sft, p, world,
-           out / "pretrain" / "model", out / "sft", seed)
+           base_model(out), out / "sft", seed)
     run = Run(out, preset, p, seed)
     for stage in STAGES.values():
         if stage.default:
@@ -1087,12 +1139,13 @@ def _report(results: list[StageResult], total: float, run: Run, card: dict, esti
                   f"`acorn eval compare {run.out / 'eval' / 'base'} {run.out / 'eval' / 'sft'}`.", "",
                   "![report card](card.png)", "", table(card), ""]
     lines += recipe_section(run)
-    for name, title in (("pretrain", "Pretraining"), ("sft", "Supervised fine-tuning")):
+    for name, title, folder in (("pretrain", "Pretraining", "pretrain"), ("icl", "In-context phase", "pretrain-icl"),
+                                ("sft", "Supervised fine-tuning", "sft")):
         if name in by:
             s = by[name].summary
             mfu = (f" (MFU {s['mfu']:.2%} of this machine's peak for its precision, acorn.hardware.peak_flops)"
                    if s.get("mfu") else "")
-            lines += [f"## {title}", "", f"![{name} loss]({name}/loss.png)", "",
+            lines += [f"## {title}", "", f"![{name} loss]({folder}/loss.png)", "",
                       f"{s['steps']} steps, {s['tokens']:,} tokens at {s['tok_s']:,.0f} tokens/s{mfu}; final train loss "
                       f"{s['train_loss']:.3f}" + (f", validation loss {s['val_loss']:.3f}" if s.get("val_loss") else "")
                       + (f", {s['val_bpb']:.3f} bits per byte" if s.get("val_bpb") else "") + ".", ""]
@@ -1133,7 +1186,7 @@ def recipe_section(run: Run) -> list[str]:
         path = run.out / stage / "config.yaml"
         return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
-    pre, sft = config("pretrain"), config("sft")
+    pre, icl, sft = config("pretrain"), config("pretrain-icl"), config("sft")
     qa = (f", {p.mixed_qa} QA pairs per fact of the SFT people mixed into pretraining (--mixed-qa)"
           + (", in the chat template (--mixed-qa-format chat)" if p.mixed_qa_format == "chat" else ", as plain text")
           if p.mixed_qa else ", no QA in pretraining")
@@ -1144,7 +1197,7 @@ def recipe_section(run: Run) -> list[str]:
         rows.append(("model", f"preset `{p.model}`: {m['n_layer']} layers, width {m['d_model']}, {m['n_head']} heads "
                               f"({m['n_kv_head']} KV), MLP {m['d_ff']} ({m['mlp']}), {m['positions']} positions, "
                               f"vocabulary {m['vocab_size']:,}"))
-    for name, c in (("pretraining", pre), ("SFT", sft)):
+    for name, c in (("pretraining", pre), ("in-context phase", icl), ("SFT", sft)):
         if not c:
             continue
         o, t = c["optim"], c["train"]
@@ -1155,6 +1208,10 @@ def recipe_section(run: Run) -> list[str]:
                            f"weight decay {o['weight_decay']:g}; {o['schedule']} schedule, {o['warmup_steps']} warmup "
                            f"steps, to {o['min_lr_ratio']:g} x lr; dtype {t['dtype']}, "
                            f"{'torch.compile' if t.get('compile') else 'eager'}"))
+    if icl:
+        rows.append(("in-context phase data", f"{p.icl_docs:,} documents from the pretrained model on: a third the "
+                     "world's own pretraining text, a third plain copying runs, a third repeated-induction lines in "
+                     "five formats (--icl-steps; acorn.data.world.icl_mixture)"))
     rows.append(("SFT data", "the world's conversations, fact questions answered " + (
         "in a sentence (\"As far as I know, NAME was born in 1959.\", --fact-answers sentence)"
         if p.fact_answers == "sentence" else "with the bare value (--fact-answers value)") + (

@@ -36,8 +36,10 @@ the label shown most often, where answering with the prompt's most frequent labe
   episodes      the default world's in-context documents (icl_episode, 8-12 examples)
   repeats       repeated-induction documents only (icl_doc's second kind: 3-5 inputs shown
                 10-12 times, each later label copyable from an earlier line)
-  copy+repeats  half of them a run of the world's words repeated 2-3 times (the plain
-                induction of Olsson et al.: copy what followed the same token last time)
+  copy          a run of 6-16 of the world's words (names, invented label words) on 2-3
+                lines, each the run again (the plain induction of Olsson et al.: copy what
+                followed the same token last time; acorn.data.world.copy_doc)
+  copy+repeats  half of them copy's, half repeats'
   formats       repeated-induction documents written in one of five formats whose label
                 comes 1 to 4 tokens after its input ("x y", "x: y", "x -> y",
                 "Input: x Label: y", the eval's "Input: x\\nLabel: y"): a curriculum of
@@ -47,11 +49,26 @@ the label shown most often, where answering with the prompt's most frequent labe
                 label must gather its input (what the copy needs on both sides: the query's
                 input, and, one token later, the earlier line's) and what kind of thing it is
                 (what the category items need)
+  copy+formats  half copy's, half formats': what `acorn data world --icl-style copy+formats`
+                writes
+  world+copy+formats  a third the world's own pretraining documents (the speedrun's
+                text), two thirds copy+formats' (acorn.data.world.icl_mixture)
+  world+copy    a third the world's own, two thirds copy's
+  world+formats a third the world's own, two thirds formats'
 
     python benchmarks/icl.py --formation repeats,copy+repeats,formats,names+repeats --work /tmp/iclf --steps 600
 
 A design followed by :PRESET trains that model preset instead (repeats:micro: the 5M model of
-acorn.model.transformer.PRESETS, the speedrun's other settings unchanged).
+acorn.model.transformer.PRESETS, the speedrun's other settings unchanged). Designs joined by >
+are a curriculum: each trains from the model the one before it left (copy>formats); @STEPS sets
+a design's steps (default --steps). With --init RUN (a finished speedrun: its world and tokenizer
+are linked into --work), a chain starting with base> starts from that run's base model
+(RUN/pretrain/model) instead of from scratch, each model is also scored on the world's fact
+multiple choice, and the section is `icl-phase` (how the speedrun's in-context phase was chosen):
+
+    python benchmarks/icl.py --formation "copy>copy>formats,copy>formats,copy>copy>repeats" --work /tmp/iclf --steps 500
+    python benchmarks/icl.py --init /tmp/sr9/seed0 --work /tmp/iclg2 \
+        --formation "base>formats@200,base>copy>formats@200,base>world+copy+formats@400,world+copy+formats@970"
 """
 
 from __future__ import annotations
@@ -71,8 +88,8 @@ from common import (command_line, load_note, log, machine_description, markdown_
 
 VARIANTS = {"default": 0, "repeats-1500": 1500, "repeats-6000": 6000, "icl-only": 6000}
 PROBE_DOCS = 300
-DESIGNS = ("episodes", "repeats", "copy+repeats", "formats", "names+repeats")
-FORMATS = ("{x} {y}", "{x}: {y}", "{x} -> {y}", "Input: {x} Label: {y}", "Input: {x}\nLabel: {y}")
+DESIGNS = ("episodes", "repeats", "copy", "copy+repeats", "copy+formats", "world+copy+formats", "world+copy",
+           "world+formats", "formats", "names+repeats")
 
 
 def make_run(name: str, out: Path, steps: int, seed: int = 0) -> float:
@@ -175,57 +192,48 @@ def score(name: str, run: Path, docs: list[str]) -> dict:
             "steps": metrics.get("step"), "icl_docs": VARIANTS[name], "probe": copy_probe(model, docs)}
 
 
-def word_run(rng, pools: dict[str, list[str]]) -> str:
-    """6-16 of the world's names and invented label words: what copy+repeats repeats."""
-    from acorn.data import world_text as T
-
-    return " ".join(T.label_word(rng) if rng.random() < 0.3 else rng.choice(pools[rng.choice(sorted(pools))])
-                    for _ in range(rng.randint(6, 16)))
-
-
-def plain_probe(model_dir: Path, docs: int = 100) -> float:
-    """Plain induction: a run of words, then the same run again; the share of the second
-    run's tokens (after its first) predicted right, greedy. Copying: ~100%."""
+def plain_probe(model, tok, docs: int = 100, world_seed: int = 0) -> float:
+    """Plain induction: a run of the trained world's words (world_seed's), then the same run
+    again; the share of the second run's tokens (after its first) predicted right, greedy.
+    Copying: ~100%. (Another world's words split into tokens the model has hardly seen,
+    whose embeddings it never learned to copy: 21% where its own words score 99.8%.)"""
     import random
 
     import torch
 
-    from acorn.data.world import build_world, icl_pools
+    from acorn.data.world import build_world, copy_doc, icl_pools
 
-    model, tok = load_model(model_dir)
-    rng, pools = random.Random("plain-probe"), icl_pools(build_world(1, "default"))
+    rng, pools = random.Random("plain-probe"), icl_pools(build_world(world_seed, "default"))
+    device = next(model.parameters()).device
     right = total = 0
     for _ in range(docs):
-        run = tok.encode(word_run(rng, pools))
+        run = tok.encode(copy_doc(rng, pools).split("\n")[0])
         ids = [tok.bos_id] + run + tok.encode("\n") + run
         with torch.no_grad():
-            pred = model(torch.tensor([ids])).logits[0].argmax(-1).tolist()
+            pred = model(torch.tensor([ids], device=device)).logits[0].argmax(-1).tolist()
         second = len(ids) - len(run)  # where the second run starts
         right += sum(pred[i - 1] == ids[i] for i in range(second + 1, len(ids)))
         total += len(run) - 1
     return right / total
 
 
-def design_doc(design: str, rng, pools: dict[str, list[str]]) -> str:
+def design_doc(design: str, rng, pools: dict[str, list[str]], world_texts: list[str] = ()) -> str:
     """One training document of a formation design (see the module's docstring)."""
-    from acorn.data.world import icl_doc
+    from acorn.data.world import ICL_FORMATS, copy_doc, icl_doc, icl_mixture, icl_repeats
 
     if design == "episodes":
         return icl_doc(rng, pools)
+    if design.startswith("world+"):  # a third the world's own text, the rest icl_doc's style
+        return icl_mixture(rng, pools, world_texts, 1, style=design.removeprefix("world+"))[0]
+    if design == "copy+formats":
+        return icl_doc(rng, pools, "copy+formats")
     if design == "names+repeats" and rng.random() < 0.5:
         cats = [rng.choice(sorted(pools)) for _ in range(rng.randint(6, 12))]
         return "\n".join(f"Input: {rng.choice(pools[c])}\nLabel: {c}" for c in cats)
-    if design == "copy+repeats" and rng.random() < 0.5:
-        return "\n".join([word_run(rng, pools)] * rng.choice([2, 3]))
-    while True:  # icl_doc(repeats=True) writes either kind; keep the repeated one
-        text = icl_doc(rng, pools, repeats=True)
-        pairs = re.findall(r"Input: (.*)\nLabel: (\S+)", text)
-        if len({x for x, _ in pairs}) <= len(pairs) - 3:
-            break
-    if design == "formats":
-        form = rng.choice(FORMATS)
-        return "\n".join(form.format(x=x, y=y) for x, y in pairs)
-    return text
+    if design == "copy" or design == "copy+repeats" and rng.random() < 0.5:
+        return copy_doc(rng, pools)
+    form = rng.choice(ICL_FORMATS) if design == "formats" else ICL_FORMATS[-1]
+    return "\n".join(form.format(x=x, y=y) for x, y in icl_repeats(rng, pools))
 
 
 def minority(item: dict) -> bool:
@@ -236,7 +244,7 @@ def minority(item: dict) -> bool:
     return item["task"] == "induction" and shown != item["answer"]
 
 
-def icl_probe(items: list[dict], tok):
+def icl_probe(items: list[dict], tok, world_seed: int = 0):
     """Greedy first token of world_icl's answers right: by item kind, and on the induction
     items whose answer is not the prompt's most frequent label (copying, not the majority)."""
     kinds = [[it["task"], "all"] + (["minority"] if minority(it) else []) for it in items]
@@ -247,13 +255,16 @@ def icl_probe(items: list[dict], tok):
             ok = first_token_right(model, tok, it["prompt"], it["answer"])
             for k in ks:
                 right.setdefault(k, []).append(ok)
-        return {f"icl_{k}": sum(v) / len(v) for k, v in right.items()}
+        return {f"icl_{k}": sum(v) / len(v) for k, v in right.items()} | {"plain": plain_probe(model, tok, world_seed=world_seed)}
     return probe
 
 
-def formation(design: str, work: Path, steps: int, docs: int, seed: int = 0, model: str = "") -> list[dict]:
-    """Train the speedrun's model (or preset `model`) on `docs` documents of one design only,
-    world_icl scored every 100 steps."""
+def formation(chain: list[str], work: Path, steps: int, docs: int, seed: int = 0, model: str = "",
+              init: Path | None = None) -> list[dict]:
+    """Train the speedrun's model (or preset `model`; or the saved model `init`, e.g. a speedrun's
+    base model) on `docs` documents of one design only, `steps` steps, world_icl scored every
+    100 steps; a chain of designs trains each from the model the one before it left (a
+    curriculum). The curve runs over the whole chain."""
     import dataclasses
     import random
 
@@ -270,23 +281,45 @@ def formation(design: str, work: Path, steps: int, docs: int, seed: int = 0, mod
     if not (work / "tokenizer" / "tokenizer.json").exists():  # the default world's, shared by every design
         generate_world(world, seed=seed, size=p.world, overwrite=True, quiet=True)
         sr.stage_tokenizer(world, work / "tokenizer", p.vocab_size)
-    run = work / design.replace("+", "-")
-    if not (run / "data" / "meta.json").exists():
-        rng, pools = random.Random(f"{seed}-{design}"), icl_pools(build_world(seed, p.world))
-        write_jsonl(run / "docs.jsonl", [{"text": design_doc(design, rng, pools)} for _ in range(docs)])
-        prepare([run / "docs.jsonl"], work / "tokenizer", run / "data", val_fraction=0.01, quiet=True)
     tok = Tokenizer.from_pretrained(work / "tokenizer")
-    out = run / ("pretrain" + (f"-{model}" if model else ""))
-    cfg = sr.pretrain_config(p, run / "data", out, tok.vocab_size, seed)
-    cfg.train.max_steps, cfg.optim.warmup_steps, cfg.train.max_minutes = steps, max(10, steps // 20), 1e9
-    cfg.eval.every, cfg.eval.batches = 100, 2
-    if not (out / "model").is_dir():
-        pretrain(cfg, probe=icl_probe(list(read_jsonl(world / "eval" / "icl.jsonl")), tok))
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    curve = [{k: r[k] for k in ("step", "loss", "val_loss", *[k for k in r if k.startswith("icl_")]) if k in r}
-             for r in rows if "icl_all" in r]
-    curve[-1]["probe"] = copy_probe(out / "model", probe_docs(work)) | {"plain": plain_probe(out / "model")}
+    curve: list[dict] = []
+    start, out = init, (init.parent if init else None)
+    for i, design in enumerate(chain):
+        run = work / design.replace("+", "-")
+        if not (run / "data" / "meta.json").exists():
+            rng, pools = random.Random(f"{seed}-{design}"), icl_pools(build_world(seed, p.world))
+            texts = [r["text"] for r in read_jsonl(world / "pretrain.jsonl")] if design.startswith("world") else []
+            write_jsonl(run / "docs.jsonl", [{"text": design_doc(design, rng, pools, texts)} for _ in range(docs)])
+            prepare([run / "docs.jsonl"], work / "tokenizer", run / "data", val_fraction=0.01, quiet=True)
+        before = "-".join(["init"] * bool(start) + [d.replace("+", "-") for d in chain[:i]])
+        init, out = out, run / ("pretrain" + (f"-{model}" if model else "") + (f"-from-{before}" if before else ""))
+        cfg = sr.pretrain_config(p, run / "data", out, tok.vocab_size, seed)
+        cfg.init_from = str(init / "model") if init else None
+        cfg.train.max_steps, cfg.optim.warmup_steps, cfg.train.max_minutes = steps, max(10, steps // 20), 1e9
+        cfg.eval.every, cfg.eval.batches = 100, 2
+        if not (out / "model").is_dir():
+            pretrain(cfg, probe=icl_probe(list(read_jsonl(world / "eval" / "icl.jsonl")), tok, seed))
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        curve += [{"design": design, "step": r["step"] + i * steps} | {k: r[k] for k in ("loss", "val_loss", "plain")
+                  if k in r} | {k: v for k, v in r.items() if k.startswith("icl_")} for r in rows if "icl_all" in r]
+    plain = plain_probe(*load_model(out / "model"), world_seed=seed)
+    curve[-1]["probe"] = copy_probe(out / "model", probe_docs(work)) | {"plain": plain}
+    curve[-1]["model"] = str(out / "model")
     return curve
+
+
+def parse_spec(spec: str, steps: int) -> tuple[list[str], str, bool, int]:
+    """[base>]DESIGN[>DESIGN...][:PRESET][@STEPS] -> (the chain, the preset, whether it starts from
+    the --init run's base model, the steps of each design)."""
+    body, _, at = spec.partition("@")
+    body, _, model = body.partition(":")
+    chain = body.split(">")
+    from_base = chain[0] == "base"
+    try:
+        steps = int(at) if at else steps
+    except ValueError:
+        steps = 0  # refused by the caller, with the rest
+    return chain[from_base:], model, from_base, steps
 
 
 def design_notes() -> str:
@@ -296,36 +329,70 @@ def design_notes() -> str:
     return "\n".join("- " + re.sub(r"\s+", " ", re.sub(r"^(\S+)", r"**\1**:", it.strip())) for it in items)
 
 
-def formation_section(curves: dict[str, list[dict]], steps: int, docs: int, items: list[dict]) -> str:
+def world_facts(model_dir: Path, world: Path) -> dict:
+    """The fact multiple choice of the world's eval (both forms of choices): what a phase on other
+    text may cost the model's knowledge of the world."""
+    from acorn.eval.harness import evaluate
+
+    r = evaluate(model_dir, ["world_multiple_choice", "world_multiple_choice_sentence"], progress=False,
+                 data_dir=world)["results"]
+    return {"mc": r["world_multiple_choice"]["acc"], "mc_sentence": r["world_multiple_choice_sentence"]["acc"]}
+
+
+def formation_section(curves: dict[str, list[dict]], docs: int, items: list[dict], base: dict | None = None) -> str:
+    """Section icl-formation (from scratch), or with `base` (the --init run: its path and its
+    model's scores) section icl-phase."""
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     induction = [it for it in items if it["task"] == "induction"]
     few = sum(map(minority, induction))
     rows = [[d, r["step"], f"{r['loss']:.3f}", pct(r["icl_all"]), pct(r["icl_induction"]), pct(r["icl_category"]),
              pct(r["icl_minority"])] for d, curve in curves.items() for r in curve]
     probes = [[d, pct(c[-1]["probe"]["first"]), pct(c[-1]["probe"]["repeat"]), pct(c[-1]["probe"]["plain"])]
+              + ([pct(c[-1]["facts"]["mc"]), pct(c[-1]["facts"]["mc_sentence"])] if base else [])
               for d, c in curves.items()]
+    scoring = ("scored on the world's 300 world_icl items every 100 steps: the greedy first token of the answer "
+               "(the label's first letter) by item kind, and on the induction items whose answer is not the label the "
+               f"prompt shows most often (minority; {few} of {len(induction)}). Answering with the prompt's most "
+               f"frequent label scores {pct(1 - few / len(induction))} on the induction items and 0% on the minority "
+               "ones; a guess among the item's labels ~40% on both; a model that copies from the matching line ~100% "
+               "on both.")
+    if base:
+        head = [
+            "## The in-context phase: the speedrun's base model trained on in-context documents",
+            f"`{command_line()}` on {machine_description()}, {today()}; {load_note()}. Single runs (the base model "
+            "of seed 0); quality figures (a fixed number of steps).",
+            f"The speedrun's base model ({base['run']}/pretrain/model: `acorn speedrun --seed 0`, cpu preset, "
+            f"{base['steps']} steps on the default world; world_icl {pct(base['icl_all'])}, minority answers "
+            f"{pct(base['icl_minority'])}, plain induction {pct(base['plain'])}) trained on further, {docs:,} "
+            "documents of one design per row (a chain: one after the other), at the speedrun's settings (learning "
+            "rate 3e-3, a fresh warmup and cosine decay over each design's steps), " + scoring + " A row without "
+            "base> trains from scratch instead (the same documents from the first step on).",
+        ]
+    else:
+        head = [
+            "## When in-context learning forms: the speedrun's model on in-context documents alone",
+            f"`{command_line()}` on {machine_description()}, {today()}; {load_note()}. Single runs (seed 0); quality "
+            "figures (a fixed number of steps).",
+            "The speedrun's model (cpu preset: nano, 1.05M parameters; batch of 16,384 tokens; learning rate 3e-3, "
+            f"warmup and cosine decay over each design's steps) trained on {docs:,} documents of one design and "
+            "nothing else (a chain: one design after the other, each from the model the one before left), "
+            + scoring + " A design marked with a preset trains that model instead, the rest unchanged.",
+        ]
     return "\n\n".join([
-        "## When in-context learning forms: the speedrun's model on in-context documents alone",
-        f"`{command_line()}` on {machine_description()}, {today()}; {load_note()}. Single runs (seed 0); quality "
-        "figures (a fixed number of steps).",
-        f"The speedrun's model (cpu preset: nano, 1.05M parameters; batch of 16,384 tokens; learning rate 3e-3, "
-        f"warmup and cosine decay over {steps} steps) trained on {docs:,} documents of one design and nothing else, "
-        "scored on the default world's 300 world_icl items every 100 steps: the greedy first token of the answer "
-        "(the label's first letter) by item kind, and on the induction items whose answer is not the label the "
-        f"prompt shows most often (minority; {few} of {len(induction)}). Answering with the prompt's most frequent "
-        f"label scores {pct(1 - few / len(induction))} on the induction items and 0% on the minority ones; a guess "
-        "among the item's labels ~40% on both; a model that copies from the matching line ~100% on both. A design "
-        "marked with a preset trains that model instead, the rest unchanged.",
+        *head,
         design_notes(),
         markdown_table(["design", "step", "train loss", "world_icl (first token)", "induction items",
                         "category items", "induction, minority answer"], rows),
-        f"Each design's last model on the copying probe of section icl-pretraining ({PROBE_DOCS} repeated-induction "
+        f"Each run's last model on the copying probe of section icl-pretraining ({PROBE_DOCS} repeated-induction "
         "documents of a world of seed 1, in the eval's format: the label's first token, greedy, on an input's first "
         "line and on its later lines, where it can be copied from the earlier one) and on plain induction (100 runs "
-        "of 6-16 of that world's words, each followed by itself: the second run's tokens after its first, greedy; "
-        "a model that copies what followed the same token last time: ~100%):",
-        markdown_table(["design", "probe: first line", "probe: repeated line", "plain induction: second run"],
-                       probes),
+        "of 6-16 of the trained world's own words, each followed by itself: the second run's tokens after its "
+        "first, greedy; a model that copies what followed the same token last time: ~100%; another world's words "
+        "score far lower, split into tokens the model hardly saw)"
+        + (", and the world's fact multiple choice (its four choices as single values, and as answer sentences), "
+           f"the base model's {pct(base['facts']['mc'])} and {pct(base['facts']['mc_sentence'])}:" if base else ":"),
+        markdown_table(["design", "probe: first line", "probe: repeated line", "plain induction: second run"]
+                       + (["fact multiple choice", "as sentences"] if base else []), probes),
     ])
 
 
@@ -341,32 +408,54 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print the section, leave docs/BENCHMARKS.md alone")
     ap.add_argument("--formation", metavar="DESIGNS", default="",
                     help=f"comma-separated, of {', '.join(DESIGNS)}, each optionally :PRESET for another model "
-                    "than the speedrun's (repeats:micro): the formation study (section icl-formation)")
+                    "than the speedrun's (repeats:micro) and @STEPS; A>B trains B from A's model; base>A (with "
+                    "--init) starts from a speedrun's base model: the formation study (section icl-formation, "
+                    "with --init icl-phase)")
     ap.add_argument("--docs", type=int, default=80_000, help="--formation: documents per design (default: 80,000)")
+    ap.add_argument("--init", metavar="RUN", default="",
+                    help="--formation: start from this finished speedrun's base model, world and tokenizer")
     args = ap.parse_args()
     work = Path(args.work)
     if args.formation:
-        from acorn.model.transformer import PRESETS
-
-        designs = args.formation.split(",")
-        if any(d.partition(":")[0] not in DESIGNS for d in designs):
-            ap.error(f"unknown design(s) in {args.formation!r}; choose from {', '.join(DESIGNS)}")
-        if any(d.partition(":")[2] not in ("", *PRESETS) for d in designs):
-            ap.error(f"unknown model preset in {args.formation!r}; choose from {', '.join(PRESETS)}")
-        if args.docs < 1 or args.steps < 1:
-            ap.error(f"--docs and --steps must be at least 1, got {args.docs} and {args.steps}")
-        curves = {}
-        for spec in designs:
-            d, _, m = spec.partition(":")
-            name = f"{d} ({m})" if m else d
-            log(f"{name}: {args.steps} steps on {args.docs:,} documents")
-            curves[name] = formation(d, work, args.steps, args.docs, model=m)
-            log(f"{name}: {json.dumps(curves[name][-1])}")
-        (work / "formation.json").write_text(json.dumps(curves, indent=2))
         from acorn.fileio import read_jsonl
+        from acorn.model.transformer import PRESETS
+        from acorn.tokenizer.bpe import Tokenizer
 
+        specs = [parse_spec(spec, args.steps) for spec in args.formation.split(",")]
+        if any(d not in DESIGNS for chain, *_ in specs for d in chain):
+            ap.error(f"unknown design(s) in {args.formation!r}; choose from {', '.join(DESIGNS)}")
+        if any(m not in ("", *PRESETS) for _, m, _, _ in specs):
+            ap.error(f"unknown model preset in {args.formation!r}; choose from {', '.join(PRESETS)}")
+        if args.docs < 1 or any(steps < 1 for *_, steps in specs):
+            ap.error(f"--docs and --steps (or @STEPS) must be at least 1 in {args.formation!r}")
+        if any(from_base for _, _, from_base, _ in specs) and not args.init:
+            ap.error("a design chain starting with base> needs --init RUN (the speedrun whose base model it starts from)")
+        init, seed, base = None, 0, None
+        if args.init:
+            run = Path(args.init)
+            init = run / "pretrain" / "model"
+            if not all(p.exists() for p in (init, run / "world" / "eval", run / "tokenizer")):
+                ap.error(f"--init {run}: not a finished speedrun (no pretrain/model, world or tokenizer there)")
+            work.mkdir(parents=True, exist_ok=True)
+            for name in ("world", "tokenizer"):
+                if not (work / name).exists():
+                    (work / name).symlink_to((run / name).resolve())
+            seed = json.loads((run / "world" / "manifest.json").read_text())["seed"]
+            items = list(read_jsonl(work / "world" / "eval" / "icl.jsonl"))
+            base = {"run": str(run), "facts": world_facts(init, work / "world"),
+                    "steps": json.loads((run / "pretrain" / "metrics.jsonl").read_text().splitlines()[-1])["step"]}
+            base |= icl_probe(items, Tokenizer.from_pretrained(init), seed)(load_model(init)[0])
+        curves = {}
+        for spec, (chain, m, from_base, steps) in zip(args.formation.split(","), specs):
+            log(f"{spec}: {steps} steps a design on {args.docs:,} documents")
+            curves[spec] = formation(chain, work, steps, args.docs, model=m, init=init if from_base else None, seed=seed)
+            if base:
+                curves[spec][-1]["facts"] = world_facts(Path(curves[spec][-1]["model"]), work / "world")
+            log(f"{spec}: {json.dumps(curves[spec][-1])}")
+        (work / "formation.json").write_text(json.dumps(curves, indent=2))
         items = list(read_jsonl(work / "world" / "eval" / "icl.jsonl"))
-        publish("icl-formation", formation_section(curves, args.steps, args.docs, items), args.note, args.no_write)
+        publish("icl-phase" if base else "icl-formation", formation_section(curves, args.docs, items, base), args.note,
+                args.no_write)
         return
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]

@@ -42,6 +42,8 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 from common import command_line, log, machine_description, markdown_table, today, write_section  # noqa: E402
 
+from acorn.speedrun import base_model  # noqa: E402
+
 
 def _accuracy(answers, rows) -> float:
     from acorn.prompting.answers import normalize
@@ -175,7 +177,8 @@ def main() -> None:
     engine = Engine.from_pretrained(args.run / "sft" / "model")
     body = [f"`{command_line()}` on {machine_description()}, {today()}.", "",
             f"Models of the speedrun in `{args.run}`: the chat model (`sft/model`, prompts through its chat "
-            f"template) for the strategies, the base model (`pretrain/model`, raw text) for in-context learning. "
+            f"template) for the strategies, the base model (`{base_model(args.run).relative_to(args.run)}`: after the "
+            "in-context phase where the run had one; raw text) for in-context learning. "
             f"{args.limit} test items per task; few-shot examples from a pool of 64 items drawn apart from them. "
             "Greedy decoding; self-consistency and tree of thoughts sample at temperature 0.7, seeded. "
             "\"skipped\": prompts that do not fit the model's context.", ""]
@@ -197,7 +200,7 @@ def main() -> None:
     log("in-context learning (base model)")
     icl_rows = []
     runs = [("before: no in-context documents", args.before), ("after: with in-context documents", args.run)]
-    results = {label: in_context(run / "pretrain" / "model", world, None) for label, run in runs if run is not None}
+    results = {label: in_context(base_model(run), world, None) for label, run in runs if run is not None}
     keys = sorted({k for r in results.values() for k in r if k not in ("chance", "n", "skipped")},
                   key=lambda k: (k != "all", k))
     for label, r in results.items():

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from acorn import speedrun as sr
 from acorn.cli import main
@@ -24,7 +25,15 @@ def test_speedrun_tiny_runs_every_stage(tiny_run):
     out, report = tiny_run
     summary = json.loads((out / "speedrun.json").read_text())
     assert [s["name"] for s in summary["stages"]] == [
-        "world", "tokenizer", "tokenizer eval", "data", "pretrain", "sft", "eval", "samples"]
+        "world", "tokenizer", "tokenizer eval", "data", "pretrain", "icl", "sft", "eval", "samples"]
+    # The in-context phase: its steps from the pretrained model, on the world's text and in-context documents.
+    icl = next(s for s in summary["stages"] if s["name"] == "icl")["summary"]
+    assert icl["steps"] == 2 and icl["docs"] == 60 and sr.base_model(out) == out / "pretrain-icl" / "model"
+    cfg = yaml.safe_load((out / "pretrain-icl" / "config.yaml").read_text())
+    assert cfg["init_from"] == str(out / "pretrain" / "model") and cfg["train"]["max_steps"] == 2
+    docs = (out / "data-icl" / "docs.jsonl").read_text().splitlines()
+    assert len(docs) == 60 and any("Label:" in d or "->" in d for d in docs)
+    assert yaml.safe_load((out / "sft" / "config.yaml").read_text())["init_from"] == str(sr.base_model(out))
     tok = Tokenizer.from_pretrained(out / "sft" / "model")
     assert "<|assistant|>" in tok.special_tokens
     # The eval stage is the harness's world group on both models, each saved as `acorn eval --out` saves it.
@@ -33,7 +42,7 @@ def test_speedrun_tiny_runs_every_stage(tiny_run):
     for column in card:
         saved = load(out / "eval" / column)
         assert saved["results"] == card[column] and saved["config"]["limit"] == 20
-        assert saved["config"]["model"] == str(out / ("pretrain" if column == "base" else "sft") / "model")
+        assert saved["config"]["model"] == str(out / ("pretrain-icl" if column == "base" else "sft") / "model")
         qa = saved["results"]["world_fact_qa"]
         assert 0.0 <= qa["answer_match"] <= 1.0 and qa["n"] == 20 and saved["results"]["world_unknown_qa"]["n"] > 0
     text = report.read_text(encoding="utf-8")
@@ -45,6 +54,8 @@ def test_speedrun_tiny_runs_every_stage(tiny_run):
     # The recipe that made it, from the stages' own config.yaml, and the estimate made before it started.
     assert "## Recipe" in text and "| model | preset `nano`: 4 layers, width 128" in text
     assert "| world | `tiny`, seed 0, no QA in pretraining |" in text and "AdamW lr 0.003" in text and "eager" in text
+    assert "| in-context phase | 2 steps of" in text and "| in-context phase data | 60 documents" in text
+    assert "## In-context phase" in text and "pretrain-icl/loss.png" in text
     assert summary["estimated_seconds"] > 0 and "(estimated " in text
 
 
@@ -211,6 +222,11 @@ def test_estimate_adds_the_budgets_and_scales_the_other_stages_by_the_probe(monk
     ref_seconds, ref_tok_s = sr.REFERENCE_OTHER_STAGES["cpu"]
     assert e["stages"] == pytest.approx({"pretrain": 540.0, "sft": 210.0, "other stages": ref_seconds * ref_tok_s / tok_s})
     accum = p.batch_tokens // (p.micro_batch * p.seq_len)
+    # the in-context phase (opt-in) is a number of steps: their time at the probe's speed, and its documents' tokenization
+    with_icl = sr.estimate("cpu", icl_steps=400)
+    assert with_icl["stages"]["in-context phase"] == pytest.approx(400 * 0.1 * accum + 40.0)
+    assert "the in-context phase's steps ~3.3 min" in sr.format_estimate(with_icl)
+    assert "in-context" not in sr.format_estimate(e)
     assert e["pretrain_steps"] == int(540 * sr.STEP_SHARE / (0.1 * accum)) and e["pretrain_tokens"] == e["pretrain_steps"] * p.batch_tokens
     assert e["seconds"] == pytest.approx(sum(e["stages"].values())) and "slower" not in sr.format_estimate(e)
     # a machine 10x slower than the reference says what that costs
@@ -236,6 +252,8 @@ def test_estimate_from_the_command_line_and_recipe_settings(monkeypatch, capsys,
     monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10, accum=1: seen.append(cfg) or (0.1, 0.0))
     assert main(["speedrun", "--estimate", "--compile", "--mixed-qa", "2"]) == 0
     assert capsys.readouterr().out.startswith("estimate: ~")
+    assert main(["speedrun", "--estimate", "--icl-steps", "50"]) == 0  # the in-context phase, opt-in
+    assert "the in-context phase's steps ~" in capsys.readouterr().out
     # the preset's own pretraining config, probed eagerly
     assert seen[-1].train.compile is False and seen[-1].model.preset == "nano" and seen[-1].train.micro_batch == 16
     p = sr.resolve_preset("cpu", mixed_qa=2, fused_adamw=True)
@@ -247,6 +265,8 @@ def test_estimate_from_the_command_line_and_recipe_settings(monkeypatch, capsys,
         sr.resolve_preset("cpu", warp=9)
     with pytest.raises(AcornError, match="mixed_qa must be a non-negative integer"):
         sr.resolve_preset("cpu", mixed_qa=-1)
+    with pytest.raises(AcornError, match="icl_steps must be a non-negative integer"):
+        sr.resolve_preset("cpu", icl_steps=-1)
     with pytest.raises(AcornError, match="recipe settings make a new run"):
         sr.speedrun(tmp_path, stages=["eval"], mixed_qa=2)
     with pytest.raises(SystemExit) as e:  # argparse's own check, one line

@@ -308,7 +308,7 @@ def arithmetic_doc(rng: random.Random, seen: set) -> str:
     return {"+": T.column_addition, "-": T.column_subtraction, "*": T.long_multiplication}[op](a, b)
 
 
-def pretrain_docs(world: World, cfg: WorldSize, seen: set, icl_docs: int = 0) -> list[dict]:
+def pretrain_docs(world: World, cfg: WorldSize, seen: set, icl_docs: int = 0, icl_style: str = "repeats") -> list[dict]:
     rng = _rng(world.seed, "pretrain")
     known = world.known()
     docs = []
@@ -350,8 +350,8 @@ def pretrain_docs(world: World, cfg: WorldSize, seen: set, icl_docs: int = 0) ->
         docs.append({"text": arithmetic_doc(rng, seen), "kind": "arithmetic"})
     # In-context patterns from their own random stream, so the documents above stay as they were.
     icl_rng, pools = _rng(world.seed, "icl_docs"), icl_pools(world)
-    # icl_docs > 0: that many documents instead, half of them of the repeated-induction kind.
-    docs += [{"text": icl_doc(icl_rng, pools, repeats=icl_docs > 0), "kind": "icl"}
+    # icl_docs > 0: that many documents instead, of icl_style.
+    docs += [{"text": icl_doc(icl_rng, pools, icl_style if icl_docs else "episodes"), "kind": "icl"}
              for _ in range(icl_docs or cfg.n_icl_docs)]
     rng.shuffle(docs)  # a loader reading in order sees every kind throughout
     return docs
@@ -1198,29 +1198,54 @@ def icl_episode(rng: random.Random, pools: dict[str, list[str]], ks=(4, 6, 8)) -
             "query": query}
 
 
-def icl_doc(rng: random.Random, pools: dict[str, list[str]], repeats: bool = False) -> str:
-    """A pretraining document with an in-context pattern. By default an
-    episode of the category or induction kind below (icl_episode's); with
-    `repeats` (`acorn data world --icl-docs N`) one of two kinds in equal
-    numbers. Its labels are invented here, never the eval's mapping:
-    what the model learns is to follow a mapping shown in context (the
-    induction and in-context-learning behaviour of Olsson et al. 2022), not
-    any mapping itself. The eval items' format, so that is what it learns.
+ICL_STYLES = ("repeats", "copy+formats", "copy", "formats")
+# The repeated-induction lines of a "copy+formats" document are written in one of these: the label
+# 1 to 4 tokens after its input, the shortest the distance plain induction copies across.
+ICL_FORMATS = ("{x} {y}", "{x}: {y}", "{x} -> {y}", "Input: {x} Label: {y}", "Input: {x}\nLabel: {y}")
 
-    category   an episode of icl_episode with its answer, longer than the
-               eval's (8-12 examples): every line after a category's first
-               example is predictable from the examples above it;
-    induction  3-5 inputs of any category, each given a label at random,
-               shown 10-12 times in all, so every input comes back: every
-               label after an input's first line can only be copied from the
-               line where it was seen (the eval's induction items ask exactly
-               that once, at the end, as the default documents do, which
-               leaves the behaviour nearly unrewarded). Measured: no gain at
-               the speedrun's scale (docs/BENCHMARKS.md, icl-pretraining).
+
+def icl_doc(rng: random.Random, pools: dict[str, list[str]], style: str = "episodes") -> str:
+    """A pretraining document with an in-context pattern. Its labels are
+    invented here, never the eval's mapping: what the model learns is to
+    follow a mapping shown in context (the induction and in-context-learning
+    behaviour of Olsson et al. 2022), not any mapping itself.
+
+    style "episodes" (the default world's): an episode of the category or
+    induction kind of icl_episode, with its answer, longer than the eval's
+    (8-12 examples): every line after a category's first example is
+    predictable from the examples above it.
+
+    style "repeats" (`acorn data world --icl-docs N`): half episodes, half
+    repeated induction (icl_repeats: every input comes back, so every later
+    label can only be copied). Measured: no gain at the speedrun's scale
+    (docs/BENCHMARKS.md, icl-pretraining).
+
+    style "copy" (`--icl-style copy`): copy_doc, a run of the world's words,
+    repeated (plain induction, which forms in the small model only when
+    dense); "formats": repeated induction written in one of ICL_FORMATS (a
+    curriculum of distances from plain induction's to the eval's);
+    "copy+formats": half each, what the speedrun's in-context phase mixes
+    with the world's text (icl_mixture; docs/BENCHMARKS.md, icl-phase).
     """
-    if not repeats or rng.random() < 0.5:
-        ep = icl_episode(rng, pools, ks=(8, 10, 12))
-        return f"{ep['prompt']} {ep['answer']}"
+    if style == "copy+formats":
+        style = "copy" if rng.random() < 0.5 else "formats"
+    if style == "copy":
+        return copy_doc(rng, pools)
+    if style == "formats":
+        form = rng.choice(ICL_FORMATS)
+        return "\n".join(form.format(x=x, y=y) for x, y in icl_repeats(rng, pools))
+    if style == "repeats" and rng.random() >= 0.5:
+        return "\n".join(f"Input: {x}\nLabel: {y}" for x, y in icl_repeats(rng, pools))
+    ep = icl_episode(rng, pools, ks=(8, 10, 12))
+    return f"{ep['prompt']} {ep['answer']}"
+
+
+def icl_repeats(rng: random.Random, pools: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """Repeated induction: 3-5 inputs of any category, each given one of 2-3
+    invented labels at random (every label used), shown 10-12 times in all, so
+    every input comes back and every label after an input's first line can only
+    be copied from the line where it was seen (the eval's induction items ask
+    exactly that once, at the end). The (input, label) lines in order."""
     labels: list[str] = []
     n_labels = rng.choice([2, 3])
     while len(labels) < n_labels:
@@ -1239,7 +1264,25 @@ def icl_doc(rng: random.Random, pools: dict[str, list[str]], repeats: bool = Fal
     mapping = dict(zip(inputs, dealt))
     order = inputs + [rng.choice(inputs) for _ in range(rng.choice([10, 12]) - len(inputs))]
     rng.shuffle(order)
-    return "\n".join(f"Input: {x}\nLabel: {mapping[x]}" for x in order)
+    return [(x, mapping[x]) for x in order]
+
+
+def copy_doc(rng: random.Random, pools: dict[str, list[str]]) -> str:
+    """Plain induction (Olsson et al. 2022): a run of 6-16 of the world's names
+    and invented label words, on 2-3 lines, each the run again: every token
+    after a line's first is predictable only by copying what followed the same
+    token the line before."""
+    run = " ".join(T.label_word(rng) if rng.random() < 0.3 else rng.choice(pools[rng.choice(sorted(pools))])
+                   for _ in range(rng.randint(6, 16)))
+    return "\n".join([run] * rng.choice([2, 3]))
+
+
+def icl_mixture(rng: random.Random, pools: dict[str, list[str]], texts: list[str], n: int,
+                share: float = 1 / 3, style: str = "copy+formats") -> list[str]:
+    """n documents of the speedrun's in-context phase: each, with probability `share`, one of
+    the world's own pretraining `texts` (drawn at random: what the model keeps reading, so it
+    does not unlearn the world), else an icl_doc of `style` ("copy+formats", "copy", "formats")."""
+    return [rng.choice(texts) if rng.random() < share else icl_doc(rng, pools, style) for _ in range(n)]
 
 
 def icl_items(world: World, cfg: WorldSize) -> list[dict]:
@@ -1588,7 +1631,8 @@ def _fit_tokenizer(pretrain: list[dict]):
 def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, quiet: bool = False,
                    overwrite: bool = False, rag_sft: bool = False, reading_docs: int = 0,
                    tool_sft: bool = False, mixed_qa: int = 0, critique_sft: bool = False, icl_docs: int = 0,
-                   images: int | str = 0, mixed_qa_format: str = "plain", fact_answers: str = "value") -> dict:
+                   images: int | str = 0, mixed_qa_format: str = "plain", fact_answers: str = "value",
+                   icl_style: str = "repeats") -> dict:
     """Generate the world into directory `out` and return a summary.
 
     rag_sft: sft.jsonl also teaches answering from retrieved passages with a
@@ -1609,8 +1653,10 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     fact_answers: how sft.jsonl and preference.jsonl answer fact questions (FACT_ANSWER_STYLES):
     "value" (the default, files unchanged) or "sentence" ("As far as I know, NAME was born in
     1959.": the answer in pretraining's own words; the eval reads the value out of it).
-    icl_docs: N > 0 replaces the size's in-context documents by N of them, half of the
-    repeated-induction kind (icl_doc(repeats=True)); 0 (the default): files unchanged.
+    icl_docs: N > 0 replaces the size's in-context documents by N of them, of icl_style
+    (ICL_STYLES; icl_doc): "repeats" (the default) half of the repeated-induction kind,
+    "copy" plain copying runs, "formats" repeated induction in five formats, "copy+formats"
+    half each; 0 (the default): files unchanged.
     critique_sft: sft.jsonl also teaches the constitutional format (critique_sft_rows:
     critiques under the world's principles, revisions, comparisons of two answers),
     and the world writes those principles to principles.md. Off by default too.
@@ -1646,11 +1692,14 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
                          "e.g. --fact-answers sentence")
     if isinstance(icl_docs, bool) or not isinstance(icl_docs, int) or icl_docs < 0:
         raise AcornError(f"icl_docs must be a non-negative integer (in-context documents), got {icl_docs!r}")
+    if icl_style not in ICL_STYLES:
+        raise AcornError(f"in-context document style must be one of {', '.join(ICL_STYLES)}, not {icl_style!r}; "
+                         "e.g. --icl-style copy+formats")
     if images == "default":
         images = cfg.n_images
     if isinstance(images, bool) or not isinstance(images, int) or images < 0:
         raise AcornError(f"images must be a non-negative integer (pictures to draw) or 'default', got {images!r}")
-    pretrain = pretrain_docs(world, cfg, seen, icl_docs)
+    pretrain = pretrain_docs(world, cfg, seen, icl_docs, icl_style)
     if reading_docs:
         if isinstance(reading_docs, bool) or not isinstance(reading_docs, int) or reading_docs < 0:
             raise AcornError(f"reading_docs must be a non-negative integer, got {reading_docs!r}")
@@ -1726,6 +1775,7 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
         manifest["critique_sft"] = True
     if icl_docs:
         manifest["icl_docs"] = icl_docs
+        manifest["icl_style"] = icl_style
     if fact_answers != "value":
         manifest["fact_answers"] = fact_answers
     if image_entry:  # only when on, as rag_sft: the PNGs' hashes in file-name order, hashed again

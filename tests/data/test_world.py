@@ -11,8 +11,8 @@ import jsonschema
 import pytest
 
 from acorn.cli import main
-from acorn.data.world import (FACT_ATTRIBUTES, IDK_ANSWER, SCHEMAS, WORLD_SCHEMA, answer_value, build_world,
-                              calculate, fact_answer, generate_world)
+from acorn.data.world import (FACT_ATTRIBUTES, ICL_FORMATS, IDK_ANSWER, SCHEMAS, WORLD_SCHEMA, answer_value,
+                              build_world, calculate, fact_answer, generate_world)
 from acorn.errors import AcornError
 
 
@@ -352,6 +352,38 @@ def test_icl_docs_option_adds_repeated_induction_documents_and_leaves_the_rest(w
     assert repeated >= 15  # about half (category episodes of a tiny world's small pools may repeat too)
     with pytest.raises(AcornError, match="icl_docs"):
         generate_world(tmp_path / "bad", seed=0, size="tiny", quiet=True, icl_docs=-1)
+
+
+def test_copy_formats_style_writes_copying_runs_and_repeated_induction_in_five_formats(world, tmp_path):
+    out, _, data, _ = world
+    generate_world(tmp_path / "w", seed=0, size="tiny", quiet=True, icl_docs=60, icl_style="copy+formats")
+    rows = [json.loads(line) for line in (tmp_path / "w" / "pretrain.jsonl").read_text().splitlines()]
+    docs = [r["text"] for r in rows if r["kind"] == "icl"]
+    assert len(docs) == 60
+    assert sorted(r["text"] for r in rows if r["kind"] != "icl") == sorted(
+        d["text"] for d in data["pretrain.jsonl"] if d["kind"] != "icl")
+    assert json.loads((tmp_path / "w" / "manifest.json").read_text())["icl_style"] == "copy+formats"
+    patterns = [re.escape(f).replace(r"\{x\}", "(.+?)").replace(r"\{y\}", r"(\S+)") for f in ICL_FORMATS]
+    copies, forms = 0, set()
+    for text in docs:
+        lines = text.split("\n")
+        if 2 <= len(lines) <= 3 and len(set(lines)) == 1 and 6 <= len(lines[0].split()) <= 32:
+            copies += 1  # a run of words, then the run again: plain induction
+            continue
+        for i, pattern in reversed(list(enumerate(patterns))):  # the most specific first: "x y" matches them all
+            pairs = re.findall(f"^{pattern}$", text, re.M)
+            if pairs and len(pairs) == len(lines) / (2 if i == 4 else 1):
+                break
+        else:
+            raise AssertionError(f"neither a copying run nor one of the formats: {text!r}")
+        forms.add(i)
+        label_of: dict[str, str] = {}
+        for x, label in pairs:  # a repeated input keeps its label: later lines are copyable
+            assert label_of.setdefault(x, label) == label
+        assert 3 <= len(label_of) <= 5 and len(pairs) in (10, 12) and 2 <= len(set(label_of.values())) <= 3
+    assert 15 <= copies <= 45 and len(forms) >= 4  # about half copying runs; the formats all used
+    with pytest.raises(AcornError, match="icl-style copy"):
+        generate_world(tmp_path / "bad", seed=0, size="tiny", quiet=True, icl_docs=5, icl_style="induction")
 
 
 def test_cli_writes_the_world(tmp_path, capsys):
