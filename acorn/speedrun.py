@@ -238,6 +238,18 @@ def _recipe_args(p: SpeedrunPreset) -> list[str]:
     return ["--train.compile", str(p.compile).lower(), "--optim.fused", str(p.fused_adamw).lower()]
 
 
+def for_steps(cfg, steps: int, init_from: Path | None = None, time_limit: bool = False):
+    """A pretraining config set to `steps` steps (warmup a twentieth of them, at least 10), from
+    the model at `init_from` if given, without its time limit unless `time_limit`: the
+    pretraining stage's schedule, also the in-context phase's and benchmarks/icl.py's."""
+    cfg.train.max_steps = steps
+    cfg.train.max_minutes = cfg.train.max_minutes if time_limit else None
+    cfg.optim.warmup_steps = max(10, steps // 20)
+    if init_from is not None:
+        cfg.init_from = str(init_from)
+    return cfg
+
+
 def pretrain_config(p: SpeedrunPreset, data: Path, out: Path, vocab_size: int, seed: int):
     from acorn.config import load
     from acorn.train.pretrain import PretrainConfig
@@ -271,9 +283,7 @@ def stage_pretrain(p: SpeedrunPreset, data: Path, out: Path, vocab_size: int, se
     _fresh_compiler(p)
     cfg = pretrain_config(p, data, out, vocab_size, seed)
     steps = _steps_for(cfg, p.pretrain_minutes)
-    cfg.train.max_steps = steps
-    cfg.optim.warmup_steps = max(10, steps // 20)
-    pretrain(cfg)
+    pretrain(for_steps(cfg, steps, time_limit=True))
     return _last_metrics(out) | {"steps": steps}
 
 
@@ -295,11 +305,7 @@ def stage_icl(p: SpeedrunPreset, world_dir: Path, tok_dir: Path, pretrained: Pat
     write_jsonl(data / "docs.jsonl", [{"text": t} for t in docs])
     prepare([data / "docs.jsonl"], tok_dir, data, val_fraction=0.01, quiet=True)
     _fresh_compiler(p)
-    cfg = pretrain_config(p, data, out, vocab_size, seed)
-    cfg.init_from = str(pretrained)
-    cfg.train.max_steps, cfg.train.max_minutes = p.icl_steps, 1e9
-    cfg.optim.warmup_steps = max(10, p.icl_steps // 20)
-    pretrain(cfg)
+    pretrain(for_steps(pretrain_config(p, data, out, vocab_size, seed), p.icl_steps, pretrained))
     return _last_metrics(out) | {"steps": p.icl_steps, "docs": p.icl_docs}
 
 
@@ -937,7 +943,7 @@ def _jsonl_texts(paths: list[Path]):
 
 # ----------------------------------------------------------------- the run
 # Recipe knobs a run saved before they existed was made without (not with the preset's value today).
-_OFF_BEFORE_THEY_EXISTED = {"fact_answers": "value", "tool_sft": False}
+_OFF_BEFORE_THEY_EXISTED = {"fact_answers": "value", "tool_sft": False, "icl_steps": 0}
 
 
 def saved_preset(state: dict) -> SpeedrunPreset:
@@ -1011,12 +1017,14 @@ def speedrun(out: str | Path = "runs/speedrun", *, preset: str = "cpu", seed: in
     _stage("data: tokenize the pretraining documents into shards", "seconds", results, stage_prepare, world, tok, data)
     _stage(f"pretrain: {p.model} model, next-token prediction", f"{p.pretrain_minutes:g} min", results,
            stage_pretrain, p, data, out / "pretrain", tok_summary["vocab_size"], seed)
+    base = out / "pretrain" / "model"
     if p.icl_steps:
+        base = out / "pretrain-icl" / "model"
         _stage(f"in-context phase: {p.icl_steps} steps more on the world's text and in-context patterns",
-               "~5 min" if p.icl_steps >= 100 else "seconds", results, stage_icl, p, world, tok, out / "pretrain" / "model",
-               out / "pretrain-icl", tok_summary["vocab_size"], seed, name="icl")
+               _fmt_time(guess["stages"]["in-context phase"]) + " estimated", results, stage_icl, p, world, tok,
+               out / "pretrain" / "model", base.parent, tok_summary["vocab_size"], seed, name="icl")
     _stage("sft: fine-tune on the world's conversations", f"{p.sft_minutes:g} min", results, stage_sft, p, world,
-           base_model(out), out / "sft", seed)
+           base, out / "sft", seed)
     run = Run(out, preset, p, seed)
     for stage in STAGES.values():
         if stage.default:

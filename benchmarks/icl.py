@@ -114,8 +114,7 @@ def make_run(name: str, out: Path, steps: int, seed: int = 0) -> float:
         prepare([text], out / "tokenizer", out / "data", val_fraction=0.01, quiet=True)
     vocab = Tokenizer.from_pretrained(out / "tokenizer").vocab_size
     cfg = sr.pretrain_config(p, out / "data", out / "pretrain", vocab, seed)
-    cfg.train.max_steps, cfg.optim.warmup_steps, cfg.train.max_minutes = steps, max(10, steps // 20), 1e9
-    pretrain(cfg)
+    pretrain(sr.for_steps(cfg, steps))
     return time.perf_counter() - t0
 
 
@@ -219,21 +218,20 @@ def plain_probe(model, tok, docs: int = 100, world_seed: int = 0) -> float:
 
 def design_doc(design: str, rng, pools: dict[str, list[str]], world_texts: list[str] = ()) -> str:
     """One training document of a formation design (see the module's docstring)."""
-    from acorn.data.world import ICL_FORMATS, copy_doc, icl_doc, icl_mixture, icl_repeats
+    from acorn.data.world import copy_doc, icl_doc, icl_mixture, icl_repeats
 
     if design == "episodes":
         return icl_doc(rng, pools)
     if design.startswith("world+"):  # a third the world's own text, the rest icl_doc's style
         return icl_mixture(rng, pools, world_texts, 1, style=design.removeprefix("world+"))[0]
-    if design == "copy+formats":
-        return icl_doc(rng, pools, "copy+formats")
+    if design in ("copy", "formats", "copy+formats"):
+        return icl_doc(rng, pools, design)
     if design == "names+repeats" and rng.random() < 0.5:
         cats = [rng.choice(sorted(pools)) for _ in range(rng.randint(6, 12))]
         return "\n".join(f"Input: {rng.choice(pools[c])}\nLabel: {c}" for c in cats)
-    if design == "copy" or design == "copy+repeats" and rng.random() < 0.5:
+    if design == "copy+repeats" and rng.random() < 0.5:
         return copy_doc(rng, pools)
-    form = rng.choice(ICL_FORMATS) if design == "formats" else ICL_FORMATS[-1]
-    return "\n".join(form.format(x=x, y=y) for x, y in icl_repeats(rng, pools))
+    return "\n".join(f"Input: {x}\nLabel: {y}" for x, y in icl_repeats(rng, pools))
 
 
 def minority(item: dict) -> bool:
@@ -260,12 +258,13 @@ def icl_probe(items: list[dict], tok, world_seed: int = 0):
 
 
 def formation(chain: list[str], work: Path, steps: int, docs: int, seed: int = 0, model: str = "",
-              init: Path | None = None) -> list[dict]:
+              init: Path | None = None, preset=None) -> list[dict]:
     """Train the speedrun's model (or preset `model`; or the saved model `init`, e.g. a speedrun's
     base model) on `docs` documents of one design only, `steps` steps, world_icl scored every
     100 steps; a chain of designs trains each from the model the one before it left (a
     curriculum). The curve runs over the whole chain."""
     import dataclasses
+    import hashlib
     import random
 
     from acorn import speedrun as sr
@@ -275,7 +274,7 @@ def formation(chain: list[str], work: Path, steps: int, docs: int, seed: int = 0
     from acorn.tokenizer.bpe import Tokenizer
     from acorn.train.pretrain import pretrain
 
-    p = sr.resolve_preset("cpu")
+    p = preset or sr.resolve_preset("cpu")  # an --init run's own preset (sr.saved_preset)
     p = dataclasses.replace(p, model=model) if model else p
     world = work / "world"
     if not (work / "tokenizer" / "tokenizer.json").exists():  # the default world's, shared by every design
@@ -285,17 +284,20 @@ def formation(chain: list[str], work: Path, steps: int, docs: int, seed: int = 0
     curve: list[dict] = []
     start, out = init, (init.parent if init else None)
     for i, design in enumerate(chain):
-        run = work / design.replace("+", "-")
+        run = work / design
         if not (run / "data" / "meta.json").exists():
             rng, pools = random.Random(f"{seed}-{design}"), icl_pools(build_world(seed, p.world))
             texts = [r["text"] for r in read_jsonl(world / "pretrain.jsonl")] if design.startswith("world") else []
             write_jsonl(run / "docs.jsonl", [{"text": design_doc(design, rng, pools, texts)} for _ in range(docs)])
             prepare([run / "docs.jsonl"], work / "tokenizer", run / "data", val_fraction=0.01, quiet=True)
-        before = "-".join(["init"] * bool(start) + [d.replace("+", "-") for d in chain[:i]])
-        init, out = out, run / ("pretrain" + (f"-{model}" if model else "") + (f"-from-{before}" if before else ""))
-        cfg = sr.pretrain_config(p, run / "data", out, tok.vocab_size, seed)
-        cfg.init_from = str(init / "model") if init else None
-        cfg.train.max_steps, cfg.optim.warmup_steps, cfg.train.max_minutes = steps, max(10, steps // 20), 1e9
+        # Named by everything that made it, so no other spec reads it back: the model preset, the steps of
+        # each design, the run it started from (a hash of its path) and the designs before it.
+        first = [f"init-{hashlib.sha1(str(start.resolve()).encode()).hexdigest()[:8]}"] if start else []
+        before = "_".join(first + chain[:i])
+        init, out = out, run / (f"pretrain-{steps}steps" + (f"-{model}" if model else "")
+                                + (f"-after-{before}" if before else ""))
+        cfg = sr.for_steps(sr.pretrain_config(p, run / "data", out, tok.vocab_size, seed), steps,
+                           init / "model" if init else None)
         cfg.eval.every, cfg.eval.batches = 100, 2
         if not (out / "model").is_dir():
             pretrain(cfg, probe=icl_probe(list(read_jsonl(world / "eval" / "icl.jsonl")), tok, seed))
@@ -360,8 +362,9 @@ def formation_section(curves: dict[str, list[dict]], docs: int, items: list[dict
         head = [
             "## The in-context phase: the speedrun's base model trained on in-context documents",
             f"`{command_line()}` on {machine_description()}, {today()}; {load_note()}. Single runs (the base model "
-            "of seed 0); quality figures (a fixed number of steps).",
-            f"The speedrun's base model ({base['run']}/pretrain/model: `acorn speedrun --seed 0`, cpu preset, "
+            f"of seed {base['seed']}); quality figures (a fixed number of steps).",
+            f"The speedrun's pretrained model ({base['run']}/pretrain/model: `acorn speedrun --seed {base['seed']}`, "
+            f"{base['preset']} preset, "
             f"{base['steps']} steps on the default world; world_icl {pct(base['icl_all'])}, minority answers "
             f"{pct(base['icl_minority'])}, plain induction {pct(base['plain'])}) trained on further, {docs:,} "
             "documents of one design per row (a chain: one after the other), at the speedrun's settings (learning "
@@ -413,9 +416,12 @@ def main() -> None:
                     "with --init icl-phase)")
     ap.add_argument("--docs", type=int, default=80_000, help="--formation: documents per design (default: 80,000)")
     ap.add_argument("--init", metavar="RUN", default="",
-                    help="--formation: start from this finished speedrun's base model, world and tokenizer")
+                    help="--formation: base> chains start from this finished speedrun's pretrained model "
+                    "(RUN/pretrain/model, before any in-context phase), with its world, tokenizer and preset")
     args = ap.parse_args()
     work = Path(args.work)
+    if args.init and not args.formation:
+        ap.error("--init RUN starts --formation's base> chains; give --formation DESIGNS too")
     if args.formation:
         from acorn.fileio import read_jsonl
         from acorn.model.transformer import PRESETS
@@ -428,27 +434,43 @@ def main() -> None:
             ap.error(f"unknown model preset in {args.formation!r}; choose from {', '.join(PRESETS)}")
         if args.docs < 1 or any(steps < 1 for *_, steps in specs):
             ap.error(f"--docs and --steps (or @STEPS) must be at least 1 in {args.formation!r}")
+        if any(not chain for chain, *_ in specs):
+            ap.error(f"a design chain of {args.formation!r} names no design (base> is followed by one or more)")
         if any(from_base for _, _, from_base, _ in specs) and not args.init:
             ap.error("a design chain starting with base> needs --init RUN (the speedrun whose base model it starts from)")
-        init, seed, base = None, 0, None
+        if any(from_base and m for _, m, from_base, _ in specs):
+            ap.error("base>...:PRESET: a chain from the --init run's model trains that model; leave out :PRESET")
+        init, seed, base, preset = None, 0, None, None
         if args.init:
             run = Path(args.init)
             init = run / "pretrain" / "model"
-            if not all(p.exists() for p in (init, run / "world" / "eval", run / "tokenizer")):
-                ap.error(f"--init {run}: not a finished speedrun (no pretrain/model, world or tokenizer there)")
+            needed = (init, run / "pretrain" / "metrics.jsonl", run / "world" / "eval", run / "world" / "manifest.json",
+                      run / "tokenizer", run / "speedrun.json")
+            if not all(p.exists() for p in needed):
+                ap.error(f"--init {run}: not a finished speedrun (pretrain/model, world, tokenizer or speedrun.json "
+                         "missing); make one with `acorn speedrun --out RUN`")
             work.mkdir(parents=True, exist_ok=True)
             for name in ("world", "tokenizer"):
                 if not (work / name).exists():
                     (work / name).symlink_to((run / name).resolve())
+                elif (work / name).resolve() != (run / name).resolve():
+                    ap.error(f"--work {work} holds another run's {name} ({(work / name).resolve()}); give --init RUN "
+                             "a --work of its own")
+            from acorn import speedrun as sr
+
+            preset = sr.saved_preset(json.loads((run / "speedrun.json").read_text()))
             seed = json.loads((run / "world" / "manifest.json").read_text())["seed"]
             items = list(read_jsonl(work / "world" / "eval" / "icl.jsonl"))
-            base = {"run": str(run), "facts": world_facts(init, work / "world"),
+            base = {"run": str(run), "facts": world_facts(init, work / "world"), "seed": seed,
+                    "preset": json.loads((run / "speedrun.json").read_text())["preset"],
                     "steps": json.loads((run / "pretrain" / "metrics.jsonl").read_text().splitlines()[-1])["step"]}
             base |= icl_probe(items, Tokenizer.from_pretrained(init), seed)(load_model(init)[0])
+
         curves = {}
         for spec, (chain, m, from_base, steps) in zip(args.formation.split(","), specs):
             log(f"{spec}: {steps} steps a design on {args.docs:,} documents")
-            curves[spec] = formation(chain, work, steps, args.docs, model=m, init=init if from_base else None, seed=seed)
+            curves[spec] = formation(chain, work, steps, args.docs, model=m, init=init if from_base else None, seed=seed,
+                                     preset=preset)
             if base:
                 curves[spec][-1]["facts"] = world_facts(Path(curves[spec][-1]["model"]), work / "world")
             log(f"{spec}: {json.dumps(curves[spec][-1])}")

@@ -1227,6 +1227,8 @@ def icl_doc(rng: random.Random, pools: dict[str, list[str]], style: str = "episo
     "copy+formats": half each, what the speedrun's in-context phase mixes
     with the world's text (icl_mixture; docs/BENCHMARKS.md, icl-phase).
     """
+    if style not in ("episodes", *ICL_STYLES):
+        raise AcornError(f"in-context document style must be one of episodes, {', '.join(ICL_STYLES)}, not {style!r}")
     if style == "copy+formats":
         style = "copy" if rng.random() < 0.5 else "formats"
     if style == "copy":
@@ -1695,6 +1697,9 @@ def generate_world(out, seed: int = 0, size: str = "default", tokenizer=None, qu
     if icl_style not in ICL_STYLES:
         raise AcornError(f"in-context document style must be one of {', '.join(ICL_STYLES)}, not {icl_style!r}; "
                          "e.g. --icl-style copy+formats")
+    if icl_style != "repeats" and not icl_docs:
+        raise AcornError(f"--icl-style {icl_style} styles the --icl-docs N documents, and there are none; "
+                         f"add e.g. --icl-docs 6000")
     if images == "default":
         images = cfg.n_images
     if isinstance(images, bool) or not isinstance(images, int) or images < 0:

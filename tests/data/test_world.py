@@ -384,6 +384,8 @@ def test_copy_formats_style_writes_copying_runs_and_repeated_induction_in_five_f
     assert 15 <= copies <= 45 and len(forms) >= 4  # about half copying runs; the formats all used
     with pytest.raises(AcornError, match="icl-style copy"):
         generate_world(tmp_path / "bad", seed=0, size="tiny", quiet=True, icl_docs=5, icl_style="induction")
+    with pytest.raises(AcornError, match="--icl-style copy styles the --icl-docs N documents"):
+        generate_world(tmp_path / "bad", seed=0, size="tiny", quiet=True, icl_style="copy")
 
 
 def test_cli_writes_the_world(tmp_path, capsys):
