@@ -55,6 +55,8 @@ the label shown most often, where answering with the prompt's most frequent labe
                 text), two thirds copy+formats' (acorn.data.world.icl_mixture)
   world+copy    a third the world's own, two thirds copy's
   world+formats a third the world's own, two thirds formats'
+  world         the world's own pretraining documents only (after in-context designs: does
+                the model get the world back, and keep what it learned in context?)
 
     python benchmarks/icl.py --formation repeats,copy+repeats,formats,names+repeats --work /tmp/iclf --steps 600
 
@@ -89,7 +91,7 @@ from common import (command_line, load_note, log, machine_description, markdown_
 VARIANTS = {"default": 0, "repeats-1500": 1500, "repeats-6000": 6000, "icl-only": 6000}
 PROBE_DOCS = 300
 DESIGNS = ("episodes", "repeats", "copy", "copy+repeats", "copy+formats", "world+copy+formats", "world+copy",
-           "world+formats", "formats", "names+repeats")
+           "world+formats", "world", "formats", "names+repeats")
 
 
 def make_run(name: str, out: Path, steps: int, seed: int = 0) -> float:
@@ -222,6 +224,8 @@ def design_doc(design: str, rng, pools: dict[str, list[str]], world_texts: list[
 
     if design == "episodes":
         return icl_doc(rng, pools)
+    if design == "world":
+        return rng.choice(world_texts)
     if design.startswith("world+"):  # a third the world's own text, the rest icl_doc's style
         return icl_mixture(rng, pools, world_texts, 1, style=design.removeprefix("world+"))[0]
     if design in ("copy", "formats", "copy+formats"):
