@@ -1116,9 +1116,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the preset's: on for cpu and gpu, off for tiny)")
     s.add_argument("--icl-steps", type=non_negative_int, metavar="N", help="the in-context phase: after pretraining, "
                    "N steps more on the world's text mixed with plain copying runs and repeated-induction lines in "
-                   "five formats, which can make the base model follow a label mapping shown in its prompt (it did after one "
-                   "base model of two: docs/BENCHMARKS.md, icl-phase); 0: none, the "
-                   "pretrained model is the base (default: the preset's: 0, none, for cpu and gpu; 2 for tiny, "
+                   "five formats, which can make the base model follow a label mapping shown in its prompt (it did "
+                   "after one base model of two: docs/BENCHMARKS.md, icl-phase); 0: none, the pretrained model is the base (default: the preset's: 0, none, for cpu and gpu; 2 for tiny, "
                    "which checks the pipeline)")
     s.add_argument("--estimate", action="store_true", help="print how long the run would take here (a throughput "
                    "probe of a few training steps) and exit")

@@ -962,13 +962,10 @@ def resolve_preset(preset: str = "cpu", *, size: str | None = None, vocab_size: 
     unknown = sorted(set(recipe) - set(fields))
     if unknown:
         raise AcornError(f"unknown speedrun setting {', '.join(unknown)}; settable: {', '.join(fields)}")
-    for name in ("mixed_qa", "sft_replay", "icl_steps"):
-        if isinstance(recipe.get(name, 0), bool) or not isinstance(recipe.get(name, 0), int) or recipe.get(name, 0) < 0:
-            raise AcornError(f"{name} must be a non-negative integer, got {recipe[name]!r}")
-    if isinstance(recipe.get("icl_docs", 1), bool) or not isinstance(recipe.get("icl_docs", 1), int) \
-            or recipe.get("icl_docs", 1) < 1:
-        raise AcornError(f"icl_docs must be a positive integer (documents of the in-context phase), "
-                         f"got {recipe['icl_docs']!r}")
+    for name, least in (("mixed_qa", 0), ("sft_replay", 0), ("icl_steps", 0), ("icl_docs", 1)):
+        value = recipe.get(name, least)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise AcornError(f"{name} must be a {'non-negative' if least == 0 else 'positive'} integer, got {value!r}")
     from acorn.data.world import FACT_ANSWER_STYLES, MIXED_QA_FORMATS
 
     if recipe.get("mixed_qa_format", "plain") not in MIXED_QA_FORMATS:

@@ -257,7 +257,8 @@ def icl_probe(items: list[dict], tok, world_seed: int = 0):
             ok = first_token_right(model, tok, it["prompt"], it["answer"])
             for k in ks:
                 right.setdefault(k, []).append(ok)
-        return {f"icl_{k}": sum(v) / len(v) for k, v in right.items()} | {"plain": plain_probe(model, tok, world_seed=world_seed)}
+        scores = {f"icl_{k}": sum(v) / len(v) for k, v in right.items()}
+        return scores | {"plain": plain_probe(model, tok, world_seed=world_seed)}
     return probe
 
 
@@ -427,9 +428,8 @@ def main() -> None:
     if args.init and not args.formation:
         ap.error("--init RUN starts --formation's base> chains; give --formation DESIGNS too")
     if args.formation:
-        from acorn.fileio import read_jsonl
+        from acorn.fileio import read_jsonl, write_text
         from acorn.model.transformer import PRESETS
-        from acorn.tokenizer.bpe import Tokenizer
 
         specs = [parse_spec(spec, args.steps) for spec in args.formation.split(",")]
         if any(d not in DESIGNS for chain, *_ in specs for d in chain):
@@ -441,7 +441,7 @@ def main() -> None:
         if any(not chain for chain, *_ in specs):
             ap.error(f"a design chain of {args.formation!r} names no design (base> is followed by one or more)")
         if any(from_base for _, _, from_base, _ in specs) and not args.init:
-            ap.error("a design chain starting with base> needs --init RUN (the speedrun whose base model it starts from)")
+            ap.error("a design chain starting with base> needs --init RUN (the speedrun whose model it starts from)")
         if any(from_base and m for _, m, from_base, _ in specs):
             ap.error("base>...:PRESET: a chain from the --init run's model trains that model; leave out :PRESET")
         init, seed, base, preset = None, 0, None, None
@@ -462,23 +462,24 @@ def main() -> None:
                              "a --work of its own")
             from acorn import speedrun as sr
 
-            preset = sr.saved_preset(json.loads((run / "speedrun.json").read_text()))
+            state = json.loads((run / "speedrun.json").read_text())
+            preset = sr.saved_preset(state)
             seed = json.loads((run / "world" / "manifest.json").read_text())["seed"]
             items = list(read_jsonl(work / "world" / "eval" / "icl.jsonl"))
-            base = {"run": str(run), "facts": world_facts(init, work / "world"), "seed": seed,
-                    "preset": json.loads((run / "speedrun.json").read_text())["preset"],
+            base = {"run": str(run), "facts": world_facts(init, work / "world"), "seed": seed, "preset": state["preset"],
                     "steps": json.loads((run / "pretrain" / "metrics.jsonl").read_text().splitlines()[-1])["step"]}
-            base |= icl_probe(items, Tokenizer.from_pretrained(init), seed)(load_model(init)[0])
+            model, tok = load_model(init)
+            base |= icl_probe(items, tok, seed)(model)
 
         curves = {}
         for spec, (chain, m, from_base, steps) in zip(args.formation.split(","), specs):
             log(f"{spec}: {steps} steps a design on {args.docs:,} documents")
-            curves[spec] = formation(chain, work, steps, args.docs, model=m, init=init if from_base else None, seed=seed,
-                                     preset=preset)
+            curves[spec] = formation(chain, work, steps, args.docs, model=m, init=init if from_base else None,
+                                     seed=seed, preset=preset)
             if base:
                 curves[spec][-1]["facts"] = world_facts(Path(curves[spec][-1]["model"]), work / "world")
             log(f"{spec}: {json.dumps(curves[spec][-1])}")
-        (work / "formation.json").write_text(json.dumps(curves, indent=2))
+        write_text(work / "formation.json", json.dumps(curves, indent=2))
         items = list(read_jsonl(work / "world" / "eval" / "icl.jsonl"))
         publish("icl-phase" if base else "icl-formation", formation_section(curves, args.docs, items, base), args.note,
                 args.no_write)

@@ -222,7 +222,7 @@ def test_estimate_adds_the_budgets_and_scales_the_other_stages_by_the_probe(monk
     ref_seconds, ref_tok_s = sr.REFERENCE_OTHER_STAGES["cpu"]
     assert e["stages"] == pytest.approx({"pretrain": 540.0, "sft": 210.0, "other stages": ref_seconds * ref_tok_s / tok_s})
     accum = p.batch_tokens // (p.micro_batch * p.seq_len)
-    # the in-context phase (opt-in) is a number of steps: their time at the probe's speed, and its documents' tokenization
+    # the in-context phase (opt-in) is a number of steps: their time at the probe's speed, plus tokenizing its documents
     with_icl = sr.estimate("cpu", icl_steps=400)
     assert with_icl["stages"]["in-context phase"] == pytest.approx(400 * 0.1 * accum + 40.0)
     assert "the in-context phase's steps ~3.3 min" in sr.format_estimate(with_icl)
@@ -267,6 +267,8 @@ def test_estimate_from_the_command_line_and_recipe_settings(monkeypatch, capsys,
         sr.resolve_preset("cpu", mixed_qa=-1)
     with pytest.raises(AcornError, match="icl_steps must be a non-negative integer"):
         sr.resolve_preset("cpu", icl_steps=-1)
+    with pytest.raises(AcornError, match="icl_docs must be a positive integer"):
+        sr.resolve_preset("cpu", icl_docs=0)
     with pytest.raises(AcornError, match="recipe settings make a new run"):
         sr.speedrun(tmp_path, stages=["eval"], mixed_qa=2)
     with pytest.raises(SystemExit) as e:  # argparse's own check, one line

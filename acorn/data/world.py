@@ -1199,7 +1199,7 @@ def icl_episode(rng: random.Random, pools: dict[str, list[str]], ks=(4, 6, 8)) -
 
 
 ICL_STYLES = ("repeats", "copy+formats", "copy", "formats")
-# The repeated-induction lines of a "copy+formats" document are written in one of these: the label
+# The repeated-induction lines of a "formats" document are written in one of these: the label
 # 1 to 4 tokens after its input, the shortest the distance plain induction copies across.
 ICL_FORMATS = ("{x} {y}", "{x}: {y}", "{x} -> {y}", "Input: {x} Label: {y}", "Input: {x}\nLabel: {y}")
 
