@@ -62,8 +62,9 @@ the label shown most often, where answering with the prompt's most frequent labe
 
 A design followed by :PRESET trains that model preset instead (repeats:micro: the 5M model of
 acorn.model.transformer.PRESETS, the speedrun's other settings unchanged). Designs joined by >
-are a curriculum: each trains from the model the one before it left (copy>formats); @STEPS sets
-a design's steps (default --steps). With --init RUN (a finished speedrun: its world and tokenizer
+are a curriculum: each trains from the model the one before it left (copy>formats); @STEPS at
+the end sets every design's steps (default --steps), @STEPS after a design of the chain that
+design's own (copy@100>formats@300). With --init RUN (a finished speedrun: its world and tokenizer
 are linked into --work), a chain starting with base> starts from that run's base model
 (RUN/pretrain/model) instead of from scratch, each model is also scored on the world's fact
 multiple choice, and the section is `icl-phase` (how the speedrun's in-context phase was chosen):
@@ -262,12 +263,12 @@ def icl_probe(items: list[dict], tok, world_seed: int = 0):
     return probe
 
 
-def formation(chain: list[str], work: Path, steps: int, docs: int, seed: int = 0, model: str = "",
+def formation(chain: list[str], work: Path, steps: int | list[int], docs: int, seed: int = 0, model: str = "",
               init: Path | None = None, preset=None) -> list[dict]:
     """Train the speedrun's model (or preset `model`; or the saved model `init`, e.g. a speedrun's
-    base model) on `docs` documents of one design only, `steps` steps, world_icl scored every
-    100 steps; a chain of designs trains each from the model the one before it left (a
-    curriculum). The curve runs over the whole chain."""
+    base model) on `docs` documents of one design only, `steps` steps (or a list: each design's),
+    world_icl scored every 100 steps; a chain of designs trains each from the model the one before
+    it left (a curriculum). The curve runs over the whole chain."""
     import dataclasses
     import hashlib
     import random
@@ -288,7 +289,8 @@ def formation(chain: list[str], work: Path, steps: int, docs: int, seed: int = 0
     tok = Tokenizer.from_pretrained(work / "tokenizer")
     curve: list[dict] = []
     start, out = init, (init.parent if init else None)
-    for i, design in enumerate(chain):
+    each = steps if isinstance(steps, list) else [steps] * len(chain)
+    for i, (design, steps) in enumerate(zip(chain, each)):
         run = work / design
         if not (run / "data" / "meta.json").exists():
             rng, pools = random.Random(f"{seed}-{design}"), icl_pools(build_world(seed, p.world))
@@ -298,7 +300,7 @@ def formation(chain: list[str], work: Path, steps: int, docs: int, seed: int = 0
         # Named by everything that made it, so no other spec reads it back: the model preset, the steps of
         # each design, the run it started from (a hash of its path) and the designs before it.
         first = [f"init-{hashlib.sha1(str(start.resolve()).encode()).hexdigest()[:8]}"] if start else []
-        before = "_".join(first + chain[:i])
+        before = "_".join(first + [d if n == steps else f"{d}@{n}" for d, n in zip(chain[:i], each)])
         init, out = out, run / (f"pretrain-{steps}steps" + (f"-{model}" if model else "")
                                 + (f"-after-{before}" if before else ""))
         cfg = sr.for_steps(sr.pretrain_config(p, run / "data", out, tok.vocab_size, seed), steps,
@@ -307,7 +309,7 @@ def formation(chain: list[str], work: Path, steps: int, docs: int, seed: int = 0
         if not (out / "model").is_dir():
             pretrain(cfg, probe=icl_probe(list(read_jsonl(world / "eval" / "icl.jsonl")), tok, seed))
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        curve += [{"design": design, "step": r["step"] + i * steps} | {k: r[k] for k in ("loss", "val_loss", "plain")
+        curve += [{"design": design, "step": r["step"] + sum(each[:i])} | {k: r[k] for k in ("loss", "val_loss", "plain")
                   if k in r} | {k: v for k, v in r.items() if k.startswith("icl_")} for r in rows if "icl_all" in r]
     plain = plain_probe(*load_model(out / "model"), world_seed=seed)
     curve[-1]["probe"] = copy_probe(out / "model", probe_docs(work)) | {"plain": plain}
@@ -315,18 +317,27 @@ def formation(chain: list[str], work: Path, steps: int, docs: int, seed: int = 0
     return curve
 
 
-def parse_spec(spec: str, steps: int) -> tuple[list[str], str, bool, int]:
-    """[base>]DESIGN[>DESIGN...][:PRESET][@STEPS] -> (the chain, the preset, whether it starts from
-    the --init run's base model, the steps of each design)."""
-    body, _, at = spec.partition("@")
-    body, _, model = body.partition(":")
-    chain = body.split(">")
-    from_base = chain[0] == "base"
-    try:
-        steps = int(at) if at else steps
-    except ValueError:
-        steps = 0  # refused by the caller, with the rest
-    return chain[from_base:], model, from_base, steps
+def parse_spec(spec: str, steps: int) -> tuple[list[str], str, bool, list[int]]:
+    """[base>]DESIGN[@STEPS][>DESIGN[@STEPS]...][:PRESET][@STEPS] -> (the chain, the preset,
+    whether it starts from the --init run's base model, the steps of each design): a last @STEPS
+    alone sets every design's; where an earlier design has its own, each design has its own (or
+    `steps`)."""
+    parts = spec.split(">")
+    last, _, at = parts[-1].partition("@")
+    last, _, model = last.partition(":")
+    parts[-1] = last + ("@" + at if at else "")
+    from_base = parts[0] == "base"
+    chain, own = [], []
+    for part in parts[from_base:]:
+        design, _, n = part.partition("@")
+        chain.append(design)
+        try:
+            own.append(int(n) if n else None)
+        except ValueError:
+            own.append(0)  # refused by the caller, with the rest
+    if own and all(n is None for n in own[:-1]):
+        own = [own[-1]] * len(own)
+    return chain, model, from_base, [steps if n is None else n for n in own]
 
 
 def design_notes() -> str:
@@ -404,6 +415,57 @@ def formation_section(curves: dict[str, list[dict]], docs: int, items: list[dict
     ])
 
 
+def init_base(ap, run: Path, work: Path):
+    """--init RUN: the run's base model, world seed and scores, and its preset; its world and
+    tokenizer linked into `work` (one run's to a work folder)."""
+    from acorn import speedrun as sr
+    from acorn.fileio import read_jsonl
+
+    init = run / "pretrain" / "model"
+    work.mkdir(parents=True, exist_ok=True)
+    for name in ("world", "tokenizer"):
+        if not (work / name).exists():
+            (work / name).symlink_to((run / name).resolve())
+        elif (work / name).resolve() != (run / name).resolve():
+            ap.error(f"--work {work} holds another run's {name} ({(work / name).resolve()}); give --init RUN "
+                     "a --work of its own")
+    state = json.loads((run / "speedrun.json").read_text())
+    seed = json.loads((run / "world" / "manifest.json").read_text())["seed"]
+    items = list(read_jsonl(work / "world" / "eval" / "icl.jsonl"))
+    base = {"run": str(run), "facts": world_facts(init, work / "world"), "seed": seed, "preset": state["preset"],
+            "steps": json.loads((run / "pretrain" / "metrics.jsonl").read_text().splitlines()[-1])["step"]}
+    model, tok = load_model(init)
+    return init, seed, base | icl_probe(items, tok, seed)(model), sr.saved_preset(state)
+
+
+def bases_section(done: list[tuple[dict, dict[str, list[dict]]]]) -> str:
+    """Section icl-phase-bases: each chain's last model after each --init run's base model."""
+    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    bases = [b for b, _ in done]
+    specs = list(done[0][1])
+    head = ["phase"] + [f"{Path(b['run']).parent.name}/{Path(b['run']).name} ({b['steps']} steps)" for b in bases]
+    first = [["base model (no phase)"] + [f"{pct(b['icl_all'])} ({pct(b['icl_minority'])})" for b in bases]]
+    icl = first + [[s] + [f"{pct(c[s][-1]['icl_all'])} ({pct(c[s][-1]['icl_minority'])})" for _, c in done]
+                   for s in specs]
+    facts = [["base model (no phase)"] + [pct(b["facts"]["mc_sentence"]) for b in bases]] + [
+        [s] + [pct(c[s][-1]["facts"]["mc_sentence"]) for _, c in done] for s in specs]
+    return "\n\n".join([
+        "## The in-context phase over several base models",
+        f"`{command_line()}` on {machine_description()}, {today()}; {load_note()}. Quality figures (a fixed number "
+        "of steps); one run of each phase after each base model.",
+        "Each column a finished `acorn speedrun`'s pretrained model (its world, tokenizer and preset); each row a "
+        "phase (benchmarks/icl.py --formation's designs, section icl-phase; copy@100>world+formats@400: 100 steps "
+        "of plain copying runs, then 400 of a third the world's text and two thirds repeated-induction lines in five "
+        "formats) trained from it. world_icl: the greedy first token of the answer on the world's 300 in-context "
+        "items (goal 80%; chance ~41%), after the phase's last step, in parentheses the induction items whose answer "
+        "is not the prompt's most frequent label (a guess: ~40%; copying from the matching line: ~100%):",
+        markdown_table(head, icl),
+        "What the phase costs the model's knowledge of the world: the fact multiple choice with each choice "
+        "scored as the answer sentence (world_multiple_choice_sentence):",
+        markdown_table(head, facts),
+    ])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/icl", help="where the runs go (a directory per variant)")
@@ -420,9 +482,11 @@ def main() -> None:
                     "--init) starts from a speedrun's base model: the formation study (section icl-formation, "
                     "with --init icl-phase)")
     ap.add_argument("--docs", type=int, default=80_000, help="--formation: documents per design (default: 80,000)")
-    ap.add_argument("--init", metavar="RUN", default="",
+    ap.add_argument("--init", metavar="RUN", action="append", default=[],
                     help="--formation: base> chains start from this finished speedrun's pretrained model "
-                    "(RUN/pretrain/model, before any in-context phase), with its world, tokenizer and preset")
+                    "(RUN/pretrain/model, before any in-context phase), with its world, tokenizer and preset; "
+                    "given more than once, each chain runs after each run's model (in WORK/<the run's last two "
+                    "folders>) and the section is icl-phase-bases: the final figures side by side")
     args = ap.parse_args()
     work = Path(args.work)
     if args.init and not args.formation:
@@ -436,7 +500,7 @@ def main() -> None:
             ap.error(f"unknown design(s) in {args.formation!r}; choose from {', '.join(DESIGNS)}")
         if any(m not in ("", *PRESETS) for _, m, _, _ in specs):
             ap.error(f"unknown model preset in {args.formation!r}; choose from {', '.join(PRESETS)}")
-        if args.docs < 1 or any(steps < 1 for *_, steps in specs):
+        if args.docs < 1 or any(n < 1 for *_, steps in specs for n in steps):
             ap.error(f"--docs and --steps (or @STEPS) must be at least 1 in {args.formation!r}")
         if any(not chain for chain, *_ in specs):
             ap.error(f"a design chain of {args.formation!r} names no design (base> is followed by one or more)")
@@ -444,42 +508,36 @@ def main() -> None:
             ap.error("a design chain starting with base> needs --init RUN (the speedrun whose model it starts from)")
         if any(from_base and m for _, m, from_base, _ in specs):
             ap.error("base>...:PRESET: a chain from the --init run's model trains that model; leave out :PRESET")
-        init, seed, base, preset = None, 0, None, None
-        if args.init:
-            run = Path(args.init)
-            init = run / "pretrain" / "model"
-            needed = (init, run / "pretrain" / "metrics.jsonl", run / "world" / "eval", run / "world" / "manifest.json",
-                      run / "tokenizer", run / "speedrun.json")
-            if not all(p.exists() for p in needed):
+        runs = [Path(r) for r in args.init]
+        slug = lambda r: "-".join(r.resolve().parts[-2:])  # noqa: E731  (/tmp/sr9/seed1 -> sr9-seed1)
+        if len({slug(r) for r in runs}) < len(runs):
+            ap.error(f"--init {' '.join(args.init)}: two runs end in the same two folders; give each a path of its own")
+        for run in runs:  # every run checked before any trains
+            needed = ("pretrain/model", "pretrain/metrics.jsonl", "world/eval", "world/manifest.json", "tokenizer",
+                      "speedrun.json")
+            if not all((run / n).exists() for n in needed):
                 ap.error(f"--init {run}: not a finished speedrun (pretrain/model, world, tokenizer or speedrun.json "
                          "missing); make one with `acorn speedrun --out RUN`")
-            work.mkdir(parents=True, exist_ok=True)
-            for name in ("world", "tokenizer"):
-                if not (work / name).exists():
-                    (work / name).symlink_to((run / name).resolve())
-                elif (work / name).resolve() != (run / name).resolve():
-                    ap.error(f"--work {work} holds another run's {name} ({(work / name).resolve()}); give --init RUN "
-                             "a --work of its own")
-            from acorn import speedrun as sr
-
-            state = json.loads((run / "speedrun.json").read_text())
-            preset = sr.saved_preset(state)
-            seed = json.loads((run / "world" / "manifest.json").read_text())["seed"]
-            items = list(read_jsonl(work / "world" / "eval" / "icl.jsonl"))
-            base = {"run": str(run), "facts": world_facts(init, work / "world"), "seed": seed, "preset": state["preset"],
-                    "steps": json.loads((run / "pretrain" / "metrics.jsonl").read_text().splitlines()[-1])["step"]}
-            model, tok = load_model(init)
-            base |= icl_probe(items, tok, seed)(model)
-
-        curves = {}
-        for spec, (chain, m, from_base, steps) in zip(args.formation.split(","), specs):
-            log(f"{spec}: {steps} steps a design on {args.docs:,} documents")
-            curves[spec] = formation(chain, work, steps, args.docs, model=m, init=init if from_base else None,
-                                     seed=seed, preset=preset)
-            if base:
-                curves[spec][-1]["facts"] = world_facts(Path(curves[spec][-1]["model"]), work / "world")
-            log(f"{spec}: {json.dumps(curves[spec][-1])}")
-        write_text(work / "formation.json", json.dumps(curves, indent=2))
+        done = []
+        for run in runs or [None]:
+            here = work / slug(run) if len(runs) > 1 else work
+            init, seed, base, preset = None, 0, None, None
+            if run:
+                init, seed, base, preset = init_base(ap, run, here)
+            curves = {}
+            for spec, (chain, m, from_base, steps) in zip(args.formation.split(","), specs):
+                log(f"{spec}: steps {steps} (each design) on {args.docs:,} documents" + (f", after {run}" if run else ""))
+                curves[spec] = formation(chain, here, steps, args.docs, model=m, init=init if from_base else None,
+                                         seed=seed, preset=preset)
+                if base:
+                    curves[spec][-1]["facts"] = world_facts(Path(curves[spec][-1]["model"]), here / "world")
+                log(f"{spec}: {json.dumps(curves[spec][-1])}")
+            write_text(here / "formation.json", json.dumps(curves, indent=2))
+            done.append((base, curves))
+        if len(runs) > 1:
+            publish("icl-phase-bases", bases_section(done), args.note, args.no_write)
+            return
+        base, curves = done[0]
         items = list(read_jsonl(work / "world" / "eval" / "icl.jsonl"))
         publish("icl-phase" if base else "icl-formation", formation_section(curves, args.docs, items, base), args.note,
                 args.no_write)
