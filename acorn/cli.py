@@ -330,7 +330,7 @@ def cmd_speedrun(args) -> None:
     recipe = {k: v for k, v in (("mixed_qa", args.mixed_qa), ("mixed_qa_format", args.mixed_qa_format),
                                 ("compile", args.compile), ("sft_replay", args.sft_replay),
                                 ("fact_answers", args.fact_answers), ("tool_sft", args.tool_sft),
-                                ("icl_steps", args.icl_steps)) if v is not None}
+                                ("icl_phase", args.icl_phase)) if v is not None}
     if args.estimate:
         from acorn.speedrun import estimate, format_estimate
 
@@ -1114,11 +1114,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the model for pretraining and SFT (compilation is paid out of the time "
                    "budgets; where it fails the stage trains eagerly); --no-compile trains eagerly "
                    "(default: the preset's: on for cpu and gpu, off for tiny)")
-    s.add_argument("--icl-steps", type=non_negative_int, metavar="N", help="the in-context phase: after pretraining, "
-                   "N steps more on the world's text mixed with plain copying runs and repeated-induction lines in "
-                   "five formats, which can make the base model follow a label mapping shown in its prompt (it did "
-                   "after one base model of two: docs/BENCHMARKS.md, icl-phase); 0: none, the pretrained model is the base (default: the preset's: 0, none, for cpu and gpu; 2 for tiny, "
-                   "which checks the pipeline)")
+    from acorn.data.world import PHASE_DESIGNS
+
+    s.add_argument("--icl-phase", metavar="CHAIN", help="the in-context phase: after pretraining, designs of "
+                   "in-context documents joined by >, each trained for its @STEPS from the model the one before left "
+                   "(e.g. copy@200>formats@200>world+formats@200: plain copying runs of the world's words, then "
+                   "repeated-induction lines in five formats, then those mixed with the world's text), so the base "
+                   "model learns to follow a label mapping shown in its prompt; it did after some base models and "
+                   "not others (docs/BENCHMARKS.md, icl-phase-bases); designs: "
+                   f"{', '.join(PHASE_DESIGNS)}; '' for none (default: the preset's: none for cpu and gpu; "
+                   "copy@2>world+formats@2 for tiny, which checks the pipeline)")
     s.add_argument("--estimate", action="store_true", help="print how long the run would take here (a throughput "
                    "probe of a few training steps) and exit")
     from acorn.speedrun import STAGES  # light: the stages import their modules when they run

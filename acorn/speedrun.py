@@ -110,13 +110,15 @@ class SpeedrunPreset:
     fact_answers: str = "value"  # world --fact-answers: SFT answers a fact question with the bare value or a sentence
     tool_sft: bool = False  # world --tool-sft: SFT also calls the calculator at every size (1-6 digits)
     fused_adamw: bool = False  # AdamW as one fused kernel
-    # The in-context phase (docs/BENCHMARKS.md, icl-phase): after pretraining, this many steps more,
-    # from the pretrained model, on icl_docs documents: a third the world's own text, the rest plain
-    # copying runs and repeated-induction lines in five formats (acorn.data.world.icl_mixture), so
-    # the base model learns to follow a label mapping shown in its prompt. A number of steps, not a
-    # time budget. Off (0) in the cpu preset: it made one base model learn in context (90%) and left
-    # another, the default's own, at chance, and costs ~5 min and some fact multiple choice.
-    icl_steps: int = 0
+    # The in-context phase (docs/BENCHMARKS.md, icl-phase and icl-phase-bases): after pretraining,
+    # a chain of designs of in-context documents (acorn.data.world.parse_phase, phase_doc), each
+    # trained from the model the one before left for its @STEPS, on icl_docs documents of its own,
+    # so the base model learns to follow a label mapping shown in its prompt:
+    # "copy@200>formats@200>world+formats@200" copies plain runs of the world's words first, then
+    # reads repeated-induction lines in five formats, then those with the world's text again. Off
+    # ("") in the cpu preset: every chain measured so far crossed 80% after some base models and
+    # stayed near chance after others, and one costs 5-7 minutes.
+    icl_phase: str = ""
     icl_docs: int = 80_000
 
 
@@ -146,7 +148,7 @@ PRESETS = {
                            align_steps=2, grpo_steps=2, synth_qa_docs=3, collapse_docs=0, collapse_generations=1,
                            collapse_steps=2, collapse_sample_tokens=64, distill_steps=2, distill_seq_len=64,
                            vlm_clip_steps=20, vlm_stage1_steps=2, vlm_stage2_steps=2, fact_answers="sentence",
-                           tool_sft=True, icl_steps=2, icl_docs=60),
+                           tool_sft=True, icl_phase="copy@2>world+formats@2", icl_docs=60),
     # Measured on one H200 (docs/BENCHMARKS.md, speedrun-gpu): pretraining at 388K tokens/s eager
     # (24% MFU, 17.2 GiB) and 635K compiled (39% MFU, 12.6 GiB) after ~32 s of compilation, which
     # a 30-minute stage repays many times over: compiled by default here (not on the CPU, where
@@ -289,24 +291,31 @@ def stage_pretrain(p: SpeedrunPreset, data: Path, out: Path, vocab_size: int, se
 
 def stage_icl(p: SpeedrunPreset, world_dir: Path, tok_dir: Path, pretrained: Path, out: Path, vocab_size: int,
               seed: int) -> dict:
-    """The in-context phase (SpeedrunPreset.icl_steps): p.icl_docs documents of the world's text
-    and in-context patterns (icl_mixture), then p.icl_steps steps of pretraining on them from
-    the pretrained model, at pretraining's settings (a fresh warmup and cosine decay)."""
+    """The in-context phase (SpeedrunPreset.icl_phase): from the pretrained model, each design of
+    the chain in turn, p.icl_docs documents of it (phase_doc) and its steps of pretraining on them
+    from the model the one before left, at pretraining's settings (a fresh warmup and cosine decay
+    each). The last design's model is `out` (RUN/pretrain-icl), the others RUN/pretrain-icl-N-DESIGN."""
     import random
 
     from acorn.data.prepare import prepare
-    from acorn.data.world import build_world, icl_mixture, icl_pools
+    from acorn.data.world import build_world, icl_pools, parse_phase, phase_doc
     from acorn.fileio import read_jsonl, write_jsonl
     from acorn.train.pretrain import pretrain
 
-    texts = [r["text"] for r in read_jsonl(world_dir / "pretrain.jsonl")]
-    docs = icl_mixture(random.Random(f"{seed}-icl"), icl_pools(build_world(seed, p.world)), texts, p.icl_docs)
-    data = out.parent / "data-icl"
-    write_jsonl(data / "docs.jsonl", [{"text": t} for t in docs])
-    prepare([data / "docs.jsonl"], tok_dir, data, val_fraction=0.01, quiet=True)
-    _fresh_compiler(p)
-    pretrain(for_steps(pretrain_config(p, data, out, vocab_size, seed), p.icl_steps, pretrained))
-    return _last_metrics(out) | {"steps": p.icl_steps, "docs": p.icl_docs}
+    chain = parse_phase(p.icl_phase)
+    rng, pools = random.Random(f"{seed}-icl"), icl_pools(build_world(seed, p.world))
+    texts = [r["text"] for r in read_jsonl(world_dir / "pretrain.jsonl")] if any(
+        d.startswith("world") for d, _ in chain) else []
+    for i, (design, steps) in enumerate(chain, 1):
+        last = i == len(chain)
+        data = out.parent / ("data-icl" if last else f"data-icl-{i}-{design}")
+        model = out if last else out.parent / f"pretrain-icl-{i}-{design}"
+        write_jsonl(data / "docs.jsonl", [{"text": phase_doc(design, rng, pools, texts)} for _ in range(p.icl_docs)])
+        prepare([data / "docs.jsonl"], tok_dir, data, val_fraction=0.01, quiet=True)
+        _fresh_compiler(p)
+        pretrain(for_steps(pretrain_config(p, data, model, vocab_size, seed), steps, pretrained))
+        pretrained = model / "model"
+    return _last_metrics(out) | {"phase": p.icl_phase, "steps": sum(n for _, n in chain), "docs": p.icl_docs}
 
 
 def base_model(out: Path) -> Path:
@@ -892,8 +901,12 @@ def estimate(preset: str = "cpu", vocab_size: int | None = None, **recipe) -> di
     ref = REFERENCE_OTHER_STAGES.get(preset)
     other = ref[0] * ref[1] / tok_s if ref else 0.0
     stages = {"pretrain": p.pretrain_minutes * 60, "sft": p.sft_minutes * 60, "other stages": other}
-    if p.icl_steps:  # a number of steps (eager here), and its documents' tokenization (~40 s per 80,000)
-        stages["in-context phase"] = p.icl_steps * per_micro * accum + 40.0 * p.icl_docs / 80_000
+    if p.icl_phase:  # steps (eager here), and each design's documents tokenized (~40 s per 80,000)
+        from acorn.data.world import parse_phase
+
+        chain = parse_phase(p.icl_phase)
+        steps_icl, docs_icl = sum(n for _, n in chain), len(chain) * p.icl_docs
+        stages["in-context phase"] = steps_icl * per_micro * accum + 40.0 * docs_icl / 80_000
     return {"seconds": sum(stages.values()), "stages": stages, "tok_s": tok_s, "pretrain_steps": steps,
             "pretrain_tokens": steps * accum * cfg.train.micro_batch * cfg.train.seq_len, "reference": ref is not None,
             "slower": ref[1] / tok_s if ref else None, "compiled": p.compile}
@@ -943,14 +956,18 @@ def _jsonl_texts(paths: list[Path]):
 
 # ----------------------------------------------------------------- the run
 # Recipe knobs a run saved before they existed was made without (not with the preset's value today).
-_OFF_BEFORE_THEY_EXISTED = {"fact_answers": "value", "tool_sft": False, "icl_steps": 0}
+_OFF_BEFORE_THEY_EXISTED = {"fact_answers": "value", "tool_sft": False, "icl_phase": ""}
 
 
 def saved_preset(state: dict) -> SpeedrunPreset:
     """The preset a finished run was made with, from its speedrun.json: the settings it saved; the
     ones it predates from its named preset (the later stages' step counts), recipe knobs off."""
     named = asdict(PRESETS[state["preset"]]) if state["preset"] in PRESETS else {}
-    return SpeedrunPreset(**{**named, **_OFF_BEFORE_THEY_EXISTED, **state.get("preset_settings", {})})
+    saved = dict(state.get("preset_settings", {}))
+    steps = saved.pop("icl_steps", 0)  # the first in-context phase: that many steps of one mixture
+    if steps:
+        saved["icl_phase"] = f"world+copy+formats@{steps}"
+    return SpeedrunPreset(**{**named, **_OFF_BEFORE_THEY_EXISTED, **saved})
 
 
 def resolve_preset(preset: str = "cpu", *, size: str | None = None, vocab_size: int | None = None,
@@ -962,11 +979,19 @@ def resolve_preset(preset: str = "cpu", *, size: str | None = None, vocab_size: 
     unknown = sorted(set(recipe) - set(fields))
     if unknown:
         raise AcornError(f"unknown speedrun setting {', '.join(unknown)}; settable: {', '.join(fields)}")
-    for name, least in (("mixed_qa", 0), ("sft_replay", 0), ("icl_steps", 0), ("icl_docs", 1)):
+    for name, least in (("mixed_qa", 0), ("sft_replay", 0), ("icl_docs", 1)):
         value = recipe.get(name, least)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise AcornError(f"{name} must be a {'non-negative' if least == 0 else 'positive'} integer, got {value!r}")
-    from acorn.data.world import FACT_ANSWER_STYLES, MIXED_QA_FORMATS
+    from acorn.data.world import FACT_ANSWER_STYLES, MIXED_QA_FORMATS, parse_phase
+
+    phase = recipe.get("icl_phase", PRESETS[preset].icl_phase)
+    if not isinstance(phase, str):
+        raise AcornError(f"icl_phase must be a chain of designs like 'copy@200>formats@200', got {phase!r}")
+    if phase:
+        parse_phase(phase)  # unknown designs or steps: one line naming them
+    elif "icl_docs" in recipe:
+        raise AcornError("icl_docs sizes the in-context phase, which is off; give icl_phase too (--icl-phase CHAIN)")
 
     if recipe.get("mixed_qa_format", "plain") not in MIXED_QA_FORMATS:
         raise AcornError(f"mixed_qa_format must be one of {', '.join(MIXED_QA_FORMATS)}, "
@@ -1015,9 +1040,9 @@ def speedrun(out: str | Path = "runs/speedrun", *, preset: str = "cpu", seed: in
     _stage(f"pretrain: {p.model} model, next-token prediction", f"{p.pretrain_minutes:g} min", results,
            stage_pretrain, p, data, out / "pretrain", tok_summary["vocab_size"], seed)
     base = out / "pretrain" / "model"
-    if p.icl_steps:
+    if p.icl_phase:
         base = out / "pretrain-icl" / "model"
-        _stage(f"in-context phase: {p.icl_steps} steps more on the world's text and in-context patterns",
+        _stage(f"in-context phase: {p.icl_phase} (designs of in-context documents, steps each)",
                _fmt_time(guess["stages"]["in-context phase"]) + " estimated", results, stage_icl, p, world, tok,
                out / "pretrain" / "model", base.parent, tok_summary["vocab_size"], seed, name="icl")
     _stage("sft: fine-tune on the world's conversations", f"{p.sft_minutes:g} min", results, stage_sft, p, world,
@@ -1202,7 +1227,14 @@ def recipe_section(run: Run) -> list[str]:
         rows.append(("model", f"preset `{p.model}`: {m['n_layer']} layers, width {m['d_model']}, {m['n_head']} heads "
                               f"({m['n_kv_head']} KV), MLP {m['d_ff']} ({m['mlp']}), {m['positions']} positions, "
                               f"vocabulary {m['vocab_size']:,}"))
-    for name, c in (("pretraining", pre), ("in-context phase", icl), ("SFT", sft)):
+    parts = []
+    if icl and p.icl_phase:
+        from acorn.data.world import parse_phase
+
+        chain = parse_phase(p.icl_phase)
+        parts = [(f"in-context phase {i}: {d}", config("pretrain-icl" if i == len(chain) else f"pretrain-icl-{i}-{d}"))
+                 for i, (d, _) in enumerate(chain, 1)]
+    for name, c in (("pretraining", pre), *parts, ("SFT", sft)):
         if not c:
             continue
         o, t = c["optim"], c["train"]
@@ -1213,10 +1245,10 @@ def recipe_section(run: Run) -> list[str]:
                            f"weight decay {o['weight_decay']:g}; {o['schedule']} schedule, {o['warmup_steps']} warmup "
                            f"steps, to {o['min_lr_ratio']:g} x lr; dtype {t['dtype']}, "
                            f"{'torch.compile' if t.get('compile') else 'eager'}"))
-    if icl:
-        rows.append(("in-context phase data", f"{p.icl_docs:,} documents from the pretrained model on: a third the "
-                     "world's own pretraining text, a third plain copying runs, a third repeated-induction lines in "
-                     "five formats (--icl-steps; acorn.data.world.icl_mixture)"))
+    if parts:
+        rows.append(("in-context phase data", f"{p.icl_docs:,} documents of each design, from the pretrained model "
+                     f"(--icl-phase {p.icl_phase}; acorn.data.world.phase_doc; the designs: docs/BENCHMARKS.md, "
+                     "icl-formation)"))
     rows.append(("SFT data", "the world's conversations, fact questions answered " + (
         "in a sentence (\"As far as I know, NAME was born in 1959.\", --fact-answers sentence)"
         if p.fact_answers == "sentence" else "with the bare value (--fact-answers value)") + (

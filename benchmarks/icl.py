@@ -91,8 +91,7 @@ from common import (command_line, load_note, log, machine_description, markdown_
 
 VARIANTS = {"default": 0, "repeats-1500": 1500, "repeats-6000": 6000, "icl-only": 6000}
 PROBE_DOCS = 300
-DESIGNS = ("episodes", "repeats", "copy", "copy+repeats", "copy+formats", "world+copy+formats", "world+copy",
-           "world+formats", "world", "formats", "names+repeats")
+from acorn.data.world import PHASE_DESIGNS as DESIGNS  # noqa: E402
 
 
 def make_run(name: str, out: Path, steps: int, seed: int = 0) -> float:
@@ -219,26 +218,6 @@ def plain_probe(model, tok, docs: int = 100, world_seed: int = 0) -> float:
     return right / total
 
 
-def design_doc(design: str, rng, pools: dict[str, list[str]], world_texts: list[str] = ()) -> str:
-    """One training document of a formation design (see the module's docstring)."""
-    from acorn.data.world import copy_doc, icl_doc, icl_mixture, icl_repeats
-
-    if design == "episodes":
-        return icl_doc(rng, pools)
-    if design == "world":
-        return rng.choice(world_texts)
-    if design.startswith("world+"):  # a third the world's own text, the rest icl_doc's style
-        return icl_mixture(rng, pools, world_texts, 1, style=design.removeprefix("world+"))[0]
-    if design in ("copy", "formats", "copy+formats"):
-        return icl_doc(rng, pools, design)
-    if design == "names+repeats" and rng.random() < 0.5:
-        cats = [rng.choice(sorted(pools)) for _ in range(rng.randint(6, 12))]
-        return "\n".join(f"Input: {rng.choice(pools[c])}\nLabel: {c}" for c in cats)
-    if design == "copy+repeats" and rng.random() < 0.5:
-        return copy_doc(rng, pools)
-    return "\n".join(f"Input: {x}\nLabel: {y}" for x, y in icl_repeats(rng, pools))
-
-
 def minority(item: dict) -> bool:
     """An induction item whose answer is not the label its prompt shows most often."""
     import collections
@@ -275,7 +254,7 @@ def formation(chain: list[str], work: Path, steps: int | list[int], docs: int, s
 
     from acorn import speedrun as sr
     from acorn.data.prepare import prepare
-    from acorn.data.world import build_world, generate_world, icl_pools
+    from acorn.data.world import build_world, generate_world, icl_pools, phase_doc
     from acorn.fileio import read_jsonl, write_jsonl
     from acorn.tokenizer.bpe import Tokenizer
     from acorn.train.pretrain import pretrain
@@ -295,7 +274,7 @@ def formation(chain: list[str], work: Path, steps: int | list[int], docs: int, s
         if not (run / "data" / "meta.json").exists():
             rng, pools = random.Random(f"{seed}-{design}"), icl_pools(build_world(seed, p.world))
             texts = [r["text"] for r in read_jsonl(world / "pretrain.jsonl")] if design.startswith("world") else []
-            write_jsonl(run / "docs.jsonl", [{"text": design_doc(design, rng, pools, texts)} for _ in range(docs)])
+            write_jsonl(run / "docs.jsonl", [{"text": phase_doc(design, rng, pools, texts)} for _ in range(docs)])
             prepare([run / "docs.jsonl"], work / "tokenizer", run / "data", val_fraction=0.01, quiet=True)
         # Named by everything that made it, so no other spec reads it back: the model preset, the steps of
         # each design, the run it started from (a hash of its path) and the designs before it.
@@ -319,25 +298,19 @@ def formation(chain: list[str], work: Path, steps: int | list[int], docs: int, s
 
 def parse_spec(spec: str, steps: int) -> tuple[list[str], str, bool, list[int]]:
     """[base>]DESIGN[@STEPS][>DESIGN[@STEPS]...][:PRESET][@STEPS] -> (the chain, the preset,
-    whether it starts from the --init run's base model, the steps of each design): a last @STEPS
-    alone sets every design's; where an earlier design has its own, each design has its own (or
-    `steps`)."""
-    parts = spec.split(">")
-    last, _, at = parts[-1].partition("@")
-    last, _, model = last.partition(":")
-    parts[-1] = last + ("@" + at if at else "")
-    from_base = parts[0] == "base"
-    chain, own = [], []
-    for part in parts[from_base:]:
-        design, _, n = part.partition("@")
-        chain.append(design)
-        try:
-            own.append(int(n) if n else None)
-        except ValueError:
-            own.append(0)  # refused by the caller, with the rest
-    if own and all(n is None for n in own[:-1]):
-        own = [own[-1]] * len(own)
-    return chain, model, from_base, [steps if n is None else n for n in own]
+    whether it starts from the --init run's base model, the steps of each design); the chain as
+    acorn.data.world.parse_phase reads it (a last @STEPS alone sets every design's; `steps` the
+    rest's), which refuses unknown designs and steps."""
+    from acorn.data.world import parse_phase
+
+    body, at = spec, ""
+    if "@" in spec.rpartition(">")[2]:
+        body, _, at = spec.rpartition("@")
+    body, _, model = body.partition(":") if ":" in body.rpartition(">")[2] else (body, "", "")
+    from_base = body.split(">")[0] == "base"
+    body = body.split(">", 1)[1] if from_base and ">" in body else ("" if from_base else body)
+    chain = parse_phase(body + (f"@{at}" if at else ""), steps)
+    return [d for d, _ in chain], model, from_base, [n for _, n in chain]
 
 
 def design_notes() -> str:
@@ -495,15 +468,16 @@ def main() -> None:
         from acorn.fileio import read_jsonl, write_text
         from acorn.model.transformer import PRESETS
 
-        specs = [parse_spec(spec, args.steps) for spec in args.formation.split(",")]
-        if any(d not in DESIGNS for chain, *_ in specs for d in chain):
-            ap.error(f"unknown design(s) in {args.formation!r}; choose from {', '.join(DESIGNS)}")
+        from acorn.errors import AcornError
+
+        if args.docs < 1 or args.steps < 1:
+            ap.error(f"--docs and --steps must be at least 1 (got {args.docs}, {args.steps})")
+        try:  # unknown designs, steps below 1, a chain naming no design: one line each
+            specs = [parse_spec(spec, args.steps) for spec in args.formation.split(",")]
+        except AcornError as e:
+            ap.error(str(e))
         if any(m not in ("", *PRESETS) for _, m, _, _ in specs):
             ap.error(f"unknown model preset in {args.formation!r}; choose from {', '.join(PRESETS)}")
-        if args.docs < 1 or any(n < 1 for *_, steps in specs for n in steps):
-            ap.error(f"--docs and --steps (or @STEPS) must be at least 1 in {args.formation!r}")
-        if any(not chain for chain, *_ in specs):
-            ap.error(f"a design chain of {args.formation!r} names no design (base> is followed by one or more)")
         if any(from_base for _, _, from_base, _ in specs) and not args.init:
             ap.error("a design chain starting with base> needs --init RUN (the speedrun whose model it starts from)")
         if any(from_base and m for _, m, from_base, _ in specs):

@@ -26,11 +26,18 @@ def test_speedrun_tiny_runs_every_stage(tiny_run):
     summary = json.loads((out / "speedrun.json").read_text())
     assert [s["name"] for s in summary["stages"]] == [
         "world", "tokenizer", "tokenizer eval", "data", "pretrain", "icl", "sft", "eval", "samples"]
-    # The in-context phase: its steps from the pretrained model, on the world's text and in-context documents.
+    # The in-context phase, a chain: copying runs from the pretrained model, then the world's text and in-context
+    # documents from the copying model.
     icl = next(s for s in summary["stages"] if s["name"] == "icl")["summary"]
-    assert icl["steps"] == 2 and icl["docs"] == 60 and sr.base_model(out) == out / "pretrain-icl" / "model"
-    cfg = yaml.safe_load((out / "pretrain-icl" / "config.yaml").read_text())
+    assert (icl["phase"], icl["steps"], icl["docs"]) == ("copy@2>world+formats@2", 4, 60)
+    assert sr.base_model(out) == out / "pretrain-icl" / "model"
+    cfg = yaml.safe_load((out / "pretrain-icl-1-copy" / "config.yaml").read_text())
     assert cfg["init_from"] == str(out / "pretrain" / "model") and cfg["train"]["max_steps"] == 2
+    cfg = yaml.safe_load((out / "pretrain-icl" / "config.yaml").read_text())
+    assert cfg["init_from"] == str(out / "pretrain-icl-1-copy" / "model") and cfg["train"]["max_steps"] == 2
+    rows = (out / "data-icl-1-copy" / "docs.jsonl").read_text().splitlines()
+    copies = [json.loads(d)["text"].splitlines() for d in rows]
+    assert len(copies) == 60 and all(len(set(lines)) == 1 and len(lines) >= 2 for lines in copies)  # each run again
     docs = (out / "data-icl" / "docs.jsonl").read_text().splitlines()
     assert len(docs) == 60 and any("Label:" in d or "->" in d for d in docs)
     assert yaml.safe_load((out / "sft" / "config.yaml").read_text())["init_from"] == str(sr.base_model(out))
@@ -54,7 +61,8 @@ def test_speedrun_tiny_runs_every_stage(tiny_run):
     # The recipe that made it, from the stages' own config.yaml, and the estimate made before it started.
     assert "## Recipe" in text and "| model | preset `nano`: 4 layers, width 128" in text
     assert "| world | `tiny`, seed 0, no QA in pretraining |" in text and "AdamW lr 0.003" in text and "eager" in text
-    assert "| in-context phase | 2 steps of" in text and "| in-context phase data | 60 documents" in text
+    assert "| in-context phase 1: copy | 2 steps of" in text and "| in-context phase 2: world+formats | 2 steps" in text
+    assert "| in-context phase data | 60 documents of each design, from the pretrained model (--icl-phase" in text
     assert "## In-context phase" in text and "pretrain-icl/loss.png" in text
     assert summary["estimated_seconds"] > 0 and "(estimated " in text
 
@@ -223,9 +231,11 @@ def test_estimate_adds_the_budgets_and_scales_the_other_stages_by_the_probe(monk
     assert e["stages"] == pytest.approx({"pretrain": 540.0, "sft": 210.0, "other stages": ref_seconds * ref_tok_s / tok_s})
     accum = p.batch_tokens // (p.micro_batch * p.seq_len)
     # the in-context phase (opt-in) is a number of steps: their time at the probe's speed, plus tokenizing its documents
-    with_icl = sr.estimate("cpu", icl_steps=400)
+    with_icl = sr.estimate("cpu", icl_phase="world+copy+formats@400")
     assert with_icl["stages"]["in-context phase"] == pytest.approx(400 * 0.1 * accum + 40.0)
     assert "the in-context phase's steps ~3.3 min" in sr.format_estimate(with_icl)
+    chain = sr.estimate("cpu", icl_phase="copy@200>formats@200>world+formats@200")  # each design's documents too
+    assert chain["stages"]["in-context phase"] == pytest.approx(600 * 0.1 * accum + 3 * 40.0)
     assert "in-context" not in sr.format_estimate(e)
     assert e["pretrain_steps"] == int(540 * sr.STEP_SHARE / (0.1 * accum)) and e["pretrain_tokens"] == e["pretrain_steps"] * p.batch_tokens
     assert e["seconds"] == pytest.approx(sum(e["stages"].values())) and "slower" not in sr.format_estimate(e)
@@ -252,7 +262,7 @@ def test_estimate_from_the_command_line_and_recipe_settings(monkeypatch, capsys,
     monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10, accum=1: seen.append(cfg) or (0.1, 0.0))
     assert main(["speedrun", "--estimate", "--compile", "--mixed-qa", "2"]) == 0
     assert capsys.readouterr().out.startswith("estimate: ~")
-    assert main(["speedrun", "--estimate", "--icl-steps", "50"]) == 0  # the in-context phase, opt-in
+    assert main(["speedrun", "--estimate", "--icl-phase", "copy@20>formats@30"]) == 0  # the in-context phase, opt-in
     assert "the in-context phase's steps ~" in capsys.readouterr().out
     # the preset's own pretraining config, probed eagerly
     assert seen[-1].train.compile is False and seen[-1].model.preset == "nano" and seen[-1].train.micro_batch == 16
@@ -265,10 +275,19 @@ def test_estimate_from_the_command_line_and_recipe_settings(monkeypatch, capsys,
         sr.resolve_preset("cpu", warp=9)
     with pytest.raises(AcornError, match="mixed_qa must be a non-negative integer"):
         sr.resolve_preset("cpu", mixed_qa=-1)
-    with pytest.raises(AcornError, match="icl_steps must be a non-negative integer"):
-        sr.resolve_preset("cpu", icl_steps=-1)
+    with pytest.raises(AcornError, match="unknown in-context phase design 'chat' in 'copy@9>chat@9'; choose from"):
+        sr.resolve_preset("cpu", icl_phase="copy@9>chat@9")
+    with pytest.raises(AcornError, match="each design needs a positive number of steps"):
+        sr.resolve_preset("cpu", icl_phase="copy@9>formats")
     with pytest.raises(AcornError, match="icl_docs must be a positive integer"):
-        sr.resolve_preset("cpu", icl_docs=0)
+        sr.resolve_preset("cpu", icl_phase="copy@9", icl_docs=0)
+    with pytest.raises(AcornError, match="icl_docs sizes the in-context phase, which is off"):
+        sr.resolve_preset("cpu", icl_docs=50)
+    assert sr.resolve_preset("tiny", icl_phase="").icl_phase == ""  # a preset's phase turned off
+    # a run made before the chains (icl_steps: that many steps of the one mixture) reads back as that chain
+    old = {"preset": "cpu", "preset_settings": {"icl_steps": 400}}
+    assert sr.saved_preset(old).icl_phase == "world+copy+formats@400"
+    assert sr.saved_preset({"preset": "cpu", "preset_settings": {}}).icl_phase == ""
     with pytest.raises(AcornError, match="recipe settings make a new run"):
         sr.speedrun(tmp_path, stages=["eval"], mixed_qa=2)
     with pytest.raises(SystemExit) as e:  # argparse's own check, one line

@@ -1287,6 +1287,56 @@ def icl_mixture(rng: random.Random, pools: dict[str, list[str]], texts: list[str
     return [rng.choice(texts) if rng.random() < share else icl_doc(rng, pools, style) for _ in range(n)]
 
 
+# Designs of an in-context phase (the speedrun's --icl-phase, benchmarks/icl.py --formation): what
+# one training document of each is, phase_doc; docs/BENCHMARKS.md, icl-formation and icl-phase.
+PHASE_DESIGNS = ("episodes", "repeats", "copy", "copy+repeats", "copy+formats", "world+copy+formats", "world+copy",
+                 "world+formats", "world", "formats", "names+repeats")
+
+
+def phase_doc(design: str, rng: random.Random, pools: dict[str, list[str]], world_texts: list[str] = ()) -> str:
+    """One training document of a phase design: "episodes", "copy", "formats", "copy+formats"
+    (icl_doc's styles); "repeats" repeated-induction lines in the eval's format; "world" one of
+    the world's own `world_texts`; "world+STYLE" a third the world's text, the rest STYLE's
+    (icl_mixture); "copy+repeats" and "names+repeats" half copy_doc's or lines naming each
+    input's category ("Input: Zerven\nLabel: city"), half repeats'."""
+    if design not in PHASE_DESIGNS:
+        raise AcornError(f"unknown in-context phase design {design!r}; choose from {', '.join(PHASE_DESIGNS)}")
+    if design == "world":
+        return rng.choice(world_texts)
+    if design.startswith("world+"):
+        return icl_mixture(rng, pools, world_texts, 1, style=design.removeprefix("world+"))[0]
+    if design in ("episodes", "copy", "formats", "copy+formats"):
+        return icl_doc(rng, pools, design)
+    if design == "names+repeats" and rng.random() < 0.5:
+        cats = [rng.choice(sorted(pools)) for _ in range(rng.randint(6, 12))]
+        return "\n".join(f"Input: {rng.choice(pools[c])}\nLabel: {c}" for c in cats)
+    if design == "copy+repeats" and rng.random() < 0.5:
+        return copy_doc(rng, pools)
+    return "\n".join(f"Input: {x}\nLabel: {y}" for x, y in icl_repeats(rng, pools))
+
+
+def parse_phase(chain: str, steps: int | None = None) -> list[tuple[str, int]]:
+    """An in-context phase, "copy@200>formats@200>world+formats@200": its designs in order, each
+    trained from the model the one before left, with their steps. A last @STEPS alone sets every
+    design's ("copy>formats@200"); a design without steps of its own takes `steps` (refused where
+    None)."""
+    parts = [part.partition("@") for part in chain.split(">")] if chain.strip() else []
+    if not parts or any(not design for design, _, _ in parts):
+        raise AcornError(f"in-context phase {chain!r} names no design where one is needed: designs joined by >, "
+                         "each with @STEPS (copy@200>formats@200>world+formats@200)")
+    for design, _, _ in parts:
+        if design not in PHASE_DESIGNS:
+            raise AcornError(f"unknown in-context phase design {design!r} in {chain!r}; choose from "
+                             f"{', '.join(PHASE_DESIGNS)}")
+    own = [n for _, _, n in parts]
+    if not any(own[:-1]):
+        own = [own[-1]] * len(own)
+    if any(not (n.isdigit() and int(n) > 0) for n in own if n) or (steps is None and not all(own)):
+        raise AcornError(f"in-context phase {chain!r}: each design needs a positive number of steps "
+                         "(copy@200>formats@200)")
+    return [(design, int(n) if n else steps) for (design, _, _), n in zip(parts, own)]
+
+
 def icl_items(world: World, cfg: WorldSize) -> list[dict]:
     """Few-shot items whose label words are invented per item.
 

@@ -12,7 +12,7 @@ import pytest
 
 from acorn.cli import main
 from acorn.data.world import (FACT_ATTRIBUTES, ICL_FORMATS, IDK_ANSWER, SCHEMAS, WORLD_SCHEMA, answer_value,
-                              build_world, calculate, fact_answer, generate_world)
+                              build_world, calculate, fact_answer, generate_world, icl_pools, parse_phase, phase_doc)
 from acorn.errors import AcornError
 
 
@@ -387,6 +387,28 @@ def test_copy_formats_style_writes_copying_runs_and_repeated_induction_in_five_f
     with pytest.raises(AcornError, match="--icl-style copy styles the --icl-docs N documents"):
         generate_world(tmp_path / "bad", seed=0, size="tiny", quiet=True, icl_style="copy")
 
+
+
+def test_an_in_context_phase_is_a_chain_of_designs_each_with_its_steps():
+    assert parse_phase("copy@200>formats@100>world+formats@50") == [("copy", 200), ("formats", 100),
+                                                                     ("world+formats", 50)]
+    assert parse_phase("copy>formats@30") == [("copy", 30), ("formats", 30)]  # a last @STEPS alone: every design's
+    assert parse_phase("copy@5>formats", steps=7) == [("copy", 5), ("formats", 7)]
+    for bad, why in (("copy@5>formats", "positive number of steps"), ("copy@0", "positive number of steps"),
+                     ("copy>>formats@2", "names no design"), ("", "names no design"), ("chat@3", "unknown")):
+        with pytest.raises(AcornError, match=why):
+            parse_phase(bad)
+    import random
+
+    rng, pools, texts = random.Random(0), icl_pools(build_world(0, "tiny")), ["Zerven is a city.", "Another text."]
+    assert all(phase_doc("world", rng, pools, texts) in texts for _ in range(5))
+    copies = [phase_doc("copy", rng, pools).split("\n") for _ in range(20)]
+    assert all(len(set(lines)) == 1 and len(lines) in (2, 3) for lines in copies)  # a run, then the run again
+    mixed = [phase_doc("world+formats", rng, pools, texts) for _ in range(300)]
+    assert 60 <= sum(d in texts for d in mixed) <= 140  # a third the world's own text
+    assert all(d in texts or "\n" in d for d in mixed)
+    with pytest.raises(AcornError, match="unknown in-context phase design 'chat'"):
+        phase_doc("chat", rng, pools)
 
 def test_cli_writes_the_world(tmp_path, capsys):
     out = tmp_path / "w"
