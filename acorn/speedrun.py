@@ -115,9 +115,10 @@ class SpeedrunPreset:
     # trained from the model the one before left for its @STEPS, on icl_docs documents of its own,
     # so the base model learns to follow a label mapping shown in its prompt:
     # "copy@200>formats@200>world+formats@200" copies plain runs of the world's words first, then
-    # reads repeated-induction lines in five formats, then those with the world's text again. Off
-    # ("") in the cpu preset: every chain measured so far crossed 80% after some base models and
-    # stayed near chance after others, and one costs 5-7 minutes.
+    # reads repeated-induction lines in five formats, then those with the world's text again: it
+    # took each of five base models to 86.7-88.7% on world_icl (chance ~41%; single mixtures crossed
+    # after some and not others). Off ("") in the cpu preset: its 600 steps cost ~6 minutes, which
+    # take the run past its 15 (18.5 min measured).
     icl_phase: str = ""
     icl_docs: int = 80_000
 

@@ -70,8 +70,15 @@ are linked into --work), a chain starting with base> starts from that run's base
 multiple choice, and the section is `icl-phase` (how the speedrun's in-context phase was chosen):
 
     python benchmarks/icl.py --formation "copy>copy>formats,copy>formats,copy>copy>repeats" --work /tmp/iclf --steps 500
-    python benchmarks/icl.py --init /tmp/sr9/seed0 --work /tmp/iclg2 \
+    python benchmarks/icl.py --init /tmp/sr9/seed0 --work /tmp/iclg2 \\
         --formation "base>formats@200,base>copy>formats@200,base>world+copy+formats@400,world+copy+formats@970"
+
+--init given more than once runs every chain after each run's base model (in WORK/<the run's last
+two folders>) and writes section `icl-phase-bases`: the chains' final figures side by side, what
+says whether a phase is a recipe or the luck of one base model:
+
+    python benchmarks/icl.py --init /tmp/sr9/seed0 --init /tmp/sr9/seed1 --init /tmp/sr9/seed2 \\
+        --init /tmp/sr10/seed0 --work /tmp/iclp --formation "base>copy@200>formats@200>world+formats@200"
 """
 
 from __future__ import annotations
@@ -288,7 +295,8 @@ def formation(chain: list[str], work: Path, steps: int | list[int], docs: int, s
         if not (out / "model").is_dir():
             pretrain(cfg, probe=icl_probe(list(read_jsonl(world / "eval" / "icl.jsonl")), tok, seed))
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        curve += [{"design": design, "step": r["step"] + sum(each[:i])} | {k: r[k] for k in ("loss", "val_loss", "plain")
+        before_steps = sum(each[:i])
+        curve += [{"design": design, "step": r["step"] + before_steps} | {k: r[k] for k in ("loss", "val_loss", "plain")
                   if k in r} | {k: v for k, v in r.items() if k.startswith("icl_")} for r in rows if "icl_all" in r]
     plain = plain_probe(*load_model(out / "model"), world_seed=seed)
     curve[-1]["probe"] = copy_probe(out / "model", probe_docs(work)) | {"plain": plain}
@@ -411,7 +419,7 @@ def init_base(ap, run: Path, work: Path):
     return init, seed, base | icl_probe(items, tok, seed)(model), sr.saved_preset(state)
 
 
-def bases_section(done: list[tuple[dict, dict[str, list[dict]]]]) -> str:
+def bases_section(done: list[tuple[dict, dict[str, list[dict]]]], docs: int) -> str:
     """Section icl-phase-bases: each chain's last model after each --init run's base model."""
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     bases = [b for b, _ in done]
@@ -427,9 +435,12 @@ def bases_section(done: list[tuple[dict, dict[str, list[dict]]]]) -> str:
         f"`{command_line()}` on {machine_description()}, {today()}; {load_note()}. Quality figures (a fixed number "
         "of steps); one run of each phase after each base model.",
         "Each column a finished `acorn speedrun`'s pretrained model (its world, tokenizer and preset); each row a "
-        "phase (benchmarks/icl.py --formation's designs, section icl-phase; copy@100>world+formats@400: 100 steps "
-        "of plain copying runs, then 400 of a third the world's text and two thirds repeated-induction lines in five "
-        "formats) trained from it. world_icl: the greedy first token of the answer on the world's 300 in-context "
+        "phase trained from it: a chain of the designs of section icl-formation, each for its @STEPS from the model "
+        f"the one before left, {docs:,} documents of each, at the speedrun's settings (a fresh warmup and cosine decay "
+        "per design); e.g. copy@200>formats@200>world+formats@200: 200 steps of plain copying runs of the world's "
+        "words, 200 of repeated-induction lines in five formats, 200 of those as two thirds and the world's own "
+        "text as one third (`acorn speedrun --icl-phase` runs such a chain). world_icl: the greedy first token of "
+        "the answer on the world's 300 in-context "
         "items (goal 80%; chance ~41%), after the phase's last step, in parentheses the induction items whose answer "
         "is not the prompt's most frequent label (a guess: ~40%; copying from the matching line: ~100%):",
         markdown_table(head, icl),
@@ -500,7 +511,8 @@ def main() -> None:
                 init, seed, base, preset = init_base(ap, run, here)
             curves = {}
             for spec, (chain, m, from_base, steps) in zip(args.formation.split(","), specs):
-                log(f"{spec}: steps {steps} (each design) on {args.docs:,} documents" + (f", after {run}" if run else ""))
+                after = f", after {run}" if run else ""
+                log(f"{spec}: steps {steps} (each design) on {args.docs:,} documents{after}")
                 curves[spec] = formation(chain, here, steps, args.docs, model=m, init=init if from_base else None,
                                          seed=seed, preset=preset)
                 if base:
@@ -509,7 +521,7 @@ def main() -> None:
             write_text(here / "formation.json", json.dumps(curves, indent=2))
             done.append((base, curves))
         if len(runs) > 1:
-            publish("icl-phase-bases", bases_section(done), args.note, args.no_write)
+            publish("icl-phase-bases", bases_section(done, args.docs), args.note, args.no_write)
             return
         base, curves = done[0]
         items = list(read_jsonl(work / "world" / "eval" / "icl.jsonl"))
