@@ -476,10 +476,9 @@ def main() -> None:
     if args.init and not args.formation:
         ap.error("--init RUN starts --formation's base> chains; give --formation DESIGNS too")
     if args.formation:
+        from acorn.errors import AcornError
         from acorn.fileio import read_jsonl, write_text
         from acorn.model.transformer import PRESETS
-
-        from acorn.errors import AcornError
 
         if args.docs < 1 or args.steps < 1:
             ap.error(f"--docs and --steps must be at least 1 (got {args.docs}, {args.steps})")
