@@ -1120,7 +1120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "in-context documents joined by >, each trained for its @STEPS from the model the one before left "
                    "(e.g. copy@200>formats@200>world+formats@200: plain copying runs of the world's words, then "
                    "repeated-induction lines in five formats, then those mixed with the world's text), so the base "
-                   "model learns to follow a label mapping shown in its prompt (that chain: 86.7-88.7% on world_icl "
+                   "model learns to follow a label mapping shown in its prompt (that chain: 86.7-88.7%% on world_icl "
                    "after each of five base models, ~6 more minutes; docs/BENCHMARKS.md, icl-phase-bases); designs: "
                    f"{', '.join(PHASE_DESIGNS)}; '' for none (default: the preset's: none for cpu and gpu; "
                    "copy@2>world+formats@2 for tiny, which checks the pipeline)")
