@@ -1114,7 +1114,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the model for pretraining and SFT (compilation is paid out of the time "
                    "budgets; where it fails the stage trains eagerly); --no-compile trains eagerly "
                    "(default: the preset's: on for cpu and gpu, off for tiny)")
-    from acorn.data.world import PHASE_DESIGNS
+    from acorn.data.world import ICL_STYLES, PHASE_DESIGNS
 
     s.add_argument("--icl-phase", metavar="CHAIN", help="the in-context phase: after pretraining, designs of "
                    "in-context documents joined by >, each trained for its @STEPS from the model the one before left "
@@ -1215,7 +1215,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--icl-docs", type=non_negative_int, default=0, metavar="N",
                    help="N in-context pretraining documents instead of the size's, of --icl-style; default: 0, the "
                    "size's own documents")
-    s.add_argument("--icl-style", choices=["repeats", "copy+formats", "copy", "formats"], default="repeats",
+    s.add_argument("--icl-style", choices=ICL_STYLES, default="repeats",
                    help="the --icl-docs documents: repeats (half of them repeating their inputs so each later label "
                    "is copied from an earlier line: induction), copy (a run of words, repeated: plain induction), "
                    "formats (repeated induction written in five formats, the label 1-4 tokens after its input) or "

@@ -290,6 +290,15 @@ def stage_pretrain(p: SpeedrunPreset, data: Path, out: Path, vocab_size: int, se
     return _last_metrics(out) | {"steps": steps}
 
 
+def icl_dirs(run: Path, chain: list[tuple[str, int]]) -> list[tuple[Path, Path]]:
+    """(model folder, data folder) of each design of an in-context phase's chain in run folder
+    `run`: RUN/pretrain-icl-N-DESIGN and RUN/data-icl-N-DESIGN, the last RUN/pretrain-icl and
+    RUN/data-icl (the base model's)."""
+    last = len(chain)
+    return [(run / ("pretrain-icl" if i == last else f"pretrain-icl-{i}-{d}"),
+             run / ("data-icl" if i == last else f"data-icl-{i}-{d}")) for i, (d, _) in enumerate(chain, 1)]
+
+
 def stage_icl(p: SpeedrunPreset, world_dir: Path, tok_dir: Path, pretrained: Path, out: Path, vocab_size: int,
               seed: int) -> dict:
     """The in-context phase (SpeedrunPreset.icl_phase): from the pretrained model, each design of
@@ -307,10 +316,7 @@ def stage_icl(p: SpeedrunPreset, world_dir: Path, tok_dir: Path, pretrained: Pat
     rng, pools = random.Random(f"{seed}-icl"), icl_pools(build_world(seed, p.world))
     texts = [r["text"] for r in read_jsonl(world_dir / "pretrain.jsonl")] if any(
         d.startswith("world") for d, _ in chain) else []
-    for i, (design, steps) in enumerate(chain, 1):
-        last = i == len(chain)
-        data = out.parent / ("data-icl" if last else f"data-icl-{i}-{design}")
-        model = out if last else out.parent / f"pretrain-icl-{i}-{design}"
+    for (design, steps), (model, data) in zip(chain, icl_dirs(out.parent, chain)):
         write_jsonl(data / "docs.jsonl", [{"text": phase_doc(design, rng, pools, texts)} for _ in range(p.icl_docs)])
         prepare([data / "docs.jsonl"], tok_dir, data, val_fraction=0.01, quiet=True)
         _fresh_compiler(p)
@@ -1233,8 +1239,8 @@ def recipe_section(run: Run) -> list[str]:
         from acorn.data.world import parse_phase
 
         chain = parse_phase(p.icl_phase)
-        parts = [(f"in-context phase {i}: {d}", config("pretrain-icl" if i == len(chain) else f"pretrain-icl-{i}-{d}"))
-                 for i, (d, _) in enumerate(chain, 1)]
+        parts = [(f"in-context phase {i}: {d}", config(model.name))
+                 for i, ((d, _), (model, _)) in enumerate(zip(chain, icl_dirs(run.out, chain)), 1)]
     for name, c in (("pretraining", pre), *parts, ("SFT", sft)):
         if not c:
             continue

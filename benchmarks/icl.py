@@ -52,7 +52,7 @@ the label shown most often, where answering with the prompt's most frequent labe
   copy+formats  half copy's, half formats': what `acorn data world --icl-style copy+formats`
                 writes
   world+copy+formats  a third the world's own pretraining documents (the speedrun's
-                text), two thirds copy+formats' (acorn.data.world.icl_mixture)
+                text), two thirds copy+formats' (acorn.data.world.phase_doc)
   world+copy    a third the world's own, two thirds copy's
   world+formats a third the world's own, two thirds formats'
   world         the world's own pretraining documents only (after in-context designs: does

@@ -1224,8 +1224,8 @@ def icl_doc(rng: random.Random, pools: dict[str, list[str]], style: str = "episo
     repeated (plain induction, which forms in the small model only when
     dense); "formats": repeated induction written in one of ICL_FORMATS (a
     curriculum of distances from plain induction's to the eval's);
-    "copy+formats": half each, what the speedrun's in-context phase mixes
-    with the world's text (icl_mixture; docs/BENCHMARKS.md, icl-phase).
+    "copy+formats": half each (phase_doc mixes these with the world's text
+    in the speedrun's in-context phase; docs/BENCHMARKS.md, icl-phase).
     """
     if style not in ("episodes", *ICL_STYLES):
         raise AcornError(f"in-context document style must be one of episodes, {', '.join(ICL_STYLES)}, not {style!r}")
@@ -1279,14 +1279,6 @@ def copy_doc(rng: random.Random, pools: dict[str, list[str]]) -> str:
     return "\n".join([run] * rng.choice([2, 3]))
 
 
-def icl_mixture(rng: random.Random, pools: dict[str, list[str]], texts: list[str], n: int,
-                share: float = 1 / 3, style: str = "copy+formats") -> list[str]:
-    """n documents of the speedrun's in-context phase: each, with probability `share`, one of
-    the world's own pretraining `texts` (drawn at random: what the model keeps reading, so it
-    does not unlearn the world), else an icl_doc of `style` ("copy+formats", "copy", "formats")."""
-    return [rng.choice(texts) if rng.random() < share else icl_doc(rng, pools, style) for _ in range(n)]
-
-
 # Designs of an in-context phase (the speedrun's --icl-phase, benchmarks/icl.py --formation): what
 # one training document of each is, phase_doc; docs/BENCHMARKS.md, icl-formation and icl-phase.
 PHASE_DESIGNS = ("episodes", "repeats", "copy", "copy+repeats", "copy+formats", "world+copy+formats", "world+copy",
@@ -1296,15 +1288,15 @@ PHASE_DESIGNS = ("episodes", "repeats", "copy", "copy+repeats", "copy+formats", 
 def phase_doc(design: str, rng: random.Random, pools: dict[str, list[str]], world_texts: list[str] = ()) -> str:
     """One training document of a phase design: "episodes", "copy", "formats", "copy+formats"
     (icl_doc's styles); "repeats" repeated-induction lines in the eval's format; "world" one of
-    the world's own `world_texts`; "world+STYLE" a third the world's text, the rest STYLE's
-    (icl_mixture); "copy+repeats" and "names+repeats" half copy_doc's or lines naming each
+    the world's own `world_texts`; "world+STYLE" a third the world's text (drawn at random),
+    the rest icl_doc's STYLE; "copy+repeats" and "names+repeats" half copy_doc's or lines naming each
     input's category ("Input: Zerven\nLabel: city"), half repeats'."""
     if design not in PHASE_DESIGNS:
         raise AcornError(f"unknown in-context phase design {design!r}; choose from {', '.join(PHASE_DESIGNS)}")
     if design == "world":
         return rng.choice(world_texts)
-    if design.startswith("world+"):
-        return icl_mixture(rng, pools, world_texts, 1, style=design.removeprefix("world+"))[0]
+    if design.startswith("world+"):  # what the model keeps reading, so it does not unlearn the world
+        return rng.choice(world_texts) if rng.random() < 1 / 3 else icl_doc(rng, pools, design.removeprefix("world+"))
     if design in ("episodes", "copy", "formats", "copy+formats"):
         return icl_doc(rng, pools, design)
     if design == "names+repeats" and rng.random() < 0.5:
