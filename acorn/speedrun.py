@@ -802,6 +802,13 @@ def _sample_questions(world: Path) -> list[str]:
 # probe accumulating as the stage does, SFT's probe measured 3% slower than its training and
 # pretraining's within 0.2% (seed 0: 194 s of 210, 529 s of 540).
 STEP_SHARE = 0.96
+# The compiled step's speed over the eager probe's, and the seconds one design of the in-context
+# phase spends writing and tokenizing 80,000 documents (and compiling its model), as measured in
+# a compiled cpu run with a three-design phase (copy@200>formats@150>world+formats@100: 0.72-0.80
+# s a step, compilation included, against the eager probe's 1.04; 4 s of documents a design):
+# the estimate prices the phase's steps by them (it used to price them eagerly: 9.8 min for 5.8).
+COMPILED_SPEEDUP = 1.4
+ICL_DOC_SECONDS = 5.0
 SFT_STEP_SHARE = 0.92
 
 
@@ -908,12 +915,13 @@ def estimate(preset: str = "cpu", vocab_size: int | None = None, **recipe) -> di
     ref = REFERENCE_OTHER_STAGES.get(preset)
     other = ref[0] * ref[1] / tok_s if ref else 0.0
     stages = {"pretrain": p.pretrain_minutes * 60, "sft": p.sft_minutes * 60, "other stages": other}
-    if p.icl_phase:  # steps (eager here), and each design's documents tokenized (~40 s per 80,000)
+    if p.icl_phase:  # its steps (at the compiled speed where the recipe compiles), and each design's documents
         from acorn.data.world import parse_phase
 
         chain = parse_phase(p.icl_phase)
         steps_icl, docs_icl = sum(n for _, n in chain), len(chain) * p.icl_docs
-        stages["in-context phase"] = steps_icl * per_micro * accum + 40.0 * docs_icl / 80_000
+        step_s = per_micro * accum / (COMPILED_SPEEDUP if p.compile else 1.0)
+        stages["in-context phase"] = steps_icl * step_s + ICL_DOC_SECONDS * docs_icl / 80_000
     return {"seconds": sum(stages.values()), "stages": stages, "tok_s": tok_s, "pretrain_steps": steps,
             "pretrain_tokens": steps * accum * cfg.train.micro_batch * cfg.train.seq_len, "reference": ref is not None,
             "slower": ref[1] / tok_s if ref else None, "compiled": p.compile}

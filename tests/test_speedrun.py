@@ -230,12 +230,15 @@ def test_estimate_adds_the_budgets_and_scales_the_other_stages_by_the_probe(monk
     ref_seconds, ref_tok_s = sr.REFERENCE_OTHER_STAGES["cpu"]
     assert e["stages"] == pytest.approx({"pretrain": 540.0, "sft": 210.0, "other stages": ref_seconds * ref_tok_s / tok_s})
     accum = p.batch_tokens // (p.micro_batch * p.seq_len)
-    # the in-context phase (opt-in) is a number of steps: their time at the probe's speed, plus tokenizing its documents
+    # the in-context phase (opt-in) is a number of steps: their time at the probe's speed, compiled in the cpu
+    # preset (its measured speedup), plus writing and tokenizing each design's documents
     with_icl = sr.estimate("cpu", icl_phase="world+copy+formats@400")
-    assert with_icl["stages"]["in-context phase"] == pytest.approx(400 * 0.1 * accum + 40.0)
-    assert "the in-context phase's steps ~3.3 min" in sr.format_estimate(with_icl)
+    assert with_icl["stages"]["in-context phase"] == pytest.approx(400 * 0.1 * accum / sr.COMPILED_SPEEDUP + 5.0)
+    assert "the in-context phase's steps ~2.0 min" in sr.format_estimate(with_icl)
     chain = sr.estimate("cpu", icl_phase="copy@200>formats@200>world+formats@200")  # each design's documents too
-    assert chain["stages"]["in-context phase"] == pytest.approx(600 * 0.1 * accum + 3 * 40.0)
+    assert chain["stages"]["in-context phase"] == pytest.approx(600 * 0.1 * accum / sr.COMPILED_SPEEDUP + 3 * 5.0)
+    eager = sr.estimate("cpu", icl_phase="copy@200>formats@200>world+formats@200", compile=False)
+    assert eager["stages"]["in-context phase"] == pytest.approx(600 * 0.1 * accum + 3 * 5.0)
     assert "in-context" not in sr.format_estimate(e)
     assert e["pretrain_steps"] == int(540 * sr.STEP_SHARE / (0.1 * accum)) and e["pretrain_tokens"] == e["pretrain_steps"] * p.batch_tokens
     assert e["seconds"] == pytest.approx(sum(e["stages"].values())) and "slower" not in sr.format_estimate(e)
