@@ -116,9 +116,11 @@ class SpeedrunPreset:
     # so the base model learns to follow a label mapping shown in its prompt:
     # "copy@200>formats@200>world+formats@200" copies plain runs of the world's words first, then
     # reads repeated-induction lines in five formats, then those with the world's text again: it
-    # took each of five base models to 86.7-88.7% on world_icl (chance ~41%; single mixtures crossed
-    # after some and not others). Off ("") in the cpu preset: its 600 steps cost ~6 minutes, which
-    # take the run past its 15 (18.5 min measured).
+    # took five base models of six to 86.7-88.7% on world_icl (chance ~41%; single mixtures crossed
+    # after some and not others); after the sixth (a 6.5-minute pretraining) its formats stage taught
+    # only the one-token distance and world_icl stayed at 49.3%. Off ("") in the cpu preset: its 600
+    # steps cost ~6 minutes, which take the run past its 15 (18.5 min measured), and the shorter and
+    # cheaper versions tried did not cross (docs/BENCHMARKS.md, icl-phase-bases).
     icl_phase: str = ""
     icl_docs: int = 80_000
 

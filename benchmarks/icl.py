@@ -79,6 +79,13 @@ says whether a phase is a recipe or the luck of one base model:
 
     python benchmarks/icl.py --init /tmp/sr9/seed0 --init /tmp/sr9/seed1 --init /tmp/sr9/seed2 \\
         --init /tmp/sr10/seed0 --work /tmp/iclp --formation "base>copy@200>formats@200>world+formats@200"
+
+--probe-formats MODEL... prints, for saved models, copying at each distance (format_probe: the
+label's first token on repeated lines of repeated-induction documents written in each of the five
+formats), which tells a formats stage that transferred plain induction to the eval's format from
+one that taught only the one-token distance:
+
+    python benchmarks/icl.py --probe-formats /tmp/iclc1/formats/pretrain-200steps-*/model
 """
 
 from __future__ import annotations
@@ -223,6 +230,33 @@ def plain_probe(model, tok, docs: int = 100, world_seed: int = 0) -> float:
         right += sum(pred[i - 1] == ids[i] for i in range(second + 1, len(ids)))
         total += len(run) - 1
     return right / total
+
+
+def format_probe(model, tok, docs: int = 40, world_seed: int = 0) -> dict[str, float]:
+    """Copying at each distance: repeated-induction lines (icl_repeats, of the trained world's
+    words) written in each of ICL_FORMATS, the label 1 to 4 tokens after its input; the greedy
+    first token of the label right on an input's repeated lines (copyable; a guess among the
+    2-3 labels: 33-50%). Where the formats stage transferred plain induction to the eval's
+    format, every distance scores high; where it did not, only the one-token distance does."""
+    import random
+
+    from acorn.data.world import ICL_FORMATS, build_world, icl_pools, icl_repeats
+
+    pools, out = icl_pools(build_world(world_seed, "default")), {}
+    for form in ICL_FORMATS:
+        rng = random.Random("format-probe")
+        lead, between = form.split("{x}")[0], form.split("{x}")[1].split("{y}")[0].rstrip(" ")
+        right = total = 0
+        for _ in range(docs):
+            prefix, seen = "", set()
+            for x, y in icl_repeats(rng, pools):
+                if x in seen:
+                    right += first_token_right(model, tok, prefix + lead + x + between, y)
+                    total += 1
+                seen.add(x)
+                prefix += form.format(x=x, y=y) + "\n"
+        out[form] = right / total
+    return out
 
 
 def minority(item: dict) -> bool:
@@ -471,8 +505,23 @@ def main() -> None:
                     "(RUN/pretrain/model, before any in-context phase), with its world, tokenizer and preset; "
                     "given more than once, each chain runs after each run's model (in WORK/<the run's last two "
                     "folders>) and the section is icl-phase-bases: the final figures side by side")
+    ap.add_argument("--probe-formats", metavar="MODEL", nargs="+", default=[],
+                    help="print each model's copying at each distance (format_probe: repeated-induction lines in "
+                    "each of the five formats, the label's first token right on repeated lines) and exit; "
+                    "--seed: the world whose words it uses (the model's own)")
+    ap.add_argument("--seed", type=int, default=0, help="--probe-formats: the trained world's seed (default: 0)")
     args = ap.parse_args()
     work = Path(args.work)
+    if args.probe_formats:
+        from acorn.data.world import ICL_FORMATS
+
+        missing = [m for m in args.probe_formats if not (Path(m) / "config.json").exists()]
+        if missing:
+            ap.error(f"--probe-formats: {', '.join(missing)} is not a saved model (no config.json)")
+        rows = [[m] + [f"{100 * v:.1f}%" for v in format_probe(*load_model(Path(m)), world_seed=args.seed).values()]
+                for m in args.probe_formats]
+        print(markdown_table(["model"] + ["`" + f.replace("\n", "\\n") + "`" for f in ICL_FORMATS], rows))
+        return
     if args.init and not args.formation:
         ap.error("--init RUN starts --formation's base> chains; give --formation DESIGNS too")
     if args.formation:
