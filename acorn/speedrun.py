@@ -1007,7 +1007,8 @@ def resolve_preset(preset: str = "cpu", *, size: str | None = None, vocab_size: 
         raise AcornError(f"icl_phase must be a chain of designs like 'copy@200>formats@200', got {phase!r}")
     if phase:
         parse_phase(phase)  # unknown designs or steps: one line naming them
-    elif "icl_docs" in recipe:
+    elif recipe.get("icl_docs", PRESETS[preset].icl_docs) != PRESETS[preset].icl_docs:
+        # (the preset's own value passes: speedrun() hands the estimate every field of the resolved preset)
         raise AcornError("icl_docs sizes the in-context phase, which is off; give icl_phase too (--icl-phase CHAIN)")
 
     if recipe.get("mixed_qa_format", "plain") not in MIXED_QA_FORMATS:

@@ -221,6 +221,20 @@ def test_speedrun_refuses_a_file_and_an_old_run(tmp_path, capsys):
     assert "already holds a speedrun" in capsys.readouterr().err
 
 
+def test_every_preset_resolved_passes_its_own_checks_as_speedrun_hands_them_to_the_estimate(monkeypatch):
+    # speedrun() estimates with every field of the resolved preset: a check that refused one of the preset's
+    # own values (icl_docs with the phase off) stopped the default `acorn speedrun` before its first stage
+    from dataclasses import asdict
+
+    monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10, accum=1: (0.1, 0.0))
+    for name in sr.PRESETS:
+        for recipe in ({}, {"icl_phase": ""}, {"icl_phase": "copy@3"}):
+            p = sr.resolve_preset(name, **recipe)
+            fields = {k: v for k, v in asdict(p).items() if k != "world"}
+            assert sr.resolve_preset(name, **fields) == p
+            assert sr.estimate(name, **fields)["seconds"] > 0
+
+
 def test_estimate_adds_the_budgets_and_scales_the_other_stages_by_the_probe(monkeypatch):
     monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10, accum=1: (0.1, 0.0))  # 0.1 s per micro-batch
     e = sr.estimate("cpu")
@@ -287,6 +301,7 @@ def test_estimate_from_the_command_line_and_recipe_settings(monkeypatch, capsys,
     with pytest.raises(AcornError, match="icl_docs sizes the in-context phase, which is off"):
         sr.resolve_preset("cpu", icl_docs=50)
     assert sr.resolve_preset("tiny", icl_phase="").icl_phase == ""  # a preset's phase turned off
+    assert sr.resolve_preset("cpu", icl_docs=sr.PRESETS["cpu"].icl_docs).icl_phase == ""  # the preset's own value
     # a run made before the chains (icl_steps: that many steps of the one mixture) reads back as that chain
     old = {"preset": "cpu", "preset_settings": {"icl_steps": 400}}
     assert sr.saved_preset(old).icl_phase == "world+copy+formats@400"
