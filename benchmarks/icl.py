@@ -57,6 +57,10 @@ the label shown most often, where answering with the prompt's most frequent labe
   world+formats a third the world's own, two thirds formats'
   world         the world's own pretraining documents only (after in-context designs: does
                 the model get the world back, and keep what it learned in context?)
+  spaced        copying across a gap: a run of 4-10 of the world's words with one of the
+                formats' separators between them ("w1: w2: w3", "w1\\nLabel: w2"), the run
+                again (acorn.data.world.spaced_copy_doc): what follows a word 2 to 4 tokens
+                later, the distances the formats' labels sit at
 
     python benchmarks/icl.py --formation repeats,copy+repeats,formats,names+repeats --work /tmp/iclf --steps 600
 
@@ -453,8 +457,8 @@ def init_base(ap, run: Path, work: Path):
     return init, seed, base | icl_probe(items, tok, seed)(model), sr.saved_preset(state)
 
 
-def bases_section(done: list[tuple[dict, dict[str, list[dict]]]], docs: int) -> str:
-    """Section icl-phase-bases: each chain's last model after each --init run's base model."""
+def bases_section(done: list[tuple[dict, dict[str, list[dict]]]], docs: int, title: str = "") -> str:
+    """Section icl-phase-bases (or --section's): each chain's last model after each --init run's base model."""
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     bases = [b for b, _ in done]
     specs = list(done[0][1])
@@ -465,7 +469,7 @@ def bases_section(done: list[tuple[dict, dict[str, list[dict]]]], docs: int) -> 
     facts = [["base model (no phase)"] + [pct(b["facts"]["mc_sentence"]) for b in bases]] + [
         [s] + [pct(c[s][-1]["facts"]["mc_sentence"]) for _, c in done] for s in specs]
     return "\n\n".join([
-        "## The in-context phase over several base models",
+        "## The in-context phase over several base models" + (f": {title}" if title else ""),
         f"`{command_line()}` on {machine_description()}, {today()}; {load_note()}. Quality figures (a fixed number "
         "of steps); one run of each phase after each base model.",
         "Each column a finished `acorn speedrun`'s pretrained model (its world, tokenizer and preset); each row a "
@@ -505,6 +509,8 @@ def main() -> None:
                     "(RUN/pretrain/model, before any in-context phase), with its world, tokenizer and preset; "
                     "given more than once, each chain runs after each run's model (in WORK/<the run's last two "
                     "folders>) and the section is icl-phase-bases: the final figures side by side")
+    ap.add_argument("--section", default="icl-phase-bases", help="--init given more than once: the section of "
+                    "docs/BENCHMARKS.md to write (default: icl-phase-bases; another name keeps that one)")
     ap.add_argument("--probe-formats", metavar="MODEL", nargs="+", default=[],
                     help="print each model's copying at each distance (format_probe: repeated-induction lines in "
                     "each of the five formats, the label's first token right on repeated lines) and exit; "
@@ -569,7 +575,8 @@ def main() -> None:
             write_text(here / "formation.json", json.dumps(curves, indent=2))
             done.append((base, curves))
         if len(runs) > 1:
-            publish("icl-phase-bases", bases_section(done, args.docs), args.note, args.no_write)
+            publish(args.section, bases_section(done, args.docs, "" if args.section == "icl-phase-bases"
+                                                else args.section), args.note, args.no_write)
             return
         base, curves = done[0]
         items = list(read_jsonl(work / "world" / "eval" / "icl.jsonl"))

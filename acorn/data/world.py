@@ -1202,6 +1202,8 @@ ICL_STYLES = ("repeats", "copy+formats", "copy", "formats")
 # The repeated-induction lines of a "formats" document are written in one of these: the label
 # 1 to 4 tokens after its input, the shortest the distance plain induction copies across.
 ICL_FORMATS = ("{x} {y}", "{x}: {y}", "{x} -> {y}", "Input: {x} Label: {y}", "Input: {x}\nLabel: {y}")
+# What comes between an input and its label there, where it is more than a space (spaced_copy_doc).
+ICL_GAPS = tuple(g for g in (f.split("{x}")[1].split("{y}")[0].rstrip(" ") for f in ICL_FORMATS) if g)
 
 
 def icl_doc(rng: random.Random, pools: dict[str, list[str]], style: str = "episodes") -> str:
@@ -1279,10 +1281,22 @@ def copy_doc(rng: random.Random, pools: dict[str, list[str]]) -> str:
     return "\n".join([run] * rng.choice([2, 3]))
 
 
+def spaced_copy_doc(rng: random.Random, pools: dict[str, list[str]]) -> str:
+    """Copying across a gap: a run of 4-10 of the world's words with one of the separators of
+    ICL_FORMATS between them ("w1: w2: w3", "w1 -> w2 -> w3", "w1\nLabel: w2\nLabel: w3"), on 2-3
+    lines, each the run again: every word after a line's first is predictable only by copying
+    what followed the same word 2 to 4 tokens later the line before, the distances the formats'
+    labels sit at (plain induction, copy_doc's, copies at one)."""
+    words = [T.label_word(rng) if rng.random() < 0.3 else rng.choice(pools[rng.choice(sorted(pools))])
+             for _ in range(rng.randint(4, 10))]
+    line = (rng.choice(ICL_GAPS) + " ").join(words)
+    return "\n".join([line] * rng.choice([2, 3]))
+
+
 # Designs of an in-context phase (the speedrun's --icl-phase, benchmarks/icl.py --formation): what
 # one training document of each is, phase_doc; docs/BENCHMARKS.md, icl-formation and icl-phase.
 PHASE_DESIGNS = ("episodes", "repeats", "copy", "copy+repeats", "copy+formats", "world+copy+formats", "world+copy",
-                 "world+formats", "world", "formats", "names+repeats")
+                 "world+formats", "world", "formats", "names+repeats", "spaced")
 
 
 def phase_doc(design: str, rng: random.Random, pools: dict[str, list[str]], world_texts: list[str] = ()) -> str:
@@ -1290,7 +1304,8 @@ def phase_doc(design: str, rng: random.Random, pools: dict[str, list[str]], worl
     (icl_doc's styles); "repeats" repeated-induction lines in the eval's format; "world" one of
     the world's own `world_texts`; "world+STYLE" a third the world's text (drawn at random),
     the rest icl_doc's STYLE; "copy+repeats" and "names+repeats" half copy_doc's or lines naming each
-    input's category ("Input: Zerven\nLabel: city"), half repeats'."""
+    input's category ("Input: Zerven\nLabel: city"), half repeats'; "spaced" spaced_copy_doc's
+    copying runs with the formats' separators between their words."""
     if design not in PHASE_DESIGNS:
         raise AcornError(f"unknown in-context phase design {design!r}; choose from {', '.join(PHASE_DESIGNS)}")
     if design == "world":
@@ -1299,6 +1314,8 @@ def phase_doc(design: str, rng: random.Random, pools: dict[str, list[str]], worl
         return rng.choice(world_texts) if rng.random() < 1 / 3 else icl_doc(rng, pools, design.removeprefix("world+"))
     if design in ("episodes", "copy", "formats", "copy+formats"):
         return icl_doc(rng, pools, design)
+    if design == "spaced":
+        return spaced_copy_doc(rng, pools)
     if design == "names+repeats" and rng.random() < 0.5:
         cats = [rng.choice(sorted(pools)) for _ in range(rng.randint(6, 12))]
         return "\n".join(f"Input: {rng.choice(pools[c])}\nLabel: {c}" for c in cats)

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 
 from acorn.cli import main
-from acorn.data.world import (FACT_ATTRIBUTES, ICL_FORMATS, IDK_ANSWER, SCHEMAS, WORLD_SCHEMA, answer_value,
+from acorn.data.world import (FACT_ATTRIBUTES, ICL_FORMATS, ICL_GAPS, IDK_ANSWER, SCHEMAS, WORLD_SCHEMA, answer_value,
                               build_world, calculate, fact_answer, generate_world, icl_pools, parse_phase, phase_doc)
 from acorn.errors import AcornError
 
@@ -409,6 +409,17 @@ def test_an_in_context_phase_is_a_chain_of_designs_each_with_its_steps():
     assert all(d in texts or "\n" in d for d in mixed)
     with pytest.raises(AcornError, match="unknown in-context phase design 'chat'"):
         phase_doc("chat", rng, pools)
+    # spaced: a run of words with a formats' separator between them, the run again (copying across that gap)
+    assert ICL_GAPS == (":", " ->", " Label:", "\nLabel:")
+    gaps_seen = set()
+    for _ in range(40):
+        doc = phase_doc("spaced", rng, pools)
+        k = next(k for k in (2, 3) if "\n".join([doc[:(len(doc) - k + 1) // k]] * k) == doc)
+        line = doc[:(len(doc) - k + 1) // k]
+        gap = next(g for g in ("\nLabel:", " Label:", " ->", ":") if g + " " in line)
+        gaps_seen.add(gap)
+        assert 4 <= len(line.split(gap + " ")) <= 10 and not line.startswith("Label")
+    assert gaps_seen == set(ICL_GAPS)
 
 def test_cli_writes_the_world(tmp_path, capsys):
     out = tmp_path / "w"
