@@ -804,6 +804,7 @@ def _sample_questions(world: Path) -> list[str]:
 # probe accumulating as the stage does, SFT's probe measured 3% slower than its training and
 # pretraining's within 0.2% (seed 0: 194 s of 210, 529 s of 540).
 STEP_SHARE = 0.96
+SFT_STEP_SHARE = 0.92
 # The compiled step's speed over the eager probe's, and the seconds one design of the in-context
 # phase spends writing and tokenizing 80,000 documents (and compiling its model), as measured in
 # a compiled cpu run with a three-design phase (copy@200>formats@150>world+formats@100: 0.72-0.80
@@ -811,7 +812,6 @@ STEP_SHARE = 0.96
 # the estimate prices the phase's steps by them (it used to price them eagerly: 9.8 min for 5.8).
 COMPILED_SPEEDUP = 1.4
 ICL_DOC_SECONDS = 5.0
-SFT_STEP_SHARE = 0.92
 
 
 def _steps_for(cfg, minutes: float, init_from: Path | None = None, share: float = STEP_SHARE) -> int:
