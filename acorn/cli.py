@@ -1121,8 +1121,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. copy@200>formats@200>world+formats@200: plain copying runs of the world's words, then "
                    "repeated-induction lines in five formats, then those mixed with the world's text), so the base "
                    "model learns to follow a label mapping shown in its prompt (that chain: 86.7-88.7%% on world_icl "
-                   "after five base models of six, ~6 more minutes; after the sixth it stayed at chance, 49.3%%; "
-                   "docs/BENCHMARKS.md, icl-phase-bases); designs: "
+                   "after five base models of seven, ~6 more minutes; after the other two it stayed at chance, where "
+                   "spaced copying runs before the formats, copy@200>spaced@200>formats@200>world+formats@200, "
+                   "crossed after one of them; docs/BENCHMARKS.md, icl-phase-bases, icl-phase-spaced); designs: "
                    f"{', '.join(PHASE_DESIGNS)}; '' for none (default: the preset's: none for cpu and gpu; "
                    "copy@2>world+formats@2 for tiny, which checks the pipeline)")
     s.add_argument("--estimate", action="store_true", help="print how long the run would take here (a throughput "

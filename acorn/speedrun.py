@@ -116,11 +116,14 @@ class SpeedrunPreset:
     # so the base model learns to follow a label mapping shown in its prompt:
     # "copy@200>formats@200>world+formats@200" copies plain runs of the world's words first, then
     # reads repeated-induction lines in five formats, then those with the world's text again: it
-    # took five base models of six to 86.7-88.7% on world_icl (chance ~41%; single mixtures crossed
-    # after some and not others); after the sixth (a 6.5-minute pretraining) its formats stage taught
-    # only the one-token distance and world_icl stayed at 49.3%. Off ("") in the cpu preset: its 600
-    # steps cost ~6 minutes, which take the run past its 15 (18.5 min measured), and the shorter and
-    # cheaper versions tried did not cross (docs/BENCHMARKS.md, icl-phase-bases).
+    # took five base models of seven to 86.7-88.7% on world_icl (chance ~41%; single mixtures crossed
+    # after some and not others). After the other two (6.5-minute pretrainings) it stayed at 47-48%:
+    # after one its formats stage taught copying only at the one-token distance, and "spaced" copying
+    # runs (the formats' separators between the words) before the formats made it cross (84.7%);
+    # after the other its copying runs left plain induction unformed (57%) and neither crossed
+    # (docs/BENCHMARKS.md, icl-phase-bases, icl-phase-spaced). Off ("") in the cpu preset: a phase's
+    # 600-800 steps cost 6-8 minutes, which take the run past its 15 (18.5 min measured), and the
+    # shorter and cheaper versions tried did not cross.
     icl_phase: str = ""
     icl_docs: int = 80_000
 
