@@ -235,6 +235,21 @@ def test_every_preset_resolved_passes_its_own_checks_as_speedrun_hands_them_to_t
             assert sr.estimate(name, **fields)["seconds"] > 0
 
 
+def test_every_preset_speedrun_starts_its_first_stage(monkeypatch, tmp_path):
+    # speedrun() itself, up to its first stage (the world), for every preset: what the README's first command runs
+    class Reached(Exception):
+        pass
+
+    def first_stage(*args, **kwargs):
+        raise Reached
+
+    monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10, accum=1: (0.1, 0.0))
+    monkeypatch.setattr(sr, "stage_world", first_stage)
+    for name in sr.PRESETS:
+        with pytest.raises(Reached):
+            sr.speedrun(tmp_path / name, preset=name)
+
+
 def test_estimate_adds_the_budgets_and_scales_the_other_stages_by_the_probe(monkeypatch):
     monkeypatch.setattr(sr, "probe", lambda cfg, init_from=None, steps=10, accum=1: (0.1, 0.0))  # 0.1 s per micro-batch
     e = sr.estimate("cpu")
