@@ -330,7 +330,8 @@ def cmd_speedrun(args) -> None:
     recipe = {k: v for k, v in (("mixed_qa", args.mixed_qa), ("mixed_qa_format", args.mixed_qa_format),
                                 ("compile", args.compile), ("sft_replay", args.sft_replay),
                                 ("fact_answers", args.fact_answers), ("tool_sft", args.tool_sft),
-                                ("icl_phase", args.icl_phase)) if v is not None}
+                                ("icl_phase", args.icl_phase), ("world_icl_docs", args.world_icl_docs),
+                                ("world_icl_style", args.world_icl_style)) if v is not None}
     if args.estimate:
         from acorn.speedrun import estimate, format_estimate
 
@@ -1126,6 +1127,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "crossed after one of them; docs/BENCHMARKS.md, icl-phase-bases, icl-phase-spaced); designs: "
                    f"{', '.join(PHASE_DESIGNS)}; '' for none (default: the preset's: none for cpu and gpu; "
                    "copy@2>world+formats@2 for tiny, which checks the pipeline)")
+    s.add_argument("--world-icl-docs", type=non_negative_int, metavar="N", help="N in-context documents of "
+                   "--world-icl-style in the pretraining world instead of its 1,500 episodes (`acorn data world "
+                   "--icl-docs`): the in-context patterns in pretraining itself, no phase (10,000 of "
+                   "copy+spaced+formats, a third of the tokens, left world_icl at 40.0%%: docs/BENCHMARKS.md, "
+                   "icl-phase-spaced; default: the preset's, 0)")
+    s.add_argument("--world-icl-style", choices=ICL_STYLES, help="the --world-icl-docs documents (`acorn data world "
+                   "--icl-style`: repeats, copy, formats, copy+formats, spaced, copy+spaced+formats; default: repeats)")
     s.add_argument("--estimate", action="store_true", help="print how long the run would take here (a throughput "
                    "probe of a few training steps) and exit")
     from acorn.speedrun import STAGES  # light: the stages import their modules when they run
@@ -1220,9 +1228,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--icl-style", choices=ICL_STYLES, default="repeats",
                    help="the --icl-docs documents: repeats (half of them repeating their inputs so each later label "
                    "is copied from an earlier line: induction), copy (a run of words, repeated: plain induction), "
-                   "formats (repeated induction written in five formats, the label 1-4 tokens after its input) or "
-                   "copy+formats (half each: what the speedrun's in-context phase mixes with the world's text). "
-                   "Default: repeats")
+                   "formats (repeated induction written in five formats, the label 1-4 tokens after its input), "
+                   "copy+formats (half each: what the speedrun's in-context phase mixes with the world's text), "
+                   "spaced (a run of words with the formats' separators between them, repeated: copying across "
+                   "their gaps) or copy+spaced+formats (a third each). Default: repeats")
     s.add_argument("--critique-sft", action="store_true", help="sft.jsonl also teaches critiques and revisions "
                    "under the world's principles (written to principles.md) and A/B comparisons, the format "
                    "`acorn synth constitutional` uses (default: off)")

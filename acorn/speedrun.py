@@ -126,6 +126,12 @@ class SpeedrunPreset:
     # shorter and cheaper versions tried did not cross.
     icl_phase: str = ""
     icl_docs: int = 80_000
+    # In-context documents in the pretraining world itself (world --icl-docs/--icl-style): N documents
+    # of a style instead of the world's own 1,500 episodes. Off (0): a third of the pretraining tokens
+    # of copy, spaced and formats documents left the base model copying at no distance (world_icl
+    # 40.0%; docs/BENCHMARKS.md, icl-phase-spaced).
+    world_icl_docs: int = 0
+    world_icl_style: str = "repeats"
 
 
 PRESETS = {
@@ -197,12 +203,14 @@ def _fmt_time(seconds: float) -> str:
 
 # ------------------------------------------------------------------ stages
 def stage_world(out: Path, size: str, seed: int, mixed_qa: int = 0, mixed_qa_format: str = "plain",
-                fact_answers: str = "value", tool_sft: bool = False) -> dict:
+                fact_answers: str = "value", tool_sft: bool = False, icl_docs: int = 0,
+                icl_style: str = "repeats") -> dict:
     from acorn.data.world import generate_world
 
     # overwrite: a rerun of a stopped speedrun redoes it
     return generate_world(out, seed=seed, size=size, overwrite=True, mixed_qa=mixed_qa,
-                          mixed_qa_format=mixed_qa_format, fact_answers=fact_answers, tool_sft=tool_sft)
+                          mixed_qa_format=mixed_qa_format, fact_answers=fact_answers, tool_sft=tool_sft,
+                          icl_docs=icl_docs, icl_style=icl_style)
 
 
 def stage_tokenizer(world_dir: Path, out: Path, vocab_size: int) -> dict:
@@ -999,11 +1007,11 @@ def resolve_preset(preset: str = "cpu", *, size: str | None = None, vocab_size: 
     unknown = sorted(set(recipe) - set(fields))
     if unknown:
         raise AcornError(f"unknown speedrun setting {', '.join(unknown)}; settable: {', '.join(fields)}")
-    for name, least in (("mixed_qa", 0), ("sft_replay", 0), ("icl_docs", 1)):
+    for name, least in (("mixed_qa", 0), ("sft_replay", 0), ("icl_docs", 1), ("world_icl_docs", 0)):
         value = recipe.get(name, least)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise AcornError(f"{name} must be a {'non-negative' if least == 0 else 'positive'} integer, got {value!r}")
-    from acorn.data.world import FACT_ANSWER_STYLES, MIXED_QA_FORMATS, parse_phase
+    from acorn.data.world import FACT_ANSWER_STYLES, ICL_STYLES, MIXED_QA_FORMATS, parse_phase
 
     phase = recipe.get("icl_phase", PRESETS[preset].icl_phase)
     if not isinstance(phase, str):
@@ -1014,6 +1022,12 @@ def resolve_preset(preset: str = "cpu", *, size: str | None = None, vocab_size: 
         # (the preset's own value passes: speedrun() hands the estimate every field of the resolved preset)
         raise AcornError("icl_docs sizes the in-context phase, which is off; give icl_phase too (--icl-phase CHAIN)")
 
+    style = recipe.get("world_icl_style", "repeats")
+    if style not in ICL_STYLES:
+        raise AcornError(f"world_icl_style must be one of {', '.join(ICL_STYLES)}, got {style!r}")
+    if style != "repeats" and not recipe.get("world_icl_docs"):
+        raise AcornError(f"world_icl_style {style} styles the world_icl_docs in-context pretraining documents, and "
+                         "there are none; give their number too (--world-icl-docs N)")
     if recipe.get("mixed_qa_format", "plain") not in MIXED_QA_FORMATS:
         raise AcornError(f"mixed_qa_format must be one of {', '.join(MIXED_QA_FORMATS)}, "
                          f"got {recipe['mixed_qa_format']!r}")
@@ -1052,7 +1066,7 @@ def speedrun(out: str | Path = "runs/speedrun", *, preset: str = "cpu", seed: in
     results: list[StageResult] = []
     world, tok, data = out / "world", out / "tokenizer", out / "data"
     _stage("world: generate the built-in synthetic world", "seconds", results, stage_world, world, p.world, seed,
-           p.mixed_qa, p.mixed_qa_format, p.fact_answers, p.tool_sft)
+           p.mixed_qa, p.mixed_qa_format, p.fact_answers, p.tool_sft, p.world_icl_docs, p.world_icl_style)
     tok_summary = _stage(f"tokenizer: train byte-level BPE, vocab {p.vocab_size}", "seconds", results,
                          stage_tokenizer, world, tok, p.vocab_size)
     _stage("tokenizer eval: bytes per token against GPT-2", "seconds", results, stage_tokenizer_eval, world, tok,
@@ -1241,6 +1255,9 @@ def recipe_section(run: Run) -> list[str]:
     qa = (f", {p.mixed_qa} QA pairs per fact of the SFT people mixed into pretraining (--mixed-qa)"
           + (", in the chat template (--mixed-qa-format chat)" if p.mixed_qa_format == "chat" else ", as plain text")
           if p.mixed_qa else ", no QA in pretraining")
+    if p.world_icl_docs:
+        qa += (f", {p.world_icl_docs:,} in-context documents of style {p.world_icl_style} in pretraining instead of "
+               "the world's episodes (--world-icl-docs)")
     rows = [("world", f"`{p.world}`, seed {run.seed}" + qa)]
     rows.append(("tokenizer", f"byte-level BPE, vocabulary {p.vocab_size:,}"))
     m = pre.get("model") or {}

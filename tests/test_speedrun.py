@@ -337,6 +337,28 @@ def test_the_world_stage_mixes_qa_into_pretraining_when_the_recipe_asks(tmp_path
     assert "1 QA pairs per fact of the SFT people mixed into pretraining" in text and "with changes" in text
 
 
+def test_world_icl_docs_put_in_context_documents_into_the_pretraining_world(tmp_path, capsys):
+    p = sr.resolve_preset("tiny", world_icl_docs=40, world_icl_style="copy+spaced+formats")
+    sr.stage_world(tmp_path / "w", "tiny", 0, icl_docs=p.world_icl_docs, icl_style=p.world_icl_style)
+    icl = [r["text"] for r in map(json.loads, (tmp_path / "w" / "pretrain.jsonl").read_text().splitlines())
+           if r["kind"] == "icl"]
+    assert len(icl) == 40 and any(len(set(t.split("\n"))) == 1 for t in icl)  # copy runs among them: no episodes
+    assert json.loads((tmp_path / "w" / "manifest.json").read_text())["icl_style"] == "copy+spaced+formats"
+    text = "\n".join(sr.recipe_section(sr.Run(tmp_path, "tiny", p, 0)))
+    assert "40 in-context documents of style copy+spaced+formats in pretraining" in text
+    with pytest.raises(AcornError, match="world_icl_style spaced styles the world_icl_docs"):
+        sr.resolve_preset("cpu", world_icl_style="spaced")
+    with pytest.raises(AcornError, match="world_icl_style must be one of repeats"):
+        sr.resolve_preset("cpu", world_icl_docs=5, world_icl_style="chat")
+    with pytest.raises(AcornError, match="world_icl_docs must be a non-negative integer"):
+        sr.resolve_preset("cpu", world_icl_docs=-1)
+    assert main(["speedrun", "--estimate", "--world-icl-style", "spaced"]) == 2  # the flags reach it: one line
+    assert "world_icl_style spaced styles the world_icl_docs" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse's own check, one line
+        main(["speedrun", "--estimate", "--world-icl-style", "chat"])
+    assert e.value.code == 2 and "--world-icl-style: invalid choice" in capsys.readouterr().err
+
+
 def test_mixed_qa_format_chat_reaches_the_world_and_the_recipe(tmp_path, monkeypatch, capsys):
     class Stop(Exception):
         pass

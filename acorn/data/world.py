@@ -1198,7 +1198,7 @@ def icl_episode(rng: random.Random, pools: dict[str, list[str]], ks=(4, 6, 8)) -
             "query": query}
 
 
-ICL_STYLES = ("repeats", "copy+formats", "copy", "formats")
+ICL_STYLES = ("repeats", "copy+formats", "copy", "formats", "spaced", "copy+spaced+formats")
 # The repeated-induction lines of a "formats" document are written in one of these: the label
 # 1 to 4 tokens after its input, the shortest the distance plain induction copies across.
 ICL_FORMATS = ("{x} {y}", "{x}: {y}", "{x} -> {y}", "Input: {x} Label: {y}", "Input: {x}\nLabel: {y}")
@@ -1227,12 +1227,18 @@ def icl_doc(rng: random.Random, pools: dict[str, list[str]], style: str = "episo
     dense); "formats": repeated induction written in one of ICL_FORMATS (a
     curriculum of distances from plain induction's to the eval's);
     "copy+formats": half each (phase_doc mixes these with the world's text
-    in the speedrun's in-context phase; docs/BENCHMARKS.md, icl-phase).
+    in the speedrun's in-context phase; docs/BENCHMARKS.md, icl-phase);
+    "spaced": spaced_copy_doc (copying across the formats' gaps);
+    "copy+spaced+formats": a third each.
     """
     if style not in ("episodes", *ICL_STYLES):
         raise AcornError(f"in-context document style must be one of episodes, {', '.join(ICL_STYLES)}, not {style!r}")
     if style == "copy+formats":
         style = "copy" if rng.random() < 0.5 else "formats"
+    if style == "copy+spaced+formats":
+        style = rng.choice(("copy", "spaced", "formats"))
+    if style == "spaced":
+        return spaced_copy_doc(rng, pools)
     if style == "copy":
         return copy_doc(rng, pools)
     if style == "formats":
@@ -1296,7 +1302,8 @@ def spaced_copy_doc(rng: random.Random, pools: dict[str, list[str]]) -> str:
 # Designs of an in-context phase (the speedrun's --icl-phase, benchmarks/icl.py --formation): what
 # one training document of each is, phase_doc; docs/BENCHMARKS.md, icl-formation and icl-phase.
 PHASE_DESIGNS = ("episodes", "repeats", "copy", "copy+repeats", "copy+formats", "world+copy+formats", "world+copy",
-                 "world+formats", "world", "formats", "names+repeats", "spaced")
+                 "world+formats", "world", "formats", "names+repeats", "spaced", "copy+spaced+formats",
+                 "world+copy+spaced+formats", "world+spaced")
 
 
 def phase_doc(design: str, rng: random.Random, pools: dict[str, list[str]], world_texts: list[str] = ()) -> str:
@@ -1312,10 +1319,8 @@ def phase_doc(design: str, rng: random.Random, pools: dict[str, list[str]], worl
         return rng.choice(world_texts)
     if design.startswith("world+"):  # what the model keeps reading, so it does not unlearn the world
         return rng.choice(world_texts) if rng.random() < 1 / 3 else icl_doc(rng, pools, design.removeprefix("world+"))
-    if design in ("episodes", "copy", "formats", "copy+formats"):
+    if design in ("episodes", *ICL_STYLES) and design != "repeats":
         return icl_doc(rng, pools, design)
-    if design == "spaced":
-        return spaced_copy_doc(rng, pools)
     if design == "names+repeats" and rng.random() < 0.5:
         cats = [rng.choice(sorted(pools)) for _ in range(rng.randint(6, 12))]
         return "\n".join(f"Input: {rng.choice(pools[c])}\nLabel: {c}" for c in cats)

@@ -420,6 +420,14 @@ def test_an_in_context_phase_is_a_chain_of_designs_each_with_its_steps():
         gaps_seen.add(gap)
         assert 4 <= len(line.split(gap + " ")) <= 10 and not line.startswith("Label")
     assert gaps_seen == set(ICL_GAPS)
+    # copy+spaced+formats: a third each (a spaced run's lines repeat like a copy run's, with a gap in them)
+    kinds = {"copy": 0, "spaced": 0, "formats": 0}
+    for _ in range(300):
+        doc = phase_doc("copy+spaced+formats", rng, pools)
+        k = next((k for k in (2, 3) if "\n".join([doc[:(len(doc) - k + 1) // k]] * k) == doc), 0)
+        gapped = k and any(g + " " in doc[:(len(doc) - k + 1) // k] for g in ICL_GAPS)
+        kinds["formats" if not k else "spaced" if gapped else "copy"] += 1
+    assert all(70 <= n <= 130 for n in kinds.values()), kinds
 
 def test_cli_writes_the_world(tmp_path, capsys):
     out = tmp_path / "w"
