@@ -1124,14 +1124,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "model learns to follow a label mapping shown in its prompt (that chain: 86.7-88.7%% on world_icl "
                    "after five base models of seven, ~6 more minutes; after the other two it stayed at chance, where "
                    "spaced copying runs before the formats, copy@200>spaced@200>formats@200>world+formats@200, "
-                   "crossed after one of them; docs/BENCHMARKS.md, icl-phase-bases, icl-phase-spaced); designs: "
+                   "crossed after one of them, and with copy@400 first put both at ~80%%; docs/BENCHMARKS.md, "
+                   "icl-phase-bases, icl-phase-spaced); designs: "
                    f"{', '.join(PHASE_DESIGNS)}; '' for none (default: the preset's: none for cpu and gpu; "
                    "copy@2>world+formats@2 for tiny, which checks the pipeline)")
     s.add_argument("--world-icl-docs", type=non_negative_int, metavar="N", help="N in-context documents of "
-                   "--world-icl-style in the pretraining world instead of its 1,500 episodes (`acorn data world "
-                   "--icl-docs`): the in-context patterns in pretraining itself, no phase (10,000 of "
-                   "copy+spaced+formats, a third of the tokens, left world_icl at 40.0%%: docs/BENCHMARKS.md, "
-                   "icl-phase-spaced; default: the preset's, 0)")
+                   "--world-icl-style in the pretraining world instead of its episodes (1,500 in the default "
+                   "world; `acorn data world --icl-docs`): the in-context patterns in pretraining itself, no phase "
+                   "(10,000 of "
+                   "copy+spaced+formats, a third of the tokens, left world_icl at 40.0%%; 40,000, two thirds, at "
+                   "53.7%% with the facts lost: docs/BENCHMARKS.md, icl-phase-spaced; default: the preset's, 0)")
     s.add_argument("--world-icl-style", choices=ICL_STYLES, help="the --world-icl-docs documents (`acorn data world "
                    "--icl-style`: repeats, copy, formats, copy+formats, spaced, copy+spaced+formats; default: repeats)")
     s.add_argument("--estimate", action="store_true", help="print how long the run would take here (a throughput "

@@ -120,16 +120,19 @@ class SpeedrunPreset:
     # after some and not others). After the other two (6.5-minute pretrainings) it stayed at 47-48%:
     # after one its formats stage taught copying only at the one-token distance, and "spaced" copying
     # runs (the formats' separators between the words) before the formats made it cross (84.7%);
-    # after the other its copying runs left plain induction unformed (57%) and neither crossed
+    # after the other its copying runs left plain induction unformed (57%) and neither crossed;
+    # copy@400>spaced@200>formats@200>world+formats@200 put both at the line (80.0%, 80.3%)
     # (docs/BENCHMARKS.md, icl-phase-bases, icl-phase-spaced). Off ("") in the cpu preset: a phase's
-    # 600-800 steps cost 6-8 minutes, which take the run past its 15 (18.5 min measured), and the
+    # 600-1,000 steps cost 6-10 minutes, which take the run past its 15 (18.5 min measured), and the
     # shorter and cheaper versions tried did not cross.
     icl_phase: str = ""
     icl_docs: int = 80_000
     # In-context documents in the pretraining world itself (world --icl-docs/--icl-style): N documents
-    # of a style instead of the world's own 1,500 episodes. Off (0): a third of the pretraining tokens
-    # of copy, spaced and formats documents left the base model copying at no distance (world_icl
-    # 40.0%; docs/BENCHMARKS.md, icl-phase-spaced).
+    # of a style instead of the world's own episodes (1,500 by default), no phase. Off (0): 10,000 of
+    # copy+spaced+formats (a third of the pretraining tokens) left the base model copying at no
+    # distance (world_icl 40.0%); 40,000 (two thirds) began copying at every distance but did not
+    # transfer (53.7%) and lost the world (facts only in pretraining 11.4%); docs/BENCHMARKS.md,
+    # icl-phase-spaced.
     world_icl_docs: int = 0
     world_icl_style: str = "repeats"
 
