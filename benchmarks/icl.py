@@ -61,6 +61,10 @@ the label shown most often, where answering with the prompt's most frequent labe
                 formats' separators between them ("w1: w2: w3", "w1\\nLabel: w2"), the run
                 again (acorn.data.world.spaced_copy_doc): what follows a word 2 to 4 tokens
                 later, the distances the formats' labels sit at
+  copy+spaced+formats  a third each of copy's, spaced's and formats' (`acorn speedrun
+                --world-icl-docs N --world-icl-style copy+spaced+formats` puts N of them into the
+                pretraining world itself)
+  world+spaced  a third the world's own, two thirds spaced's
 
     python benchmarks/icl.py --formation repeats,copy+repeats,formats,names+repeats --work /tmp/iclf --steps 600
 
