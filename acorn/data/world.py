@@ -1309,8 +1309,8 @@ PHASE_DESIGNS = ("episodes", "repeats", "copy", "copy+repeats", "copy+formats", 
 def phase_doc(design: str, rng: random.Random, pools: dict[str, list[str]], world_texts: list[str] = ()) -> str:
     """One training document of a phase design: "episodes", "copy", "formats", "copy+formats",
     "spaced", "copy+spaced+formats" (icl_doc's styles); "repeats" repeated-induction lines in the
-    eval's format; "world" one of the world's own `world_texts`; "world+STYLE" a third the world's text (drawn at random),
-    the rest icl_doc's STYLE; "copy+repeats" and "names+repeats" half copy_doc's or lines naming each
+    eval's format; "world" one of the world's own `world_texts`; "world+STYLE" a third the world's
+    text (drawn at random), the rest icl_doc's STYLE; "copy+repeats" and "names+repeats" half copy_doc's or lines naming each
     input's category ("Input: Zerven\nLabel: city"), half repeats'; "spaced" spaced_copy_doc's
     copying runs with the formats' separators between their words; "copy+spaced+formats" a third
     each of copy's, spaced's and formats'."""
