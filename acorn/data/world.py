@@ -1310,10 +1310,10 @@ def phase_doc(design: str, rng: random.Random, pools: dict[str, list[str]], worl
     """One training document of a phase design: "episodes", "copy", "formats", "copy+formats",
     "spaced", "copy+spaced+formats" (icl_doc's styles); "repeats" repeated-induction lines in the
     eval's format; "world" one of the world's own `world_texts`; "world+STYLE" a third the world's
-    text (drawn at random), the rest icl_doc's STYLE; "copy+repeats" and "names+repeats" half copy_doc's or lines naming each
-    input's category ("Input: Zerven\nLabel: city"), half repeats'; "spaced" spaced_copy_doc's
-    copying runs with the formats' separators between their words; "copy+spaced+formats" a third
-    each of copy's, spaced's and formats'."""
+    text (drawn at random), the rest icl_doc's STYLE; "copy+repeats" and "names+repeats" half
+    copy_doc's or lines naming each input's category ("Input: Zerven\nLabel: city"), half
+    repeats'. (spaced: spaced_copy_doc's copying runs with the formats' separators between their
+    words; copy+spaced+formats: a third each of copy's, spaced's and formats'.)"""
     if design not in PHASE_DESIGNS:
         raise AcornError(f"unknown in-context phase design {design!r}; choose from {', '.join(PHASE_DESIGNS)}")
     if design == "world":
