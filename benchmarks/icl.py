@@ -248,12 +248,12 @@ def format_probe(model, tok, docs: int = 40, world_seed: int = 0) -> dict[str, f
     format, every distance scores high; where it did not, only the one-token distance does."""
     import random
 
-    from acorn.data.world import ICL_FORMATS, build_world, icl_pools, icl_repeats
+    from acorn.data.world import ICL_FORMATS, build_world, icl_format_parts, icl_pools, icl_repeats
 
     pools, out = icl_pools(build_world(world_seed, "default")), {}
     for form in ICL_FORMATS:
         rng = random.Random("format-probe")
-        lead, between = form.split("{x}")[0], form.split("{x}")[1].split("{y}")[0].rstrip(" ")
+        lead, between = icl_format_parts(form)
         right = total = 0
         for _ in range(docs):
             prefix, seen = "", set()

@@ -1202,8 +1202,17 @@ ICL_STYLES = ("repeats", "copy+formats", "copy", "formats", "spaced", "copy+spac
 # The repeated-induction lines of a "formats" document are written in one of these: the label
 # 1 to 4 tokens after its input, the shortest the distance plain induction copies across.
 ICL_FORMATS = ("{x} {y}", "{x}: {y}", "{x} -> {y}", "Input: {x} Label: {y}", "Input: {x}\nLabel: {y}")
+
+
+def icl_format_parts(form: str) -> tuple[str, str]:
+    """A format of ICL_FORMATS split around its input: what comes before the input, and what
+    comes between the input and the label (without the space before the label)."""
+    lead, rest = form.split("{x}")
+    return lead, rest.split("{y}")[0].rstrip(" ")
+
+
 # What comes between an input and its label there, where it is more than a space (spaced_copy_doc).
-ICL_GAPS = tuple(g for g in (f.split("{x}")[1].split("{y}")[0].rstrip(" ") for f in ICL_FORMATS) if g)
+ICL_GAPS = tuple(gap for _, gap in map(icl_format_parts, ICL_FORMATS) if gap)
 
 
 def icl_doc(rng: random.Random, pools: dict[str, list[str]], style: str = "episodes") -> str:
@@ -1320,7 +1329,7 @@ def phase_doc(design: str, rng: random.Random, pools: dict[str, list[str]], worl
         return rng.choice(world_texts)
     if design.startswith("world+"):  # what the model keeps reading, so it does not unlearn the world
         return rng.choice(world_texts) if rng.random() < 1 / 3 else icl_doc(rng, pools, design.removeprefix("world+"))
-    if design in ("episodes", *ICL_STYLES) and design != "repeats":
+    if design in ("episodes", *ICL_STYLES) and design != "repeats":  # a phase's repeats: the eval's format only
         return icl_doc(rng, pools, design)
     if design == "names+repeats" and rng.random() < 0.5:
         cats = [rng.choice(sorted(pools)) for _ in range(rng.randint(6, 12))]
