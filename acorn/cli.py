@@ -330,7 +330,8 @@ def cmd_speedrun(args) -> None:
     recipe = {k: v for k, v in (("mixed_qa", args.mixed_qa), ("mixed_qa_format", args.mixed_qa_format),
                                 ("compile", args.compile), ("sft_replay", args.sft_replay),
                                 ("fact_answers", args.fact_answers), ("tool_sft", args.tool_sft),
-                                ("icl_phase", args.icl_phase), ("world_icl_docs", args.world_icl_docs),
+                                ("icl_phase", args.icl_phase), ("icl_world_share", args.icl_world_share),
+                                ("world_icl_docs", args.world_icl_docs),
                                 ("world_icl_style", args.world_icl_style)) if v is not None}
     if args.estimate:
         from acorn.speedrun import estimate, format_estimate
@@ -1128,6 +1129,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "icl-phase-bases, icl-phase-spaced); designs: "
                    f"{', '.join(PHASE_DESIGNS)}; '' for none (default: the preset's: none for cpu and gpu; "
                    "copy@2>world+formats@2 for tiny, which checks the pipeline)")
+    s.add_argument("--icl-world-share", type=float, metavar="F", help="the world's text in each world+ design of "
+                   "--icl-phase: each document is one of the world's own with probability F, else the design's "
+                   "in-context document (a sixth, 0.1667, kept more of the facts than a third: docs/BENCHMARKS.md, "
+                   "icl-phase-spaced; default: the preset's, 1/3)")
     s.add_argument("--world-icl-docs", type=non_negative_int, metavar="N", help="N in-context documents of "
                    "--world-icl-style in the pretraining world instead of its episodes (1,500 in the default "
                    "world; `acorn data world --icl-docs`): the in-context patterns in pretraining itself, no phase "

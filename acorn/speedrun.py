@@ -127,6 +127,9 @@ class SpeedrunPreset:
     # shorter and cheaper versions tried did not cross.
     icl_phase: str = ""
     icl_docs: int = 80_000
+    # The world's text in each world+STYLE design of the phase (phase_doc's world_share): a third
+    # by default; at a sixth every stage kept more of the facts (docs/BENCHMARKS.md, icl-phase-spaced).
+    icl_world_share: float = 1 / 3
     # In-context documents in the pretraining world itself (world --icl-docs/--icl-style): N documents
     # of a style instead of the world's own episodes (1,500 by default), no phase. Off (0): 10,000 of
     # copy+spaced+formats (a third of the pretraining tokens) left the base model copying at no
@@ -333,7 +336,8 @@ def stage_icl(p: SpeedrunPreset, world_dir: Path, tok_dir: Path, pretrained: Pat
     texts = [r["text"] for r in read_jsonl(world_dir / "pretrain.jsonl")] if any(
         d.startswith("world") for d, _ in chain) else []
     for (design, steps), (model, data) in zip(chain, icl_dirs(out.parent, chain)):
-        write_jsonl(data / "docs.jsonl", [{"text": phase_doc(design, rng, pools, texts)} for _ in range(p.icl_docs)])
+        write_jsonl(data / "docs.jsonl", [{"text": phase_doc(design, rng, pools, texts, p.icl_world_share)}
+                                          for _ in range(p.icl_docs)])
         prepare([data / "docs.jsonl"], tok_dir, data, val_fraction=0.01, quiet=True)
         _fresh_compiler(p)
         pretrain(for_steps(pretrain_config(p, data, model, vocab_size, seed), steps, pretrained))
@@ -1025,6 +1029,16 @@ def resolve_preset(preset: str = "cpu", *, size: str | None = None, vocab_size: 
         # (the preset's own value passes: speedrun() hands the estimate every field of the resolved preset)
         raise AcornError("icl_docs sizes the in-context phase, which is off; give icl_phase too (--icl-phase CHAIN)")
 
+    share = recipe.get("icl_world_share", PRESETS[preset].icl_world_share)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+        raise AcornError(f"icl_world_share is the world's share of the phase's world+ designs, a number between 0 "
+                         f"and 1 (1/6: 0.1667), got {share!r}")
+    if share != PRESETS[preset].icl_world_share and not any(d.startswith("world+") for d, _ in
+                                                            (parse_phase(phase) if phase else [])):
+        raise AcornError("icl_world_share mixes the world's text into the in-context phase's world+ designs, and "
+                         f"{'its chain has none' if phase else 'the phase is off'}; give --icl-phase with a world+ "
+                         "design (world+formats@200)")
+
     style = recipe.get("world_icl_style", "repeats")
     if style not in ICL_STYLES:
         raise AcornError(f"world_icl_style must be one of {', '.join(ICL_STYLES)}, got {style!r}")
@@ -1287,9 +1301,11 @@ def recipe_section(run: Run) -> list[str]:
                            f"steps, to {o['min_lr_ratio']:g} x lr; dtype {t['dtype']}, "
                            f"{'torch.compile' if t.get('compile') else 'eager'}"))
     if parts:
+        share = (f"; the world's text {p.icl_world_share:.3g} of each world+ design (--icl-world-share)"
+                 if any(d.startswith("world+") for d, _ in chain) else "")
         rows.append(("in-context phase data", f"{p.icl_docs:,} documents of each design, from the pretrained model "
-                     f"(--icl-phase {p.icl_phase}; acorn.data.world.phase_doc; the designs: docs/BENCHMARKS.md, "
-                     "icl-formation)"))
+                     f"(--icl-phase {p.icl_phase}{share}; acorn.data.world.phase_doc; the designs: "
+                     "docs/BENCHMARKS.md, icl-formation)"))
     rows.append(("SFT data", "the world's conversations, fact questions answered " + (
         "in a sentence (\"As far as I know, NAME was born in 1959.\", --fact-answers sentence)"
         if p.fact_answers == "sentence" else "with the bare value (--fact-answers value)") + (

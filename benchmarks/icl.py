@@ -292,11 +292,12 @@ def icl_probe(items: list[dict], tok, world_seed: int = 0):
 
 
 def formation(chain: list[str], work: Path, steps: int | list[int], docs: int, seed: int = 0, model: str = "",
-              init: Path | None = None, preset=None) -> list[dict]:
+              init: Path | None = None, preset=None, world_share: float = 1 / 3) -> list[dict]:
     """Train the speedrun's model (or preset `model`; or the saved model `init`, e.g. a speedrun's
     base model) on `docs` documents of one design only, `steps` steps (or a list: each design's),
     world_icl scored every 100 steps; a chain of designs trains each from the model the one before
-    it left (a curriculum). The curve runs over the whole chain."""
+    it left (a curriculum). The curve runs over the whole chain. `world_share`: the world's text in
+    each world+ design (phase_doc's)."""
     import dataclasses
     import hashlib
     import random
@@ -319,11 +320,13 @@ def formation(chain: list[str], work: Path, steps: int | list[int], docs: int, s
     start, out = init, (init.parent if init else None)
     each = steps if isinstance(steps, list) else [steps] * len(chain)
     for i, (design, steps) in enumerate(zip(chain, each)):
-        run = work / design
+        shared = design.startswith("world+") and world_share != 1 / 3
+        run = work / (f"{design}-share{world_share:.3g}" if shared else design)
         if not (run / "data" / "meta.json").exists():
             rng, pools = random.Random(f"{seed}-{design}"), icl_pools(build_world(seed, p.world))
             texts = [r["text"] for r in read_jsonl(world / "pretrain.jsonl")] if design.startswith("world") else []
-            write_jsonl(run / "docs.jsonl", [{"text": phase_doc(design, rng, pools, texts)} for _ in range(docs)])
+            write_jsonl(run / "docs.jsonl", [{"text": phase_doc(design, rng, pools, texts, world_share)}
+                                             for _ in range(docs)])
             prepare([run / "docs.jsonl"], work / "tokenizer", run / "data", val_fraction=0.01, quiet=True)
         # Named by everything that made it, so no other spec reads it back: the model preset, the steps of
         # each design, the run it started from (a hash of its path) and the designs before it.
@@ -507,6 +510,8 @@ def main() -> None:
                     "than the speedrun's (repeats:micro) and @STEPS; A>B trains B from A's model; base>A (with "
                     "--init) starts from a speedrun's base model: the formation study (section icl-formation, "
                     "with --init icl-phase)")
+    ap.add_argument("--world-share", type=float, default=1 / 3, help="--formation: the world's text in each world+ "
+                    "design (default: a third; the speedrun's --icl-world-share)")
     ap.add_argument("--docs", type=int, default=80_000, help="--formation: documents per design (default: 80,000)")
     ap.add_argument("--init", metavar="RUN", action="append", default=[],
                     help="--formation: base> chains start from this finished speedrun's pretrained model "
@@ -522,6 +527,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="--probe-formats: the trained world's seed (default: 0)")
     args = ap.parse_args()
     work = Path(args.work)
+    if not 0 < args.world_share < 1:
+        ap.error(f"--world-share is a share of each world+ design's documents, between 0 and 1; got {args.world_share}")
     if args.probe_formats:
         from acorn.data.world import ICL_FORMATS
 
@@ -572,7 +579,7 @@ def main() -> None:
                 after = f", after {run}" if run else ""
                 log(f"{spec}: steps {steps} (each design) on {args.docs:,} documents{after}")
                 curves[spec] = formation(chain, here, steps, args.docs, model=m, init=init if from_base else None,
-                                         seed=seed, preset=preset)
+                                         seed=seed, preset=preset, world_share=args.world_share)
                 if base:
                     curves[spec][-1]["facts"] = world_facts(Path(curves[spec][-1]["model"]), here / "world")
                 log(f"{spec}: {json.dumps(curves[spec][-1])}")

@@ -328,6 +328,36 @@ def test_estimate_from_the_command_line_and_recipe_settings(monkeypatch, capsys,
     assert e.value.code == 2 and "--mixed-qa: must be >= 0" in capsys.readouterr().err
 
 
+def test_icl_world_share_sets_the_worlds_text_in_the_phases_world_designs(tmp_path, monkeypatch, capsys):
+    import acorn.data.prepare
+    import acorn.train.pretrain
+
+    class Trained(Exception):
+        pass
+
+    def pretrain(cfg):
+        raise Trained
+
+    monkeypatch.setattr(acorn.data.prepare, "prepare", lambda *a, **k: None)
+    monkeypatch.setattr(acorn.train.pretrain, "pretrain", pretrain)
+    sr.stage_world(tmp_path / "w", "tiny", 0)
+    p = sr.resolve_preset("tiny", icl_phase="world+formats@2", icl_docs=600, icl_world_share=0.1)
+    with pytest.raises(Trained):  # the documents are written before the design trains
+        sr.stage_icl(p, tmp_path / "w", tmp_path / "tok", tmp_path / "pre", tmp_path / "run" / "pretrain-icl", 512, 0)
+    world = {json.loads(line)["text"] for line in (tmp_path / "w" / "pretrain.jsonl").read_text().splitlines()}
+    docs = [json.loads(line)["text"] for line in (tmp_path / "run" / "data-icl" / "docs.jsonl").read_text().splitlines()]
+    assert 30 <= sum(d in world for d in docs) <= 95  # a tenth of 600, not the default third (200)
+    assert sr.PRESETS["cpu"].icl_world_share == 1 / 3
+    for bad, why in (({"icl_world_share": 0.2}, "the phase is off"),
+                     ({"icl_world_share": 0.2, "icl_phase": "copy@9"}, "its chain has none"),
+                     ({"icl_world_share": 1.0, "icl_phase": "world+copy@9"}, "a number between 0 and 1")):
+        with pytest.raises(AcornError, match=why):
+            sr.resolve_preset("cpu", **bad)
+    assert main(["speedrun", "--estimate", "--icl-world-share", "0.2"]) == 2  # the flag reaches it: one line
+    assert "icl_world_share mixes the world's text into the in-context phase's world+ designs" in \
+        capsys.readouterr().err
+
+
 def test_the_world_stage_mixes_qa_into_pretraining_when_the_recipe_asks(tmp_path):
     sr.stage_world(tmp_path / "w", "tiny", 0, mixed_qa=1)
     kinds = [json.loads(line)["kind"] for line in (tmp_path / "w" / "pretrain.jsonl").read_text().splitlines()]

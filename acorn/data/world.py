@@ -1315,20 +1315,25 @@ PHASE_DESIGNS = ("episodes", "repeats", "copy", "copy+repeats", "copy+formats", 
                  "world+copy+spaced+formats", "world+spaced")
 
 
-def phase_doc(design: str, rng: random.Random, pools: dict[str, list[str]], world_texts: list[str] = ()) -> str:
+def phase_doc(design: str, rng: random.Random, pools: dict[str, list[str]], world_texts: list[str] = (),
+              world_share: float = 1 / 3) -> str:
     """One training document of a phase design: "episodes", "copy", "formats", "copy+formats",
     "spaced", "copy+spaced+formats" (icl_doc's styles); "repeats" repeated-induction lines in the
-    eval's format; "world" one of the world's own `world_texts`; "world+STYLE" a third the world's
-    text (drawn at random), the rest icl_doc's STYLE; "copy+repeats" and "names+repeats" half
-    copy_doc's or lines naming each input's category ("Input: Zerven\nLabel: city"), half
-    repeats'. (spaced: spaced_copy_doc's copying runs with the formats' separators between their
-    words; copy+spaced+formats: a third each of copy's, spaced's and formats'.)"""
+    eval's format; "world" one of the world's own `world_texts`; "world+STYLE" the world's text
+    (drawn at random) with probability `world_share` (a third by default), else icl_doc's STYLE;
+    "copy+repeats" and "names+repeats" half copy_doc's or lines naming each input's category
+    ("Input: Zerven\nLabel: city"), half repeats'. (spaced: spaced_copy_doc's copying runs with the
+    formats' separators between their words; copy+spaced+formats: a third each of copy's, spaced's
+    and formats'.)"""
     if design not in PHASE_DESIGNS:
         raise AcornError(f"unknown in-context phase design {design!r}; choose from {', '.join(PHASE_DESIGNS)}")
     if design == "world":
         return rng.choice(world_texts)
     if design.startswith("world+"):  # what the model keeps reading, so it does not unlearn the world
-        return rng.choice(world_texts) if rng.random() < 1 / 3 else icl_doc(rng, pools, design.removeprefix("world+"))
+        if not 0 < world_share < 1:
+            raise AcornError(f"the world's share of a world+ phase design must be between 0 and 1, got {world_share}")
+        style = design.removeprefix("world+")
+        return rng.choice(world_texts) if rng.random() < world_share else icl_doc(rng, pools, style)
     if design in ("episodes", *ICL_STYLES) and design != "repeats":  # a phase's repeats: the eval's format only
         return icl_doc(rng, pools, design)
     if design == "names+repeats" and rng.random() < 0.5:

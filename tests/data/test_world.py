@@ -406,6 +406,11 @@ def test_an_in_context_phase_is_a_chain_of_designs_each_with_its_steps():
     assert all(len(set(lines)) == 1 and len(lines) in (2, 3) for lines in copies)  # a run, then the run again
     mixed = [phase_doc("world+formats", rng, pools, texts) for _ in range(300)]
     assert 60 <= sum(d in texts for d in mixed) <= 140  # a third the world's own text
+    sixth = [phase_doc("world+formats", rng, pools, texts, world_share=1 / 6) for _ in range(300)]
+    assert 25 <= sum(d in texts for d in sixth) <= 75  # or the share asked for
+    for share in (0, 1, 1.5):
+        with pytest.raises(AcornError, match="share of a world\\+ phase design must be between 0 and 1"):
+            phase_doc("world+formats", rng, pools, texts, world_share=share)
     assert all(d in texts or "\n" in d for d in mixed)
     with pytest.raises(AcornError, match="unknown in-context phase design 'chat'"):
         phase_doc("chat", rng, pools)
