@@ -330,6 +330,7 @@ def cmd_speedrun(args) -> None:
     recipe = {k: v for k, v in (("mixed_qa", args.mixed_qa), ("mixed_qa_format", args.mixed_qa_format),
                                 ("compile", args.compile), ("sft_replay", args.sft_replay),
                                 ("fact_answers", args.fact_answers), ("tool_sft", args.tool_sft),
+                                ("pretrain_minutes", args.pretrain_minutes), ("sft_minutes", args.sft_minutes),
                                 ("icl_phase", args.icl_phase), ("icl_world_share", args.icl_world_share),
                                 ("world_icl_docs", args.world_icl_docs),
                                 ("world_icl_style", args.world_icl_style)) if v is not None}
@@ -1094,6 +1095,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=non_negative_int, default=0,
                    help="seeds the world, the weights and the data order: same seed, same run (default: 0)")
     s.add_argument("--vocab-size", type=positive_int, help="tokenizer vocabulary (default: the preset's)")
+    s.add_argument("--pretrain-minutes", type=_positive_float, metavar="MIN", help="pretraining's time budget: the "
+                   "steps a throughput probe says fit in it (default: the preset's: 9 for cpu)")
+    s.add_argument("--sft-minutes", type=_positive_float, metavar="MIN", help="SFT's time budget, the same way "
+                   "(default: the preset's: 3.5 for cpu)")
     s.add_argument("--mixed-qa", type=non_negative_int, metavar="N", help="mixed training: N question-answer pairs "
                    "per fact of the SFT people among the pretraining documents (`acorn data world --mixed-qa`; "
                    "default: the preset's, 0)")
@@ -1125,14 +1130,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "model learns to follow a label mapping shown in its prompt (that chain: 86.7-88.7%% on world_icl "
                    "after five base models of seven, ~6 more minutes; after the other two it stayed at chance, where "
                    "spaced copying runs before the formats, copy@200>spaced@200>formats@200>world+formats@200, "
-                   "crossed after one of them, and with copy@400 first put both at ~80%%; docs/BENCHMARKS.md, "
+                   "crossed after one of them, and with copy@400 first put both at ~80%%; with the world's text "
+                   "in every stage, world+copy@200>world+spaced@200>world+formats@600 --icl-world-share 0.1667, "
+                   "81.0%% and 79.7%% in speedruns of seeds 0 and 1 with the facts kept, ~23 min; docs/BENCHMARKS.md, "
                    "icl-phase-bases, icl-phase-spaced); designs: "
                    f"{', '.join(PHASE_DESIGNS)}; '' for none (default: the preset's: none for cpu and gpu; "
                    "copy@2>world+formats@2 for tiny, which checks the pipeline)")
     s.add_argument("--icl-world-share", type=float, metavar="F", help="the world's text in each world+ design of "
                    "--icl-phase: each document is one of the world's own with probability F, else the design's "
-                   "in-context document (a sixth, 0.1667, kept more of the facts than a third: docs/BENCHMARKS.md, "
-                   "icl-phase-spaced; default: the preset's, 1/3)")
+                   "in-context document (a sixth in every stage, 0.1667, kept the facts: 89.2%% of those only in "
+                   "pretraining after world+copy@200>world+spaced@200>world+formats@600, against 39.1%% after the "
+                   "world-free spaced chain; docs/BENCHMARKS.md, icl-phase-spaced; default: the preset's, 1/3)")
     s.add_argument("--world-icl-docs", type=non_negative_int, metavar="N", help="N in-context documents of "
                    "--world-icl-style in the pretraining world instead of its episodes (1,500 in the default "
                    "world; `acorn data world --icl-docs`): the in-context patterns in pretraining itself, no phase "

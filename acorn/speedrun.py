@@ -122,13 +122,16 @@ class SpeedrunPreset:
     # runs (the formats' separators between the words) before the formats made it cross (84.7%);
     # after the other its copying runs left plain induction unformed (57%) and neither crossed;
     # copy@400>spaced@200>formats@200>world+formats@200 put both at the line (80.0%, 80.3%)
-    # (docs/BENCHMARKS.md, icl-phase-bases, icl-phase-spaced). Off ("") in the cpu preset: a phase's
-    # 600-1,000 steps cost 6-10 minutes, which take the run past its 15 (18.5 min measured), and the
-    # shorter and cheaper versions tried did not cross.
+    # (docs/BENCHMARKS.md, icl-phase-bases, icl-phase-spaced). The world's text at a sixth of every
+    # stage (icl_world_share) keeps the world's facts: world+copy@200>world+spaced@200>world+formats@600
+    # with icl_world_share=1/6 took whole speedruns' base models to 81.0% and 79.7% (seeds 0, 1) with
+    # facts only in pretraining at 89.2% and 95.2% (~23 min; the world-free spaced chain: 74.7%, 39.1%). Off
+    # ("") in the cpu preset: a phase's 600-1,000 steps cost 6-10 minutes, which take the run past
+    # its 15, and the shorter and cheaper versions tried did not cross.
     icl_phase: str = ""
     icl_docs: int = 80_000
     # The world's text in each world+STYLE design of the phase (phase_doc's world_share): a third
-    # by default; at a sixth every stage kept more of the facts (docs/BENCHMARKS.md, icl-phase-spaced).
+    # by default (the share the measured chains with world+formats last were made with).
     icl_world_share: float = 1 / 3
     # In-context documents in the pretraining world itself (world --icl-docs/--icl-style): N documents
     # of a style instead of the world's own episodes (1,500 by default), no phase. Off (0): 10,000 of
@@ -342,7 +345,9 @@ def stage_icl(p: SpeedrunPreset, world_dir: Path, tok_dir: Path, pretrained: Pat
         _fresh_compiler(p)
         pretrain(for_steps(pretrain_config(p, data, model, vocab_size, seed), steps, pretrained))
         pretrained = model / "model"
-    return _last_metrics(out) | {"phase": p.icl_phase, "steps": sum(n for _, n in chain), "docs": p.icl_docs}
+    tokens = sum(_metric_rows(model)[-1]["tokens"] for model, _ in icl_dirs(out.parent, chain))  # every design's
+    return _last_metrics(out) | {"phase": p.icl_phase, "steps": sum(n for _, n in chain), "docs": p.icl_docs,
+                                 "tokens": tokens}
 
 
 def base_model(out: Path) -> Path:
@@ -1029,6 +1034,10 @@ def resolve_preset(preset: str = "cpu", *, size: str | None = None, vocab_size: 
         # (the preset's own value passes: speedrun() hands the estimate every field of the resolved preset)
         raise AcornError("icl_docs sizes the in-context phase, which is off; give icl_phase too (--icl-phase CHAIN)")
 
+    for name in ("pretrain_minutes", "sft_minutes"):
+        value = recipe.get(name, 1.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise AcornError(f"{name} is a time budget in minutes, a number above 0, got {value!r}")
     share = recipe.get("icl_world_share", PRESETS[preset].icl_world_share)
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
         raise AcornError(f"icl_world_share is the world's share of the phase's world+ designs, a number between 0 "

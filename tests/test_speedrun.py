@@ -30,6 +30,7 @@ def test_speedrun_tiny_runs_every_stage(tiny_run):
     # documents from the copying model.
     icl = next(s for s in summary["stages"] if s["name"] == "icl")["summary"]
     assert (icl["phase"], icl["steps"], icl["docs"]) == ("copy@2>world+formats@2", 4, 60)
+    assert icl["tokens"] == 4 * sr.PRESETS["tiny"].batch_tokens  # every design's tokens, not the last one's
     assert sr.base_model(out) == out / "pretrain-icl" / "model"
     cfg = yaml.safe_load((out / "pretrain-icl-1-copy" / "config.yaml").read_text())
     assert cfg["init_from"] == str(out / "pretrain" / "model") and cfg["train"]["max_steps"] == 2
@@ -315,6 +316,9 @@ def test_estimate_from_the_command_line_and_recipe_settings(monkeypatch, capsys,
         sr.resolve_preset("cpu", icl_phase="copy@9", icl_docs=0)
     with pytest.raises(AcornError, match="icl_docs sizes the in-context phase, which is off"):
         sr.resolve_preset("cpu", icl_docs=50)
+    assert sr.resolve_preset("cpu", pretrain_minutes=5, sft_minutes=2.5).pretrain_minutes == 5
+    with pytest.raises(AcornError, match="sft_minutes is a time budget in minutes, a number above 0, got 0"):
+        sr.resolve_preset("cpu", sft_minutes=0)
     assert sr.resolve_preset("tiny", icl_phase="").icl_phase == ""  # a preset's phase turned off
     assert sr.resolve_preset("cpu", icl_docs=sr.PRESETS["cpu"].icl_docs).icl_phase == ""  # the preset's own value
     # a run made before the chains (icl_steps: that many steps of the one mixture) reads back as that chain
@@ -326,6 +330,8 @@ def test_estimate_from_the_command_line_and_recipe_settings(monkeypatch, capsys,
     with pytest.raises(SystemExit) as e:  # argparse's own check, one line
         main(["speedrun", "--estimate", "--mixed-qa", "-2"])
     assert e.value.code == 2 and "--mixed-qa: must be >= 0" in capsys.readouterr().err
+    assert main(["speedrun", "--estimate", "--pretrain-minutes", "5"]) == 0  # the budget reaches the estimate
+    assert "pretraining 5.0 min and SFT 3.5 min are time budgets" in capsys.readouterr().out
 
 
 def test_icl_world_share_sets_the_worlds_text_in_the_phases_world_designs(tmp_path, monkeypatch, capsys):
