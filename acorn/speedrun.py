@@ -127,8 +127,10 @@ class SpeedrunPreset:
     # with icl_world_share=1/6 took whole speedruns' base models to 81.0% and 79.7% (seeds 0, 1) with
     # facts only in pretraining at 89.2% and 95.2% (~23 min; the world-free spaced chain: 74.7%, 39.1%). Off
     # ("") in the cpu preset: a phase's 600-1,000 steps cost 6-10 minutes, which take the run past
-    # its 15; the one 15-minute version that crossed (pretrain_minutes=5 with world+copy@200>
-    # world+formats@200>world+formats@200 at a sixth: 81.0%, facts kept) did on one seed of two.
+    # its 15. With pretrain_minutes=5 and a 600-step chain at a sixth, 81.0-81.3% with the facts
+    # kept in ~15 min, but each chain on one seed only: world+copy@200>world+formats@200>
+    # world+formats@200 crossed on seed 0 and not seed 1 (51.3%); world+copy@150>world+spaced@150>
+    # world+formats@300 crossed on seed 1 (15.4 min), seed 0 not yet run (icl-phase-spaced).
     icl_phase: str = ""
     icl_docs: int = 80_000
     # The world's text in each world+STYLE design of the phase (phase_doc's world_share): a third
