@@ -310,9 +310,11 @@ def stage_pretrain(p: SpeedrunPreset, data: Path, out: Path, vocab_size: int, se
 
     _fresh_compiler(p)
     cfg = pretrain_config(p, data, out, vocab_size, seed)
-    steps = _steps_for(cfg, p.pretrain_minutes)
-    pretrain(for_steps(cfg, steps, time_limit=True))
-    return _last_metrics(out) | {"steps": steps}
+    steps = _steps_for(cfg, p.pretrain_minutes)  # a first plan; the loop fits it to the budget as it runs
+    cfg = for_steps(cfg, steps, time_limit=True)
+    cfg.train.fit_minutes = p.pretrain_minutes * STEP_SHARE
+    pretrain(cfg)
+    return _last_metrics(out)
 
 
 def icl_dirs(run: Path, chain: list[tuple[str, int]]) -> list[tuple[Path, Path]]:
@@ -391,13 +393,14 @@ def stage_sft(p: SpeedrunPreset, world_dir: Path, base: Path, out: Path, seed: i
             "--eval.checkpoint_every", "0", *_recipe_args(p)]
     cfg = load(SFTConfig, None, args)
     _fresh_compiler(p)
-    if steps is None:
+    if steps is None:  # a first plan; the loop fits it to the budget as it runs
         steps = _steps_for(cfg, p.sft_minutes, init_from=base, share=SFT_STEP_SHARE)
+        cfg.train.fit_minutes = p.sft_minutes * SFT_STEP_SHARE
     else:
         cfg.train.max_minutes = None  # the steps alone end it
     cfg.train.max_steps = steps
     sft(cfg)
-    return _last_metrics(out) | {"steps": steps}
+    return _last_metrics(out)
 
 
 # ------------------------------------------------------------------ stages over a finished run
@@ -828,7 +831,8 @@ def _sample_questions(world: Path) -> list[str]:
 # uncounted recompilations ate into it). SFT keeps 8%: at 96% its stage ran 218 s of 210
 # (its probe, then one micro-batch a step, measured 5% faster than it trained); with the
 # probe accumulating as the stage does, SFT's probe measured 3% slower than its training and
-# pretraining's within 0.2% (seed 0: 194 s of 210, 529 s of 540).
+# pretraining's within 0.2% (seed 0: 194 s of 210, 529 s of 540). The training stages end at
+# these shares of their budgets by LoopConfig.fit_minutes, the probe's step count a first plan.
 STEP_SHARE = 0.96
 SFT_STEP_SHARE = 0.92
 # The compiled step's speed over the eager probe's, and the seconds one design of the in-context
@@ -843,7 +847,10 @@ ICL_DOC_SECONDS = 5.0
 def _steps_for(cfg, minutes: float, init_from: Path | None = None, share: float = STEP_SHARE) -> int:
     """Optimizer steps that fit in `minutes`, from the timing of a few real steps
     (the loop's own train_step with the stage's accumulation, on random tokens); a
-    compiled run's compilation is paid out of the same minutes."""
+    compiled run's compilation is paid out of the same minutes. The training stages
+    take it as a first plan that the loop refits as it runs (LoopConfig.fit_minutes):
+    a few seconds of probe misjudged the pace by up to a fifth on a 2-core machine
+    whose speed swings within seconds (docs/BENCHMARKS.md, speedrun-budget)."""
     from acorn.train.loop import accumulation
 
     accum = accumulation(cfg.train.batch_tokens, cfg.train.micro_batch, cfg.train.seq_len)
@@ -979,7 +986,7 @@ def _last_metrics(out: Path) -> dict:
     val = [r for r in rows if "val_loss" in r]
     tok_s = sorted(r["tok_s"] for r in rows)[len(rows) // 2]
     mfu = sorted(r["mfu"] for r in rows if r.get("mfu"))
-    return {"train_loss": rows[-1]["loss"], "val_loss": val[-1]["val_loss"] if val else None,
+    return {"steps": rows[-1]["step"], "train_loss": rows[-1]["loss"], "val_loss": val[-1]["val_loss"] if val else None,
             "val_bpb": val[-1].get("val_bpb") if val else None, "tokens": rows[-1]["tokens"], "tok_s": tok_s,
             "mfu": mfu[len(mfu) // 2] if mfu else None, "loss_plot": str(out / "loss.png")}
 
@@ -1299,15 +1306,23 @@ def recipe_section(run: Run) -> list[str]:
         from acorn.data.world import parse_phase
 
         chain = parse_phase(p.icl_phase)
-        parts = [(f"in-context phase {i}: {d}", config(model.name))
+        parts = [(f"in-context phase {i}: {d}", model.name)
                  for i, ((d, _), (model, _)) in enumerate(zip(chain, icl_dirs(run.out, chain)), 1)]
-    for name, c in (("pretraining", pre), *parts, ("SFT", sft)):
+    for name, stage in (("pretraining", "pretrain"), *parts, ("SFT", "sft")):
+        c = config(stage)
         if not c:
             continue
         o, t = c["optim"], c["train"]
         opt = (f"Muon (lr {o['muon_lr']:g}) + AdamW" if o["optimizer"] == "muon" else "AdamW") + \
             (" (fused)" if o.get("fused") else "")
-        rows.append((name, f"{t['max_steps']} steps of {t['batch_tokens']:,} tokens (rows of {t['seq_len']}, "
+        done = _metric_rows(run.out / stage)[-1]["step"] if (run.out / stage / "metrics.jsonl").is_file() else None
+        if t.get("fit_minutes") and done:
+            steps = f"{done} steps (their number fitted to {t['fit_minutes']:.3g} min as it ran)"
+        elif done and done < t["max_steps"]:
+            steps = f"{done} of {t['max_steps']} steps (stopped at --train.max_minutes {t['max_minutes']:.3g})"
+        else:
+            steps = f"{t['max_steps']} steps"
+        rows.append((name, f"{steps} of {t['batch_tokens']:,} tokens (rows of {t['seq_len']}, "
                            f"micro-batch {t['micro_batch']}); {opt} lr {o['lr']:g}, betas {o['beta1']:g}/{o['beta2']:g}, "
                            f"weight decay {o['weight_decay']:g}; {o['schedule']} schedule, {o['warmup_steps']} warmup "
                            f"steps, to {o['min_lr_ratio']:g} x lr; dtype {t['dtype']}, "

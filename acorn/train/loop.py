@@ -88,6 +88,9 @@ class LoopConfig:
     batch_tokens: int = 16384  # tokens per optimizer step, all processes: accumulation = this / (micro x seq x world)
     max_steps: int = 1000  # optimizer steps; the learning-rate schedule spans them
     max_minutes: float | None = None  # stop early when this much time has passed (the schedule still uses max_steps)
+    # fit_minutes: max_steps is then a first guess, re-set (the schedule with it) from the run's own pace
+    # every REFIT_EVERY steps through its first half; a resumed run keeps its max_steps.
+    fit_minutes: float | None = None  # end at this many minutes: max_steps re-set from the run's own pace as it goes
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # compute precision; auto: bf16 where fast
     compile: bool = False  # torch.compile the model
     pack_documents: bool = False  # rows start at document boundaries; no attention across documents
@@ -95,7 +98,8 @@ class LoopConfig:
     nan_patience: int = 5  # consecutive non-finite steps before giving up
 
     LIMITS: ClassVar[dict[str, str]] = {"seq_len": ">= 1", "micro_batch": ">= 1", "batch_tokens": ">= 1",
-                                        "max_steps": ">= 0", "max_minutes": "> 0", "nan_patience": ">= 1"}
+                                        "max_steps": ">= 0", "max_minutes": "> 0", "fit_minutes": "> 0",
+                                        "nan_patience": ">= 1"}
 
 
 @dataclass
@@ -107,6 +111,19 @@ class EvalConfig:
 
     LIMITS: ClassVar[dict[str, str]] = {"every": ">= 0", "batches": ">= 1", "log_every": ">= 1",
                                         "checkpoint_every": ">= 0"}
+
+
+REFIT_EVERY = 25  # steps between re-plans of a time-fitted run (LoopConfig.fit_minutes)
+REFIT_WARMUP = 3  # steps not timed for the speed (compilation, the first allocations): their time still counts
+
+
+def refit_steps(done: int, elapsed: float, minutes: float, warm: tuple[int, float]) -> int:
+    """The step count that ends a run at `minutes` (LoopConfig.fit_minutes): `done` steps taken
+    in `elapsed` seconds, at the seconds per step since `warm` = (steps, seconds) at the end of
+    the warm-up, so a compilation counts as time spent and not as the pace; evaluations and
+    checkpoints between are part of the pace. At least one step more than done."""
+    per_step = (elapsed - warm[1]) / max(1, done - warm[0])
+    return done + max(1, int((60 * minutes - elapsed) / per_step))
 
 
 def accumulation(batch_tokens: int, micro_batch: int, seq_len: int, world: int = 1) -> int:
@@ -248,6 +265,15 @@ class StopOnInterrupt:
         return bool(flag.item())
 
 
+def _agree_min(value: int, dist: Dist, device: torch.device) -> int:
+    """The smallest of every process's `value` (DDP steps are in lockstep: one step count for all)."""
+    if dist.world == 1:
+        return value
+    t = torch.tensor([value], device=device, dtype=torch.int64)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MIN)
+    return int(t.item())
+
+
 def _stop_with_checkpoint(run, step: int, saved: int, loader, stage: str) -> None:
     """Save the `step` steps done (unless a checkpoint holds them already), say how to
     go on, and raise KeyboardInterrupt (acorn's command line then exits with 130)."""
@@ -304,21 +330,28 @@ def _fit(cfg, model: nn.Module, loader, loss_fn: LossFn, *, device: torch.device
               f"{dtype} on {device}"
               f"{f' x {dist.world}' if dist.world > 1 else ''}; {train.max_steps} steps of "
               f"{tokens_per_step:,} tokens ({train.micro_batch} x {train.seq_len} x {accum} accumulation"
-              f"{f' x {dist.world} processes' if dist.world > 1 else ''})", flush=True)
+              f"{f' x {dist.world} processes' if dist.world > 1 else ''})"
+              f"{f', their number fitted to {train.fit_minutes:g} min as it goes' if train.fit_minutes else ''}",
+              flush=True)
 
     run.bar = progress(run.start_step, train.max_steps, dist.main)
     run.model.train()
     t_start = time.perf_counter()
     bad_steps = 0
+    max_steps = train.max_steps  # fit_minutes re-sets it from the measured pace
+    refit = train.fit_minutes is not None and run.start_step == 0
+    warm = None  # (steps, seconds) when the warm-up ended
     try:
         saved = run.start_step  # the step of the newest checkpoint on disk
-        for step in range(run.start_step, train.max_steps):
+        step = run.start_step - 1
+        while step + 1 < max_steps:
+            step += 1
             # Ctrl-C asks to stop here, between steps, where the weights, the optimizers, the
             # loader and the RNGs all belong to the same step: a checkpoint of them resumes exactly.
             if stop.agreed(dist, device):
                 _stop_with_checkpoint(run, step, saved, loader, stage)
             t0 = time.perf_counter()
-            set_lr(run.optimizers, lr_multiplier(step, train.max_steps, cfg.optim), cfg.optim)
+            set_lr(run.optimizers, lr_multiplier(step, max_steps, cfg.optim), cfg.optim)
             micro_batches = [next(loader) for _ in range(accum)]
             s = train_step(run.model, micro_batches, loss_fn, run.optimizers, device=device, autocast=autocast,
                            grad_clip=cfg.optim.grad_clip, world=dist.world)
@@ -339,8 +372,15 @@ def _fit(cfg, model: nn.Module, loader, loss_fn: LossFn, *, device: torch.device
                    "mfu": flops_per_token * tok_s / (peak * dist.world) if peak else None, **s.metrics}
             if hasattr(loader, "pop_metrics"):  # what the loader measured making these batches (RL: rollouts)
                 row.update(loader.pop_metrics())
-            last = step + 1 == train.max_steps
-            out_of_time = train.max_minutes is not None and time.perf_counter() - t_start > 60 * train.max_minutes
+            elapsed = time.perf_counter() - t_start
+            if refit and warm is None and step + 1 >= REFIT_WARMUP:
+                warm = (step + 1, elapsed)
+            elif refit and warm and (step + 1) % REFIT_EVERY == 0 and step + 1 <= max_steps // 2:
+                max_steps = _agree_min(refit_steps(step + 1, elapsed, train.fit_minutes, warm), dist, device)
+                run.bar.total = max_steps
+                run.bar.refresh()
+            last = step + 1 == max_steps
+            out_of_time = train.max_minutes is not None and elapsed > 60 * train.max_minutes
             if evaluate is not None and cfg.eval.every and ((step + 1) % cfg.eval.every == 0 or last or out_of_time):
                 # A compiled model evaluates uncompiled: a forward under no_grad, and the last,
                 # shorter validation batch, would each compile another graph (20-30 s apiece

@@ -161,3 +161,58 @@ def test_a_metric_over_its_own_items_is_averaged_over_them():
     s = train_step(m, [Batch(x[1:2], y[1:2])], loss_fn, [torch.optim.SGD(m.parameters(), lr=0.0)],
                    device=torch.device("cpu"))
     assert "good" not in s.metrics and "all" in s.metrics
+
+
+class StepClock:
+    """time as the loop reads it: each micro-batch's loss takes 1 s, the first one 30 s more (a compilation)."""
+
+    def __init__(self):
+        self.now, self.calls = 0.0, 0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def loss(self, model, batch):
+        self.now += 1.0 + 30.0 * (self.calls == 0)
+        self.calls += 1
+        return pairwise_loss(model, batch)
+
+
+@pytest.mark.parametrize("planned, minutes", [(200, 2.0), (60, 3.0)])
+def test_fit_minutes_re_sets_the_steps_and_the_schedule_to_end_on_time(tmp_path, monkeypatch, planned, minutes):
+    """A first guess of the step count, too long (200) or too short (60): from the pace after the
+    warm-up (2 s a step of two micro-batches; the first step's 30 s of compilation spent, not the
+    pace) the run ends at its minutes, and the cosine schedule decays over the steps it took."""
+    from acorn.train import loop
+    from acorn.train.optim import lr_multiplier
+
+    clock = StepClock()
+    monkeypatch.setattr(loop, "time", clock)
+    g = torch.Generator().manual_seed(2)
+    pairs = Pairs(torch.randint(0, 64, (8, 8), generator=g), torch.randint(0, 64, (8, 8), generator=g))
+    cfg = ToyConfig(out=str(tmp_path / "run"), optim=OptimConfig(lr=1e-2, warmup_steps=0, schedule="cosine"),
+                    train=LoopConfig(seq_len=8, micro_batch=2, batch_tokens=32, max_steps=planned, dtype="float32",
+                                     fit_minutes=minutes),
+                    eval=EvalConfig(every=0, checkpoint_every=0))
+    out = fit(cfg, model(), PairLoader(pairs), clock.loss, device=torch.device("cpu"), dist=Dist(), stage="reward")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = int((60 * minutes - 30) / 2)  # 45 in 2 min, 75 in 3
+    assert len(rows) == rows[-1]["step"] == steps
+    assert clock.now == 60 * minutes
+    assert rows[-1]["lr"] == pytest.approx(1e-2 * lr_multiplier(steps - 1, steps, cfg.optim))
+    assert loop.refit_steps(25, 80.0, 2.0, (3, 36.0)) == 45  # the re-plan at step 25 of the first case
+    assert loop.refit_steps(25, 130.0, 2.0, (3, 36.0)) == 26  # past the time: one more step
+
+
+def test_a_fit_without_fit_minutes_keeps_its_steps(tmp_path, monkeypatch):
+    from acorn.train import loop
+
+    clock = StepClock()
+    monkeypatch.setattr(loop, "time", clock)
+    g = torch.Generator().manual_seed(2)
+    pairs = Pairs(torch.randint(0, 64, (8, 8), generator=g), torch.randint(0, 64, (8, 8), generator=g))
+    cfg = ToyConfig(out=str(tmp_path / "run"), optim=OptimConfig(lr=1e-2, warmup_steps=0),
+                    train=LoopConfig(seq_len=8, micro_batch=2, batch_tokens=32, max_steps=60, dtype="float32"),
+                    eval=EvalConfig(every=0, checkpoint_every=0))
+    out = fit(cfg, model(), PairLoader(pairs), clock.loss, device=torch.device("cpu"), dist=Dist(), stage="reward")
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 60
