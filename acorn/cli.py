@@ -1132,7 +1132,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "spaced copying runs before the formats, copy@200>spaced@200>formats@200>world+formats@200, "
                    "crossed after one of them, and with copy@400 first put both at ~80%%; with the world's text "
                    "in every stage, world+copy@200>world+spaced@200>world+formats@600 --icl-world-share 0.1667, "
-                   "81.0%% and 79.7%% in speedruns of seeds 0 and 1 with the facts kept, ~23 min; docs/BENCHMARKS.md, "
+                   "81.0%%, 79.7%% and 81.3%% in speedruns of seeds 0-2 with the facts kept, ~23 min; docs/BENCHMARKS.md, "
                    "icl-phase-bases, icl-phase-spaced); designs: "
                    f"{', '.join(PHASE_DESIGNS)}; '' for none (default: the preset's: none for cpu and gpu; "
                    "copy@2>world+formats@2 for tiny, which checks the pipeline)")

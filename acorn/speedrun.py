@@ -124,13 +124,13 @@ class SpeedrunPreset:
     # copy@400>spaced@200>formats@200>world+formats@200 put both at the line (80.0%, 80.3%)
     # (docs/BENCHMARKS.md, icl-phase-bases, icl-phase-spaced). The world's text at a sixth of every
     # stage (icl_world_share) keeps the world's facts: world+copy@200>world+spaced@200>world+formats@600
-    # with icl_world_share=1/6 took whole speedruns' base models to 81.0% and 79.7% (seeds 0, 1) with
-    # facts only in pretraining at 89.2% and 95.2% (~23 min; the world-free spaced chain: 74.7%, 39.1%). Off
-    # ("") in the cpu preset: a phase's 600-1,000 steps cost 6-10 minutes, which take the run past
-    # its 15. With pretrain_minutes=5 and a 600-step chain at a sixth, 81.0-81.3% with the facts
-    # kept in ~15 min, but each chain on one seed only: world+copy@200>world+formats@200>
-    # world+formats@200 crossed on seed 0 and not seed 1 (51.3%); world+copy@150>world+spaced@150>
-    # world+formats@300 crossed on seed 1 (15.4 min), seed 0 not yet run (icl-phase-spaced).
+    # with icl_world_share=1/6 took whole speedruns' base models to 81.0%, 79.7% and 81.3% (seeds 0-2)
+    # with facts only in pretraining at 89.2-95.2% (~23 min; the world-free spaced chain: 74.7%, 39.1%).
+    # Off ("") in the cpu preset: a phase's 600-1,000 steps cost 6-10 minutes, which take the run past
+    # its 15, and no 15-minute version was robust: with pretrain_minutes=5 and a 600-step chain at a
+    # sixth, world+copy@200>world+formats@200>world+formats@200 crossed on seed 0 and not seed 1
+    # (51.3%); world+copy@150>world+spaced@150>world+formats@300 on seed 1 (81.3%, 15.4 min) and not
+    # seeds 0 and 2 (38.3%, 47.0%) (icl-phase-spaced).
     icl_phase: str = ""
     icl_docs: int = 80_000
     # The world's text in each world+STYLE design of the phase (phase_doc's world_share): a third
@@ -164,7 +164,11 @@ PRESETS = {
     # biographies taught ("NAME was born in" -> the year) for people SFT never asked about.
     # Tool SFT (speedrun-answers): SFT rows that call the calculator at every size, not only for
     # large problems, took arithmetic from 47% to 96% at the same SFT steps.
-    "cpu": SpeedrunPreset("default", 2048, "nano", 256, 512, 16, 16384, 9.0, 3.5, 3e-3, 1e-3, None,
+    # SFT's 4.5 minutes: with its steps fitted to the budget (LoopConfig.fit_minutes) instead of
+    # overrunning it by up to a tenth, 3.5 gave 435 steps on a slower 2-core machine and the asked
+    # facts fell to 84.2% (seed 0); every run with 477 or more SFT steps had them at 92-100%
+    # (docs/BENCHMARKS.md, speedrun-budget).
+    "cpu": SpeedrunPreset("default", 2048, "nano", 256, 512, 16, 16384, 9.0, 4.5, 3e-3, 1e-3, None,
                           "~15 min on a 2-core CPU, ~1 GB of memory", compile=True, sft_replay=250,
                           fact_answers="sentence", tool_sft=True),
     "tiny": SpeedrunPreset("tiny", 512, "nano", 128, 128, 8, 2048, 0.1, 0.05, 3e-3, 1e-3, 20,

@@ -331,7 +331,7 @@ def test_estimate_from_the_command_line_and_recipe_settings(monkeypatch, capsys,
         main(["speedrun", "--estimate", "--mixed-qa", "-2"])
     assert e.value.code == 2 and "--mixed-qa: must be >= 0" in capsys.readouterr().err
     assert main(["speedrun", "--estimate", "--pretrain-minutes", "5"]) == 0  # the budget reaches the estimate
-    assert "pretraining 5.0 min and SFT 3.5 min are time budgets" in capsys.readouterr().out
+    assert "pretraining 5.0 min and SFT 4.5 min are time budgets" in capsys.readouterr().out
 
 
 def test_icl_world_share_sets_the_worlds_text_in_the_phases_world_designs(tmp_path, monkeypatch, capsys):
