@@ -1095,10 +1095,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=non_negative_int, default=0,
                    help="seeds the world, the weights and the data order: same seed, same run (default: 0)")
     s.add_argument("--vocab-size", type=positive_int, help="tokenizer vocabulary (default: the preset's)")
-    s.add_argument("--pretrain-minutes", type=_positive_float, metavar="MIN", help="pretraining's time budget: the "
-                   "steps a throughput probe says fit in it (default: the preset's: 9 for cpu)")
+    s.add_argument("--pretrain-minutes", type=_positive_float, metavar="MIN", help="pretraining's time budget: a "
+                   "throughput probe plans the steps and the loop fits their number to the budget as it runs "
+                   "(--train.fit_minutes; default: the preset's: 9 for cpu)")
     s.add_argument("--sft-minutes", type=_positive_float, metavar="MIN", help="SFT's time budget, the same way "
-                   "(default: the preset's: 3.5 for cpu)")
+                   "(default: the preset's: 4.5 for cpu)")
     s.add_argument("--mixed-qa", type=non_negative_int, metavar="N", help="mixed training: N question-answer pairs "
                    "per fact of the SFT people among the pretraining documents (`acorn data world --mixed-qa`; "
                    "default: the preset's, 0)")
